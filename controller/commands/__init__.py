@@ -1,0 +1,1 @@
+"""The `rheostat` subcommands, one module each, discovered by `controller.cli`."""

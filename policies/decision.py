@@ -1,0 +1,93 @@
+"""The decision core's inputs and outputs, shared by the daemon, the simulator and the benchmarks.
+
+`policies.pipeline.decide` maps (topology, fleet snapshot, tiers, limits, settings, previous state,
+now) to a `Decision` and the next `DecisionState`. The state is explicit so a decision can be
+replayed from recorded inputs, and so the warm path can reuse the previous tick's work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+
+#: Flex tiers: 0 is never slowed unless the hard limits leave no choice, 3 tolerates the most.
+N_TIERS = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CappingSettings:
+    """How caps move. Units: W and W/s."""
+
+    #: Changes smaller than this are not issued (no chatter).
+    deadband_w: float = 10.0
+    #: Per-GPU cap raise rate; lowering is immediate.
+    raise_rate_w_per_s: float = 200.0
+    #: Demand headroom over recent draw, so a capped GPU's rising demand becomes visible.
+    demand_headroom_frac: float = 0.10
+    demand_headroom_min_w: float = 20.0
+    #: A GPU drawing within this fraction of its cap is treated as pinned (wants more).
+    pinned_frac: float = 0.97
+    #: Optional limit on how fast the allowed site power moves between ticks (None = unlimited).
+    site_ramp_up_w_per_s: float | None = None
+    site_ramp_down_w_per_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DvfsSettings:
+    """SM-clock targets. `max_loss_frac` is the throughput a memory-bound GPU may lose to them."""
+
+    enabled: bool = True
+    max_loss_frac: float = 0.02
+    #: SM activity over memory activity below which work is treated as memory-bound.
+    memory_bound_ratio: float = 0.6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicySettings:
+    capping: CappingSettings = CappingSettings()
+    dvfs: DvfsSettings = DvfsSettings()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Limits for this tick on top of the topology's static ratings. Units: W.
+
+    `site_limit_w` is the lowest of the contract, any demand-response target and the facility-
+    derived IT budget, computed by the caller; None keeps the topology's site rating.
+    """
+
+    site_limit_w: float | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
+class Decision:
+    """Per-GPU caps and clock ceilings, plus per-group figures for metrics and operators.
+
+    Per-level tuples are indexed like `Topology.levels`. `budget_w` is the power the allocation
+    grants each group (GPU caps plus overhead), `limit_w` the usable limit it was held to, and
+    `infeasible` marks groups whose limit even min caps cannot meet (min caps are then applied).
+    """
+
+    cap_w: FloatArray
+    sm_clock_max_mhz: FloatArray
+    demand_w: FloatArray
+    tier: NDArray[np.int8]
+    budget_w: tuple[FloatArray, ...]
+    limit_w: tuple[FloatArray, ...]
+    infeasible: tuple[NDArray[np.bool_], ...]
+    site_allowed_w: float
+    #: Estimated power clock targets save against running at the cap. Units: W.
+    dvfs_saving_w: float
+
+
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
+class DecisionState:
+    """What the next tick needs from this one: last issued caps, its time, the ramped site power."""
+
+    cap_w: FloatArray
+    now_s: float
+    site_allowed_w: float
