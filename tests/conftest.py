@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.services import Mosquitto, require_binary
 
@@ -18,3 +19,8 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+# Shared machines are noisy: property tests check correctness, never speed.
+settings.register_profile("rheostat", deadline=None, max_examples=100)
+settings.load_profile("rheostat")
