@@ -1,7 +1,6 @@
 """Rheostat's benchmarks: each module measures one thing against a baseline in the same run.
 
 A benchmark module exposes `NAME`, `HELP`, `add_arguments(parser)`, `run(args) -> list[dict]`
-(one JSON-ready row per configuration measured) and optionally `DEFAULT_ARGS` (the argument list
 (one JSON-ready row per configuration measured), optionally `DEFAULT_ARGS` (the argument list
 writing `bench/results/NAME.json` and printing a table. Ratios against an in-run baseline matter
 more than absolute times: the machines are shared and noisy.
