@@ -21,6 +21,7 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 SERVICE_PATHS = {
     "mosquitto": ("/usr/sbin/mosquitto", "mosquitto"),
+    "mosquitto_passwd": ("/usr/bin/mosquitto_passwd", "mosquitto"),
     "prometheus": ("/usr/bin/prometheus", "prometheus"),
     "promtool": ("/usr/bin/promtool", "prometheus"),
 }
