@@ -1,0 +1,121 @@
+"""`rheostat events`: the demand-response events in the store and where each one stands.
+
+Reads the SQLite event store the daemon writes (given directly with --store, or found through the
+policy file's `demand_response.store_path` with --config); it never writes, so it is safe to run
+next to a live controller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from controller.grid.config import DemandResponseSection
+from controller.grid.store import EventStore
+from policies.dr import DrEvent
+from policies.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "events", help="list demand-response events and their status (table, or --json)"
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", type=Path, help="the SQLite event store")
+    where.add_argument("--config", type=Path, help="a policy file with a demand_response section")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run)
+
+
+def store_path_from_policy(path: Path) -> Path:
+    """The event store a policy file names, resolved against the file's directory."""
+    try:
+        data = YAML(typ="safe").load(path.read_text())
+    except (OSError, YAMLError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
+    section = data.get("demand_response") if isinstance(data, dict) else None
+    if section is None:
+        raise ConfigError("no demand_response section", file=str(path), field="demand_response")
+    try:
+        dr = DemandResponseSection.model_validate(section)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(["demand_response", *(str(p) for p in first["loc"])])
+        raise ConfigError(first["msg"], file=str(path), field=field) from None
+    store = dr.store_path
+    return store if store.is_absolute() else path.parent / store
+
+
+def _iso(t_s: float | None) -> str | None:
+    if t_s is None:
+        return None
+    return datetime.fromtimestamp(t_s, UTC).isoformat(timespec="seconds")
+
+
+def describe(event: DrEvent, note: str, now_s: float) -> dict[str, Any]:
+    """One event as `rheostat events --json` prints it. Units: s, kW, fractions."""
+    baseline = event.baseline_w
+    return {
+        "event_id": event.event_id,
+        "source": event.source,
+        "status": event.status(now_s).value,
+        "modification": event.modification,
+        "start": _iso(event.start_s),
+        "end": _iso(event.end_s),
+        "duration_s": event.duration_s,
+        "ramp_s": event.ramp_s,
+        "recovery_s": event.recovery_s,
+        "reduction_frac": event.reduction_frac,
+        "limit_kw": None if event.limit_w is None else event.limit_w / 1e3,
+        "baseline_kw": None if baseline is None else baseline / 1e3,
+        "target_kw": None if baseline is None else event.target_w(baseline) / 1e3,
+        "opted_in": event.opted_in,
+        "cancelled_at": _iso(event.cancelled_s),
+        "note": note,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.store if args.store is not None else store_path_from_policy(args.config)
+    if not path.exists():
+        raise ConfigError("no event store here (the controller creates it)", file=str(path))
+    now_s = time.time()
+    rows = [describe(e, note, now_s) for e, note in EventStore(path).all()]
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not rows:
+        print("no demand-response events")
+        return 0
+    from rich.console import Console  # noqa: PLC0415 - only the table view needs rich
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"demand-response events ({path})")
+    for column in ("event", "source", "status", "start (UTC)", "duration", "target", "note"):
+        table.add_column(column)
+    for row in rows:
+        if row["reduction_frac"] is not None:
+            target = f"-{row['reduction_frac']:.0%}"
+        else:
+            target = f"{row['limit_kw']:.1f} kW"
+        if row["target_kw"] is not None and row["reduction_frac"] is not None:
+            target += f" ({row['target_kw']:.1f} kW)"
+        table.add_row(
+            row["event_id"],
+            row["source"],
+            row["status"],
+            row["start"],
+            f"{row['duration_s'] / 60:.0f} min",
+            target,
+            row["note"],
+        )
+    Console(width=160).print(table)
+    return 0

@@ -1,0 +1,104 @@
+"""The policy file's `demand_response` section: event sources, event defaults, Flex policy.
+
+Kept in the grid package so the daemon's config model only gains one optional field. Units are
+in every name; times in scheduled events are ISO 8601 with a zone, or Unix seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Seconds = Annotated[float, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ScheduledEvent(_Section):
+    """An event written into the policy file (a tariff peak window, a contracted curtailment)."""
+
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    start: datetime | float
+    duration_s: Annotated[float, Field(gt=0)]
+    reduction_frac: Fraction | None = None
+    limit_kw: Annotated[float, Field(gt=0)] | None = None
+    ramp_s: Seconds | None = None
+    recovery_s: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.reduction_frac is None) == (self.limit_kw is None):
+            raise ValueError("give exactly one of reduction_frac and limit_kw")
+        return self
+
+
+class OpenAdrSection(_Section):
+    """The OpenADR 2.0b VEN. Plain HTTP is for loopback tests; production VTNs need TLS.
+
+    `cert_file`/`key_file`/`ca_file` enable TLS and XML signatures as openleadr implements them;
+    `vtn_fingerprint` pins the VTN's signing certificate.
+    """
+
+    vtn_url: Annotated[str, Field(pattern=r"^https?://")]
+    ven_name: Annotated[str, Field(min_length=1)]
+    ven_id: str | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    vtn_fingerprint: str | None = None
+    report_interval_s: Annotated[float, Field(gt=0)] = 10.0
+
+    @model_validator(mode="after")
+    def _cert_pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither")
+        return self
+
+
+class DemandResponseSection(_Section):
+    """How Rheostat answers the grid.
+
+    `store_path` is the SQLite file events persist in (relative paths resolve against the policy
+    file's directory). `baseline_window_s` is the pre-event averaging window. `simple_levels`
+    maps OpenADR SIMPLE levels to shed fractions. `flex_tolerances` is the slowdown each Flex tier
+    tolerates; with `grid_first` the target is met even past them. Events asking to shed more
+    than `max_reduction_frac` are opted out of (unless `grid_first`).
+    """
+
+    enabled: bool = True
+    store_path: Path = Path("rheostat-events.sqlite")
+    baseline_window_s: Annotated[float, Field(gt=0)] = 900.0
+    default_ramp_s: Seconds = 30.0
+    default_recovery_s: Annotated[float, Field(gt=0)] = 300.0
+    simple_levels: dict[int, Fraction] = Field(
+        default_factory=lambda: {0: 0.0, 1: 0.10, 2: 0.25, 3: 0.50}
+    )
+    flex_tolerances: tuple[Fraction, Fraction, Fraction, Fraction] = (0.0, 0.10, 0.25, 0.50)
+    grid_first: bool = False
+    max_reduction_frac: Annotated[float, Field(gt=0, le=1)] = 0.6
+    mqtt_events: bool = True
+    openadr: OpenAdrSection | None = None
+    events: list[ScheduledEvent] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if any(b < a for a, b in zip(self.flex_tolerances, self.flex_tolerances[1:], strict=False)):
+            raise ValueError("flex_tolerances must not fall from Flex 0 to Flex 3")
+        ids = [e.id for e in self.events]
+        if len(set(ids)) != len(ids):
+            raise ValueError("scheduled event ids must be unique")
+        return self
+
+
+def mqtt_event_topic(site: str) -> str:
+    """The topic an operator or energy-management system publishes events on."""
+    return f"rheostat/v1/{site}/grid/event"
+
+
+OptType = Literal["optIn", "optOut"]

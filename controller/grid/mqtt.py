@@ -1,0 +1,84 @@
+"""The MQTT grid-event topic: an operator or energy-management system publishes events here.
+
+The daemon subscribes to `rheostat/v1/<site>/grid/event` (QoS 1) on its one broker connection
+and passes matching messages to `GridEventTopic.handle`; `listen` runs the same handler on a
+client of its own (for tools and tests). The message format is in `controller.grid.sources`.
+Acknowledgements are published retained on `.../grid/event/<event_id>/response` so the sender
+learns the opt decision and any shortfall reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+import orjson
+
+from controller.grid.config import mqtt_event_topic
+from controller.grid.manager import GridEvents
+from controller.grid.sources import Cancel, parse_event_message
+from policies.errors import ProtocolError
+
+log = logging.getLogger("rheostat.grid.mqtt")
+
+
+def response_topic(site: str, event_id: str) -> str:
+    return f"{mqtt_event_topic(site)}/{event_id}/response"
+
+
+@dataclass(slots=True)
+class GridEventTopic:
+    """Validates and applies event messages; counts rejections (metric `reason` labels)."""
+
+    site: str
+    grid: GridEvents
+    clock: Callable[[], float]
+    rejected: int = 0
+    responses: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @property
+    def topic(self) -> str:
+        return mqtt_event_topic(self.site)
+
+    def handle(self, topic: str, payload: bytes) -> bool:
+        """Apply one message if it is on the event topic; False when the topic is not ours.
+
+        A bad message is logged and counted, never raised: the loop that feeds us must go on.
+        The acknowledgement to publish is queued in `responses`.
+        """
+        if topic != self.topic:
+            return False
+        now_s = self.clock()
+        try:
+            parsed = parse_event_message(payload, now_s=now_s, section=self.grid.section)
+        except ProtocolError as exc:
+            self.rejected += 1
+            log.warning("grid event rejected: %s", exc)
+            return True
+        if isinstance(parsed, Cancel):
+            known = self.grid.cancel(parsed.event_id, now_s)
+            body = {"event_id": parsed.event_id, "cancelled": known}
+            event_id = parsed.event_id
+        else:
+            opt, reason = self.grid.apply(parsed, now_s)
+            body = {"event_id": parsed.event_id, "opt": opt, "reason": reason}
+            event_id = parsed.event_id
+        self.responses.append((response_topic(self.site, event_id), orjson.dumps(body)))
+        return True
+
+    async def flush(self, client: aiomqtt.Client) -> None:
+        """Publish queued acknowledgements (retained, QoS 1)."""
+        while self.responses:
+            topic, body = self.responses.pop(0)
+            await client.publish(topic, body, qos=1, retain=True)
+
+    async def listen(self, client: aiomqtt.Client) -> None:
+        """Subscribe on `client` and apply messages until cancelled."""
+        await client.subscribe(self.topic, qos=1)
+        async for message in client.messages:
+            payload = message.payload
+            if isinstance(payload, bytes | bytearray):
+                self.handle(message.topic.value, bytes(payload))
+                await self.flush(client)

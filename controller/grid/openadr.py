@@ -1,0 +1,168 @@
+"""The OpenADR 2.0b VEN, on openleadr: register, poll, take events, opt in or out, report power.
+
+openleadr's `OpenADRClient` does the protocol (registration, polling on the VTN's requested
+period, oadrCreatedEvent responses, report registration and TELEMETRY_USAGE delivery); this module
+maps its event dicts onto `DrEvent`s and answers from the policy through `GridEvents`.
+
+Signal mapping (first supported signal of an event; for several intervals the deepest wins,
+since one event holds one target here):
+- `SIMPLE` (type `level`): level 0-3 -> shed fraction from the policy's `simple_levels`;
+- type `x-loadControlCapacity`: the payload is the fraction of baseline the site may draw;
+- type `x-loadControlPercentOffset`: the payload is the percentage to shed;
+- type `setpoint` / `x-loadControlSetpoint`: the payload is an absolute limit in kW.
+The event's ramp-up and recovery periods, when the VTN sends them, override the policy's defaults.
+
+Security: plain HTTP without signatures is what loopback tests use; a production VTN requires
+TLS with client certificates (`cert_file`, `key_file`, `ca_file`) and signed messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Self
+
+from openleadr import OpenADRClient
+
+from controller.grid.config import DemandResponseSection, OpenAdrSection, OptType
+from controller.grid.manager import GridEvents
+from policies.dr import DrEvent, reduction_for_simple_level
+from policies.errors import PolicyError, ProtocolError
+
+log = logging.getLogger("rheostat.grid.openadr")
+
+#: Resource id the site's power is reported under.
+SITE_RESOURCE = "site"
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def _target(
+    signals: list[dict[str, Any]], section: DemandResponseSection
+) -> tuple[float | None, float | None]:
+    """(reduction_frac, limit_w) from an event's signals; ProtocolError when none is supported."""
+    for signal in signals:
+        name = str(signal.get("signal_name", "")).upper()
+        kind = str(signal.get("signal_type", ""))
+        payloads = [float(i["signal_payload"]) for i in signal.get("intervals", [])]
+        if not payloads:
+            continue
+        if name == "SIMPLE" and kind == "level":
+            level = max(payloads)
+            return reduction_for_simple_level(level, section.simple_levels), None
+        if kind == "x-loadControlCapacity":
+            return min(max(1.0 - min(payloads), 0.0), 0.99), None
+        if kind == "x-loadControlPercentOffset":
+            return min(max(max(payloads) / 100.0, 0.0), 0.99), None
+        if kind in {"setpoint", "x-loadControlSetpoint"}:
+            return None, min(payloads) * 1e3
+    names = [f"{s.get('signal_name')}/{s.get('signal_type')}" for s in signals]
+    raise ProtocolError(f"no supported signal in {names}")
+
+
+def event_from_openadr(
+    event: dict[str, Any], *, now_s: float, section: DemandResponseSection
+) -> DrEvent:
+    """One openleadr event dict as a `DrEvent` (not yet opted in or out)."""
+    try:
+        descriptor = event["event_descriptor"]
+        period = event["active_period"]
+        start: datetime = period["dtstart"]
+        ramp = period.get("ramp_up_period")
+        reduction_frac, limit_w = _target(list(event.get("event_signals", [])), section)
+        recovery = period.get("recovery_period")
+        return DrEvent(
+            event_id=str(descriptor["event_id"]),
+            source="openadr",
+            notified_s=now_s,
+            start_s=start.timestamp(),
+            duration_s=_seconds(period["duration"]),
+            ramp_s=section.default_ramp_s if ramp is None else _seconds(ramp),
+            recovery_s=section.default_recovery_s if not recovery else max(_seconds(recovery), 1.0),
+            modification=int(descriptor.get("modification_number", 0)),
+            reduction_frac=reduction_frac,
+            limit_w=limit_w,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, PolicyError) as exc:
+        raise ProtocolError(f"OpenADR event not understood: {exc!r}") from exc
+
+
+class Ven:
+    """The site's VEN. `async with Ven(...)` registers and starts polling; leaving stops it."""
+
+    def __init__(
+        self,
+        *,
+        section: OpenAdrSection,
+        dr: DemandResponseSection,
+        events: GridEvents,
+        clock: Callable[[], float],
+    ) -> None:
+        self.section = section
+        self.dr = dr
+        self.events = events
+        self.clock = clock
+        self.responses: dict[str, OptType] = {}
+        self.client = OpenADRClient(
+            ven_name=section.ven_name,
+            vtn_url=section.vtn_url,
+            ven_id=section.ven_id,
+            cert=None if section.cert_file is None else str(section.cert_file),
+            key=None if section.key_file is None else str(section.key_file),
+            ca_file=None if section.ca_file is None else str(section.ca_file),
+            vtn_fingerprint=section.vtn_fingerprint,
+            show_fingerprint=False,
+            disable_signature=section.cert_file is None,
+        )
+        self.client.add_handler("on_event", self._on_event)
+        self.client.add_handler("on_update_event", self._on_event)
+        interval = timedelta(seconds=section.report_interval_s)
+        self.client.add_report(
+            callback=self._site_power_w,
+            resource_id=SITE_RESOURCE,
+            measurement="real_power",
+            unit="W",
+            report_duration=timedelta(seconds=3600),
+            sampling_rate=interval,
+        )
+
+    @property
+    def registered(self) -> bool:
+        return self.client.registration_id is not None
+
+    async def __aenter__(self) -> Self:
+        await self.client.run()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.client.client_session is not None:
+            await self.client.stop()
+
+    def _site_power_w(self) -> float:
+        """TELEMETRY_USAGE value: the latest measured site power (0 before any telemetry)."""
+        power = self.events.last_power_w
+        return 0.0 if power is None else power
+
+    async def _on_event(self, event: dict[str, Any]) -> OptType:
+        now_s = self.clock()
+        event_id = str(event.get("event_descriptor", {}).get("event_id", "?"))
+        status = event.get("event_descriptor", {}).get("event_status")
+        if status == "cancelled":
+            self.events.cancel(event_id, now_s)
+            log.info("openadr event %s cancelled", event_id)
+            return self.responses.get(event_id, "optIn")
+        try:
+            dr_event = event_from_openadr(event, now_s=now_s, section=self.dr)
+        except ProtocolError as exc:
+            log.warning("openadr event %s opted out: %s", event_id, exc)
+            self.responses[event_id] = "optOut"
+            return "optOut"
+        opt, reason = self.events.apply(dr_event, now_s)
+        self.responses[event_id] = opt
+        log.info("openadr event %s: %s %s", event_id, opt, reason)
+        return opt
