@@ -1,0 +1,225 @@
+"""The simulated cluster: GPUs, servers, rack breakers and workloads stepped together in numpy.
+
+Both ways of running share it: the accelerated closed loop calls `step` as fast as it can, and the
+MQTT rack agents call it on a (scaled) wall clock. Commands take effect `actuation_lag_s` after they
+are given; telemetry is read `telemetry_delay_s` late and with sensor noise, so a controller sees
+what a real one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from policies.fleet import FleetState
+from policies.topology import Topology
+from simulator.breakers import Breakers
+from simulator.physics import GpuConsts, GpuState, PhysicsParams, step_gpus
+from simulator.workloads import WorkloadSet
+
+FloatArray = NDArray[np.float64]
+log = structlog.get_logger("rheostat.simulator")
+
+#: Pre-drawn noise rows cycled through, so sensor noise costs no random draws per tick.
+_NOISE_ROWS = 64
+
+
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
+class Reading:
+    """What sensors report for every GPU at one instant (noisy power). Units in names."""
+
+    now_s: float
+    power_w: FloatArray
+    sm_clock_mhz: FloatArray
+    util: FloatArray
+    mem_util: FloatArray
+    temp_c: FloatArray
+    cap_w: FloatArray
+    rack_power_w: FloatArray
+
+
+class SimCluster:
+    """A cluster under simulation. Not thread-safe; one owner steps it.
+
+    `cap_w`/`clock_max_mhz` are the limits in force on the GPUs now; `site_power_w` and
+    `rack_power_w` are facility-side (after PSU losses, including non-GPU server power).
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        workloads: WorkloadSet,
+        params: PhysicsParams,
+        *,
+        tick_s: float,
+        seed: int,
+        enforce_breakers: bool = True,
+    ) -> None:
+        n = topology.n_gpus
+        if workloads.n_gpus != n:
+            raise ValueError("workloads and topology disagree on the GPU count")
+        self.topology = topology
+        self.workloads = workloads
+        self.params = params
+        self.tick_s = float(tick_s)
+        self.enforce_breakers = enforce_breakers
+        self.now_s = 0.0
+        self.tick = 0
+        self.consts = GpuConsts.for_models(topology.gpu_model)
+        self.gpu = GpuState.initial(topology.gpu_model, params.inlet_temp_c)
+        self.cap_w = topology.gpu_max_cap_w.copy()
+        self.clock_max_mhz = self.consts.max_clock_mhz.copy()
+        self._pending_cap_w = self.cap_w.copy()
+        self._pending_clock_mhz = self.clock_max_mhz.copy()
+        self._pending_at_s = np.full(n, np.inf)
+        self._server = topology.gpu_group[0]
+        self._server_rack = topology.levels[0].parent
+        self._gpu_rack = topology.gpu_group[topology.rack_level]
+        self._rack_parent_levels = topology.levels[1 : topology.rack_level]
+        self._server_overhead_w = topology.levels[0].overhead_w
+        self.breakers = Breakers.create(topology.racks.limit_w.copy())
+        self.powered = np.ones(n, dtype=bool)
+        self.util = np.zeros(n)
+        self.mem_util = np.zeros(n)
+        self.rack_power_w = np.zeros(topology.n_racks)
+        self.site_power_w = 0.0
+        self.job_speed = np.ones(workloads.n_jobs)
+        rng = np.random.default_rng(seed)
+        self._rng = rng
+        self._noise = 1.0 + params.sensor_noise_frac * rng.standard_normal((_NOISE_ROWS, n))
+        delay_ticks = max(0, round(params.telemetry_delay_s / self.tick_s))
+        self._history: list[Reading] = []
+        self._delay_ticks = delay_ticks
+        self.trips: list[tuple[float, str]] = []
+
+    # ------------------------------------------------------------------ actuation
+    def command(
+        self, cap_w: FloatArray, clock_max_mhz: FloatArray, rows: slice | None = None
+    ) -> None:
+        """Give new caps and clock ceilings; the GPUs obey them after the actuation lag."""
+        rows = rows if rows is not None else slice(0, self.topology.n_gpus)
+        lo = self.topology.gpu_min_cap_w[rows]
+        hi = self.topology.gpu_max_cap_w[rows]
+        self._pending_cap_w[rows] = np.clip(cap_w, lo, hi)
+        self._pending_clock_mhz[rows] = np.clip(clock_max_mhz, 0.0, self.consts.max_clock_mhz[rows])
+        self._pending_at_s[rows] = self.now_s + self.params.actuation_lag_s
+
+    def _apply_due(self) -> None:
+        due = self._pending_at_s <= self.now_s + 1e-9
+        if due.any():
+            self.cap_w = np.where(due, self._pending_cap_w, self.cap_w)
+            self.clock_max_mhz = np.where(due, self._pending_clock_mhz, self.clock_max_mhz)
+            self._pending_at_s[due] = np.inf
+
+    # ------------------------------------------------------------------ time
+    def step(self) -> None:
+        """Advance one tick: commands due, workloads, GPU physics, facility power, breakers."""
+        self._apply_due()
+        wl = self.workloads
+        job_activity, job_alpha, job_mem = wl.demand(self.now_s, self.tick, self.job_speed)
+        gpu_job = wl.gpu_job
+        activity = job_activity[gpu_job] * self.powered
+        step_gpus(
+            self.gpu,
+            self.consts,
+            self.params,
+            activity=activity,
+            alpha=job_alpha[gpu_job],
+            cap_w=self.cap_w,
+            clock_ceiling_mhz=self.clock_max_mhz,
+            powered=self.powered,
+            dt_s=self.tick_s,
+        )
+        self.util = np.minimum(activity / 0.97, 1.0)
+        self.mem_util = job_mem[gpu_job] * self.powered
+        self.job_speed = wl.job_speed(self.gpu.speed, self.gpu.clock_frac)
+        n_servers = self._server_overhead_w.size
+        server_w = _sum_by(self._server, self.gpu.power_w, n_servers)
+        server_on = _sum_by(self._server, self.powered.astype(np.float64), n_servers) > 0
+        server_w = (server_w + self._server_overhead_w * server_on) / self.params.psu_efficiency
+        group = self._server_rack
+        rack_w = server_w
+        for level in self._rack_parent_levels:
+            rack_w = _sum_by(group, rack_w, level.size)
+            group = level.parent
+        rack_w = _sum_by(group, rack_w, self.topology.n_racks)
+        rack_w += self.topology.racks.overhead_w * ~self.breakers.tripped
+        self.rack_power_w = rack_w
+        self.site_power_w = float(rack_w.sum())
+        if self.enforce_breakers:
+            new = self.breakers.step(rack_w, self.now_s, self.tick_s)
+            if new.any():
+                self._trip(new)
+        self._remember()
+        self.now_s += self.tick_s
+        self.tick += 1
+
+    def _trip(self, new: NDArray[np.bool_]) -> None:
+        ids = self.topology.racks.ids
+        for r in np.flatnonzero(new):
+            self.trips.append((self.now_s, ids[r]))
+            log.error(
+                "BREAKER TRIPPED: rack power cut",
+                rack=ids[r],
+                t_s=self.now_s,
+                rack_power_w=float(self.rack_power_w[r]),
+                rating_w=float(self.breakers.rating_w[r]),
+            )
+        self.powered = ~self.breakers.tripped[self._gpu_rack]
+
+    # ------------------------------------------------------------------ sensing
+    def _remember(self) -> None:
+        noise = self._noise[self.tick % _NOISE_ROWS]
+        reading = Reading(
+            now_s=self.now_s,
+            power_w=self.gpu.power_w * noise,
+            sm_clock_mhz=self.gpu.clock_frac * self.consts.max_clock_mhz * self.powered,
+            util=self.util,
+            mem_util=self.mem_util,
+            temp_c=self.gpu.temp_c.copy(),
+            cap_w=self.cap_w,
+            rack_power_w=self.rack_power_w,
+        )
+        self._history.append(reading)
+        if len(self._history) > self._delay_ticks + 1:
+            del self._history[0]
+
+    def reading(self) -> Reading:
+        """The sensors' view, `telemetry_delay_s` old (the oldest reading kept)."""
+        if not self._history:
+            self._remember()
+        return self._history[0]
+
+    def fill_fleet(
+        self, fleet: FleetState, *, fresh_racks: NDArray[np.bool_] | None = None
+    ) -> None:
+        """Write the delayed, noisy reading into a FleetState as ingest would (all racks at once).
+
+        Racks with `fresh_racks` False (telemetry lost) keep their old rows and last-seen time.
+        """
+        r = self.reading()
+        class_code = self.workloads.gpu_class() + 1  # code 0 is "unknown" in FleetState
+        if fresh_racks is None:
+            rows: slice | NDArray[np.bool_] = slice(None)
+            racks: slice | NDArray[np.bool_] = slice(None)
+        else:
+            rows = fresh_racks[self._gpu_rack]
+            racks = fresh_racks
+        fleet.power_w[rows] = r.power_w[rows]
+        fleet.sm_clock_mhz[rows] = r.sm_clock_mhz[rows]
+        fleet.util[rows] = r.util[rows]
+        fleet.mem_util[rows] = r.mem_util[rows]
+        fleet.temp_c[rows] = r.temp_c[rows]
+        fleet.cap_w[rows] = r.cap_w[rows]
+        fleet.workload_class[rows] = class_code[rows]
+        fleet.rack_power_w[racks] = r.rack_power_w[racks]
+        fleet.rack_last_seen_s[racks] = r.now_s
+        fleet.rack_seq[racks] += 1
+
+
+def _sum_by(group: NDArray[np.int32], weights: FloatArray, n: int) -> FloatArray:
+    """Per-group sums of a per-member quantity (one `np.bincount`)."""
+    return np.bincount(group, weights=weights, minlength=n).astype(np.float64, copy=False)

@@ -1,0 +1,163 @@
+"""GPU power, clock, throughput and temperature as vectorized curves, calibrated on public figures.
+
+The model (CALIBRATION.md, "Power and throughput versus cap and clock"), per GPU with the SM
+clock as a fraction x = f / f_max:
+
+    power_w    = idle_w + (peak_w - idle_w) * activity * g(x)
+    throughput = x ** alpha
+
+`g` is the dynamic-power curve: above the voltage knee the core voltage scales with the clock, so
+dynamic power goes as f * V^2 ~ x^3; below it the voltage sits at its floor and power goes as x.
+This two-piece curve is what makes measured power-limit sweeps flat near the top and steep below
+half of TDP; a single power law cannot match both ends. Knee and alpha were fitted to the Zeus
+NSDI'23 sweeps (A40, V100: `simulator/data/zeus-nsdi23`), and `tests/simulator/test_sim_zeus.py`
+holds the fit within 5 percentage points of the measured throughput.
+
+The GPU's own power limiter (the firmware loop behind `nvmlDeviceSetPowerManagementLimit`) lowers
+the clock until power fits the cap, settling with a time constant; a clock ceiling
+(`nvmlDeviceSetGpuLockedClocks`) applies at once. Everything here is numpy over all GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from policies.gpu_models import model_table
+
+FloatArray = NDArray[np.float64]
+
+#: Clock fraction below which core voltage stops falling (fitted to Zeus A40/V100 sweeps).
+VOLTAGE_KNEE = 0.85
+#: Throughput exponent of compute-bound work (training, prefill), fitted to the Zeus sweeps.
+ALPHA_COMPUTE = 1.1
+#: Throughput exponent of memory-bound LLM decode: clocks barely matter (CALIBRATION.md, 0.05-0.3).
+ALPHA_DECODE = 0.15
+#: Full-activity power per model, at max clock. Units: W. Equal to the max cap: a GPU running flat
+#: out at its top clock draws its TDP (DGX H100 measurements: 5.6 kW for 8 GPUs in training).
+PEAK_W = model_table("max_cap_w")
+IDLE_W = model_table("idle_w")
+MAX_CLOCK_MHZ = model_table("max_sm_clock_mhz")
+MIN_CLOCK_MHZ = model_table("min_sm_clock_mhz")
+SLOWDOWN_C = model_table("slowdown_temp_c")
+SHUTDOWN_C = model_table("shutdown_temp_c")
+
+
+def dynamic_fraction(x: FloatArray, knee: float = VOLTAGE_KNEE) -> FloatArray:
+    """g(x): dynamic power at clock fraction x relative to the top clock, in [0, 1]."""
+    result: FloatArray = x * np.maximum(knee, x) ** 2
+    return result
+
+
+def clock_for_dynamic(y: FloatArray, knee: float = VOLTAGE_KNEE) -> FloatArray:
+    """Inverse of `dynamic_fraction`: the clock fraction whose dynamic power fraction is y."""
+    y = np.clip(y, 0.0, 1.0)
+    return np.where(y <= knee**3, y / (knee * knee), np.cbrt(y))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhysicsParams:
+    """Named physical parameters; defaults from CALIBRATION.md, *estimates* marked as such.
+
+    Units: seconds, degrees C, kelvin per watt, fractions.
+    """
+
+    #: Power-limiter settle time constant (*estimate*, 0.1-1 s).
+    limiter_settle_s: float = 0.3
+    #: GPU thermal time constant (*estimate*, 10-60 s).
+    thermal_tau_s: float = 30.0
+    #: Die temperature rise per watt above inlet at steady state (H100 at 700 W reaches ~70 C
+    #: with 25 C inlet air; *estimate*). Units: K/W.
+    thermal_resistance_k_per_w: float = 0.065
+    inlet_temp_c: float = 25.0
+    #: Server PSU efficiency (*estimate*, 94-96 %).
+    psu_efficiency: float = 0.95
+    #: Relative standard deviation of reported power (sensor noise).
+    sensor_noise_frac: float = 0.01
+    #: Age of the telemetry a controller sees. Units: s.
+    telemetry_delay_s: float = 1.0
+    #: Time from a command being issued to the GPU enforcing it (NVML call plus settle). Units: s.
+    actuation_lag_s: float = 1.0
+
+
+@dataclass(eq=False, kw_only=True)
+class GpuState:
+    """Per-GPU physical state carried between ticks. Units in names; clocks as fractions of max."""
+
+    clock_frac: FloatArray
+    temp_c: FloatArray
+    power_w: FloatArray
+    speed: FloatArray
+
+    @classmethod
+    def initial(cls, model: NDArray[np.int8], inlet_c: float) -> GpuState:
+        n = model.size
+        return cls(
+            clock_frac=np.ones(n),
+            temp_c=np.full(n, inlet_c),
+            power_w=IDLE_W[model].copy(),
+            speed=np.zeros(n),
+        )
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class GpuConsts:
+    """Per-GPU constants gathered once from the model table (fancy indexing out of the hot path)."""
+
+    idle_w: FloatArray
+    span_w: FloatArray
+    max_clock_mhz: FloatArray
+    min_clock_frac: FloatArray
+    slowdown_c: FloatArray
+    throttle_span_c: FloatArray
+
+    @classmethod
+    def for_models(cls, model: NDArray[np.int8]) -> GpuConsts:
+        return cls(
+            idle_w=IDLE_W[model],
+            span_w=PEAK_W[model] - IDLE_W[model],
+            max_clock_mhz=MAX_CLOCK_MHZ[model],
+            min_clock_frac=MIN_CLOCK_MHZ[model] / MAX_CLOCK_MHZ[model],
+            slowdown_c=SLOWDOWN_C[model],
+            throttle_span_c=SHUTDOWN_C[model] - SLOWDOWN_C[model],
+        )
+
+
+def step_gpus(
+    state: GpuState,
+    consts: GpuConsts,
+    params: PhysicsParams,
+    *,
+    activity: FloatArray,
+    alpha: FloatArray,
+    cap_w: FloatArray,
+    clock_ceiling_mhz: FloatArray,
+    powered: NDArray[np.bool_],
+    dt_s: float,
+) -> None:
+    """Advance every GPU by one tick in place: limiter, clock ceiling, thermals, power, speed.
+
+    `activity` in [0, 1] scales dynamic power (0 = idle); `powered` is False for GPUs whose rack
+    breaker has tripped. `speed` comes out as the fraction of the work rate at the top clock.
+    """
+    active = np.maximum(activity, 1e-6)
+    # Clock at which the GPU would draw exactly its cap; the limiter moves toward it.
+    budget = (cap_w - consts.idle_w) / (consts.span_w * active)
+    target = np.clip(clock_for_dynamic(budget), consts.min_clock_frac, 1.0)
+    # Thermal slowdown: the clock falls linearly from the slowdown to the shutdown temperature.
+    hot = np.clip((state.temp_c - consts.slowdown_c) / consts.throttle_span_c, 0.0, 0.7)
+    target *= 1.0 - hot
+    settle = 1.0 - np.exp(-dt_s / params.limiter_settle_s)
+    clock = state.clock_frac + (target - state.clock_frac) * settle
+    # A clock ceiling is obeyed immediately, without the limiter's settle.
+    clock = np.minimum(clock, clock_ceiling_mhz / consts.max_clock_mhz)
+    state.clock_frac = clock
+    power = consts.idle_w + consts.span_w * activity * dynamic_fraction(clock)
+    power *= powered
+    state.power_w = power
+    state.speed = clock**alpha * powered
+    heat = 1.0 - np.exp(-dt_s / params.thermal_tau_s)
+    steady = params.inlet_temp_c + params.thermal_resistance_k_per_w * power
+    state.temp_c += (steady - state.temp_c) * heat

@@ -1,0 +1,260 @@
+"""Scenario files: YAML validated by pydantic into frozen models (`rheostat schema scenario`).
+
+A scenario is data: topology, workloads, limits, grid events, faults, duration, tick and seed.
+Errors name the file, the line and the dotted field, and every problem is reported at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from policies.errors import ConfigError, ConfigErrors
+
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopologySpec(_Model):
+    """A regular fleet; limits are fractions of what the hardware draws flat out."""
+
+    gpus: int = Field(gt=0, description="number of GPUs, a multiple of gpus_per_server")
+    gpus_per_server: int = Field(8, gt=0)
+    servers_per_rack: int = Field(4, gt=0)
+    racks_per_row: int = Field(8, gt=0)
+    a100_share: float = Field(0.5, ge=0, le=1, description="share of servers with A100s")
+    site_limit_frac: float = Field(
+        1.0,
+        gt=0,
+        description="site contract as a fraction of the facility's full-power draw "
+        "(every GPU at its max cap, servers' overhead, PSU losses)",
+    )
+    rack_rating_frac: float = Field(
+        1.125, gt=0, description="rack breaker rating as a fraction of the rack's full-power draw"
+    )
+    rack_derating: float = Field(0.8, gt=0, le=1, description="usable fraction of a breaker")
+
+    @model_validator(mode="after")
+    def _whole_servers(self) -> TopologySpec:
+        if self.gpus % self.gpus_per_server:
+            raise ValueError("gpus must be a multiple of gpus_per_server")
+        return self
+
+
+class PhysicsSpec(_Model):
+    """Sensor and actuator imperfections and thermal constants (see simulator.physics)."""
+
+    limiter_settle_s: float = Field(0.3, gt=0)
+    thermal_tau_s: float = Field(30.0, gt=0)
+    inlet_temp_c: float = 25.0
+    psu_efficiency: float = Field(0.95, gt=0, le=1)
+    sensor_noise_frac: float = Field(0.01, ge=0, lt=0.5)
+    telemetry_delay_s: float = Field(1.0, ge=0)
+    actuation_lag_s: float = Field(1.0, ge=0)
+
+
+class _Job(_Model):
+    name: str
+    gpus: int = Field(gt=0)
+    tier: int = Field(1, ge=0, le=3, description="Flex tier: 0 never slowed first, 3 most flexible")
+    start_s: float = Field(0.0, ge=0)
+    end_s: float | None = Field(None, gt=0, description="departure time; none = runs to the end")
+
+
+class TrainingSpec(_Job):
+    """Synchronous data-parallel training: compute, then all-reduce, every iteration."""
+
+    kind: Literal["training"]
+    iteration_s: float = Field(6.0, gt=0)
+    comm_frac: float = Field(0.3, ge=0, lt=1, description="share of an iteration in communication")
+    checkpoint_every_s: float = Field(0.0, ge=0, description="0 = no checkpoints")
+    checkpoint_s: float = Field(60.0, ge=0)
+
+
+class InferenceSpec(_Job):
+    """An LLM service whose demand comes from a synthetic diurnal rate or the Azure trace."""
+
+    kind: Literal["inference"]
+    source: Literal["diurnal", "trace"] = "diurnal"
+    utilization: float = Field(0.6, gt=0, le=2, description="mean demand / capacity at top clock")
+    prefill_time_share: float = Field(
+        0.3, ge=0, le=1, description="diurnal source: share of GPU time in prefill"
+    )
+    start_hour: float = Field(12.0, ge=0, lt=24)
+    peak_to_trough: float = Field(2.0, ge=1)
+    bursts_per_hour: float = Field(2.0, ge=0)
+    burst_factor: float = Field(1.6, ge=1)
+    trace_time_scale: float = Field(1.0, gt=0, description="trace source: >1 stretches it")
+
+
+Workload = Annotated[TrainingSpec | InferenceSpec, Field(discriminator="kind")]
+
+
+class LimitStep(_Model):
+    """A contract change or maintenance window: from `at_s` on, the site limit is this."""
+
+    at_s: float = Field(ge=0)
+    site_limit_frac: float | None = Field(None, gt=0, description="of the full-power draw")
+    site_limit_w: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> LimitStep:
+        if (self.site_limit_frac is None) == (self.site_limit_w is None):
+            raise ValueError("give exactly one of site_limit_frac and site_limit_w")
+        return self
+
+
+class LimitsSpec(_Model):
+    steps: tuple[LimitStep, ...] = ()
+    ramp_w_per_s: float | None = Field(
+        None, gt=0, description="utility ramp-rate limit on site power, both directions"
+    )
+
+
+class DrEvent(_Model):
+    """An OpenADR-style demand-response event; the target is a fraction of baseline or in kW."""
+
+    start_s: float = Field(ge=0, description="when the reduced level must be reached")
+    notification_s: float = Field(0.0, ge=0, description="notice given before start")
+    ramp_s: float = Field(0.0, ge=0, description="ramp from the current limit, ending at start")
+    duration_s: float = Field(gt=0)
+    recovery_s: float = Field(0.0, ge=0)
+    level: int = Field(2, ge=0, le=3, description="OpenADR SIMPLE level")
+    target_frac: float | None = Field(
+        None, gt=0, le=1, description="allowed power as a fraction of the pre-event baseline"
+    )
+    target_kw: float | None = Field(None, gt=0, description="allowed power. Units: kW")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DrEvent:
+        if (self.target_frac is None) == (self.target_kw is None):
+            raise ValueError("give exactly one of target_frac and target_kw")
+        return self
+
+
+class GridSpec(_Model):
+    dr_events: tuple[DrEvent, ...] = ()
+    carbon: Literal["none", "caiso"] = Field("none", description="carbon-intensity signal")
+    price_per_mwh: float = Field(80.0, ge=0, description="flat energy price. Units: $/MWh")
+
+
+class FaultSpec(_Model):
+    """A fault injected into the run: a rack's telemetry stops reaching the controller."""
+
+    kind: Literal["telemetry_loss"]
+    rack: int = Field(ge=0, description="rack index in topology order")
+    at_s: float = Field(ge=0)
+    duration_s: float = Field(gt=0)
+
+
+class ControllerSpec(_Model):
+    period_s: float = Field(1.0, gt=0, description="decision period")
+    stale_timeout_s: float = Field(5.0, gt=0, description="rack silence before it is stale")
+
+
+class Scenario(_Model):
+    name: str
+    description: str = ""
+    duration_s: float = Field(gt=0)
+    tick_s: float = Field(1.0, gt=0)
+    seed: int = 0
+    topology: TopologySpec
+    physics: PhysicsSpec = PhysicsSpec()
+    workloads: tuple[Workload, ...] = ()
+    limits: LimitsSpec = LimitsSpec()
+    grid: GridSpec = GridSpec()
+    faults: tuple[FaultSpec, ...] = ()
+    controller: ControllerSpec = ControllerSpec()
+
+    @model_validator(mode="after")
+    def _fits(self) -> Scenario:
+        if sum(w.gpus for w in self.workloads) > self.topology.gpus:
+            raise ValueError("workloads need more GPUs than the topology has")
+        n_racks = -(
+            -self.topology.gpus // (self.topology.gpus_per_server * self.topology.servers_per_rack)
+        )
+        for f in self.faults:
+            if f.rack >= n_racks:
+                raise ValueError(f"fault names rack {f.rack}, but there are {n_racks} racks")
+        return self
+
+    def shortened(self, duration_s: float) -> Scenario:
+        """The same scenario cut short (tests use short variants of the shipped ones)."""
+        return self.model_copy(update={"duration_s": duration_s})
+
+
+def shipped_scenarios() -> list[str]:
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+
+
+def resolve(name_or_path: str) -> Path:
+    """A scenario file: a path, or the name of one shipped with Rheostat."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = SCENARIO_DIR / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    known = ", ".join(shipped_scenarios())
+    raise ConfigError(f"no such file or shipped scenario (shipped: {known})", file=name_or_path)
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """Read and validate a scenario; raises ConfigErrors naming every bad field with its line."""
+    path = resolve(name_or_path)
+    yaml = YAML(typ="rt")
+    try:
+        doc = yaml.load(path.read_text())
+    except (OSError, YAMLError) as exc:
+        raise ConfigError(f"cannot read YAML: {exc}", file=str(path)) from None
+    try:
+        return Scenario.model_validate(_plain(doc))
+    except ValidationError as exc:
+        errors = [
+            ConfigError(
+                err["msg"],
+                file=str(path),
+                line=_line_of(doc, err["loc"]),
+                field=".".join(str(p) for p in err["loc"]) or None,
+            )
+            for err in exc.errors()
+        ]
+        raise ConfigErrors(errors) from None
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip containers as plain dicts and lists (kept for line numbers)."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the deepest part of `loc` present in the YAML document."""
+    line: int | None = None
+    node = doc
+    for part in loc:
+        lc = getattr(node, "lc", None)
+        try:
+            if isinstance(node, dict) and part in node:
+                if lc is not None:
+                    line = int(lc.key(part)[0]) + 1
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                if lc is not None:
+                    line = int(lc.item(part)[0]) + 1
+                node = node[part]
+            else:
+                break
+        except (KeyError, IndexError, TypeError):
+            break
+    return line

@@ -1,0 +1,221 @@
+"""Workloads as per-job state broadcast to GPUs: synchronous training, LLM inference, idle.
+
+Each job owns a contiguous range of GPUs (in topology order), so per-job reductions over its GPUs
+are one `np.minimum.reduceat` / `np.add.reduceat` and per-job values reach GPUs by one fancy index.
+Python loops run over jobs only, never over GPUs, and jobs are few.
+
+Work is accounted per job (training iterations, inference tokens served) from the speed the
+physics actually delivered, so throughput lost to caps is measured, never assumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from simulator.physics import ALPHA_COMPUTE, ALPHA_DECODE
+
+FloatArray = NDArray[np.float64]
+
+#: Workload-class names as sent in telemetry; index = class code.
+CLASSES: tuple[str, ...] = ("idle", "training", "inference")
+IDLE, TRAINING, INFERENCE = 0, 1, 2
+
+#: SM activity of a GPU in a training step's compute phase, its communication phase and a
+#: checkpoint pause (fractions of full dynamic power at a given clock; *estimates* matching
+#: DGX H100 training at ~700 W per GPU in compute and large dips during all-reduce).
+TRAIN_COMPUTE_ACTIVITY = 0.97
+TRAIN_COMM_ACTIVITY = 0.30
+CHECKPOINT_ACTIVITY = 0.08
+#: Activity of prefill (compute-bound) and decode (memory-bound: 137-300 W of 700 W on H200,
+#: arXiv 2605.11999, i.e. ~0.25 of the dynamic range).
+PREFILL_ACTIVITY = 0.92
+DECODE_ACTIVITY = 0.25
+#: Tokens one H100 processes per second at the top clock, batched (*estimates*, order of magnitude
+#: of published serving benchmarks): prompt tokens are cheap, generated tokens dear.
+PREFILL_TOKENS_PER_GPU_S = 10_000.0
+DECODE_TOKENS_PER_GPU_S = 500.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingJob:
+    """A synchronous job: every step is compute then communication; the slowest GPU gates it."""
+
+    name: str
+    tier: int
+    start_gpu: int
+    n_gpus: int
+    start_s: float
+    end_s: float
+    iteration_s: float
+    comm_frac: float
+    checkpoint_every_s: float
+    checkpoint_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceService:
+    """An LLM service fed by per-tick token arrivals (prefill and decode), in GPU-seconds at the
+    top clock: `prefill_gpu_s[t]` is the GPU time the tick's prompts need at full speed."""
+
+    name: str
+    tier: int
+    start_gpu: int
+    n_gpus: int
+    start_s: float
+    end_s: float
+    prefill_gpu_s: FloatArray
+    decode_gpu_s: FloatArray
+    prefill_tokens_per_gpu_s: float = PREFILL_TOKENS_PER_GPU_S
+    decode_tokens_per_gpu_s: float = DECODE_TOKENS_PER_GPU_S
+
+
+@dataclass(eq=False, kw_only=True)
+class WorkloadSet:
+    """All jobs of a run and their evolving state. Build with `WorkloadSet.create`."""
+
+    n_gpus: int
+    training: tuple[TrainingJob, ...]
+    inference: tuple[InferenceService, ...]
+    tick_s: float
+    gpu_job: NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
+    seg_starts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    seg_job: NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
+    job_tier: NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))
+    job_class: NDArray[np.int16] = field(default_factory=lambda: np.zeros(0, np.int16))
+    job_n_gpus: FloatArray = field(default_factory=lambda: np.zeros(0))
+    #: Progress: iterations (training, fractional) and token-equivalents (inference).
+    work: FloatArray = field(default_factory=lambda: np.zeros(0))
+    train_phase: FloatArray = field(default_factory=lambda: np.zeros(0))
+    backlog_gpu_s: FloatArray = field(default_factory=lambda: np.zeros(0))
+
+    @classmethod
+    def create(
+        cls,
+        n_gpus: int,
+        training: tuple[TrainingJob, ...],
+        inference: tuple[InferenceService, ...],
+        tick_s: float,
+    ) -> WorkloadSet:
+        """Index arrays: job k = training jobs, then services; the last job is the idle pool."""
+        jobs: list[TrainingJob | InferenceService] = [*training, *inference]
+        n_jobs = len(jobs) + 1
+        gpu_job = np.full(n_gpus, n_jobs - 1, dtype=np.int32)
+        for k, job in enumerate(jobs):
+            gpu_job[job.start_gpu : job.start_gpu + job.n_gpus] = k
+        change = np.flatnonzero(np.diff(gpu_job)) + 1
+        seg_starts = np.concatenate(([0], change)).astype(np.int64)
+        tiers = [j.tier for j in jobs] + [3]
+        classes = [TRAINING] * len(training) + [INFERENCE] * len(inference) + [IDLE]
+        return cls(
+            n_gpus=n_gpus,
+            training=training,
+            inference=inference,
+            tick_s=tick_s,
+            gpu_job=gpu_job,
+            seg_starts=seg_starts,
+            seg_job=gpu_job[seg_starts],
+            job_tier=np.array(tiers, dtype=np.int8),
+            job_class=np.array(classes, dtype=np.int16),
+            job_n_gpus=np.bincount(gpu_job, minlength=n_jobs).astype(np.float64),
+            work=np.zeros(n_jobs),
+            train_phase=np.zeros(len(training)),
+            backlog_gpu_s=np.zeros(len(inference)),
+        )
+
+    @property
+    def n_jobs(self) -> int:
+        return int(self.job_tier.size)
+
+    def gpu_tier(self) -> NDArray[np.int8]:
+        return self.job_tier[self.gpu_job]
+
+    def gpu_class(self) -> NDArray[np.int16]:
+        return self.job_class[self.gpu_job]
+
+    def job_names(self) -> list[str]:
+        return [j.name for j in self.training] + [s.name for s in self.inference] + ["idle"]
+
+    def demand(
+        self, now_s: float, tick: int, job_speed: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Per-job activity, throughput exponent and memory activity for this tick.
+
+        Also advances each job's progress by what `job_speed` (the slowest GPU's speed for a
+        synchronous job, the mean for a service; measured over the previous tick) allowed.
+        """
+        n = self.n_jobs
+        activity = np.zeros(n)
+        alpha = np.full(n, ALPHA_COMPUTE)
+        mem = np.zeros(n)
+        dt = self.tick_s
+        for k, job in enumerate(self.training):
+            if not job.start_s <= now_s < job.end_s:
+                continue
+            since = now_s - job.start_s
+            if job.checkpoint_every_s > 0 and (since % job.checkpoint_every_s) >= (
+                job.checkpoint_every_s - job.checkpoint_s
+            ):
+                activity[k] = CHECKPOINT_ACTIVITY
+                mem[k] = 0.1
+                continue
+            compute_s = (1.0 - job.comm_frac) / max(float(job_speed[k]), 1e-3)
+            step_s = job.iteration_s * (compute_s + job.comm_frac)
+            # Phase counts iterations; compute fills the first share of each at the slowed rate.
+            share = compute_s / (compute_s + job.comm_frac)
+            p0 = self.train_phase[k]
+            p1 = p0 + dt / step_s
+            busy_time = (_compute_cum(p1, share) - _compute_cum(p0, share)) / (p1 - p0)
+            activity[k] = TRAIN_COMPUTE_ACTIVITY * busy_time + TRAIN_COMM_ACTIVITY * (
+                1.0 - busy_time
+            )
+            mem[k] = 0.45 * busy_time + 0.2 * (1.0 - busy_time)
+            self.train_phase[k] = p1
+            self.work[k] = p1
+        base = len(self.training)
+        for i, svc in enumerate(self.inference):
+            k = base + i
+            if not svc.start_s <= now_s < svc.end_s:
+                continue
+            idx = min(tick, svc.prefill_gpu_s.size - 1)
+            x = max(float(job_speed[k]), 1e-3)
+            prefill_speed = x**ALPHA_COMPUTE
+            decode_speed = x**ALPHA_DECODE
+            # Backlog is kept in decode-equivalent GPU-seconds at full speed, prefill first.
+            want_p = svc.prefill_gpu_s[idx]
+            want_d = svc.decode_gpu_s[idx] + self.backlog_gpu_s[i]
+            capacity_s = svc.n_gpus * dt
+            time_p = min(capacity_s, want_p / prefill_speed)
+            served_p = time_p * prefill_speed
+            time_d = min(capacity_s - time_p, want_d / decode_speed)
+            served_d = time_d * decode_speed
+            self.backlog_gpu_s[i] = want_d - served_d + (want_p - served_p)
+            busy_p, busy_d = time_p / capacity_s, time_d / capacity_s
+            activity[k] = PREFILL_ACTIVITY * busy_p + DECODE_ACTIVITY * busy_d
+            mem[k] = 0.3 * busy_p + 0.85 * busy_d
+            if busy_p + busy_d > 0:
+                alpha[k] = (busy_p * ALPHA_COMPUTE + busy_d * ALPHA_DECODE) / (busy_p + busy_d)
+            self.work[k] += (
+                served_p * svc.prefill_tokens_per_gpu_s + served_d * svc.decode_tokens_per_gpu_s
+            )
+        return activity, alpha, mem
+
+    def job_speed(self, gpu_speed: FloatArray, gpu_clock_frac: FloatArray) -> FloatArray:
+        """Per-job speed from per-GPU physics: slowest GPU for training, mean clock for services."""
+        speed = np.ones(self.n_jobs)
+        seg_min = np.minimum.reduceat(gpu_speed, self.seg_starts)
+        np.minimum.at(speed, self.seg_job, seg_min)
+        seg_clock = np.add.reduceat(gpu_clock_frac, self.seg_starts)
+        clock_sum = np.bincount(self.seg_job, weights=seg_clock, minlength=self.n_jobs)
+        mean_clock = clock_sum / np.maximum(self.job_n_gpus, 1.0)
+        n_train = len(self.training)
+        speed[n_train:] = mean_clock[n_train:]
+        return speed
+
+
+def _compute_cum(phase: float, compute: float) -> float:
+    """Iterations' worth of compute time completed by `phase` (compute comes first in a step)."""
+    whole = np.floor(phase)
+    return float(whole * compute + min(phase - whole, compute))
