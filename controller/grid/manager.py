@@ -8,46 +8,15 @@ the same object runs under the daemon's wall clock and a simulator's clock.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-
-import numpy as np
-from numpy.typing import NDArray
 
 from controller.grid.config import DemandResponseSection, OptType
 from controller.grid.sources import scheduled_event
 from controller.grid.store import EventStore
-from policies.dr import DrBudget, DrEvent, baseline_w, lock_baselines, site_budget
-from policies.dr_flex import FlexOutcome, flex_limit, gpu_floor_w
+from policies.dr import DrEvent
+from policies.dr_session import DrSession, DrTick, FlexInputs
 
-FloatArray = NDArray[np.float64]
-
-#: Site-power samples kept for baselines (one per tick: over an hour at 1 s ticks).
-HISTORY_SAMPLES = 4096
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FlexInputs:
-    """What the Flex check needs from the last decision. Units: W."""
-
-    demand_w: FloatArray
-    tier: NDArray[np.int8]
-    min_cap_w: FloatArray
-    overhead_w: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DrTick:
-    """This tick's DR outcome: the limit for `Limits.site_limit_w` and why. Units: W."""
-
-    limit_w: float
-    budget: DrBudget
-    flex: FlexOutcome | None
-    gpu_floor_w: FloatArray | None
-
-    @property
-    def shortfall_w(self) -> float:
-        return 0.0 if self.flex is None else self.flex.shortfall_w
+__all__ = ["DrTick", "FlexInputs", "GridEvents"]
 
 
 @dataclass(slots=True)
@@ -71,10 +40,11 @@ class GridEvents:
         self.store = store
         self.events: dict[str, DrEvent] = {e.event_id: e for e in store.events()}
         self.notes: dict[str, str] = {e.event_id: n for e, n in store.all()}
-        self._t = np.full(HISTORY_SAMPLES, np.nan)
-        self._p = np.full(HISTORY_SAMPLES, np.nan)
-        self._n = 0
-        self._last_power: tuple[float, float] | None = None
+        self.session = DrSession(
+            baseline_window_s=section.baseline_window_s,
+            tolerances=section.flex_tolerances,
+            grid_first=section.grid_first,
+        )
         self.compliance: dict[str, _Compliance] = {}
 
     # ---------------------------------------------------------------- sources
@@ -130,50 +100,29 @@ class GridEvents:
     # ---------------------------------------------------------------- tick
     def record_power(self, now_s: float, site_power_w: float) -> None:
         """One measured site-power sample (for baselines, compliance and OpenADR reports)."""
-        if not math.isfinite(site_power_w):
-            return
-        i = self._n % HISTORY_SAMPLES
-        self._t[i], self._p[i] = now_s, site_power_w
-        self._n += 1
-        self._last_power = (now_s, site_power_w)
+        self.session.record(now_s, site_power_w)
 
     @property
     def last_power_w(self) -> float | None:
-        return None if self._last_power is None else self._last_power[1]
-
-    def baseline_estimate_w(self, now_s: float) -> float | None:
-        return baseline_w(self._t, self._p, until_s=now_s, window_s=self.section.baseline_window_s)
+        return self.session.last_power_w
 
     def tick(self, now_s: float, flex: FlexInputs | None = None) -> DrTick:
         """The DR limit now: lock baselines, take the deepest ramped cut, apply Flex policy."""
         live = [e for e in self.events.values() if not e.is_over(now_s)]
-        locked = lock_baselines(live, now_s, self.baseline_estimate_w(now_s))
-        for before, after in zip(live, locked, strict=True):
+        tick = self.session.step(live, now_s, flex)
+        for before, after in zip(live, tick.events, strict=True):
             if after is not before:
                 self._save(after)
-        budget = site_budget(self.events.values(), now_s)
         self._count_compliance(now_s)
-        if not budget.active or flex is None:
-            return DrTick(limit_w=budget.limit_w, budget=budget, flex=None, gpu_floor_w=None)
-        outcome = flex_limit(
-            budget.limit_w,
-            demand_w=flex.demand_w,
-            tier=flex.tier,
-            min_cap_w=flex.min_cap_w,
-            overhead_w=flex.overhead_w,
-            tolerances=self.section.flex_tolerances,
-            grid_first=self.section.grid_first,
-        )
-        floors = gpu_floor_w(flex.demand_w, flex.tier, flex.min_cap_w, self.section.flex_tolerances)
-        if outcome.reason and budget.event_id is not None:
-            self.notes[budget.event_id] = outcome.reason
-        return DrTick(limit_w=outcome.limit_w, budget=budget, flex=outcome, gpu_floor_w=floors)
+        if tick.flex is not None and tick.flex.reason and tick.budget.event_id is not None:
+            self.notes[tick.budget.event_id] = tick.flex.reason
+        return tick
 
     def _count_compliance(self, now_s: float) -> None:
         """Time-weighted share of each hold within 1 % of its target, from the last sample."""
-        if self._last_power is None:
+        sample_s, power_w = self.session.last_sample_s, self.session.last_power_w
+        if sample_s is None or power_w is None:
             return
-        sample_s, power_w = self._last_power
         dt_s = self.tick_s
         for event in self.events.values():
             if event.baseline_w is None or not event.opted_in:

@@ -1,0 +1,47 @@
+"""The per-tick DR step: baseline from recorded power, deepest cut, Flex floors for the core."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from policies.dr import DrEvent
+from policies.dr_session import DrSession, FlexInputs
+
+
+def test_step_locks_baseline_then_limits_and_floors() -> None:
+    session = DrSession(baseline_window_s=60.0)
+    for k in range(120):
+        session.record(float(k), 200_000.0 if k >= 60 else 100_000.0)
+    session.record(120.0, float("nan"))  # ignored
+    assert session.last_power_w == 200_000.0
+    event = DrEvent(
+        event_id="p",
+        source="sim",
+        notified_s=0.0,
+        start_s=150.0,
+        duration_s=600.0,
+        ramp_s=30.0,
+        recovery_s=60.0,
+        reduction_frac=0.25,
+    )
+    early = session.step([event], 100.0)
+    assert early.site_limit_w is None
+    assert early.events[0].baseline_w is None
+    tick = session.step([event], 120.0)
+    assert tick.events[0].baseline_w == pytest.approx(200_000.0)
+    assert tick.site_limit_w is None  # the ramp just began: no cut yet
+    assert session.step(tick.events, 135.0).limit_w == pytest.approx(175_000.0)
+    held = session.step(tick.events, 200.0)
+    assert held.site_limit_w == pytest.approx(150_000.0)
+    flex = FlexInputs(
+        demand_w=np.full(400, 400.0),
+        tier=np.zeros(400, dtype=np.int8),
+        min_cap_w=np.full(400, 100.0),
+        overhead_w=40_000.0,
+    )
+    protected = session.step(tick.events, 200.0, flex)
+    assert protected.limit_w == pytest.approx(200_000.0)  # Flex 0 everywhere: nothing to give
+    assert protected.shortfall_w == pytest.approx(50_000.0)
+    assert protected.gpu_floor_w is not None
+    assert np.all(protected.gpu_floor_w == 400.0)
