@@ -8,9 +8,13 @@ replayed from recorded inputs, and so the warm path can reuse the previous tick'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:  # capping imports this module; the plan is only carried, never built, here
+    from policies.capping import CappingPlan
 
 FloatArray = NDArray[np.float64]
 
@@ -61,6 +65,9 @@ class Limits:
     """
 
     site_limit_w: float | None = None
+    #: A softer site target (e.g. a demand-response level) that the allowed site power follows
+    #: within the ramp-rate settings; `site_limit_w` stays hard and is never exceeded.
+    site_target_w: float | None = None
     #: Per-GPU power below which its Flex tier's tolerated slowdown is exceeded (from
     #: `policies.dr_flex.gpu_floor_w` during a demand-response event; None otherwise). An
     #: allocation that honours it cuts every GPU to its floor, most tolerant tier first, before
@@ -96,3 +103,10 @@ class DecisionState:
     cap_w: FloatArray
     now_s: float
     site_allowed_w: float
+    #: Topology-derived index arrays, rebuilt only when the topology object changes.
+    plan: CappingPlan | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this state keeps between ticks (the warm path's cost). Units: bytes."""
+        return int(self.cap_w.nbytes) + (self.plan.nbytes if self.plan is not None else 0)

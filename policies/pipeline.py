@@ -1,0 +1,215 @@
+"""One control tick: demand, site budget, caps, anti-chatter, clocks.
+
+`decide` is the only entry point the daemon, the simulator and the benchmarks call. It is pure:
+everything it needs from the past arrives in `state`, and what the next tick needs leaves in the
+returned `DecisionState`, so any decision can be replayed from recorded inputs.
+
+Stale racks are counted at their worst case: their GPUs may draw up to their max cap (an agent
+sits on its safe cap or its last command, neither above the max cap, so the max cap is the larger
+of the two and is what every ancestor reserves). Their caps are never raised: the decision keeps
+the last issued cap for them (the max cap on a cold start).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from policies.capping import REL_TOL, CappingPlan, allocate, check_tier
+from policies.decision import (
+    CappingSettings,
+    Decision,
+    DecisionState,
+    Limits,
+    PolicySettings,
+)
+from policies.dvfs import clock_targets
+from policies.errors import PolicyError
+from policies.fleet import FleetState
+from policies.topology import Topology
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+
+def decide(
+    topology: Topology,
+    fleet: FleetState,
+    *,
+    tier: NDArray[np.int8],
+    limits: Limits,
+    settings: PolicySettings,
+    state: DecisionState | None,
+    now_s: float,
+    stale_rack: NDArray[np.bool_] | None = None,
+) -> tuple[Decision, DecisionState]:
+    """Caps and clock ceilings for every GPU, and the state the next tick starts from."""
+    plan = state.plan if state is not None and state.plan is not None else None
+    if plan is None or plan.topology is not topology:
+        plan = CappingPlan.build(topology)
+    n = topology.n_gpus
+    tiers = check_tier(tier, n)
+    if fleet.power_w.shape != (n,):
+        raise PolicyError(f"fleet has {fleet.power_w.shape[0]} GPUs, topology {n}")
+    if state is not None and state.cap_w.shape != (n,):
+        state = None  # the topology changed under us: start cold rather than misalign caps
+    stale_gpu = _stale_gpus(plan, stale_rack)
+    min_cap, max_cap = topology.gpu_min_cap_w, topology.gpu_max_cap_w
+    demand = estimate_demand(fleet, min_cap, max_cap, settings.capping)
+    if stale_gpu is not None:
+        floor = np.where(stale_gpu, max_cap, min_cap)
+        demand = np.where(stale_gpu, max_cap, demand)
+    else:
+        floor = min_cap
+
+    site_allowed = site_budget(topology, limits, settings.capping, state, now_s)
+    usable = list(plan.usable_w)
+    usable[-1] = np.minimum(usable[-1], site_allowed)
+    usable_w = tuple(usable)
+    alloc = allocate(
+        plan, floor_w=floor, demand_w=demand, max_w=max_cap, tier=tiers, usable_w=usable_w
+    )
+    cap = alloc.cap_w
+    if state is not None:
+        # Stale GPUs stay reserved at their max cap while the others are smoothed.
+        previous = state.cap_w if stale_gpu is None else np.where(stale_gpu, max_cap, state.cap_w)
+        cap = smooth_caps(
+            plan,
+            target_w=cap,
+            previous_w=previous,
+            min_w=floor,
+            dt_s=max(now_s - state.now_s, 0.0),
+            settings=settings.capping,
+            usable_w=usable_w,
+            target_used_w=alloc.used_w,
+        )
+    budget = alloc.used_w if state is None else _group_use(plan, cap)
+    issued = cap
+    if stale_gpu is not None:
+        previous = state.cap_w if state is not None else max_cap
+        issued = np.where(stale_gpu, previous, cap)
+    clock, saving = clock_targets(
+        cap_w=issued,
+        max_cap_w=max_cap,
+        idle_w=plan.idle_w,
+        min_clock_mhz=plan.min_clock_mhz,
+        max_clock_mhz=plan.max_clock_mhz,
+        step_mhz=plan.clock_step_mhz,
+        util=fleet.util if stale_gpu is None else np.where(stale_gpu, 0.0, fleet.util),
+        mem_util=fleet.mem_util,
+        settings=settings.dvfs,
+    )
+    decision = Decision(
+        cap_w=issued,
+        sm_clock_max_mhz=clock,
+        demand_w=demand,
+        tier=tiers,
+        budget_w=budget,
+        limit_w=usable_w,
+        infeasible=alloc.infeasible,
+        site_allowed_w=site_allowed,
+        dvfs_saving_w=saving,
+    )
+    return decision, DecisionState(
+        cap_w=issued, now_s=now_s, site_allowed_w=site_allowed, plan=plan
+    )
+
+
+def estimate_demand(
+    fleet: FleetState, min_cap_w: FloatArray, max_cap_w: FloatArray, settings: CappingSettings
+) -> FloatArray:
+    """What each GPU would draw uncapped, from recent power, with headroom. Units: W.
+
+    A GPU drawing within `pinned_frac` of its cap is held back by it, so its real demand is
+    unknown and at least the cap: it asks for the cap plus headroom, and keeps asking more each
+    tick while it stays pinned and power is free. A GPU idle by utilisation asks only for what it
+    draws. Every result is within [min cap, max cap], so idle GPUs still get the min cap.
+    """
+    pinned = fleet.power_w >= settings.pinned_frac * fleet.cap_w
+    base = np.where(pinned, np.maximum(fleet.power_w, fleet.cap_w), fleet.power_w)
+    headroom = np.maximum(base * settings.demand_headroom_frac, settings.demand_headroom_min_w)
+    busy = fleet.util > 0.0
+    demand = base + np.where(busy | pinned, headroom, 0.0)
+    clipped: FloatArray = np.clip(demand, min_cap_w, max_cap_w)
+    return clipped
+
+
+def site_budget(
+    topology: Topology,
+    limits: Limits,
+    settings: CappingSettings,
+    state: DecisionState | None,
+    now_s: float,
+) -> float:
+    """The site power the allocation may use this tick. Units: W.
+
+    The hard figure is the lowest of the site rating and `limits.site_limit_w`; a softer
+    `site_target_w` may sit below it. With ramp limits set, the allowed power moves from the
+    previous tick's towards the target by at most the ramp times the elapsed time, but never
+    above the hard figure: a limit that drops is obeyed at once (safety first), so the down ramp
+    shapes voluntary cuts (targets) and the up ramp shapes every recovery.
+    """
+    hard = float(topology.levels[-1].usable_w[0])
+    if limits.site_limit_w is not None:
+        hard = min(hard, limits.site_limit_w)
+    target = hard if limits.site_target_w is None else min(hard, limits.site_target_w)
+    if state is None or not np.isfinite(state.site_allowed_w):
+        return target
+    dt = max(now_s - state.now_s, 0.0)
+    allowed = target
+    if settings.site_ramp_up_w_per_s is not None:
+        allowed = min(allowed, state.site_allowed_w + settings.site_ramp_up_w_per_s * dt)
+    if settings.site_ramp_down_w_per_s is not None:
+        allowed = max(allowed, state.site_allowed_w - settings.site_ramp_down_w_per_s * dt)
+    return min(allowed, hard)
+
+
+def smooth_caps(
+    plan: CappingPlan,
+    *,
+    target_w: FloatArray,
+    previous_w: FloatArray,
+    min_w: FloatArray,
+    dt_s: float,
+    settings: CappingSettings,
+    usable_w: tuple[FloatArray, ...],
+    target_used_w: tuple[FloatArray, ...],
+) -> FloatArray:
+    """Apply the raise rate limit and the deadband without breaking any limit. Units: W.
+
+    Raises are limited to `raise_rate_w_per_s` and skipped under the deadband (both only leave
+    caps lower, which is always safe). A decrease under the deadband is skipped only where every
+    group above the GPU still fits with the old cap kept; elsewhere the cut is applied exactly.
+    """
+    previous = np.maximum(previous_w, min_w)
+    limited = np.minimum(target_w, previous + settings.raise_rate_w_per_s * dt_s)
+    cap = np.where(target_w > previous, limited, target_w)
+    small = np.abs(cap - previous) < settings.deadband_w
+    kept_cut = small & (cap < previous)
+    cap = np.where(small, previous, cap)
+    if kept_cut.any():
+        used = _group_use(plan, cap)
+        over = np.zeros(plan.n_servers, dtype=np.bool_)
+        for k, path in enumerate(plan.server_path):
+            bound = np.maximum(usable_w[k], target_used_w[k])
+            tol = REL_TOL * np.maximum(np.abs(bound), 1.0)
+            over |= (used[k] > bound + tol)[path]
+        revert = kept_cut & over[plan.gpu_server]
+        cap = np.where(revert, target_w, cap)
+    return cap
+
+
+def _group_use(plan: CappingPlan, cap_w: FloatArray) -> tuple[FloatArray, ...]:
+    sums = plan.up(plan.server_sum(cap_w))
+    return tuple(s + o for s, o in zip(sums, plan.overhead_w, strict=True))
+
+
+def _stale_gpus(plan: CappingPlan, stale_rack: NDArray[np.bool_] | None) -> BoolArray | None:
+    if stale_rack is None:
+        return None
+    racks = np.asarray(stale_rack, dtype=np.bool_)
+    if racks.shape != (plan.topology.n_racks,):
+        raise PolicyError(f"stale_rack must have shape ({plan.topology.n_racks},)")
+    if not racks.any():
+        return None
+    return racks[plan.gpu_rack]

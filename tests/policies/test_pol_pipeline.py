@@ -1,0 +1,321 @@
+"""`decide` end to end: limits, stale racks, anti-chatter, site ramp and clocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.decision import (
+    CappingSettings,
+    DecisionState,
+    DvfsSettings,
+    Limits,
+    PolicySettings,
+)
+from policies.errors import PolicyError
+from policies.pipeline import decide
+from policies.topology import Topology, generate_topology
+from tests.policies.pol_instances import Instance, busy_fleet, instances
+
+SETTINGS = PolicySettings()
+
+
+def check_limits(topo: Topology, decision, stale_gpu=None) -> None:
+    cap = decision.cap_w.copy()
+    if stale_gpu is not None:
+        cap[stale_gpu] = topo.gpu_max_cap_w[stale_gpu]
+    assert np.all(decision.cap_w >= topo.gpu_min_cap_w - 1e-9)
+    assert np.all(decision.cap_w <= topo.gpu_max_cap_w + 1e-9)
+    for k in range(len(topo.levels)):
+        used = topo.group_sum(k, cap) + topo.overhead_under(k)
+        limit = decision.limit_w[k]
+        ok = used <= limit + 1e-6 * np.maximum(limit, 1.0)
+        assert np.all(ok | decision.infeasible[k])
+        np.testing.assert_allclose(decision.budget_w[k], used, rtol=1e-9)
+
+
+@settings(max_examples=60)
+@given(
+    inst=instances(),
+    ticks=st.lists(
+        st.tuples(st.floats(0.0, 1.0), st.floats(0.1, 5.0), st.sampled_from([None, 3000.0])),
+        min_size=1,
+        max_size=4,
+    ),
+    stale_first=st.booleans(),
+)
+def test_every_tick_respects_every_limit(inst: Instance, ticks, stale_first: bool) -> None:
+    topo = inst.topology
+    state: DecisionState | None = None
+    now = 0.0
+    stale = np.zeros(topo.n_racks, dtype=bool)
+    stale[0] = stale_first
+    for scale, dt, site_limit in ticks:
+        now += dt
+        fleet = busy_fleet(topo, np.clip(inst.demand_frac * scale + 0.2, 0, 1), now)
+        decision, state = decide(
+            topo,
+            fleet,
+            tier=inst.tier,
+            limits=Limits(site_limit_w=site_limit),
+            settings=SETTINGS,
+            state=state,
+            now_s=now,
+            stale_rack=stale,
+        )
+        stale_gpu = stale[topo.gpu_group[topo.rack_level]]
+        check_limits(topo, decision, stale_gpu)
+        if site_limit is not None:
+            assert decision.site_allowed_w <= site_limit
+
+
+def test_stale_rack_is_reserved_at_max_cap_and_never_raised() -> None:
+    topo = generate_topology(64, racks_per_row=2)  # 2 racks of 32 GPUs
+    fleet = busy_fleet(topo, np.full(64, 1.0), 0.0)
+    fresh, state = decide(
+        topo,
+        fleet,
+        tier=np.zeros(64, np.int8),
+        limits=Limits(),
+        settings=SETTINGS,
+        state=None,
+        now_s=0.0,
+    )
+    stale = np.array([True, False])
+    later, _ = decide(
+        topo,
+        fleet,
+        tier=np.zeros(64, np.int8),
+        limits=Limits(),
+        settings=SETTINGS,
+        state=state,
+        now_s=1.0,
+        stale_rack=stale,
+    )
+    np.testing.assert_array_equal(later.cap_w[:32], fresh.cap_w[:32])
+    rack = topo.rack_level
+    reserved = topo.gpu_max_cap_w[:32].sum() + topo.overhead_under(rack)[0]
+    assert later.budget_w[rack][0] == pytest.approx(reserved)
+    # The fresh rack gets less than before because the stale one counts at worst case.
+    assert later.cap_w[32:].sum() <= fresh.cap_w[32:].sum() + 1e-6
+
+
+def two_gpus(site_w: float) -> Topology:
+    from tests.policies.pol_instances import build_topology
+
+    return build_topology(
+        [2],
+        [0],
+        [],
+        gpu_model=[0, 0],
+        server_limit_w=[np.inf],
+        rack_limit_w=[np.inf],
+        row_limit_w=[],
+        site_limit_w=site_w,
+        server_overhead_w=[0.0],
+        rack_derating=[1.0],
+    )
+
+
+def test_raises_are_rate_limited_and_cuts_immediate() -> None:
+    topo = two_gpus(1400.0)
+    capping = CappingSettings(raise_rate_w_per_s=50.0, deadband_w=5.0)
+    cfg = PolicySettings(capping=capping)
+    fleet = busy_fleet(topo, np.array([1.0, 1.0]), 0.0)
+    tier = np.array([0, 3], np.int8)
+    d0, s0 = decide(
+        topo,
+        fleet,
+        tier=tier,
+        limits=Limits(site_limit_w=800.0),
+        settings=cfg,
+        state=None,
+        now_s=0.0,
+    )
+    np.testing.assert_allclose(d0.cap_w, [600.0, 200.0])
+    d1, s1 = decide(topo, fleet, tier=tier, limits=Limits(), settings=cfg, state=s0, now_s=2.0)
+    np.testing.assert_allclose(d1.cap_w, [700.0, 300.0])  # +100 W in 2 s at most
+    d2, _ = decide(
+        topo, fleet, tier=tier, limits=Limits(site_limit_w=600.0), settings=cfg, state=s1, now_s=2.1
+    )
+    np.testing.assert_allclose(d2.cap_w, [400.0, 200.0])  # cut at once
+
+
+def test_deadband_suppresses_small_changes_but_never_a_needed_cut() -> None:
+    topo = two_gpus(1400.0)
+    cfg = PolicySettings(capping=CappingSettings(deadband_w=30.0, raise_rate_w_per_s=1e6))
+    fleet = busy_fleet(topo, np.array([1.0, 1.0]), 0.0)
+    tier = np.array([0, 0], np.int8)
+    d0, s0 = decide(
+        topo,
+        fleet,
+        tier=tier,
+        limits=Limits(site_limit_w=1000.0),
+        settings=cfg,
+        state=None,
+        now_s=0.0,
+    )
+    np.testing.assert_allclose(d0.cap_w, [500.0, 500.0])
+    d1, s1 = decide(
+        topo,
+        fleet,
+        tier=tier,
+        limits=Limits(site_limit_w=1020.0),
+        settings=cfg,
+        state=s0,
+        now_s=1.0,
+    )
+    np.testing.assert_allclose(d1.cap_w, [500.0, 500.0])  # +10 W each: under the deadband
+    d2, _ = decide(
+        topo, fleet, tier=tier, limits=Limits(site_limit_w=990.0), settings=cfg, state=s1, now_s=2.0
+    )
+    np.testing.assert_allclose(d2.cap_w, [495.0, 495.0])  # -5 W each is small, but needed
+
+
+def test_site_ramp_limits_recovery_but_not_a_hard_cut() -> None:
+    topo = two_gpus(1400.0)
+    capping = CappingSettings(site_ramp_up_w_per_s=100.0, site_ramp_down_w_per_s=50.0)
+    cfg = PolicySettings(capping=capping)
+    fleet = busy_fleet(topo, np.array([1.0, 1.0]), 0.0)
+    tier = np.zeros(2, np.int8)
+    d0, s0 = decide(
+        topo,
+        fleet,
+        tier=tier,
+        limits=Limits(site_limit_w=800.0),
+        settings=cfg,
+        state=None,
+        now_s=0.0,
+    )
+    assert d0.site_allowed_w == 800.0
+    d1, s1 = decide(topo, fleet, tier=tier, limits=Limits(), settings=cfg, state=s0, now_s=1.0)
+    assert d1.site_allowed_w == pytest.approx(900.0)
+    d2, s2 = decide(
+        topo,
+        fleet,
+        tier=tier,
+        limits=Limits(site_target_w=600.0),
+        settings=cfg,
+        state=s1,
+        now_s=2.0,
+    )
+    assert d2.site_allowed_w == pytest.approx(850.0)  # a soft target ramps down
+    d3, _ = decide(
+        topo, fleet, tier=tier, limits=Limits(site_limit_w=600.0), settings=cfg, state=s2, now_s=3.0
+    )
+    assert d3.site_allowed_w == pytest.approx(600.0)  # a hard limit applies at once
+    assert d3.cap_w.sum() <= 600.0 + 1e-6
+
+
+def test_idle_gpus_still_get_min_cap_and_pinned_demand_grows() -> None:
+    topo = two_gpus(1400.0)
+    fleet = busy_fleet(topo, np.array([0.05, 0.5]), 0.0)
+    fleet.cap_w = np.array([700.0, 350.0])
+    d, _ = decide(
+        topo,
+        fleet,
+        tier=np.zeros(2, np.int8),
+        limits=Limits(site_limit_w=500.0),
+        settings=SETTINGS,
+        state=None,
+        now_s=0.0,
+    )
+    assert d.demand_w[0] == pytest.approx(200.0)
+    assert d.demand_w[1] == pytest.approx(350.0 * 1.1)
+    assert d.cap_w[0] >= 200.0
+
+
+def test_memory_bound_work_gets_a_lower_clock_and_reports_saving() -> None:
+    topo = two_gpus(1400.0)
+    fleet = busy_fleet(topo, np.array([0.3, 0.3]), 0.0)
+    fleet.util = np.array([0.2, 0.9])
+    fleet.mem_util = np.array([0.8, 0.3])
+    d, _ = decide(
+        topo,
+        fleet,
+        tier=np.zeros(2, np.int8),
+        limits=Limits(),
+        settings=SETTINGS,
+        state=None,
+        now_s=0.0,
+    )
+    f_max = 1980.0
+    assert d.sm_clock_max_mhz[1] == f_max
+    low = d.sm_clock_max_mhz[0]
+    assert low < f_max
+    assert (low - 345.0) % 15.0 == 0
+    assert (low / f_max) ** 0.15 >= 0.98  # within the 2 % loss under the policy's model
+    assert ((low - 15.0) / f_max) ** 0.15 < 0.98  # and the lowest such step
+    assert d.dvfs_saving_w > 0
+    off, _ = decide(
+        topo,
+        fleet,
+        tier=np.zeros(2, np.int8),
+        limits=Limits(),
+        settings=PolicySettings(dvfs=DvfsSettings(enabled=False)),
+        state=None,
+        now_s=0.0,
+    )
+    assert np.all(off.sm_clock_max_mhz == f_max)
+    assert off.dvfs_saving_w == 0.0
+
+
+def test_compute_bound_gpu_under_a_binding_cap_gets_a_fitting_clock() -> None:
+    topo = two_gpus(1400.0)
+    fleet = busy_fleet(topo, np.array([1.0, 1.0]), 0.0)
+    fleet.util = np.array([1.0, 1.0])
+    d, _ = decide(
+        topo,
+        fleet,
+        tier=np.array([0, 3], np.int8),
+        limits=Limits(site_limit_w=900.0),
+        settings=SETTINGS,
+        state=None,
+        now_s=0.0,
+    )
+    np.testing.assert_allclose(d.cap_w, [700.0, 200.0])
+    assert d.sm_clock_max_mhz[0] == 1980.0
+    clock = d.sm_clock_max_mhz[1]
+    power = 80.0 + 620.0 * (clock / 1980.0) ** 3
+    assert power <= 200.0
+    assert 80.0 + 620.0 * ((clock + 15.0) / 1980.0) ** 3 > 200.0
+
+
+def test_bad_inputs_raise_policy_errors() -> None:
+    topo = generate_topology(64)
+    fleet = busy_fleet(topo, np.ones(64), 0.0)
+    with pytest.raises(PolicyError, match="tier"):
+        decide(
+            topo,
+            fleet,
+            tier=np.full(64, 4, np.int8),
+            limits=Limits(),
+            settings=SETTINGS,
+            state=None,
+            now_s=0.0,
+        )
+    with pytest.raises(PolicyError, match="stale_rack"):
+        decide(
+            topo,
+            fleet,
+            tier=np.zeros(64, np.int8),
+            limits=Limits(),
+            settings=SETTINGS,
+            state=None,
+            now_s=0.0,
+            stale_rack=np.zeros(5, bool),
+        )
+
+
+def test_warm_state_reuses_the_plan_and_stays_small() -> None:
+    topo = generate_topology(2560)
+    fleet = busy_fleet(topo, np.full(2560, 0.8), 0.0)
+    tier = np.zeros(2560, np.int8)
+    _, s0 = decide(
+        topo, fleet, tier=tier, limits=Limits(), settings=SETTINGS, state=None, now_s=0.0
+    )
+    _, s1 = decide(topo, fleet, tier=tier, limits=Limits(), settings=SETTINGS, state=s0, now_s=1.0)
+    assert s1.plan is s0.plan
+    assert s1.nbytes / topo.n_gpus <= 200
