@@ -1,0 +1,145 @@
+"""What the daemon calls: one object per policy's `demand_response` section.
+
+The daemon's tick asks `limits` for this tick's `Limits` (the DR limit folded into the site limit,
+with the Flex floors), routes messages on the grid-event topic to `handle`, publishes
+acknowledgements with `flush`, runs `serve` as a task (the OpenADR VEN, when configured), and
+exports `status` as the `rheostat_dr_*` metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+from numpy.typing import NDArray
+
+from controller.grid.config import DemandResponseSection
+from controller.grid.manager import DrTick, FlexInputs, GridEvents
+from controller.grid.mqtt import GridEventTopic
+from controller.grid.openadr import Ven
+from controller.grid.store import EventStore
+from policies.decision import Decision, Limits
+from policies.topology import Topology
+
+log = logging.getLogger("rheostat.grid")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GridStatus:
+    """The DR figures the metrics export. Units: W; ratios in [0, 1]."""
+
+    active: bool
+    target_w: float | None = None
+    baseline_w: float | None = None
+    shortfall_w: float | None = None
+    compliance_ratio: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class GridHook:
+    """Demand response for one running daemon."""
+
+    def __init__(
+        self,
+        section: DemandResponseSection,
+        *,
+        site: str,
+        clock: Callable[[], float],
+        base_dir: Path | None = None,
+        tick_s: float = 1.0,
+    ) -> None:
+        store_path = section.store_path
+        if not store_path.is_absolute() and base_dir is not None:
+            store_path = base_dir / store_path
+        self.section = section
+        self.clock = clock
+        self.events = GridEvents(section=section, store=EventStore(store_path), tick_s=tick_s)
+        self.events.load_schedule(clock())
+        self.topic = GridEventTopic(site=site, grid=self.events, clock=clock)
+        self.last: DrTick | None = None
+
+    @property
+    def topics(self) -> list[str]:
+        """Topics the daemon subscribes to (QoS 1) for this hook."""
+        return [self.topic.topic] if self.section.mqtt_events else []
+
+    def handle(self, topic: str, payload: bytes) -> bool:
+        """True when the message was a grid event (consumed here)."""
+        return self.section.mqtt_events and self.topic.handle(topic, payload)
+
+    async def flush(self, client: aiomqtt.Client) -> None:
+        await self.topic.flush(client)
+
+    def limits(
+        self,
+        base: Limits,
+        *,
+        now_s: float,
+        site_power_w: float,
+        topology: Topology,
+        tier: NDArray[np.int8],
+        decision: Decision | None,
+    ) -> Limits:
+        """This tick's limits: the lower of `base.site_limit_w` and the DR limit, plus floors.
+
+        The Flex check needs each GPU's unconstrained demand, taken from the previous decision;
+        on the first tick (no decision yet) the raw DR limit applies.
+        """
+        self.events.record_power(now_s, site_power_w)
+        flex = None
+        if decision is not None:
+            gpu_w = float(np.minimum(decision.demand_w, decision.cap_w).sum())
+            flex = FlexInputs(
+                demand_w=decision.demand_w,
+                tier=tier,
+                min_cap_w=topology.gpu_min_cap_w,
+                overhead_w=max(site_power_w - gpu_w, 0.0),
+            )
+        tick = self.events.tick(now_s, flex)
+        self.last = tick
+        if tick.site_limit_w is None:
+            return dataclasses.replace(base, gpu_floor_w=None)
+        limit = tick.limit_w
+        if base.site_limit_w is not None:
+            limit = min(limit, base.site_limit_w)
+        return dataclasses.replace(base, site_limit_w=limit, gpu_floor_w=tick.gpu_floor_w)
+
+    def status(self) -> GridStatus:
+        tick = self.last
+        ratios = {k: v.ratio for k, v in self.events.compliance.items()}
+        if tick is None or not tick.budget.active:
+            return GridStatus(active=False, compliance_ratio=ratios)
+        power = self.events.last_power_w
+        shortfall = 0.0 if power is None else max(power - tick.budget.target_w, 0.0)
+        return GridStatus(
+            active=True,
+            target_w=tick.budget.target_w,
+            baseline_w=tick.budget.baseline_w if math.isfinite(tick.budget.baseline_w) else None,
+            shortfall_w=max(shortfall, tick.shortfall_w),
+            compliance_ratio=ratios,
+        )
+
+    async def serve(self) -> None:
+        """Run the OpenADR VEN until cancelled (returns at once when none is configured)."""
+        section = self.section.openadr
+        if section is None:
+            return
+        attempt = 0
+        while True:
+            try:
+                async with Ven(
+                    section=section, dr=self.section, events=self.events, clock=self.clock
+                ) as ven:
+                    if not ven.registered:
+                        raise RuntimeError("the VTN did not register this VEN")
+                    attempt = 0
+                    await asyncio.Event().wait()
+            except (OSError, RuntimeError) as exc:
+                attempt += 1
+                log.warning("OpenADR VEN stopped: %s; retrying", exc)
+                await asyncio.sleep(min(60.0, 1.5**attempt))
