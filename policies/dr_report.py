@@ -17,6 +17,7 @@ Definitions (documented in the README's demand-response section):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,3 +163,31 @@ def event_report(
         throughput_retained=retained,
         fleet_throughput_retained=fleet,
     )
+
+
+def dr_entries(
+    events: Sequence[DrEvent],
+    times_s: ArrayLike,
+    site_power_w: ArrayLike,
+    *,
+    tier_work: ArrayLike | None = None,
+    tier_work_unconstrained: ArrayLike | None = None,
+    tolerance_frac: float = DEFAULT_TOLERANCE_FRAC,
+) -> list[dict[str, Any]]:
+    """The `dr` list of `rheostat simulate --json`: one entry per event that started cutting.
+
+    Events that never locked a baseline (opted out, cancelled before their ramp, or beyond the
+    end of the run) have nothing to report and are left out.
+    """
+    return [
+        event_report(
+            event,
+            times_s,
+            site_power_w,
+            tier_work=tier_work,
+            tier_work_unconstrained=tier_work_unconstrained,
+            tolerance_frac=tolerance_frac,
+        ).as_dict()
+        for event in events
+        if event.baseline_w is not None and event.opted_in
+    ]

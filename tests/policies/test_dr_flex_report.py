@@ -7,7 +7,7 @@ import pytest
 
 from policies.dr import DrEvent
 from policies.dr_flex import flex_limit, gpu_floor_w
-from policies.dr_report import delivery_series, event_report
+from policies.dr_report import delivery_series, dr_entries, event_report
 from policies.errors import PolicyError
 
 
@@ -134,3 +134,13 @@ def test_report_needs_a_baseline_and_increasing_times() -> None:
         event_report(make_event(baseline_w=None), [0.0], [1.0])
     with pytest.raises(PolicyError):
         event_report(make_event(), [0.0, 0.0], [1.0, 1.0])
+
+
+def test_dr_entries_skip_events_that_never_cut() -> None:
+    t = np.arange(0.0, 400.0, 1.0)
+    p = np.where((t >= 100) & (t < 300), 700.0, 1000.0)
+    events = [make_event(), make_event(event_id="never", baseline_w=None)]
+    entries = dr_entries(events, t, p)
+    assert [e["event_id"] for e in entries] == ["ev"]
+    assert entries[0]["compliance"] == 1.0
+    assert entries[0]["target_reached_s"] == 0.0
