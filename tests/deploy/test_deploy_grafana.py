@@ -1,0 +1,153 @@
+"""deploy/grafana/: dashboards Grafana can load and whose queries Prometheus can parse.
+
+Grafana does not run here; what it would reject or silently show empty is checked instead: JSON
+shape, unique ids, panels on the 24-column grid, every `$variable` defined, every panel on the
+dashboard's datasource variable, and every expression (panels, annotations, variables) through
+Prometheus' own parser, by handing them to `promtool check rules` as a rule file. Whether they
+return data is the live test's job (test_deploy_live_prometheus.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.deploy.promql_sources import (
+    DASHBOARDS,
+    DEPLOY,
+    annotation_queries,
+    dashboard_queries,
+    load_dashboard,
+    metric_names,
+    panels,
+    variable_queries,
+)
+from tests.services import require_binary
+
+GRAFANA = DEPLOY / "grafana"
+DATASOURCE_UID = "${datasource}"
+
+
+def test_the_four_dashboards_exist() -> None:
+    titles = {load_dashboard(p)["title"] for p in DASHBOARDS}
+    assert titles == {
+        "Rheostat / Fleet overview",
+        "Rheostat / Row and rack",
+        "Rheostat / Demand response",
+        "Rheostat / Controller health",
+    }
+    uids = [load_dashboard(p)["uid"] for p in DASHBOARDS]
+    assert len(set(uids)) == len(uids)
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_structure(path: Path) -> None:
+    board = load_dashboard(path)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    ids = [panel["id"] for panel in panels(board)]
+    assert len(set(ids)) == len(ids), "panel ids must be unique"
+    for panel in panels(board):
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0, panel["title"]
+        assert 0 < pos["w"] <= 24 - pos["x"], panel["title"]
+        assert panel["title"]
+        assert panel["datasource"]["uid"] == DATASOURCE_UID, panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs, panel["title"]
+        assert len(set(refs)) == len(refs), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == DATASOURCE_UID
+            assert target["expr"].strip()
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_variable_a_query_uses_is_defined(path: Path) -> None:
+    board = load_dashboard(path)
+    defined = {v["name"] for v in board["templating"]["list"]}
+    used = {
+        name
+        for query in dashboard_queries() + annotation_queries() + variable_queries()
+        if query.source.startswith(path.name)
+        for name in query.variables()
+    }
+    assert used <= defined
+
+
+def test_every_query_parses(tmp_path: Path) -> None:
+    """Prometheus' parser on every dashboard expression, via a rule file promtool checks."""
+    queries = dashboard_queries() + annotation_queries() + variable_queries()
+    rules = [
+        {"record": f"dashboard:check_{i}", "expr": q.concrete()} for i, q in enumerate(queries)
+    ]
+    rule_file = tmp_path / "dashboard_queries.yml"
+    YAML(typ="safe").dump({"groups": [{"name": "dashboards", "rules": rules}]}, rule_file)
+    result = subprocess.run(
+        [require_binary("promtool"), "check", "rules", str(rule_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(rules)} rules found" in result.stdout
+
+
+def test_dashboards_cover_what_operators_watch() -> None:
+    def names(title: str) -> set[str]:
+        path = next(p for p in DASHBOARDS if load_dashboard(p)["title"] == title)
+        return {
+            name
+            for q in dashboard_queries()
+            if q.source.startswith(path.name)
+            for name in metric_names(q.expr)
+        }
+
+    fleet = names("Rheostat / Fleet overview")
+    assert {
+        "rheostat_site_power_watts",
+        "rheostat_site_contract_watts",
+        "rheostat_dr_target_watts",
+        "rheostat_site_headroom_watts",
+        "rheostat_tier_cap_watts",
+    } <= fleet
+    racks = names("Rheostat / Row and rack")
+    assert {"rheostat_rack_breaker_utilization_ratio", "rheostat_rack_stale"} <= racks
+    dr = names("Rheostat / Demand response")
+    assert {"rheostat_dr_shortfall_watts", "rheostat_dr_compliance_ratio"} <= dr
+    health = names("Rheostat / Controller health")
+    assert {
+        "rheostat_tick_duration_seconds_bucket",
+        "rheostat_telemetry_messages_total",
+        "rheostat_telemetry_rejected_total",
+    } <= health
+    board = load_dashboard(next(p for p in DASHBOARDS if "racks" in p.name))
+    assert {"site", "row", "rack"} <= {v["name"] for v in board["templating"]["list"]}
+
+
+def test_provisioning_points_at_the_dashboards() -> None:
+    yaml = YAML(typ="safe")
+    datasources = yaml.load((GRAFANA / "provisioning/datasources/rheostat.yml").read_text())
+    assert datasources["apiVersion"] == 1
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["isDefault"] is True
+    providers = yaml.load((GRAFANA / "provisioning/dashboards/rheostat.yml").read_text())
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"].startswith("/")
+
+
+def test_metric_names_are_extracted_from_expressions() -> None:
+    expr = (
+        "histogram_quantile(0.99, sum by (le, instance) (rate(rheostat_tick_duration_seconds_bucket"
+        '{instance=~"$instance"}[1m]))) / on (site) clamp_min(rheostat_site_limit_watts, 1e-9)'
+    )
+    assert metric_names(expr) == {
+        "rheostat_tick_duration_seconds_bucket",
+        "rheostat_site_limit_watts",
+    }
