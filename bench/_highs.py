@@ -77,7 +77,7 @@ def solve_weighted_lp(
     lp.a_matrix_.index_ = index
     lp.a_matrix_.value_ = np.ones(index.size)
     with _quiet_stdout():
-        solver = highspy.Highs()
+        solver = highspy.Highs()  # type: ignore[no-untyped-call]
         solver.setOptionValue("output_flag", False)  # noqa: FBT003 - HiGHS API
         began = time.perf_counter()
         solver.passModel(lp)
