@@ -152,14 +152,15 @@ async def test_racks_and_controller_exchange_their_own_traffic(
         got = await first_message(rack)
         assert (str(got.topic), got.payload) == (wire.command_topic(SITE, "r001"), b"c1")
 
+        # The status is retained: a rack that subscribes later still reads it.
         status = wire.status_topic(SITE)
-        await controller.subscribe(status, qos=1)
         await controller.publish(status, b"online", qos=1, retain=True)
-        got = await first_message(controller)
+        await rack.subscribe(status, qos=1)
+        got = await first_message(rack)
         assert (str(got.topic), got.payload) == (status, b"online")
 
 
-async def test_a_rack_cannot_publish_commands(
+async def test_a_rack_cannot_publish_commands_or_status(
     secured: SecuredBroker, controller: aiomqtt.Client
 ) -> None:
     async with secured.client("r001") as rogue, secured.client("r002") as victim:
@@ -168,11 +169,16 @@ async def test_a_rack_cannot_publish_commands(
         # QoS 1 returns once the broker has taken (and here dropped) each message.
         await rogue.publish(wire.command_topic(SITE, "r002"), b"forged", qos=1)
         await rogue.publish(wire.command_topic(SITE, "r001"), b"forged-self", qos=1)
+        await rogue.publish(wire.status_topic(SITE), b"offline", qos=1, retain=True)
 
         await controller.publish(wire.command_topic(SITE, "r002"), b"marker", qos=1)
         await controller.publish(wire.command_topic(SITE, "r001"), b"marker", qos=1)
         assert (await first_message(victim)).payload == b"marker"
         assert (await first_message(rogue)).payload == b"marker"
+        # Nor may it speak for the controller: no retained status was stored.
+        await victim.subscribe(wire.status_topic(SITE), qos=1)
+        await controller.publish(wire.command_topic(SITE, "r002"), b"marker-2", qos=1)
+        assert (await first_message(victim)).payload == b"marker-2"
 
 
 async def test_a_rack_cannot_publish_another_racks_telemetry(
