@@ -91,16 +91,18 @@ def flex_limit(
     overhead_w: float,
     tolerances: tuple[float, ...] = DEFAULT_TOLERANCES,
     grid_first: bool = False,
+    floors_w: FloatArray | None = None,
 ) -> FlexOutcome:
     """Decide the DR limit given Flex tolerances. Units: W.
 
     `demand_w` is each GPU's unconstrained demand, `overhead_w` the site's non-GPU draw (which
     no cap touches). Within tolerances the site can go down to overhead + the sum of floors;
     with `grid_first` it goes down to overhead + min caps (beyond which nothing is possible).
+    `floors_w` passes floors already computed with `gpu_floor_w` for the same inputs.
     """
     demand = np.asarray(demand_w, dtype=np.float64)
     tiers = np.asarray(tier, dtype=np.int64)
-    floors = gpu_floor_w(demand, tiers, min_cap_w, tolerances)
+    floors = gpu_floor_w(demand, tiers, min_cap_w, tolerances) if floors_w is None else floors_w
     min_cap = np.asarray(min_cap_w, dtype=np.float64)
     tier_floor = np.bincount(tiers, weights=floors, minlength=N_TIERS).astype(np.float64)
     achievable = overhead_w + float(floors.sum())

@@ -94,6 +94,7 @@ class DrSession:
             return DrTick(
                 limit_w=budget.limit_w, budget=budget, flex=None, gpu_floor_w=None, events=locked
             )
+        floors = gpu_floor_w(flex.demand_w, flex.tier, flex.min_cap_w, self.tolerances)
         outcome = flex_limit(
             budget.limit_w,
             demand_w=flex.demand_w,
@@ -102,8 +103,8 @@ class DrSession:
             overhead_w=flex.overhead_w,
             tolerances=self.tolerances,
             grid_first=self.grid_first,
+            floors_w=floors,
         )
-        floors = gpu_floor_w(flex.demand_w, flex.tier, flex.min_cap_w, self.tolerances)
         return DrTick(
             limit_w=outcome.limit_w, budget=budget, flex=outcome, gpu_floor_w=floors, events=locked
         )
