@@ -1,0 +1,232 @@
+"""Recorded decision inputs (a snapshot): JSON in, the arrays `policies.pipeline.decide` takes out.
+
+The format is documented in the README (CLI, `rheostat decide`). Parsing happens once, here, with
+pydantic models that forbid unknown keys; every problem names its dotted field (and the file),
+so an operator can fix a snapshot without reading code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from policies.decision import (
+    CappingSettings,
+    DecisionState,
+    DvfsSettings,
+    Limits,
+    PolicySettings,
+)
+from policies.errors import ConfigError, ConfigErrors, TopologyError
+from policies.fleet import FleetState
+from policies.gpu_models import MODEL_CODE
+from policies.topology import Level, Topology
+
+T = TypeVar("T")
+
+Watts = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LevelSpec(_Strict):
+    name: str
+    ids: list[str] = Field(min_length=1)
+    parent: list[int] | None = None
+    #: null means no limit at this group.
+    limit_w: list[Watts | None]
+    derating: list[Annotated[float, Field(gt=0, le=1)]] | None = None
+    overhead_w: list[Annotated[float, Field(ge=0)]] | None = None
+
+
+class GpuSpec(_Strict):
+    model: list[str]
+    server: list[int]
+
+
+class TopologySpec(_Strict):
+    site: str
+    rack_level: str = "rack"
+    levels: list[LevelSpec] = Field(min_length=3)
+    gpus: GpuSpec
+
+
+class TelemetrySpec(_Strict):
+    power_w: list[Annotated[float, Field(ge=0)]]
+    cap_w: list[Watts]
+    util: list[Fraction]
+    mem_util: list[Fraction]
+
+
+class PreviousSpec(_Strict):
+    cap_w: list[Watts]
+    now_s: float
+    site_allowed_w: Watts
+
+
+class SettingsSpec(_Strict):
+    capping: dict[str, float | None] = Field(default_factory=dict)
+    dvfs: dict[str, float | bool] = Field(default_factory=dict)
+
+
+class SnapshotSpec(_Strict):
+    version: Annotated[int, Field(ge=1, le=1)] = 1
+    now_s: float
+    topology: TopologySpec
+    telemetry: TelemetrySpec
+    tier: list[Annotated[int, Field(ge=0, le=3)]]
+    stale_racks: list[str] = Field(default_factory=list)
+    limits: dict[str, Watts | None] = Field(default_factory=dict)
+    settings: SettingsSpec = Field(default_factory=SettingsSpec)
+    previous: PreviousSpec | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything one `decide` call needs, validated."""
+
+    topology: Topology
+    fleet: FleetState
+    tier: np.ndarray[Any, np.dtype[np.int8]]
+    limits: Limits
+    settings: PolicySettings
+    state: DecisionState | None
+    now_s: float
+    stale_rack: np.ndarray[Any, np.dtype[np.bool_]]
+
+
+def load_snapshot(path: Path | str) -> Snapshot:
+    """Read and validate a snapshot file; raises `ConfigError`/`ConfigErrors` naming the field."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=source) from None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"not valid JSON: {exc}", file=source) from None
+    return parse_snapshot(data, source=source)
+
+
+def parse_snapshot(data: Any, *, source: str = "<snapshot>") -> Snapshot:
+    if not isinstance(data, dict):
+        raise ConfigError("must be a JSON object", file=source)
+    try:
+        spec = SnapshotSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            ConfigError(e["msg"], file=source, field=".".join(str(p) for p in e["loc"]))
+            for e in exc.errors()
+        ]
+        raise ConfigErrors(errors) from None
+    topology = _topology(spec.topology, source)
+    n = topology.n_gpus
+
+    def per_gpu(values: list[Any], field: str) -> np.ndarray[Any, np.dtype[np.float64]]:
+        if len(values) != n:
+            raise ConfigError(
+                f"has {len(values)} entries, expected {n} (one per GPU)", file=source, field=field
+            )
+        return np.asarray(values, dtype=np.float64)
+
+    fleet = FleetState.empty(topology)
+    fleet.power_w = per_gpu(spec.telemetry.power_w, "telemetry.power_w")
+    fleet.cap_w = per_gpu(spec.telemetry.cap_w, "telemetry.cap_w")
+    fleet.util = per_gpu(spec.telemetry.util, "telemetry.util")
+    fleet.mem_util = per_gpu(spec.telemetry.mem_util, "telemetry.mem_util")
+    fleet.rack_last_seen_s[:] = spec.now_s
+    tier = per_gpu(spec.tier, "tier").astype(np.int8)
+    stale = np.zeros(topology.n_racks, dtype=np.bool_)
+    for i, rack in enumerate(spec.stale_racks):
+        if rack not in topology.rack_index:
+            raise ConfigError(f"unknown rack {rack!r}", file=source, field=f"stale_racks.{i}")
+        stale[topology.rack_index[rack]] = True
+    state = None
+    if spec.previous is not None:
+        state = DecisionState(
+            cap_w=per_gpu(spec.previous.cap_w, "previous.cap_w"),
+            now_s=spec.previous.now_s,
+            site_allowed_w=spec.previous.site_allowed_w,
+        )
+    return Snapshot(
+        topology=topology,
+        fleet=fleet,
+        tier=tier,
+        limits=_build(Limits, spec.limits, "limits", source),
+        settings=PolicySettings(
+            capping=_build(CappingSettings, spec.settings.capping, "settings.capping", source),
+            dvfs=_build(DvfsSettings, spec.settings.dvfs, "settings.dvfs", source),
+        ),
+        state=state,
+        now_s=spec.now_s,
+        stale_rack=stale,
+    )
+
+
+def _build(cls: type[T], values: dict[str, Any], field: str, source: str) -> T:
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        known = ", ".join(getattr(cls, "__dataclass_fields__", {}))
+        raise ConfigError(f"{exc}; known keys: {known}", file=source, field=field) from None
+
+
+def _topology(spec: TopologySpec, source: str) -> Topology:
+    levels = []
+    for k, lv in enumerate(spec.levels):
+        size = len(lv.ids)
+        prefix = f"topology.levels.{k}"
+        for name in ("parent", "limit_w", "derating", "overhead_w"):
+            values = getattr(lv, name)
+            if values is not None and len(values) != size:
+                raise ConfigError(
+                    f"has {len(values)} entries, expected {size} (one per id)",
+                    file=source,
+                    field=f"{prefix}.{name}",
+                )
+        last = k == len(spec.levels) - 1
+        if lv.parent is None and not last:
+            raise ConfigError(
+                "required below the site level", file=source, field=f"{prefix}.parent"
+            )
+        levels.append(
+            Level(
+                name=lv.name,
+                ids=tuple(lv.ids),
+                parent=np.asarray(lv.parent or [0] * size, dtype=np.int32),
+                limit_w=np.array([np.inf if v is None else v for v in lv.limit_w]),
+                derating=np.asarray(lv.derating or [1.0] * size, dtype=np.float64),
+                overhead_w=np.asarray(lv.overhead_w or [0.0] * size, dtype=np.float64),
+            )
+        )
+    models = []
+    for i, name in enumerate(spec.gpus.model):
+        if name not in MODEL_CODE:
+            known = ", ".join(MODEL_CODE)
+            raise ConfigError(
+                f"unknown GPU model {name!r} (known: {known})",
+                file=source,
+                field=f"topology.gpus.model.{i}",
+            )
+        models.append(MODEL_CODE[name])
+    try:
+        return Topology.create(
+            site=spec.site,
+            gpu_model=models,
+            gpu_server=spec.gpus.server,
+            levels=levels,
+            rack_level=spec.rack_level,
+        )
+    except TopologyError as exc:
+        field = f"topology.{exc.field}" if exc.field else "topology"
+        message = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
+        raise ConfigError(message, file=source, field=field) from None

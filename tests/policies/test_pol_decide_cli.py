@@ -1,0 +1,121 @@
+"""`rheostat decide --snapshot`: caps and budgets printed; bad snapshots name the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from controller.cli import main
+
+
+def snapshot() -> dict[str, Any]:
+    return {
+        "version": 1,
+        "now_s": 100.0,
+        "topology": {
+            "site": "lab",
+            "levels": [
+                {
+                    "name": "server",
+                    "ids": ["s0", "s1"],
+                    "parent": [0, 1],
+                    "limit_w": [None, None],
+                    "overhead_w": [300.0, 300.0],
+                },
+                {
+                    "name": "rack",
+                    "ids": ["r0", "r1"],
+                    "parent": [0, 0],
+                    "limit_w": [2000.0, 2000.0],
+                    "derating": [0.8, 0.8],
+                },
+                {"name": "site", "ids": ["lab"], "limit_w": [2600.0]},
+            ],
+            "gpus": {
+                "model": ["H100-SXM5", "H100-SXM5", "A100-SXM4", "A100-SXM4"],
+                "server": [0, 0, 1, 1],
+            },
+        },
+        "telemetry": {
+            "power_w": [690.0, 650.0, 390.0, 120.0],
+            "cap_w": [700.0, 700.0, 400.0, 400.0],
+            "util": [0.95, 0.9, 0.2, 0.1],
+            "mem_util": [0.4, 0.4, 0.8, 0.1],
+        },
+        "tier": [0, 2, 1, 3],
+        "stale_racks": [],
+        "limits": {"site_limit_w": 2400.0},
+    }
+
+
+def write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "snap.json"
+    path.write_bytes(orjson.dumps(data))
+    return path
+
+
+def test_json_dry_run_reports_caps_clocks_and_budgets(tmp_path: Path, capsys) -> None:
+    assert main(["decide", "--snapshot", str(write(tmp_path, snapshot())), "--json"]) == 0
+    out = orjson.loads(capsys.readouterr().out)
+    assert out["site_allowed_w"] == 2400.0
+    caps = [g["cap_w"] for g in out["gpus"]]
+    assert len(caps) == 4
+    rack0 = next(g for g in out["groups"] if g["id"] == "r0")
+    assert rack0["limit_w"] == 1600.0
+    assert rack0["budget_w"] <= 1600.0
+    assert rack0["headroom_w"] == pytest.approx(1600.0 - rack0["budget_w"], abs=0.2)
+    site = next(g for g in out["groups"] if g["level"] == "site")
+    assert site["budget_w"] <= 2400.0 + 1e-6
+    assert out["gpus"][2]["sm_clock_max_mhz"] < 1410  # memory-bound A100 is slowed
+    server = next(g for g in out["groups"] if g["id"] == "s0")
+    assert server["limit_w"] is None
+
+
+def test_table_dry_run(tmp_path: Path, capsys) -> None:
+    assert main(["decide", "--snapshot", str(write(tmp_path, snapshot()))]) == 0
+    out = capsys.readouterr().out
+    assert "sm_clock_max_mhz" in out
+    assert "headroom_w" in out
+    assert "site_allowed_w=2400.0" in out
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("telemetry", "power_w"), [1.0], "telemetry.power_w"),
+        (("telemetry", "util"), [0.1, 0.2, 1.5, 0.1], "telemetry.util.2"),
+        (("tier",), [0, 1, 2, 7], "tier.3"),
+        (("stale_racks",), ["r9"], "stale_racks.0"),
+        (
+            ("topology", "gpus", "model"),
+            ["H100-SXM5", "B300", "A100-SXM4", "A100-SXM4"],
+            "topology.gpus.model.1",
+        ),
+        (("topology", "levels", 1, "limit_w"), [2000.0], "topology.levels.1.limit_w"),
+        (("limits",), {"site_limit_w": -5.0}, "limits.site_limit_w"),
+        (("settings",), {"capping": {"deadband": 3.0}}, "settings.capping"),
+        (("unexpected",), 1, "unexpected"),
+    ],
+)
+def test_bad_snapshot_names_the_field(tmp_path: Path, capsys, path, value, field) -> None:
+    data = copy.deepcopy(snapshot())
+    target: Any = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    assert main(["decide", "--snapshot", str(write(tmp_path, data))]) == 1
+    err = capsys.readouterr().err
+    assert f": {field}: " in err
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path, capsys) -> None:
+    assert main(["decide", "--snapshot", str(tmp_path / "missing.json")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["decide", "--snapshot", str(bad)]) == 1
+    assert "not valid JSON" in capsys.readouterr().err
