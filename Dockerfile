@@ -1,0 +1,25 @@
+# Rheostat controller image: `docker build -t rheostat:0.1.0 .`
+# The entry point is the `rheostat` CLI; the default command runs the daemon with the policy file
+# mounted at /etc/rheostat/policy.yaml (see deploy/k8s/ and deploy/docker-compose.yml).
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY controller/ controller/
+COPY policies/ policies/
+COPY simulator/ simulator/
+COPY bench/ bench/
+# Wheels for the package and its runtime dependencies, at the versions the test suite passed with.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --user-group --no-create-home rheostat
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+USER 10001:10001
+# /metrics, /livez and /readyz (metrics.port in the policy file; set metrics.host to 0.0.0.0).
+EXPOSE 9464
+# SIGTERM makes the controller publish its `offline` status and leave racks on expiring commands.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["rheostat"]
+CMD ["run", "--config", "/etc/rheostat/policy.yaml"]
