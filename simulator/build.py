@@ -67,8 +67,11 @@ def build_topology(spec: TopologySpec, psu_efficiency: float, *, site: str = "si
     return topo
 
 
-def build_workloads(scenario: Scenario, n_ticks: int) -> WorkloadSet:
-    """Jobs take contiguous GPU ranges in the order listed; the rest of the fleet idles."""
+def build_workloads(scenario: Scenario, n_ticks: int, *, warmup_s: float = 0.0) -> WorkloadSet:
+    """Jobs take contiguous GPU ranges in the order listed; the rest of the fleet idles.
+
+    Jobs that start at 0 are already running when a warm-up begins (at -`warmup_s`).
+    """
     rng = np.random.default_rng(scenario.seed)
     training: list[TrainingJob] = []
     inference: list[InferenceService] = []
@@ -83,7 +86,7 @@ def build_workloads(scenario: Scenario, n_ticks: int) -> WorkloadSet:
                     tier=spec.tier,
                     start_gpu=start,
                     n_gpus=spec.gpus,
-                    start_s=spec.start_s,
+                    start_s=spec.start_s if spec.start_s > 0 else -warmup_s,
                     end_s=end_s,
                     iteration_s=spec.iteration_s,
                     comm_frac=spec.comm_frac,
@@ -99,7 +102,7 @@ def build_workloads(scenario: Scenario, n_ticks: int) -> WorkloadSet:
                     tier=spec.tier,
                     start_gpu=start,
                     n_gpus=spec.gpus,
-                    start_s=spec.start_s,
+                    start_s=spec.start_s if spec.start_s > 0 else -warmup_s,
                     end_s=end_s,
                     prefill_gpu_s=prefill,
                     decode_gpu_s=decode,
@@ -136,14 +139,18 @@ def _service_demand(
 
 
 def build_cluster(
-    scenario: Scenario, *, enforce_breakers: bool = True, site: str = "sim"
+    scenario: Scenario,
+    *,
+    enforce_breakers: bool = True,
+    site: str = "sim",
+    warmup_s: float = 0.0,
 ) -> SimCluster:
-    """The cluster of a scenario, ready to step from t = 0."""
+    """The cluster of a scenario, ready to step from t = -`warmup_s`."""
     params = physics_params(scenario)
     topology = build_topology(scenario.topology, params.psu_efficiency, site=site)
     n_ticks = int(np.ceil(scenario.duration_s / scenario.tick_s))
-    workloads = build_workloads(scenario, n_ticks)
-    return SimCluster(
+    workloads = build_workloads(scenario, n_ticks, warmup_s=warmup_s)
+    cluster = SimCluster(
         topology,
         workloads,
         params,
@@ -151,3 +158,5 @@ def build_cluster(
         seed=scenario.seed,
         enforce_breakers=enforce_breakers,
     )
+    cluster.now_s = -warmup_s
+    return cluster

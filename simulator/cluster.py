@@ -8,6 +8,7 @@ what a real one would.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,9 +73,7 @@ class SimCluster:
         self.gpu = GpuState.initial(topology.gpu_model, params.inlet_temp_c)
         self.cap_w = topology.gpu_max_cap_w.copy()
         self.clock_max_mhz = self.consts.max_clock_mhz.copy()
-        self._pending_cap_w = self.cap_w.copy()
-        self._pending_clock_mhz = self.clock_max_mhz.copy()
-        self._pending_at_s = np.full(n, np.inf)
+        self._in_flight: deque[tuple[float, slice, FloatArray, FloatArray]] = deque()
         self._server = topology.gpu_group[0]
         self._server_rack = topology.levels[0].parent
         self._gpu_rack = topology.gpu_group[topology.rack_level]
@@ -99,27 +98,28 @@ class SimCluster:
     def command(
         self, cap_w: FloatArray, clock_max_mhz: FloatArray, rows: slice | None = None
     ) -> None:
-        """Give new caps and clock ceilings; the GPUs obey them after the actuation lag."""
+        """Give new caps and clock ceilings; the GPUs obey them after the actuation lag.
+
+        Commands queue in order, so a controller faster than the lag still sees each one land.
+        """
         rows = rows if rows is not None else slice(0, self.topology.n_gpus)
-        lo = self.topology.gpu_min_cap_w[rows]
-        hi = self.topology.gpu_max_cap_w[rows]
-        self._pending_cap_w[rows] = np.clip(cap_w, lo, hi)
-        self._pending_clock_mhz[rows] = np.clip(clock_max_mhz, 0.0, self.consts.max_clock_mhz[rows])
-        self._pending_at_s[rows] = self.now_s + self.params.actuation_lag_s
+        caps = np.clip(cap_w, self.topology.gpu_min_cap_w[rows], self.topology.gpu_max_cap_w[rows])
+        clocks = np.clip(clock_max_mhz, 0.0, self.consts.max_clock_mhz[rows])
+        self._in_flight.append((self.now_s + self.params.actuation_lag_s, rows, caps, clocks))
 
     def _apply_due(self) -> None:
-        due = self._pending_at_s <= self.now_s + 1e-9
-        if due.any():
-            self.cap_w = np.where(due, self._pending_cap_w, self.cap_w)
-            self.clock_max_mhz = np.where(due, self._pending_clock_mhz, self.clock_max_mhz)
-            self._pending_at_s[due] = np.inf
+        while self._in_flight and self._in_flight[0][0] <= self.now_s + 1e-9:
+            _, rows, caps, clocks = self._in_flight.popleft()
+            self.cap_w = self.cap_w.copy()
+            self.cap_w[rows] = caps
+            self.clock_max_mhz[rows] = clocks
 
     # ------------------------------------------------------------------ time
     def step(self) -> None:
         """Advance one tick: commands due, workloads, GPU physics, facility power, breakers."""
         self._apply_due()
         wl = self.workloads
-        job_activity, job_alpha, job_mem = wl.demand(self.now_s, self.tick, self.job_speed)
+        job_activity, job_alpha, job_mem = wl.demand(self.now_s, self.job_speed)
         gpu_job = wl.gpu_job
         activity = job_activity[gpu_job] * self.powered
         step_gpus(

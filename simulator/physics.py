@@ -64,8 +64,9 @@ class PhysicsParams:
     Units: seconds, degrees C, kelvin per watt, fractions.
     """
 
-    #: Power-limiter settle time constant (*estimate*, 0.1-1 s).
-    limiter_settle_s: float = 0.3
+    #: Power-limiter settle time constant (*estimate*, 0.1-1 s; the low end: current firmware
+    #: enforces a cap within about 100 ms of a load step).
+    limiter_settle_s: float = 0.1
     #: GPU thermal time constant (*estimate*, 10-60 s).
     thermal_tau_s: float = 30.0
     #: Die temperature rise per watt above inlet at steady state (H100 at 700 W reaches ~70 C

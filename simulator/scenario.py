@@ -51,7 +51,7 @@ class TopologySpec(_Model):
 class PhysicsSpec(_Model):
     """Sensor and actuator imperfections and thermal constants (see simulator.physics)."""
 
-    limiter_settle_s: float = Field(0.3, gt=0)
+    limiter_settle_s: float = Field(0.1, gt=0)
     thermal_tau_s: float = Field(30.0, gt=0)
     inlet_temp_c: float = 25.0
     psu_efficiency: float = Field(0.95, gt=0, le=1)
@@ -119,23 +119,25 @@ class LimitsSpec(_Model):
 
 
 class DrEvent(_Model):
-    """An OpenADR-style demand-response event; the target is a fraction of baseline or in kW."""
+    """An OpenADR-style demand-response event (see `policies.dr`, which the loop runs it through).
+
+    The cut is one of: `reduction_frac` of the pre-event baseline, an absolute `limit_kw`, or,
+    when neither is given, the reduction of the OpenADR `SIMPLE` `level` (1/2/3 = 10/25/50 %).
+    """
 
     start_s: float = Field(ge=0, description="when the reduced level must be reached")
-    notification_s: float = Field(0.0, ge=0, description="notice given before start")
-    ramp_s: float = Field(0.0, ge=0, description="ramp from the current limit, ending at start")
+    notification_s: float = Field(0.0, ge=0, description="notice given before the start")
+    ramp_s: float = Field(0.0, ge=0, description="ramp-in lead before the start")
     duration_s: float = Field(gt=0)
-    recovery_s: float = Field(0.0, ge=0)
+    recovery_s: float = Field(300.0, gt=0, description="ramp back to the baseline")
     level: int = Field(2, ge=0, le=3, description="OpenADR SIMPLE level")
-    target_frac: float | None = Field(
-        None, gt=0, le=1, description="allowed power as a fraction of the pre-event baseline"
-    )
-    target_kw: float | None = Field(None, gt=0, description="allowed power. Units: kW")
+    reduction_frac: float | None = Field(None, ge=0, lt=1, description="share of baseline shed")
+    limit_kw: float | None = Field(None, gt=0, description="allowed site power. Units: kW")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> DrEvent:
-        if (self.target_frac is None) == (self.target_kw is None):
-            raise ValueError("give exactly one of target_frac and target_kw")
+    def _at_most_one(self) -> DrEvent:
+        if self.reduction_frac is not None and self.limit_kw is not None:
+            raise ValueError("give at most one of reduction_frac and limit_kw")
         return self
 
 
@@ -157,6 +159,12 @@ class FaultSpec(_Model):
 class ControllerSpec(_Model):
     period_s: float = Field(1.0, gt=0, description="decision period")
     stale_timeout_s: float = Field(5.0, gt=0, description="rack silence before it is stale")
+    warmup_s: float = Field(
+        60.0,
+        ge=0,
+        description="the run starts this long before t = 0 with jobs already running, so the "
+        "controller is in charge at t = 0; nothing is measured during it",
+    )
 
 
 class Scenario(_Model):

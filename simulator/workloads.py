@@ -139,7 +139,7 @@ class WorkloadSet:
         return [j.name for j in self.training] + [s.name for s in self.inference] + ["idle"]
 
     def demand(
-        self, now_s: float, tick: int, job_speed: FloatArray
+        self, now_s: float, job_speed: FloatArray
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Per-job activity, throughput exponent and memory activity for this tick.
 
@@ -179,7 +179,7 @@ class WorkloadSet:
             k = base + i
             if not svc.start_s <= now_s < svc.end_s:
                 continue
-            idx = min(tick, svc.prefill_gpu_s.size - 1)
+            idx = min(max(int(now_s / dt), 0), svc.prefill_gpu_s.size - 1)
             x = max(float(job_speed[k]), 1e-3)
             prefill_speed = x**ALPHA_COMPUTE
             decode_speed = x**ALPHA_DECODE

@@ -1,0 +1,149 @@
+"""Controllers the closed loop can run: a small Protocol and the built-in ones.
+
+A controller sees what a real one would (a `FleetState` filled from delayed, noisy telemetry,
+the limits in force, the time, which racks are stale) and answers caps and clock ceilings for
+every GPU, or None to leave the GPUs alone. The scoreboard's `threshold` controller and any
+other plug in by implementing `decide`.
+
+Limits reach controllers on the DC side: a breaker rated L feeds at most L x PSU efficiency of
+GPU and server load, so `controller_topology` scales every rating by the PSU efficiency and the
+loop does the same to the site limit. Caps that fit those limits keep facility power inside the
+real ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from policies.decision import DecisionState, Limits, PolicySettings
+from policies.fleet import FleetState
+from policies.pipeline import decide
+from policies.topology import Topology
+
+FloatArray = NDArray[np.float64]
+Actuation = tuple[FloatArray, FloatArray]
+
+
+class Controller(Protocol):
+    """Anything that turns a fleet snapshot and limits into caps and clock ceilings."""
+
+    name: str
+
+    def decide(
+        self,
+        fleet: FleetState,
+        limits: Limits,
+        now_s: float,
+        stale_rack: NDArray[np.bool_],
+    ) -> Actuation | None: ...
+
+
+def controller_topology(topology: Topology, psu_efficiency: float) -> Topology:
+    """The topology as the controller budgets it: every rating scaled to the DC side."""
+    levels = tuple(replace(lv, limit_w=lv.limit_w * psu_efficiency) for lv in topology.levels)
+    return Topology.create(
+        site=topology.site,
+        gpu_model=topology.gpu_model,
+        gpu_server=topology.gpu_server,
+        levels=levels,
+        rack_level=topology.rack_level,
+    )
+
+
+class NoController:
+    """Leaves every GPU at its max cap: the uncontrolled baseline."""
+
+    name = "none"
+
+    def decide(
+        self,
+        fleet: FleetState,
+        limits: Limits,
+        now_s: float,
+        stale_rack: NDArray[np.bool_],
+    ) -> Actuation | None:
+        del fleet, limits, now_s, stale_rack
+        return None
+
+
+class StaticController:
+    """One uniform cap fraction for every GPU that fits every limit at full load, blind to demand.
+
+    What a site does without a controller: derate everything once so the worst case fits. It
+    re-derives the fraction when the site limit changes, and ignores tiers and telemetry.
+    """
+
+    name = "static"
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self._last: tuple[float, Actuation] | None = None
+
+    def decide(
+        self,
+        fleet: FleetState,
+        limits: Limits,
+        now_s: float,
+        stale_rack: NDArray[np.bool_],
+    ) -> Actuation | None:
+        del fleet, now_s, stale_rack
+        topo = self.topology
+        site_w = limits.site_limit_w
+        site_key = float("inf") if site_w is None else site_w
+        if self._last is not None and self._last[0] == site_key:
+            return self._last[1]
+        span = topo.gpu_max_cap_w - topo.gpu_min_cap_w
+        frac = 1.0
+        for k, level in enumerate(topo.levels):
+            usable = level.usable_w
+            if k == len(topo.levels) - 1 and site_w is not None:
+                usable = np.minimum(usable, site_w)
+            floor = topo.group_sum(k, topo.gpu_min_cap_w) + topo.overhead_under(k)
+            room = topo.group_sum(k, span)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                level_frac = np.where(room > 0, (usable - floor) / room, 1.0)
+            frac = min(frac, float(np.min(level_frac)))
+        frac = float(np.clip(frac, 0.0, 1.0))
+        caps = topo.gpu_min_cap_w + span * frac
+        clocks = np.full(topo.n_gpus, 1e4)
+        self._last = (site_key, (caps, clocks))
+        return caps, clocks
+
+
+class RheostatController:
+    """The production decision core, `policies.pipeline.decide`, with its state carried."""
+
+    name = "rheostat"
+
+    def __init__(
+        self, topology: Topology, tier: NDArray[np.int8], settings: PolicySettings
+    ) -> None:
+        self.topology = topology
+        self.tier = tier
+        self.settings = settings
+        self.state: DecisionState | None = None
+        self.site_allowed_w = float("nan")
+
+    def decide(
+        self,
+        fleet: FleetState,
+        limits: Limits,
+        now_s: float,
+        stale_rack: NDArray[np.bool_],
+    ) -> Actuation | None:
+        decision, self.state = decide(
+            self.topology,
+            fleet,
+            tier=self.tier,
+            limits=limits,
+            settings=self.settings,
+            state=self.state,
+            now_s=now_s,
+            stale_rack=stale_rack if stale_rack.any() else None,
+        )
+        self.site_allowed_w = decision.site_allowed_w
+        return decision.cap_w, decision.sm_clock_max_mhz

@@ -1,0 +1,329 @@
+"""The accelerated closed loop: simulator and controller in one process, no broker, no sleeping.
+
+Each tick the cluster steps; every controller period the controller reads a `FleetState` filled
+from delayed, noisy telemetry (minus racks whose telemetry a fault swallows), and its caps reach
+the GPUs after the actuation lag. Limit compliance is measured every tick against the facility
+power the physics produced; series for plots are kept at a stride so a day stays small.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from policies.decision import CappingSettings, Limits, PolicySettings
+from policies.fleet import FleetState
+from simulator.build import build_cluster, full_power_w
+from simulator.cluster import SimCluster
+from simulator.controllers import (
+    Controller,
+    NoController,
+    RheostatController,
+    StaticController,
+    controller_topology,
+)
+from simulator.grid import SiteLimits
+from simulator.rates import carbon_per_tick
+from simulator.scenario import Scenario
+
+FloatArray = NDArray[np.float64]
+CONTROLLERS = ("rheostat", "static", "none")
+#: Relative excess below which a level counts as at its limit, not over it: float rounding of a
+#: sum of caps exactly at the limit (1 ppm, far below any meter's accuracy).
+OVER_TOL = 1e-6
+#: Samples kept per series for plots and reports.
+MAX_SAMPLES = 2000
+
+Progress = Callable[[float], None]
+
+
+@dataclass(eq=False, kw_only=True)
+class Series:
+    """Time series sampled every `stride` ticks. Units in names; per-rack arrays are (t, rack)."""
+
+    t_s: list[float] = field(default_factory=list)
+    site_power_w: list[float] = field(default_factory=list)
+    site_limit_w: list[float] = field(default_factory=list)
+    contract_w: list[float] = field(default_factory=list)
+    dr_limit_w: list[float] = field(default_factory=list)
+    rack_power_w: list[FloatArray] = field(default_factory=list)
+    tier_speed: list[FloatArray] = field(default_factory=list)
+    tier_clock_mhz: list[FloatArray] = field(default_factory=list)
+
+
+@dataclass(eq=False, kw_only=True)
+class Compliance:
+    """Per-tick limit checks accumulated over a run. Units: s, W, fractions."""
+
+    level_names: tuple[str, ...]
+    seconds_over: dict[str, float]
+    max_overshoot_frac: float = 0.0
+    energy_j: float = 0.0
+    carbon_lbs: float = 0.0
+    max_ramp_w_per_s: float = 0.0
+    ramp_violation_s: float = 0.0
+
+
+@dataclass(eq=False, kw_only=True)
+class RunResult:
+    """What a run leaves for the summary and the report."""
+
+    scenario: Scenario
+    controller: str
+    cluster: SimCluster
+    limits: SiteLimits
+    compliance: Compliance
+    series: Series
+    wall_s: float
+    time_to_cap_s: list[float | None]
+    job_work: FloatArray
+    job_tier: NDArray[np.int8]
+    job_gpus: FloatArray
+    job_names: list[str]
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.scenario.duration_s / max(self.wall_s, 1e-9)
+
+
+def make_controller(
+    name: str, cluster: SimCluster, settings: PolicySettings, scenario: Scenario
+) -> Controller:
+    """A built-in controller by name, seeing the cluster through DC-side limits."""
+    topo = controller_topology(cluster.topology, cluster.params.psu_efficiency)
+    if name == "none":
+        return NoController()
+    if name == "static":
+        return StaticController(topo)
+    if name == "rheostat":
+        ramp = scenario.limits.ramp_w_per_s
+        if ramp is not None:
+            dc_ramp = ramp * cluster.params.psu_efficiency
+            settings = PolicySettings(
+                capping=_with_ramp(settings.capping, dc_ramp), dvfs=settings.dvfs
+            )
+        return RheostatController(topo, cluster.workloads.gpu_tier(), settings)
+    raise ValueError(f"unknown controller {name!r}; choose from {', '.join(CONTROLLERS)}")
+
+
+def _with_ramp(capping: CappingSettings, ramp_w_per_s: float) -> CappingSettings:
+    return replace(capping, site_ramp_up_w_per_s=ramp_w_per_s, site_ramp_down_w_per_s=ramp_w_per_s)
+
+
+def run(
+    scenario: Scenario,
+    *,
+    controller: str | Callable[[SimCluster], Controller] = "rheostat",
+    settings: PolicySettings | None = None,
+    unlimited: bool = False,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run a scenario to its end. `unlimited` is the reference: no limits, no breaker trips."""
+    warm_ticks = round(scenario.controller.warmup_s / scenario.tick_s)
+    cluster = build_cluster(
+        scenario, enforce_breakers=not unlimited, warmup_s=warm_ticks * scenario.tick_s
+    )
+    topo = cluster.topology
+    eff = cluster.params.psu_efficiency
+    full_w = full_power_w(topo, eff)
+    limits = SiteLimits(
+        scenario, base_limit_w=float(topo.levels[-1].limit_w[0]), full_power_w=full_w
+    )
+    if callable(controller):
+        ctl = controller(cluster)
+    else:
+        ctl = make_controller(controller, cluster, settings or PolicySettings(), scenario)
+    fleet = FleetState.empty(topo)
+    n_ticks = int(np.ceil(scenario.duration_s / scenario.tick_s))
+    period = max(1, round(scenario.controller.period_s / scenario.tick_s))
+    stride = max(1, -(-n_ticks // MAX_SAMPLES))
+    level_w = _level_reducers(cluster)
+    usable = [lv.usable_w for lv in topo.levels]
+    comp = Compliance(
+        level_names=tuple(lv.name for lv in topo.levels),
+        seconds_over={lv.name: 0.0 for lv in topo.levels},
+    )
+    series = Series()
+    carbon = carbon_per_tick(n_ticks, scenario.tick_s) if scenario.grid.carbon == "caiso" else None
+    steps = limits.step_times_s()
+    step_limits = [float(w) for w in limits.step_limit_w]
+    time_to_cap: list[float | None] = [None] * len(steps)
+    faults = scenario.faults
+    fresh = np.ones(topo.n_racks, dtype=bool)
+    tier = cluster.workloads.gpu_tier()
+    tier_count = np.maximum(np.bincount(tier, minlength=4), 1).astype(np.float64)
+    ramp_limit = scenario.limits.ramp_w_per_s
+    prev_site = float("nan")
+    dt = scenario.tick_s
+    work_at_start = cluster.workloads.work.copy()
+    started = time.perf_counter()
+    for k in range(-warm_ticks, n_ticks):
+        now = k * dt
+        cluster.step()
+        site_w = cluster.site_power_w
+        limits.observe(now, site_w)
+        site_limit = limits.limit_w(now)
+        if not unlimited and k % period == 0:
+            if faults:
+                fresh[:] = True
+                for f in faults:
+                    if f.at_s <= now < f.at_s + f.duration_s:
+                        fresh[f.rack] = False
+            cluster.fill_fleet(fleet, fresh_racks=fresh if faults else None)
+            stale = fleet.stale_racks(cluster.now_s, scenario.controller.stale_timeout_s)
+            act = ctl.decide(fleet, Limits(site_limit_w=site_limit * eff), cluster.now_s, stale)
+            if act is not None:
+                cluster.command(*act)
+        if k < 0:
+            continue
+        if k == 0:
+            work_at_start = cluster.workloads.work.copy()
+        if not unlimited:
+            _check(
+                comp, level_w=level_w, usable=usable, site_w=site_w, site_limit_w=site_limit, dt=dt
+            )
+        comp.energy_j += site_w * dt
+        if carbon is not None:
+            comp.carbon_lbs += site_w * dt / 3.6e9 * carbon[k]
+        if not math.isnan(prev_site):
+            ramp = abs(site_w - prev_site) / dt
+            comp.max_ramp_w_per_s = max(comp.max_ramp_w_per_s, ramp)
+            if ramp_limit is not None and ramp > ramp_limit * 1.05:
+                comp.ramp_violation_s += dt
+        prev_site = site_w
+        for i, at in enumerate(steps):
+            if time_to_cap[i] is None and now >= at and site_w <= step_limits[i]:
+                time_to_cap[i] = now - at
+        if k % stride == 0:
+            _sample(
+                series,
+                cluster=cluster,
+                limits=limits,
+                now=now,
+                site_limit=site_limit,
+                tier=tier,
+                tier_count=tier_count,
+            )
+        if progress is not None and k % 1000 == 0:
+            progress(k / n_ticks)
+    wall = time.perf_counter() - started
+    if progress is not None:
+        progress(1.0)
+    wl = cluster.workloads
+    return RunResult(
+        scenario=scenario,
+        controller="unlimited" if unlimited else ctl.name,
+        cluster=cluster,
+        limits=limits,
+        compliance=comp,
+        series=series,
+        wall_s=wall,
+        time_to_cap_s=time_to_cap,
+        job_work=wl.work - work_at_start,
+        job_tier=wl.job_tier,
+        job_gpus=wl.job_n_gpus,
+        job_names=wl.job_names(),
+    )
+
+
+def _level_reducers(cluster: SimCluster) -> list[Callable[[], FloatArray]]:
+    """Per level, a function giving each group's facility power this tick (racks and above)."""
+    topo = cluster.topology
+
+    def unmetered() -> FloatArray:
+        return np.zeros(0)  # below racks: no separate meter in the simulator
+
+    def racks() -> FloatArray:
+        return cluster.rack_power_w
+
+    def summed(idx: NDArray[np.int32], size: int) -> Callable[[], FloatArray]:
+        def total() -> FloatArray:
+            out = np.bincount(idx, weights=cluster.rack_power_w, minlength=size)
+            return out.astype(np.float64, copy=False)
+
+        return total
+
+    out: list[Callable[[], FloatArray]] = []
+    for k, level in enumerate(topo.levels):
+        if k < topo.rack_level:
+            out.append(unmetered)
+        elif k == topo.rack_level:
+            out.append(racks)
+        else:
+            out.append(summed(_rack_to_level(cluster, k), level.size))
+    return out
+
+
+def _rack_to_level(cluster: SimCluster, level: int) -> NDArray[np.int32]:
+    topo = cluster.topology
+    group = np.arange(topo.n_racks, dtype=np.int32)
+    for k in range(topo.rack_level, level):
+        group = topo.levels[k].parent[group]
+    return group
+
+
+def _check(
+    comp: Compliance,
+    *,
+    level_w: list[Callable[[], FloatArray]],
+    usable: list[FloatArray],
+    site_w: float,
+    site_limit_w: float,
+    dt: float,
+) -> None:
+    last = len(usable) - 1
+    for k, name in enumerate(comp.level_names):
+        if k == last:
+            power = np.array([site_w])
+            limit = np.minimum(usable[k], site_limit_w)
+        else:
+            power = level_w[k]()
+            if power.size == 0:
+                continue
+            limit = usable[k]
+        ratio = float(np.max(power / limit))
+        if ratio > 1.0 + OVER_TOL:
+            comp.seconds_over[name] += dt
+            comp.max_overshoot_frac = max(comp.max_overshoot_frac, ratio - 1.0)
+
+
+def _sample(
+    series: Series,
+    *,
+    cluster: SimCluster,
+    limits: SiteLimits,
+    now: float,
+    site_limit: float,
+    tier: NDArray[np.int8],
+    tier_count: FloatArray,
+) -> None:
+    series.t_s.append(now)
+    series.site_power_w.append(cluster.site_power_w)
+    series.site_limit_w.append(site_limit)
+    series.contract_w.append(limits.contract_w(now))
+    series.dr_limit_w.append(limits.dr_limit_w)
+    series.rack_power_w.append(cluster.rack_power_w.copy())
+    speed = np.bincount(tier, weights=cluster.gpu.speed, minlength=4) / tier_count
+    clock = np.bincount(
+        tier, weights=cluster.gpu.clock_frac * cluster.consts.max_clock_mhz, minlength=4
+    )
+    series.tier_speed.append(speed)
+    series.tier_clock_mhz.append(clock / tier_count)
+
+
+def run_with_baseline(
+    scenario: Scenario,
+    *,
+    controller: str | Callable[[SimCluster], Controller] = "rheostat",
+    settings: PolicySettings | None = None,
+    progress: Progress | None = None,
+) -> tuple[RunResult, RunResult]:
+    """The controlled run and the unlimited reference its throughput is measured against."""
+    reference = run(scenario, unlimited=True)
+    controlled = run(scenario, controller=controller, settings=settings, progress=progress)
+    return controlled, reference

@@ -1,0 +1,74 @@
+"""The run summary every consumer shares: `rheostat simulate --json`, reports, demo, scoreboard.
+
+Throughput retained is measured: each job's work (iterations, tokens) under control divided by
+the same job's work in the same scenario with unlimited power. Per tier it is the GPU-weighted
+mean over that tier's jobs; `weighted` also weights tiers by priority (tier 0 counts 8x, 1 4x,
+2 2x, 3 1x), so slowing the jobs that matter most costs most.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from simulator.loop import RunResult
+
+#: Priority weight of each Flex tier in `throughput_retained.weighted`.
+TIER_WEIGHTS = (8.0, 4.0, 2.0, 1.0)
+
+
+def throughput_retained(controlled: RunResult, reference: RunResult) -> dict[str, float]:
+    """Tier name -> work fraction kept against the unlimited reference, plus `weighted`."""
+    real = controlled.job_names[:-1]  # the last job is the idle pool
+    n = len(real)
+    work = controlled.job_work[:n]
+    base = reference.job_work[:n]
+    gpus = controlled.job_gpus[:n]
+    tiers = controlled.job_tier[:n]
+    has_work = base > 0
+    ratio = np.where(has_work, work / np.where(has_work, base, 1.0), 1.0)
+    out: dict[str, float] = {}
+    num = den = 0.0
+    for t in range(len(TIER_WEIGHTS)):
+        mask = (tiers == t) & has_work
+        if not mask.any():
+            continue
+        w = gpus[mask]
+        frac = float(np.sum(ratio[mask] * w) / np.sum(w))
+        out[f"tier{t}"] = round(frac, 4)
+        num += TIER_WEIGHTS[t] * float(np.sum(ratio[mask] * w))
+        den += TIER_WEIGHTS[t] * float(np.sum(w))
+    out["weighted"] = round(num / den, 4) if den else 1.0
+    return out
+
+
+def summarize(controlled: RunResult, reference: RunResult | None = None) -> dict[str, Any]:
+    """The summary as plain JSON types. Without a reference, throughput is not reported."""
+    comp = controlled.compliance
+    sc = controlled.scenario
+    energy_kwh = comp.energy_j / 3.6e6
+    cluster = controlled.cluster
+    summary: dict[str, Any] = {
+        "scenario": sc.name,
+        "controller": controlled.controller,
+        "duration_s": sc.duration_s,
+        "gpus": cluster.topology.n_gpus,
+        "breaker_trips": len(cluster.trips),
+        "tripped_racks": [rack for _, rack in cluster.trips],
+        "seconds_over_limit": {k: round(v, 3) for k, v in comp.seconds_over.items()},
+        "max_overshoot_pct": round(comp.max_overshoot_frac * 100.0, 3),
+        "time_to_cap_s": [None if t is None else round(t, 3) for t in controlled.time_to_cap_s],
+        "throughput_retained": (
+            throughput_retained(controlled, reference) if reference is not None else {}
+        ),
+        "energy_kwh": round(energy_kwh, 3),
+        "energy_cost_usd": round(energy_kwh / 1000.0 * sc.grid.price_per_mwh, 2),
+        "carbon_kg": round(comp.carbon_lbs * 0.45359237, 3) if sc.grid.carbon != "none" else None,
+        "peak_site_power_kw": round(max(controlled.series.site_power_w, default=0.0) / 1e3, 3),
+        "max_ramp_kw_per_s": round(comp.max_ramp_w_per_s / 1e3, 3),
+        "ramp_violation_s": round(comp.ramp_violation_s, 3),
+        "realtime_factor": round(controlled.realtime_factor, 1),
+        "dr": [],
+    }
+    return summary
