@@ -1,0 +1,38 @@
+"""`rheostat check FILE`: validate a policy file and report every problem with file, line, field."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from controller.policy_file import load_policy
+from policies.errors import ConfigError, ConfigErrors
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "check", help="validate a policy file; report every error with file, line and field"
+    )
+    parser.add_argument("file", type=Path, help="policy file (YAML)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.file)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(ConfigError.__str__(error), file=sys.stderr)
+        print(f"{len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    topo = policy.topology
+    rows = topo.levels[topo.rack_level + 1].size
+    print(
+        f"{args.file}: ok: site {policy.site}, {topo.n_gpus} GPUs in {topo.n_racks} racks "
+        f"and {rows} rows, site limit {topo.levels[-1].usable_w[0]:.0f} W"
+    )
+    return 0

@@ -1,0 +1,405 @@
+"""The controller daemon: MQTT ingest, the control tick, expiring commands, reloads, shutdown.
+
+Two loops run as named tasks in one `asyncio.TaskGroup`:
+- `mqtt`: connects (jittered backoff on failure), subscribes, publishes the retained `online`
+  status, republishes current commands after a reconnect, and feeds telemetry to `Ingest`
+  through a conflating queue, draining it in batches so a burst costs one wake-up, not one per
+  message.
+- `tick`: every period, snapshot → `policies.pipeline.decide` (in a worker thread, so a slow
+  decision never blocks ingest) → commands for the racks that are due. Ticks never overlap; a
+  late one is counted and logged. The loop keeps deciding during a broker outage.
+On stop (SIGTERM) the daemon publishes the retained `offline` status itself (a clean disconnect
+does not fire the last will) and leaves: racks keep their caps until the TTL runs out, then apply
+their safe caps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiomqtt
+import numpy as np
+import structlog
+
+from controller import wire
+from controller.command_book import CommandBook
+from controller.config import MqttSection
+from controller.ingest import ClassTable, ConflatingQueue, Ingest
+from controller.policy_file import Policy, load_policy
+from controller.runtime import Runtime
+from policies.decision import Decision, DecisionState, Limits, PolicySettings
+from policies.errors import ConfigError, RheostatError
+from policies.fleet import FleetState
+from policies.pipeline import decide
+from policies.topology import Topology
+
+log = structlog.get_logger("rheostat.controller")
+
+#: Messages handled per batch before yielding to the loop, so ticks and scrapes stay on time.
+DRAIN_BATCH = 2048
+
+
+class Notifier(Protocol):
+    """systemd's notify socket (`sdnotify.SystemdNotifier`), or anything that accepts its lines."""
+
+    def notify(self, state: str) -> Any: ...
+
+
+class Decider(Protocol):
+    """`policies.pipeline.decide`'s signature; the daemon takes it as a parameter."""
+
+    def __call__(
+        self,
+        topology: Topology,
+        fleet: FleetState,
+        *,
+        tier: np.ndarray[Any, np.dtype[np.int8]],
+        limits: Limits,
+        settings: PolicySettings,
+        state: DecisionState | None,
+        now_s: float,
+        stale_rack: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
+    ) -> tuple[Decision, DecisionState]: ...
+
+
+class _NoNotifier:
+    def notify(self, state: str) -> None:
+        del state
+
+
+def mqtt_password(section: MqttSection) -> str | None:
+    """Read the broker password from its environment variable or file, at connect time."""
+    if section.password_env is not None:
+        value = os.environ.get(section.password_env)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {section.password_env} is not set",
+                field="mqtt.password_env",
+            )
+        return value
+    if section.password_file is not None:
+        try:
+            return section.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", field="mqtt.password_file") from None
+    return None
+
+
+def _tier_table(policy: Policy, classes: ClassTable) -> np.ndarray[Any, np.dtype[np.int8]]:
+    tiers = policy.config.tiers
+    return classes.tier_table(tiers.classes, tiers.default)
+
+
+def build_runtime(policy: Policy, *, clock: Callable[[], float], version: str) -> Runtime:
+    topology = policy.topology
+    control = policy.config.control
+    fleet = FleetState.empty(topology)
+    classes = ClassTable()
+    return Runtime(
+        policy=policy,
+        fleet=fleet,
+        classes=classes,
+        ingest=Ingest(topology, fleet, classes, restart_gap_s=control.restart_gap_s, clock=clock),
+        book=CommandBook(
+            topology,
+            ttl_s=control.command_ttl_s,
+            refresh_frac=control.refresh_frac,
+            deadband_w=policy.config.capping.deadband_w,
+            seq_base=int(clock() * 1000),
+        ),
+        tier_table=_tier_table(policy, classes),
+        limits=Limits(),
+        version=version,
+    )
+
+
+class Controller:
+    """The daemon: `await controller.run(stop)` runs until `stop` is set, then shuts down."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        policy_path: Path | None = None,
+        clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
+        version: str = "0+unknown",
+        decider: Decider = decide,
+    ) -> None:
+        self.policy_path = policy_path
+        self.decider = decider
+        self.clock = clock
+        self.notifier: Notifier = notifier or _NoNotifier()
+        self.runtime = build_runtime(policy, clock=clock, version=version)
+        self.runtime.reloads.last_success_s = clock()
+        self._client: aiomqtt.Client | None = None
+        self._send_lock = asyncio.Lock()
+        self._state_lock = asyncio.Lock()
+        self._metrics_serving = False
+        self._ready_sent = False
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._mqtt_loop(), name="mqtt"),
+                group.create_task(self._tick_loop(), name="tick"),
+            ]
+            await stop.wait()
+            self._stopping = True
+            self.notifier.notify("STOPPING=1")
+            for task in tasks:
+                task.cancel()
+        log.info("stopped", ticks=self.runtime.ticks.ticks)
+
+    def metrics_serving(self) -> None:
+        """Tell the daemon its metrics endpoint is up; READY=1 waits for it and the subscription."""
+        self._metrics_serving = True
+        self._maybe_ready()
+
+    def _maybe_ready(self) -> None:
+        if self._metrics_serving and self.runtime.subscribed and not self._ready_sent:
+            self._ready_sent = True
+            self.notifier.notify("READY=1")
+            log.info("ready")
+
+    # ------------------------------------------------------------------ reload
+    async def reload(self, path: Path | None = None) -> bool:
+        """Load the policy file again; on any error the running policy stays in force."""
+        path = path or self.policy_path
+        reloads = self.runtime.reloads
+        if path is None:
+            log.warning("reload ignored: the policy did not come from a file")
+            return False
+        try:
+            policy = await asyncio.to_thread(load_policy, path)
+            async with self._state_lock:
+                self._swap_policy(policy)
+        except RheostatError as exc:
+            reloads.failures += 1
+            reloads.last_successful = False
+            log.warning("policy reload failed; the previous policy stays in force", error=str(exc))
+            return False
+        reloads.successes += 1
+        reloads.last_successful = True
+        reloads.last_success_s = self.clock()
+        log.info("policy reloaded", file=str(path))
+        return True
+
+    def _swap_policy(self, policy: Policy) -> None:
+        rt = self.runtime
+        old = rt.policy
+        if policy.site != old.site or policy.config.mqtt != old.config.mqtt:
+            raise ConfigError(
+                "site name and mqtt section change only with a restart", file=policy.source
+            )
+        same_fleet = policy.topology.racks.ids == old.topology.racks.ids and np.array_equal(
+            policy.topology.gpu_model, old.topology.gpu_model
+        )
+        if same_fleet:
+            control = policy.config.control
+            rt.policy = policy
+            rt.ingest.topology = policy.topology
+            rt.ingest.restart_gap_s = control.restart_gap_s
+            rt.book.topology = policy.topology
+            rt.book.configure(
+                ttl_s=control.command_ttl_s,
+                refresh_frac=control.refresh_frac,
+                deadband_w=policy.config.capping.deadband_w,
+            )
+            rt.tier_table = _tier_table(policy, rt.classes)
+            return
+        # A different fleet: start from empty state; every rack is stale until it reports.
+        fresh = build_runtime(policy, clock=self.clock, version=rt.version)
+        for name in ("fleet", "classes", "ingest", "book", "tier_table"):
+            setattr(rt, name, getattr(fresh, name))
+        rt.policy, rt.decision, rt.decision_state = policy, None, None
+
+    # ------------------------------------------------------------------ MQTT
+    def _make_client(self) -> aiomqtt.Client:
+        rt = self.runtime
+        mq = rt.policy.config.mqtt
+        site = rt.policy.site
+        offline = wire.encode_status(
+            wire.Status(state="offline", ts_s=self.clock(), controller=mq.client_id)
+        )
+        tls = None
+        if mq.tls is not None:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(mq.tls.ca_file) if mq.tls.ca_file else None,
+                certfile=str(mq.tls.cert_file) if mq.tls.cert_file else None,
+                keyfile=str(mq.tls.key_file) if mq.tls.key_file else None,
+            )
+        protocol = (
+            aiomqtt.ProtocolVersion.V5 if mq.protocol == "5" else aiomqtt.ProtocolVersion.V311
+        )
+        return aiomqtt.Client(
+            mq.host,
+            mq.port,
+            identifier=mq.client_id,
+            username=mq.username,
+            password=mqtt_password(mq),
+            protocol=protocol,
+            will=aiomqtt.Will(wire.status_topic(site), offline, qos=1, retain=True),
+            keepalive=mq.keepalive_s,
+            timeout=mq.timeout_s,
+            queue_type=ConflatingQueue,
+            max_inflight_messages=1000,
+            tls_params=tls,
+            tls_insecure=mq.tls.insecure if mq.tls is not None else None,
+        )
+
+    async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
+        mq = self.runtime.policy.config.mqtt
+        payload = wire.encode_status(
+            wire.Status(
+                state="online" if state == "online" else "offline",
+                ts_s=self.clock(),
+                controller=mq.client_id,
+            )
+        )
+        await client.publish(
+            wire.status_topic(self.runtime.policy.site), payload, qos=1, retain=True
+        )
+
+    async def _mqtt_loop(self) -> None:
+        rt = self.runtime
+        attempt = 0
+        connected_before = False
+        mq = rt.policy.config.mqtt
+        while True:
+            try:
+                async with self._make_client() as client:
+                    await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
+                    await self._publish_status(client, "online")
+                    queue = client._queue
+                    rt.queue = queue if isinstance(queue, ConflatingQueue) else None
+                    self._client = client
+                    rt.mqtt_connected = rt.subscribed = True
+                    if connected_before:
+                        rt.mqtt_reconnects += 1
+                    connected_before, attempt = True, 0
+                    log.info("connected", broker=f"{mq.host}:{mq.port}", protocol=mq.protocol)
+                    self._maybe_ready()
+                    rt.book.invalidate()
+                    await self._send_due()  # republish current commands at once
+                    try:
+                        await self._receive(client)
+                    except asyncio.CancelledError:
+                        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                            async with asyncio.timeout(rt.policy.config.mqtt.timeout_s):
+                                await self._publish_status(client, "offline")
+                        raise
+            except aiomqtt.MqttError as exc:
+                log.warning("broker connection lost", error=str(exc), attempt=attempt + 1)
+            finally:
+                self._client = None
+                rt.mqtt_connected = rt.subscribed = False
+            attempt += 1
+            await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        handle = self.runtime.ingest.handle
+        queue = client._queue
+        async for message in client.messages:
+            handle(message.topic.value, message.payload)
+            # Drain what arrived in the same read without one await per message.
+            for _ in range(min(queue.qsize(), DRAIN_BATCH)):
+                msg = queue.get_nowait()
+                handle(msg.topic.value, msg.payload)
+
+    # ------------------------------------------------------------------ tick
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_s = loop.time()
+        while True:
+            period_s = self.runtime.policy.config.control.tick_period_s
+            delay_s = next_s - loop.time()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            elif -delay_s > 0.1 * period_s:
+                self.runtime.ticks.overruns += 1
+                log.warning("tick late", late_s=round(-delay_s, 4))
+            started = loop.time()
+            try:
+                async with self._state_lock:
+                    await self._tick()
+            except RheostatError as exc:
+                log.exception("tick failed; previous commands stay in force", error=str(exc))
+            self.runtime.ticks.observe(loop.time() - started)
+            next_s = max(next_s + period_s, loop.time() - period_s)
+
+    async def _tick(self) -> None:
+        rt = self.runtime
+        policy = rt.policy
+        topo = policy.topology
+        now_s = self.clock()
+        if rt.tier_table.size < len(rt.classes.names):
+            rt.tier_table = _tier_table(policy, rt.classes)
+        snapshot = rt.fleet.copy()
+        tier = rt.tier_table[snapshot.workload_class]
+        stale = snapshot.stale_racks(now_s, policy.config.control.stale_after_s)
+        decision, state = await asyncio.to_thread(
+            self.decider,
+            topo,
+            snapshot,
+            tier=tier,
+            limits=rt.limits,
+            settings=policy.config.policy_settings(),
+            state=rt.decision_state,
+            now_s=now_s,
+            stale_rack=stale,
+        )
+        prev = rt.ticks.last_tick_s
+        site_power_w = float(snapshot.rack_power_w.sum())
+        if not math.isnan(prev):
+            rt.site_energy_j += site_power_w * max(0.0, now_s - prev)
+        rt.decision, rt.decision_state, rt.stale_rack = decision, state, stale
+        sent = await self._send_due()
+        rt.ticks.last_tick_s = now_s
+        rt.ticks.last_tick_monotonic_s = time.monotonic()
+        self.notifier.notify("WATCHDOG=1")
+        log.info(
+            "tick",
+            site_power_w=round(site_power_w, 1),
+            site_allowed_w=round(decision.site_allowed_w, 1),
+            stale_racks=int(stale.sum()),
+            commands=sent,
+            connected=rt.mqtt_connected,
+            backlog=rt.backlog,
+        )
+
+    async def _send_due(self) -> int:
+        """Publish the commands due under the current decision; skipped while disconnected."""
+        rt = self.runtime
+        client, decision, stale = self._client, rt.decision, rt.stale_rack
+        if client is None or decision is None or stale is None:
+            return 0
+        async with self._send_lock:
+            now_s = self.clock()
+            racks = rt.book.due(decision, now_s=now_s, stale_rack=stale)
+            if racks.size == 0:
+                return 0
+            messages = rt.book.build(decision, racks, now_s=now_s)
+            site = rt.policy.site
+            try:
+                async with asyncio.timeout(rt.policy.config.mqtt.timeout_s):
+                    await asyncio.gather(
+                        *(
+                            client.publish(wire.command_topic(site, rack), payload, qos=1)
+                            for rack, payload in messages
+                        )
+                    )
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                rt.book.invalidate()  # resend everything once the connection is back
+                log.warning("commands not confirmed; will resend", error=str(exc))
+            return len(messages)

@@ -1,0 +1,204 @@
+"""Reading a policy file: YAML with line numbers, pydantic validation, the topology it describes.
+
+ruamel's round-trip loader keeps each key's position, so every pydantic error is reported with
+its file, 1-based line and dotted field path, all at once (`ConfigErrors`), rather than one per
+run. The result, `Policy`, is what the daemon holds and swaps atomically on reload.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from controller.config import InlineTopology, PolicyFile, RowSpec, TopologySection
+from policies.errors import ConfigError, ConfigErrors, TopologyError
+from policies.gpu_models import model_code
+from policies.topology import Level, Topology, generate_topology
+
+DEFAULT_POLICY_RESOURCE = "default_policy.yaml"
+
+
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
+class Policy:
+    """A validated policy file and the topology it describes; immutable, swapped whole on reload."""
+
+    config: PolicyFile
+    topology: Topology
+    source: str
+
+    @property
+    def site(self) -> str:
+        return self.config.site.name
+
+
+def _yaml_line(root: Any, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the deepest node on `loc` that exists in the parsed YAML."""
+    node, line = root, None
+    for step in loc:
+        if isinstance(node, CommentedMap) and step in node:
+            line = node.lc.key(step)[0] + 1
+            node = node[step]
+        elif isinstance(node, CommentedSeq) and isinstance(step, int) and 0 <= step < len(node):
+            line = node.lc.item(step)[0] + 1
+            node = node[step]
+        else:
+            break
+    if line is None and isinstance(node, CommentedMap | CommentedSeq):
+        line = node.lc.line + 1
+    return line
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for step in loc:
+        path += f"[{step}]" if isinstance(step, int) else (f".{step}" if path else str(step))
+    return path
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return YAML(typ="rt").load(text)
+    except MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else None
+        raise ConfigError(f"not valid YAML: {exc.problem}", file=source, line=line) from None
+
+
+def _validate(model: type[Any], data: Any, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError("must be a YAML mapping", file=source)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            ConfigError(
+                err["msg"],
+                file=source,
+                line=_yaml_line(data, tuple(err["loc"])),
+                field=_field_path(tuple(err["loc"])) or None,
+            )
+            for err in exc.errors()
+        ]
+        raise ConfigErrors(errors) from None
+
+
+def parse_policy(text: str, *, source: str, base_dir: Path | None = None) -> Policy:
+    """Validate policy-file text; raises `ConfigError`/`ConfigErrors` naming every problem."""
+    data = _parse_yaml(text, source)
+    config: PolicyFile = _validate(PolicyFile, data, source)
+    topology = build_topology(config, source=source, base_dir=base_dir or Path())
+    return Policy(config=config, topology=topology, source=source)
+
+
+def load_policy(path: Path | str) -> Policy:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    return parse_policy(text, source=str(path), base_dir=path.parent)
+
+
+def default_policy_text() -> str:
+    """The embedded policy `rheostat demo` runs when given no file."""
+    return (importlib.resources.files("controller") / DEFAULT_POLICY_RESOURCE).read_text("utf-8")
+
+
+def build_topology(config: PolicyFile, *, source: str, base_dir: Path) -> Topology:
+    section: TopologySection = config.site.topology
+    limits = config.limits
+    try:
+        if section.generate is not None:
+            gen = section.generate
+            return generate_topology(
+                gen.gpus,
+                site=config.site.name,
+                gpus_per_server=gen.gpus_per_server,
+                servers_per_rack=gen.servers_per_rack,
+                racks_per_row=gen.racks_per_row,
+                a100_share=gen.a100_share,
+                rack_limit_w=limits.rack_breaker_w,
+                rack_derating=limits.rack_derating,
+                row_limit_w=limits.row_limit_w,
+                site_limit_w=limits.contract_w,
+            )
+        rows = section.rows
+        if rows is None:
+            assert section.inventory is not None  # guaranteed by TopologySection
+            inv_path = base_dir / section.inventory
+            try:
+                text = inv_path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read inventory {inv_path}: {exc.strerror}",
+                    file=source,
+                    field="site.topology.inventory",
+                ) from None
+            inventory: InlineTopology = _validate(
+                InlineTopology, _parse_yaml(text, str(inv_path)), str(inv_path)
+            )
+            rows = inventory.rows
+        return _topology_from_rows(config, rows)
+    except TopologyError as exc:
+        field = f"site.topology.{exc.field}" if exc.field else "site.topology"
+        raise ConfigError(str(exc), file=source, field=field) from None
+
+
+def _topology_from_rows(config: PolicyFile, rows: list[RowSpec]) -> Topology:
+    """Explicit inventory → index arrays. Runs once per load, so plain Python loops are fine."""
+    limits = config.limits
+    racks = [(r, rack) for r, row in enumerate(rows) for rack in row.racks]
+    servers = [(k, srv) for k, (_, rack) in enumerate(racks) for srv in rack.servers]
+    gpu_model = np.concatenate([np.full(s.gpus, model_code(s.model), np.int8) for _, s in servers])
+    gpu_server = np.repeat(np.arange(len(servers), dtype=np.int32), [s.gpus for _, s in servers])
+    rack_rating = [limits.rack_breaker_w or rack.breaker_w for _, rack in racks]
+    if len({rack.id for _, rack in racks}) != len(racks):
+        raise TopologyError("rack ids must be unique", field="rows")
+    levels = (
+        Level(
+            name="server",
+            ids=tuple(f"{racks[k][1].id}.s{i}" for i, (k, _) in enumerate(servers)),
+            parent=np.array([k for k, _ in servers], np.int32),
+            limit_w=np.array([s.limit_w or np.inf for _, s in servers]),
+            derating=np.ones(len(servers)),
+            overhead_w=np.array([s.overhead_w for _, s in servers]),
+        ),
+        Level(
+            name="rack",
+            ids=tuple(rack.id for _, rack in racks),
+            parent=np.array([r for r, _ in racks], np.int32),
+            limit_w=np.array(rack_rating, np.float64),
+            derating=np.full(len(racks), limits.rack_derating),
+            overhead_w=np.zeros(len(racks)),
+        ),
+        Level(
+            name="row",
+            ids=tuple(row.id for row in rows),
+            parent=np.zeros(len(rows), np.int32),
+            limit_w=np.array([limits.row_limit_w or row.limit_w or np.inf for row in rows]),
+            derating=np.ones(len(rows)),
+            overhead_w=np.zeros(len(rows)),
+        ),
+        Level(
+            name="site",
+            ids=(config.site.name,),
+            parent=np.zeros(1, np.int32),
+            limit_w=np.array([limits.contract_w or np.inf]),
+            derating=np.ones(1),
+            overhead_w=np.zeros(1),
+        ),
+    )
+    return Topology.create(
+        site=config.site.name,
+        gpu_model=gpu_model,
+        gpu_server=gpu_server,
+        levels=levels,
+        rack_level="rack",
+    )
