@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from policies.dr_report import dr_entries
 from simulator.loop import RunResult
 
 #: Priority weight of each Flex tier in `throughput_retained.weighted`.
@@ -69,6 +70,29 @@ def summarize(controlled: RunResult, reference: RunResult | None = None) -> dict
         "max_ramp_kw_per_s": round(comp.max_ramp_w_per_s / 1e3, 3),
         "ramp_violation_s": round(comp.ramp_violation_s, 3),
         "realtime_factor": round(controlled.realtime_factor, 1),
-        "dr": [],
+        "dr": dr_summary(controlled, reference),
     }
     return summary
+
+
+def dr_summary(controlled: RunResult, reference: RunResult | None) -> list[dict[str, Any]]:
+    """Per DR event: delivery against target and per-tier throughput (`policies.dr_report`).
+
+    Computed from the sampled series; a tier's work rate is its mean speed times its GPU count,
+    against the unlimited reference's at the same instants.
+    """
+    s = controlled.series
+    if not s.t_s:
+        return []
+    counts = np.bincount(controlled.cluster.workloads.gpu_tier(), minlength=len(TIER_WEIGHTS))
+    work = unconstrained = None
+    if reference is not None and len(reference.series.tier_speed) == len(s.tier_speed):
+        work = np.asarray(s.tier_speed) * counts
+        unconstrained = np.asarray(reference.series.tier_speed) * counts
+    return dr_entries(
+        controlled.limits.events,
+        s.t_s,
+        s.site_power_w,
+        tier_work=work,
+        tier_work_unconstrained=unconstrained,
+    )

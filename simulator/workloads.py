@@ -33,6 +33,8 @@ CHECKPOINT_ACTIVITY = 0.08
 #: arXiv 2605.11999, i.e. ~0.25 of the dynamic range).
 PREFILL_ACTIVITY = 0.92
 DECODE_ACTIVITY = 0.25
+#: Job speed below which a job is stalled (a tripped rack holds one of its GPUs dark).
+STALLED_SPEED = 1e-3
 #: Tokens one H100 processes per second at the top clock, batched (*estimates*, order of magnitude
 #: of published serving benchmarks): prompt tokens are cheap, generated tokens dear.
 PREFILL_TOKENS_PER_GPU_S = 10_000.0
@@ -161,7 +163,9 @@ class WorkloadSet:
                 activity[k] = CHECKPOINT_ACTIVITY
                 mem[k] = 0.1
                 continue
-            compute_s = (1.0 - job.comm_frac) / max(float(job_speed[k]), 1e-3)
+            if job_speed[k] < STALLED_SPEED:
+                continue  # a GPU of the job is dark: the collective waits, nothing progresses
+            compute_s = (1.0 - job.comm_frac) / float(job_speed[k])
             step_s = job.iteration_s * (compute_s + job.comm_frac)
             # Phase counts iterations; compute fills the first share of each at the slowed rate.
             share = compute_s / (compute_s + job.comm_frac)
@@ -180,7 +184,10 @@ class WorkloadSet:
             if not svc.start_s <= now_s < svc.end_s:
                 continue
             idx = min(max(int(now_s / dt), 0), svc.prefill_gpu_s.size - 1)
-            x = max(float(job_speed[k]), 1e-3)
+            x = float(job_speed[k])
+            if x < STALLED_SPEED:
+                self.backlog_gpu_s[i] += svc.prefill_gpu_s[idx] + svc.decode_gpu_s[idx]
+                continue
             prefill_speed = x**ALPHA_COMPUTE
             decode_speed = x**ALPHA_DECODE
             # Backlog is kept in decode-equivalent GPU-seconds at full speed, prefill first.
