@@ -107,7 +107,7 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     max_rel_diff: float | None = None
     if n <= args.exact_max:
         lo, hi = topology.gpu_min_cap_w, topology.gpu_max_cap_w
-        demand = estimate_demand(fleets[0], lo, hi, settings.capping)
+        demand = estimate_demand(CappingPlan.build(topology), fleets[0], lo, hi, settings.capping)
         inputs: dict[str, Any] = {
             "floor_w": lo,
             "demand_w": demand,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from policies.capping import CappingPlan
 from policies.decision import DvfsSettings
 
 FloatArray = NDArray[np.float64]
@@ -32,43 +33,75 @@ MIN_ACTIVITY = 0.05
 
 
 def clock_targets(
+    plan: CappingPlan,
     *,
     cap_w: FloatArray,
-    max_cap_w: FloatArray,
-    idle_w: FloatArray,
-    min_clock_mhz: FloatArray,
-    max_clock_mhz: FloatArray,
-    step_mhz: FloatArray,
     util: FloatArray,
     mem_util: FloatArray,
     settings: DvfsSettings,
 ) -> tuple[FloatArray, float]:
-    """Per-GPU SM-clock ceilings (MHz) and the estimated power they save against the caps (W)."""
-    clock = max_clock_mhz.copy()
+    """Per-GPU SM-clock ceilings (MHz) and the estimated power they save against the caps (W).
+
+    Per-GPU model figures come from the plan; intermediates live in its scratch buffers.
+    """
+    max_clock = plan.max_clock_mhz
     if not settings.enabled or cap_w.size == 0:
-        return clock, 0.0
-    activity = np.clip(util, 0.0, 1.0)
-    memory_bound = (mem_util >= MIN_ACTIVITY) & (activity < settings.memory_bound_ratio * mem_util)
+        return max_clock.copy(), 0.0
+    scratch = plan.scratch
+    max_cap_w = plan.topology.gpu_max_cap_w
+    activity = np.clip(util, 0.0, 1.0, out=scratch.f("w0"))
+    memory_bound = np.greater_equal(mem_util, MIN_ACTIVITY, out=scratch.b("b0"))
+    ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=scratch.f("w1"))
+    low_sm = np.less(activity, ratio_w, out=scratch.b("b1"))
+    np.logical_and(memory_bound, low_sm, out=memory_bound)
     keep = (1.0 - settings.max_loss_frac) ** (1.0 / ALPHA_MEMORY_BOUND)
-    lowest = min_clock_mhz + np.ceil((keep * max_clock_mhz - min_clock_mhz) / step_mhz) * step_mhz
-    clock = np.where(memory_bound, np.minimum(lowest, max_clock_mhz), clock)
+    lowest = _lowest_clock(plan, keep)
+    clock = np.where(memory_bound, lowest, max_clock)  # fresh: a decision output
 
-    dynamic_w = (max_cap_w - idle_w) * activity
-    binding = np.flatnonzero(idle_w + dynamic_w > cap_w)
-    if binding.size:
-        headroom = np.maximum(cap_w[binding] - idle_w[binding], 0.0)
-        fits = max_clock_mhz[binding] * np.cbrt(headroom / dynamic_w[binding])
-        lo = min_clock_mhz[binding]
-        on_grid = lo + np.floor((fits - lo) / step_mhz[binding]) * step_mhz[binding]
-        clock[binding] = np.minimum(clock[binding], on_grid)
-    np.clip(clock, min_clock_mhz, max_clock_mhz, out=clock)
+    # Power at full clock under the policy's model: idle + (max cap - idle) * activity.
+    dynamic_w = np.subtract(max_cap_w, plan.idle_w, out=scratch.f("w2"))
+    np.multiply(dynamic_w, activity, out=dynamic_w)
+    full_w = np.add(plan.idle_w, dynamic_w, out=scratch.f("w3"))
+    # The clock where idle + dynamic * (f / f_max)^3 equals the cap, floored onto the grid.
+    # Computed for every GPU without a mask (masked ufuncs are slower than the arithmetic):
+    # where the cap does not bind, the fitting clock is at or above the max and changes nothing.
+    fits = np.subtract(cap_w, plan.idle_w, out=scratch.f("w4"))
+    np.maximum(fits, 0.0, out=fits)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(fits, dynamic_w, out=fits)
+    np.cbrt(fits, out=fits)
+    np.multiply(fits, max_clock, out=fits)
+    np.subtract(fits, plan.min_clock_mhz, out=fits)
+    np.divide(fits, plan.clock_step_mhz, out=fits)
+    np.floor(fits, out=fits)
+    np.multiply(fits, plan.clock_step_mhz, out=fits)
+    np.add(fits, plan.min_clock_mhz, out=fits)
+    np.maximum(fits, plan.min_clock_mhz, out=fits)
+    np.minimum(clock, fits, out=clock)
 
-    slowed = np.flatnonzero(clock < max_clock_mhz)
-    if slowed.size == 0:
-        return clock, 0.0
-    ratio = clock[slowed] / max_clock_mhz[slowed]
-    full = idle_w[slowed] + dynamic_w[slowed]
-    cap = cap_w[slowed]
-    at_clock = idle_w[slowed] + dynamic_w[slowed] * ratio * ratio * ratio
-    saving = np.minimum(full, cap) - np.minimum(at_clock, cap)
+    # Saving against running at the cap: min(full, cap) - min(power at the clock, cap); zero
+    # wherever the clock is the max.
+    ratio = np.divide(clock, max_clock, out=scratch.f("w5"))
+    cube = np.multiply(ratio, ratio, out=scratch.f("w1"))
+    np.multiply(cube, ratio, out=cube)
+    at_clock = np.multiply(dynamic_w, cube, out=cube)
+    np.add(at_clock, plan.idle_w, out=at_clock)
+    np.minimum(at_clock, cap_w, out=at_clock)
+    np.minimum(full_w, cap_w, out=full_w)
+    saving = np.subtract(full_w, at_clock, out=full_w)
     return clock, float(saving.sum())
+
+
+def _lowest_clock(plan: CappingPlan, keep_frac: float) -> FloatArray:
+    """Per GPU, the lowest grid clock at or above `keep_frac` of its max. Units: MHz.
+
+    The same for every GPU of a model, so it is computed per model and cached in the plan's
+    scratch under the fraction it was computed for.
+    """
+    name = f"dvfs_lowest_{keep_frac!r}"
+    if name in plan.scratch.names:
+        return plan.scratch.f(name)
+    out = plan.scratch.f(name)
+    lo, hi, step = plan.min_clock_mhz, plan.max_clock_mhz, plan.clock_step_mhz
+    np.minimum(lo + np.ceil((keep_frac * hi - lo) / step) * step, hi, out=out)
+    return out

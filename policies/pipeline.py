@@ -55,7 +55,7 @@ def decide(
         state = None  # the topology changed under us: start cold rather than misalign caps
     stale_gpu = _stale_gpus(plan, stale_rack)
     min_cap, max_cap = topology.gpu_min_cap_w, topology.gpu_max_cap_w
-    demand = estimate_demand(fleet, min_cap, max_cap, settings.capping)
+    demand = estimate_demand(plan, fleet, min_cap, max_cap, settings.capping)
     if stale_gpu is not None:
         floor = np.where(stale_gpu, max_cap, min_cap)
         demand = np.where(stale_gpu, max_cap, demand)
@@ -73,7 +73,7 @@ def decide(
     if state is not None:
         # Stale GPUs stay reserved at their max cap while the others are smoothed.
         previous = state.cap_w if stale_gpu is None else np.where(stale_gpu, max_cap, state.cap_w)
-        cap = smooth_caps(
+        cap = w2s(
             plan,
             target_w=cap,
             previous_w=previous,
@@ -89,12 +89,8 @@ def decide(
         previous = state.cap_w if state is not None else max_cap
         issued = np.where(stale_gpu, previous, cap)
     clock, saving = clock_targets(
+        plan,
         cap_w=issued,
-        max_cap_w=max_cap,
-        idle_w=plan.idle_w,
-        min_clock_mhz=plan.min_clock_mhz,
-        max_clock_mhz=plan.max_clock_mhz,
-        step_mhz=plan.clock_step_mhz,
         util=fleet.util if stale_gpu is None else np.where(stale_gpu, 0.0, fleet.util),
         mem_util=fleet.mem_util,
         settings=settings.dvfs,
@@ -116,7 +112,11 @@ def decide(
 
 
 def estimate_demand(
-    fleet: FleetState, min_cap_w: FloatArray, max_cap_w: FloatArray, settings: CappingSettings
+    plan: CappingPlan,
+    fleet: FleetState,
+    min_cap_w: FloatArray,
+    max_cap_w: FloatArray,
+    settings: CappingSettings,
 ) -> FloatArray:
     """What each GPU would draw uncapped, from recent power, with headroom. Units: W.
 
@@ -125,13 +125,21 @@ def estimate_demand(
     tick while it stays pinned and power is free. A GPU idle by utilisation asks only for what it
     draws. Every result is within [min cap, max cap], so idle GPUs still get the min cap.
     """
-    pinned = fleet.power_w >= settings.pinned_frac * fleet.cap_w
-    base = np.where(pinned, np.maximum(fleet.power_w, fleet.cap_w), fleet.power_w)
-    headroom = np.maximum(base * settings.demand_headroom_frac, settings.demand_headroom_min_w)
-    busy = fleet.util > 0.0
-    demand = base + np.where(busy | pinned, headroom, 0.0)
-    clipped: FloatArray = np.clip(demand, min_cap_w, max_cap_w)
-    return clipped
+    scratch = plan.scratch
+    power, cap = fleet.power_w, fleet.cap_w
+    threshold = np.multiply(cap, settings.pinned_frac, out=scratch.f("w0"))
+    pinned = np.greater_equal(power, threshold, out=scratch.b("b0"))
+    base = np.multiply(cap, pinned, out=scratch.f("w1"))  # the cap where pinned ...
+    np.maximum(base, power, out=base)  # ... so this is max(power, cap) if pinned, else power
+    demand = np.multiply(base, 1.0 + settings.demand_headroom_frac, out=scratch.f("w2"))
+    floor = np.add(base, settings.demand_headroom_min_w, out=threshold)
+    np.maximum(demand, floor, out=demand)
+    idle = np.less_equal(fleet.util, 0.0, out=scratch.b("b1"))
+    np.logical_and(idle, np.logical_not(pinned, out=pinned), out=idle)
+    demand = np.where(idle, base, demand)  # fresh: a decision output
+    np.maximum(demand, min_cap_w, out=demand)
+    np.minimum(demand, max_cap_w, out=demand)
+    return demand
 
 
 def site_budget(
@@ -164,7 +172,7 @@ def site_budget(
     return min(allowed, hard)
 
 
-def smooth_caps(
+def w2s(
     plan: CappingPlan,
     *,
     target_w: FloatArray,
@@ -181,12 +189,18 @@ def smooth_caps(
     caps lower, which is always safe). A decrease under the deadband is skipped only where every
     group above the GPU still fits with the old cap kept; elsewhere the cut is applied exactly.
     """
-    previous = np.maximum(previous_w, min_w)
-    limited = np.minimum(target_w, previous + settings.raise_rate_w_per_s * dt_s)
-    cap = np.where(target_w > previous, limited, target_w)
-    small = np.abs(cap - previous) < settings.deadband_w
-    kept_cut = small & (cap < previous)
-    cap = np.where(small, previous, cap)
+    scratch = plan.scratch
+    previous = np.maximum(previous_w, min_w, out=scratch.f("w0"))
+    # min(target, previous + rate * dt) is the rate-limited raise, and the target itself
+    # whenever the target is not a raise.
+    ceiling = np.add(previous, settings.raise_rate_w_per_s * dt_s, out=scratch.f("w1"))
+    cap = np.minimum(target_w, ceiling, out=scratch.f("w2"))
+    change = np.subtract(cap, previous, out=ceiling)
+    kept_cut = np.less(change, 0.0, out=scratch.b("b0"))
+    np.abs(change, out=change)
+    small = np.less(change, settings.deadband_w, out=scratch.b("b1"))
+    np.logical_and(kept_cut, small, out=kept_cut)
+    cap = np.where(small, previous, cap)  # fresh: the caller keeps it
     if kept_cut.any():
         used = _group_use(plan, cap)
         over = np.zeros(plan.n_servers, dtype=np.bool_)
@@ -194,8 +208,8 @@ def smooth_caps(
             bound = np.maximum(usable_w[k], target_used_w[k])
             tol = REL_TOL * np.maximum(np.abs(bound), 1.0)
             over |= (used[k] > bound + tol)[path]
-        revert = kept_cut & over[plan.gpu_server]
-        cap = np.where(revert, target_w, cap)
+        revert = np.logical_and(kept_cut, over[plan.gpu_server], out=kept_cut)
+        np.copyto(cap, target_w, where=revert)
     return cap
 
 
