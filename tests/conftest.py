@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.services import Mosquitto, require_binary
+from tests.services import Mosquitto, Prometheus, require_binary
 
 
 @pytest.fixture
@@ -19,6 +19,20 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """A Prometheus to `start(targets=..., rule_files=...)` once the module knows what to scrape.
+
+    Module-scoped: a module's tests share one server and its history instead of each waiting
+    for fresh scrapes.
+    """
+    server = Prometheus(require_binary("prometheus"), tmp_path_factory.mktemp("prometheus"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # Shared machines are noisy: property tests check correctness, never speed.

@@ -8,12 +8,18 @@ with the command that installs it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +105,96 @@ class Mosquitto:
         self.stop()
         time.sleep(downtime_s)
         self.start()
+
+
+class Prometheus:
+    """A real Prometheus on a free loopback port with its own storage, queried over its HTTP API.
+
+    Scrapes and rule evaluation run every `interval_s` (1 s by default, so a test sees data within
+    seconds); the config is written as JSON, which Prometheus reads as YAML.
+    """
+
+    def __init__(self, binary: str, workdir: Path, *, interval_s: float = 1.0) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.interval_s = interval_s
+        self.config = workdir / "prometheus.json"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, targets: dict[str, list[str]], rule_files: Sequence[Path] = ()) -> None:
+        """Scrape `targets` (job name -> host:port list) and evaluate `rule_files`."""
+        interval = f"{int(self.interval_s * 1000)}ms"
+        self.config.write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": interval, "evaluation_interval": interval},
+                    "rule_files": [str(p.resolve()) for p in rule_files],
+                    "scrape_configs": [
+                        {"job_name": job, "static_configs": [{"targets": hosts}]}
+                        for job, hosts in targets.items()
+                    ],
+                }
+            )
+        )
+        with (self.workdir / "prometheus.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={self.config}",
+                    f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        wait_for_port(self.port, timeout_s=30.0)
+        deadline = time.monotonic() + 30.0
+        while self.api_status("/-/ready") != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError("Prometheus did not become ready in 30 s")
+            time.sleep(0.1)
+
+    def api_status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return 0
+
+    def api(self, path: str, **params: str) -> Any:
+        """The `data` of an API answer; raises with Prometheus' own error text on failure."""
+        query = urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as exc:
+            body = json.load(exc)
+        if body.get("status") != "success":
+            raise RuntimeError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant vector (or scalar) result of `expr` evaluated now."""
+        data = self.api("/api/v1/query", query=expr)
+        if data["resultType"] in {"scalar", "string"}:
+            return [{"metric": {}, "value": data["result"]}]
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
