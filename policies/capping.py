@@ -250,6 +250,11 @@ def allocate(
     remaining = [np.maximum(u - b, 0.0) for u, b in zip(usable_w, base, strict=True)]
     theta = np.ones((n_servers, N_PHASES))
     for phase in range(N_PHASES):
+        if not np.any(remaining[-1] > 0):
+            # The site is exhausted (the usual state under a binding site or DR limit): this
+            # phase and every later one grant nothing anywhere.
+            theta[:, phase:] = 0.0
+            break
         gain = gains[:, phase]
         level_theta = _fill_phase(plan, gain, remaining)
         if level_theta is None:

@@ -151,3 +151,50 @@ def test_large_generated_fleet_matches_reference() -> None:
     ref_cap, _ = allocate_reference(topo, **args)
     np.testing.assert_allclose(fast.cap_w, ref_cap, rtol=REL)
     assert_invariants(topo, fast.cap_w, usable, fast.infeasible)
+
+
+@settings(max_examples=60)
+@given(
+    n_gpus=st.integers(1, 24),
+    data=st.data(),
+    site_w=st.floats(300.0, 12000.0),
+)
+def test_under_one_limit_tiers_are_strict_and_shares_equal(
+    n_gpus: int, data, site_w: float
+) -> None:
+    models = data.draw(st.lists(st.integers(0, 1), min_size=n_gpus, max_size=n_gpus))
+    topo = build_topology(
+        [n_gpus],
+        [0],
+        [],
+        gpu_model=models,
+        server_limit_w=[np.inf],
+        rack_limit_w=[np.inf],
+        row_limit_w=[],
+        site_limit_w=site_w,
+        server_overhead_w=[0.0],
+        rack_derating=[1.0],
+    )
+    lo, hi = topo.gpu_min_cap_w, topo.gpu_max_cap_w
+    frac = np.asarray(data.draw(st.lists(st.floats(0, 1), min_size=n_gpus, max_size=n_gpus)))
+    tier = np.asarray(data.draw(st.lists(st.integers(0, 3), min_size=n_gpus, max_size=n_gpus)))
+    demand = lo + frac * (hi - lo)
+    alloc = run(topo, demand, tier)
+    cap = alloc.cap_w
+    if alloc.infeasible[-1][0]:
+        np.testing.assert_allclose(cap, lo)
+        return
+    assert cap.sum() <= site_w * (1 + 1e-9)
+    short = cap < demand - 1e-6
+    if short.any():
+        worst = int(tier[short].min())
+        # Every lower-priority tier is at its floor; every higher one has its full demand.
+        np.testing.assert_allclose(cap[tier > worst], lo[tier > worst])
+        np.testing.assert_allclose(cap[tier < worst], demand[tier < worst])
+        # Inside the partly served tier, each GPU gets the same share of its gain above floor.
+        sel = (tier == worst) & (demand > lo + 1e-9)
+        share = (cap[sel] - lo[sel]) / (demand[sel] - lo[sel])
+        np.testing.assert_allclose(share, share[0], rtol=1e-9, atol=1e-9)
+        assert cap.sum() == pytest.approx(site_w, rel=1e-9)
+    else:
+        assert np.all(cap >= demand - 1e-6)
