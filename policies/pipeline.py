@@ -73,7 +73,7 @@ def decide(
     if state is not None:
         # Stale GPUs stay reserved at their max cap while the others are smoothed.
         previous = state.cap_w if stale_gpu is None else np.where(stale_gpu, max_cap, state.cap_w)
-        cap = w2s(
+        cap = smooth_caps(
             plan,
             target_w=cap,
             previous_w=previous,
@@ -172,7 +172,7 @@ def site_budget(
     return min(allowed, hard)
 
 
-def w2s(
+def smooth_caps(
     plan: CappingPlan,
     *,
     target_w: FloatArray,
