@@ -99,6 +99,7 @@ def test_table_dry_run(tmp_path: Path, capsys) -> None:
         (("limits",), {"site_limit_w": -5.0}, "limits.site_limit_w"),
         (("settings",), {"capping": {"deadband": 3.0}}, "settings.capping"),
         (("unexpected",), 1, "unexpected"),
+        (("now_s",), float("nan"), "now_s"),
     ],
 )
 def test_bad_snapshot_names_the_field(tmp_path: Path, capsys, path, value, field) -> None:
