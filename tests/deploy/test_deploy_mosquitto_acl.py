@@ -1,10 +1,10 @@
 """The production broker settings in deploy/mosquitto/ against a real Mosquitto.
 
-The broker runs the shipped ACL file unchanged and the shipped mosquitto.conf with only what cannot
-run in a test swapped out (its listeners, TLS files, syslog and the password file's location); the
-password file is made with the real `mosquitto_passwd`. What must hold: a rack's credentials publish
-only their own telemetry and read only their own commands, the controller's read all telemetry and
-write every command, and nobody gets in anonymously or with a wrong password.
+The broker runs the shipped ACL file unchanged and the shipped mosquitto.conf with only its ports,
+file locations and log sink replaced, TLS listener included (with a throwaway CA from `openssl`);
+the password file is made with the real `mosquitto_passwd`. What must hold: a rack's credentials
+publish only their own telemetry and read only their own commands, the controller's read all
+telemetry and write every command, and nobody gets in anonymously or with a wrong password.
 
 Denied traffic is shown by its absence, which is only meaningful against a delivery that did happen:
 each check sends a marker through the same broker after the forged messages and asserts the marker
@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import getpass
 import secrets
+import shutil
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ import aiomqtt
 import pytest
 
 from controller import wire
-from tests.services import Mosquitto, require_binary
+from tests.services import Mosquitto, free_port, require_binary, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,72 +38,99 @@ RACKS = ("r001", "r002")
 #: A user name that would widen a `%u` pattern if Mosquitto substituted it ("#" cannot be one: the
 #: password file reads a line starting with it as a comment).
 WILDCARD_USERS = ("+",)
-#: Settings of the shipped file that name host paths or network ports; everything else is kept.
-HOST_SPECIFIC = (
-    "listener",
-    "protocol",
-    "cafile",
-    "certfile",
-    "keyfile",
-    "tls_version",
-    "require_certificate",
-    "log_dest",
-    "log_type",
-    "password_file",
-    "acl_file",
-)
+#: Where the shipped file expects its files on a broker host (deploy/README.md, "Broker").
+HOST_DIR = "/etc/mosquitto/rheostat"
 
 
 @dataclass(frozen=True)
 class SecuredBroker:
+    """The shipped config running: `port` is its loopback listener, `tls_port` its TLS one."""
+
     port: int
+    tls_port: int
+    ca_file: Path
     passwords: dict[str, str]
 
-    def client(self, user: str, *, password: str | None = None) -> aiomqtt.Client:
+    def client(
+        self, user: str, *, password: str | None = None, tls: bool = False
+    ) -> aiomqtt.Client:
         return aiomqtt.Client(
             "127.0.0.1",
-            self.port,
+            self.tls_port if tls else self.port,
             username=user,
             password=self.passwords[user] if password is None else password,
             identifier=f"test-{user}-{secrets.token_hex(3)}",
+            tls_context=ssl.create_default_context(cafile=self.ca_file) if tls else None,
             timeout=5,
         )
 
 
-def production_settings() -> str:
-    """The shipped mosquitto.conf without its host-specific lines."""
-    kept = [
-        line
-        for line in (DEPLOY / "mosquitto.conf").read_text().splitlines()
-        if line.strip() and not line.startswith("#") and line.split()[0] not in HOST_SPECIFIC
+def production_config(files_dir: Path, *, tls_port: int, loopback_port: int) -> str:
+    """The shipped mosquitto.conf with only its ports, file locations and log sink replaced."""
+    text = (DEPLOY / "mosquitto.conf").read_text()
+    replacements = {
+        "listener 8883\n": f"listener {tls_port} 127.0.0.1\n",
+        "listener 1883 127.0.0.1\n": f"listener {loopback_port} 127.0.0.1\n",
+        f"{HOST_DIR}/acl": str(DEPLOY / "acl"),
+        HOST_DIR: str(files_dir),
+        "log_dest syslog\n": "",
+    }
+    for old, new in replacements.items():
+        assert old in text, f"mosquitto.conf no longer holds {old!r}"
+        text = text.replace(old, new)
+    assert "allow_anonymous false" in text
+    return text
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA and a server certificate for 127.0.0.1, laid out as the config expects."""
+    openssl = require_binary("openssl")
+    files = tmp_path_factory.mktemp("mosquitto-files")
+    tls = files / "tls"
+    tls.mkdir()
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    steps = [
+        ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=test-ca"],
+        ["req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+        [
+            *("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
+            *("-CAcreateserial", "-days", "1", "-out", "server.crt", "-extfile", "san.cnf"),
+        ],
     ]
-    assert any(line == "allow_anonymous false" for line in kept)
-    return "\n".join(kept) + "\n"
+    (tls / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for step in steps:
+        subprocess.run([openssl, *step], cwd=tls, check=True, capture_output=True)
+    return files
 
 
 @pytest.fixture
-def secured(tmp_path: Path) -> Iterator[SecuredBroker]:
+def secured(tmp_path: Path, tls_files: Path) -> Iterator[SecuredBroker]:
     passwd_bin = require_binary("mosquitto_passwd")
-    passwd_file = tmp_path / "passwd"
+    files = tmp_path / "files"
+    shutil.copytree(tls_files, files)
     passwords = {user: secrets.token_urlsafe(12) for user in (CONTROLLER, *RACKS, *WILDCARD_USERS)}
     for i, (user, password) in enumerate(passwords.items()):
         create = ["-c"] if i == 0 else []
         subprocess.run(
-            [passwd_bin, *create, "-b", str(passwd_file), user, password],
+            [passwd_bin, *create, "-b", str(files / "passwd"), user, password],
             check=True,
             capture_output=True,
         )
+    tls_port, loopback_port = free_port(), free_port()
     # Started as root, Mosquitto drops to the `mosquitto` user, which cannot read pytest's private
     # temporary directory: keep it as whoever runs the tests.
     broker = Mosquitto(
         require_binary("mosquitto"),
         tmp_path,
-        extra_config=production_settings()
-        + f"user {getpass.getuser()}\npassword_file {passwd_file}\nacl_file {DEPLOY / 'acl'}\n",
+        extra_config=production_config(files, tls_port=tls_port, loopback_port=loopback_port)
+        + f"user {getpass.getuser()}\n",
     )
     try:
         broker.start()
-        yield SecuredBroker(broker.port, passwords)
+        wait_for_port(tls_port)
+        wait_for_port(loopback_port)
+        yield SecuredBroker(loopback_port, tls_port, files / "tls" / "ca.crt", passwords)
     finally:
         broker.stop()
 
@@ -211,3 +240,19 @@ async def test_a_rack_cannot_read_another_racks_commands(
             # A wildcard user name owns no topic, so there is no marker to wait for: the broker
             # fanned the command out to every subscriber before the victim got it.
             await nothing_arrives(rogue, 0.3)
+
+
+async def test_tls_listener_serves_racks_under_the_same_acl(
+    secured: SecuredBroker, controller: aiomqtt.Client
+) -> None:
+    await controller.subscribe(wire.telemetry_filter(SITE), qos=1)
+    async with secured.client("r001", tls=True) as rack:
+        await rack.publish(wire.telemetry_topic(SITE, "r002"), b"forged", qos=1)
+        await rack.publish(wire.telemetry_topic(SITE, "r001"), b"over-tls", qos=1)
+        got = await first_message(controller)
+        assert (str(got.topic), got.payload) == (wire.telemetry_topic(SITE, "r001"), b"over-tls")
+    # Plain MQTT on the TLS port gets no session.
+    plain = aiomqtt.Client("127.0.0.1", secured.tls_port, username="r001", timeout=1)
+    with pytest.raises(aiomqtt.MqttError):
+        async with plain:
+            pass
