@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from bench._highs import solve_weighted_lp
-from policies.capping import CappingPlan, allocate
+from policies.capping import allocate
 from policies.decision import N_TIERS, Limits, PolicySettings
 from policies.fleet import FleetState
 from policies.pipeline import decide, estimate_demand
+from policies.plan import CappingPlan
 from policies.reference import allocate_reference
 from policies.topology import Topology, generate_topology
 

@@ -28,177 +28,13 @@ from numpy.typing import NDArray
 
 from policies.decision import N_TIERS
 from policies.errors import PolicyError
-from policies.gpu_models import model_table
-from policies.topology import Topology
+from policies.plan import N_PHASES, CappingPlan
 
 FloatArray = NDArray[np.float64]
-IntArray = NDArray[np.int32]
 BoolArray = NDArray[np.bool_]
 
-#: Tier phases then the surplus phase (up to max cap).
-N_PHASES = N_TIERS + 1
 #: Relative slack tolerated when comparing sums to limits (float rounding of large sums).
 REL_TOL = 1e-9
-
-
-class Scratch:
-    """Per-GPU work buffers reused from tick to tick.
-
-    A fresh million-entry array costs its page faults on every tick (an order of magnitude more
-    than the arithmetic), so intermediate per-GPU results are written into these buffers in
-    place. Buffers are named by slot (w0, w1, ...; b0, ... for masks) and each stage of a tick
-    (demand, allocation, smoothing, clocks) uses them only while it runs, so the stages share
-    them. Outputs handed to callers are always fresh arrays. A plan, and so a decision state,
-    serves one `decide` call at a time.
-    """
-
-    def __init__(self, n_gpus: int) -> None:
-        self._n = n_gpus
-        self._float: dict[str, FloatArray] = {}
-        self._bool: dict[str, BoolArray] = {}
-        self._int: dict[str, NDArray[np.int64]] = {}
-
-    def f(self, name: str) -> FloatArray:
-        """The float buffer called `name` (contents are whatever the last user left)."""
-        buf = self._float.get(name)
-        if buf is None:
-            buf = self._float[name] = np.empty(self._n)
-        return buf
-
-    def b(self, name: str) -> BoolArray:
-        buf = self._bool.get(name)
-        if buf is None:
-            buf = self._bool[name] = np.empty(self._n, dtype=np.bool_)
-        return buf
-
-    @property
-    def names(self) -> set[str]:
-        return set(self._float) | set(self._bool) | set(self._int)
-
-    def i(self, name: str) -> NDArray[np.int64]:
-        buf = self._int.get(name)
-        if buf is None:
-            buf = self._int[name] = np.empty(self._n, dtype=np.int64)
-        return buf
-
-    @property
-    def nbytes(self) -> int:
-        buffers = [*self._float.values(), *self._bool.values(), *self._int.values()]
-        return sum(a.nbytes for a in buffers)
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class CappingPlan:
-    """Everything the allocation derives from the topology alone, built once and reused warm.
-
-    `server_path[k]` maps each server to its group at level k; `server_offsets` is set when the
-    GPUs of each server are contiguous and non-empty, so per-server sums use `np.add.reduceat`.
-    Per-GPU model figures for DVFS are gathered here once. Units: W, MHz.
-    """
-
-    topology: Topology
-    n_servers: int
-    gpu_server: IntArray
-    gpu_rack: IntArray
-    server_path: tuple[IntArray, ...]
-    #: Where each level's groups start in one global numbering of all groups.
-    group_offsets: NDArray[np.int64]
-    #: `ancestor[k][g]`: the level-k group above global group g (0 when g is not below k).
-    ancestor: tuple[IntArray, ...]
-    server_offsets: NDArray[np.int64] | None
-    overhead_w: tuple[FloatArray, ...]
-    usable_w: tuple[FloatArray, ...]
-    idle_w: FloatArray
-    min_clock_mhz: FloatArray
-    max_clock_mhz: FloatArray
-    clock_step_mhz: FloatArray
-    #: Per-GPU offset of its server's row in the (server, phase) table: server * N_PHASES.
-    phase_key: NDArray[np.int64]
-    #: GPUs in every server when all servers are equal and in order, else 0.
-    gpus_per_server: int
-    #: Per-server sum of min caps, the floor when no rack is stale. Units: W.
-    min_cap_server_w: FloatArray
-    scratch: Scratch
-
-    @classmethod
-    def build(cls, topology: Topology) -> CappingPlan:
-        levels = topology.levels
-        n_servers = levels[0].size
-        path: list[IntArray] = [np.arange(n_servers, dtype=np.int32)]
-        for level in levels[:-1]:
-            path.append(level.parent[path[-1]].astype(np.int32))
-        servers = topology.gpu_server
-        offsets: NDArray[np.int64] | None = None
-        counts = np.bincount(servers, minlength=n_servers)
-        if servers.size and np.all(np.diff(servers) >= 0) and np.all(counts > 0):
-            offsets = np.zeros(n_servers, dtype=np.int64)
-            np.cumsum(counts[:-1], out=offsets[1:])
-        model = topology.gpu_model
-        min_cap_server = cls._sums_helper(servers, n_servers, offsets, topology.gpu_min_cap_w)
-        return cls(
-            topology=topology,
-            n_servers=n_servers,
-            gpu_server=servers,
-            gpu_rack=topology.gpu_group[topology.rack_level],
-            server_path=tuple(path),
-            group_offsets=np.cumsum([0] + [lv.size for lv in levels]).astype(np.int64),
-            ancestor=_ancestors(topology),
-            server_offsets=offsets,
-            overhead_w=tuple(topology.overhead_under(k) for k in range(len(levels))),
-            usable_w=tuple(lv.usable_w for lv in levels),
-            idle_w=model_table("idle_w")[model],
-            min_clock_mhz=model_table("min_sm_clock_mhz")[model],
-            max_clock_mhz=model_table("max_sm_clock_mhz")[model],
-            clock_step_mhz=model_table("sm_clock_step_mhz")[model],
-            phase_key=servers.astype(np.int64) * N_PHASES,
-            gpus_per_server=int(counts[0])
-            if offsets is not None and np.all(counts == counts[0])
-            else 0,
-            min_cap_server_w=min_cap_server,
-            scratch=Scratch(topology.n_gpus),
-        )
-
-    @staticmethod
-    def _sums_helper(
-        servers: IntArray,
-        n_servers: int,
-        offsets: NDArray[np.int64] | None,
-        per_gpu: FloatArray,
-    ) -> FloatArray:
-        if offsets is not None:
-            return np.add.reduceat(per_gpu, offsets)
-        return np.bincount(servers, weights=per_gpu, minlength=n_servers).astype(np.float64)
-
-    @property
-    def n_levels(self) -> int:
-        return len(self.server_path)
-
-    @property
-    def nbytes(self) -> int:
-        arrays: list[NDArray[np.generic]] = [self.gpu_server, self.gpu_rack, *self.server_path]
-        arrays += self.overhead_w
-        arrays += [*self.usable_w, self.idle_w, self.min_clock_mhz, self.max_clock_mhz]
-        arrays += [self.clock_step_mhz, self.phase_key, self.min_cap_server_w]
-        if self.server_offsets is not None:
-            arrays.append(self.server_offsets)
-        return sum(a.nbytes for a in arrays) + self.scratch.nbytes
-
-    def server_sum(self, per_gpu: FloatArray) -> FloatArray:
-        """Sum a per-GPU quantity per server. Units: those of the input."""
-        if self.gpus_per_server:
-            # Equal servers in order: a reshape and a row sum beat reduceat several times over.
-            sums: FloatArray = per_gpu.reshape(self.n_servers, self.gpus_per_server).sum(axis=1)
-            return sums
-        return self._sums_helper(self.gpu_server, self.n_servers, self.server_offsets, per_gpu)
-
-    def up(self, per_server: FloatArray) -> list[FloatArray]:
-        """Per-server values summed at every level, finest first (one small bincount a level)."""
-        sums = [per_server]
-        for k in range(1, self.n_levels):
-            parent = self.topology.levels[k - 1].parent
-            size = self.topology.levels[k].size
-            sums.append(np.bincount(parent, weights=sums[-1], minlength=size).astype(np.float64))
-        return sums
 
 
 @dataclass(frozen=True, slots=True, eq=False, kw_only=True)
@@ -371,23 +207,6 @@ def _saturation_levels(  # noqa: PLR0917 - a private kernel step, called once
         theta = (target[pick] - frozen[pick]) / rising[pick]
     out[group[pick]] = np.clip(np.nan_to_num(theta, nan=0.0), 0.0, 1.0)
     return out
-
-
-def _ancestors(topology: Topology) -> tuple[IntArray, ...]:
-    levels = topology.levels
-    total = sum(lv.size for lv in levels)
-    out = []
-    for k in range(len(levels)):
-        table = np.zeros(total, dtype=np.int32)
-        start = 0
-        for j, level in enumerate(levels[:k]):
-            up_to = np.arange(level.size, dtype=np.int32)
-            for m in range(j, k):
-                up_to = levels[m].parent[up_to]
-            table[start : start + level.size] = up_to
-            start += level.size
-        out.append(table)
-    return tuple(out)
 
 
 def check_tier(tier: NDArray[np.integer], n_gpus: int) -> NDArray[np.int8]:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-if TYPE_CHECKING:  # capping imports this module; the plan is only carried, never built, here
-    from policies.capping import CappingPlan
+if TYPE_CHECKING:  # plan imports this module; the plan is only carried, never built, here
+    from policies.plan import CappingPlan
 
 FloatArray = NDArray[np.float64]
 

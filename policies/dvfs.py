@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.capping import CappingPlan
 from policies.decision import DvfsSettings
+from policies.plan import CappingPlan
 
 FloatArray = NDArray[np.float64]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.capping import REL_TOL, CappingPlan, allocate, check_tier
+from policies.capping import REL_TOL, allocate, check_tier
 from policies.decision import (
     CappingSettings,
     Decision,
@@ -26,6 +26,7 @@ from policies.decision import (
 from policies.dvfs import clock_targets
 from policies.errors import PolicyError
 from policies.fleet import FleetState
+from policies.plan import CappingPlan
 from policies.topology import Topology
 
 FloatArray = NDArray[np.float64]

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.capping import CappingPlan, allocate
+from policies.capping import allocate
 from policies.decision import N_TIERS
+from policies.plan import CappingPlan
 from policies.reference import allocate_reference
 from policies.topology import Topology, generate_topology
 from tests.policies.pol_instances import Instance, build_topology, instances
