@@ -20,11 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/rheostat demo --duration $(DEMO_DURATION)
 
-# Mosquitto and Prometheus come from Debian packages; install them only when their binaries are absent.
+# Mosquitto, Prometheus and openssl (test certificates) come from Debian packages; install them only
+# when their binaries are absent.
 services:
 	@missing=""; \
 	test -x /usr/sbin/mosquitto || command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing from Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
