@@ -81,6 +81,8 @@ class SimCluster:
         self._server_overhead_w = topology.levels[0].overhead_w
         self.breakers = Breakers.create(topology.racks.limit_w.copy())
         self.powered = np.ones(n, dtype=bool)
+        self._server_overhead_on_w = self._server_overhead_w.copy()
+        self._class_code = workloads.gpu_class() + 1  # code 0 is "unknown" in FleetState
         self.util = np.zeros(n)
         self.mem_util = np.zeros(n)
         self.rack_power_w = np.zeros(topology.n_racks)
@@ -135,11 +137,10 @@ class SimCluster:
         )
         self.util = np.minimum(activity / 0.97, 1.0)
         self.mem_util = job_mem[gpu_job] * self.powered
-        self.job_speed = wl.job_speed(self.gpu.speed, self.gpu.clock_frac)
+        self.job_speed = wl.job_speed(self.gpu.clock_frac * self.powered)
         n_servers = self._server_overhead_w.size
         server_w = _sum_by(self._server, self.gpu.power_w, n_servers)
-        server_on = _sum_by(self._server, self.powered.astype(np.float64), n_servers) > 0
-        server_w = (server_w + self._server_overhead_w * server_on) / self.params.psu_efficiency
+        server_w = (server_w + self._server_overhead_on_w) / self.params.psu_efficiency
         group = self._server_rack
         rack_w = server_w
         for level in self._rack_parent_levels:
@@ -169,6 +170,14 @@ class SimCluster:
                 rating_w=float(self.breakers.rating_w[r]),
             )
         self.powered = ~self.breakers.tripped[self._gpu_rack]
+        server_dark = self.breakers.tripped[self._server_rack_of_server()]
+        self._server_overhead_on_w = np.where(server_dark, 0.0, self._server_overhead_w)
+
+    def _server_rack_of_server(self) -> NDArray[np.int32]:
+        group = self._server_rack
+        for level in self._rack_parent_levels:
+            group = level.parent[group]
+        return group
 
     # ------------------------------------------------------------------ sensing
     def _remember(self) -> None:
@@ -201,7 +210,7 @@ class SimCluster:
         Racks with `fresh_racks` False (telemetry lost) keep their old rows and last-seen time.
         """
         r = self.reading()
-        class_code = self.workloads.gpu_class() + 1  # code 0 is "unknown" in FleetState
+        class_code = self._class_code
         if fresh_racks is None:
             rows: slice | NDArray[np.bool_] = slice(None)
             racks: slice | NDArray[np.bool_] = slice(None)

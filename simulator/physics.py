@@ -90,7 +90,8 @@ class GpuState:
     clock_frac: FloatArray
     temp_c: FloatArray
     power_w: FloatArray
-    speed: FloatArray
+    alpha: FloatArray
+    powered: NDArray[np.bool_]
 
     @classmethod
     def initial(cls, model: NDArray[np.int8], inlet_c: float) -> GpuState:
@@ -99,8 +100,19 @@ class GpuState:
             clock_frac=np.ones(n),
             temp_c=np.full(n, inlet_c),
             power_w=IDLE_W[model].copy(),
-            speed=np.zeros(n),
+            alpha=np.full(n, ALPHA_COMPUTE),
+            powered=np.ones(n, dtype=bool),
         )
+
+    @property
+    def speed(self) -> FloatArray:
+        """Work rate as a fraction of the rate at the top clock (0 when dark).
+
+        Computed on demand: the per-GPU power with an array exponent is the dearest operation
+        of a tick, and the loop itself only needs per-job speeds (see `WorkloadSet.job_speed`).
+        """
+        result: FloatArray = self.clock_frac**self.alpha * self.powered
+        return result
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -158,7 +170,8 @@ def step_gpus(
     power = consts.idle_w + consts.span_w * activity * dynamic_fraction(clock)
     power *= powered
     state.power_w = power
-    state.speed = clock**alpha * powered
+    state.alpha = alpha
+    state.powered = powered
     heat = 1.0 - np.exp(-dt_s / params.thermal_tau_s)
     steady = params.inlet_temp_c + params.thermal_resistance_k_per_w * power
     state.temp_c += (steady - state.temp_c) * heat

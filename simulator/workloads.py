@@ -209,16 +209,21 @@ class WorkloadSet:
             )
         return activity, alpha, mem
 
-    def job_speed(self, gpu_speed: FloatArray, gpu_clock_frac: FloatArray) -> FloatArray:
-        """Per-job speed from per-GPU physics: slowest GPU for training, mean clock for services."""
-        speed = np.ones(self.n_jobs)
-        seg_min = np.minimum.reduceat(gpu_speed, self.seg_starts)
-        np.minimum.at(speed, self.seg_job, seg_min)
-        seg_clock = np.add.reduceat(gpu_clock_frac, self.seg_starts)
-        clock_sum = np.bincount(self.seg_job, weights=seg_clock, minlength=self.n_jobs)
+    def job_speed(self, gpu_clock_frac: FloatArray) -> FloatArray:
+        """Per-job speed from per-GPU clocks (0 for a dark GPU).
+
+        A synchronous job runs at its slowest GPU's pace: (min clock)^alpha, since x^alpha is
+        monotonic. A service spreads load over its GPUs, so its mean clock sets its capacity.
+        """
+        seg_min = np.minimum.reduceat(gpu_clock_frac, self.seg_starts)
+        clock_min = np.ones(self.n_jobs)
+        np.minimum.at(clock_min, self.seg_job, seg_min)
+        seg_sum = np.add.reduceat(gpu_clock_frac, self.seg_starts)
+        clock_sum = np.bincount(self.seg_job, weights=seg_sum, minlength=self.n_jobs)
         mean_clock = clock_sum / np.maximum(self.job_n_gpus, 1.0)
         n_train = len(self.training)
-        speed[n_train:] = mean_clock[n_train:]
+        speed = mean_clock.astype(np.float64, copy=True)
+        speed[:n_train] = clock_min[:n_train] ** ALPHA_COMPUTE
         return speed
 
 
