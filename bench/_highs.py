@@ -3,7 +3,8 @@
 Each GPU's cap is split into its floor, a tier part (up to its demand) and a surplus part (up to
 its max cap); every group of every level is one row. Tier parts weigh 10^(3 - tier) and surplus
 0.1, so the LP honours the same strict priorities (though not the fairness inside a tier, which
-no single LP expresses). Lives in bench/ because highspy is a development dependency only.
+no single LP expresses). Lives in bench/ because highspy is a development dependency only,
+imported when first used.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import highspy
 import numpy as np
 from numpy.typing import NDArray
 
@@ -51,6 +51,8 @@ def solve_weighted_lp(
     usable_w: tuple[FloatArray, ...],
 ) -> tuple[FloatArray, float]:
     """Caps from the weighted LP and the time HiGHS took to load and solve it. Units: W, s."""
+    import highspy  # a development dependency, absent from plain installs
+
     n = topology.n_gpus
     n_levels = len(topology.levels)
     row_offset = np.cumsum([0] + [lv.size for lv in topology.levels])
