@@ -170,6 +170,7 @@ class SimCluster:
                 rating_w=float(self.breakers.rating_w[r]),
             )
         self.powered = ~self.breakers.tripped[self._gpu_rack]
+        self.workloads.set_powered(self.powered)
         server_dark = self.breakers.tripped[self._server_rack_of_server()]
         self._server_overhead_on_w = np.where(server_dark, 0.0, self._server_overhead_w)
 

@@ -92,6 +92,8 @@ class WorkloadSet:
     work: FloatArray = field(default_factory=lambda: np.zeros(0))
     train_phase: FloatArray = field(default_factory=lambda: np.zeros(0))
     backlog_gpu_s: FloatArray = field(default_factory=lambda: np.zeros(0))
+    #: Share of each job's GPUs with power (a tripped rack takes its GPUs away).
+    job_powered_frac: FloatArray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def create(
@@ -125,11 +127,19 @@ class WorkloadSet:
             work=np.zeros(n_jobs),
             train_phase=np.zeros(len(training)),
             backlog_gpu_s=np.zeros(len(inference)),
+            job_powered_frac=np.ones(n_jobs),
         )
 
     @property
     def n_jobs(self) -> int:
         return int(self.job_tier.size)
+
+    def set_powered(self, gpu_powered: NDArray[np.bool_]) -> None:
+        """Record which GPUs have power (after a breaker trip)."""
+        on = np.bincount(
+            self.gpu_job, weights=gpu_powered.astype(np.float64), minlength=self.n_jobs
+        )
+        self.job_powered_frac = on / np.maximum(self.job_n_gpus, 1.0)
 
     def gpu_tier(self) -> NDArray[np.int8]:
         return self.job_tier[self.gpu_job]
@@ -193,7 +203,7 @@ class WorkloadSet:
             # Backlog is kept in decode-equivalent GPU-seconds at full speed, prefill first.
             want_p = svc.prefill_gpu_s[idx]
             want_d = svc.decode_gpu_s[idx] + self.backlog_gpu_s[i]
-            capacity_s = svc.n_gpus * dt
+            capacity_s = svc.n_gpus * dt * float(self.job_powered_frac[k])
             time_p = min(capacity_s, want_p / prefill_speed)
             served_p = time_p * prefill_speed
             time_d = min(capacity_s - time_p, want_d / decode_speed)
@@ -220,7 +230,8 @@ class WorkloadSet:
         np.minimum.at(clock_min, self.seg_job, seg_min)
         seg_sum = np.add.reduceat(gpu_clock_frac, self.seg_starts)
         clock_sum = np.bincount(self.seg_job, weights=seg_sum, minlength=self.n_jobs)
-        mean_clock = clock_sum / np.maximum(self.job_n_gpus, 1.0)
+        powered = np.maximum(self.job_n_gpus * self.job_powered_frac, 1.0)
+        mean_clock = clock_sum / powered  # over the GPUs that have power
         n_train = len(self.training)
         speed = mean_clock.astype(np.float64, copy=True)
         speed[:n_train] = clock_min[:n_train] ** ALPHA_COMPUTE

@@ -19,7 +19,7 @@ def test_simulate_prints_the_summary_as_json(capsys: pytest.CaptureFixture[str])
     assert summary["scenario"] == "budget-step"
     assert summary["controller"] == "rheostat"
     assert isinstance(summary["breaker_trips"], int)
-    assert set(summary["seconds_over_limit"]) == {"server", "rack", "row", "site"}
+    assert set(summary["seconds_over_limit"]) >= {"server", "rack", "row", "site"}
     assert len(summary["time_to_cap_s"]) == 1
     assert summary["throughput_retained"]["tier0"] >= 0.99
     assert summary["realtime_factor"] > 1.0

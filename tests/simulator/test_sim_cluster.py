@@ -133,3 +133,20 @@ def test_bad_scenario_reports_every_error_with_its_line(tmp_path: Path) -> None:
 def test_unknown_scenario_names_the_shipped_ones() -> None:
     with pytest.raises(ConfigError, match="steady"):
         load_scenario("no-such-scenario")
+
+
+def test_jobs_arrive_and_depart_on_schedule() -> None:
+    sc = scenario(
+        workloads=[
+            {"kind": "training", "name": "late", "gpus": 32, "start_s": 100, "end_s": 200},
+        ]
+    )
+    cluster = build_cluster(sc)
+    job_rows = slice(0, 32)
+    run_ticks(cluster, 50)
+    assert cluster.gpu.power_w[job_rows].max() == pytest.approx(80.0)  # not arrived: idle
+    run_ticks(cluster, 100)
+    assert cluster.gpu.power_w[job_rows].mean() > 300.0
+    run_ticks(cluster, 100)
+    assert cluster.gpu.power_w[job_rows].max() == pytest.approx(80.0)  # departed
+    assert cluster.workloads.work[0] == pytest.approx(100 / 6.0, rel=0.05)
