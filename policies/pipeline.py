@@ -89,12 +89,11 @@ def decide(
     if stale_gpu is not None:
         previous = state.cap_w if state is not None else max_cap
         issued = np.where(stale_gpu, previous, cap)
+    util, mem_util = fleet.util, fleet.mem_util
+    if stale_gpu is not None:  # unknown activity: leave their clocks at the max
+        util, mem_util = np.where(stale_gpu, 0.0, util), np.where(stale_gpu, 0.0, mem_util)
     clock, saving = clock_targets(
-        plan,
-        cap_w=issued,
-        util=fleet.util if stale_gpu is None else np.where(stale_gpu, 0.0, fleet.util),
-        mem_util=fleet.mem_util,
-        settings=settings.dvfs,
+        plan, cap_w=issued, util=util, mem_util=mem_util, settings=settings.dvfs
     )
     decision = Decision(
         cap_w=issued,

@@ -84,6 +84,7 @@ def test_stale_rack_is_reserved_at_max_cap_and_never_raised() -> None:
         now_s=0.0,
     )
     stale = np.array([True, False])
+    fleet.util[:32], fleet.mem_util[:32] = 0.1, 0.9  # last seen memory-bound
     later, _ = decide(
         topo,
         fleet,
@@ -95,6 +96,8 @@ def test_stale_rack_is_reserved_at_max_cap_and_never_raised() -> None:
         stale_rack=stale,
     )
     np.testing.assert_array_equal(later.cap_w[:32], fresh.cap_w[:32])
+    f_max = np.where(topo.gpu_model[:32] == 0, 1980.0, 1410.0)
+    np.testing.assert_array_equal(later.sm_clock_max_mhz[:32], f_max)  # activity unknown
     rack = topo.rack_level
     reserved = topo.gpu_max_cap_w[:32].sum() + topo.overhead_under(rack)[0]
     assert later.budget_w[rack][0] == pytest.approx(reserved)
