@@ -107,7 +107,7 @@ def allocate(
     surplus_theta = np.take(flat, key)  # (take with out= is several times slower)
     np.multiply(surplus_theta, surplus_gain, out=surplus_theta)
     np.add(cap_w, surplus_theta, out=cap_w)
-    server_used = floor_server + (gains * theta).sum(axis=1)
+    server_used = floor_server + np.einsum("ij,ij->i", gains, theta)
     used = tuple(s + o for s, o in zip(plan.up(server_used), plan.overhead_w, strict=True))
     return Allocation(cap_w=cap_w, used_w=used, infeasible=infeasible, theta=theta)
 
@@ -130,26 +130,30 @@ def _fill_phase(
     holder = np.full(plan.n_servers, -1, dtype=np.int64)  # global group id, -1 = none
     offsets = plan.group_offsets
     saturation = np.ones(int(offsets[-1]))  # per global group id
+    any_held = False
     for k in range(plan.n_levels):
         path = plan.server_path[k]
         size = plan.topology.levels[k].size
         wanted: FloatArray = (
-            totals[0]
-            if k == 0
-            else np.bincount(path, weights=gain * reach, minlength=size).astype(np.float64)
+            np.bincount(path, weights=gain * reach, minlength=size).astype(np.float64)
+            if any_held
+            else totals[k]
         )
         binding = wanted > remaining[k]
         if not binding.any():
             continue
-        if k == 0:
+        if not any_held:
+            # Nothing below holds any server back yet: each group's sum is linear in theta.
             level = np.ones(size)
-            level[binding] = remaining[0][binding] / gain[binding]
+            level[binding] = remaining[k][binding] / wanted[binding]
         else:
             level = _saturation_levels(plan, k, gain, holder, saturation, binding, remaining[k])
         saturation[offsets[k] : offsets[k + 1]] = level
-        lowered = level[path] < reach
-        reach[lowered] = level[path][lowered]
+        level_of_server = level[path]
+        lowered = level_of_server < reach
+        reach[lowered] = level_of_server[lowered]
         holder[lowered] = path[lowered] + offsets[k]
+        any_held = True
     return reach
 
 

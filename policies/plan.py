@@ -171,8 +171,10 @@ class CappingPlan:
     def server_sum(self, per_gpu: FloatArray) -> FloatArray:
         """Sum a per-GPU quantity per server. Units: those of the input."""
         if self.gpus_per_server:
-            # Equal servers in order: a reshape and a row sum beat reduceat several times over.
-            sums: FloatArray = per_gpu.reshape(self.n_servers, self.gpus_per_server).sum(axis=1)
+            # Equal servers in order: einsum's row sum beats reduceat and ndarray.sum(axis=1)
+            # several times over (and, unlike a BLAS product, starts no threads).
+            rows = per_gpu.reshape(self.n_servers, self.gpus_per_server)
+            sums: FloatArray = np.einsum("ij->i", rows)
             return sums
         return self._sums_helper(self.gpu_server, self.n_servers, self.server_offsets, per_gpu)
 
