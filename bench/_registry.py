@@ -58,4 +58,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         module.add_arguments(parser)
         runner: Callable[[argparse.Namespace], list[Row]] = module.run
-        parser.set_defaults(bench_run=runner)
+        parser.set_defaults(bench_run=runner, bench_table=table_for(module))
+
+
+def table_for(module: ModuleType) -> Callable[[Sequence[Row]], str]:
+    """A benchmark's own `table(rows) -> str` when it has one, else `format_table`."""
+    custom: Callable[[Sequence[Row]], str] | None = getattr(module, "table", None)
+    return custom if custom is not None else format_table

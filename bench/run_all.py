@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from bench._registry import format_table, modules
+from bench._registry import modules, table_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -23,7 +23,7 @@ def main() -> int:
         print(f"== bench {name}", flush=True)
         rows = module.run(args)
         (RESULTS / f"{name}.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
-        print(format_table(rows), flush=True)
+        print(table_for(module)(rows), flush=True)
     return 0
 
 

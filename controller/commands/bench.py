@@ -27,12 +27,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench import _registry  # noqa: PLC0415
-
     rows: list[dict[str, Any]] = args.bench_run(args)
     if args.json:
         data: Any = rows[0] if len(rows) == 1 else rows
         print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
-        print(_registry.format_table(rows))
+        print(args.bench_table(rows))
     return 0

@@ -1,0 +1,221 @@
+"""`rheostat bench control`: the control-quality scoreboard (issue 8).
+
+Every shipped scenario runs in the closed loop under four controllers, measured the same way:
+`none` (uncapped), `static` (one derating that fits the worst case), `threshold` (Slurm power-
+plugin style, `simulator.baselines`) and `rheostat`. Each run's summary is the one
+`rheostat simulate --json` prints, against one unlimited reference run per scenario, plus a
+`scoreboard` object with the figures the targets need that the summary does not carry:
+
+- `breaker_over_s`: seconds any breaker level (every level but the site contract) was over its
+  usable limit; `site_over_s` the same for the site limit (contract, step or DR).
+- `to_cap_ticks`: per limit step, decision periods until site power was under the new limit.
+- `steady_gap_pct`: mean of (attainable - site power) / attainable over the samples where demand
+  (the reference run's power) exceeds what the limits allow, at least `SETTLE_S` after the limit
+  last moved. Attainable is min(site limit, sum over racks of min(reference rack power, rack
+  usable limit)); intermediate rows are not counted, since no shipped scenario binds on them.
+  Positive: power left unused; negative: over.
+
+`--json` prints `{"scenarios": {name: {controller: summary}}}`. The default runs each scenario
+for its full duration; `--duration S` cuts every scenario to at most S seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from simulator import loop
+from simulator.baselines import ThresholdController
+from simulator.cluster import SimCluster
+from simulator.controllers import Controller, controller_topology
+from simulator.loop import RunResult
+from simulator.scenario import Scenario, load_scenario, shipped_scenarios
+from simulator.summary import summarize
+
+NAME = "control"
+HELP = "control-quality scoreboard: every scenario under none, static, threshold and rheostat"
+DEFAULT_ARGS: list[str] = []
+CONTROLLERS = ("none", "static", "threshold", "rheostat")
+#: Seconds after a limit change before a sample counts as steady state.
+SETTLE_S = 30.0
+#: Reference power must exceed the attainable power by this fraction for a sample to count as
+#: "demand above the limit" (keeps samples where demand merely brushes the limit out).
+DEMAND_MARGIN_FRAC = 0.01
+#: Targets (issue 8).
+MAX_TO_CAP_TICKS = 3.0
+MAX_STEADY_GAP_PCT = 1.0
+MIN_TIER0 = 0.995
+OVERSUBSCRIBED_MARGIN = 0.05
+
+Row = dict[str, Any]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scenario", nargs="+", metavar="NAME", help="scenarios to run (default: every shipped)"
+    )
+    parser.add_argument("--controller", nargs="+", choices=CONTROLLERS, default=list(CONTROLLERS))
+    parser.add_argument("--duration", type=float, metavar="S", help="cut scenarios to S seconds")
+
+
+def threshold_factory(cluster: SimCluster) -> Controller:
+    """The threshold baseline seeing the cluster through DC-side limits, as the others do."""
+    return ThresholdController(controller_topology(cluster.topology, cluster.params.psu_efficiency))
+
+
+def _controller(name: str) -> str | Callable[[SimCluster], Controller]:
+    return threshold_factory if name == "threshold" else name
+
+
+def steady_gap_pct(controlled: RunResult, reference: RunResult) -> float | None:
+    """Mean unused share of attainable site power while demand exceeds it (module doc); %."""
+    ctl, ref = controlled.series, reference.series
+    n = min(len(ctl.t_s), len(ref.t_s))
+    if n == 0:
+        return None
+    t_s = np.asarray(ctl.t_s[:n])
+    limit_w = np.asarray(ctl.site_limit_w[:n])
+    power_w = np.asarray(ctl.site_power_w[:n])
+    ref_site_w = np.asarray(ref.site_power_w[:n])
+    rack_usable_w = controlled.cluster.topology.racks.usable_w
+    ref_racks_w = np.minimum(np.asarray(ref.rack_power_w[:n]), rack_usable_w[None, :])
+    attainable_w = np.minimum(limit_w, ref_racks_w.sum(axis=1))
+    changed = np.flatnonzero(np.diff(limit_w) != 0.0) + 1
+    since = np.full(n, -np.inf)
+    since[changed] = t_s[changed]
+    since = np.maximum.accumulate(since)
+    steady = (t_s - since >= SETTLE_S) & (ref_site_w > attainable_w * (1.0 + DEMAND_MARGIN_FRAC))
+    if not steady.any():
+        return None
+    gap = (attainable_w[steady] - power_w[steady]) / attainable_w[steady]
+    return round(float(np.mean(gap)) * 100.0, 3)
+
+
+def scoreboard(controlled: RunResult, reference: RunResult, summary: Row) -> Row:
+    """The derived figures of one run (module doc)."""
+    over: dict[str, float] = summary["seconds_over_limit"]
+    site = controlled.cluster.topology.levels[-1].name
+    period_s = controlled.scenario.controller.period_s
+    return {
+        "breaker_over_s": round(sum(v for k, v in over.items() if k != site), 3),
+        "site_over_s": over.get(site, 0.0),
+        "to_cap_ticks": [
+            None if t is None else round(t / period_s, 2) for t in summary["time_to_cap_s"]
+        ],
+        "steady_gap_pct": steady_gap_pct(controlled, reference),
+    }
+
+
+def run_scenario(scenario: Scenario, controllers: Sequence[str]) -> dict[str, Row]:
+    """Controller name -> summary (with `scoreboard`) for one scenario."""
+    reference = loop.run(scenario, unlimited=True)
+    out: dict[str, Row] = {}
+    for name in controllers:
+        controlled = loop.run(scenario, controller=_controller(name))
+        summary = _plain(summarize(controlled, reference))
+        summary["scoreboard"] = scoreboard(controlled, reference, summary)
+        out[name] = summary
+    return out
+
+
+def _plain(summary: Row) -> Row:
+    """Numpy scalars (the summary's `carbon_kg` is one) as Python numbers, so JSON takes them."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in summary.items()}
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    names = args.scenario or shipped_scenarios()
+    scenarios: dict[str, dict[str, Row]] = {}
+    # The simulator logs each breaker trip; uncontrolled runs trip many. Those lines go to
+    # stderr so stdout stays the table or the JSON document.
+    with contextlib.redirect_stdout(sys.stderr):
+        for name in names:
+            scenario = load_scenario(name)
+            if args.duration is not None and args.duration < scenario.duration_s:
+                scenario = scenario.shortened(args.duration)
+            scenarios[scenario.name] = run_scenario(scenario, args.controller)
+    return [{"scenarios": scenarios}]
+
+
+def misses(scenario: str, by_controller: dict[str, Row]) -> list[str]:
+    """The issue-8 targets Rheostat misses in one scenario, each as a short reason."""
+    ours = by_controller.get("rheostat")
+    if ours is None:
+        return []
+    board = ours["scoreboard"]
+    found: list[str] = []
+    if ours["breaker_trips"]:
+        found.append("trips")
+    if board["breaker_over_s"] > 0:
+        found.append("breaker-over")
+    if any(t is None or t > MAX_TO_CAP_TICKS for t in board["to_cap_ticks"]):
+        found.append("to-cap")
+    gap = board["steady_gap_pct"]
+    if gap is not None and not 0.0 <= gap <= MAX_STEADY_GAP_PCT:
+        found.append("steady-gap")
+    weighted = ours["throughput_retained"].get("weighted", 1.0)
+    for rival in ("static", "threshold"):
+        other = by_controller.get(rival)
+        if other is not None and weighted < other["throughput_retained"].get("weighted", 1.0):
+            found.append(f"<{rival}")
+    static = by_controller.get("static")
+    floor = None if static is None else static["throughput_retained"].get("weighted", 1.0)
+    if (
+        scenario == "oversubscribed"
+        and floor is not None
+        and weighted < floor + OVERSUBSCRIBED_MARGIN
+    ):
+        found.append("<static+5")
+    if ours["throughput_retained"].get("tier0", 1.0) < MIN_TIER0:
+        found.append("tier0")
+    return found
+
+
+def flat_rows(rows: Sequence[Row]) -> list[Row]:
+    """One flat row per scenario x controller, the columns of the printed table."""
+    flat: list[Row] = []
+    for row in rows:
+        for scenario, by_controller in row["scenarios"].items():
+            missed = misses(scenario, by_controller)
+            for name, s in by_controller.items():
+                board = s["scoreboard"]
+                kept = s["throughput_retained"]
+                dr = [e.get("compliance") for e in s["dr"] if e.get("compliance") is not None]
+                flat.append(
+                    {
+                        "scenario": scenario,
+                        "controller": name,
+                        "trips": s["breaker_trips"],
+                        "brk_over_s": board["breaker_over_s"],
+                        "site_over_s": board["site_over_s"],
+                        "overshoot_%": s["max_overshoot_pct"],
+                        "to_cap_ticks": _join(board["to_cap_ticks"]),
+                        "gap_%": board["steady_gap_pct"],
+                        **{f"t{t}": kept.get(f"tier{t}") for t in range(4)},
+                        "weighted": kept.get("weighted"),
+                        "energy_kwh": s["energy_kwh"],
+                        "dr_compl": min(dr) if dr else None,
+                        "targets": ("ok" if not missed else " ".join(missed))
+                        if name == "rheostat"
+                        else "",
+                    }
+                )
+    return flat
+
+
+def _join(values: Sequence[float | None]) -> str | None:
+    if not values:
+        return None
+    return ",".join("-" if v is None else f"{v:g}" for v in values)
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The scoreboard as one fixed-width table (the registry's layout over `flat_rows`)."""
+    from bench._registry import format_table
+
+    return format_table(flat_rows(rows))
