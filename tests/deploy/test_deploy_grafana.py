@@ -9,6 +9,7 @@ return data is the live test's job (test_deploy_live_prometheus.py).
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -151,3 +152,20 @@ def test_metric_names_are_extracted_from_expressions() -> None:
         "rheostat_tick_duration_seconds_bucket",
         "rheostat_site_limit_watts",
     }
+
+
+def test_drill_down_links_reach_a_dashboard_and_its_variables() -> None:
+    boards = {load_dashboard(p)["uid"]: load_dashboard(p) for p in DASHBOARDS}
+    links = [
+        link["url"]
+        for board in boards.values()
+        for panel in panels(board)
+        for link in panel["fieldConfig"]["defaults"].get("links", [])
+    ]
+    assert links
+    for url in links:
+        match = re.fullmatch(r"/d/([\w-]+)/[\w-]+\?(.*)", url)
+        assert match, url
+        target = boards[match.group(1)]
+        variables = {v["name"] for v in target["templating"]["list"]}
+        assert set(re.findall(r"var-(\w+)=", match.group(2))) <= variables, url
