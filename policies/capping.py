@@ -92,9 +92,10 @@ def allocate(
             theta[:, phase:] = 0.0
             break
         gain = gains[:, phase]
-        level_theta = _fill_phase(plan, gain, remaining)
+        totals = plan.up(gain)
+        level_theta = _fill_phase(plan, gain, totals, remaining)
         if level_theta is None:
-            granted = plan.up(gain)
+            granted = totals
         else:
             theta[:, phase] = level_theta
             granted = plan.up(gain * level_theta)
@@ -113,7 +114,7 @@ def allocate(
 
 
 def _fill_phase(
-    plan: CappingPlan, gain: FloatArray, remaining: list[FloatArray]
+    plan: CappingPlan, gain: FloatArray, totals: list[FloatArray], remaining: list[FloatArray]
 ) -> FloatArray | None:
     """Per-server fill level of one phase in [0, 1]; None when no group binds (all at 1).
 
@@ -123,7 +124,6 @@ def _fill_phase(
     over its holders (plus one item for servers nobody held): a sort over the binding groups
     below, not over servers.
     """
-    totals = plan.up(gain)
     if all(np.all(t <= r) for t, r in zip(totals, remaining, strict=True)):
         return None
     reach = np.ones(plan.n_servers)
