@@ -66,8 +66,11 @@ class Breakers:
     def step(self, rack_power_w: FloatArray, now_s: float, dt_s: float) -> NDArray[np.bool_]:
         """Integrate one tick of load; return the racks that tripped during it."""
         load = rack_power_w / self.rating_w
-        t = trip_time_s(load)
         over = load > NO_TRIP_LOAD
+        if not over.any():  # the usual case: every element cools, nothing can trip
+            self.heat *= np.exp(-dt_s / COOLING_TAU_S)
+            return np.zeros(load.size, dtype=bool)
+        t = trip_time_s(load)
         with np.errstate(divide="ignore"):
             gain = np.where(over, dt_s / t, 0.0)
         self.heat = np.where(over, self.heat + gain, self.heat * np.exp(-dt_s / COOLING_TAU_S))

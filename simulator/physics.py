@@ -160,8 +160,10 @@ def step_gpus(
     budget = (cap_w - consts.idle_w) / (consts.span_w * active)
     target = np.clip(clock_for_dynamic(budget), consts.min_clock_frac, 1.0)
     # Thermal slowdown: the clock falls linearly from the slowdown to the shutdown temperature.
-    hot = np.clip((state.temp_c - consts.slowdown_c) / consts.throttle_span_c, 0.0, 0.7)
-    target *= 1.0 - hot
+    # Skipped (a single reduction) while every GPU is below its slowdown point, as is typical.
+    if np.any(state.temp_c > consts.slowdown_c):
+        hot = np.clip((state.temp_c - consts.slowdown_c) / consts.throttle_span_c, 0.0, 0.7)
+        target *= 1.0 - hot
     settle = 1.0 - np.exp(-dt_s / params.limiter_settle_s)
     clock = state.clock_frac + (target - state.clock_frac) * settle
     # A clock ceiling is obeyed immediately, without the limiter's settle.
