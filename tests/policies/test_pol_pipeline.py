@@ -52,6 +52,7 @@ def test_every_tick_respects_every_limit(inst: Instance, ticks, stale_first: boo
     now = 0.0
     stale = np.zeros(topo.n_racks, dtype=bool)
     stale[0] = stale_first
+    previous = None
     for scale, dt, site_limit in ticks:
         now += dt
         fleet = busy_fleet(topo, np.clip(inst.demand_frac * scale + 0.2, 0, 1), now)
@@ -69,6 +70,14 @@ def test_every_tick_respects_every_limit(inst: Instance, ticks, stale_first: boo
         check_limits(topo, decision, stale_gpu)
         if site_limit is not None:
             assert decision.site_allowed_w <= site_limit
+        if previous is not None:
+            change = decision.cap_w - previous
+            # Raises are rate-limited and never smaller than the deadband; stale GPUs never rise.
+            assert np.all(change <= SETTINGS.capping.raise_rate_w_per_s * dt + 1e-9)
+            rises = change > 1e-9
+            assert np.all(change[rises] >= SETTINGS.capping.deadband_w - 1e-9)
+            assert np.all(change[stale_gpu] <= 1e-9)
+        previous = decision.cap_w
 
 
 def test_stale_rack_is_reserved_at_max_cap_and_never_raised() -> None:
