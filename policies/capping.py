@@ -104,10 +104,11 @@ def allocate(
     cap_w = np.take(flat, key)  # fresh: the caller keeps it
     np.multiply(cap_w, tier_gain, out=cap_w)
     np.add(cap_w, floor_w, out=cap_w)
-    np.add(plan.phase_key, N_TIERS, out=key)
-    surplus_theta = np.take(flat, key)  # (take with out= is several times slower)
-    np.multiply(surplus_theta, surplus_gain, out=surplus_theta)
-    np.add(cap_w, surplus_theta, out=cap_w)
+    if theta[:, N_TIERS].any():  # no surplus anywhere is the usual state under a binding limit
+        np.add(plan.phase_key, N_TIERS, out=key)
+        surplus_theta = np.take(flat, key)  # (take with out= is several times slower)
+        np.multiply(surplus_theta, surplus_gain, out=surplus_theta)
+        np.add(cap_w, surplus_theta, out=cap_w)
     server_used = floor_server + np.einsum("ij,ij->i", gains, theta)
     used = tuple(s + o for s, o in zip(plan.up(server_used), plan.overhead_w, strict=True))
     return Allocation(cap_w=cap_w, used_w=used, infeasible=infeasible, theta=theta)
