@@ -227,6 +227,23 @@ def _topology(spec: TopologySpec, source: str) -> Topology:
             rack_level=spec.rack_level,
         )
     except TopologyError as exc:
-        field = f"topology.{exc.field}" if exc.field else "topology"
-        message = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
-        raise ConfigError(message, file=source, field=field) from None
+        raise ConfigError(
+            str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc),
+            file=source,
+            field=_topology_field(spec, exc.field),
+        ) from None
+
+
+def _topology_field(spec: TopologySpec, field: str | None) -> str:
+    """Map a `TopologyError` field ("rack.parent", "gpu_server") to the snapshot's own path."""
+    if not field:
+        return "topology"
+    if field == "gpu_server":
+        return "topology.gpus.server"
+    if field == "gpu_model":
+        return "topology.gpus.model"
+    name, _, rest = field.partition(".")
+    for k, level in enumerate(spec.levels):
+        if level.name == name and rest:
+            return f"topology.levels.{k}.{rest}"
+    return f"topology.{field}"

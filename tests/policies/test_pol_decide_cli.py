@@ -100,6 +100,9 @@ def test_table_dry_run(tmp_path: Path, capsys) -> None:
         (("settings",), {"capping": {"deadband": 3.0}}, "settings.capping"),
         (("unexpected",), 1, "unexpected"),
         (("now_s",), float("nan"), "now_s"),
+        (("topology", "levels", 0, "parent"), [0, 5], "topology.levels.0.parent"),
+        (("topology", "gpus", "server"), [0, 0, 1, 7], "topology.gpus.server"),
+        (("topology", "rack_level"), "pdu", "topology.rack_level"),
     ],
 )
 def test_bad_snapshot_names_the_field(tmp_path: Path, capsys, path, value, field) -> None:
