@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="fleet sizes (multiples of 8)",
     )
-    parser.add_argument("--repeat", type=int, default=9, help="timed decisions per figure")
+    parser.add_argument("--repeat", type=int, default=15, help="timed decisions per figure")
     parser.add_argument(
         "--exact-max",
         type=int,
