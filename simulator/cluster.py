@@ -81,6 +81,8 @@ class SimCluster:
         self._server_overhead_w = topology.levels[0].overhead_w
         self.breakers = Breakers.create(topology.racks.limit_w.copy())
         self.powered = np.ones(n, dtype=bool)
+        #: No rack has tripped: multiplications by `powered` can be skipped.
+        self._all_powered = True
         self._server_overhead_on_w = self._server_overhead_w.copy()
         self._class_code = workloads.gpu_class() + 1  # code 0 is "unknown" in FleetState
         self.util = np.zeros(n)
@@ -123,7 +125,8 @@ class SimCluster:
         wl = self.workloads
         job_activity, job_alpha, job_mem = wl.demand(self.now_s, self.job_speed)
         gpu_job = wl.gpu_job
-        activity = job_activity[gpu_job] * self.powered
+        dark = not self._all_powered
+        activity = job_activity[gpu_job] * self.powered if dark else job_activity[gpu_job]
         step_gpus(
             self.gpu,
             self.consts,
@@ -136,8 +139,9 @@ class SimCluster:
             dt_s=self.tick_s,
         )
         self.util = np.minimum(activity / 0.97, 1.0)
-        self.mem_util = job_mem[gpu_job] * self.powered
-        self.job_speed = wl.job_speed(self.gpu.clock_frac * self.powered)
+        self.mem_util = job_mem[gpu_job] * self.powered if dark else job_mem[gpu_job]
+        clock = self.gpu.clock_frac * self.powered if dark else self.gpu.clock_frac
+        self.job_speed = wl.job_speed(clock)
         n_servers = self._server_overhead_w.size
         server_w = _sum_by(self._server, self.gpu.power_w, n_servers)
         server_w = (server_w + self._server_overhead_on_w) / self.params.psu_efficiency
@@ -170,6 +174,7 @@ class SimCluster:
                 rating_w=float(self.breakers.rating_w[r]),
             )
         self.powered = ~self.breakers.tripped[self._gpu_rack]
+        self._all_powered = False
         self.workloads.set_powered(self.powered)
         server_dark = self.breakers.tripped[self._server_rack_of_server()]
         self._server_overhead_on_w = np.where(server_dark, 0.0, self._server_overhead_w)
@@ -186,7 +191,9 @@ class SimCluster:
         reading = Reading(
             now_s=self.now_s,
             power_w=self.gpu.power_w * noise,
-            sm_clock_mhz=self.gpu.clock_frac * self.consts.max_clock_mhz * self.powered,
+            sm_clock_mhz=self.gpu.clock_frac * self.consts.max_clock_mhz * self.powered
+            if not self._all_powered
+            else self.gpu.clock_frac * self.consts.max_clock_mhz,
             util=self.util,
             mem_util=self.mem_util,
             temp_c=self.gpu.temp_c.copy(),

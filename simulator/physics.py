@@ -170,7 +170,8 @@ def step_gpus(
     clock = np.minimum(clock, clock_ceiling_mhz / consts.max_clock_mhz)
     state.clock_frac = clock
     power = consts.idle_w + consts.span_w * activity * dynamic_fraction(clock)
-    power *= powered
+    if not powered.all():
+        power *= powered
     state.power_w = power
     state.alpha = alpha
     state.powered = powered
