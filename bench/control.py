@@ -6,8 +6,8 @@ plugin style, `simulator.baselines`) and `rheostat`. Each run's summary is the o
 `rheostat simulate --json` prints, against one unlimited reference run per scenario, plus a
 `scoreboard` object with the figures the targets need that the summary does not carry:
 
-- `breaker_over_s`: seconds any breaker level (every level but the site contract) was over its
-  usable limit; `site_over_s` the same for the site limit (contract, step or DR).
+- `breaker_over_s`: seconds summed over the breaker levels (every topology level below the site)
+  over their usable limits; `site_over_s` the same for the site limit (contract, step or DR).
 - `to_cap_ticks`: per limit step, decision periods until site power was under the new limit.
 - `steady_gap_pct`: mean of (attainable - site power) / attainable over the samples where demand
   (the reference run's power) exceeds what the limits allow, at least `SETTLE_S` after the limit
@@ -99,11 +99,11 @@ def steady_gap_pct(controlled: RunResult, reference: RunResult) -> float | None:
 def scoreboard(controlled: RunResult, reference: RunResult, summary: Row) -> Row:
     """The derived figures of one run (module doc)."""
     over: dict[str, float] = summary["seconds_over_limit"]
-    site = controlled.cluster.topology.levels[-1].name
+    levels = controlled.cluster.topology.levels
     period_s = controlled.scenario.controller.period_s
     return {
-        "breaker_over_s": round(sum(v for k, v in over.items() if k != site), 3),
-        "site_over_s": over.get(site, 0.0),
+        "breaker_over_s": round(sum(over.get(lv.name, 0.0) for lv in levels[:-1]), 3),
+        "site_over_s": over.get(levels[-1].name, 0.0),
         "to_cap_ticks": [
             None if t is None else round(t / period_s, 2) for t in summary["time_to_cap_s"]
         ],

@@ -1,0 +1,121 @@
+"""`rheostat bench control`: one JSON object of summaries, one readable table, honest verdicts."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Any
+
+import orjson
+import pytest
+
+from bench import control
+from controller.cli import main
+
+#: The keys of `rheostat simulate --json` every scoreboard summary must carry.
+SIMULATE_KEYS = {
+    "scenario",
+    "controller",
+    "breaker_trips",
+    "seconds_over_limit",
+    "max_overshoot_pct",
+    "time_to_cap_s",
+    "throughput_retained",
+    "energy_kwh",
+    "realtime_factor",
+    "dr",
+}
+SCOREBOARD_KEYS = {"breaker_over_s", "site_over_s", "to_cap_ticks", "steady_gap_pct"}
+
+
+@pytest.fixture(scope="module")
+def budget_step() -> dict[str, Any]:
+    """budget-step cut to 700 s (the 30 % step lands at 600 s) under all four controllers."""
+    parser = _parser()
+    args = parser.parse_args(["--scenario", "budget-step", "--duration", "700"])
+    (row,) = control.run(args)
+    return row
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    control.add_arguments(parser)
+    return parser
+
+
+def test_json_is_scenarios_of_controllers_of_summaries(budget_step: dict[str, Any]) -> None:
+    assert list(budget_step) == ["scenarios"]
+    by_controller = budget_step["scenarios"]["budget-step"]
+    assert list(by_controller) == list(control.CONTROLLERS)
+    for name, summary in by_controller.items():
+        assert summary["controller"] == name
+        assert set(summary) >= SIMULATE_KEYS | {"scoreboard"}
+        assert set(summary["scoreboard"]) == SCOREBOARD_KEYS
+    orjson.dumps(budget_step)  # plain JSON types only
+
+
+def test_the_step_is_scored_and_rheostat_meets_the_safety_targets(
+    budget_step: dict[str, Any],
+) -> None:
+    runs = budget_step["scenarios"]["budget-step"]
+    ours = runs["rheostat"]
+    assert ours["breaker_trips"] == 0
+    assert ours["scoreboard"]["breaker_over_s"] == 0.0
+    (ticks,) = ours["scoreboard"]["to_cap_ticks"]
+    assert ticks is not None
+    assert ticks <= control.MAX_TO_CAP_TICKS
+    # Uncapped, the fleet sits over the new limit for most of the 100 s after the step.
+    assert runs["none"]["scoreboard"]["site_over_s"] >= 50.0
+    # Demand exceeds the stepped limit, so the steady-state gap is measured.
+    assert ours["scoreboard"]["steady_gap_pct"] is not None
+
+
+def test_table_has_one_row_per_scenario_and_controller(budget_step: dict[str, Any]) -> None:
+    text = control.table([budget_step])
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(control.CONTROLLERS)
+    assert lines[0].split()[:2] == ["scenario", "controller"]
+    assert "targets" in lines[0]
+    assert [line.split()[1] for line in lines[2:]] == list(control.CONTROLLERS)
+
+
+def test_misses_name_each_target_missed(budget_step: dict[str, Any]) -> None:
+    runs = copy.deepcopy(budget_step["scenarios"]["budget-step"])
+    ours = runs["rheostat"]
+    ours["breaker_trips"] = 1
+    ours["scoreboard"]["breaker_over_s"] = 2.0
+    ours["scoreboard"]["to_cap_ticks"] = [4.0]
+    ours["scoreboard"]["steady_gap_pct"] = 1.5
+    ours["throughput_retained"]["tier0"] = 0.99
+    ours["throughput_retained"]["weighted"] = 0.0
+    missed = control.misses("oversubscribed", runs)
+    assert missed == [
+        "trips",
+        "breaker-over",
+        "to-cap",
+        "steady-gap",
+        "<static",
+        "<threshold",
+        "<static+5",
+        "tier0",
+    ]
+    ours["scoreboard"] = {
+        "breaker_over_s": 0.0,
+        "site_over_s": 0.0,
+        "to_cap_ticks": [1.0],
+        "steady_gap_pct": 0.5,
+    }
+    ours["breaker_trips"] = 0
+    ours["throughput_retained"] = {"tier0": 1.0, "weighted": 1.0}
+    assert control.misses("budget-step", runs) == []
+
+
+def test_cli_prints_the_object_unwrapped(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "control", "--json", "--scenario", "steady", "--duration", "30"]
+    assert main([*argv, "--controller", "static", "rheostat"]) == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    assert list(doc) == ["scenarios"]
+    assert list(doc["scenarios"]["steady"]) == ["static", "rheostat"]
+    assert main(["bench", "control", "--scenario", "steady", "--duration", "30"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 2 + len(control.CONTROLLERS)
