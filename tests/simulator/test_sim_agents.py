@@ -164,3 +164,27 @@ async def test_bad_commands_are_rejected_and_offline_status_changes_nothing(
     np.testing.assert_array_equal(agents.caps_in_force_w[rows], 500.0)
     assert agents.counters.fallbacks.sum() == 0
     assert agents.counters.commands_applied[1] == 1
+
+
+async def test_agents_reconnect_after_a_broker_restart_and_fail_safe_meanwhile(
+    mosquitto: Mosquitto,
+) -> None:
+    cluster = small_cluster(lag_s=0.0)
+    agents = RackAgents(cluster=cluster, site=SITE, period_s=0.2, safe_cap_w=350.0, time_scale=4.0)
+    rack_id = cluster.topology.racks.ids[0]
+    rows = cluster.topology.rack_slice(0)
+    async with running(agents, mosquitto):
+        await wait_until(lambda: agents.counters.connects.min() >= 1)
+        await asyncio.sleep(0.2)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="ctl") as ctl:
+            await ctl.publish(
+                wire.command_topic(SITE, rack_id), command(rack_id, 500.0, 32, ttl_s=1.0), qos=1
+            )
+            await wait_until(lambda: agents.counters.commands_applied[0] == 1)
+        # The broker goes away: no command can refresh, the agent falls back on its own.
+        await asyncio.to_thread(mosquitto.restart, 1.5)
+        await wait_until(lambda: agents.counters.fallbacks[0] == 1)
+        await wait_until(lambda: bool(np.all(agents.caps_in_force_w[rows] == 350.0)))
+        await wait_until(lambda: agents.counters.connects.min() >= 2, timeout_s=15.0)
+        sent = agents.counters.telemetry_sent.copy()
+        await wait_until(lambda: bool(np.all(agents.counters.telemetry_sent > sent + 2)))
