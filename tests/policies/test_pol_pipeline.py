@@ -190,35 +190,45 @@ def test_site_ramp_limits_recovery_but_not_a_hard_cut() -> None:
     topo = two_gpus(1400.0)
     capping = CappingSettings(site_ramp_up_w_per_s=100.0, site_ramp_down_w_per_s=50.0)
     cfg = PolicySettings(capping=capping)
-    fleet = busy_fleet(topo, np.array([1.0, 1.0]), 0.0)
     tier = np.zeros(2, np.int8)
-    d0, s0 = decide(
-        topo,
-        fleet,
-        tier=tier,
-        limits=Limits(site_limit_w=800.0),
-        settings=cfg,
-        state=None,
-        now_s=0.0,
+    state: DecisionState | None = None
+
+    def tick(now: float, limits: Limits) -> float:
+        nonlocal state
+        # Both GPUs want their max and draw exactly what the last decision allowed.
+        caps = state.cap_w if state is not None else np.array([700.0, 700.0])
+        fleet = busy_fleet(topo, caps / 700.0, now)
+        fleet.cap_w = caps.copy()
+        decision, state = decide(
+            topo, fleet, tier=tier, limits=limits, settings=cfg, state=state, now_s=now
+        )
+        assert decision.cap_w.sum() <= decision.site_allowed_w + 1e-6
+        return decision.site_allowed_w
+
+    assert tick(0.0, Limits(site_limit_w=800.0)) == 800.0
+    assert tick(1.0, Limits()) == pytest.approx(900.0)  # recovery at 100 W/s
+    assert tick(2.0, Limits(site_target_w=600.0)) == pytest.approx(850.0)  # a soft cut at 50 W/s
+    assert tick(3.0, Limits(site_limit_w=600.0)) == pytest.approx(600.0)  # a hard limit at once
+
+
+def test_up_ramp_follows_the_measured_draw_of_a_swinging_job() -> None:
+    topo = two_gpus(1400.0)
+    cfg = PolicySettings(capping=CappingSettings(site_ramp_up_w_per_s=100.0))
+    tier = np.zeros(2, np.int8)
+    fleet = busy_fleet(topo, np.array([1.0, 1.0]), 0.0)
+    _, state = decide(topo, fleet, tier=tier, limits=Limits(), settings=cfg, state=None, now_s=0.0)
+    # Communication phase: the job drops to 300 W a GPU on its own.
+    fleet = busy_fleet(topo, np.array([300.0, 300.0]) / 700.0, 1.0)
+    low, state = decide(
+        topo, fleet, tier=tier, limits=Limits(), settings=cfg, state=state, now_s=1.0
     )
-    assert d0.site_allowed_w == 800.0
-    d1, s1 = decide(topo, fleet, tier=tier, limits=Limits(), settings=cfg, state=s0, now_s=1.0)
-    assert d1.site_allowed_w == pytest.approx(900.0)
-    d2, s2 = decide(
-        topo,
-        fleet,
-        tier=tier,
-        limits=Limits(site_target_w=600.0),
-        settings=cfg,
-        state=s1,
-        now_s=2.0,
-    )
-    assert d2.site_allowed_w == pytest.approx(850.0)  # a soft target ramps down
-    d3, _ = decide(
-        topo, fleet, tier=tier, limits=Limits(site_limit_w=600.0), settings=cfg, state=s2, now_s=3.0
-    )
-    assert d3.site_allowed_w == pytest.approx(600.0)  # a hard limit applies at once
-    assert d3.cap_w.sum() <= 600.0 + 1e-6
+    assert low.site_allowed_w == pytest.approx(700.0)  # 600 W drawn + 100 W/s for 1 s
+    # Compute phase again: the draw may only climb at the ramp.
+    fleet = busy_fleet(topo, low.cap_w / 700.0, 2.0)
+    fleet.cap_w = low.cap_w.copy()
+    high, _ = decide(topo, fleet, tier=tier, limits=Limits(), settings=cfg, state=state, now_s=2.0)
+    assert high.site_allowed_w == pytest.approx(800.0)
+    assert high.cap_w.sum() <= 800.0 + 1e-6
 
 
 def test_idle_gpus_still_get_min_cap_and_pinned_demand_grows() -> None:
