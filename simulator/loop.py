@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from policies.decision import CappingSettings, Limits, PolicySettings
 from policies.fleet import FleetState
 from simulator.build import build_cluster, full_power_w
+from simulator.carbon import wrap as carbon_wrap
 from simulator.cluster import SimCluster
 from simulator.controllers import (
     Controller,
@@ -27,6 +28,7 @@ from simulator.controllers import (
     StaticController,
     controller_topology,
 )
+from simulator.facility import FacilityRun
 from simulator.grid import SiteLimits
 from simulator.rates import carbon_per_tick
 from simulator.scenario import Scenario
@@ -85,6 +87,8 @@ class RunResult:
     job_tier: NDArray[np.int8]
     job_gpus: FloatArray
     job_names: list[str]
+    #: Facility meter, cooling and emissions accounting (IT feed alone without a facility spec).
+    facility: FacilityRun | None = None
 
     @property
     def realtime_factor(self) -> float:
@@ -138,8 +142,10 @@ def run(
         ctl = controller(cluster)
     else:
         ctl = make_controller(controller, cluster, settings or PolicySettings(), scenario)
+    ctl = carbon_wrap(ctl, cluster, scenario)
     fleet = FleetState.empty(topo)
     n_ticks = int(np.ceil(scenario.duration_s / scenario.tick_s))
+    facility = FacilityRun.create(scenario, full_power_w=full_w, n_ticks=n_ticks)
     period = max(1, round(scenario.controller.period_s / scenario.tick_s))
     stride = max(1, -(-n_ticks // MAX_SAMPLES))
     level_w = _level_reducers(cluster)
@@ -149,7 +155,11 @@ def run(
         seconds_over={lv.name: 0.0 for lv in topo.levels},
     )
     series = Series()
-    carbon = carbon_per_tick(n_ticks, scenario.tick_s) if scenario.grid.carbon == "caiso" else None
+    carbon = (
+        carbon_per_tick(n_ticks, scenario.tick_s, start_s=scenario.grid.carbon_start_s)
+        if scenario.grid.carbon == "caiso"
+        else None
+    )
     steps = limits.step_times_s()
     step_limits = [float(w) for w in limits.step_limit_w]
     time_to_cap: list[float | None] = [None] * len(steps)
@@ -166,7 +176,7 @@ def run(
         now = k * dt
         cluster.step()
         site_w = cluster.site_power_w
-        limits.observe(now, site_w)
+        limits.observe(now, facility.step(now, site_w))
         site_limit = limits.limit_w(now)
         if not unlimited and k % period == 0:
             if faults:
@@ -176,7 +186,8 @@ def run(
                         fresh[f.rack] = False
             cluster.fill_fleet(fleet, fresh_racks=fresh if faults else None)
             stale = fleet.stale_racks(cluster.now_s, scenario.controller.stale_timeout_s)
-            act = ctl.decide(fleet, Limits(site_limit_w=site_limit * eff), cluster.now_s, stale)
+            it_limit = facility.it_budget_w(now, site_limit)
+            act = ctl.decide(fleet, Limits(site_limit_w=it_limit * eff), cluster.now_s, stale)
             if act is not None:
                 cluster.command(*act)
         if k < 0:
@@ -187,9 +198,16 @@ def run(
             _check(
                 comp, level_w=level_w, usable=usable, site_w=site_w, site_limit_w=site_limit, dt=dt
             )
+        facility.account(
+            k,
+            facility_limit_w=site_limit,
+            gpu_power_w=cluster.gpu.power_w,
+            tier=tier,
+            check=not unlimited,
+        )
         comp.energy_j += site_w * dt
         if carbon is not None:
-            comp.carbon_lbs += site_w * dt / 3.6e9 * carbon[k]
+            comp.carbon_lbs += site_w * dt / 3.6e9 * float(carbon[k])
         if not math.isnan(prev_site):
             ramp = abs(site_w - prev_site) / dt
             comp.max_ramp_w_per_s = max(comp.max_ramp_w_per_s, ramp)
@@ -228,6 +246,7 @@ def run(
         job_tier=wl.job_tier,
         job_gpus=wl.job_n_gpus,
         job_names=wl.job_names(),
+        facility=facility,
     )
 
 

@@ -14,6 +14,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from policies.errors import ConfigError, ConfigErrors
+from simulator.carbon import CarbonPolicySpec
+from simulator.facility import FacilitySpec
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
@@ -144,6 +146,7 @@ class DrEvent(_Model):
 class GridSpec(_Model):
     dr_events: tuple[DrEvent, ...] = ()
     carbon: Literal["none", "caiso"] = Field("none", description="carbon-intensity signal")
+    carbon_start_s: float = Field(0.0, ge=0, description="offset into the carbon trace. Units: s")
     price_per_mwh: float = Field(80.0, ge=0, description="flat energy price. Units: $/MWh")
 
 
@@ -180,9 +183,13 @@ class Scenario(_Model):
     grid: GridSpec = GridSpec()
     faults: tuple[FaultSpec, ...] = ()
     controller: ControllerSpec = ControllerSpec()
+    facility: FacilitySpec | None = None
+    carbon_policy: CarbonPolicySpec | None = None
 
     @model_validator(mode="after")
     def _fits(self) -> Scenario:
+        if self.carbon_policy is not None and self.grid.carbon == "none":
+            raise ValueError("carbon_policy needs a carbon signal (grid.carbon)")
         if sum(w.gpus for w in self.workloads) > self.topology.gpus:
             raise ValueError("workloads need more GPUs than the topology has")
         n_racks = -(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from policies.dr_report import dr_entries
+from simulator.carbon import co2_reduction, work_targets
 from simulator.loop import RunResult
 
 #: Priority weight of each Flex tier in `throughput_retained.weighted`.
@@ -44,8 +45,13 @@ def throughput_retained(controlled: RunResult, reference: RunResult) -> dict[str
     return out
 
 
-def summarize(controlled: RunResult, reference: RunResult | None = None) -> dict[str, Any]:
-    """The summary as plain JSON types. Without a reference, throughput is not reported."""
+def summarize(
+    controlled: RunResult, reference: RunResult | None = None, *, blind: RunResult | None = None
+) -> dict[str, Any]:
+    """The summary as plain JSON types. Without a reference, throughput is not reported.
+
+    `blind` is the carbon-blind twin of a scenario with a carbon policy (`co2_reduction_vs_blind`).
+    """
     comp = controlled.compliance
     sc = controlled.scenario
     energy_kwh = comp.energy_j / 3.6e6
@@ -72,6 +78,15 @@ def summarize(controlled: RunResult, reference: RunResult | None = None) -> dict
         "realtime_factor": round(controlled.realtime_factor, 1),
         "dr": dr_summary(controlled, reference),
     }
+    fac = controlled.facility
+    if fac is not None:
+        summary["seconds_over_limit"]["facility"] = round(fac.seconds_over, 3)
+        summary.update(fac.summary())
+    if sc.carbon_policy is not None:
+        summary["co2_reduction_vs_blind"] = (
+            co2_reduction(controlled, blind) if blind is not None else None
+        )
+        summary["work_targets"] = work_targets(controlled)
     return summary
 
 

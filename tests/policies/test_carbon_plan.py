@@ -1,0 +1,117 @@
+"""Carbon-aware plans for Flex 2-3 work: clean hours, daily targets, tolerated slowdown."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.carbon import (
+    CarbonSettings,
+    job_speed_now,
+    per_tier_totals,
+    plan_speed,
+    track_power_frac,
+)
+from policies.errors import PolicyError
+
+DAY = np.array([420.0] * 14 + [40.0] * 10)  # a dirty night and morning, a clean solar afternoon
+
+
+def test_plan_runs_hard_in_clean_hours_and_slow_in_dirty_ones() -> None:
+    speed = plan_speed(DAY, target_frac=0.75, min_speed=0.5)
+    assert speed.mean() == pytest.approx(0.75, abs=1e-4)
+    assert speed[14:].min() > speed[:14].max()
+    assert np.all(speed >= 0.5)
+    assert np.all(speed <= 1.0)
+
+
+def test_flat_signal_spreads_the_work_evenly() -> None:
+    speed = plan_speed(np.full(24, 300.0), target_frac=0.8, min_speed=0.5)
+    np.testing.assert_allclose(speed, 0.8, atol=1e-4)
+
+
+def test_plan_beats_the_flat_plan_on_signal_weighted_power() -> None:
+    gamma = 3.0
+    aware = plan_speed(DAY, target_frac=0.75, min_speed=0.5, gamma=gamma)
+    blind = plan_speed(np.ones(24), target_frac=0.75, min_speed=0.5, gamma=gamma)
+    assert float(np.sum(DAY * aware**gamma)) < 0.9 * float(np.sum(DAY * blind**gamma))
+
+
+def test_target_out_of_reach_runs_flat_out_and_tolerance_binds_below_it() -> None:
+    assert np.all(plan_speed(DAY, target_frac=1.2, min_speed=0.5) == 1.0)
+    assert np.all(plan_speed(DAY, target_frac=0.3, min_speed=0.5) == 0.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    signal=st.lists(st.floats(0.0, 1000.0), min_size=1, max_size=48),
+    target=st.floats(0.05, 0.99),
+    tol=st.sampled_from([0.0, 0.1, 0.25, 0.5]),
+)
+def test_plan_meets_target_within_tolerance(signal: list[float], target: float, tol: float) -> None:
+    speed = plan_speed(np.array(signal), target_frac=target, min_speed=1.0 - tol)
+    assert np.all(speed >= 1.0 - tol - 1e-12)
+    assert np.all(speed <= 1.0 + 1e-12)
+    assert speed.mean() >= min(max(target, 1.0 - tol), 1.0) - 1e-6
+
+
+def test_a_job_behind_its_target_gets_its_budget_back() -> None:
+    cfg = CarbonSettings()
+    dirty_hour = np.array([420.0] + [40.0] * 3)
+    on_track = job_speed_now(
+        dirty_hour, owed_s=0.6 * 4 * 3600, slot_s=3600, tolerance=0.5, settings=cfg
+    )
+    behind = job_speed_now(
+        dirty_hour, owed_s=0.99 * 4 * 3600, slot_s=3600, tolerance=0.5, settings=cfg
+    )
+    assert on_track == pytest.approx(0.5)
+    assert behind == pytest.approx(1.0, abs=1e-3)
+
+
+def test_tracking_steers_power_toward_the_plan_and_guards_the_tolerance() -> None:
+    frac = np.array([0.8, 0.8, 0.5])
+    nxt = track_power_frac(
+        frac,
+        planned_speed=np.array([0.6, 0.9, 0.5]),
+        measured_speed=np.array([0.8, 0.8, 0.5]),
+        min_speed=np.array([0.5, 0.5, 0.5]),
+        min_frac=np.array([0.3, 0.3, 0.3]),
+    )
+    assert nxt[0] < 0.8  # too fast: less power
+    assert nxt[1] > 0.8  # too slow: more power
+    assert nxt[2] == pytest.approx(0.5 * (0.53 / 0.5) ** 3)  # under tolerance: full step at once
+    full = track_power_frac(
+        frac,
+        planned_speed=np.ones(3),
+        measured_speed=np.ones(3),
+        min_speed=np.full(3, 0.5),
+        min_frac=np.full(3, 0.3),
+    )
+    np.testing.assert_array_equal(full, 1.0)
+
+
+def test_per_tier_totals_split_facility_energy_by_gpu_power() -> None:
+    co2, cost = per_tier_totals(
+        np.array([100.0, 300.0, 0.0, 600.0]),
+        np.array([0, 2, 2, 3]),
+        facility_w=2000.0,
+        intensity_kg_per_mwh=400.0,
+        price_per_mwh=80.0,
+        dt_s=3600.0,
+    )
+    assert co2.sum() == pytest.approx(2e-3 * 400.0)
+    assert cost.sum() == pytest.approx(2e-3 * 80.0)
+    np.testing.assert_allclose(co2 / co2.sum(), [0.1, 0.0, 0.3, 0.6])
+
+
+def test_bad_settings_and_signals_are_refused() -> None:
+    with pytest.raises(PolicyError):
+        CarbonSettings(shift_tiers=(4,))
+    with pytest.raises(PolicyError):
+        CarbonSettings(gamma=1.0)
+    with pytest.raises(PolicyError):
+        plan_speed(np.array([1.0, np.nan]), target_frac=0.5, min_speed=0.5)
+    with pytest.raises(PolicyError):
+        plan_speed(np.array([]), target_frac=0.5, min_speed=0.5)
