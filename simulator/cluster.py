@@ -84,6 +84,9 @@ class SimCluster:
         #: No rack has tripped: multiplications by `powered` can be skipped.
         self._all_powered = True
         self._server_overhead_on_w = self._server_overhead_w.copy()
+        self._rack_server_overhead_on_w = np.zeros(0)
+        self._rack_overhead_on_w = np.zeros(0)
+        self._sum_overheads()
         self._class_code = workloads.gpu_class() + 1  # code 0 is "unknown" in FleetState
         self.util = np.zeros(n)
         self.mem_util = np.zeros(n)
@@ -138,20 +141,15 @@ class SimCluster:
             powered=self.powered,
             dt_s=self.tick_s,
         )
-        self.util = np.minimum(activity / 0.97, 1.0)
+        job_util = np.minimum(job_activity / 0.97, 1.0)
+        self.util = job_util[gpu_job] * self.powered if dark else job_util[gpu_job]
         self.mem_util = job_mem[gpu_job] * self.powered if dark else job_mem[gpu_job]
         clock = self.gpu.clock_frac * self.powered if dark else self.gpu.clock_frac
         self.job_speed = wl.job_speed(clock)
-        n_servers = self._server_overhead_w.size
-        server_w = _sum_by(self._server, self.gpu.power_w, n_servers)
-        server_w = (server_w + self._server_overhead_on_w) / self.params.psu_efficiency
-        group = self._server_rack
-        rack_w = server_w
-        for level in self._rack_parent_levels:
-            rack_w = _sum_by(group, rack_w, level.size)
-            group = level.parent
-        rack_w = _sum_by(group, rack_w, self.topology.n_racks)
-        rack_w += self.topology.racks.overhead_w * ~self.breakers.tripped
+        # Servers' draw through their PSUs, summed straight into racks (the loss is linear).
+        gpu_w = _sum_by(self._gpu_rack, self.gpu.power_w, self.topology.n_racks)
+        rack_w = (gpu_w + self._rack_server_overhead_on_w) / self.params.psu_efficiency
+        rack_w += self._rack_overhead_on_w
         self.rack_power_w = rack_w
         self.site_power_w = float(rack_w.sum())
         if self.enforce_breakers:
@@ -178,6 +176,17 @@ class SimCluster:
         self.workloads.set_powered(self.powered)
         server_dark = self.breakers.tripped[self._server_rack_of_server()]
         self._server_overhead_on_w = np.where(server_dark, 0.0, self._server_overhead_w)
+        self._sum_overheads()
+
+    def _sum_overheads(self) -> None:
+        """Non-GPU power per rack, from servers and the rack itself, zero on tripped racks."""
+        rack_of_server = self._server_rack_of_server()
+        self._rack_server_overhead_on_w = _sum_by(
+            rack_of_server, self._server_overhead_on_w, self.topology.n_racks
+        )
+        self._rack_overhead_on_w = np.where(
+            self.breakers.tripped, 0.0, self.topology.racks.overhead_w
+        )
 
     def _server_rack_of_server(self) -> NDArray[np.int32]:
         group = self._server_rack

@@ -158,7 +158,12 @@ def step_gpus(
     active = np.maximum(activity, 1e-6)
     # Clock at which the GPU would draw exactly its cap; the limiter moves toward it.
     budget = (cap_w - consts.idle_w) / (consts.span_w * active)
-    target = np.clip(clock_for_dynamic(budget), consts.min_clock_frac, 1.0)
+    # `clock_for_dynamic` without its guards: on the cube-root branch above the knee the linear
+    # branch is larger and below it smaller, so the minimum picks the right one (the clip that
+    # follows handles budgets outside [0, 1]).
+    knee = VOLTAGE_KNEE
+    target = np.minimum(np.cbrt(budget), budget * (1.0 / (knee * knee)))
+    target = np.clip(target, consts.min_clock_frac, 1.0)
     # Thermal slowdown: the clock falls linearly from the slowdown to the shutdown temperature.
     # Skipped (a single reduction) while every GPU is below its slowdown point, as is typical.
     if np.any(state.temp_c > consts.slowdown_c):
