@@ -60,11 +60,13 @@ def allocate(
     max_w: FloatArray,
     tier: NDArray[np.int8],
     usable_w: tuple[FloatArray, ...],
+    out: FloatArray | None = None,
 ) -> Allocation:
     """Fill caps from `floor_w` to `demand_w` by tier, then to `max_w`, under `usable_w` limits.
 
     Requires floor <= demand <= max per GPU (a reserved GPU has all three equal). `usable_w` is
-    per level, overhead not yet subtracted. Units: W.
+    per level, overhead not yet subtracted. The caps go into `out` when given (a buffer the
+    caller only reads before its next use), else into a fresh array. Units: W.
     """
     n_servers = plan.n_servers
     scratch = plan.scratch
@@ -101,12 +103,13 @@ def allocate(
             granted = plan.up(gain * level_theta)
         remaining = [np.maximum(r - g, 0.0) for r, g in zip(remaining, granted, strict=True)]
     flat = theta.reshape(-1)
-    cap_w = np.take(flat, key)  # fresh: the caller keeps it
+    # mode="clip" (keys are always in range) lets take write straight into its output buffer.
+    cap_w = np.take(flat, key, mode="clip", out=np.empty_like(tier_gain) if out is None else out)
     np.multiply(cap_w, tier_gain, out=cap_w)
     np.add(cap_w, floor_w, out=cap_w)
     if theta[:, N_TIERS].any():  # no surplus anywhere is the usual state under a binding limit
         np.add(plan.phase_key, N_TIERS, out=key)
-        surplus_theta = np.take(flat, key)  # (take with out= is several times slower)
+        surplus_theta = np.take(flat, key, mode="clip", out=scratch.f("w2"))
         np.multiply(surplus_theta, surplus_gain, out=surplus_theta)
         np.add(cap_w, surplus_theta, out=cap_w)
     server_used = floor_server + np.einsum("ij,ij->i", gains, theta)

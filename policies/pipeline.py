@@ -79,7 +79,14 @@ def decide(
     usable[-1] = np.minimum(usable[-1], site_allowed)
     usable_w = tuple(usable)
     alloc = allocate(
-        plan, floor_w=floor, demand_w=demand, max_w=max_cap, tier=tiers, usable_w=usable_w
+        plan,
+        floor_w=floor,
+        demand_w=demand,
+        max_w=max_cap,
+        tier=tiers,
+        usable_w=usable_w,
+        # Warm, smoothing makes the fresh output, so the raw target can live in a buffer.
+        out=None if state is None else plan.scratch.f("w3"),
     )
     cap = alloc.cap_w
     if state is not None:
