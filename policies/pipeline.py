@@ -63,17 +63,12 @@ def decide(
     else:
         floor = min_cap
 
-    ramped = settings.capping.site_ramp_up_w_per_s is not None or (
-        settings.capping.site_ramp_down_w_per_s is not None
-    )
-    measured = _site_draw(plan, fleet, stale_gpu) if ramped and state is not None else 0.0
     site_allowed = site_budget(
         topology,
         limits=limits,
         settings=settings.capping,
         state=state,
         now_s=now_s,
-        measured_w=measured,
     )
     usable = list(plan.usable_w)
     usable[-1] = np.minimum(usable[-1], site_allowed)
@@ -167,21 +162,15 @@ def site_budget(
     settings: CappingSettings,
     state: DecisionState | None,
     now_s: float,
-    measured_w: float,
 ) -> float:
     """The site power the allocation may use this tick. Units: W.
 
     The hard figure is the lowest of the site rating and `limits.site_limit_w`; a softer
-    `site_target_w` may sit below it. Ramp limits shape how the site's draw moves, measured as
-    `measured_w` (telemetry now, stale racks at their reserve, overhead included):
-
-    - up: the allowed power is at most the lower of last tick's allowed and the measured draw,
-      plus the up ramp times the elapsed time, so neither a recovery nor a synchronous job
-      coming out of its communication phase can raise the draw faster than the ramp;
-    - down: a target never pulls the allowed below the measured draw minus the down ramp times
-      the elapsed time, so voluntary cuts are gentle too.
-
-    Neither ever lifts the allowed above the hard figure: a limit that drops is obeyed at once.
+    `site_target_w` may sit below it. With ramp limits set, the allowed power moves from the
+    previous tick's towards the target by at most the ramp times the elapsed time, so recoveries
+    and voluntary cuts are gentle on the grid; it never exceeds the hard figure, so a limit that
+    drops is obeyed at once (safety first). Caps cannot raise a draw that falls on its own (a
+    synchronous job entering its communication phase): that needs filler work or storage.
     """
     hard = float(topology.levels[-1].usable_w[0])
     if limits.site_limit_w is not None:
@@ -192,10 +181,9 @@ def site_budget(
     dt = max(now_s - state.now_s, 0.0)
     allowed = target
     if settings.site_ramp_up_w_per_s is not None:
-        base = min(state.site_allowed_w, measured_w)
-        allowed = min(allowed, base + settings.site_ramp_up_w_per_s * dt)
+        allowed = min(allowed, state.site_allowed_w + settings.site_ramp_up_w_per_s * dt)
     if settings.site_ramp_down_w_per_s is not None:
-        allowed = max(allowed, measured_w - settings.site_ramp_down_w_per_s * dt)
+        allowed = max(allowed, state.site_allowed_w - settings.site_ramp_down_w_per_s * dt)
     return min(allowed, hard)
 
 
@@ -238,14 +226,6 @@ def smooth_caps(
         revert = np.logical_and(kept_cut, over[plan.gpu_server], out=kept_cut)
         np.copyto(cap, target_w, where=revert)
     return cap
-
-
-def _site_draw(plan: CappingPlan, fleet: FleetState, stale_gpu: BoolArray | None) -> float:
-    """The site's draw as telemetry shows it, stale GPUs at their max cap. Units: W."""
-    power = fleet.power_w
-    if stale_gpu is not None:
-        power = np.where(stale_gpu, plan.topology.gpu_max_cap_w, power)
-    return float(power.sum() + plan.overhead_w[-1][0])
 
 
 def _group_use(plan: CappingPlan, cap_w: FloatArray) -> tuple[FloatArray, ...]:

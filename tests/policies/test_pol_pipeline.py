@@ -211,26 +211,6 @@ def test_site_ramp_limits_recovery_but_not_a_hard_cut() -> None:
     assert tick(3.0, Limits(site_limit_w=600.0)) == pytest.approx(600.0)  # a hard limit at once
 
 
-def test_up_ramp_follows_the_measured_draw_of_a_swinging_job() -> None:
-    topo = two_gpus(1400.0)
-    cfg = PolicySettings(capping=CappingSettings(site_ramp_up_w_per_s=100.0))
-    tier = np.zeros(2, np.int8)
-    fleet = busy_fleet(topo, np.array([1.0, 1.0]), 0.0)
-    _, state = decide(topo, fleet, tier=tier, limits=Limits(), settings=cfg, state=None, now_s=0.0)
-    # Communication phase: the job drops to 300 W a GPU on its own.
-    fleet = busy_fleet(topo, np.array([300.0, 300.0]) / 700.0, 1.0)
-    low, state = decide(
-        topo, fleet, tier=tier, limits=Limits(), settings=cfg, state=state, now_s=1.0
-    )
-    assert low.site_allowed_w == pytest.approx(700.0)  # 600 W drawn + 100 W/s for 1 s
-    # Compute phase again: the draw may only climb at the ramp.
-    fleet = busy_fleet(topo, low.cap_w / 700.0, 2.0)
-    fleet.cap_w = low.cap_w.copy()
-    high, _ = decide(topo, fleet, tier=tier, limits=Limits(), settings=cfg, state=state, now_s=2.0)
-    assert high.site_allowed_w == pytest.approx(800.0)
-    assert high.cap_w.sum() <= 800.0 + 1e-6
-
-
 def test_idle_gpus_still_get_min_cap_and_pinned_demand_grows() -> None:
     topo = two_gpus(1400.0)
     fleet = busy_fleet(topo, np.array([0.05, 0.5]), 0.0)
