@@ -1,0 +1,344 @@
+"""The daemon's facility edge: the facility-meter topic, the `facility` policy section, metrics.
+
+The contract and demand-response targets apply at the facility meter (IT + cooling + losses +
+fixed loads). Each tick `FacilityHook.limits` turns the site limit in force into an IT budget with
+`policies.facility.it_budget`: from the last meter reading while it is fresh, from the cooling
+model with a widening margin when it is stale or has never come. It also counts facility energy,
+emissions (energy x carbon intensity, when a signal file is configured) and energy cost per Flex
+tier, which `FacilityCollector` exports as counters.
+
+Facility-meter topic, wire protocol v1 (QoS 0, JSON, from the building-management gateway):
+  rheostat/v1/<site>/facility
+  {"v": 1, "ts": 1764300000.0, "facility_w": 1520000.0, "it_w": 1180000.0, "outdoor_c": 31.5}
+`it_w` (the IT power measured with the same instant's facility reading) and `outdoor_c` are
+optional: without them the sum of the racks' reported power and the section's `design_outdoor_c`
+stand in.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.wire import MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, TOPIC_ROOT
+from policies.carbon import per_tier_totals
+from policies.decision import N_TIERS, Limits
+from policies.errors import ConfigError, ProtocolError
+from policies.facility import CoolingModel, FacilitySettings, ItBudget, it_budget
+
+#: Physical bounds of a facility reading: a broken meter, not a hot day. Units: W, degrees C.
+FACILITY_RANGE_W = (0.0, 1.0e9)
+OUTDOOR_RANGE_C = (-60.0, 70.0)
+
+
+def facility_topic(site: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/facility"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FacilitySection(_Section):
+    """The policy file's `facility` section (every key optional). Units in names.
+
+    `contract_w` is the utility contract at the facility meter (default: `limits.contract_w`);
+    `carbon_file` is a CSV of `unix_s,intensity_kg_per_mwh` read at start-up.
+    """
+
+    contract_w: float | None = Field(None, gt=0)
+    cooling: Literal["air", "liquid"] = "air"
+    cop_ref: float = Field(5.5, gt=0)
+    cop_slope_per_c: float = Field(0.14, ge=0)
+    dlc_base_frac: float = Field(0.06, ge=0)
+    ups_loss_frac: float = Field(0.04, ge=0, lt=0.5)
+    fixed_w: float = Field(0.0, ge=0)
+    design_outdoor_c: float = Field(35.0, description="assumed when the meter sends none")
+    meter_timeout_s: float = Field(15.0, gt=0)
+    fresh_margin_frac: float = Field(0.015, ge=0, lt=0.5)
+    stale_margin_frac: float = Field(0.04, ge=0, lt=0.5)
+    max_margin_frac: float = Field(0.10, ge=0, lt=0.5)
+    price_per_mwh: float = Field(0.0, ge=0)
+    carbon_file: Path | None = None
+
+    def settings(self) -> FacilitySettings:
+        return FacilitySettings(
+            model=CoolingModel(
+                kind=self.cooling,
+                cop_ref=self.cop_ref,
+                cop_slope_per_c=self.cop_slope_per_c,
+                dlc_base_frac=self.dlc_base_frac,
+                ups_loss_frac=self.ups_loss_frac,
+                fixed_w=self.fixed_w,
+            ),
+            meter_timeout_s=self.meter_timeout_s,
+            fresh_margin_frac=self.fresh_margin_frac,
+            stale_margin_frac=self.stale_margin_frac,
+            max_margin_frac=self.max_margin_frac,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterReading:
+    """One facility-meter message. Units: s (Unix), W, degrees C."""
+
+    ts: float
+    facility_w: float
+    it_w: float | None = None
+    outdoor_c: float | None = None
+
+
+def decode_meter(payload: bytes) -> MeterReading:
+    """Validate a facility-meter message; raises ProtocolError naming what is wrong."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"facility message too large ({len(payload)} bytes)")
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"facility message is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("facility message is not a JSON object")
+    if obj.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"facility message v={obj.get('v')!r}, expected {PROTOCOL_VERSION}")
+    unknown = set(obj) - {"v", "ts", "facility_w", "it_w", "outdoor_c"}
+    if unknown:
+        raise ProtocolError(f"facility message has unknown keys {sorted(unknown)}")
+
+    def number(key: str, lo: float, hi: float) -> float:
+        raw = obj.get(key)
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ProtocolError(f"facility {key} must be a number")
+        value = float(raw)
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise ProtocolError(f"facility {key}={value} outside [{lo}, {hi}]")
+        return value
+
+    def optional(key: str, lo: float, hi: float) -> float | None:
+        return None if obj.get(key) is None else number(key, lo, hi)
+
+    return MeterReading(
+        ts=number("ts", 0.0, math.inf),
+        facility_w=number("facility_w", *FACILITY_RANGE_W),
+        it_w=optional("it_w", *FACILITY_RANGE_W),
+        outdoor_c=optional("outdoor_c", *OUTDOOR_RANGE_C),
+    )
+
+
+def encode_meter(reading: MeterReading) -> bytes:
+    obj: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "ts": reading.ts,
+        "facility_w": reading.facility_w,
+    }
+    if reading.it_w is not None:
+        obj["it_w"] = reading.it_w
+    if reading.outdoor_c is not None:
+        obj["outdoor_c"] = reading.outdoor_c
+    return orjson.dumps(obj)
+
+
+def load_carbon_file(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(Unix seconds, kg CO2/MWh) from a two-column CSV with a header; times must increase."""
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            next(reader, None)
+            rows = [(float(a), float(b)) for a, b in reader]
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read carbon signal: {exc}", file=str(path)) from None
+    if not rows:
+        raise ConfigError("carbon signal has no rows", file=str(path))
+    t = np.array([r[0] for r in rows])
+    if np.any(np.diff(t) <= 0):
+        raise ConfigError("times must increase", file=str(path), field="unix_s")
+    return t, np.array([r[1] for r in rows])
+
+
+@dataclass(eq=False, kw_only=True)
+class FacilityHook:
+    """Facility budget and accounting for one running daemon. Units: W, s, kg, currency."""
+
+    section: FacilitySection
+    site: str
+    base_dir: Path | None = None
+    last: MeterReading | None = None
+    received_at_s: float = -math.inf
+    rejected: int = 0
+    budget: ItBudget | None = None
+    facility_w: float = math.nan
+    it_w: float = math.nan
+    tier_co2_kg: NDArray[np.float64] = field(default_factory=lambda: np.zeros(N_TIERS))
+    tier_cost: NDArray[np.float64] = field(default_factory=lambda: np.zeros(N_TIERS))
+    facility_energy_j: float = 0.0
+    _carbon: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+    _settings: FacilitySettings | None = None
+
+    def __post_init__(self) -> None:
+        self._settings = self.section.settings()
+        path = self.section.carbon_file
+        if path is not None:
+            if not path.is_absolute() and self.base_dir is not None:
+                path = self.base_dir / path
+            self._carbon = load_carbon_file(path)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return (facility_topic(self.site),)
+
+    def handle(self, topic: str, payload: bytes, *, now_s: float) -> bool:
+        """Take a facility-meter message; False for other topics. Bad messages are counted."""
+        if topic != facility_topic(self.site):
+            return False
+        try:
+            reading = decode_meter(payload)
+        except ProtocolError:
+            self.rejected += 1
+            return True
+        if self.last is None or reading.ts >= self.last.ts:
+            self.last, self.received_at_s = reading, now_s
+        return True
+
+    def intensity_kg_per_mwh(self, now_s: float) -> float | None:
+        if self._carbon is None:
+            return None
+        t, value = self._carbon
+        k = int(np.clip(np.searchsorted(t, now_s, side="right") - 1, 0, value.size - 1))
+        return float(value[k])
+
+    def limits(
+        self, limits: Limits, *, now_s: float, it_power_w: float, fallback_w: float
+    ) -> Limits:
+        """This tick's limits with the site limit turned into an IT budget.
+
+        The facility limit is the lowest of the section's contract (or `fallback_w`, the
+        policy's contract) and the site limit already in force (a DR limit, say).
+        """
+        contract = self.section.contract_w if self.section.contract_w is not None else fallback_w
+        facility_limit = min(
+            contract, limits.site_limit_w if limits.site_limit_w is not None else math.inf
+        )
+        settings = self._settings or self.section.settings()
+        reading = self.last
+        outdoor = self.section.design_outdoor_c
+        if reading is not None and reading.outdoor_c is not None:
+            outdoor = reading.outdoor_c
+        if reading is None:
+            got = it_budget(facility_limit, outdoor_c=outdoor, settings=settings)
+        else:
+            got = it_budget(
+                facility_limit,
+                outdoor_c=outdoor,
+                settings=settings,
+                meter_w=reading.facility_w,
+                meter_it_w=reading.it_w if reading.it_w is not None else it_power_w,
+                meter_age_s=max(now_s - reading.ts, 0.0),
+            )
+        self.budget = got
+        if not math.isfinite(got.budget_w):
+            return limits
+        return replace(limits, site_limit_w=got.budget_w)
+
+    def account(
+        self,
+        *,
+        now_s: float,
+        dt_s: float,
+        it_power_w: float,
+        gpu_power_w: NDArray[np.float64],
+        tier: NDArray[np.int8],
+    ) -> None:
+        """Count this tick's facility energy, emissions and cost per tier."""
+        fresh = self.last is not None and now_s - self.last.ts <= self.section.meter_timeout_s
+        if fresh and self.last is not None:
+            facility = self.last.facility_w
+        else:
+            settings = self._settings or self.section.settings()
+            facility = settings.model.facility_w(it_power_w, self.section.design_outdoor_c)
+        self.facility_w, self.it_w = facility, it_power_w
+        if dt_s <= 0:
+            return
+        self.facility_energy_j += facility * dt_s
+        co2, cost = per_tier_totals(
+            gpu_power_w,
+            tier,
+            facility_w=facility,
+            intensity_kg_per_mwh=self.intensity_kg_per_mwh(now_s) or 0.0,
+            price_per_mwh=self.section.price_per_mwh,
+            dt_s=dt_s,
+        )
+        self.tier_co2_kg += co2
+        self.tier_cost += cost
+
+
+class FacilityCollector(Collector):
+    """`rheostat_facility_*`, `rheostat_pue`, `rheostat_it_budget_watts` and per-tier counters."""
+
+    def __init__(self, hook: FacilityHook, *, clock: Callable[[], float]) -> None:
+        self.hook = hook
+        self.clock = clock
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        hook = self.hook
+        site = hook.site
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            fam = GaugeMetricFamily(f"rheostat_{name}", doc, labels=["site"])
+            fam.add_metric([site], value)
+            return fam
+
+        yield gauge("facility_power_watts", "Facility power (meter, else model).", hook.facility_w)
+        budget = hook.budget
+        yield gauge(
+            "it_budget_watts",
+            "IT power allowed under the facility limit.",
+            budget.budget_w if budget is not None else math.nan,
+        )
+        yield gauge(
+            "facility_margin_ratio",
+            "Safety margin of the IT budget (widens while the meter is silent).",
+            budget.margin_frac if budget is not None else math.nan,
+        )
+        reading = hook.last
+        pue = hook.facility_w / hook.it_w if hook.it_w > 0 else math.nan
+        yield gauge("pue", "Facility power over IT power.", pue)
+        age = self.clock() - reading.ts if reading is not None else math.inf
+        yield gauge("facility_meter_age_seconds", "Age of the last facility reading.", age)
+        rejected = CounterMetricFamily(
+            "rheostat_facility_meter_rejected", "Facility messages rejected.", labels=["site"]
+        )
+        rejected.add_metric([site], float(hook.rejected))
+        yield rejected
+        energy = CounterMetricFamily(
+            "rheostat_facility_energy_joules", "Facility energy counted.", labels=["site"]
+        )
+        energy.add_metric([site], hook.facility_energy_j)
+        yield energy
+        co2 = CounterMetricFamily(
+            "rheostat_emissions_kg",
+            "kg CO2 (energy x intensity), by Flex tier.",
+            labels=["site", "tier"],
+        )
+        cost = CounterMetricFamily(
+            "rheostat_energy_cost",
+            "Energy cost (price x energy), by Flex tier.",
+            labels=["site", "tier"],
+        )
+        for t in range(N_TIERS):
+            co2.add_metric([site, str(t)], float(hook.tier_co2_kg[t]))
+            cost.add_metric([site, str(t)], float(hook.tier_cost[t]))
+        yield co2
+        yield cost
