@@ -63,7 +63,7 @@ def decide(
     else:
         floor = min_cap
 
-    site_allowed = site_budget(
+    site_allowed = allowed_site_power(
         topology,
         limits=limits,
         settings=settings.capping,
@@ -155,7 +155,7 @@ def estimate_demand(
     return demand
 
 
-def site_budget(
+def allowed_site_power(
     topology: Topology,
     *,
     limits: Limits,
