@@ -209,6 +209,16 @@ class FacilityHook:
             self.last, self.received_at_s = reading, now_s
         return True
 
+    def routed(
+        self, inner: Callable[[str, bytes], bool], *, clock: Callable[[], float]
+    ) -> Callable[[str, bytes], bool]:
+        """A message handler that takes facility-meter messages and passes the rest on."""
+
+        def handle(topic: str, payload: bytes) -> bool:
+            return self.handle(topic, payload, now_s=clock()) or inner(topic, payload)
+
+        return handle
+
     def intensity_kg_per_mwh(self, now_s: float) -> float | None:
         if self._carbon is None:
             return None

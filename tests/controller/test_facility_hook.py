@@ -123,3 +123,19 @@ def test_bad_carbon_file_is_a_config_error(tmp_path: Path) -> None:
         FacilityHook(section=FacilitySection(carbon_file=bad), site="lab")
     with pytest.raises(ConfigError):
         FacilityHook(section=FacilitySection(carbon_file=tmp_path / "missing.csv"), site="lab")
+
+
+def test_routed_handler_takes_meter_messages_and_passes_the_rest_on() -> None:
+    hook = _hook()
+    passed: list[str] = []
+
+    def inner(topic: str, payload: bytes) -> bool:
+        del payload
+        passed.append(topic)
+        return True
+
+    handle = hook.routed(inner, clock=lambda: 42.0)
+    handle(TOPIC, encode_meter(MeterReading(ts=40.0, facility_w=1e6)))
+    handle("rheostat/v1/lab/telemetry/r1", b"{}")
+    assert passed == ["rheostat/v1/lab/telemetry/r1"]
+    assert hook.received_at_s == 42.0
