@@ -43,6 +43,7 @@ class CommandBook:
         self.sent_cap_w = np.full(n, np.nan)
         self.sent_clock_mhz = np.full(n, np.nan)
         self.sent_at_s = np.full(r, -np.inf)
+        self.resend_after_s = np.full(r, np.inf)
         self.seq = np.full(r, seq_base, dtype=np.int64)
         self._starts = topology.rack_offsets[:-1]
         self._nonempty = np.diff(topology.rack_offsets) > 0
@@ -52,9 +53,16 @@ class CommandBook:
         """Apply reloaded policy timing; what was already sent stays remembered."""
         self.ttl_s, self.refresh_frac, self.deadband_w = ttl_s, refresh_frac, deadband_w
 
-    def invalidate(self) -> None:
-        """Make every rack due: after a reconnect the broker may have lost in-flight commands."""
+    def invalidate(self, now_s: float | None = None) -> None:
+        """Make every rack due: after a reconnect the broker may have lost in-flight commands.
+
+        With `now_s` (the reconnect time), each rack is also sent its command again once its
+        telemetry shows it is back after `now_s`: an agent that reconnects later than the
+        controller missed the first resend, since a restarted broker keeps no sessions.
+        """
         self.sent_at_s[:] = -np.inf
+        if now_s is not None:
+            self.resend_after_s[:] = now_s
 
     def _per_rack_max(self, per_gpu: NDArray[np.float64]) -> NDArray[np.float64]:
         out = np.zeros(self.topology.n_racks)
@@ -63,9 +71,18 @@ class CommandBook:
         return out
 
     def due(
-        self, decision: Decision, *, now_s: float, stale_rack: NDArray[np.bool_]
+        self,
+        decision: Decision,
+        *,
+        now_s: float,
+        stale_rack: NDArray[np.bool_],
+        last_seen_s: NDArray[np.float64] | None = None,
     ) -> NDArray[np.int64]:
-        """Indices of racks to command now, lowering racks first."""
+        """Indices of racks to command now, lowering racks first.
+
+        `last_seen_s` (per rack, when its telemetry last arrived) triggers the resend to racks
+        that came back after a reconnect; see `invalidate`.
+        """
         cap_delta = np.abs(decision.cap_w - self.sent_cap_w)
         cap_delta = np.where(np.isnan(cap_delta), np.inf, cap_delta)
         clock_changed = ~(decision.sm_clock_max_mhz == self.sent_clock_mhz)
@@ -73,6 +90,8 @@ class CommandBook:
             self._per_rack_max(clock_changed.astype(np.float64)) > 0
         )
         refresh = now_s - self.sent_at_s >= self.ttl_s * self.refresh_frac
+        if last_seen_s is not None:
+            refresh |= last_seen_s > self.resend_after_s
         racks = np.flatnonzero((changed | refresh) & ~stale_rack & self._nonempty)
         if racks.size:
             lowering = self._per_rack_max(self.sent_cap_w - decision.cap_w)[racks] > 0
@@ -100,5 +119,6 @@ class CommandBook:
             self.sent_cap_w[rows] = decision.cap_w[rows]
             self.sent_clock_mhz[rows] = decision.sm_clock_max_mhz[rows]
         self.sent_at_s[racks] = now_s
+        self.resend_after_s[racks] = np.inf
         self.sent_total += len(out)
         return out

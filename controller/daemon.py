@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -32,9 +33,10 @@ import structlog
 from controller import wire
 from controller.command_book import CommandBook
 from controller.config import MqttSection
+from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.policy_file import Policy, load_policy
-from controller.runtime import Runtime
+from controller.runtime import DemandResponseStatus, Runtime
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import ConfigError, RheostatError
 from policies.fleet import FleetState
@@ -121,6 +123,34 @@ def build_runtime(policy: Policy, *, clock: Callable[[], float], version: str) -
     )
 
 
+def _grid_hook(
+    policy: Policy, policy_path: Path | None, clock: Callable[[], float]
+) -> GridHook | None:
+    """Demand response when the policy has an enabled `demand_response` section.
+
+    Built once per daemon: the section's changes take effect at the next restart.
+    """
+    section = policy.config.demand_response
+    if section is None or not section.enabled:
+        return None
+    return GridHook(
+        section,
+        site=policy.site,
+        clock=clock,
+        base_dir=None if policy_path is None else policy_path.parent,
+        tick_s=policy.config.control.tick_period_s,
+    )
+
+
+def _routed(grid: GridHook, ingest: Callable[[str, bytes], bool]) -> Callable[[str, bytes], bool]:
+    """Grid-event messages go to the grid hook, everything else to ingest."""
+
+    def handle(topic: str, payload: bytes) -> bool:
+        return grid.handle(topic, payload) or ingest(topic, payload)
+
+    return handle
+
+
 class Controller:
     """The daemon: `await controller.run(stop)` runs until `stop` is set, then shuts down."""
 
@@ -146,6 +176,7 @@ class Controller:
         self._metrics_serving = False
         self._ready_sent = False
         self._stopping = False
+        self.grid = _grid_hook(policy, policy_path, clock)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -154,6 +185,8 @@ class Controller:
                 group.create_task(self._mqtt_loop(), name="mqtt"),
                 group.create_task(self._tick_loop(), name="tick"),
             ]
+            if self.grid is not None:
+                tasks.append(group.create_task(self.grid.serve(), name="grid"))
             await stop.wait()
             self._stopping = True
             self.notifier.notify("STOPPING=1")
@@ -280,6 +313,8 @@ class Controller:
             try:
                 async with self._make_client() as client:
                     await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
+                    for topic in self.grid.topics if self.grid is not None else ():
+                        await client.subscribe(topic, qos=1)
                     await self._publish_status(client, "online")
                     queue = client._queue
                     rt.queue = queue if isinstance(queue, ConflatingQueue) else None
@@ -290,7 +325,7 @@ class Controller:
                     connected_before, attempt = True, 0
                     log.info("connected", broker=f"{mq.host}:{mq.port}", protocol=mq.protocol)
                     self._maybe_ready()
-                    rt.book.invalidate()
+                    rt.book.invalidate(self.clock())
                     await self._send_due()  # republish current commands at once
                     try:
                         await self._receive(client)
@@ -308,7 +343,9 @@ class Controller:
             await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        handle = self.runtime.ingest.handle
+        handle: Callable[[str, bytes], bool] = self.runtime.ingest.handle
+        if self.grid is not None:
+            handle = _routed(self.grid, handle)
         queue = client._queue
         async for message in client.messages:
             handle(message.topic.value, message.payload)
@@ -348,19 +385,33 @@ class Controller:
         snapshot = rt.fleet.copy()
         tier = rt.tier_table[snapshot.workload_class]
         stale = snapshot.stale_racks(now_s, policy.config.control.stale_after_s)
+        site_power_w = float(snapshot.rack_power_w.sum())
+        limits = rt.limits
+        if self.grid is not None:
+            limits = self.grid.limits(
+                limits,
+                now_s=now_s,
+                site_power_w=site_power_w,
+                topology=topo,
+                tier=tier,
+                decision=rt.decision,
+            )
+            rt.demand_response = DemandResponseStatus(**dataclasses.asdict(self.grid.status()))
+            if self._client is not None:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await self.grid.flush(self._client)
         decision, state = await asyncio.to_thread(
             self.decider,
             topo,
             snapshot,
             tier=tier,
-            limits=rt.limits,
+            limits=limits,
             settings=policy.config.policy_settings(),
             state=rt.decision_state,
             now_s=now_s,
             stale_rack=stale,
         )
         prev = rt.ticks.last_tick_s
-        site_power_w = float(snapshot.rack_power_w.sum())
         if not math.isnan(prev):
             rt.site_energy_j += site_power_w * max(0.0, now_s - prev)
         rt.decision, rt.decision_state, rt.stale_rack = decision, state, stale
@@ -386,7 +437,9 @@ class Controller:
             return 0
         async with self._send_lock:
             now_s = self.clock()
-            racks = rt.book.due(decision, now_s=now_s, stale_rack=stale)
+            racks = rt.book.due(
+                decision, now_s=now_s, stale_rack=stale, last_seen_s=rt.fleet.rack_last_seen_s
+            )
             if racks.size == 0:
                 return 0
             messages = rt.book.build(decision, racks, now_s=now_s)
