@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,6 +70,8 @@ class RackAgents:
 
     `safe_cap_w` is per GPU (a float is broadcast); by default each GPU's minimum cap, the one
     value that is safe whatever the rest of the fleet does. `expires_at` is monotonic seconds.
+    With `passwords` (rack id -> password) each agent logs in as its rack id, which is what the
+    production broker's ACL expects (`deploy/mosquitto/acl`); `tls_context` enables TLS.
     """
 
     cluster: SimCluster
@@ -76,6 +80,8 @@ class RackAgents:
     safe_cap_w: NDArray[np.float64] | float | None = None
     protocol: MqttProtocol = "5"
     time_scale: float = 1.0
+    passwords: Mapping[str, str] | None = None
+    tls_context: ssl.SSLContext | None = None
     counters: AgentCounters = field(init=False)
     expires_at: NDArray[np.float64] = field(init=False)
     on_safe_cap: NDArray[np.bool_] = field(init=False)
@@ -183,6 +189,8 @@ async def run_rack_agents(
     time_scale: float = 1.0,
     agents: RackAgents | None = None,
     step_cluster: bool = True,
+    passwords: Mapping[str, str] | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> RackAgents:
     """Run one agent per rack (and the cluster's clock) until `stop` is set; return the agents.
 
@@ -198,6 +206,8 @@ async def run_rack_agents(
         safe_cap_w=safe_cap_w,
         protocol=protocol,
         time_scale=time_scale,
+        passwords=passwords,
+        tls_context=tls_context,
     )
     async with asyncio.TaskGroup() as tg:
         if step_cluster:
@@ -232,12 +242,16 @@ async def _watchdog(agents: RackAgents, stop: asyncio.Event) -> None:
 async def _agent(agents: RackAgents, rack: int, host: str, port: int, stop: asyncio.Event) -> None:
     """One rack's MQTT session, reconnecting with jittered backoff until stopped."""
     rack_id = agents.cluster.topology.racks.ids[rack]
+    password = None if agents.passwords is None else agents.passwords.get(rack_id)
     attempt = 0
     while not stop.is_set():
         try:
             async with aiomqtt.Client(
                 host,
                 port,
+                username=rack_id if password is not None else None,
+                password=password,
+                tls_context=agents.tls_context,
                 identifier=f"rheostat-agent-{agents.site}-{rack_id}",
                 protocol=_PROTOCOLS[agents.protocol],
                 keepalive=10,
