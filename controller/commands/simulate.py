@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--policy", type=Path, help="policy file whose capping/DVFS settings to use"
     )
-    parser.add_argument("--controller", choices=("rheostat", "static", "none"), default="rheostat")
+    parser.add_argument(
+        "--controller", choices=("rheostat", "static", "threshold", "none"), default="rheostat"
+    )
     parser.add_argument("--report", type=Path, metavar="DIR", help="write summary.json and plots")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(

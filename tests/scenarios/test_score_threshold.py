@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
+from controller.cli import main
 from policies.decision import Limits
 from policies.fleet import FleetState
 from policies.topology import Topology, generate_topology
@@ -103,3 +105,12 @@ def test_settings_are_validated() -> None:
         ThresholdSettings(lower_frac=0.96)
     with pytest.raises(ValueError, match="positive"):
         ThresholdSettings(increase_frac=0.0)
+
+
+def test_simulate_runs_the_threshold_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["simulate", "steady", "--duration", "60", "--controller", "threshold", "--json"]
+    assert main(argv) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert summary["controller"] == "threshold"
+    assert summary["breaker_trips"] == 0
+    assert 0.0 < summary["throughput_retained"]["weighted"] <= 1.0
