@@ -1,0 +1,258 @@
+"""`rheostat demo`: the whole loop on one machine, with no external service.
+
+An MQTT broker (embedded amqtt in a child process, or `--broker URL`), one simulated
+rack agent per rack speaking wire protocol v1, the controller daemon with its metrics endpoint, a
+live status line, and at the end the summary `rheostat simulate --json` prints (measured here on
+the live cluster) plus `telemetry_messages` and `commands_sent`. The fleet is oversubscribed like
+the shipped `oversubscribed` scenario (site contract at 1/1.3 of full power, racks rated below
+their full draw), so capping is visible: uncontrolled, breakers would trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import orjson
+
+from controller.embedded_broker import embedded_broker
+from controller.logs import configure_logging
+from controller.policy_file import Policy, default_policy_text, parse_policy
+from controller.service import serving
+from policies.errors import ConfigError
+from simulator.agents import RackAgents, run_rack_agents
+from simulator.build import build_cluster
+from simulator.cluster import SimCluster
+from simulator.controllers import controller_topology
+from simulator.scenario import Scenario
+
+GPUS_PER_RACK = 32
+SITE = "demo"
+#: How often the status line and the summary's samples are taken. Units: s.
+SAMPLE_PERIOD_S = 0.5
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="closed-loop demo: embedded broker, simulated racks, controller, metrics"
+    )
+    parser.add_argument("--racks", type=int, default=16, help="racks of 32 GPUs (default 16)")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds (default 120)")
+    parser.add_argument("--broker", help="use this broker (mqtt://host:port), e.g. Mosquitto")
+    parser.add_argument(
+        "--protocol", choices=["5", "3.1.1"], help="MQTT version (default: 3.1.1 embedded, else 5)"
+    )
+    parser.add_argument("--metrics-port", type=int, default=9464, help="0 picks a free port")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON only")
+    parser.set_defaults(func=_run)
+
+
+def demo_scenario(racks: int, duration_s: float) -> Scenario:
+    gpus = racks * GPUS_PER_RACK
+    chat, embeddings, batch = gpus // 4, gpus // 16, gpus * 3 // 16
+    pretrain = gpus - chat - embeddings - batch
+    workloads: list[dict[str, Any]] = [
+        {"kind": "inference", "name": "chat", "gpus": chat, "tier": 0, "utilization": 0.7},
+        {"kind": "training", "name": "llm-pretrain", "gpus": pretrain, "tier": 1,
+         "iteration_s": 6.0, "comm_frac": 0.25},
+        {"kind": "training", "name": "batch", "gpus": batch, "tier": 3, "iteration_s": 2.0},
+        {"kind": "inference", "name": "embeddings", "gpus": embeddings, "tier": 2,
+         "utilization": 0.9},
+    ]  # fmt: skip
+    return Scenario.model_validate(
+        {
+            "name": "demo",
+            "duration_s": max(duration_s, 1.0),
+            "tick_s": 0.25,
+            "seed": 7,
+            "topology": {
+                "gpus": gpus,
+                "a100_share": 0.5,
+                "site_limit_frac": 0.769,
+                "rack_rating_frac": 0.75,
+            },
+            "workloads": [w for w in workloads if w["gpus"] > 0],
+        }
+    )
+
+
+def _policy(cluster: SimCluster, host: str, port: int, protocol: str) -> Policy:
+    base = parse_policy(default_policy_text(), source="<embedded default policy>")
+    data = base.config.model_dump()
+    data["site"]["name"] = SITE
+    data["mqtt"] |= {"host": host, "port": port, "protocol": protocol}
+    config = type(base.config).model_validate(data)
+    topology = controller_topology(cluster.topology, cluster.params.psu_efficiency)
+    return Policy(config=config, topology=topology, source="<demo>")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.racks <= 0 or args.duration <= 0:
+        raise ConfigError("--racks and --duration must be positive")
+    configure_logging("console", "warning")
+    # paho reports amqtt's duplicate PUBACKs as warnings; they change nothing here
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
+    return asyncio.run(_demo(args))
+
+
+class LiveTracker:
+    """The simulator's summary figures, measured on the live cluster every sample.
+
+    Facility-side powers (after PSU losses) against the site contract and each rack's breaker
+    rating, the same sides the simulator's own checks use. Units: W, s, J.
+    """
+
+    def __init__(self, cluster: SimCluster, scenario: Scenario) -> None:
+        self.cluster = cluster
+        self.scenario = scenario
+        topo = cluster.topology
+        self.site_limit_w = float(topo.levels[-1].limit_w[0])
+        self.rack_rating_w = topo.racks.limit_w
+        self.seconds_over = {"rack": 0.0, "site": 0.0}
+        self.max_overshoot_frac = 0.0
+        self.energy_j = 0.0
+        self.peak_w = 0.0
+        self.max_ramp_w_per_s = 0.0
+        self._last: tuple[float, float] | None = None
+
+    def sample(self, now_s: float) -> None:
+        site_w = float(self.cluster.site_power_w)
+        rack_w = self.cluster.rack_power_w
+        if self._last is not None:
+            dt = now_s - self._last[0]
+            self.energy_j += site_w * dt
+            if dt > 0:
+                self.max_ramp_w_per_s = max(self.max_ramp_w_per_s, abs(site_w - self._last[1]) / dt)
+            if site_w > self.site_limit_w:
+                self.seconds_over["site"] += dt
+            if bool(np.any(rack_w > self.rack_rating_w)):
+                self.seconds_over["rack"] += dt
+        over = max(site_w / self.site_limit_w, float(np.max(rack_w / self.rack_rating_w))) - 1
+        self.max_overshoot_frac = max(self.max_overshoot_frac, over)
+        self.peak_w = max(self.peak_w, site_w)
+        self._last = (now_s, site_w)
+
+    def summary(self, duration_s: float) -> dict[str, Any]:
+        """The keys of `simulator.summary.summarize`; throughput needs a reference run: empty."""
+        energy_kwh = self.energy_j / 3.6e6
+        trips = self.cluster.trips
+        return {
+            "scenario": self.scenario.name,
+            "controller": "rheostat",
+            "duration_s": round(duration_s, 3),
+            "gpus": self.cluster.topology.n_gpus,
+            "breaker_trips": len(trips),
+            "tripped_racks": [rack for _, rack in trips],
+            "seconds_over_limit": {k: round(v, 3) for k, v in self.seconds_over.items()},
+            "max_overshoot_pct": round(max(self.max_overshoot_frac, 0.0) * 100.0, 3),
+            "time_to_cap_s": [],
+            "throughput_retained": {},
+            "energy_kwh": round(energy_kwh, 3),
+            "energy_cost_usd": round(energy_kwh / 1000.0 * self.scenario.grid.price_per_mwh, 2),
+            "carbon_kg": None,
+            "peak_site_power_kw": round(self.peak_w / 1e3, 3),
+            "max_ramp_kw_per_s": round(self.max_ramp_w_per_s / 1e3, 3),
+            "ramp_violation_s": 0.0,
+            "realtime_factor": 1.0,
+            "dr": [],
+        }
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    scenario = demo_scenario(args.racks, args.duration)
+    cluster = build_cluster(scenario, site=SITE)
+    with contextlib.ExitStack() as stack:
+        if args.broker:
+            url = urlparse(args.broker)
+            if url.scheme not in ("mqtt", "tcp") or not url.hostname:
+                raise ConfigError("--broker must look like mqtt://host:port")
+            host, port, protocol = url.hostname, url.port or 1883, args.protocol or "5"
+        else:
+            host, port = "127.0.0.1", stack.enter_context(embedded_broker())
+            protocol = args.protocol or "3.1.1"
+        policy = _policy(cluster, host, port, protocol)
+        tracker = LiveTracker(cluster, scenario)
+        safe_w = cluster.topology.gpu_max_cap_w * policy.config.control.safe_cap_frac
+        agents = RackAgents(
+            cluster=cluster,
+            site=SITE,
+            period_s=1.0,
+            safe_cap_w=safe_w,
+            protocol="5" if protocol == "5" else "3.1.1",
+        )
+        agents.expires_at[:] = 0.0  # agents boot on their safe caps until commanded
+        stop_agents, stop_controller = asyncio.Event(), asyncio.Event()
+        metrics_port = args.metrics_port
+        try:
+            ctx = serving(policy, metrics_port=metrics_port)
+            controller, bound = await ctx.__aenter__()
+        except OSError:
+            ctx = serving(policy, metrics_port=0)
+            controller, bound = await ctx.__aenter__()
+        try:
+            if not args.json:
+                print(f"rheostat demo: {cluster.topology.n_racks} racks, {cluster.topology.n_gpus}"
+                      f" GPUs, broker {host}:{port} (MQTT {protocol}), metrics "
+                      f"http://127.0.0.1:{bound}/metrics", file=sys.stderr)  # fmt: skip
+            ctl_task = asyncio.create_task(controller.run(stop_controller), name="controller")
+            agents_task = asyncio.create_task(
+                run_rack_agents(
+                    cluster, host=host, port=port, site=SITE, stop=stop_agents, agents=agents
+                ),
+                name="agents",
+            )
+            started = time.monotonic()
+            await _watch(args, controller, tracker, started)
+            elapsed = time.monotonic() - started
+            stop_controller.set()
+            await ctl_task
+            stop_agents.set()
+            await agents_task
+        finally:
+            await ctx.__aexit__(None, None, None)
+    summary = tracker.summary(elapsed)
+    summary["telemetry_messages"] = controller.runtime.ingest.counters.messages
+    summary["commands_sent"] = controller.runtime.book.sent_total
+    _print_summary(summary, as_json=args.json)
+    return 0 if not cluster.trips else 1
+
+
+async def _watch(
+    args: argparse.Namespace, controller: Any, tracker: LiveTracker, t0: float
+) -> None:
+    """Sample until the duration is up, drawing the status line (a line per 10 s off a tty)."""
+    rt = controller.runtime
+    tty = sys.stderr.isatty() and not args.json
+    next_line_s = 0.0
+    while (elapsed := time.monotonic() - t0) < args.duration:
+        tracker.sample(elapsed)
+        if not args.json and (tty or elapsed >= next_line_s):
+            fresh = round(rt.fresh_share(time.time()) * rt.policy.topology.n_racks)
+            line = (
+                f"[{elapsed:5.0f}/{args.duration:.0f} s] site "
+                f"{tracker.cluster.site_power_w / 1e3:8.1f} of {tracker.site_limit_w / 1e3:.1f} kW"
+                f"  racks fresh {fresh}/{rt.policy.topology.n_racks}"
+                f"  telemetry {rt.ingest.counters.messages}  commands {rt.book.sent_total}"
+                f"  trips {len(tracker.cluster.trips)}"
+            )
+            print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
+            next_line_s = elapsed + 10.0
+        await asyncio.sleep(min(SAMPLE_PERIOD_S, max(args.duration - elapsed, 0.01)))
+    if tty:
+        print(file=sys.stderr)
+
+
+def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        return
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        print(f"{key.ljust(width)}  {value}")

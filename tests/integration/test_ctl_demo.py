@@ -1,0 +1,42 @@
+"""`rheostat demo`: embedded amqtt broker (MQTT 3.1.1) and a real Mosquitto (MQTT 5)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from controller.cli import main
+from tests.services import Mosquitto
+
+pytestmark = pytest.mark.integration
+
+SUMMARY_KEYS = {
+    "scenario", "controller", "duration_s", "gpus", "breaker_trips", "tripped_racks",
+    "seconds_over_limit", "max_overshoot_pct", "time_to_cap_s", "throughput_retained",
+    "energy_kwh", "energy_cost_usd", "carbon_kg", "peak_site_power_kw", "max_ramp_kw_per_s",
+    "ramp_violation_s", "realtime_factor", "dr", "telemetry_messages", "commands_sent",
+}  # fmt: skip
+
+
+def _demo(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, object]:
+    code = main(
+        ["demo", "--racks", "2", "--duration", "5", "--metrics-port", "0", "--json", *extra]
+    )
+    summary = orjson.loads(capsys.readouterr().out)
+    assert code == 0
+    return summary  # type: ignore[no-any-return]
+
+
+def test_demo_with_the_embedded_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    summary = _demo(capsys)
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["gpus"] == 64
+    assert summary["breaker_trips"] == 0
+    assert summary["telemetry_messages"] >= 4  # type: ignore[operator]
+    assert summary["commands_sent"] >= 2  # type: ignore[operator]
+
+
+def test_demo_against_mosquitto(mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = _demo(capsys, "--broker", mosquitto.url)
+    assert summary["breaker_trips"] == 0
+    assert summary["commands_sent"] >= 2  # type: ignore[operator]
