@@ -74,7 +74,6 @@ class SimCluster:
         self.cap_w = topology.gpu_max_cap_w.copy()
         self.clock_max_mhz = self.consts.max_clock_mhz.copy()
         self._in_flight: deque[tuple[float, slice, FloatArray, FloatArray]] = deque()
-        self._server = topology.gpu_group[0]
         self._server_rack = topology.levels[0].parent
         self._gpu_rack = topology.gpu_group[topology.rack_level]
         self._rack_parent_levels = topology.levels[1 : topology.rack_level]
