@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from controller.grid.config import DemandResponseSection
 from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
 from policies.gpu_models import MODEL_CODE
 
@@ -219,6 +220,7 @@ class PolicyFile(_Section):
     mqtt: MqttSection = MqttSection()
     metrics: MetricsSection = MetricsSection()
     logging: LoggingSection = LoggingSection()
+    demand_response: DemandResponseSection | None = None
 
     def policy_settings(self) -> PolicySettings:
         """The decision core's settings, from the capping, ramp and DVFS sections."""

@@ -66,7 +66,7 @@ class GridHook:
     @property
     def topics(self) -> list[str]:
         """Topics the daemon subscribes to (QoS 1) for this hook."""
-        return [self.topic.topic] if self.section.mqtt_events else []
+        return self.topic.filters if self.section.mqtt_events else []
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """True when the message was a grid event (consumed here)."""

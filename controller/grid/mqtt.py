@@ -1,10 +1,13 @@
-"""The MQTT grid-event topic: an operator or energy-management system publishes events here.
+"""The MQTT grid-event topics: an operator or energy-management system publishes events here.
 
-The daemon subscribes to `rheostat/v1/<site>/grid/event` (QoS 1) on its one broker connection
-and passes matching messages to `GridEventTopic.handle`; `listen` runs the same handler on a
-client of its own (for tools and tests). The message format is in `controller.grid.sources`.
-Acknowledgements are published retained on `.../grid/event/<event_id>/response` so the sender
-learns the opt decision and any shortfall reason.
+Events go to `rheostat/v1/<site>/grid/event/<event_id>` (QoS 1), or to the plain
+`rheostat/v1/<site>/grid/event`. The daemon's receive queue keeps only the newest pending message
+per topic (telemetry conflation), so a sender bursting several events should use the per-event
+topics: there only a newer version of the same event can replace a pending one, which is what
+it means anyway. The daemon passes matching messages to `GridEventTopic.handle`; `listen` runs the
+same handler on a client of its own (tools, tests). The message format is in
+`controller.grid.sources`. Acknowledgements are published retained on
+`rheostat/v1/<site>/grid/response/<event_id>` with the opt decision and any reason.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ log = logging.getLogger("rheostat.grid.mqtt")
 
 
 def response_topic(site: str, event_id: str) -> str:
-    return f"{mqtt_event_topic(site)}/{event_id}/response"
+    return f"rheostat/v1/{site}/grid/response/{event_id}"
 
 
 @dataclass(slots=True)
@@ -42,17 +45,28 @@ class GridEventTopic:
     def topic(self) -> str:
         return mqtt_event_topic(self.site)
 
+    @property
+    def filters(self) -> list[str]:
+        """Subscriptions: the plain topic and the per-event ones."""
+        return [self.topic, f"{self.topic}/+"]
+
     def handle(self, topic: str, payload: bytes) -> bool:
         """Apply one message if it is on the event topic; False when the topic is not ours.
 
         A bad message is logged and counted, never raised: the loop that feeds us must go on.
         The acknowledgement to publish is queued in `responses`.
         """
+        topic_id: str | None = None
         if topic != self.topic:
-            return False
+            prefix = self.topic + "/"
+            if not topic.startswith(prefix) or "/" in topic[len(prefix) :]:
+                return False
+            topic_id = topic[len(prefix) :]
         now_s = self.clock()
         try:
             parsed = parse_event_message(payload, now_s=now_s, section=self.grid.section)
+            if topic_id is not None and parsed.event_id != topic_id:
+                raise ProtocolError(f"event {parsed.event_id!r} sent on the topic of {topic_id!r}")
         except ProtocolError as exc:
             self.rejected += 1
             log.warning("grid event rejected: %s", exc)
@@ -76,7 +90,8 @@ class GridEventTopic:
 
     async def listen(self, client: aiomqtt.Client) -> None:
         """Subscribe on `client` and apply messages until cancelled."""
-        await client.subscribe(self.topic, qos=1)
+        for topic_filter in self.filters:
+            await client.subscribe(topic_filter, qos=1)
         async for message in client.messages:
             payload = message.payload
             if isinstance(payload, bytes | bytearray):

@@ -32,7 +32,7 @@ class EventMessage(BaseModel):
 
     v: Literal[1]
     action: Literal["create", "cancel"]
-    event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    event_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
     start: datetime | float | None = None
     duration_s: Annotated[float, Field(gt=0)] | None = None
     reduction_frac: Annotated[float, Field(ge=0, lt=1)] | None = None

@@ -41,7 +41,7 @@ def test_hook_folds_the_dr_limit_into_the_site_limit(tmp_path: Path) -> None:
     now = [T0]
     hook = GridHook(section, site="phx", clock=lambda: now[0], base_dir=tmp_path)
     assert (tmp_path / "ev.sqlite").exists()
-    assert hook.topics == ["rheostat/v1/phx/grid/event"]
+    assert hook.topics == ["rheostat/v1/phx/grid/event", "rheostat/v1/phx/grid/event/+"]
     tier = np.repeat(np.arange(4, dtype=np.int8), 16)
     base = Limits(site_limit_w=50_000.0)
     for k in range(120):
@@ -90,7 +90,15 @@ def test_hook_routes_grid_event_messages(tmp_path: Path) -> None:
     assert not hook.handle("rheostat/v1/phx/telemetry/r1", b"{}")
     assert hook.handle("rheostat/v1/phx/grid/event", orjson.dumps(msg))
     assert "x" in hook.events.events
-    assert hook.topic.responses[0][0] == "rheostat/v1/phx/grid/event/x/response"
+    assert hook.topic.responses[0][0] == "rheostat/v1/phx/grid/response/x"
+    msg["event_id"] = "y"
+    assert hook.handle("rheostat/v1/phx/grid/event/y", orjson.dumps(msg))
+    assert "y" in hook.events.events
+    msg["event_id"] = "z"
+    assert hook.handle("rheostat/v1/phx/grid/event/not-z", orjson.dumps(msg))  # rejected
+    assert "z" not in hook.events.events
+    assert hook.topic.rejected == 1
+    assert not hook.handle("rheostat/v1/phx/grid/event/z/extra", orjson.dumps(msg))
     off = GridHook(
         DemandResponseSection(store_path=tmp_path / "b.sqlite", mqtt_events=False),
         site="phx",

@@ -54,7 +54,9 @@ async def test_events_over_mqtt(mosquitto: Mosquitto, tmp_path: Path) -> None:
             assert event.reduction_frac == 0.25
             assert event.ramp_s == dr.default_ramp_s
             await ems.publish(
-                topic.topic, orjson.dumps({"v": 1, "action": "cancel", "event_id": "peak"}), qos=1
+                f"{topic.topic}/peak",
+                orjson.dumps({"v": 1, "action": "cancel", "event_id": "peak"}),
+                qos=1,
             )
             async with asyncio.timeout(5):
                 while grid.events["peak"].cancelled_s is None:

@@ -1,0 +1,168 @@
+"""Demand response in the running daemon: an MQTT grid event cuts a simulated fleet's power in the
+closed loop, a cancellation recovers, and a restart mid-event keeps honouring it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from controller.config import PolicyFile
+from controller.daemon import Controller
+from controller.metrics import RheostatCollector
+from controller.policy_file import Policy, parse_policy
+from simulator.agents import RackAgents, run_rack_agents
+from simulator.build import build_cluster
+from simulator.cluster import SimCluster
+from simulator.controllers import controller_topology
+from simulator.scenario import Scenario
+from tests.services import Mosquitto
+
+pytestmark = pytest.mark.integration
+
+SITE = "drtest"
+
+
+def cluster_and_policy(port: int, store: Path) -> tuple[SimCluster, Policy]:
+    scenario = Scenario.model_validate(
+        {
+            "name": "dr",
+            "duration_s": 600,
+            "seed": 3,
+            "topology": {"gpus": 64, "a100_share": 0.0},
+            "physics": {"actuation_lag_s": 0.2, "telemetry_delay_s": 0.0},
+            "workloads": [{"kind": "training", "name": "t", "gpus": 64, "iteration_s": 4.0}],
+        }
+    )
+    cluster = build_cluster(scenario, site=SITE)
+    text = (
+        f"site: {{name: {SITE}, topology: {{generate: {{gpus: 64, a100_share: 0}}}}}}\n"
+        "control: {tick_period_s: 0.2, command_ttl_s: 3.0, stale_after_s: 2}\n"
+        f"mqtt: {{port: {port}, client_id: ctl-dr}}\n"
+        "metrics: {port: 0}\n"
+        f"demand_response: {{store_path: '{store}', baseline_window_s: 2.0, default_ramp_s: 0.5,"
+        " default_recovery_s: 2.0, grid_first: true}\n"
+    )
+    config = PolicyFile.model_validate(parse_policy(text, source="t").config.model_dump())
+    topo = controller_topology(cluster.topology, cluster.params.psu_efficiency)
+    return cluster, Policy(config=config, topology=topo, source="t")
+
+
+@contextlib.asynccontextmanager
+async def running(controller: Controller) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def agents_running(cluster: SimCluster, port: int) -> AsyncIterator[RackAgents]:
+    agents = RackAgents(cluster=cluster, site=SITE, period_s=0.2, protocol="5")
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_rack_agents(cluster, host="127.0.0.1", port=port, site=SITE, stop=stop, agents=agents)
+    )
+    try:
+        yield agents
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+def event(event_id: str, start_s: float, reduction: float) -> bytes:
+    return orjson.dumps(
+        {
+            "v": 1,
+            "action": "create",
+            "event_id": event_id,
+            "start": start_s,
+            "duration_s": 60,
+            "reduction_frac": reduction,
+        }
+    )
+
+
+async def test_grid_event_in_the_closed_loop(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    store = tmp_path / "events.sqlite"
+    cluster, policy = cluster_and_policy(mosquitto.port, store)
+    controller = Controller(policy)
+    rt = controller.runtime
+    assert controller.grid is not None
+
+    def site_w() -> float:
+        return float(rt.fleet.rack_power_w.sum())
+
+    topic = f"rheostat/v1/{SITE}/grid/event"
+    async with (
+        agents_running(cluster, mosquitto.port),
+        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="ems") as ems,
+    ):
+        async with running(controller):
+            await wait_until(
+                lambda: rt.decision is not None and not rt.fleet.stale_racks(time.time(), 2).any()
+            )
+            await asyncio.sleep(2.5)  # a full baseline window of telemetry
+            before_w = site_w()
+            await ems.publish(f"{topic}/cut", event("cut", time.time() + 1.0, 0.2), qos=1)
+            await wait_until(lambda: rt.demand_response is not None and rt.demand_response.active)
+            dr = rt.demand_response
+            assert dr is not None
+            assert dr.baseline_w is not None
+            assert dr.target_w == pytest.approx(0.8 * dr.baseline_w)
+            assert dr.baseline_w == pytest.approx(before_w, rel=0.15)
+            target_w = dr.target_w
+            # The fleet follows the ramped limit down to the target.
+            await wait_until(lambda: site_w() <= target_w * 1.02)
+            registry = CollectorRegistry()
+            registry.register(RheostatCollector(rt))
+            scraped = generate_latest(registry).decode()
+            assert f'rheostat_dr_active{{site="{SITE}"}} 1.0' in scraped
+            assert "rheostat_dr_target_watts" in scraped
+            assert 'rheostat_dr_compliance_ratio{event="cut"' in scraped
+
+            await ems.publish(
+                f"{topic}/cut", orjson.dumps({"v": 1, "action": "cancel", "event_id": "cut"}), qos=1
+            )
+            await wait_until(
+                lambda: controller.grid is not None and not controller.grid.status().active
+            )
+            await wait_until(lambda: site_w() > target_w * 1.05)
+
+            # A second event; the controller restarts in the middle of it.
+            await ems.publish(f"{topic}/again", event("again", time.time() + 0.5, 0.2), qos=1)
+            await wait_until(lambda: rt.demand_response is not None and rt.demand_response.active)
+        restarted = Controller(policy)
+        assert restarted.grid is not None
+        kept = restarted.grid.events.events["again"]
+        assert kept.baseline_w is not None
+        async with running(restarted):
+            await wait_until(
+                lambda: (
+                    restarted.runtime.demand_response is not None
+                    and restarted.runtime.demand_response.active
+                )
+            )
+            assert restarted.runtime.demand_response.target_w == pytest.approx(
+                0.8 * kept.baseline_w
+            )
+    assert np.isfinite(site_w())
