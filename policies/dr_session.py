@@ -60,7 +60,13 @@ class DrTick:
 
 @dataclass(eq=False, kw_only=True)
 class DrSession:
-    """Baseline history and Flex policy for successive DR steps (one per control tick)."""
+    """Baseline history and Flex policy for successive DR steps (one per control tick).
+
+    Floors are taken from the demand seen on the last step without a cut: once GPUs are capped
+    their estimated demand follows their capped draw, and floors computed from it would ratchet
+    down tick after tick, letting the cut grow past every tolerance. A GPU whose work shrinks
+    during the event keeps its pre-event floor, which errs towards delivering less.
+    """
 
     baseline_window_s: float = 900.0
     tolerances: tuple[float, ...] = DEFAULT_TOLERANCES
@@ -70,6 +76,7 @@ class DrSession:
     _n: int = 0
     last_power_w: float | None = None
     last_sample_s: float | None = None
+    _reference_demand_w: FloatArray | None = None
 
     def record(self, now_s: float, site_power_w: float) -> None:
         """One measured site-power sample. Units: s, W. Non-finite samples are ignored."""
@@ -90,14 +97,21 @@ class DrSession:
         """Lock baselines of events whose ramp began, take the deepest cut, apply Flex policy."""
         locked = lock_baselines(events, now_s, self.baseline_estimate_w(now_s))
         budget = site_budget(locked, now_s)
-        if not budget.active or flex is None:
+        if flex is not None and (
+            not budget.active
+            or self._reference_demand_w is None
+            or self._reference_demand_w.shape != flex.demand_w.shape
+        ):
+            self._reference_demand_w = flex.demand_w.copy()
+        if not budget.active or flex is None or self._reference_demand_w is None:
             return DrTick(
                 limit_w=budget.limit_w, budget=budget, flex=None, gpu_floor_w=None, events=locked
             )
-        floors = gpu_floor_w(flex.demand_w, flex.tier, flex.min_cap_w, self.tolerances)
+        demand = self._reference_demand_w
+        floors = gpu_floor_w(demand, flex.tier, flex.min_cap_w, self.tolerances)
         outcome = flex_limit(
             budget.limit_w,
-            demand_w=flex.demand_w,
+            demand_w=demand,
             tier=flex.tier,
             min_cap_w=flex.min_cap_w,
             overhead_w=flex.overhead_w,

@@ -45,3 +45,38 @@ def test_step_locks_baseline_then_limits_and_floors() -> None:
     assert protected.shortfall_w == pytest.approx(50_000.0)
     assert protected.gpu_floor_w is not None
     assert np.all(protected.gpu_floor_w == 400.0)
+
+
+def test_floors_come_from_pre_event_demand_not_capped_demand() -> None:
+    session = DrSession(baseline_window_s=60.0)
+    for k in range(60):
+        session.record(float(k), 100_000.0)
+    event = DrEvent(
+        event_id="p",
+        source="sim",
+        notified_s=0.0,
+        start_s=60.0,
+        duration_s=600.0,
+        recovery_s=60.0,
+        reduction_frac=0.5,
+    )
+    tier = np.full(100, 3, dtype=np.int8)
+
+    def flex(demand_w: float) -> FlexInputs:
+        return FlexInputs(
+            demand_w=np.full(100, demand_w),
+            tier=tier,
+            min_cap_w=np.full(100, 100.0),
+            overhead_w=40_000.0,
+        )
+
+    before = session.step([event], 59.0, flex(600.0))  # no cut yet: demand remembered
+    assert before.flex is None
+    first = session.step(before.events, 60.0, flex(600.0))
+    # Flex 3 floors: 0.5 x 600 W x 100 = 30 kW, + 40 kW overhead = 70 kW > 50 kW asked.
+    assert first.limit_w == pytest.approx(70_000.0)
+    # Capped GPUs now report less demand; the floors must not follow it down.
+    later = session.step(first.events, 120.0, flex(320.0))
+    assert later.limit_w == pytest.approx(70_000.0)
+    assert later.gpu_floor_w is not None
+    assert np.all(later.gpu_floor_w == 300.0)
