@@ -8,6 +8,7 @@ the same object runs under the daemon's wall clock and a simulator's clock.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from controller.grid.config import DemandResponseSection, OptType
@@ -17,6 +18,9 @@ from policies.dr import DrEvent
 from policies.dr_session import DrSession, DrTick, FlexInputs
 
 __all__ = ["DrTick", "FlexInputs", "GridEvents"]
+
+#: Shortfall reasons change with the fleet's demand; they reach the store at most this often.
+NOTE_SAVE_PERIOD_S = 60.0
 
 
 @dataclass(slots=True)
@@ -46,6 +50,7 @@ class GridEvents:
             grid_first=section.grid_first,
         )
         self.compliance: dict[str, _Compliance] = {}
+        self._note_saved_s: dict[str, float] = {}
 
     # ---------------------------------------------------------------- sources
     def load_schedule(self, now_s: float) -> None:
@@ -115,8 +120,17 @@ class GridEvents:
                 self._save(after)
         self._count_compliance(now_s)
         if tick.flex is not None and tick.flex.reason and tick.budget.event_id is not None:
-            self.notes[tick.budget.event_id] = tick.flex.reason
+            self._note(tick.budget.event_id, tick.flex.reason, now_s)
         return tick
+
+    def _note(self, event_id: str, note: str, now_s: float) -> None:
+        """Keep the shortfall reason; persist it when new, then at most once a minute."""
+        if self.notes.get(event_id) == note:
+            return
+        self.notes[event_id] = note
+        if now_s - self._note_saved_s.get(event_id, -math.inf) >= NOTE_SAVE_PERIOD_S:
+            self._note_saved_s[event_id] = now_s
+            self.store.put(self.events[event_id], note)
 
     def _count_compliance(self, now_s: float) -> None:
         """Time-weighted share of each hold within 1 % of its target, from the last sample."""

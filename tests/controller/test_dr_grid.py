@@ -129,6 +129,7 @@ def test_flex_raises_the_limit_and_reports_why(tmp_path: Path) -> None:
     assert tick.gpu_floor_w is not None
     assert tick.gpu_floor_w[:25].tolist() == [400.0] * 25
     assert "Flex" in grid.notes["e"]
+    assert "Flex" in EventStore(grid.store.path).note("e")  # `rheostat events` shows why
 
 
 def test_compliance_counts_the_hold(tmp_path: Path) -> None:
