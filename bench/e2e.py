@@ -1,0 +1,136 @@
+"""`rheostat bench e2e`: latency from a telemetry publish that changes the decision to the command.
+
+A real Mosquitto, the daemon (`controller.daemon.Controller`, in this process) on a fleet of
+`--racks` racks of 32 GPUs whose site contract binds, and a probe client. Every rack reports once
+(the stale timeout is long, so the fleet stays fresh without a full telemetry stream); then the
+probe repeatedly flips one rack between idle and full draw, which moves that rack's caps by far
+more than the deadband, and times publish → arrival of a command for that rack issued after the
+publish. The latency includes waiting for the next tick (`--tick-period`), the decision, and the
+broker's two hops. Needs the `mosquitto` binary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import aiomqtt
+import numpy as np
+
+from bench.ingest import mosquitto
+from controller import wire
+from controller.daemon import Controller
+from controller.policy_file import parse_policy
+
+NAME = "e2e"
+HELP = "latency from a decision-changing telemetry publish to the command's arrival"
+DEFAULT_ARGS = ["--racks", "1000", "10000"]
+SITE = "e2e"
+RACK_GPUS = 32
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--racks", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--tick-period", type=float, default=0.05, help="seconds")
+
+
+def _policy_text(port: int, racks: int, tick_s: float) -> str:
+    gpus = racks * RACK_GPUS
+    # the generated site contract (80 % of nameplate) binds at 400 W a GPU, so a rack's
+    # demand moving between 100 W and 700 W a GPU moves its caps
+    return (
+        f"site: {{name: {SITE}, topology: {{generate: {{gpus: {gpus}}}}}}}\n"
+        "capping: {deadband_w: 5, raise_rate_w_per_s: 100000}\n"
+        f"control: {{tick_period_s: {tick_s}, command_ttl_s: 3600, stale_after_s: 3600}}\n"
+        f"mqtt: {{port: {port}, client_id: e2e-controller}}\n"
+        "metrics: {port: 0}\nlogging: {level: warning}\n"
+    )
+
+
+def _telemetry(rack: str, seq: int, power_w: float) -> bytes:
+    n = RACK_GPUS
+    return wire.encode_telemetry(
+        wire.Telemetry(
+            rack=rack,
+            seq=seq,
+            ts_s=time.time(),
+            power_w=np.full(n, power_w),
+            sm_clock_mhz=np.full(n, 1800.0),
+            util=np.full(n, 0.9 if power_w > 200 else 0.05),
+            mem_util=np.full(n, 0.3),
+            temp_c=np.full(n, 60.0),
+            cap_w=np.full(n, 700.0),
+            classes=("training",),
+            class_idx=np.zeros(n, np.int64),
+            rack_power_w=power_w * n + 2000.0,
+        )
+    )
+
+
+async def _measure(port: int, racks: int, args: argparse.Namespace) -> dict[str, Any]:
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    logging.getLogger("mqtt").setLevel(logging.ERROR)  # "pending publish calls" during the burst
+    policy = parse_policy(_policy_text(port, racks, args.tick_period), source="<e2e>")
+    controller = Controller(policy)
+    rt = controller.runtime
+    ids = policy.topology.racks.ids
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop))
+    latencies_ms: list[float] = []
+    async with aiomqtt.Client("127.0.0.1", port, identifier="e2e-probe") as probe:
+        await probe.subscribe(wire.command_filter(SITE), qos=1)
+        async with asyncio.timeout(30):
+            while not rt.subscribed:
+                await asyncio.sleep(0.01)
+        for r, rack in enumerate(ids):
+            await probe.publish(wire.telemetry_topic(SITE, rack), _telemetry(rack, 1, 400.0))
+            if r % 500 == 0:
+                await asyncio.sleep(0)
+        async with asyncio.timeout(120):
+            while rt.fleet.stale_racks(time.time(), 3600.0).any() or rt.decision is None:
+                await asyncio.sleep(0.05)
+        rng = np.random.default_rng(0)
+        seq = 1
+        for k in range(args.samples):
+            rack = ids[int(rng.integers(len(ids)))]
+            seq += 1
+            power_w = 100.0 if k % 2 == 0 else 700.0
+            await asyncio.sleep(float(rng.uniform(0, args.tick_period)))  # random tick phase
+            sent_s = time.time()
+            await probe.publish(wire.telemetry_topic(SITE, rack), _telemetry(rack, seq, power_w))
+            async with asyncio.timeout(10):
+                async for message in probe.messages:
+                    if wire.rack_from_topic(str(message.topic)) != rack:
+                        continue
+                    cmd = wire.decode_command(bytes(message.payload))
+                    if cmd.issued_at_s >= sent_s:
+                        latencies_ms.append((time.time() - sent_s) * 1e3)
+                        break
+    stop.set()
+    await task
+    q = statistics.quantiles(latencies_ms, n=100)
+    return {
+        "racks": racks,
+        "gpus": racks * RACK_GPUS,
+        "tick_period_s": args.tick_period,
+        "samples": len(latencies_ms),
+        "p50_ms": round(statistics.median(latencies_ms), 1),
+        "p99_ms": round(q[98], 1),
+        "tick_p50_ms": round(1e3 * rt.ticks.duration_sum_s / max(rt.ticks.ticks, 1), 1),
+        "tick_overruns": rt.ticks.overruns,
+    }
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with mosquitto() as port:
+        rows.extend(asyncio.run(_measure(port, racks, args)) for racks in args.racks)
+    return rows
