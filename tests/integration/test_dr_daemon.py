@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from controller.config import PolicyFile
 from controller.daemon import Controller
+from controller.grid.config import OpenAdrSection
 from controller.metrics import RheostatCollector
 from controller.policy_file import Policy, parse_policy
 from simulator.agents import RackAgents, run_rack_agents
@@ -24,7 +26,8 @@ from simulator.build import build_cluster
 from simulator.cluster import SimCluster
 from simulator.controllers import controller_topology
 from simulator.scenario import Scenario
-from tests.services import Mosquitto
+from tests.integration.test_openadr_ven import VEN_ID, start_vtn
+from tests.services import Mosquitto, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +169,59 @@ async def test_grid_event_in_the_closed_loop(mosquitto: Mosquitto, tmp_path: Pat
                 0.8 * kept.baseline_w
             )
     assert np.isfinite(site_w())
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_openadr_event_in_the_closed_loop(
+    mosquitto: Mosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    reports: list[float] = []
+    vtn = await start_vtn(port, reports)
+    opts: dict[str, str] = {}
+    try:
+        cluster, base = cluster_and_policy(mosquitto.port, tmp_path / "events.sqlite")
+        section = base.config.demand_response
+        assert section is not None
+        dr = section.model_copy(
+            update={
+                "openadr": OpenAdrSection(
+                    vtn_url=f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b",
+                    ven_name="site-a",
+                    report_interval_s=1.0,
+                )
+            }
+        )
+        config = base.config.model_copy(update={"demand_response": dr})
+        controller = Controller(Policy(config=config, topology=base.topology, source="t"))
+        rt = controller.runtime
+        async with agents_running(cluster, mosquitto.port), running(controller):
+            await wait_until(
+                lambda: rt.decision is not None and not rt.fleet.stale_racks(time.time(), 2).any()
+            )
+            await asyncio.sleep(2.5)
+            vtn.add_event(
+                ven_id=VEN_ID,
+                signal_name="SIMPLE",
+                signal_type="level",
+                intervals=[
+                    {
+                        "dtstart": datetime.now(UTC) + timedelta(seconds=1),
+                        "duration": timedelta(minutes=10),
+                        "signal_payload": 2,
+                    }
+                ],
+                callback=lambda ven_id, event_id, opt_type: opts.update({event_id: opt_type}),
+                event_id="vtn-peak",
+            )
+            await wait_until(lambda: rt.demand_response is not None and rt.demand_response.active)
+            assert opts == {"vtn-peak": "optIn"}
+            target_w = rt.demand_response.target_w
+            assert target_w is not None
+            assert rt.demand_response.baseline_w is not None
+            assert target_w == pytest.approx(0.75 * rt.demand_response.baseline_w)
+            await wait_until(lambda: float(rt.fleet.rack_power_w.sum()) <= target_w * 1.02)
+            await wait_until(lambda: any(0 < r <= target_w * 1.02 for r in reports))
+    finally:
+        await vtn.stop()
+    capsys.readouterr()
