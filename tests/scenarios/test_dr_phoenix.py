@@ -59,3 +59,7 @@ def test_phoenix_protects_flex_0(phoenix: dict[str, Any]) -> None:
 def test_phoenix_fleet_throughput_target(phoenix: dict[str, Any]) -> None:
     [dr] = phoenix["dr"]
     assert dr["fleet_throughput_retained"] >= 0.95
+
+
+def test_phoenix_follows_the_ramp_without_overshoot(phoenix: dict[str, Any]) -> None:
+    assert phoenix["seconds_over_limit"]["site"] == 0.0
