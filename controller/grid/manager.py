@@ -44,6 +44,9 @@ class GridEvents:
         self.store = store
         self.events: dict[str, DrEvent] = {e.event_id: e for e in store.events()}
         self.notes: dict[str, str] = {e.event_id: n for e, n in store.all()}
+        #: Events that can no longer cut (checked once, then skipped until they change again),
+        #: so years of history in the store cost nothing per tick.
+        self._done: set[str] = set()
         self.session = DrSession(
             baseline_window_s=section.baseline_window_s,
             tolerances=section.flex_tolerances,
@@ -98,6 +101,7 @@ class GridEvents:
 
     def _save(self, event: DrEvent, note: str | None = None) -> None:
         self.events[event.event_id] = event
+        self._done.discard(event.event_id)
         if note is not None:
             self.notes[event.event_id] = note
         self.store.put(event, note)
@@ -113,7 +117,14 @@ class GridEvents:
 
     def tick(self, now_s: float, flex: FlexInputs | None = None) -> DrTick:
         """The DR limit now: lock baselines, take the deepest ramped cut, apply Flex policy."""
-        live = [e for e in self.events.values() if not e.is_over(now_s)]
+        live = []
+        for event_id, event in self.events.items():
+            if event_id in self._done:
+                continue
+            if event.is_over(now_s):
+                self._done.add(event_id)
+            else:
+                live.append(event)
         tick = self.session.step(live, now_s, flex)
         for before, after in zip(live, tick.events, strict=True):
             if after is not before:
@@ -139,7 +150,7 @@ class GridEvents:
             return
         dt_s = self.tick_s
         for event in self.events.values():
-            if event.baseline_w is None or not event.opted_in:
+            if event.baseline_w is None or not event.opted_in or event.event_id in self._done:
                 continue
             if not event.start_s <= sample_s < event.hold_end_s or now_s - sample_s > dt_s * 5:
                 continue

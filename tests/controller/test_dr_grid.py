@@ -208,3 +208,15 @@ def test_events_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     policy.write_text(json.dumps({"demand_response": {"grid_first": "maybe"}}))
     assert main(["events", "--config", str(policy)]) == 2
     assert "demand_response.grid_first" in capsys.readouterr().err
+
+
+def test_finished_events_are_skipped_until_they_change(tmp_path: Path) -> None:
+    grid = manager(tmp_path)
+    grid.apply(mk(duration_s=60.0), T0)
+    assert grid.tick(T0 + 620).budget.active
+    assert not grid.tick(T0 + 2000).budget.active
+    assert "e" in grid._done
+    later = mk(start_s=T0 + 3000, notified_s=T0 + 2500, modification=1)
+    grid.apply(later, T0 + 2500)
+    assert "e" not in grid._done
+    assert grid.tick(T0 + 3100).limit_w == pytest.approx(75_375)
