@@ -398,8 +398,9 @@ class Controller:
             )
             rt.demand_response = DemandResponseStatus(**dataclasses.asdict(self.grid.status()))
             if self._client is not None:
-                with contextlib.suppress(aiomqtt.MqttError):
-                    await self.grid.flush(self._client)
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    async with asyncio.timeout(policy.config.mqtt.timeout_s):
+                        await self.grid.flush(self._client)
         decision, state = await asyncio.to_thread(
             self.decider,
             topo,
