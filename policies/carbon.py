@@ -10,11 +10,18 @@ minimise sum(signal x power) subject to
 - its tier's tolerated slowdown: speed never goes below `1 - tolerance` (Flex 0/1/2/3 tolerate
   0/10/25/50 % by default, as in `policies.dr_flex`).
 
-With power rising as speed^gamma (gamma > 1: the Zeus sweeps, NSDI 2023, show 0.95 of throughput
-at 0.8 of power and ~0.86 at 0.63, i.e. gamma about 3), the optimum is
-`speed = clip((lambda / signal)^(1 / (gamma - 1)), 1 - tolerance, 1)`, with lambda set by
-bisection so the mean speed meets the target. A flat signal gives a flat speed: the carbon-blind
-plan that spreads the same work evenly.
+Power is the job's *dynamic* power against its speed (what the job adds above its GPUs'
+idle draw and the servers' constant load, which are paid whether it runs or not), given as a
+`PowerCurve`: the simulator passes the curve of its own physics (clock, voltage knee, the
+compute/communication mix), and without one a power law speed^gamma stands in (gamma about 3: the
+Zeus sweeps, NSDI 2023, show 0.95 of throughput at 0.8 of power and ~0.86 at 0.63). The optimum
+per slot is where the curve's marginal power equals lambda / signal, clipped to
+[1 - tolerance, 1], with lambda set by bisection so the mean speed meets the target. A flat signal
+gives a flat speed: the plan that spreads the same work evenly.
+
+Slowdown, for a job with a daily target, is measured against full speed while the job still owes
+work: `1 - speed`. A job whose target is done may stop (it has nothing left to do today); it is
+never paused while it owes work, since a pause is a slowdown of 100 %.
 
 The cap that carries a planned speed is steered by the job's measured progress
 (`track_power_frac`): the speed a cap yields depends on the job's mix of compute and
@@ -25,6 +32,7 @@ power back at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -39,8 +47,10 @@ FloatArray = NDArray[np.float64]
 DEFAULT_GAMMA = 3.0
 #: Speed kept above a tier's tolerance, so measurement noise never crosses it. Units: fraction.
 SPEED_GUARD = 0.03
-#: Bisection steps on log(lambda): 60 halvings of a 1e12-wide bracket reach 1e-6 relative.
+#: Bisection steps on log(lambda): 60 halvings of a 60-wide bracket reach 1e-16 in log.
 _BISECT_STEPS = 60
+#: Relative width over which the planner's inverse of marginal power ramps between two vertices.
+_RAMP = 1e-6
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,14 +77,91 @@ class CarbonSettings:
             raise PolicyError("target_margin_frac must lie in [0, 0.5)")
 
 
+@dataclass(frozen=True, slots=True)
+class PowerCurve:
+    """A job's dynamic power against its speed, both fractions of full speed's (convex hull).
+
+    `speed` rises to 1 and `power` is the lower convex envelope of the table it came from, so
+    the marginal power `slope` (per unit of speed, between consecutive points) only rises: a mix
+    of two speeds is never cheaper than the speed in between.
+    """
+
+    speed: FloatArray
+    power: FloatArray
+    slope: FloatArray
+    knots: FloatArray
+    knot_speed: FloatArray
+
+    @classmethod
+    def from_table(cls, speed: ArrayLike, power: ArrayLike) -> PowerCurve:
+        """From sampled (speed, power) pairs, normalised so full speed draws 1."""
+        v = np.asarray(speed, dtype=np.float64)
+        p = np.asarray(power, dtype=np.float64)
+        if v.ndim != 1 or v.shape != p.shape or v.size < 2:
+            raise PolicyError("a power curve needs two or more (speed, power) pairs")
+        if not (np.all(np.isfinite(v)) and np.all(np.isfinite(p))):
+            raise PolicyError("power curve must be finite")
+        order = np.argsort(v)
+        v, p = v[order], p[order]
+        if v[0] < 0 or abs(v[-1] - 1.0) > 1e-6 or p[-1] <= 0 or np.any(np.diff(v) <= 0):
+            raise PolicyError("power curve speeds must be distinct, in [0, 1], reaching 1")
+        hull: list[int] = []  # lower convex hull, monotone chain over a few hundred points
+        for k in range(v.size):
+            while len(hull) >= 2:
+                a, b = hull[-2], hull[-1]
+                cross = (v[b] - v[a]) * (p[k] - p[a]) - (p[b] - p[a]) * (v[k] - v[a])
+                if cross > 0:
+                    break
+                hull.pop()
+            hull.append(k)
+        hv, hp = v[hull], p[hull] / p[-1]
+        slope = np.maximum(np.diff(hp) / np.diff(hv), 1e-9)
+        # Strictly rising by more than the ramp width below, so the inverse is a function.
+        slope = slope * (1.0 + 4.0 * _RAMP) ** np.arange(slope.size)
+        # Marginal power -> speed: at each hull slope the speed ramps from one vertex to the next
+        # over a relative width _RAMP (the set-valued inverse made continuous), then holds.
+        knots = np.column_stack((slope, slope * (1.0 + _RAMP))).ravel()
+        knot_speed = np.column_stack((hv[:-1], hv[1:])).ravel()
+        return cls(hv, hp, slope, knots, knot_speed)
+
+    @classmethod
+    def power_law(cls, gamma: float = DEFAULT_GAMMA, n_points: int = 201) -> PowerCurve:
+        """power = speed^gamma: the stand-in when the job's real curve is unknown."""
+        if gamma <= 1.0:
+            raise PolicyError("gamma must be > 1 (power convex in speed)")
+        v = np.linspace(0.0, 1.0, n_points)
+        return cls.from_table(v, v**gamma)
+
+    def speed_at_marginal(self, marginal: FloatArray) -> FloatArray:
+        """The speed whose marginal power is `marginal` (continuous, rising in it)."""
+        out: FloatArray = np.interp(marginal, self.knots, self.knot_speed)
+        return out
+
+    def power_at(self, speed: ArrayLike) -> FloatArray:
+        """Dynamic power (fraction of full speed's) at `speed`, on the convex envelope."""
+        out: FloatArray = np.interp(np.asarray(speed, dtype=np.float64), self.speed, self.power)
+        return out
+
+
+@lru_cache(maxsize=8)
+def _power_law(gamma: float) -> PowerCurve:
+    return PowerCurve.power_law(gamma)
+
+
 def plan_speed(
-    signal: ArrayLike, *, target_frac: float, min_speed: float, gamma: float = DEFAULT_GAMMA
+    signal: ArrayLike,
+    *,
+    target_frac: float,
+    min_speed: float,
+    gamma: float = DEFAULT_GAMMA,
+    curve: PowerCurve | None = None,
 ) -> FloatArray:
     """Per-slot speed in [min_speed, 1] whose mean is `target_frac`, cheapest under `signal`.
 
-    Slots are equally long. When the target is out of reach (above 1) every slot runs flat out;
+    Slots are equally long; `curve` is the job's power against speed (a power law of exponent
+    `gamma` without one). When the target is out of reach (above 1) every slot runs flat out;
     when it is below `min_speed` every slot runs at `min_speed` (the tolerance binds, not the
-    target).
+    target: the job then finishes early and stops).
     """
     cost = np.asarray(signal, dtype=np.float64)
     if cost.ndim != 1 or cost.size == 0:
@@ -87,20 +174,21 @@ def plan_speed(
         return np.ones(cost.size)
     if target_frac <= min_speed:
         return np.full(cost.size, min_speed)
-    # Only relative costs matter; keep them positive so a zero or negative price still ranks.
-    rel = cost - cost.min()
-    rel = (rel + max(float(rel.max()), 1.0) * 1e-3) / max(float(rel.max()), 1.0)
-    expo = 1.0 / (gamma - 1.0)
+    pc = curve if curve is not None else _power_law(gamma)
+    # Ratios of costs set the plan, so a positive signal is only scaled; one that reaches zero
+    # or below (a price can) is shifted up to a thousandth of its range, so it still ranks.
+    top = max(float(np.abs(cost).max()), 1e-12)
+    floor = 1e-3 * max(float(cost.max() - cost.min()), top)
+    rel = (cost if cost.min() >= floor else cost - cost.min() + floor) / top
     lo, hi = -30.0, 30.0  # log(lambda) bracket: speeds from all-min to all-one
-    speed = np.ones(cost.size)
     for _ in range(_BISECT_STEPS):
         mid = 0.5 * (lo + hi)
-        speed = np.clip(np.exp(mid * expo) / rel**expo, min_speed, 1.0)
+        speed = np.clip(pc.speed_at_marginal(np.exp(mid) / rel), min_speed, 1.0)
         if float(speed.mean()) < target_frac:
             lo = mid
         else:
             hi = mid
-    final: FloatArray = np.clip(np.exp(hi * expo) / rel**expo, min_speed, 1.0)
+    final: FloatArray = np.clip(pc.speed_at_marginal(np.exp(hi) / rel), min_speed, 1.0)
     return final
 
 
@@ -111,6 +199,7 @@ def job_speed_now(
     slot_s: float,
     tolerance: float,
     settings: CarbonSettings,
+    curve: PowerCurve | None = None,
 ) -> float:
     """Speed for the current slot of a job that still owes `owed_s` of full-speed work.
 
@@ -123,7 +212,11 @@ def job_speed_now(
     need = max(owed_s, 0.0) * (1.0 + settings.target_margin_frac)
     target = need / (remaining.size * slot_s)
     plan = plan_speed(
-        remaining, target_frac=target, min_speed=1.0 - tolerance, gamma=settings.gamma
+        remaining,
+        target_frac=target,
+        min_speed=1.0 - tolerance,
+        gamma=settings.gamma,
+        curve=curve,
     )
     return float(plan[0])
 

@@ -20,6 +20,7 @@ from policies.decision import CappingSettings, Limits, PolicySettings
 from policies.fleet import FleetState
 from simulator.baselines import ThresholdController
 from simulator.build import build_cluster, full_power_w
+from simulator.carbon import CarbonLog, CarbonShifter
 from simulator.carbon import wrap as carbon_wrap
 from simulator.cluster import SimCluster
 from simulator.controllers import (
@@ -91,6 +92,8 @@ class RunResult:
     job_names: list[str]
     #: Facility meter, cooling and emissions accounting (IT feed alone without a facility spec).
     facility: FacilityRun | None = None
+    #: What the carbon policy saw of each shifted job (targets, slowdown, stop times).
+    carbon: CarbonLog | None = None
 
     @property
     def realtime_factor(self) -> float:
@@ -251,6 +254,7 @@ def run(
         job_gpus=wl.job_n_gpus,
         job_names=wl.job_names(),
         facility=facility,
+        carbon=ctl.log if isinstance(ctl, CarbonShifter) else None,
     )
 
 

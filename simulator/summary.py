@@ -46,11 +46,17 @@ def throughput_retained(controlled: RunResult, reference: RunResult) -> dict[str
 
 
 def summarize(
-    controlled: RunResult, reference: RunResult | None = None, *, blind: RunResult | None = None
+    controlled: RunResult,
+    reference: RunResult | None = None,
+    *,
+    blind: RunResult | None = None,
+    even: RunResult | None = None,
 ) -> dict[str, Any]:
     """The summary as plain JSON types. Without a reference, throughput is not reported.
 
-    `blind` is the carbon-blind twin of a scenario with a carbon policy (`co2_reduction_vs_blind`).
+    `blind` is the carbon-blind twin of a scenario with a carbon policy (`co2_reduction_vs_blind`:
+    each job runs until its daily target is done), `even` the same work spread evenly over the
+    day (`co2_reduction_vs_even`); see `simulator.carbon`.
     """
     comp = controlled.compliance
     sc = controlled.scenario
@@ -85,6 +91,9 @@ def summarize(
     if sc.carbon_policy is not None:
         summary["co2_reduction_vs_blind"] = (
             co2_reduction(controlled, blind) if blind is not None else None
+        )
+        summary["co2_reduction_vs_even"] = (
+            co2_reduction(controlled, even) if even is not None else None
         )
         summary["work_targets"] = work_targets(controlled)
     return summary

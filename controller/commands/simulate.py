@@ -63,19 +63,25 @@ def _run(args: argparse.Namespace) -> int:
             settings=settings,
             progress=lambda f: bar.update(task, completed=f),
         )
-        blind = None
+        blind = even = None
         if scenario.carbon_policy is not None and args.controller == "rheostat":
-            from simulator.carbon import blind_twin  # noqa: PLC0415
+            from simulator.carbon import blind_twin, even_twin  # noqa: PLC0415
 
-            twin = blind_twin(scenario)
             blind_task = bar.add_task(f"{scenario.name}, carbon-blind twin", total=1.0)
             blind = run(
-                twin,
+                blind_twin(scenario),
                 controller=args.controller,
                 settings=settings,
                 progress=lambda f: bar.update(blind_task, completed=f),
             )
-    summary = summarize(controlled, reference, blind=blind)
+            even_task = bar.add_task(f"{scenario.name}, evenly spread twin", total=1.0)
+            even = run(
+                even_twin(scenario),
+                controller=args.controller,
+                settings=settings,
+                progress=lambda f: bar.update(even_task, completed=f),
+            )
+    summary = summarize(controlled, reference, blind=blind, even=even)
     if args.report is not None:
         from simulator.report import write_report  # noqa: PLC0415
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from policies.carbon import (
     CarbonSettings,
+    PowerCurve,
     job_speed_now,
     per_tier_totals,
     plan_speed,
@@ -37,6 +38,40 @@ def test_plan_beats_the_flat_plan_on_signal_weighted_power() -> None:
     aware = plan_speed(DAY, target_frac=0.75, min_speed=0.5, gamma=gamma)
     blind = plan_speed(np.ones(24), target_frac=0.75, min_speed=0.5, gamma=gamma)
     assert float(np.sum(DAY * aware**gamma)) < 0.9 * float(np.sum(DAY * blind**gamma))
+
+
+def test_power_law_curve_matches_the_closed_form_optimum() -> None:
+    # With power = speed^3 the optimum is speed ~ signal^(-1/2) where no bound binds.
+    signal = np.array([100.0, 400.0] * 12)
+    speed = plan_speed(signal, target_frac=0.7, min_speed=0.2, curve=PowerCurve.power_law(3.0))
+    assert speed.mean() == pytest.approx(0.7, abs=1e-4)
+    assert speed[0] / speed[1] == pytest.approx(2.0, rel=0.03)
+
+
+def test_curve_is_the_lower_convex_envelope_normalised_to_full_speed() -> None:
+    speed = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    bumpy = np.array([0.0, 80.0, 100.0, 300.0, 400.0])  # 80 W at 0.25 lies above the chord
+    curve = PowerCurve.from_table(speed, bumpy)
+    assert curve.power[-1] == pytest.approx(1.0)
+    assert 0.25 not in curve.speed
+    assert np.all(np.diff(curve.slope) > 0)
+    assert curve.power_at(0.25) == pytest.approx(0.125)
+    with pytest.raises(PolicyError):
+        PowerCurve.from_table([0.0, 0.5], [0.0, 1.0])  # does not reach full speed
+    with pytest.raises(PolicyError):
+        PowerCurve.from_table([0.0, 1.0, 1.0], [0.0, 1.0, 1.0])
+    with pytest.raises(PolicyError):
+        PowerCurve.from_table([0.0, 1.0], [0.0, np.inf])
+
+
+def test_straight_power_curve_puts_all_it_can_in_clean_slots() -> None:
+    # Energy per unit of work constant (power linear in speed above a floor): only where the work
+    # is done matters, so dirty slots run at the tolerance and clean ones make up the rest.
+    linear = PowerCurve.from_table(np.linspace(0.0, 1.0, 11), np.linspace(0.0, 1.0, 11))
+    speed = plan_speed(DAY, target_frac=0.75, min_speed=0.5, curve=linear)
+    assert speed.mean() == pytest.approx(0.75, abs=1e-3)
+    np.testing.assert_allclose(speed[14:], 1.0, atol=1e-3)  # 10 clean slots flat out
+    np.testing.assert_allclose(speed[:14], 8.0 / 14.0, atol=1e-3)  # the 8 slot-loads left
 
 
 def test_target_out_of_reach_runs_flat_out_and_tolerance_binds_below_it() -> None:
