@@ -34,6 +34,8 @@ pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 SITE = "dc1"
 CONTROLLER = "rheostat-controller"
+GRID = "rheostat-grid"
+FACILITY = "rheostat-facility"
 RACKS = ("r001", "r002")
 #: A user name that would widen a `%u` pattern if Mosquitto substituted it ("#" cannot be one: the
 #: password file reads a line starting with it as a comment).
@@ -109,7 +111,10 @@ def secured(tmp_path: Path, tls_files: Path) -> Iterator[SecuredBroker]:
     passwd_bin = require_binary("mosquitto_passwd")
     files = tmp_path / "files"
     shutil.copytree(tls_files, files)
-    passwords = {user: secrets.token_urlsafe(12) for user in (CONTROLLER, *RACKS, *WILDCARD_USERS)}
+    passwords = {
+        user: secrets.token_urlsafe(12)
+        for user in (CONTROLLER, GRID, FACILITY, *RACKS, *WILDCARD_USERS)
+    }
     for i, (user, password) in enumerate(passwords.items()):
         create = ["-c"] if i == 0 else []
         subprocess.run(
@@ -256,3 +261,31 @@ async def test_tls_listener_serves_racks_under_the_same_acl(
     with pytest.raises(aiomqtt.MqttError):
         async with plain:
             pass
+
+
+async def test_grid_events_and_the_facility_meter_reach_only_the_controller(
+    secured: SecuredBroker, controller: aiomqtt.Client
+) -> None:
+    event = f"rheostat/v1/{SITE}/grid/event/ev-1"
+    response = f"rheostat/v1/{SITE}/grid/response/ev-1"
+    facility = f"rheostat/v1/{SITE}/facility"
+    for topic in (f"rheostat/v1/{SITE}/grid/event", f"rheostat/v1/{SITE}/grid/event/+", facility):
+        await controller.subscribe(topic, qos=1)
+    async with (
+        secured.client(GRID) as grid,
+        secured.client(FACILITY) as meter,
+        secured.client("r001") as rack,
+    ):
+        await grid.subscribe(f"rheostat/v1/{SITE}/grid/response/+", qos=1)
+        # A rack can neither announce an event nor pose as the facility meter.
+        await rack.publish(event, b"forged", qos=1)
+        await rack.publish(facility, b"forged", qos=1)
+        await grid.publish(event, b"event", qos=1)
+        got = await first_message(controller)
+        assert (str(got.topic), got.payload) == (event, b"event")
+        await meter.publish(facility, b"meter", qos=1)
+        got = await first_message(controller)
+        assert (str(got.topic), got.payload) == (facility, b"meter")
+        await controller.publish(response, b"optIn", qos=1)
+        got = await first_message(grid)
+        assert (str(got.topic), got.payload) == (response, b"optIn")
