@@ -61,5 +61,9 @@ def sites(draw: st.DrawFn) -> Scenario:
 def test_no_breaker_trips_and_site_held_under_control(scenario: Scenario) -> None:
     result = run(scenario, controller="rheostat")
     assert result.cluster.trips == []
-    # The limiter settles within a tick; noise and delay may leave slivers, never a real excess.
-    assert result.compliance.max_overshoot_frac <= 0.03
+    topo = scenario.topology
+    # A rack whose usable share is below its servers' floor (min caps plus non-GPU power, 52 %
+    # of full draw for an H100 server) cannot be held under it by any cap: only check the others.
+    if topo.rack_rating_frac * topo.rack_derating >= 0.53:
+        # The limiter settles within a tick; noise and delay leave slivers, never a real excess.
+        assert result.compliance.max_overshoot_frac <= 0.03
