@@ -2,18 +2,18 @@
 
 promtool accepts a query over a misspelled metric and a dashboard panel that will stay empty
 forever; this module does not. One demo (embedded broker, simulated racks, the controller, its
-metrics server) and one Prometheus run for the whole module; then:
+metrics server), one daemon with a demand-response event in force (tests/deploy/dr_site.py: the
+demo has no demand-response source) and one Prometheus scraping both run for the whole module;
+then:
 - every panel, annotation and template-variable query of every dashboard returns data,
 - every recording rule returns data, and every rule (recording and alert) is evaluated by
   Prometheus itself without error,
 - every metric name a rule or a panel reads exists in the controller's /metrics output,
 - `promtool check metrics` accepts that output, and the probe paths the manifests use answer.
 
-Demand-response series exist only while the controller has a demand-response source, and a few
-queries only during an event. A query is required to return data when every metric it reads
-(through recording rules, down to the scraped series) is in the scrape, and, for event-only
-queries, while an event is active; otherwise it must still evaluate without error, and its metric
-names must be ones the controller's metric contract declares (so a typo cannot hide there).
+A query is required to return data when every metric it reads (through recording rules, down to
+the scraped series) is in the scrape and, for event-only queries, while an event is active; the
+DR site makes both true, and a test asserts it is so, so no demand-response panel is let off.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.deploy.dr_site import running_dr_site
 from tests.deploy.promql_sources import (
     RULE_FILES,
     Query,
@@ -66,13 +67,15 @@ EVENT_ONLY = re.compile(r"rheostat_dr_active(\{[^}]*\})?\s*==\s*1")
 class Live:
     prometheus: Prometheus
     metrics_url: str
-    exposition: str
+    #: /metrics of the demo and of the DR site.
+    expositions: tuple[str, ...]
 
     @property
     def exported(self) -> set[str]:
         return {
             line.split("{")[0].split(" ")[0]
-            for line in self.exposition.splitlines()
+            for text in self.expositions
+            for line in text.splitlines()
             if line and not line.startswith("#")
         }
 
@@ -128,8 +131,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def live(prometheus: Prometheus, demo: str) -> Live:
-    prometheus.start(targets={"rheostat": [demo]}, rule_files=RULE_FILES)
+def dr_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The daemon with a demand-response event in force; yields its metrics host:port."""
+    with running_dr_site(tmp_path_factory.mktemp("dr-site")) as target:
+        yield target
+
+
+@pytest.fixture(scope="module")
+def live(prometheus: Prometheus, demo: str, dr_site: str) -> Live:
+    prometheus.start(targets={"rheostat": [demo, dr_site]}, rule_files=RULE_FILES)
 
     def scraped_and_evaluated() -> bool:
         # Enough scrapes for rate() over the dashboards' windows, and every rule group evaluated
@@ -137,14 +147,20 @@ def live(prometheus: Prometheus, demo: str) -> Live:
         if not prometheus.query('count_over_time(up{job="rheostat"}[1m]) >= 4'):
             return False
         groups = prometheus.api("/api/v1/rules")["groups"]
-        return all(rule["health"] != "unknown" for g in groups for rule in g["rules"]) and bool(
-            prometheus.query("site:rheostat_headroom_watts:min5m")
+        return (
+            all(rule["health"] != "unknown" for g in groups for rule in g["rules"])
+            and bool(prometheus.query("site:rheostat_headroom_watts:min5m"))
+            and bool(prometheus.query("site:rheostat_dr_delivered_ratio"))
+            and bool(prometheus.query("rheostat_dr_compliance_ratio"))
         )
 
-    wait_for("scrapes and rule evaluations", scraped_and_evaluated, timeout_s=60.0)
-    status, exposition = http_get(f"http://{demo}/metrics")
-    assert status == 200
-    return Live(prometheus, f"http://{demo}", exposition)
+    wait_for("scrapes, rule evaluations and the DR event", scraped_and_evaluated, timeout_s=60.0)
+    expositions = []
+    for target in (demo, dr_site):
+        status, text = http_get(f"http://{target}/metrics")
+        assert status == 200
+        expositions.append(text)
+    return Live(prometheus, f"http://{demo}", tuple(expositions))
 
 
 def sources(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
@@ -219,10 +235,11 @@ def test_every_metric_a_rule_or_panel_reads_is_exported(live: Live) -> None:
     assert live.exported >= {"rheostat_dr_active", "rheostat_site_power_watts"}
 
 
-def test_promtool_accepts_the_metrics_output(live: Live) -> None:
+@pytest.mark.parametrize("source", [0, 1], ids=["demo", "dr-site"])
+def test_promtool_accepts_the_metrics_output(live: Live, source: int) -> None:
     result = subprocess.run(
         [require_binary("promtool"), "check", "metrics"],
-        input=live.exposition,
+        input=live.expositions[source],
         capture_output=True,
         text=True,
         timeout=30,
@@ -230,6 +247,12 @@ def test_promtool_accepts_the_metrics_output(live: Live) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""  # promtool prints lint findings, even at rc 0
+
+
+def test_demand_response_series_are_scraped_during_the_event(live: Live) -> None:
+    # Without them every demand-response panel above would have been let off its data check.
+    assert live.exported >= DR_ONLY
+    assert live.prometheus.query("rheostat_dr_active == 1")
 
 
 def test_probe_paths_the_manifests_use_answer(live: Live) -> None:
