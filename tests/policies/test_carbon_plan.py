@@ -150,3 +150,35 @@ def test_bad_settings_and_signals_are_refused() -> None:
         plan_speed(np.array([1.0, np.nan]), target_frac=0.5, min_speed=0.5)
     with pytest.raises(PolicyError):
         plan_speed(np.array([]), target_frac=0.5, min_speed=0.5)
+
+
+def test_a_price_that_goes_negative_still_ranks_the_slots() -> None:
+    price = np.array([-20.0, 0.0, 60.0, 120.0] * 6)  # $/MWh: solar surplus pays to consume
+    speed = plan_speed(price, target_frac=0.7, min_speed=0.5)
+    assert speed.mean() == pytest.approx(0.7, abs=1e-4)
+    assert speed[0] >= speed[1] >= speed[2] >= speed[3]
+    assert speed[0] > speed[3]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    signal=st.lists(st.floats(1.0, 1000.0), min_size=2, max_size=48),
+    target=st.floats(0.55, 0.95),
+    knee=st.floats(0.3, 0.9),
+)
+def test_plan_on_a_kinked_curve_meets_target_and_never_pays_more_than_even(
+    signal: list[float], target: float, knee: float
+) -> None:
+    # Power linear in speed below a knee, cubic above it: the shape of the simulator's curve.
+    v = np.linspace(0.0, 1.0, 101)
+    curve = PowerCurve.from_table(v, np.where(v < knee, v * knee**2, v**3))
+    cost = np.array(signal)
+    speed = plan_speed(cost, target_frac=target, min_speed=0.5, curve=curve)
+    assert np.all(speed >= 0.5 - 1e-12)
+    assert np.all(speed <= 1.0 + 1e-12)
+    assert speed.mean() >= target - 1e-6
+    even = np.full(cost.size, target)
+    assert (
+        float(np.sum(cost * curve.power_at(speed)))
+        <= float(np.sum(cost * curve.power_at(even))) * (1 + 1e-6) + 1e-9
+    )
