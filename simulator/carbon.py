@@ -207,12 +207,15 @@ class CarbonShifter:
         """End the day's run of every job whose target is done: its GPUs go idle."""
         wl = self.cluster.workloads
         jobs = list(wl.training)
+        stopped = False
         for i, (k, _) in enumerate(self.jobs):
             if self.log.stopped_at_s[i] is None and done[i] >= self.owed_s[i]:
                 jobs[k] = replace(jobs[k], end_s=min(jobs[k].end_s, now_s))
                 self.log.stopped_at_s[i] = now_s
                 self.speed[i] = 1.0
-        wl.training = tuple(jobs)
+                stopped = True
+        if stopped:  # the workloads read `end_s` each tick: the job's GPUs idle from now on
+            wl.training = tuple(jobs)
 
     def _replan(self, now_s: float, done: FloatArray) -> None:
         slot_s = self.spec.slot_s

@@ -7,8 +7,10 @@ import pytest
 from pydantic import ValidationError
 
 from policies.gpu_models import model_table
-from simulator.carbon import CarbonPolicySpec, floor_cap_w, job_power_curve
+from simulator.carbon import CarbonPolicySpec, floor_cap_w, job_power_curve, work_targets
+from simulator.loop import run
 from simulator.physics import ALPHA_COMPUTE, dynamic_fraction
+from simulator.scenario import Scenario
 from simulator.workloads import TRAIN_COMPUTE_ACTIVITY
 
 
@@ -47,3 +49,47 @@ def test_schedule_must_be_one_of_the_three() -> None:
         CarbonPolicySpec.model_validate({"schedule": "blind"})
     with pytest.raises(ValidationError):
         CarbonPolicySpec.model_validate({"signal_aware": False})
+
+
+def _windowed(schedule: str) -> Scenario:
+    """One Flex 3 job that runs from 10 min to 50 min of an hour, on a clean-then-dirty trace."""
+    return Scenario.model_validate(
+        {
+            "name": "windowed",
+            "duration_s": 3600,
+            "tick_s": 5.0,
+            "topology": {"gpus": 32},
+            "controller": {"warmup_s": 0},
+            "workloads": [
+                {
+                    "kind": "training",
+                    "name": "sweep",
+                    "gpus": 16,
+                    "tier": 3,
+                    "iteration_s": 2.0,
+                    "start_s": 600,
+                    "end_s": 3000,
+                }
+            ],
+            # 13:00 UTC on the shipped day: dirty until ~13:50, then clean.
+            "grid": {"carbon": "caiso", "carbon_start_s": 950_400 + 13 * 3600},
+            "carbon_policy": {"schedule": schedule},
+        }
+    )
+
+
+def test_each_schedule_meets_the_windowed_target_then_stops() -> None:
+    results = {s: run(_windowed(s)) for s in ("run_to_target", "carbon")}
+    for schedule, result in results.items():
+        (entry,) = work_targets(result)
+        assert entry["target_s"] == pytest.approx(0.7 * 2400)  # the window, not the stopped end
+        assert entry["met"], (schedule, entry)
+        assert entry["done_s"] <= entry["target_s"] + 10.0  # stopped at the target
+        assert entry["max_slowdown"] <= entry["tolerance"]
+    blind = work_targets(results["run_to_target"])[0]
+    # Full speed from its start: done 0.7 of the way through its window.
+    assert blind["stopped_at_s"] == pytest.approx(600 + 0.7 * 2400, abs=30)
+    assert blind["max_slowdown"] < 0.02
+    aware = work_targets(results["carbon"])[0]
+    assert aware["stopped_at_s"] > blind["stopped_at_s"]  # slowed through the dirty part
+    assert aware["max_slowdown"] > 0.3
