@@ -35,9 +35,18 @@ class CappingSettings:
     demand_headroom_min_w: float = 20.0
     #: A GPU drawing within this fraction of its cap is treated as pinned (wants more).
     pinned_frac: float = 0.97
+    #: Time constant of the demand peak-hold: a GPU's demand falls back toward its draw no faster
+    #: than this, so a synchronous job's communication dips (0.2-3 Hz, arXiv 2508.14318) do not
+    #: hand its power to lower tiers only for it to claw it back at the raise rate on the next
+    #: compute phase. 0 disables the hold. Units: s.
+    demand_hold_s: float = 10.0
     #: Optional limit on how fast the allowed site power moves between ticks (None = unlimited).
     site_ramp_up_w_per_s: float | None = None
     site_ramp_down_w_per_s: float | None = None
+    #: Share of the site limit kept free for transients the caps cannot stop: a GPU's own power
+    #: limiter takes ~0.1 s to pull a surge (a synchronous job's compute phase resuming) back under
+    #: its cap, and every GPU surges at once. Applied below the hard site figure only.
+    site_margin_frac: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +57,8 @@ class DvfsSettings:
     max_loss_frac: float = 0.02
     #: SM activity over memory activity below which work is treated as memory-bound.
     memory_bound_ratio: float = 0.6
+    #: Also lock compute-bound GPUs under a binding cap to the clock whose power fits the cap.
+    fit_compute_bound: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,10 +114,18 @@ class DecisionState:
     cap_w: FloatArray
     now_s: float
     site_allowed_w: float
+    #: Peak-held SM activity for the cap-fitting clock (held like demand); None before a tick.
+    util_held: FloatArray | None = None
+    #: Clock ceilings issued last tick: a GPU running at its ceiling is held back by it.
+    sm_clock_max_mhz: FloatArray | None = None
+    #: Held per-GPU demand (see `CappingSettings.demand_hold_s`); None before the first tick.
+    demand_w: FloatArray | None = None
     #: Topology-derived index arrays, rebuilt only when the topology object changes.
     plan: CappingPlan | None = None
 
     @property
     def nbytes(self) -> int:
         """Memory this state keeps between ticks (the warm path's cost). Units: bytes."""
-        return int(self.cap_w.nbytes) + (self.plan.nbytes if self.plan is not None else 0)
+        arrays = (self.demand_w, self.util_held, self.sm_clock_max_mhz)
+        held = sum(int(a.nbytes) for a in arrays if a is not None)
+        return int(self.cap_w.nbytes) + held + (self.plan.nbytes if self.plan is not None else 0)

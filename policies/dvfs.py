@@ -39,10 +39,16 @@ def clock_targets(
     util: FloatArray,
     mem_util: FloatArray,
     settings: DvfsSettings,
+    fit_util: FloatArray | None = None,
 ) -> tuple[FloatArray, float]:
     """Per-GPU SM-clock ceilings (MHz) and the estimated power they save against the caps (W).
 
-    Per-GPU model figures come from the plan; intermediates live in its scratch buffers.
+    `fit_util`, when given, is the SM activity the cap-fitting clock is computed for (the caller
+    passes a peak-held activity): a synchronous job's compute phase starts at full activity right
+    after a quiet all-reduce, and a ceiling sized for the quiet phase would leave the GPU's own
+    limiter to catch the surge, overshooting the cap until it settles. Memory-bound detection
+    always uses the current `util`. Per-GPU model figures come from the plan; intermediates live
+    in its scratch buffers.
     """
     max_clock = plan.max_clock_mhz
     if not settings.enabled or cap_w.size == 0:
@@ -59,6 +65,8 @@ def clock_targets(
     clock = np.where(memory_bound, lowest, max_clock)  # fresh: a decision output
 
     # Power at full clock under the policy's model: idle + (max cap - idle) * activity.
+    if fit_util is not None:
+        activity = np.clip(fit_util, 0.0, 1.0, out=activity)
     dynamic_w = np.subtract(max_cap_w, plan.idle_w, out=scratch.f("w2"))
     np.multiply(dynamic_w, activity, out=dynamic_w)
     full_w = np.add(plan.idle_w, dynamic_w, out=scratch.f("w3"))
@@ -77,7 +85,8 @@ def clock_targets(
     np.multiply(fits, plan.clock_step_mhz, out=fits)
     np.add(fits, plan.min_clock_mhz, out=fits)
     np.maximum(fits, plan.min_clock_mhz, out=fits)
-    np.minimum(clock, fits, out=clock)
+    if settings.fit_compute_bound:
+        np.minimum(clock, fits, out=clock)
 
     # Saving against running at the cap: min(full, cap) - min(power at the clock, cap); zero
     # wherever the clock is the max.

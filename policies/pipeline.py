@@ -56,7 +56,21 @@ def decide(
         state = None  # the topology changed under us: start cold rather than misalign caps
     stale_gpu = _stale_gpus(plan, stale_rack)
     min_cap, max_cap = topology.gpu_min_cap_w, topology.gpu_max_cap_w
-    demand = estimate_demand(plan, fleet, min_cap, max_cap, settings.capping)
+    demand = estimate_demand(
+        plan,
+        fleet,
+        min_cap,
+        max_cap,
+        settings.capping,
+        ceiling_mhz=None if state is None else state.sm_clock_max_mhz,
+    )
+    if state is not None:
+        demand = hold_demand(
+            demand,
+            state.demand_w,
+            dt_s=max(now_s - state.now_s, 0.0),
+            hold_s=settings.capping.demand_hold_s,
+        )
     if stale_gpu is not None:
         floor = np.where(stale_gpu, max_cap, min_cap)
         demand = np.where(stale_gpu, max_cap, demand)
@@ -105,8 +119,21 @@ def decide(
     util, mem_util = fleet.util, fleet.mem_util
     if stale_gpu is not None:  # unknown activity: leave their clocks at the max
         util, mem_util = np.where(stale_gpu, 0.0, util), np.where(stale_gpu, 0.0, mem_util)
+    util_held = util
+    if state is not None:
+        util_held = hold_demand(
+            util,
+            state.util_held,
+            dt_s=max(now_s - state.now_s, 0.0),
+            hold_s=settings.capping.demand_hold_s,
+        )
     clock, saving = clock_targets(
-        plan, cap_w=issued, util=util, mem_util=mem_util, settings=settings.dvfs
+        plan,
+        cap_w=issued,
+        util=util,
+        mem_util=mem_util,
+        settings=settings.dvfs,
+        fit_util=util_held if stale_gpu is None else np.where(stale_gpu, 0.0, util_held),
     )
     decision = Decision(
         cap_w=issued,
@@ -120,7 +147,13 @@ def decide(
         dvfs_saving_w=saving,
     )
     return decision, DecisionState(
-        cap_w=issued, now_s=now_s, site_allowed_w=site_allowed, plan=plan
+        cap_w=issued,
+        now_s=now_s,
+        site_allowed_w=site_allowed,
+        demand_w=demand,
+        sm_clock_max_mhz=clock,
+        util_held=util_held if util_held is not util else util.copy(),
+        plan=plan,
     )
 
 
@@ -130,8 +163,14 @@ def estimate_demand(
     min_cap_w: FloatArray,
     max_cap_w: FloatArray,
     settings: CappingSettings,
+    *,
+    ceiling_mhz: FloatArray | None = None,
 ) -> FloatArray:
     """What each GPU would draw uncapped, from recent power, with headroom. Units: W.
+
+    A busy GPU running at the clock ceiling issued last tick (`ceiling_mhz`) is held back by that
+    ceiling just as by a cap, so it counts as pinned too; otherwise a conservative ceiling would
+    shrink its cap tick after tick and hand its power to lower tiers.
 
     A GPU drawing within `pinned_frac` of its cap is held back by it, so its real demand is
     unknown and at least the cap: it asks for the cap plus headroom, and keeps asking more each
@@ -142,6 +181,11 @@ def estimate_demand(
     power, cap = fleet.power_w, fleet.cap_w
     threshold = np.multiply(cap, settings.pinned_frac, out=scratch.f("w0"))
     pinned = np.greater_equal(power, threshold, out=scratch.b("b0"))
+    if ceiling_mhz is not None and ceiling_mhz.shape == power.shape:
+        at_ceiling = np.greater_equal(fleet.sm_clock_mhz + plan.clock_step_mhz, ceiling_mhz)
+        at_ceiling &= ceiling_mhz < plan.max_clock_mhz
+        at_ceiling &= fleet.util > 0.0
+        pinned |= at_ceiling
     base = np.multiply(cap, pinned, out=scratch.f("w1"))  # the cap where pinned ...
     np.maximum(base, power, out=base)  # ... so this is max(power, cap) if pinned, else power
     demand = np.multiply(base, 1.0 + settings.demand_headroom_frac, out=scratch.f("w2"))
@@ -153,6 +197,25 @@ def estimate_demand(
     np.maximum(demand, min_cap_w, out=demand)
     np.minimum(demand, max_cap_w, out=demand)
     return demand
+
+
+def hold_demand(
+    demand_w: FloatArray, previous_w: FloatArray | None, *, dt_s: float, hold_s: float
+) -> FloatArray:
+    """Peak-hold the demand estimate: rises count at once, falls decay with `hold_s`. Units: W.
+
+    Without the hold, a training job's communication phase looks like lost demand; its power
+    goes to lower tiers and comes back only at the raise rate when compute resumes, so the job
+    with the higher priority ends up slowed more than the ones below it.
+    """
+    if previous_w is None or previous_w.shape != demand_w.shape or hold_s <= 0.0:
+        return demand_w
+    keep = float(np.exp(-dt_s / hold_s))
+    held = np.subtract(previous_w, demand_w)
+    held *= keep
+    held += demand_w
+    np.maximum(held, demand_w, out=held)
+    return held
 
 
 def allowed_site_power(
@@ -175,6 +238,7 @@ def allowed_site_power(
     hard = float(topology.levels[-1].usable_w[0])
     if limits.site_limit_w is not None:
         hard = min(hard, limits.site_limit_w)
+    hard *= 1.0 - settings.site_margin_frac
     target = hard if limits.site_target_w is None else min(hard, limits.site_target_w)
     if state is None or not np.isfinite(state.site_allowed_w):
         return target

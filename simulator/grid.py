@@ -60,6 +60,7 @@ class SiteLimits:
             maxlen=max(1, round(BASELINE_WINDOW_S / scenario.tick_s))
         )
         self.dr_limit_w = math.inf
+        self._estimate: float | None = None
         self.dr_event: str | None = None
 
     def contract_w(self, now_s: float) -> float:
@@ -72,6 +73,7 @@ class SiteLimits:
         if not self.events:
             return
         estimate = sum(self._window) / len(self._window) if self._window else None
+        self._estimate = estimate
         self.events = lock_baselines(self.events, now_s, estimate)
         budget = site_budget(self.events, now_s)
         self.dr_limit_w = budget.limit_w
@@ -82,6 +84,22 @@ class SiteLimits:
     def limit_w(self, now_s: float) -> float:
         """The lowest of contract and DR limits. Units: W."""
         return min(self.contract_w(now_s), self.dr_limit_w)
+
+    def planned_limit_w(self, now_s: float, horizon_s: float) -> float:
+        """The lowest limit in force from `now_s` to `now_s + horizon_s`. Units: W.
+
+        Contract steps and DR ramps are scheduled, so the controller is handed the limit as it
+        will be once its caps have landed (decision period plus actuation lag); handed the limit
+        of `now_s`, caps chasing a falling DR ramp arrive a lag late and the site overshoots.
+        """
+        ahead = now_s + max(horizon_s, 0.0)
+        limit = min(self.limit_w(now_s), self.contract_w(ahead))
+        if self.events:
+            # An event whose ramp begins within the horizon is locked with today's baseline
+            # estimate, as it will be when the ramp starts.
+            planned = lock_baselines(self.events, ahead, self._estimate)
+            limit = min(limit, site_budget(planned, ahead).limit_w)
+        return limit
 
     def step_times_s(self) -> list[float]:
         return [float(t) for t in self.step_at_s]

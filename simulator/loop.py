@@ -154,6 +154,7 @@ def run(
     n_ticks = int(np.ceil(scenario.duration_s / scenario.tick_s))
     facility = FacilityRun.create(scenario, full_power_w=full_w, n_ticks=n_ticks)
     period = max(1, round(scenario.controller.period_s / scenario.tick_s))
+    lookahead_s = period * scenario.tick_s + cluster.params.actuation_lag_s
     stride = max(1, -(-n_ticks // MAX_SAMPLES))
     level_w = _level_reducers(cluster)
     usable = [lv.usable_w for lv in topo.levels]
@@ -193,7 +194,7 @@ def run(
                         fresh[f.rack] = False
             cluster.fill_fleet(fleet, fresh_racks=fresh if faults else None)
             stale = fleet.stale_racks(cluster.now_s, scenario.controller.stale_timeout_s)
-            it_limit = facility.it_budget_w(now, site_limit)
+            it_limit = facility.it_budget_w(now, limits.planned_limit_w(now, lookahead_s))
             act = ctl.decide(fleet, Limits(site_limit_w=it_limit * eff), cluster.now_s, stale)
             if act is not None:
                 cluster.command(*act)
