@@ -75,7 +75,7 @@ def clock_targets(
     # where the cap does not bind, the fitting clock is at or above the max and changes nothing.
     fits = np.subtract(cap_w, plan.idle_w, out=scratch.f("w4"))
     np.maximum(fits, 0.0, out=fits)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         np.divide(fits, dynamic_w, out=fits)
     np.cbrt(fits, out=fits)
     np.multiply(fits, max_clock, out=fits)
