@@ -136,6 +136,8 @@ async def _measure(port: int, racks: int, args: argparse.Namespace) -> dict[str,
         "p99_ms": round(q[98], 1) if enough else None,
         "tick_mean_ms": round(1e3 * rt.ticks.duration_sum_s / max(rt.ticks.ticks, 1), 1),
         "tick_overruns": rt.ticks.overruns,
+        "ticks": rt.ticks.ticks,
+        "commands_sent": rt.book.sent_total,
     }
 
 
