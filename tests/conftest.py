@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import settings
 
 from tests.services import IN_CI, Mosquitto, Prometheus, require_binary
@@ -40,3 +41,10 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
 settings.register_profile("rheostat", deadline=None, max_examples=100)
 settings.register_profile("rheostat-ci", deadline=None, max_examples=100, derandomize=True)
 settings.load_profile("rheostat-ci" if IN_CI else "rheostat")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Commands run in-process configure structlog globally; no test inherits another's set-up."""
+    yield
+    structlog.reset_defaults()
