@@ -160,6 +160,8 @@ class ControlSection(_Section):
     safe_cap_frac: Annotated[float, Field(gt=0, le=1)] = 0.6
     ready_fresh_frac: Annotated[float, Field(ge=0, le=1)] = 0.9
     livez_max_age_ticks: Annotated[float, Field(gt=1)] = 10.0
+    #: Poll the policy file this often and reload it on a change; None: reload on SIGHUP only.
+    watch_policy_s: PositiveW | None = None
 
     @model_validator(mode="after")
     def _ttl_covers_ticks(self) -> Self:

@@ -37,6 +37,7 @@ from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.policy_file import Policy, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
+from controller.watch import watch_file
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import ConfigError, RheostatError
 from policies.fleet import FleetState
@@ -187,6 +188,13 @@ class Controller:
             ]
             if self.grid is not None:
                 tasks.append(group.create_task(self.grid.serve(), name="grid"))
+            if self.policy_path is not None:
+                watched = watch_file(
+                    self.policy_path,
+                    lambda: self.runtime.policy.config.control.watch_policy_s,
+                    self.reload,
+                )
+                tasks.append(group.create_task(watched, name="policy-watch"))
             await stop.wait()
             self._stopping = True
             self.notifier.notify("STOPPING=1")

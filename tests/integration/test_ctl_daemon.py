@@ -204,3 +204,21 @@ async def test_bad_policy_reload_keeps_the_running_policy(tmp_path: Path) -> Non
     assert await controller.reload()
     assert rt.fleet.power_w.size == 64
     assert rt.book.sent_cap_w.size == 64
+
+
+async def test_watched_policy_file_reloads_on_change(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    text = policy_yaml(mosquitto.port).replace(
+        "stale_after_s: 2}", "stale_after_s: 2, watch_policy_s: 0.1}"
+    )
+    path.write_text(text)
+    controller = Controller(parse_policy(text, source=str(path)), policy_path=path)
+    rt = controller.runtime
+    async with running(controller):
+        await asyncio.sleep(0.3)  # the watcher takes the file's first signature
+        path.write_text(text.replace("tick_period_s: 0.2", "tick_period_s: 0.3"))
+        await wait_until(lambda: rt.policy.config.control.tick_period_s == 0.3, 5.0)
+        path.write_text(text.replace("tick_period_s: 0.2", "tick_period_s: [broken"))
+        await wait_until(lambda: rt.reloads.failures == 1, 5.0)
+        assert rt.policy.config.control.tick_period_s == 0.3  # the running policy stays
+        assert rt.reloads.successes == 1
