@@ -187,7 +187,9 @@ async def _demo(args: argparse.Namespace) -> int:
             safe_cap_w=safe_w,
             protocol="5" if protocol == "5" else "3.1.1",
         )
-        agents.expires_at[:] = 0.0  # agents boot on their safe caps until commanded
+        # agents boot on their safe caps, in force before the first tick, until commanded
+        cluster.cap_w[:] = safe_w
+        agents.on_safe_cap[:] = True
         stop_agents, stop_controller = asyncio.Event(), asyncio.Event()
         metrics_port = args.metrics_port
         try:
