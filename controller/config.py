@@ -128,6 +128,8 @@ class CappingSection(_Section):
     demand_headroom_frac: Annotated[float, Field(ge=0, le=1)] = 0.10
     demand_headroom_min_w: Annotated[float, Field(ge=0)] = 20.0
     pinned_frac: Annotated[float, Field(gt=0, le=1)] = 0.97
+    demand_hold_s: Annotated[float, Field(ge=0)] = 10.0
+    site_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
 
 
 class RampSection(_Section):
@@ -141,6 +143,7 @@ class DvfsSection(_Section):
     enabled: bool = True
     max_loss_frac: Annotated[float, Field(ge=0, lt=1)] = 0.02
     memory_bound_ratio: Annotated[float, Field(gt=0)] = 0.6
+    fit_compute_bound: bool = True
 
 
 class ControlSection(_Section):
@@ -232,6 +235,8 @@ class PolicyFile(_Section):
             demand_headroom_frac=self.capping.demand_headroom_frac,
             demand_headroom_min_w=self.capping.demand_headroom_min_w,
             pinned_frac=self.capping.pinned_frac,
+            demand_hold_s=self.capping.demand_hold_s,
+            site_margin_frac=self.capping.site_margin_frac,
             site_ramp_up_w_per_s=self.ramp.site_up_w_per_s,
             site_ramp_down_w_per_s=self.ramp.site_down_w_per_s,
         )
@@ -239,5 +244,6 @@ class PolicyFile(_Section):
             enabled=self.dvfs.enabled,
             max_loss_frac=self.dvfs.max_loss_frac,
             memory_bound_ratio=self.dvfs.memory_bound_ratio,
+            fit_compute_bound=self.dvfs.fit_compute_bound,
         )
         return PolicySettings(capping=capping, dvfs=dvfs)
