@@ -190,6 +190,9 @@ async def _demo(args: argparse.Namespace) -> int:
         # agents boot on their safe caps, in force before the first tick, until commanded
         cluster.cap_w[:] = safe_w
         agents.on_safe_cap[:] = True
+        # The GPUs' own limiters settle onto those caps before the clock starts, as they have by
+        # the time a real rack's agent first reports.
+        cluster.run_boot(seconds=5.0)
         stop_agents, stop_controller = asyncio.Event(), asyncio.Event()
         metrics_port = args.metrics_port
         try:
