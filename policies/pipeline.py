@@ -182,10 +182,13 @@ def estimate_demand(
     threshold = np.multiply(cap, settings.pinned_frac, out=scratch.f("w0"))
     pinned = np.greater_equal(power, threshold, out=scratch.b("b0"))
     if ceiling_mhz is not None and ceiling_mhz.shape == power.shape:
-        at_ceiling = np.greater_equal(fleet.sm_clock_mhz + plan.clock_step_mhz, ceiling_mhz)
-        at_ceiling &= ceiling_mhz < plan.max_clock_mhz
-        at_ceiling &= fleet.util > 0.0
-        pinned |= at_ceiling
+        reach = np.add(fleet.sm_clock_mhz, plan.clock_step_mhz, out=scratch.f("w1"))
+        at_ceiling = np.greater_equal(reach, ceiling_mhz, out=scratch.b("b1"))
+        below_max = np.less(ceiling_mhz, plan.max_clock_mhz, out=scratch.b("b2"))
+        np.logical_and(at_ceiling, below_max, out=at_ceiling)
+        busy = np.greater(fleet.util, 0.0, out=below_max)
+        np.logical_and(at_ceiling, busy, out=at_ceiling)
+        np.logical_or(pinned, at_ceiling, out=pinned)
     base = np.multiply(cap, pinned, out=scratch.f("w1"))  # the cap where pinned ...
     np.maximum(base, power, out=base)  # ... so this is max(power, cap) if pinned, else power
     demand = np.multiply(base, 1.0 + settings.demand_headroom_frac, out=scratch.f("w2"))
@@ -212,9 +215,10 @@ def hold_demand(
         return demand_w
     keep = float(np.exp(-dt_s / hold_s))
     held = np.subtract(previous_w, demand_w)
+    # previous > demand exactly where the decayed term is positive: clip it, no extra maximum.
+    np.maximum(held, 0.0, out=held)
     held *= keep
     held += demand_w
-    np.maximum(held, demand_w, out=held)
     return held
 
 
