@@ -128,7 +128,7 @@ class CappingSection(_Section):
     demand_headroom_frac: Annotated[float, Field(ge=0, le=1)] = 0.10
     demand_headroom_min_w: Annotated[float, Field(ge=0)] = 20.0
     pinned_frac: Annotated[float, Field(gt=0, le=1)] = 0.97
-    demand_hold_s: Annotated[float, Field(ge=0)] = 10.0
+    demand_hold_s: Annotated[float, Field(ge=0)] = 3.0
     site_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
 
 
@@ -144,6 +144,7 @@ class DvfsSection(_Section):
     max_loss_frac: Annotated[float, Field(ge=0, lt=1)] = 0.02
     memory_bound_ratio: Annotated[float, Field(gt=0)] = 0.6
     fit_compute_bound: bool = True
+    activity_hold_s: Annotated[float, Field(ge=0)] = 10.0
 
 
 class ControlSection(_Section):
@@ -245,5 +246,6 @@ class PolicyFile(_Section):
             max_loss_frac=self.dvfs.max_loss_frac,
             memory_bound_ratio=self.dvfs.memory_bound_ratio,
             fit_compute_bound=self.dvfs.fit_compute_bound,
+            activity_hold_s=self.dvfs.activity_hold_s,
         )
         return PolicySettings(capping=capping, dvfs=dvfs)

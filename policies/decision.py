@@ -39,7 +39,7 @@ class CappingSettings:
     #: than this, so a synchronous job's communication dips (0.2-3 Hz, arXiv 2508.14318) do not
     #: hand its power to lower tiers only for it to claw it back at the raise rate on the next
     #: compute phase. 0 disables the hold. Units: s.
-    demand_hold_s: float = 10.0
+    demand_hold_s: float = 3.0
     #: Optional limit on how fast the allowed site power moves between ticks (None = unlimited).
     site_ramp_up_w_per_s: float | None = None
     site_ramp_down_w_per_s: float | None = None
@@ -59,6 +59,9 @@ class DvfsSettings:
     memory_bound_ratio: float = 0.6
     #: Also lock compute-bound GPUs under a binding cap to the clock whose power fits the cap.
     fit_compute_bound: bool = True
+    #: Time constant of the peak-held SM activity the cap-fitting clock is sized for, so a
+    #: synchronous job's compute phase resumes under a ceiling that already fits. Units: s.
+    activity_hold_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -63,6 +63,7 @@ def decide(
         max_cap,
         settings.capping,
         ceiling_mhz=None if state is None else state.sm_clock_max_mhz,
+        memory_bound_ratio=settings.dvfs.memory_bound_ratio,
     )
     if state is not None:
         demand = hold_demand(
@@ -125,7 +126,7 @@ def decide(
             util,
             state.util_held,
             dt_s=max(now_s - state.now_s, 0.0),
-            hold_s=settings.capping.demand_hold_s,
+            hold_s=settings.dvfs.activity_hold_s,
         )
     clock, saving = clock_targets(
         plan,
@@ -165,12 +166,14 @@ def estimate_demand(
     settings: CappingSettings,
     *,
     ceiling_mhz: FloatArray | None = None,
+    memory_bound_ratio: float = 0.6,
 ) -> FloatArray:
     """What each GPU would draw uncapped, from recent power, with headroom. Units: W.
 
-    A busy GPU running at the clock ceiling issued last tick (`ceiling_mhz`) is held back by that
-    ceiling just as by a cap, so it counts as pinned too; otherwise a conservative ceiling would
-    shrink its cap tick after tick and hand its power to lower tiers.
+    A compute-bound GPU running at the clock ceiling issued last tick (`ceiling_mhz`) is held back
+    by that ceiling just as by a cap, so it counts as pinned too; otherwise a conservative ceiling
+    would shrink its cap tick after tick and hand its power to lower tiers. A memory-bound GPU at
+    its ceiling is not: that ceiling costs it at most the DVFS loss budget, by design.
 
     A GPU drawing within `pinned_frac` of its cap is held back by it, so its real demand is
     unknown and at least the cap: it asks for the cap plus headroom, and keeps asking more each
@@ -186,7 +189,11 @@ def estimate_demand(
         at_ceiling = np.greater_equal(reach, ceiling_mhz, out=scratch.b("b1"))
         below_max = np.less(ceiling_mhz, plan.max_clock_mhz, out=scratch.b("b2"))
         np.logical_and(at_ceiling, below_max, out=at_ceiling)
-        busy = np.greater(fleet.util, 0.0, out=below_max)
+        # Compute-bound and busy: SM activity at least `memory_bound_ratio` of memory activity.
+        bound = np.multiply(fleet.mem_util, memory_bound_ratio, out=scratch.f("w2"))
+        compute = np.greater_equal(fleet.util, bound, out=below_max)
+        np.logical_and(at_ceiling, compute, out=at_ceiling)
+        busy = np.greater(fleet.util, 0.0, out=compute)
         np.logical_and(at_ceiling, busy, out=at_ceiling)
         np.logical_or(pinned, at_ceiling, out=pinned)
     base = np.multiply(cap, pinned, out=scratch.f("w1"))  # the cap where pinned ...
