@@ -40,6 +40,7 @@ class ClassTable:
     def __init__(self) -> None:
         self._codes: dict[str, int] = {}
         self._names: list[str] = ["<unknown>"]
+        self._lists: dict[tuple[str, ...], NDArray[np.int16]] = {}
 
     def code(self, name: str) -> int:
         found = self._codes.get(name)
@@ -52,7 +53,15 @@ class ClassTable:
         return found
 
     def codes(self, names: tuple[str, ...]) -> NDArray[np.int16]:
-        return np.array([self.code(n) for n in names], dtype=np.int16)
+        """Codes for a message's class list; an agent sends the same list every time, so the
+        array is built once per distinct list (read-only, since it is shared)."""
+        found = self._lists.get(names)
+        if found is None:
+            found = np.array([self.code(n) for n in names], dtype=np.int16)
+            found.flags.writeable = False
+            if len(self._lists) < MAX_CLASSES:  # bounded: a hostile agent cannot grow it forever
+                self._lists[names] = found
+        return found
 
     @property
     def names(self) -> tuple[str, ...]:

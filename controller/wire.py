@@ -162,7 +162,7 @@ def _float_array(obj: dict[str, Any], key: str, rack: str | None) -> FloatArray:
         raise TelemetryError("malformed", f"{key} must be an array", rack=rack)
     try:
         arr = np.array(raw, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float
         raise TelemetryError("malformed", f"{key} must hold only numbers", rack=rack) from None
     if arr.ndim != 1:
         raise TelemetryError("malformed", f"{key} must be a flat array", rack=rack)
@@ -173,7 +173,10 @@ def _number(obj: dict[str, Any], key: str, rack: str | None) -> float:
     raw = obj.get(key)
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise TelemetryError("malformed", f"{key} must be a number", rack=rack)
-    return float(raw)
+    try:
+        return float(raw)
+    except OverflowError:  # an integer too large for a float
+        raise TelemetryError("malformed", f"{key} is out of float range", rack=rack) from None
 
 
 def _check_range(name: str, arr: FloatArray, lo: float, hi: float, rack: str | None) -> None:
@@ -181,6 +184,77 @@ def _check_range(name: str, arr: FloatArray, lo: float, hi: float, rack: str | N
         raise TelemetryError("non_finite", f"{name} holds NaN or infinity", rack=rack)
     if arr.size and (arr.min() < lo or arr.max() > hi):
         raise TelemetryError("out_of_range", f"{name} outside [{lo}, {hi}]", rack=rack)
+
+
+_GPU_KEYS: Final = (*GPU_FIELD_RANGES, "class_idx")
+_GPU_LO: Final = np.array([lo for lo, _ in GPU_FIELD_RANGES.values()])[:, None]
+_GPU_HI: Final = np.array([hi for _, hi in GPU_FIELD_RANGES.values()])[:, None]
+
+
+def _decode_valid(
+    obj: dict[str, Any], *, rack: str | None, expected_gpus: int | None
+) -> Telemetry | None:
+    """The common case in one pass: a fully valid message, or None for the field-by-field path.
+
+    All per-GPU lists become one (7, n) array with a single `np.array` call and are range-checked
+    together, about 5x cheaper than one array and one check per field. Anything unusual (a
+    missing or ragged field, a non-number, a value out of range) returns None, and the caller's
+    field-by-field checks then find the reason, so both paths reject exactly the same messages
+    with the same reasons; this one only accepts faster.
+    """
+    body_rack = obj.get("rack")
+    seq = obj.get("seq")
+    ts = obj.get("ts")
+    rack_power = obj.get("rack_power_w")
+    classes = obj.get("classes")
+    if (
+        not isinstance(body_rack, str)
+        or not body_rack
+        or (rack is not None and body_rack != rack)
+        or type(seq) is not int
+        or seq < 0
+        or isinstance(ts, bool)
+        or not isinstance(ts, int | float)
+        or isinstance(rack_power, bool)
+        or not isinstance(rack_power, int | float)
+        or type(classes) is not list
+        or not all(type(c) is str for c in classes)
+    ):
+        return None
+    raw = [obj.get(key) for key in _GPU_KEYS]
+    if not all(type(r) is list for r in raw):
+        return None
+    try:
+        grid = np.array(raw, dtype=np.float64)
+        ts_s, rack_power_w = float(ts), float(rack_power)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    n = grid.shape[1] if grid.ndim == 2 else -1
+    if grid.ndim != 2 or (expected_gpus is not None and n != expected_gpus):
+        return None
+    lo, hi = RACK_POWER_RANGE_W
+    if not (np.isfinite(ts_s) and lo <= rack_power_w <= hi):  # NaN fails the range test too
+        return None
+    values, class_idx_f = grid[:-1], grid[-1]
+    class_idx = np.zeros(0, dtype=np.int64)
+    if n:
+        # NaN fails every comparison, so the range tests also check finiteness.
+        if not ((values >= _GPU_LO).all() and (values <= _GPU_HI).all()):
+            return None
+        if not (class_idx_f.min() >= 0 and class_idx_f.max() < len(classes)):
+            return None
+        class_idx = class_idx_f.astype(np.int64)  # safe: finite and in range by now
+        if not (class_idx == class_idx_f).all():  # a fraction is no index
+            return None
+    return Telemetry(
+        rack=body_rack,
+        seq=seq,
+        ts_s=ts_s,
+        classes=tuple(classes),
+        class_idx=class_idx,
+        rack_power_w=rack_power_w,
+        **dict(zip(GPU_FIELD_RANGES, values, strict=True)),
+    )
 
 
 def decode_telemetry(
@@ -196,6 +270,9 @@ def decode_telemetry(
     when given (from the topology), must match every per-GPU array's length.
     """
     obj = _load_object(payload, limit=max_bytes, rack=rack)
+    fast = _decode_valid(obj, rack=rack, expected_gpus=expected_gpus)
+    if fast is not None:
+        return fast
     body_rack = obj.get("rack")
     if not isinstance(body_rack, str) or not body_rack:
         raise TelemetryError("malformed", "rack must be a non-empty string", rack=rack)

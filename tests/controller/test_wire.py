@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -146,3 +147,46 @@ def test_status_round_trip_and_topics() -> None:
     assert wire.status_topic("dc1") == "rheostat/v1/dc1/controller/status"
     assert wire.rack_from_topic(wire.telemetry_topic("dc1", "r7")) == "r7"
     assert wire.telemetry_filter("dc1") == "rheostat/v1/dc1/telemetry/+"
+
+
+def test_integer_beyond_float_range_is_malformed_not_a_crash() -> None:
+    huge = 10**400  # valid JSON, beyond both 64-bit integers and floats
+    for overrides in ({"power_w": [huge, 1, 2, 3]}, {"ts": huge}):
+        payload = json.dumps(payload_dict(**overrides)).encode()  # orjson cannot write it
+        with pytest.raises(TelemetryError) as info:
+            wire.decode_telemetry(payload, rack="r00001")
+        assert info.value.reason == "malformed"
+
+
+@given(
+    field=st.sampled_from(sorted(wire.GPU_FIELD_RANGES)),
+    offset=st.floats(-2.0, 2.0, allow_nan=False),
+    edge=st.sampled_from(["lo", "hi"]),
+)
+def test_each_gpu_field_is_accepted_exactly_inside_its_range(
+    field: str, offset: float, edge: str
+) -> None:
+    lo, hi = wire.GPU_FIELD_RANGES[field]
+    value = (lo if edge == "lo" else hi) + offset
+    obj = payload_dict(**{field: [value, value, value, value]})
+    payload = orjson.dumps(obj)
+    if lo <= value <= hi:
+        out = wire.decode_telemetry(payload, rack="r00001", expected_gpus=4)
+        np.testing.assert_array_equal(getattr(out, field), np.full(4, value))
+        np.testing.assert_array_equal(out.class_idx, [0, 1, 0, 1])
+    else:
+        with pytest.raises(TelemetryError) as info:
+            wire.decode_telemetry(payload, rack="r00001", expected_gpus=4)
+        assert info.value.reason == "out_of_range"
+
+
+def test_empty_rack_decodes_and_ragged_arrays_keep_their_reason() -> None:
+    empty = {key: [] for key in (*wire.GPU_FIELD_RANGES, "class_idx")}
+    out = wire.decode_telemetry(orjson.dumps(payload_dict(**empty)), expected_gpus=0)
+    assert out.n_gpus == 0
+    with pytest.raises(TelemetryError) as info:
+        wire.decode_telemetry(orjson.dumps(payload_dict(class_idx=[0, 1])))
+    assert info.value.reason == "wrong_length"
+    with pytest.raises(TelemetryError) as info:
+        wire.decode_telemetry(orjson.dumps(payload_dict(rack_power_w=3.0e6)))
+    assert info.value.reason == "out_of_range"
