@@ -46,7 +46,8 @@ class CommandBook:
         self.resend_after_s = np.full(r, np.inf)
         self.seq = np.full(r, seq_base, dtype=np.int64)
         self._starts = topology.rack_offsets[:-1]
-        self._nonempty = np.diff(topology.rack_offsets) > 0
+        self._sizes = np.diff(topology.rack_offsets)
+        self._nonempty = self._sizes > 0
         self.sent_total = 0
 
     def configure(self, *, ttl_s: float, refresh_frac: float, deadband_w: float) -> None:
@@ -103,21 +104,25 @@ class CommandBook:
     ) -> list[tuple[str, bytes]]:
         """(rack id, encoded command) for each rack, and record them as sent."""
         ids = self.topology.racks.ids
-        out: list[tuple[str, bytes]] = []
+        offsets = self.topology.rack_offsets
         self.seq[racks] += 1
-        for rack in racks.tolist():
-            rows = self.topology.rack_slice(rack)
-            cmd = wire.Command(
-                rack=ids[rack],
-                seq=int(self.seq[rack]),
-                issued_at_s=now_s,
-                ttl_s=self.ttl_s,
-                cap_w=decision.cap_w[rows],
-                sm_clock_max_mhz=decision.sm_clock_max_mhz[rows],
-            )
-            out.append((ids[rack], wire.encode_command(cmd)))
-            self.sent_cap_w[rows] = decision.cap_w[rows]
-            self.sent_clock_mhz[rows] = decision.sm_clock_max_mhz[rows]
+        names = [ids[rack] for rack in racks.tolist()]
+        payloads = wire.encode_commands(
+            names,
+            seq=self.seq[racks],
+            issued_at_s=now_s,
+            ttl_s=self.ttl_s,
+            cap_w=decision.cap_w,
+            sm_clock_max_mhz=decision.sm_clock_max_mhz,
+            starts=offsets[racks],
+            ends=offsets[racks + 1],
+        )
+        out = list(zip(names, payloads, strict=True))
+        sent_rack = np.zeros(self.topology.n_racks, dtype=np.bool_)
+        sent_rack[racks] = True
+        sent_gpu = np.repeat(sent_rack, self._sizes)
+        np.copyto(self.sent_cap_w, decision.cap_w, where=sent_gpu)
+        np.copyto(self.sent_clock_mhz, decision.sm_clock_max_mhz, where=sent_gpu)
         self.sent_at_s[racks] = now_s
         self.resend_after_s[racks] = np.inf
         self.sent_total += len(out)

@@ -190,3 +190,32 @@ def test_empty_rack_decodes_and_ragged_arrays_keep_their_reason() -> None:
     with pytest.raises(TelemetryError) as info:
         wire.decode_telemetry(orjson.dumps(payload_dict(rack_power_w=3.0e6)))
     assert info.value.reason == "out_of_range"
+
+
+def test_batch_command_encoding_matches_single_encoding_byte_for_byte() -> None:
+    rng = np.random.default_rng(3)
+    caps = rng.uniform(100.0, 700.0, 10)
+    clocks = rng.uniform(800.0, 1980.0, 10)
+    starts, ends = np.array([0, 3, 3, 7]), np.array([3, 3, 7, 10])  # one rack has no GPUs
+    seqs = np.array([1, 2, 2**40, 5])
+    batch = wire.encode_commands(
+        ["a", "b", "c", "d"],
+        seq=seqs,
+        issued_at_s=1.7e9 + 0.25,
+        ttl_s=30.0,
+        cap_w=caps,
+        sm_clock_max_mhz=clocks,
+        starts=starts,
+        ends=ends,
+    )
+    for i, rack in enumerate("abcd"):
+        single = wire.Command(
+            rack=rack,
+            seq=int(seqs[i]),
+            issued_at_s=1.7e9 + 0.25,
+            ttl_s=30.0,
+            cap_w=caps[starts[i] : ends[i]],
+            sm_clock_max_mhz=clocks[starts[i] : ends[i]],
+        )
+        assert batch[i] == wire.encode_command(single)
+        assert wire.decode_command(batch[i], rack=rack).seq == seqs[i]

@@ -1,0 +1,72 @@
+"""The command book commands a rack only when it is due, and what it sends is the decision."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from controller import wire
+from controller.command_book import CommandBook
+from policies.decision import Decision
+from policies.topology import Topology, generate_topology
+
+
+def _decision(cap_w: np.ndarray, clock_mhz: float = 1980.0) -> Decision:
+    n = cap_w.size
+    return Decision(
+        cap_w=cap_w,
+        sm_clock_max_mhz=np.full(n, clock_mhz),
+        demand_w=cap_w.copy(),
+        tier=np.zeros(n, np.int8),
+        budget_w=(),
+        limit_w=(),
+        infeasible=(),
+        site_allowed_w=float("inf"),
+        dvfs_saving_w=0.0,
+    )
+
+
+def _book(topo: Topology) -> CommandBook:
+    return CommandBook(topo, ttl_s=30.0, refresh_frac=0.5, deadband_w=5.0, seq_base=100)
+
+
+def test_only_racks_past_the_deadband_are_due_and_lowering_goes_first() -> None:
+    topo = generate_topology(4 * 32, site="t", servers_per_rack=4)  # 4 racks of 32 GPUs
+    book = _book(topo)
+    fresh = np.zeros(topo.n_racks, np.bool_)
+    caps = np.full(topo.n_gpus, 500.0)
+    first = book.due(_decision(caps), now_s=0.0, stale_rack=fresh)
+    assert sorted(first.tolist()) == [0, 1, 2, 3]  # nothing sent yet: everyone is due
+    book.build(_decision(caps), first, now_s=0.0)
+
+    caps = caps.copy()
+    caps[topo.rack_slice(0)] += 4.0  # under the deadband on every GPU
+    caps[40] += 6.0  # one GPU of rack 1 past it
+    caps[topo.rack_slice(3)] -= 50.0  # rack 3 lowered
+    due = book.due(_decision(caps), now_s=1.0, stale_rack=fresh)
+    assert due.tolist() == [3, 1]
+
+    stale = fresh.copy()
+    stale[3] = True  # a stale rack keeps its own safe caps: never commanded
+    assert book.due(_decision(caps), now_s=1.0, stale_rack=stale).tolist() == [1]
+    # the TTL refresh makes every fresh rack due again
+    assert sorted(book.due(_decision(caps), now_s=15.0, stale_rack=fresh).tolist()) == [0, 1, 2, 3]
+
+
+def test_build_sends_the_decision_and_remembers_only_the_racks_sent() -> None:
+    topo = generate_topology(3 * 32, site="t", servers_per_rack=4)
+    book = _book(topo)
+    caps = np.linspace(200.0, 700.0, topo.n_gpus)
+    messages = book.build(_decision(caps, 1500.0), np.array([2, 0]), now_s=5.0)
+    assert [rack for rack, _ in messages] == [topo.racks.ids[2], topo.racks.ids[0]]
+    for rack, payload in messages:
+        r = topo.rack_index[rack]
+        cmd = wire.decode_command(payload, rack=rack)
+        assert cmd.seq == 101
+        assert cmd.issued_at_s == 5.0
+        assert cmd.ttl_s == 30.0
+        np.testing.assert_allclose(cmd.cap_w, caps[topo.rack_slice(r)], atol=0.05)
+        np.testing.assert_array_equal(cmd.sm_clock_max_mhz, 1500.0)
+        np.testing.assert_array_equal(book.sent_cap_w[topo.rack_slice(r)], caps[topo.rack_slice(r)])
+    assert np.isnan(book.sent_cap_w[topo.rack_slice(1)]).all()  # rack 1 was not sent
+    assert book.sent_at_s.tolist() == [5.0, -np.inf, 5.0]
+    assert book.sent_total == 2
