@@ -6,7 +6,9 @@ A real Mosquitto, the daemon (`controller.daemon.Controller`, in this process) o
 probe repeatedly flips one rack between idle and full draw, which moves that rack's caps by far
 more than the deadband, and times publish → arrival of a command for that rack issued after the
 publish. The latency includes waiting for the next tick (`--tick-period`), the decision, and the
-broker's two hops. Needs the `mosquitto` binary.
+broker's two hops. Samples start after the command burst of the fleet's arrival has died down
+(`burst_commands`, `settle_s`); `sample_tick_mean_ms` is the tick time while sampling. Needs the
+`mosquitto` binary.
 """
 
 from __future__ import annotations
@@ -94,10 +96,22 @@ async def _measure(port: int, racks: int, args: argparse.Namespace) -> dict[str,
             await probe.publish(wire.telemetry_topic(SITE, rack), _telemetry(rack, 1, 400.0))
             if r % 500 == 0:
                 await asyncio.sleep(0)
+        arrival_s = time.monotonic()
         async with asyncio.timeout(120):
             while rt.fleet.stale_racks(time.time(), 3600.0).any() or rt.book.sent_total < racks:
                 await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # let the first command to every rack drain
+            # While racks come in, each tick frees the worst-case reserve of the racks that just
+            # reported, so the caps of every fresh rack move and each is commanded again: the
+            # burst lasts as long as arrival does. Samples start once a whole second passes
+            # without a command, so they time flips, not that backlog.
+            sent, quiet_since = rt.book.sent_total, time.monotonic()
+            while time.monotonic() - quiet_since < 1.0:
+                await asyncio.sleep(0.05)
+                if rt.book.sent_total != sent:
+                    sent, quiet_since = rt.book.sent_total, time.monotonic()
+        settle_s = time.monotonic() - arrival_s
+        burst_commands = rt.book.sent_total
+        ticks_before, tick_s_before = rt.ticks.ticks, rt.ticks.duration_sum_s
         rng = np.random.default_rng(0)
         seq = 1
         idle: set[str] = set()
@@ -138,6 +152,12 @@ async def _measure(port: int, racks: int, args: argparse.Namespace) -> dict[str,
         "tick_overruns": rt.ticks.overruns,
         "ticks": rt.ticks.ticks,
         "commands_sent": rt.book.sent_total,
+        "burst_commands": burst_commands,
+        "settle_s": round(settle_s, 1),
+        "sample_tick_mean_ms": round(
+            1e3 * (rt.ticks.duration_sum_s - tick_s_before) / max(rt.ticks.ticks - ticks_before, 1),
+            1,
+        ),
     }
 
 
