@@ -88,7 +88,6 @@ async def _measure(port: int, racks: int, args: argparse.Namespace) -> dict[str,
     task = asyncio.create_task(controller.run(stop))
     latencies_ms: list[float] = []
     async with aiomqtt.Client("127.0.0.1", port, identifier="e2e-probe") as probe:
-        await probe.subscribe(wire.command_filter(SITE), qos=1)
         async with asyncio.timeout(30):
             while not rt.subscribed:
                 await asyncio.sleep(0.01)
@@ -112,6 +111,9 @@ async def _measure(port: int, racks: int, args: argparse.Namespace) -> dict[str,
         settle_s = time.monotonic() - arrival_s
         burst_commands = rt.book.sent_total
         ticks_before, tick_s_before = rt.ticks.ticks, rt.ticks.duration_sum_s
+        # Subscribed only now: receiving the burst (a command to every rack, many times over)
+        # would load this process, which the daemon shares, with work that is not the daemon's.
+        await probe.subscribe(wire.command_filter(SITE), qos=1)
         rng = np.random.default_rng(0)
         seq = 1
         idle: set[str] = set()
