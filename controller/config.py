@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from controller.facility import FacilitySection
 from controller.grid.config import DemandResponseSection
 from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
 from policies.gpu_models import MODEL_CODE
@@ -227,6 +228,8 @@ class PolicyFile(_Section):
     metrics: MetricsSection = MetricsSection()
     logging: LoggingSection = LoggingSection()
     demand_response: DemandResponseSection | None = None
+    #: The contract at the facility meter (cooling and losses included); None: IT power only.
+    facility: FacilitySection | None = None
 
     def policy_settings(self) -> PolicySettings:
         """The decision core's settings, from the capping, ramp and DVFS sections."""

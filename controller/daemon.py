@@ -33,6 +33,7 @@ import structlog
 from controller import wire
 from controller.command_book import CommandBook
 from controller.config import MqttSection
+from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.policy_file import Policy, load_policy
@@ -178,6 +179,16 @@ class Controller:
         self._ready_sent = False
         self._stopping = False
         self.grid = _grid_hook(policy, policy_path, clock)
+        section = policy.config.facility
+        self.facility = (
+            None
+            if section is None
+            else FacilityHook(
+                section=section,
+                site=policy.site,
+                base_dir=policy_path.parent if policy_path is not None else None,
+            )
+        )
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -323,6 +334,8 @@ class Controller:
                     await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
                     for topic in self.grid.topics if self.grid is not None else ():
                         await client.subscribe(topic, qos=1)
+                    for topic in self.facility.topics if self.facility is not None else ():
+                        await client.subscribe(topic, qos=0)
                     await self._publish_status(client, "online")
                     queue = client._queue
                     rt.queue = queue if isinstance(queue, ConflatingQueue) else None
@@ -354,6 +367,8 @@ class Controller:
         handle: Callable[[str, bytes], bool] = self.runtime.ingest.handle
         if self.grid is not None:
             handle = _routed(self.grid, handle)
+        if self.facility is not None:
+            handle = self.facility.routed(handle, clock=self.clock)
         queue = client._queue
         async for message in client.messages:
             handle(message.topic.value, message.payload)
@@ -409,6 +424,15 @@ class Controller:
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     async with asyncio.timeout(policy.config.mqtt.timeout_s):
                         await self.grid.flush(self._client)
+        if self.facility is not None:
+            # The contract (and any DR limit) is at the facility meter: turn it into IT power.
+            contract_w = policy.config.limits.contract_w
+            limits = self.facility.limits(
+                limits,
+                now_s=now_s,
+                it_power_w=site_power_w,
+                fallback_w=math.inf if contract_w is None else contract_w,
+            )
         decision, state = await asyncio.to_thread(
             self.decider,
             topo,
@@ -423,6 +447,14 @@ class Controller:
         prev = rt.ticks.last_tick_s
         if not math.isnan(prev):
             rt.site_energy_j += site_power_w * max(0.0, now_s - prev)
+        if self.facility is not None:
+            self.facility.account(
+                now_s=now_s,
+                dt_s=0.0 if math.isnan(prev) else max(0.0, now_s - prev),
+                it_power_w=site_power_w,
+                gpu_power_w=snapshot.power_w,
+                tier=tier,
+            )
         rt.decision, rt.decision_state, rt.stale_rack = decision, state, stale
         sent = await self._send_due()
         rt.ticks.last_tick_s = now_s

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.cli import package_version
 from controller.daemon import Controller, Notifier
+from controller.facility import FacilityCollector
 from controller.http import build_app, start_server
 from controller.metrics import RheostatCollector
 from controller.policy_file import Policy
@@ -38,6 +39,8 @@ async def serving(
     )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RheostatCollector(controller.runtime))
+    if controller.facility is not None:
+        registry.register(FacilityCollector(controller.facility, clock=controller.clock))
     app = build_app(controller.runtime, registry)
     cfg = policy.config.metrics
     port = cfg.port if metrics_port is None else metrics_port
