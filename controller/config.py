@@ -111,6 +111,11 @@ class LimitsSection(_Section):
     rack_breaker_w: PositiveW | None = None
     rack_derating: Annotated[float, Field(gt=0, le=1)] = 0.8
     row_limit_w: PositiveW | None = None
+    #: Share of wall power that reaches GPUs and server loads. Ratings, the contract, DR targets
+    #: and the facility budget are wall power; they are scaled by this before the core compares
+    #: them with GPU power plus `overhead_w`. 1.0: `overhead_w` already includes PSU losses (as
+    #: the DGX H100 default, measured at the wall, does).
+    psu_efficiency: Annotated[float, Field(gt=0.5, le=1)] = 1.0
 
 
 class TiersSection(_Section):

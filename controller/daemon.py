@@ -141,6 +141,7 @@ def _grid_hook(
         clock=clock,
         base_dir=None if policy_path is None else policy_path.parent,
         tick_s=policy.config.control.tick_period_s,
+        psu_efficiency=policy.config.limits.psu_efficiency,
     )
 
 
@@ -187,6 +188,7 @@ class Controller:
                 section=section,
                 site=policy.site,
                 base_dir=policy_path.parent if policy_path is not None else None,
+                psu_efficiency=policy.config.limits.psu_efficiency,
             )
         )
 

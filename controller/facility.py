@@ -172,6 +172,8 @@ class FacilityHook:
     section: FacilitySection
     site: str
     base_dir: Path | None = None
+    #: The policy's `limits.psu_efficiency`: the IT budget is wall power, the core's is not.
+    psu_efficiency: float = 1.0
     last: MeterReading | None = None
     received_at_s: float = -math.inf
     rejected: int = 0
@@ -232,11 +234,14 @@ class FacilityHook:
         """This tick's limits with the site limit turned into an IT budget.
 
         The facility limit is the lowest of the section's contract (or `fallback_w`, the
-        policy's contract) and the site limit already in force (a DR limit, say).
+        policy's contract) and the site limit already in force (a DR limit, say). The IT budget
+        (`self.budget`) is wall power; the limit handed on is in the core's units (scaled by
+        `psu_efficiency`), as is the site limit that comes in.
         """
+        eff = self.psu_efficiency
         contract = self.section.contract_w if self.section.contract_w is not None else fallback_w
         facility_limit = min(
-            contract, limits.site_limit_w if limits.site_limit_w is not None else math.inf
+            contract, limits.site_limit_w / eff if limits.site_limit_w is not None else math.inf
         )
         settings = self._settings or self.section.settings()
         reading = self.last
@@ -257,7 +262,7 @@ class FacilityHook:
         self.budget = got
         if not math.isfinite(got.budget_w):
             return limits
-        return replace(limits, site_limit_w=got.budget_w)
+        return replace(limits, site_limit_w=got.budget_w * eff)
 
     def account(
         self,

@@ -79,11 +79,13 @@ class RheostatCollector(Collector):
         row_power = np.bincount(row_of_rack, weights=rack_power, minlength=rows.size)
         site_power = float(rack_power.sum())
         dec = rt.decision
-        site_limit = (
+        # The core's limits are after the PSUs; racks report wall power, so limits go out as wall.
+        wall = 1.0 / rt.policy.config.limits.psu_efficiency
+        site_limit = wall * (
             float(dec.limit_w[-1][0]) if dec is not None else float(topo.levels[-1].usable_w[0])
         )
-        row_limit = dec.limit_w[row_k] if dec is not None else rows.usable_w
-        contract = float(topo.levels[-1].usable_w[0])
+        row_limit = wall * (dec.limit_w[row_k] if dec is not None else rows.usable_w)
+        contract = wall * float(topo.levels[-1].usable_w[0])
         stale = fleet.stale_racks(now_s, rt.policy.config.control.stale_after_s)
 
         s = [site]
@@ -112,17 +114,18 @@ class RheostatCollector(Collector):
             (site, rows.ids[r], rid) for rid, r in zip(racks.ids, row_of_rack.tolist(), strict=True)
         ]
         keys = ["site", "row", "rack"]
-        usable = racks.usable_w
+        usable = racks.usable_w * wall
+        rating = racks.limit_w * wall
         rack_cap = topo.group_sum(rack_lv, dec.cap_w) if dec is not None else None
         for name, doc, values in (
             ("rack_power_watts", "Measured rack power.", rack_power),
             ("rack_limit_watts", "Usable rack limit (rating x derating).", usable),
-            ("rack_breaker_rating_watts", "Rack breaker rating.", racks.limit_w),
+            ("rack_breaker_rating_watts", "Rack breaker rating.", rating),
             ("rack_headroom_watts", "Usable limit minus power.", usable - rack_power),
             (
                 "rack_breaker_utilization_ratio",
                 "Rack power over its breaker rating.",
-                rack_power / racks.limit_w,
+                rack_power / rating,
             ),
             ("rack_stale", "1 when the rack's telemetry is stale.", stale.astype(np.float64)),
         ):

@@ -21,7 +21,7 @@ from ruamel.yaml.error import MarkedYAMLError
 from controller.config import InlineTopology, PolicyFile, RowSpec, TopologySection
 from policies.errors import ConfigError, ConfigErrors, TopologyError
 from policies.gpu_models import model_code
-from policies.topology import Level, Topology, generate_topology
+from policies.topology import Level, Topology, dc_side, generate_topology
 
 DEFAULT_POLICY_RESOURCE = "default_policy.yaml"
 
@@ -93,7 +93,10 @@ def parse_policy(text: str, *, source: str, base_dir: Path | None = None) -> Pol
     """Validate policy-file text; raises `ConfigError`/`ConfigErrors` naming every problem."""
     data = _parse_yaml(text, source)
     config: PolicyFile = _validate(PolicyFile, data, source)
-    topology = build_topology(config, source=source, base_dir=base_dir or Path())
+    topology = dc_side(
+        build_topology(config, source=source, base_dir=base_dir or Path()),
+        config.limits.psu_efficiency,
+    )
     return Policy(config=config, topology=topology, source=source)
 
 

@@ -7,7 +7,7 @@ row range: ingesting one rack's telemetry is then a single slice assignment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -191,6 +191,27 @@ class Topology:
             summed = np.bincount(child.parent, weights=total, minlength=self.levels[k].size)
             total = summed.astype(np.float64, copy=False) + self.levels[k].overhead_w
         return total
+
+
+def dc_side(topology: Topology, psu_efficiency: float) -> Topology:
+    """The topology with every rating scaled from the wall to the power supplies' outputs.
+
+    Breakers, row feeds and the contract carry wall power (PSU losses included), while the core
+    budgets what GPUs and server loads draw after the PSUs. Scaling the ratings once keeps every
+    comparison in one unit; 1.0 returns the topology unchanged (overheads already wall-side).
+    """
+    if not 0.5 < psu_efficiency <= 1.0:
+        raise TopologyError("must be in (0.5, 1]", field="psu_efficiency")
+    if psu_efficiency == 1.0:
+        return topology
+    levels = tuple(replace(lv, limit_w=lv.limit_w * psu_efficiency) for lv in topology.levels)
+    return Topology.create(
+        site=topology.site,
+        gpu_model=topology.gpu_model,
+        gpu_server=topology.gpu_server,
+        levels=levels,
+        rack_level=topology.rack_level,
+    )
 
 
 def _check_index(idx: NDArray[np.integer], bound: int, name: str) -> None:

@@ -13,7 +13,6 @@ real ones.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -22,7 +21,7 @@ from numpy.typing import NDArray
 from policies.decision import DecisionState, Limits, PolicySettings
 from policies.fleet import FleetState
 from policies.pipeline import decide
-from policies.topology import Topology
+from policies.topology import Topology, dc_side
 
 FloatArray = NDArray[np.float64]
 Actuation = tuple[FloatArray, FloatArray]
@@ -44,14 +43,7 @@ class Controller(Protocol):
 
 def controller_topology(topology: Topology, psu_efficiency: float) -> Topology:
     """The topology as the controller budgets it: every rating scaled to the DC side."""
-    levels = tuple(replace(lv, limit_w=lv.limit_w * psu_efficiency) for lv in topology.levels)
-    return Topology.create(
-        site=topology.site,
-        gpu_model=topology.gpu_model,
-        gpu_server=topology.gpu_server,
-        levels=levels,
-        rack_level=topology.rack_level,
-    )
+    return dc_side(topology, psu_efficiency)
 
 
 class NoController:

@@ -31,8 +31,9 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     topo = policy.topology
     rows = topo.levels[topo.rack_level + 1].size
+    site_w = topo.levels[-1].usable_w[0] / policy.config.limits.psu_efficiency
     print(
         f"{args.file}: ok: site {policy.site}, {topo.n_gpus} GPUs in {topo.n_racks} racks "
-        f"and {rows} rows, site limit {topo.levels[-1].usable_w[0]:.0f} W"
+        f"and {rows} rows, site limit {site_w:.0f} W at the wall"
     )
     return 0

@@ -52,7 +52,10 @@ class GridHook:
         clock: Callable[[], float],
         base_dir: Path | None = None,
         tick_s: float = 1.0,
+        psu_efficiency: float = 1.0,
     ) -> None:
+        # DR targets are wall power at the meter; the core budgets power after the PSUs.
+        self.psu_efficiency = psu_efficiency
         store_path = section.store_path
         if not store_path.is_absolute() and base_dir is not None:
             store_path = base_dir / store_path
@@ -104,7 +107,7 @@ class GridHook:
         self.last = tick
         if tick.site_limit_w is None:
             return dataclasses.replace(base, gpu_floor_w=None)
-        limit = tick.limit_w
+        limit = tick.limit_w * self.psu_efficiency
         if base.site_limit_w is not None:
             limit = min(limit, base.site_limit_w)
         return dataclasses.replace(base, site_limit_w=limit, gpu_floor_w=tick.gpu_floor_w)

@@ -116,3 +116,18 @@ def test_schema_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert '"PolicyFile"' in out or '"title": "PolicyFile"' in out
     assert '"tick_period_s"' in out
+
+
+def test_psu_efficiency_scales_every_rating_to_the_core_side() -> None:
+    text = (
+        "site: {name: a, topology: {generate: {gpus: 64, racks_per_row: 1}}}\n"
+        "limits: {contract_w: 100000, rack_breaker_w: 40000, psu_efficiency: 0.95}\n"
+    )
+    wall = parse_policy(text.replace(", psu_efficiency: 0.95", ""), source="t").topology
+    dc = parse_policy(text, source="t").topology
+    for lw, ld in zip(wall.levels, dc.levels, strict=True):
+        assert ld.limit_w == pytest.approx(lw.limit_w * 0.95)
+    assert dc.levels[-1].limit_w[0] == pytest.approx(95_000.0)
+    with pytest.raises(ConfigErrors) as info:
+        parse_policy(text.replace("0.95", "0.3"), source="t")
+    assert "limits.psu_efficiency" in str(info.value)

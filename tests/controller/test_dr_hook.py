@@ -75,6 +75,25 @@ def test_hook_folds_the_dr_limit_into_the_site_limit(tmp_path: Path) -> None:
     assert not hook.status().active
 
 
+def test_dr_target_at_the_meter_is_scaled_to_the_core_side(tmp_path: Path) -> None:
+    topo = generate_topology(64, a100_share=1.0)
+    section = DemandResponseSection(
+        store_path=Path("ev.sqlite"),
+        baseline_window_s=60.0,
+        events=[ScheduledEvent(id="peak", start=T0 + 60, duration_s=600, reduction_frac=0.25)],
+    )
+    hook = GridHook(section, site="phx", clock=lambda: T0, base_dir=tmp_path, psu_efficiency=0.95)
+    tier = np.repeat(np.arange(4, dtype=np.int8), 16)
+    lim = Limits()
+    for k in range(200):
+        lim = hook.limits(
+            Limits(), now_s=T0 + k, site_power_w=40_000.0, topology=topo, tier=tier, decision=None
+        )
+    # The 30 kW target is wall power at the meter; the core gets what is left after the PSUs.
+    assert hook.status().target_w == pytest.approx(30_000.0)
+    assert lim.site_limit_w == pytest.approx(30_000.0 * 0.95)
+
+
 def test_hook_routes_grid_event_messages(tmp_path: Path) -> None:
     hook = GridHook(
         DemandResponseSection(store_path=tmp_path / "ev.sqlite"), site="phx", clock=lambda: T0

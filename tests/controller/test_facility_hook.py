@@ -139,3 +139,16 @@ def test_routed_handler_takes_meter_messages_and_passes_the_rest_on() -> None:
     handle("rheostat/v1/lab/telemetry/r1", b"{}")
     assert passed == ["rheostat/v1/lab/telemetry/r1"]
     assert hook.received_at_s == 42.0
+
+
+def test_psu_efficiency_turns_the_wall_it_budget_into_core_watts() -> None:
+    section = FacilitySection.model_validate({"fixed_w": 0.0})
+    wall = FacilityHook(section=section, site="lab")
+    dc = FacilityHook(section=section, site="lab", psu_efficiency=0.95)
+    got_wall = wall.limits(Limits(), now_s=0.0, it_power_w=5e5, fallback_w=1e6)
+    got_dc = dc.limits(Limits(), now_s=0.0, it_power_w=5e5, fallback_w=1e6)
+    assert got_wall.site_limit_w is not None
+    assert got_dc.site_limit_w == pytest.approx(got_wall.site_limit_w * 0.95)
+    # A limit already in core units (a DR limit) comes back to wall power before the budget.
+    cut = dc.limits(Limits(site_limit_w=0.75e6 * 0.95), now_s=0.0, it_power_w=5e5, fallback_w=1e6)
+    assert cut.site_limit_w == pytest.approx(got_dc.site_limit_w * 0.75)
