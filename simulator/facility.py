@@ -227,13 +227,14 @@ class FacilityRun:
         losses = (it_w + self.cooling_w) * model.ups_loss_frac
         self.facility_w = it_w + self.cooling_w + losses + model.fixed_w
         period = max(1, round(spec.meter_period_s / self.tick_s))
-        if round(now_s / self.tick_s) % period == 0 and not self._in_outage(now_s):
+        if round(now_s / self.tick_s) % period == 0 and not self.in_outage(now_s):
             self._samples.append((now_s, self.facility_w, it_w))
             while len(self._samples) > 64:
                 self._samples.popleft()
         return self.facility_w
 
-    def _in_outage(self, now_s: float) -> bool:
+    def in_outage(self, now_s: float) -> bool:
+        """True while the scenario has the meter silent (its readings never arrive)."""
         if self.spec is None:
             return False
         return any(o.at_s <= now_s < o.at_s + o.duration_s for o in self.spec.meter_outages)
