@@ -88,6 +88,8 @@ def _policy(cluster: SimCluster, host: str, port: int, protocol: str) -> Policy:
     data = base.config.model_dump()
     data["site"]["name"] = SITE
     data["mqtt"] |= {"host": host, "port": port, "protocol": protocol}
+    # The simulated servers' overhead is after the PSUs: metrics then show wall-side limits.
+    data["limits"]["psu_efficiency"] = cluster.params.psu_efficiency
     config = type(base.config).model_validate(data)
     topology = controller_topology(cluster.topology, cluster.params.psu_efficiency)
     return Policy(config=config, topology=topology, source="<demo>")
