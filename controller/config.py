@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from controller.carbon import CarbonSection
 from controller.facility import FacilitySection
 from controller.grid.config import DemandResponseSection
 from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
@@ -235,6 +236,8 @@ class PolicyFile(_Section):
     demand_response: DemandResponseSection | None = None
     #: The contract at the facility meter (cooling and losses included); None: IT power only.
     facility: FacilitySection | None = None
+    #: Flexible jobs planned against a carbon or price signal; None: no shifting.
+    carbon: CarbonSection | None = None
 
     def policy_settings(self) -> PolicySettings:
         """The decision core's settings, from the capping, ramp and DVFS sections."""

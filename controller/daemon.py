@@ -31,6 +31,7 @@ import numpy as np
 import structlog
 
 from controller import wire
+from controller.carbon import CarbonHook
 from controller.command_book import CommandBook
 from controller.config import MqttSection
 from controller.facility import FacilityHook
@@ -191,6 +192,17 @@ class Controller:
                 psu_efficiency=policy.config.limits.psu_efficiency,
             )
         )
+        carbon = policy.config.carbon
+        self.carbon = (
+            CarbonHook(
+                section=carbon,
+                site=policy.site,
+                topology=policy.topology,
+                base_dir=policy_path.parent if policy_path is not None else None,
+            )
+            if carbon is not None and carbon.enabled
+            else None
+        )
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -259,6 +271,8 @@ class Controller:
         same_fleet = policy.topology.racks.ids == old.topology.racks.ids and np.array_equal(
             policy.topology.gpu_model, old.topology.gpu_model
         )
+        if self.carbon is not None:
+            self.carbon.set_topology(policy.topology)
         if same_fleet:
             control = policy.config.control
             rt.policy = policy
@@ -338,6 +352,8 @@ class Controller:
                         await client.subscribe(topic, qos=1)
                     for topic in self.facility.topics if self.facility is not None else ():
                         await client.subscribe(topic, qos=0)
+                    for topic in self.carbon.topics if self.carbon is not None else ():
+                        await client.subscribe(topic, qos=1)
                     await self._publish_status(client, "online")
                     queue = client._queue
                     rt.queue = queue if isinstance(queue, ConflatingQueue) else None
@@ -371,6 +387,8 @@ class Controller:
             handle = _routed(self.grid, handle)
         if self.facility is not None:
             handle = self.facility.routed(handle, clock=self.clock)
+        if self.carbon is not None:
+            handle = self.carbon.routed(handle, clock=self.clock)
         queue = client._queue
         async for message in client.messages:
             handle(message.topic.value, message.payload)
@@ -446,6 +464,11 @@ class Controller:
             now_s=now_s,
             stale_rack=stale,
         )
+        if self.carbon is not None:
+            # Flexible jobs follow the grid signal: their caps only ever go lower than allowed.
+            ceiling = self.carbon.ceilings(now_s)
+            if ceiling is not None:
+                decision = dataclasses.replace(decision, cap_w=np.minimum(decision.cap_w, ceiling))
         prev = rt.ticks.last_tick_s
         if not math.isnan(prev):
             rt.site_energy_j += site_power_w * max(0.0, now_s - prev)

@@ -15,6 +15,7 @@ from pathlib import Path
 import structlog
 from prometheus_client import CollectorRegistry
 
+from controller.carbon import CarbonCollector
 from controller.cli import package_version
 from controller.daemon import Controller, Notifier
 from controller.facility import FacilityCollector
@@ -41,6 +42,8 @@ async def serving(
     registry.register(RheostatCollector(controller.runtime))
     if controller.facility is not None:
         registry.register(FacilityCollector(controller.facility, clock=controller.clock))
+    if controller.carbon is not None:
+        registry.register(CarbonCollector(controller.carbon, clock=controller.clock))
     app = build_app(controller.runtime, registry)
     cfg = policy.config.metrics
     port = cfg.port if metrics_port is None else metrics_port
