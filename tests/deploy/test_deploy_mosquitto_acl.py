@@ -36,6 +36,7 @@ SITE = "dc1"
 CONTROLLER = "rheostat-controller"
 GRID = "rheostat-grid"
 FACILITY = "rheostat-facility"
+SCHEDULER = "rheostat-scheduler"
 RACKS = ("r001", "r002")
 #: A user name that would widen a `%u` pattern if Mosquitto substituted it ("#" cannot be one: the
 #: password file reads a line starting with it as a comment).
@@ -113,7 +114,7 @@ def secured(tmp_path: Path, tls_files: Path) -> Iterator[SecuredBroker]:
     shutil.copytree(tls_files, files)
     passwords = {
         user: secrets.token_urlsafe(12)
-        for user in (CONTROLLER, GRID, FACILITY, *RACKS, *WILDCARD_USERS)
+        for user in (CONTROLLER, GRID, FACILITY, SCHEDULER, *RACKS, *WILDCARD_USERS)
     }
     for i, (user, password) in enumerate(passwords.items()):
         create = ["-c"] if i == 0 else []
@@ -289,3 +290,27 @@ async def test_grid_events_and_the_facility_meter_reach_only_the_controller(
         await controller.publish(response, b"optIn", qos=1)
         got = await first_message(grid)
         assert (str(got.topic), got.payload) == (response, b"optIn")
+
+
+async def test_forecasts_and_jobs_come_only_from_their_publishers(
+    secured: SecuredBroker, controller: aiomqtt.Client
+) -> None:
+    signal = f"rheostat/v1/{SITE}/grid/signal"
+    job = f"rheostat/v1/{SITE}/jobs/sweep-1"
+    await controller.subscribe(signal, qos=1)
+    await controller.subscribe(f"rheostat/v1/{SITE}/jobs/+", qos=1)
+    async with (
+        secured.client(GRID) as grid,
+        secured.client(SCHEDULER) as scheduler,
+        secured.client("r001") as rack,
+    ):
+        # A rack can neither forge a forecast nor report a job; the scheduler cannot forecast.
+        await rack.publish(signal, b"forged", qos=1)
+        await rack.publish(job, b"forged", qos=1)
+        await scheduler.publish(signal, b"forged", qos=1)
+        await grid.publish(signal, b"forecast", qos=1)
+        got = await first_message(controller)
+        assert (str(got.topic), got.payload) == (signal, b"forecast")
+        await scheduler.publish(job, b"job", qos=1)
+        got = await first_message(controller)
+        assert (str(got.topic), got.payload) == (job, b"job")
