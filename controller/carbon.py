@@ -395,6 +395,14 @@ class CarbonHook:
             return True
         return False
 
+    def take_forecast(self, start_ts: float, slot_s: float, values: tuple[float, ...]) -> None:
+        """A forecast from another source (an OpenADR ELECTRICITY_PRICE event)."""
+        if values and slot_s > 0 and all(math.isfinite(v) for v in values):
+            self.forecast.merge(start_ts, slot_s, values[:MAX_FORECAST_SLOTS])
+            self.slot = -1
+        else:
+            self.rejected += 1
+
     def routed(
         self, inner: Callable[[str, bytes], bool], *, clock: Callable[[], float]
     ) -> Callable[[str, bytes], bool]:

@@ -203,6 +203,12 @@ class Controller:
             if carbon is not None and carbon.enabled
             else None
         )
+        if (
+            self.grid is not None
+            and self.carbon is not None
+            and self.carbon.section.signal == "price"
+        ):
+            self.grid.price_sink = self.carbon.take_forecast
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from controller.grid.config import DemandResponseSection
 from controller.grid.manager import DrTick, FlexInputs, GridEvents
 from controller.grid.mqtt import GridEventTopic
-from controller.grid.openadr import Ven
+from controller.grid.openadr import PriceSink, Ven
 from controller.grid.store import EventStore
 from policies.decision import Decision, Limits
 from policies.topology import Topology
@@ -56,6 +56,8 @@ class GridHook:
     ) -> None:
         # DR targets are wall power at the meter; the core budgets power after the PSUs.
         self.psu_efficiency = psu_efficiency
+        #: Where OpenADR ELECTRICITY_PRICE forecasts go (the daemon's carbon hook), if anywhere.
+        self.price_sink: PriceSink | None = None
         store_path = section.store_path
         if not store_path.is_absolute() and base_dir is not None:
             store_path = base_dir / store_path
@@ -136,7 +138,11 @@ class GridHook:
         while True:
             try:
                 async with Ven(
-                    section=section, dr=self.section, events=self.events, clock=self.clock
+                    section=section,
+                    dr=self.section,
+                    events=self.events,
+                    clock=self.clock,
+                    price_sink=self.price_sink,
                 ) as ven:
                     if not ven.registered:
                         raise RuntimeError("the VTN did not register this VEN")

@@ -12,6 +12,10 @@ since one event holds one target here):
 - type `setpoint` / `x-loadControlSetpoint`: the payload is an absolute limit in kW.
 The event's ramp-up and recovery periods, when the VTN sends them, override the policy's defaults.
 
+An `ELECTRICITY_PRICE` event (type `price`, `priceRelative` or `priceMultiplier`) asks for no cut:
+its intervals are a price forecast, handed to `price_sink` (the carbon- and price-aware planner of
+flexible work) and answered optIn; without a sink it is opted out as unsupported.
+
 Security: plain HTTP without signatures is what loopback tests use; a production VTN requires
 TLS with client certificates (`cert_file`, `key_file`, `ca_file`) and signed messages.
 """
@@ -65,6 +69,35 @@ def _target(
     raise ProtocolError(f"no supported signal in {names}")
 
 
+#: Price signal types a forecast is read from (OpenADR 2.0b signal types of ELECTRICITY_PRICE).
+PRICE_TYPES = frozenset({"price", "priceRelative", "priceMultiplier"})
+
+PriceSink = Callable[[float, float, tuple[float, ...]], None]
+
+
+def price_forecast(event: dict[str, Any]) -> tuple[float, float, tuple[float, ...]] | None:
+    """(start Unix s, slot s, values) from an ELECTRICITY_PRICE event; None for other events.
+
+    Intervals are taken in order from the event's start, each slot as long as the first interval
+    (the VTN's usual hourly or 15-minute grid); ProtocolError when the intervals are unusable.
+    """
+    for signal in event.get("event_signals", []):
+        name = str(signal.get("signal_name", "")).upper()
+        if name != "ELECTRICITY_PRICE" or str(signal.get("signal_type", "")) not in PRICE_TYPES:
+            continue
+        try:
+            intervals = list(signal.get("intervals", []))
+            start: datetime = event["active_period"]["dtstart"]
+            first = intervals[0]
+            slot_s = _seconds(first.get("duration") or event["active_period"]["duration"])
+            values = tuple(float(i["signal_payload"]) for i in intervals)
+            begin = first.get("dtstart") or start
+            return begin.timestamp(), slot_s, values
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"OpenADR price event not understood: {exc!r}") from exc
+    return None
+
+
 def event_from_openadr(
     event: dict[str, Any], *, now_s: float, section: DemandResponseSection
 ) -> DrEvent:
@@ -102,8 +135,10 @@ class Ven:
         dr: DemandResponseSection,
         events: GridEvents,
         clock: Callable[[], float],
+        price_sink: PriceSink | None = None,
     ) -> None:
         self.section = section
+        self.price_sink = price_sink
         self.dr = dr
         self.events = events
         self.clock = clock
@@ -157,6 +192,12 @@ class Ven:
             log.info("openadr event %s cancelled", event_id)
             return self.responses.get(event_id, "optIn")
         try:
+            price = price_forecast(event)
+            if price is not None and self.price_sink is not None:
+                self.price_sink(*price)
+                self.responses[event_id] = "optIn"
+                log.info("openadr price forecast %s: %d slots", event_id, len(price[2]))
+                return "optIn"
             dr_event = event_from_openadr(event, now_s=now_s, section=self.dr)
         except ProtocolError as exc:
             log.warning("openadr event %s opted out: %s", event_id, exc)

@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 from openleadr import OpenADRServer
 
+from controller.carbon import CarbonHook, CarbonSection
 from controller.grid.config import DemandResponseSection, OpenAdrSection
 from controller.grid.manager import GridEvents
 from controller.grid.openadr import Ven
 from controller.grid.store import EventStore
 from policies.dr import EventStatus
+from policies.topology import generate_topology
 from tests.services import free_port
 
 pytestmark = [
@@ -155,3 +157,62 @@ async def test_vtn_events_reach_the_ven_and_survive_a_restart(
     finally:
         await vtn.stop()
     capsys.readouterr()  # openleadr prints its banner to stdout
+
+
+async def test_price_events_become_the_flexible_work_forecast(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    vtn = await start_vtn(port, [])
+    opts: dict[str, str] = {}
+    dr = DemandResponseSection(store_path=tmp_path / "events.sqlite")
+    grid = GridEvents(section=dr, store=EventStore(dr.store_path))
+    hook = CarbonHook(
+        section=CarbonSection(signal="price"), site="a", topology=generate_topology(8)
+    )
+    section = OpenAdrSection(
+        vtn_url=f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b", ven_name="site-a"
+    )
+
+    def on_opt(ven_id: str, event_id: str, opt_type: str) -> None:
+        opts[event_id] = opt_type
+
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    hour = timedelta(hours=1)
+    prices = [42.0, 180.5, 65.0]
+    try:
+        async with Ven(
+            section=section, dr=dr, events=grid, clock=time.time, price_sink=hook.take_forecast
+        ):
+            tariff = vtn.add_event(
+                ven_id=VEN_ID,
+                signal_name="ELECTRICITY_PRICE",
+                signal_type="price",
+                intervals=[
+                    {"dtstart": start + k * hour, "duration": hour, "signal_payload": p}
+                    for k, p in enumerate(prices)
+                ],
+                callback=on_opt,
+                event_id="tariff-1",
+            )
+            await wait_for(lambda: tariff in opts)
+        async with Ven(section=section, dr=dr, events=grid, clock=time.time):
+            unused = vtn.add_event(
+                ven_id=VEN_ID,
+                signal_name="ELECTRICITY_PRICE",
+                signal_type="price",
+                intervals=[{"dtstart": start, "duration": hour, "signal_payload": 1.0}],
+                callback=on_opt,
+                event_id="tariff-2",
+            )
+            await wait_for(lambda: unused in opts)
+    finally:
+        await vtn.stop()
+    capsys.readouterr()
+    # The forecast: one hourly slot per interval, from the first interval's start.
+    t0 = start.timestamp()
+    assert opts == {"tariff-1": "optIn", "tariff-2": "optOut"}
+    assert [hook.forecast.at(t0 + 60 + 3600 * k) for k in range(3)] == prices
+    assert hook.forecast.at(t0 + 3 * 3600 + 1) is None
+    # A price forecast is no curtailment: no demand-response event was created.
+    assert grid.events == {}
