@@ -62,7 +62,12 @@ def clock_targets(
     np.logical_and(memory_bound, low_sm, out=memory_bound)
     keep = (1.0 - settings.max_loss_frac) ** (1.0 / ALPHA_MEMORY_BOUND)
     lowest = _lowest_clock(plan, keep)
-    clock = np.where(memory_bound, lowest, max_clock)  # fresh: a decision output
+    # The lowest clock where memory-bound, else the max: 0 <= lowest <= max, so zeroing the max
+    # where memory-bound and taking the maximum with `lowest` selects exactly, and several times
+    # faster than np.where on a mask this irregular.
+    other = np.logical_not(memory_bound, out=low_sm)
+    clock = np.multiply(max_clock, other)  # fresh: a decision output
+    np.maximum(clock, lowest, out=clock)
 
     # Power at full clock under the policy's model: idle + (max cap - idle) * activity.
     if fit_util is not None:

@@ -56,6 +56,13 @@ def decide(
         state = None  # the topology changed under us: start cold rather than misalign caps
     stale_gpu = _stale_gpus(plan, stale_rack)
     min_cap, max_cap = topology.gpu_min_cap_w, topology.gpu_max_cap_w
+    held_demand = None if state is None else state.demand_w
+    holding = (
+        state is not None
+        and settings.capping.demand_hold_s > 0.0
+        and held_demand is not None
+        and held_demand.shape == (n,)
+    )
     demand = estimate_demand(
         plan,
         fleet,
@@ -64,11 +71,13 @@ def decide(
         settings.capping,
         ceiling_mhz=None if state is None else state.sm_clock_max_mhz,
         memory_bound_ratio=settings.dvfs.memory_bound_ratio,
+        # Held, the demand is a fresh array made by the hold, so the estimate can use a buffer.
+        out=plan.scratch.f("w4") if holding else None,
     )
-    if state is not None:
+    if holding and state is not None:
         demand = hold_demand(
             demand,
-            state.demand_w,
+            held_demand,
             dt_s=max(now_s - state.now_s, 0.0),
             hold_s=settings.capping.demand_hold_s,
         )
@@ -102,7 +111,7 @@ def decide(
     if state is not None:
         # Stale GPUs stay reserved at their max cap while the others are smoothed.
         previous = state.cap_w if stale_gpu is None else np.where(stale_gpu, max_cap, state.cap_w)
-        cap = smooth_caps(
+        cap, smoothed_use = _smooth(
             plan,
             target_w=cap,
             previous_w=previous,
@@ -112,7 +121,10 @@ def decide(
             usable_w=usable_w,
             target_used_w=alloc.used_w,
         )
-    budget = alloc.used_w if state is None else _group_use(plan, cap)
+    if state is None:
+        budget = alloc.used_w
+    else:
+        budget = _group_use(plan, cap) if smoothed_use is None else smoothed_use
     issued = cap
     if stale_gpu is not None:
         previous = state.cap_w if state is not None else max_cap
@@ -167,6 +179,7 @@ def estimate_demand(
     *,
     ceiling_mhz: FloatArray | None = None,
     memory_bound_ratio: float = 0.6,
+    out: FloatArray | None = None,
 ) -> FloatArray:
     """What each GPU would draw uncapped, from recent power, with headroom. Units: W.
 
@@ -179,6 +192,9 @@ def estimate_demand(
     unknown and at least the cap: it asks for the cap plus headroom, and keeps asking more each
     tick while it stays pinned and power is free. A GPU idle by utilisation asks only for what it
     draws. Every result is within [min cap, max cap], so idle GPUs still get the min cap.
+
+    The result goes into `out` when given (the warm path passes a scratch buffer, since the
+    demand hold makes the fresh array), else into a fresh array.
     """
     scratch = plan.scratch
     power, cap = fleet.power_w, fleet.cap_w
@@ -201,12 +217,18 @@ def estimate_demand(
     demand = np.multiply(base, 1.0 + settings.demand_headroom_frac, out=scratch.f("w2"))
     floor = np.add(base, settings.demand_headroom_min_w, out=threshold)
     np.maximum(demand, floor, out=demand)
-    idle = np.less_equal(fleet.util, 0.0, out=scratch.b("b1"))
-    np.logical_and(idle, np.logical_not(pinned, out=pinned), out=idle)
-    demand = np.where(idle, base, demand)  # fresh: a decision output
-    np.maximum(demand, min_cap_w, out=demand)
-    np.minimum(demand, max_cap_w, out=demand)
-    return demand
+    # Idle GPUs ask only for `base`. Headroom makes demand >= base elsewhere, so zeroing the
+    # idle entries and taking the maximum with `base` selects exactly (np.where with a mask
+    # this irregular costs several times the arithmetic). A negative `base` becomes 0 here,
+    # which the min cap (> 0) overrides just the same.
+    busy = np.less_equal(fleet.util, 0.0, out=scratch.b("b1"))
+    np.logical_not(busy, out=busy)
+    np.logical_or(busy, pinned, out=busy)
+    out = np.multiply(demand, busy, out=out)
+    np.maximum(out, base, out=out)
+    np.maximum(out, min_cap_w, out=out)
+    np.minimum(out, max_cap_w, out=out)
+    return out
 
 
 def hold_demand(
@@ -279,6 +301,33 @@ def smooth_caps(
     caps lower, which is always safe). A decrease under the deadband is skipped only where every
     group above the GPU still fits with the old cap kept; elsewhere the cut is applied exactly.
     """
+    return _smooth(
+        plan,
+        target_w=target_w,
+        previous_w=previous_w,
+        min_w=min_w,
+        dt_s=dt_s,
+        settings=settings,
+        usable_w=usable_w,
+        target_used_w=target_used_w,
+    )[0]
+
+
+def _smooth(
+    plan: CappingPlan,
+    *,
+    target_w: FloatArray,
+    previous_w: FloatArray,
+    min_w: FloatArray,
+    dt_s: float,
+    settings: CappingSettings,
+    usable_w: tuple[FloatArray, ...],
+    target_used_w: tuple[FloatArray, ...],
+) -> tuple[FloatArray, tuple[FloatArray, ...] | None]:
+    """`smooth_caps`, plus the caps' group sums when the deadband check had to compute them.
+
+    The decision reports those sums as its budget, so handing them back spares a second pass.
+    """
     scratch = plan.scratch
     previous = np.maximum(previous_w, min_w, out=scratch.f("w0"))
     # min(target, previous + rate * dt) is the rate-limited raise, and the target itself
@@ -290,17 +339,31 @@ def smooth_caps(
     np.abs(change, out=change)
     small = np.less(change, settings.deadband_w, out=scratch.b("b1"))
     np.logical_and(kept_cut, small, out=kept_cut)
-    cap = np.where(small, previous, cap)  # fresh: the caller keeps it
-    if kept_cut.any():
-        used = _group_use(plan, cap)
-        over = np.zeros(plan.n_servers, dtype=np.bool_)
-        for k, path in enumerate(plan.server_path):
-            bound = np.maximum(usable_w[k], target_used_w[k])
-            tol = REL_TOL * np.maximum(np.abs(bound), 1.0)
-            over |= (used[k] > bound + tol)[path]
-        revert = np.logical_and(kept_cut, over[plan.gpu_server], out=kept_cut)
-        np.copyto(cap, target_w, where=revert)
-    return cap
+    # previous where small, else cap. Both are finite, so multiplying by the mask and its
+    # complement and adding selects exactly; np.where is several times slower on a mask this
+    # irregular.
+    kept = np.multiply(previous, small, out=previous)
+    out = np.multiply(cap, np.logical_not(small, out=small))  # fresh: the caller keeps it
+    np.add(out, kept, out=out)
+    if not kept_cut.any():
+        return out, None
+    used = _group_use(plan, out)
+    over = np.zeros(plan.n_servers, dtype=np.bool_)
+    for k, path in enumerate(plan.server_path):
+        bound = np.maximum(usable_w[k], target_used_w[k])
+        tol = REL_TOL * np.maximum(np.abs(bound), 1.0)
+        over |= (used[k] > bound + tol)[path]
+    if not over.any():
+        return out, used
+    if plan.gpus_per_server:
+        rows = kept_cut.reshape(plan.n_servers, plan.gpus_per_server)
+        np.logical_and(rows, over[:, np.newaxis], out=rows)
+    else:
+        np.logical_and(kept_cut, over[plan.gpu_server], out=kept_cut)
+    # Kept cuts under an overfull group take their target after all.
+    revert = np.flatnonzero(kept_cut)
+    out[revert] = target_w[revert]
+    return out, None
 
 
 def _group_use(plan: CappingPlan, cap_w: FloatArray) -> tuple[FloatArray, ...]:
