@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import orjson
@@ -39,7 +39,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from controller.wire import MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, TOPIC_ROOT
+from controller.messages import json_object, number
+from controller.wire import PROTOCOL_VERSION, TOPIC_ROOT
 from policies.carbon import SPEED_GUARD, CarbonSettings, job_speed_now, track_power_frac
 from policies.decision import N_TIERS
 from policies.dr_flex import DEFAULT_TOLERANCES, check_tolerances
@@ -127,33 +128,6 @@ class CarbonSection(_Section):
 
 
 # ---------------------------------------------------------------------------------- messages
-def _object(payload: bytes, what: str, keys: set[str]) -> dict[str, Any]:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ProtocolError(f"{what} message too large ({len(payload)} bytes)")
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"{what} message is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"{what} message is not a JSON object")
-    if obj.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"{what} message v={obj.get('v')!r}, expected {PROTOCOL_VERSION}")
-    unknown = set(obj) - keys
-    if unknown:
-        raise ProtocolError(f"{what} message has unknown keys {sorted(unknown)}")
-    return obj
-
-
-def _number(obj: dict[str, Any], key: str, what: str, lo: float, hi: float) -> float:
-    raw = obj.get(key)
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ProtocolError(f"{what} {key} must be a number")
-    value = float(raw)
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise ProtocolError(f"{what} {key}={value} outside [{lo}, {hi}]")
-    return value
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SignalMessage:
     """A forecast: `values[k]` holds from `start_ts + k * slot_s`. Units: s (Unix), signal."""
@@ -165,7 +139,7 @@ class SignalMessage:
 
 
 def decode_signal(payload: bytes) -> SignalMessage:
-    obj = _object(payload, "signal", {"v", "ts", "start_ts", "slot_s", "values"})
+    obj = json_object(payload, "signal", {"v", "ts", "start_ts", "slot_s", "values"})
     values = obj.get("values")
     if not isinstance(values, list) or not values or len(values) > MAX_FORECAST_SLOTS:
         raise ProtocolError(f"signal values must be a list of 1..{MAX_FORECAST_SLOTS} numbers")
@@ -175,9 +149,9 @@ def decode_signal(payload: bytes) -> SignalMessage:
             raise ProtocolError("signal values must be finite numbers")
         out.append(float(v))
     return SignalMessage(
-        ts=_number(obj, "ts", "signal", 0.0, math.inf),
-        start_ts=_number(obj, "start_ts", "signal", 0.0, math.inf),
-        slot_s=_number(obj, "slot_s", "signal", 1.0, 86_400.0),
+        ts=number(obj, "ts", "signal", 0.0, math.inf),
+        start_ts=number(obj, "start_ts", "signal", 0.0, math.inf),
+        slot_s=number(obj, "slot_s", "signal", 1.0, 86_400.0),
         values=tuple(out),
     )
 
@@ -214,7 +188,7 @@ class JobReport:
 
 
 def decode_job(payload: bytes, *, job: str) -> JobReport:
-    obj = _object(payload, "job", {"v", "ts", "tier", "deadline_ts", "owed_s", "gpus"})
+    obj = json_object(payload, "job", {"v", "ts", "tier", "deadline_ts", "owed_s", "gpus"})
     tier = obj.get("tier")
     if isinstance(tier, bool) or not isinstance(tier, int) or not 0 <= tier < N_TIERS:
         raise ProtocolError(f"job tier must be an integer in 0..{N_TIERS - 1}")
@@ -235,10 +209,10 @@ def decode_job(payload: bytes, *, job: str) -> JobReport:
         ranges.append(GpuRange(rack=rack, first=first, count=count))
     return JobReport(
         job=job,
-        ts=_number(obj, "ts", "job", 0.0, math.inf),
+        ts=number(obj, "ts", "job", 0.0, math.inf),
         tier=tier,
-        deadline_ts=_number(obj, "deadline_ts", "job", 0.0, math.inf),
-        owed_s=_number(obj, "owed_s", "job", 0.0, math.inf),
+        deadline_ts=number(obj, "deadline_ts", "job", 0.0, math.inf),
+        owed_s=number(obj, "owed_s", "job", 0.0, math.inf),
         gpus=tuple(ranges),
     )
 

@@ -31,7 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.wire import MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, TOPIC_ROOT
+from controller.messages import json_object, number, optional_number
+from controller.wire import PROTOCOL_VERSION, TOPIC_ROOT
 from policies.carbon import per_tier_totals
 from policies.decision import N_TIERS, Limits
 from policies.errors import ConfigError, ProtocolError
@@ -101,37 +102,12 @@ class MeterReading:
 
 def decode_meter(payload: bytes) -> MeterReading:
     """Validate a facility-meter message; raises ProtocolError naming what is wrong."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ProtocolError(f"facility message too large ({len(payload)} bytes)")
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"facility message is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("facility message is not a JSON object")
-    if obj.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"facility message v={obj.get('v')!r}, expected {PROTOCOL_VERSION}")
-    unknown = set(obj) - {"v", "ts", "facility_w", "it_w", "outdoor_c"}
-    if unknown:
-        raise ProtocolError(f"facility message has unknown keys {sorted(unknown)}")
-
-    def number(key: str, lo: float, hi: float) -> float:
-        raw = obj.get(key)
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise ProtocolError(f"facility {key} must be a number")
-        value = float(raw)
-        if not math.isfinite(value) or not lo <= value <= hi:
-            raise ProtocolError(f"facility {key}={value} outside [{lo}, {hi}]")
-        return value
-
-    def optional(key: str, lo: float, hi: float) -> float | None:
-        return None if obj.get(key) is None else number(key, lo, hi)
-
+    obj = json_object(payload, "facility", {"v", "ts", "facility_w", "it_w", "outdoor_c"})
     return MeterReading(
-        ts=number("ts", 0.0, math.inf),
-        facility_w=number("facility_w", *FACILITY_RANGE_W),
-        it_w=optional("it_w", *FACILITY_RANGE_W),
-        outdoor_c=optional("outdoor_c", *OUTDOOR_RANGE_C),
+        ts=number(obj, "ts", "facility", 0.0, math.inf),
+        facility_w=number(obj, "facility_w", "facility", *FACILITY_RANGE_W),
+        it_w=optional_number(obj, "it_w", "facility", *FACILITY_RANGE_W),
+        outdoor_c=optional_number(obj, "outdoor_c", "facility", *OUTDOOR_RANGE_C),
     )
 
 

@@ -9,9 +9,7 @@ clean, leaves the Flex 0 service alone, and the sweep still finishes the work it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
 
 import aiomqtt
 import numpy as np
@@ -35,6 +33,7 @@ from simulator.agents import RackAgents, run_rack_agents
 from simulator.build import build_cluster
 from simulator.controllers import controller_topology
 from simulator.scenario import Scenario
+from tests.integration.harness import running, wait_until
 from tests.services import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -43,24 +42,6 @@ SITE = "carbontest"
 HORIZON_S = 24.0  # the sweep's "day", compressed
 OWED_FRAC = 0.85  # of the horizon's full-speed work
 DIRTY_S = 8.0  # the forecast is dirty for the first slots, clean after
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def running(controller: Controller) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
 
 
 async def test_sweep_follows_the_signal_and_still_does_its_work(mosquitto: Mosquitto) -> None:

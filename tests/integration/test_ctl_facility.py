@@ -8,9 +8,7 @@ under it. When the meter falls silent, the budget comes from the cooling model w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
 
 import aiomqtt
 import pytest
@@ -20,12 +18,13 @@ from controller.config import PolicyFile
 from controller.daemon import Controller
 from controller.facility import FacilityCollector, MeterReading, encode_meter, facility_topic
 from controller.policy_file import Policy, parse_policy
-from simulator.agents import RackAgents, run_rack_agents
+from simulator.agents import RackAgents
 from simulator.build import build_cluster, full_power_w
 from simulator.cluster import SimCluster
 from simulator.controllers import controller_topology
 from simulator.meter import FacilityMeter, run_facility_meter
 from simulator.scenario import Scenario
+from tests.integration.harness import agents_running, running, wait_until
 from tests.services import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -59,41 +58,6 @@ def cluster_and_policy(port: int) -> tuple[SimCluster, Policy]:
     return cluster, Policy(config=config, topology=topo, source="t")
 
 
-@contextlib.asynccontextmanager
-async def running(controller: Controller) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
-
-
-@contextlib.asynccontextmanager
-async def agents_running(
-    cluster: SimCluster, port: int, agents: RackAgents | None = None
-) -> AsyncIterator[None]:
-    agents = agents or RackAgents(cluster=cluster, site=SITE, period_s=0.2, protocol="5")
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_rack_agents(cluster, host="127.0.0.1", port=port, site=SITE, stop=stop, agents=agents)
-    )
-    try:
-        yield
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 async def test_facility_contract_becomes_an_it_budget(mosquitto: Mosquitto) -> None:
     cluster, policy = cluster_and_policy(mosquitto.port)
     controller = Controller(policy)
@@ -105,7 +69,7 @@ async def test_facility_contract_becomes_an_it_budget(mosquitto: Mosquitto) -> N
         return float(rt.fleet.rack_power_w.sum())
 
     async with (
-        agents_running(cluster, mosquitto.port),
+        agents_running(cluster, mosquitto.port, site=SITE),
         aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="meter") as meter,
         running(controller),
     ):
@@ -194,7 +158,7 @@ async def test_simulated_plant_meter_keeps_the_facility_under_contract(
     facility_w: list[float] = []
     stop_meter = asyncio.Event()
     async with (
-        agents_running(cluster, mosquitto.port, agents=agents),
+        agents_running(cluster, mosquitto.port, site=SITE, agents=agents),
         running(controller),
     ):
         meter_task = asyncio.create_task(

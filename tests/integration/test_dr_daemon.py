@@ -4,9 +4,7 @@ closed loop, a cancellation recovers, and a restart mid-event keeps honouring it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,11 +19,11 @@ from controller.daemon import Controller
 from controller.grid.config import OpenAdrSection
 from controller.metrics import RheostatCollector
 from controller.policy_file import Policy, parse_policy
-from simulator.agents import RackAgents, run_rack_agents
 from simulator.build import build_cluster
 from simulator.cluster import SimCluster
 from simulator.controllers import controller_topology
 from simulator.scenario import Scenario
+from tests.integration.harness import agents_running, running, wait_until
 from tests.integration.test_openadr_ven import VEN_ID, start_vtn
 from tests.services import Mosquitto, free_port
 
@@ -60,39 +58,6 @@ def cluster_and_policy(port: int, store: Path) -> tuple[SimCluster, Policy]:
     return cluster, Policy(config=config, topology=topo, source="t")
 
 
-@contextlib.asynccontextmanager
-async def running(controller: Controller) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
-
-
-@contextlib.asynccontextmanager
-async def agents_running(cluster: SimCluster, port: int) -> AsyncIterator[RackAgents]:
-    agents = RackAgents(cluster=cluster, site=SITE, period_s=0.2, protocol="5")
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_rack_agents(cluster, host="127.0.0.1", port=port, site=SITE, stop=stop, agents=agents)
-    )
-    try:
-        yield agents
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 def event(event_id: str, start_s: float, reduction: float) -> bytes:
     return orjson.dumps(
         {
@@ -118,7 +83,7 @@ async def test_grid_event_in_the_closed_loop(mosquitto: Mosquitto, tmp_path: Pat
 
     topic = f"rheostat/v1/{SITE}/grid/event"
     async with (
-        agents_running(cluster, mosquitto.port),
+        agents_running(cluster, mosquitto.port, site=SITE),
         aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="ems") as ems,
     ):
         async with running(controller):
@@ -196,7 +161,7 @@ async def test_openadr_event_in_the_closed_loop(
         config = base.config.model_copy(update={"demand_response": dr})
         controller = Controller(Policy(config=config, topology=base.topology, source="t"))
         rt = controller.runtime
-        async with agents_running(cluster, mosquitto.port), running(controller):
+        async with agents_running(cluster, mosquitto.port, site=SITE), running(controller):
             await wait_until(
                 lambda: rt.decision is not None and not rt.fleet.stale_racks(time.time(), 2).any()
             )
