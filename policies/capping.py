@@ -71,11 +71,11 @@ def allocate(
     n_servers = plan.n_servers
     scratch = plan.scratch
     tier_gain = np.subtract(demand_w, floor_w, out=scratch.f("w0"))
-    surplus_gain = np.subtract(max_w, demand_w, out=scratch.f("w1"))
-    key = np.add(plan.phase_key, tier, out=scratch.i("phase_key"))
+    key = _phase_keys(plan, tier)
     gain_sums = np.bincount(key, weights=tier_gain, minlength=n_servers * N_PHASES)
+    # Tiers are below N_TIERS, so the surplus column starts at zero; it is filled only if the
+    # surplus phase is reached (under a binding site limit it never is).
     gains: FloatArray = gain_sums.astype(np.float64, copy=False).reshape(n_servers, N_PHASES)
-    gains[:, N_TIERS] = plan.server_sum(surplus_gain)
     floor_server = (
         plan.min_cap_server_w
         if floor_w is plan.topology.gpu_min_cap_w
@@ -87,14 +87,21 @@ def allocate(
     )
     remaining = [np.maximum(u - b, 0.0) for u, b in zip(usable_w, base, strict=True)]
     theta = np.ones((n_servers, N_PHASES))
+    tier_totals = plan.up(gains[:, :N_TIERS])  # every tier phase's group sums in one pass
+    surplus_gain: FloatArray | None = None
     for phase in range(N_PHASES):
         if not np.any(remaining[-1] > 0):
             # The site is exhausted (the usual state under a binding site or DR limit): this
             # phase and every later one grant nothing anywhere.
             theta[:, phase:] = 0.0
             break
+        if phase < N_TIERS:
+            totals = [t[:, phase] for t in tier_totals]
+        else:
+            surplus_gain = np.subtract(max_w, demand_w, out=scratch.f("w1"))
+            gains[:, N_TIERS] = plan.server_sum(surplus_gain)
+            totals = plan.up(gains[:, N_TIERS])
         gain = gains[:, phase]
-        totals = plan.up(gain)
         level_theta = _fill_phase(plan, gain, totals, remaining)
         if level_theta is None:
             granted = totals
@@ -107,14 +114,38 @@ def allocate(
     cap_w = np.take(flat, key, mode="clip", out=np.empty_like(tier_gain) if out is None else out)
     np.multiply(cap_w, tier_gain, out=cap_w)
     np.add(cap_w, floor_w, out=cap_w)
-    if theta[:, N_TIERS].any():  # no surplus anywhere is the usual state under a binding limit
-        np.add(plan.phase_key, N_TIERS, out=key)
-        surplus_theta = np.take(flat, key, mode="clip", out=scratch.f("w2"))
-        np.multiply(surplus_theta, surplus_gain, out=surplus_theta)
-        np.add(cap_w, surplus_theta, out=cap_w)
+    if surplus_gain is not None and theta[:, N_TIERS].any():
+        surplus = scratch.f("w2")
+        if plan.gpus_per_server:
+            rows = (n_servers, plan.gpus_per_server)
+            np.multiply(
+                surplus_gain.reshape(rows), theta[:, N_TIERS, np.newaxis], out=surplus.reshape(rows)
+            )
+        else:
+            np.add(plan.phase_key, N_TIERS, out=key)
+            scratch.i8("tier_seen").fill(-1)  # the cached keys are gone
+            np.take(flat, key, mode="clip", out=surplus)
+            np.multiply(surplus, surplus_gain, out=surplus)
+        np.add(cap_w, surplus, out=cap_w)
     server_used = floor_server + np.einsum("ij,ij->i", gains, theta)
     used = tuple(s + o for s, o in zip(plan.up(server_used), plan.overhead_w, strict=True))
     return Allocation(cap_w=cap_w, used_w=used, infeasible=infeasible, theta=theta)
+
+
+def _phase_keys(plan: CappingPlan, tier: NDArray[np.int8]) -> NDArray[np.int64]:
+    """Each GPU's row in the flattened (server, phase) table: server * N_PHASES + tier.
+
+    Tiers change far less often than telemetry, so the keys of the last tiers seen are kept
+    with a copy of those tiers, and reused while the tiers compare equal.
+    """
+    scratch = plan.scratch
+    seen = "tier_seen" in scratch.names
+    last_tier = scratch.i8("tier_seen")
+    key = scratch.i("phase_key")
+    if not (seen and np.array_equal(tier, last_tier)):
+        np.add(plan.phase_key, tier, out=key)
+        np.copyto(last_tier, tier)
+    return key
 
 
 def _fill_phase(

@@ -40,6 +40,7 @@ def clock_targets(
     mem_util: FloatArray,
     settings: DvfsSettings,
     fit_util: FloatArray | None = None,
+    out: FloatArray | None = None,
 ) -> tuple[FloatArray, float]:
     """Per-GPU SM-clock ceilings (MHz) and the estimated power they save against the caps (W).
 
@@ -66,7 +67,7 @@ def clock_targets(
     # where memory-bound and taking the maximum with `lowest` selects exactly, and several times
     # faster than np.where on a mask this irregular.
     other = np.logical_not(memory_bound, out=low_sm)
-    clock = np.multiply(max_clock, other)  # fresh: a decision output
+    clock = np.multiply(max_clock, other, out=out)
     np.maximum(clock, lowest, out=clock)
 
     # Power at full clock under the policy's model: idle + (max cap - idle) * activity.

@@ -56,6 +56,10 @@ def decide(
         state = None  # the topology changed under us: start cold rather than misalign caps
     stale_gpu = _stale_gpus(plan, stale_rack)
     min_cap, max_cap = topology.gpu_min_cap_w, topology.gpu_max_cap_w
+    # A warm tick's per-GPU outputs (held demand, caps, held activity, clocks) share one fresh
+    # block: four separate arrays of this size are freed and refaulted every tick (the
+    # allocator hands their pages back to the kernel), which cost as much as a whole stage.
+    fresh: list[FloatArray | None] = [None] * 4 if state is None else list(np.empty((4, n)))
     held_demand = None if state is None else state.demand_w
     holding = (
         state is not None
@@ -80,6 +84,7 @@ def decide(
             held_demand,
             dt_s=max(now_s - state.now_s, 0.0),
             hold_s=settings.capping.demand_hold_s,
+            out=fresh[0],
         )
     if stale_gpu is not None:
         floor = np.where(stale_gpu, max_cap, min_cap)
@@ -120,6 +125,7 @@ def decide(
             settings=settings.capping,
             usable_w=usable_w,
             target_used_w=alloc.used_w,
+            out=fresh[1],
         )
     if state is None:
         budget = alloc.used_w
@@ -139,6 +145,7 @@ def decide(
             state.util_held,
             dt_s=max(now_s - state.now_s, 0.0),
             hold_s=settings.dvfs.activity_hold_s,
+            out=fresh[2],
         )
     clock, saving = clock_targets(
         plan,
@@ -147,6 +154,7 @@ def decide(
         mem_util=mem_util,
         settings=settings.dvfs,
         fit_util=util_held if stale_gpu is None else np.where(stale_gpu, 0.0, util_held),
+        out=fresh[3],
     )
     decision = Decision(
         cap_w=issued,
@@ -232,7 +240,12 @@ def estimate_demand(
 
 
 def hold_demand(
-    demand_w: FloatArray, previous_w: FloatArray | None, *, dt_s: float, hold_s: float
+    demand_w: FloatArray,
+    previous_w: FloatArray | None,
+    *,
+    dt_s: float,
+    hold_s: float,
+    out: FloatArray | None = None,
 ) -> FloatArray:
     """Peak-hold the demand estimate: rises count at once, falls decay with `hold_s`. Units: W.
 
@@ -243,7 +256,7 @@ def hold_demand(
     if previous_w is None or previous_w.shape != demand_w.shape or hold_s <= 0.0:
         return demand_w
     keep = float(np.exp(-dt_s / hold_s))
-    held = np.subtract(previous_w, demand_w)
+    held = np.subtract(previous_w, demand_w, out=out)
     # previous > demand exactly where the decayed term is positive: clip it, no extra maximum.
     np.maximum(held, 0.0, out=held)
     held *= keep
@@ -323,6 +336,7 @@ def _smooth(
     settings: CappingSettings,
     usable_w: tuple[FloatArray, ...],
     target_used_w: tuple[FloatArray, ...],
+    out: FloatArray | None = None,
 ) -> tuple[FloatArray, tuple[FloatArray, ...] | None]:
     """`smooth_caps`, plus the caps' group sums when the deadband check had to compute them.
 
@@ -343,7 +357,7 @@ def _smooth(
     # complement and adding selects exactly; np.where is several times slower on a mask this
     # irregular.
     kept = np.multiply(previous, small, out=previous)
-    out = np.multiply(cap, np.logical_not(small, out=small))  # fresh: the caller keeps it
+    out = np.multiply(cap, np.logical_not(small, out=small), out=out)
     np.add(out, kept, out=out)
     if not kept_cut.any():
         return out, None

@@ -9,6 +9,7 @@ when it is handed a different topology object.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +42,7 @@ class Scratch:
         self._float: dict[str, FloatArray] = {}
         self._bool: dict[str, BoolArray] = {}
         self._int: dict[str, NDArray[np.int64]] = {}
+        self._small: dict[str, NDArray[np.int8]] = {}
 
     def f(self, name: str) -> FloatArray:
         """The float buffer called `name` (contents are whatever the last user left)."""
@@ -57,7 +59,13 @@ class Scratch:
 
     @property
     def names(self) -> set[str]:
-        return set(self._float) | set(self._bool) | set(self._int)
+        return set(self._float) | set(self._bool) | set(self._int) | set(self._small)
+
+    def i8(self, name: str) -> NDArray[np.int8]:
+        buf = self._small.get(name)
+        if buf is None:
+            buf = self._small[name] = np.empty(self._n, dtype=np.int8)
+        return buf
 
     def i(self, name: str) -> NDArray[np.int64]:
         buf = self._int.get(name)
@@ -68,6 +76,7 @@ class Scratch:
     @property
     def nbytes(self) -> int:
         buffers = [*self._float.values(), *self._bool.values(), *self._int.values()]
+        buffers += self._small.values()
         return sum(a.nbytes for a in buffers)
 
 
@@ -102,6 +111,9 @@ class CappingPlan:
     gpus_per_server: int
     #: Per-server sum of min caps, the floor when no rack is stale. Units: W.
     min_cap_server_w: FloatArray
+    #: `children[k]`, k >= 1: how many level k-1 groups each level-k group holds when every one
+    #: holds the same number, in order (a row sum is then a reshape), else 0. `children[0]` is 0.
+    children: tuple[int, ...]
     scratch: Scratch
 
     @classmethod
@@ -139,6 +151,7 @@ class CappingPlan:
             if offsets is not None and np.all(counts == counts[0])
             else 0,
             min_cap_server_w=min_cap_server,
+            children=(0, *(_uniform_children(lo.parent, hi.size) for lo, hi in pairwise(levels))),
             scratch=Scratch(topology.n_gpus),
         )
 
@@ -179,13 +192,39 @@ class CappingPlan:
         return self._sums_helper(self.gpu_server, self.n_servers, self.server_offsets, per_gpu)
 
     def up(self, per_server: FloatArray) -> list[FloatArray]:
-        """Per-server values summed at every level, finest first (one small bincount a level)."""
+        """Per-server values summed at every level, finest first.
+
+        `per_server` may have a second axis (one column per phase): every column is summed, so
+        all phases cost one pass. Levels of equal groups in order sum as a reshape, the others
+        with one small bincount a column.
+        """
         sums = [per_server]
+        levels = self.topology.levels
         for k in range(1, self.n_levels):
-            parent = self.topology.levels[k - 1].parent
-            size = self.topology.levels[k].size
-            sums.append(np.bincount(parent, weights=sums[-1], minlength=size).astype(np.float64))
+            below = sums[-1]
+            size = levels[k].size
+            children = self.children[k]
+            if children:
+                rows = below.reshape(size, children, *below.shape[1:])
+                sums.append(np.einsum("ij...->i...", rows))
+                continue
+            parent = levels[k - 1].parent
+            columns = [below] if below.ndim == 1 else list(below.T)
+            summed = [
+                np.bincount(parent, weights=c, minlength=size).astype(np.float64, copy=False)
+                for c in columns
+            ]
+            sums.append(summed[0] if below.ndim == 1 else np.stack(summed, axis=1))
         return sums
+
+
+def _uniform_children(parent: IntArray, n_parents: int) -> int:
+    """Children per parent when parents are in order and all hold the same number, else 0."""
+    if n_parents == 0 or parent.size % n_parents:
+        return 0
+    children = parent.size // n_parents
+    expected = np.repeat(np.arange(n_parents, dtype=parent.dtype), children)
+    return children if np.array_equal(parent, expected) else 0
 
 
 def _ancestors(topology: Topology) -> tuple[IntArray, ...]:
