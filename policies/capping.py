@@ -173,7 +173,7 @@ def _fill_phase(
         path = plan.server_path[k]
         size = plan.topology.levels[k].size
         wanted: FloatArray = (
-            np.bincount(path, weights=gain * reach, minlength=size).astype(np.float64)
+            np.bincount(path, weights=gain * reach, minlength=size).astype(np.float64, copy=False)
             if any_held
             else totals[k]
         )
@@ -233,7 +233,7 @@ def _saturation_levels(  # noqa: PLR0917 - a private kernel step, called once
     cum_weight = np.cumsum(weight)
     before_weighted = (cum_weighted[starts] - weighted[starts])[seg]
     before_weight = (cum_weight[starts] - weight[starts])[seg]
-    ends = np.r_[starts[1:], group.size] - 1
+    ends = np.concatenate((starts[1:], [group.size])) - 1
     seg_weight = (cum_weight[ends] - before_weight[starts])[seg]
     # Items below j are frozen at their own level; item j and above still rise with theta.
     frozen = cum_weighted - weighted - before_weighted
@@ -247,7 +247,8 @@ def _saturation_levels(  # noqa: PLR0917 - a private kernel step, called once
     out = np.ones(n_groups)
     with np.errstate(divide="ignore", invalid="ignore"):
         theta = (target[pick] - frozen[pick]) / rising[pick]
-    out[group[pick]] = np.clip(np.nan_to_num(theta, nan=0.0), 0.0, 1.0)
+    # Into [0, 1], and 0/0 (a segment with nothing left rising) to 0: fmax drops the NaN.
+    out[group[pick]] = np.minimum(np.fmax(theta, 0.0), 1.0)
     return out
 
 

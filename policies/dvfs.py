@@ -55,7 +55,6 @@ def clock_targets(
     if not settings.enabled or cap_w.size == 0:
         return max_clock.copy(), 0.0
     scratch = plan.scratch
-    max_cap_w = plan.topology.gpu_max_cap_w
     activity = np.clip(util, 0.0, 1.0, out=scratch.f("w0"))
     memory_bound = np.greater_equal(mem_util, MIN_ACTIVITY, out=scratch.b("b0"))
     ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=scratch.f("w1"))
@@ -73,8 +72,7 @@ def clock_targets(
     # Power at full clock under the policy's model: idle + (max cap - idle) * activity.
     if fit_util is not None:
         activity = np.clip(fit_util, 0.0, 1.0, out=activity)
-    dynamic_w = np.subtract(max_cap_w, plan.idle_w, out=scratch.f("w2"))
-    np.multiply(dynamic_w, activity, out=dynamic_w)
+    dynamic_w = np.multiply(_dynamic_range(plan), activity, out=scratch.f("w2"))
     full_w = np.add(plan.idle_w, dynamic_w, out=scratch.f("w3"))
     # The clock where idle + dynamic * (f / f_max)^3 equals the cap, floored onto the grid.
     # Computed for every GPU without a mask (masked ufuncs are slower than the arithmetic):
@@ -105,6 +103,17 @@ def clock_targets(
     np.minimum(full_w, cap_w, out=full_w)
     saving = np.subtract(full_w, at_clock, out=full_w)
     return clock, float(saving.sum())
+
+
+def _dynamic_range(plan: CappingPlan) -> FloatArray:
+    """Per GPU, max cap minus idle power: the model's dynamic power at full activity. Units: W.
+
+    Fixed by the topology, so it is computed once and kept in the plan's scratch.
+    """
+    name = "dvfs_dynamic"
+    if name in plan.scratch.names:
+        return plan.scratch.f(name)
+    return np.subtract(plan.topology.gpu_max_cap_w, plan.idle_w, out=plan.scratch.f(name))
 
 
 def _lowest_clock(plan: CappingPlan, keep_frac: float) -> FloatArray:

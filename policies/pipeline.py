@@ -369,14 +369,19 @@ def _smooth(
         over |= (used[k] > bound + tol)[path]
     if not over.any():
         return out, used
-    if plan.gpus_per_server:
-        rows = kept_cut.reshape(plan.n_servers, plan.gpus_per_server)
-        np.logical_and(rows, over[:, np.newaxis], out=rows)
+    # Kept cuts under an overfull group take their target after all. A kept cut sits above
+    # its target and every other cap at or below it, so on the servers concerned that is
+    # min(cap, target), exactly, without finding the kept cuts one by one.
+    if over.all():  # an overfull site: every server
+        np.minimum(out, target_w, out=out)
+    elif plan.gpus_per_server:
+        shape = (plan.n_servers, plan.gpus_per_server)
+        rows, targets = out.reshape(shape), target_w.reshape(shape)
+        servers = np.flatnonzero(over)
+        rows[servers] = np.minimum(rows[servers], targets[servers])
     else:
-        np.logical_and(kept_cut, over[plan.gpu_server], out=kept_cut)
-    # Kept cuts under an overfull group take their target after all.
-    revert = np.flatnonzero(kept_cut)
-    out[revert] = target_w[revert]
+        revert = np.logical_and(kept_cut, over[plan.gpu_server], out=kept_cut)
+        np.copyto(out, target_w, where=revert)
     return out, None
 
 
