@@ -7,13 +7,25 @@ plugin style, `simulator.baselines`) and `rheostat`. Each run's summary is the o
 `scoreboard` object with the figures the targets need that the summary does not carry:
 
 - `breaker_over_s`: seconds summed over the breaker levels (every topology level below the site)
-  over their usable limits; `site_over_s` the same for the site limit (contract, step or DR).
+  over their usable limits; `site_over_s` the same for the site limit (contract, step or DR), or
+  at the facility meter when the scenario has one (the contract is metered there, cooling
+  included); `ramp_over_s` seconds steeper than the scenario's ramp-rate limit.
+- `within_limits`: no trip, no breaker or ramp excess, and the site over its limit no longer than
+  `site_over_allowed_s` (`MAX_TO_CAP_TICKS` decision periods per limit step). Throughput is only
+  compared against rivals that stay within the limits: power taken over a limit is not a win, so
+  a rival that takes it is still shown (its seconds over in the table) but marked `over limits,
+  not compared`; Rheostat's own excesses are misses (`site-over`, `ramp-over`).
 - `to_cap_ticks`: per limit step, decision periods until site power was under the new limit.
 - `steady_gap_pct`: mean of (attainable - site power) / attainable over the samples where demand
   (the reference run's power) exceeds what the limits allow, at least `SETTLE_S` after the limit
   last moved. Attainable is min(site limit, sum over racks of min(reference rack power, rack
   usable limit)); intermediate rows are not counted, since no shipped scenario binds on them.
   Positive: power left unused; negative: over.
+
+Scenarios with a carbon policy are the exception: their Flex 2-3 jobs owe a daily amount of work
+and Rheostat stops them once it is done, so their work against the uncapped run is the target by
+design; there the throughput comparison is replaced by every work target being met
+(`work-target` otherwise).
 
 `--json` prints `{"scenarios": {name: {controller: summary}}}`. The default runs each scenario
 for its full duration; `--duration S` cuts every scenario to at most S seconds.
@@ -100,10 +112,27 @@ def scoreboard(controlled: RunResult, reference: RunResult, summary: Row) -> Row
     """The derived figures of one run (module doc)."""
     over: dict[str, float] = summary["seconds_over_limit"]
     levels = controlled.cluster.topology.levels
-    period_s = controlled.scenario.controller.period_s
+    scenario = controlled.scenario
+    period_s = scenario.controller.period_s
+    breaker_over_s = round(sum(over.get(lv.name, 0.0) for lv in levels[:-1]), 3)
+    site_over_s = over.get(levels[-1].name, 0.0)
+    if scenario.facility is not None:
+        # Without a facility spec the meter is the IT feed itself, held to a ppm tolerance that
+        # the site check's 1e-4 already covers; with one, it adds cooling and is the real meter.
+        site_over_s = max(site_over_s, over.get("facility", 0.0))
+    ramp_over_s = float(summary.get("ramp_violation_s", 0.0))
+    site_allowance_s = len(summary["time_to_cap_s"]) * MAX_TO_CAP_TICKS * period_s
     return {
-        "breaker_over_s": round(sum(over.get(lv.name, 0.0) for lv in levels[:-1]), 3),
-        "site_over_s": over.get(levels[-1].name, 0.0),
+        "breaker_over_s": breaker_over_s,
+        "site_over_s": site_over_s,
+        "site_over_allowed_s": site_allowance_s,
+        "ramp_over_s": ramp_over_s,
+        "within_limits": (
+            not summary["breaker_trips"]
+            and breaker_over_s == 0.0
+            and ramp_over_s == 0.0
+            and site_over_s <= site_allowance_s + 1e-9
+        ),
         "to_cap_ticks": [
             None if t is None else round(t / period_s, 2) for t in summary["time_to_cap_s"]
         ],
@@ -155,25 +184,56 @@ def misses(scenario: str, by_controller: dict[str, Row]) -> list[str]:
         found.append("breaker-over")
     if any(t is None or t > MAX_TO_CAP_TICKS for t in board["to_cap_ticks"]):
         found.append("to-cap")
+    if board["site_over_s"] > board["site_over_allowed_s"] + 1e-9:
+        found.append("site-over")
+    if board["ramp_over_s"] > 0:
+        found.append("ramp-over")
     gap = board["steady_gap_pct"]
     if gap is not None and not 0.0 <= gap <= MAX_STEADY_GAP_PCT:
         found.append("steady-gap")
-    weighted = ours["throughput_retained"].get("weighted", 1.0)
-    for rival in ("static", "threshold"):
-        other = by_controller.get(rival)
-        if other is not None and weighted < other["throughput_retained"].get("weighted", 1.0):
-            found.append(f"<{rival}")
-    static = by_controller.get("static")
-    floor = None if static is None else static["throughput_retained"].get("weighted", 1.0)
-    if (
-        scenario == "oversubscribed"
-        and floor is not None
-        and weighted < floor + OVERSUBSCRIBED_MARGIN
-    ):
-        found.append("<static+5")
+    targets = ours.get("work_targets")
+    if targets is not None:
+        if not all(t.get("met") for t in targets):
+            found.append("work-target")
+    else:
+        found.extend(_throughput_misses(scenario, ours, by_controller))
     if ours["throughput_retained"].get("tier0", 1.0) < MIN_TIER0:
         found.append("tier0")
     return found
+
+
+def compared(summary: Row) -> bool:
+    """Whether a rival's throughput counts against Rheostat's: only if it kept within the limits."""
+    return bool(summary["scoreboard"]["within_limits"])
+
+
+def _throughput_misses(scenario: str, ours: Row, by_controller: dict[str, Row]) -> list[str]:
+    found: list[str] = []
+    weighted = ours["throughput_retained"].get("weighted", 1.0)
+    for rival in ("static", "threshold"):
+        other = by_controller.get(rival)
+        if (
+            other is not None
+            and compared(other)
+            and weighted < other["throughput_retained"].get("weighted", 1.0)
+        ):
+            found.append(f"<{rival}")
+    static = by_controller.get("static")
+    if scenario == "oversubscribed" and static is not None and compared(static):
+        floor = static["throughput_retained"].get("weighted", 1.0)
+        if weighted < floor + OVERSUBSCRIBED_MARGIN:
+            found.append("<static+5")
+    return found
+
+
+def _verdict(name: str, by_controller: dict[str, Row], missed: list[str]) -> str:
+    """The table's last column: Rheostat's missed targets; a rival over the limits says so."""
+    if name == "rheostat":
+        return "ok" if not missed else " ".join(missed)
+    summary = by_controller[name]
+    if name in ("static", "threshold") and not compared(summary):
+        return "over limits, not compared"
+    return ""
 
 
 def flat_rows(rows: Sequence[Row]) -> list[Row]:
@@ -193,6 +253,7 @@ def flat_rows(rows: Sequence[Row]) -> list[Row]:
                         "trips": s["breaker_trips"],
                         "brk_over_s": board["breaker_over_s"],
                         "site_over_s": board["site_over_s"],
+                        "ramp_over_s": board["ramp_over_s"],
                         "overshoot_%": s["max_overshoot_pct"],
                         "to_cap_ticks": _join(board["to_cap_ticks"]),
                         "gap_%": board["steady_gap_pct"],
@@ -200,9 +261,7 @@ def flat_rows(rows: Sequence[Row]) -> list[Row]:
                         "weighted": kept.get("weighted"),
                         "energy_kwh": s["energy_kwh"],
                         "dr_compl": min(dr) if dr else None,
-                        "targets": ("ok" if not missed else " ".join(missed))
-                        if name == "rheostat"
-                        else "",
+                        "targets": _verdict(name, by_controller, missed),
                     }
                 )
     return flat

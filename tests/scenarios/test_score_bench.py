@@ -25,7 +25,15 @@ SIMULATE_KEYS = {
     "realtime_factor",
     "dr",
 }
-SCOREBOARD_KEYS = {"breaker_over_s", "site_over_s", "to_cap_ticks", "steady_gap_pct"}
+SCOREBOARD_KEYS = {
+    "breaker_over_s",
+    "site_over_s",
+    "site_over_allowed_s",
+    "ramp_over_s",
+    "within_limits",
+    "to_cap_ticks",
+    "steady_gap_pct",
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +72,12 @@ def test_the_step_is_scored_and_rheostat_meets_the_safety_targets(
     (ticks,) = ours["scoreboard"]["to_cap_ticks"]
     assert ticks is not None
     assert ticks <= control.MAX_TO_CAP_TICKS
+    assert ours["scoreboard"]["within_limits"] is True
     # Uncapped, the fleet sits over the new limit for most of the 100 s after the step.
     assert runs["none"]["scoreboard"]["site_over_s"] >= 50.0
+    assert runs["none"]["scoreboard"]["within_limits"] is False
+    # One step: the site may be over its new limit for at most 3 decision periods.
+    assert ours["scoreboard"]["site_over_allowed_s"] == 3.0
     # Demand exceeds the stepped limit, so the steady-state gap is measured.
     assert ours["scoreboard"]["steady_gap_pct"] is not None
 
@@ -81,6 +93,8 @@ def test_table_has_one_row_per_scenario_and_controller(budget_step: dict[str, An
 
 def test_misses_name_each_target_missed(budget_step: dict[str, Any]) -> None:
     runs = copy.deepcopy(budget_step["scenarios"]["budget-step"])
+    for rival in ("static", "threshold"):
+        runs[rival]["scoreboard"]["within_limits"] = True
     ours = runs["rheostat"]
     ours["breaker_trips"] = 1
     ours["scoreboard"]["breaker_over_s"] = 2.0
@@ -99,15 +113,61 @@ def test_misses_name_each_target_missed(budget_step: dict[str, Any]) -> None:
         "<static+5",
         "tier0",
     ]
-    ours["scoreboard"] = {
-        "breaker_over_s": 0.0,
-        "site_over_s": 0.0,
-        "to_cap_ticks": [1.0],
-        "steady_gap_pct": 0.5,
-    }
+    ours["scoreboard"]["site_over_s"] = 3.5
+    ours["scoreboard"]["ramp_over_s"] = 1.0
+    assert control.misses("budget-step", runs)[3:5] == ["site-over", "ramp-over"]
+    ours["scoreboard"] = _clean_board()
     ours["breaker_trips"] = 0
     ours["throughput_retained"] = {"tier0": 1.0, "weighted": 1.0}
     assert control.misses("budget-step", runs) == []
+
+
+def _clean_board() -> dict[str, Any]:
+    return {
+        "breaker_over_s": 0.0,
+        "site_over_s": 0.0,
+        "site_over_allowed_s": 3.0,
+        "ramp_over_s": 0.0,
+        "within_limits": True,
+        "to_cap_ticks": [1.0],
+        "steady_gap_pct": 0.5,
+    }
+
+
+def test_a_rival_over_the_limits_is_shown_but_not_compared(budget_step: dict[str, Any]) -> None:
+    runs = copy.deepcopy(budget_step["scenarios"]["budget-step"])
+    runs["rheostat"]["scoreboard"] = _clean_board()
+    runs["rheostat"]["throughput_retained"] = {"tier0": 1.0, "weighted": 0.80}
+    runs["static"]["throughput_retained"]["weighted"] = 0.90
+    runs["threshold"]["throughput_retained"]["weighted"] = 0.70
+    runs["static"]["scoreboard"]["within_limits"] = True
+    runs["threshold"]["scoreboard"]["within_limits"] = True
+    assert control.misses("budget-step", runs) == ["<static"]
+    # The same static run, but it took its throughput over the site limit: no longer a rival.
+    runs["static"]["scoreboard"]["site_over_s"] = 250.0
+    runs["static"]["scoreboard"]["within_limits"] = False
+    assert control.misses("budget-step", runs) == []
+    assert control.misses("oversubscribed", runs) == []
+    row = {"scenarios": {"budget-step": runs}}
+    verdicts = {r["controller"]: r["targets"] for r in control.flat_rows([row])}
+    assert verdicts["static"] == "over limits, not compared"
+    assert verdicts["threshold"] == ""
+    assert verdicts["rheostat"] == "ok"
+    assert {r["site_over_s"] for r in control.flat_rows([row]) if r["controller"] == "static"} == {
+        250.0
+    }
+
+
+def test_work_targets_replace_the_throughput_comparison(budget_step: dict[str, Any]) -> None:
+    """With a carbon policy, Rheostat does the work owed and no more: targets met is the test."""
+    runs = copy.deepcopy(budget_step["scenarios"]["budget-step"])
+    ours = runs["rheostat"]
+    ours["scoreboard"] = _clean_board()
+    ours["throughput_retained"] = {"tier0": 1.0, "weighted": 0.5}
+    ours["work_targets"] = [{"job": "sweep", "met": True}]
+    assert control.misses("carbon-shift", runs) == []
+    ours["work_targets"].append({"job": "finetune", "met": False})
+    assert control.misses("carbon-shift", runs) == ["work-target"]
 
 
 def test_cli_prints_the_object_unwrapped(capsys: pytest.CaptureFixture[str]) -> None:
