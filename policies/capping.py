@@ -105,11 +105,16 @@ def allocate(
             gains[:, N_TIERS] = plan.server_sum(surplus_gain)
             totals = plan.up(gains[:, N_TIERS])
         gain = gains[:, phase]
-        level_theta = _fill_phase(plan, gain, totals, remaining)
+        level_theta, site_full = _fill_phase(plan, gain, totals, remaining)
         if level_theta is None:
             granted = totals
         else:
             theta[:, phase] = level_theta
+            if site_full:
+                # The fill stopped at the site's limit: what it leaves is rounding, below the
+                # slack, so every later phase grants nothing (as the check above would find).
+                theta[:, phase + 1 :] = 0.0
+                break
             granted = plan.up(gain * level_theta)
         remaining = [np.maximum(r - g, 0.0) for r, g in zip(remaining, granted, strict=True)]
     flat = theta.reshape(-1)
@@ -153,8 +158,9 @@ def _phase_keys(plan: CappingPlan, tier: NDArray[np.int8]) -> NDArray[np.int64]:
 
 def _fill_phase(
     plan: CappingPlan, gain: FloatArray, totals: list[FloatArray], remaining: list[FloatArray]
-) -> FloatArray | None:
-    """Per-server fill level of one phase in [0, 1]; None when no group binds (all at 1).
+) -> tuple[FloatArray | None, bool]:
+    """Per-server fill level of one phase in [0, 1] (None when no group binds: all at 1), and
+    whether the site itself bound, so that it has nothing left for later phases.
 
     Going up the levels, each server remembers the group that last held it back (its holder)
     and that group's saturation level (its reach). A group's saturation only depends on its
@@ -163,12 +169,12 @@ def _fill_phase(
     below, not over servers.
     """
     if all(np.all(t <= r) for t, r in zip(totals, remaining, strict=True)):
-        return None
+        return None, False
     reach = np.ones(plan.n_servers)
     holder = np.full(plan.n_servers, -1, dtype=np.int64)  # global group id, -1 = none
     offsets = plan.group_offsets
     saturation = np.ones(int(offsets[-1]))  # per global group id
-    any_held = False
+    any_held = site_full = False
     for k in range(plan.n_levels):
         path = plan.server_path[k]
         size = plan.topology.levels[k].size
@@ -192,7 +198,8 @@ def _fill_phase(
         reach[lowered] = level_of_server[lowered]
         holder[lowered] = path[lowered] + offsets[k]
         any_held = True
-    return reach
+        site_full = k == plan.n_levels - 1
+    return reach, site_full
 
 
 def _saturation_levels(  # noqa: PLR0917 - a private kernel step, called once
