@@ -114,6 +114,9 @@ class CappingPlan:
     #: `children[k]`, k >= 1: how many level k-1 groups each level-k group holds when every one
     #: holds the same number, in order (a row sum is then a reshape), else 0. `children[0]` is 0.
     children: tuple[int, ...]
+    #: `group_starts[k]`, k >= 1: where each level-k group's children start when the children
+    #: are in group order and no group is empty (sums are then one `np.add.reduceat`), else None.
+    group_starts: tuple[NDArray[np.int64] | None, ...]
     scratch: Scratch
 
     @classmethod
@@ -152,6 +155,7 @@ class CappingPlan:
             else 0,
             min_cap_server_w=min_cap_server,
             children=(0, *(_uniform_children(lo.parent, hi.size) for lo, hi in pairwise(levels))),
+            group_starts=(None, *(_starts(lo.parent, hi.size) for lo, hi in pairwise(levels))),
             scratch=Scratch(topology.n_gpus),
         )
 
@@ -208,6 +212,11 @@ class CappingPlan:
                 rows = below.reshape(size, children, *below.shape[1:])
                 sums.append(np.einsum("ij...->i...", rows))
                 continue
+            starts = self.group_starts[k]
+            if starts is not None:
+                # Children in order: sums in the same order as bincount's, in one call.
+                sums.append(np.add.reduceat(below, starts, axis=0))
+                continue
             parent = levels[k - 1].parent
             columns = [below] if below.ndim == 1 else list(below.T)
             summed = [
@@ -225,6 +234,16 @@ def _uniform_children(parent: IntArray, n_parents: int) -> int:
     children = parent.size // n_parents
     expected = np.repeat(np.arange(n_parents, dtype=parent.dtype), children)
     return children if np.array_equal(parent, expected) else 0
+
+
+def _starts(parent: IntArray, n_parents: int) -> NDArray[np.int64] | None:
+    """First child of each parent when children are sorted by parent and none is childless."""
+    counts = np.bincount(parent, minlength=n_parents)
+    if parent.size == 0 or np.any(np.diff(parent) < 0) or np.any(counts == 0):
+        return None
+    starts = np.zeros(n_parents, dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    return starts
 
 
 def _ancestors(topology: Topology) -> tuple[IntArray, ...]:

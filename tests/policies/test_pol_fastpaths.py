@@ -35,6 +35,8 @@ def layouts(draw: st.DrawFn) -> Topology:
     per_row = draw(st.integers(1, n_racks))
     rack_row = [i // per_row for i in range(n_racks)]
     n_rows = rack_row[-1] + 1
+    if draw(st.booleans()):  # racks out of row order: the bincount path
+        rack_row = draw(st.permutations(rack_row))
     n_gpus = sum(server_gpus)
     return build_topology(
         server_gpus,
