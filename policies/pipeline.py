@@ -363,16 +363,22 @@ def _smooth(
         return out, None
     used = _group_use(plan, out)
     over = np.zeros(plan.n_servers, dtype=np.bool_)
-    for k, path in enumerate(plan.server_path):
+    # Coarsest first: an overfull site (the usual case under a binding site limit) puts every
+    # server under an overfull group, and the finer levels need no look.
+    for k in reversed(range(plan.n_levels)):
         bound = np.maximum(usable_w[k], target_used_w[k])
         tol = REL_TOL * np.maximum(np.abs(bound), 1.0)
-        over |= (used[k] > bound + tol)[path]
+        group_over = used[k] > bound + tol
+        if k == plan.n_levels - 1 and group_over.all():
+            over[:] = True
+            break
+        over |= group_over[plan.server_path[k]]
     if not over.any():
         return out, used
     # Kept cuts under an overfull group take their target after all. A kept cut sits above
     # its target and every other cap at or below it, so on the servers concerned that is
     # min(cap, target), exactly, without finding the kept cuts one by one.
-    if over.all():  # an overfull site: every server
+    if over.all():
         np.minimum(out, target_w, out=out)
     elif plan.gpus_per_server:
         shape = (plan.n_servers, plan.gpus_per_server)
