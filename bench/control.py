@@ -229,7 +229,9 @@ def _throughput_misses(scenario: str, ours: Row, by_controller: dict[str, Row]) 
 def _verdict(name: str, by_controller: dict[str, Row], missed: list[str]) -> str:
     """The table's last column: Rheostat's missed targets; a rival over the limits says so."""
     if name == "rheostat":
-        return "ok" if not missed else " ".join(missed)
+        if missed:
+            return " ".join(missed)
+        return "ok (work targets met)" if "work_targets" in by_controller[name] else "ok"
     summary = by_controller[name]
     if name in ("static", "threshold") and not compared(summary):
         return "over limits, not compared"

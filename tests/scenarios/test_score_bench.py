@@ -166,6 +166,9 @@ def test_work_targets_replace_the_throughput_comparison(budget_step: dict[str, A
     ours["throughput_retained"] = {"tier0": 1.0, "weighted": 0.5}
     ours["work_targets"] = [{"job": "sweep", "met": True}]
     assert control.misses("carbon-shift", runs) == []
+    row = {"scenarios": {"carbon-shift": runs}}
+    (verdict,) = (r["targets"] for r in control.flat_rows([row]) if r["controller"] == "rheostat")
+    assert verdict == "ok (work targets met)"
     ours["work_targets"].append({"job": "finetune", "met": False})
     assert control.misses("carbon-shift", runs) == ["work-target"]
 
