@@ -147,7 +147,7 @@ def _phase_keys(plan: CappingPlan, tier: NDArray[np.int8]) -> NDArray[np.int64]:
     with a copy of those tiers, and reused while the tiers compare equal.
     """
     scratch = plan.scratch
-    seen = "tier_seen" in scratch.names
+    seen = scratch.has("tier_seen")
     last_tier = scratch.i8("tier_seen")
     key = scratch.i("phase_key")
     if not (seen and np.array_equal(tier, last_tier)):

@@ -111,7 +111,7 @@ def _dynamic_range(plan: CappingPlan) -> FloatArray:
     Fixed by the topology, so it is computed once and kept in the plan's scratch.
     """
     name = "dvfs_dynamic"
-    if name in plan.scratch.names:
+    if plan.scratch.has(name):
         return plan.scratch.f(name)
     return np.subtract(plan.topology.gpu_max_cap_w, plan.idle_w, out=plan.scratch.f(name))
 
@@ -123,7 +123,7 @@ def _lowest_clock(plan: CappingPlan, keep_frac: float) -> FloatArray:
     scratch under the fraction it was computed for.
     """
     name = f"dvfs_lowest_{keep_frac!r}"
-    if name in plan.scratch.names:
+    if plan.scratch.has(name):
         return plan.scratch.f(name)
     out = plan.scratch.f(name)
     lo, hi, step = plan.min_clock_mhz, plan.max_clock_mhz, plan.clock_step_mhz

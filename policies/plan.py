@@ -57,6 +57,10 @@ class Scratch:
             buf = self._bool[name] = np.empty(self._n, dtype=np.bool_)
         return buf
 
+    def has(self, name: str) -> bool:
+        """Whether a buffer called `name` exists (so a cached result is in it)."""
+        return name in self._float or name in self._bool or name in self._int or name in self._small
+
     @property
     def names(self) -> set[str]:
         return set(self._float) | set(self._bool) | set(self._int) | set(self._small)
