@@ -193,10 +193,15 @@ def _fill_phase(
         else:
             level = _saturation_levels(plan, k, gain, holder, saturation, binding, remaining[k])
         saturation[offsets[k] : offsets[k + 1]] = level
-        level_of_server = level[path]
-        lowered = level_of_server < reach
-        reach[lowered] = level_of_server[lowered]
-        holder[lowered] = path[lowered] + offsets[k]
+        if size == 1:  # the site: one level for every server
+            lowered = reach > level[0]
+            reach[lowered] = level[0]
+            holder[lowered] = offsets[k]
+        else:
+            level_of_server = level[path]
+            lowered = level_of_server < reach
+            reach[lowered] = level_of_server[lowered]
+            holder[lowered] = path[lowered] + offsets[k]
         any_held = True
         site_full = k == plan.n_levels - 1
     return reach, site_full
@@ -221,8 +226,11 @@ def _saturation_levels(  # noqa: PLR0917 - a private kernel step, called once
     n_groups = binding.size
     n_global = saturation.size
     key = np.where(holder >= 0, holder, path + n_global)
-    in_binding = binding[path] & (gain > 0)
-    weights = np.bincount(key[in_binding], weights=gain[in_binding], minlength=n_global + n_groups)
+    # Servers of non-binding groups weigh nothing; items that weigh nothing are dropped below,
+    # so zero weights stand in for compacting the arrays (and add exact zeros to the sums).
+    # Gains are never negative.
+    server_weight = gain if binding.all() else gain * binding[path]
+    weights = np.bincount(key, weights=server_weight, minlength=n_global + n_groups)
     items = np.flatnonzero(weights > 0)
     is_holder = items < n_global
     group = np.where(is_holder, plan.ancestor[k][np.minimum(items, n_global - 1)], items - n_global)
