@@ -175,14 +175,16 @@ def _fill_phase(
     offsets = plan.group_offsets
     saturation = np.ones(int(offsets[-1]))  # per global group id
     any_held = site_full = False
+    held_sums: list[FloatArray] | None = None  # what each group wants given the reaches so far
     for k in range(plan.n_levels):
         path = plan.server_path[k]
         size = plan.topology.levels[k].size
-        wanted: FloatArray = (
-            np.bincount(path, weights=gain * reach, minlength=size).astype(np.float64, copy=False)
-            if any_held
-            else totals[k]
-        )
+        if not any_held:
+            wanted = totals[k]
+        else:
+            if held_sums is None:  # reaches changed below: sum them up once for every level
+                held_sums = plan.up(gain * reach)
+            wanted = held_sums[k]
         binding = wanted > remaining[k]
         if not binding.any():
             continue
@@ -203,6 +205,7 @@ def _fill_phase(
             reach[lowered] = level_of_server[lowered]
             holder[lowered] = path[lowered] + offsets[k]
         any_held = True
+        held_sums = None
         site_full = k == plan.n_levels - 1
     return reach, site_full
 

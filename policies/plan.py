@@ -218,7 +218,7 @@ class CappingPlan:
                 continue
             starts = self.group_starts[k]
             if starts is not None:
-                # Children in order: sums in the same order as bincount's, in one call.
+                # Children in order: one call sums every group (and every column).
                 sums.append(np.add.reduceat(below, starts, axis=0))
                 continue
             parent = levels[k - 1].parent
