@@ -128,7 +128,19 @@ class DecisionState:
 
     @property
     def nbytes(self) -> int:
-        """Memory this state keeps between ticks (the warm path's cost). Units: bytes."""
-        arrays = (self.demand_w, self.util_held, self.sm_clock_max_mhz)
-        held = sum(int(a.nbytes) for a in arrays if a is not None)
-        return int(self.cap_w.nbytes) + held + (self.plan.nbytes if self.plan is not None else 0)
+        """Memory this state keeps between ticks (the warm path's cost). Units: bytes.
+
+        Per-GPU arrays may be rows of one block allocated per tick; the whole block is kept
+        alive by any of them, so blocks are counted whole, once.
+        """
+        arrays = (self.cap_w, self.demand_w, self.util_held, self.sm_clock_max_mhz)
+        owners = {id(o): o for o in (_owner(a) for a in arrays if a is not None)}
+        held = sum(int(o.nbytes) for o in owners.values())
+        return held + (self.plan.nbytes if self.plan is not None else 0)
+
+
+def _owner(array: NDArray[np.generic]) -> NDArray[np.generic]:
+    """The array that owns `array`'s memory (itself unless it is a view)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
