@@ -31,6 +31,7 @@ import numpy as np
 
 from controller import wire
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
+from controller.mqtt_client import Client
 from policies.fleet import FleetState
 from policies.topology import Topology, generate_topology
 
@@ -56,7 +57,7 @@ def mosquitto() -> Iterator[int]:
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 1000000\nmax_inflight_messages 0\n"
+            "max_queued_messages 1000000\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
         )
         proc = subprocess.Popen(
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -155,10 +156,10 @@ async def consume_rheostat(port: int, topo: Topology, count: int) -> tuple[float
     fleet = FleetState.empty(topo)
     ingest = Ingest(topo, fleet, ClassTable(), restart_gap_s=1.0)
     done = f"{wire.TOPIC_ROOT}/{SITE}/done"
-    async with aiomqtt.Client("127.0.0.1", port, queue_type=ConflatingQueue) as client:
+    async with Client("127.0.0.1", port, queue_type=ConflatingQueue) as client:
         await client.subscribe(wire.telemetry_filter(SITE))
         await client.subscribe(done, qos=1)
-        queue = client._queue
+        queue = client.inbox
         assert isinstance(queue, ConflatingQueue)
         with publisher(port, topo.n_racks, int(topo.rack_sizes()[0]), count) as proc:
             assert proc.stdin is not None
@@ -166,18 +167,17 @@ async def consume_rheostat(port: int, topo: Topology, count: int) -> tuple[float
             proc.stdin.flush()
             start = None
             finished = False
-            async for message in client.messages:
+            while not finished:  # the daemon's receive loop (`Controller._receive`)
+                message = await client.receive()
                 start = start or time.perf_counter()
                 for msg in (
                     message,
                     *(queue.get_nowait() for _ in range(min(queue.qsize(), DRAIN_BATCH))),
                 ):
-                    if msg.topic.value == done:
+                    if msg.topic == done:
                         finished = True
                     else:
-                        ingest.handle(msg.topic.value, msg.payload)
-                if finished:
-                    break
+                        ingest.handle(msg.topic, msg.payload)
             elapsed = time.perf_counter() - (start or time.perf_counter())
     assert ingest.counters.accepted > 0
     assert sum(ingest.counters.rejected.values()) == 0

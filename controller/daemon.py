@@ -37,6 +37,7 @@ from controller.config import MqttSection
 from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
+from controller.mqtt_client import Client
 from controller.policy_file import Policy, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
 from controller.watch import watch_file
@@ -50,6 +51,9 @@ log = structlog.get_logger("rheostat.controller")
 
 #: Messages handled per batch before yielding to the loop, so ticks and scrapes stay on time.
 DRAIN_BATCH = 2048
+#: Commands handed to the MQTT client per slice before other tasks get a turn: a burst to every
+#: rack is queued in a few slices instead of one long stall of ingest.
+PUBLISH_SLICE = 1000
 
 
 class Notifier(Protocol):
@@ -174,7 +178,10 @@ class Controller:
         self.notifier: Notifier = notifier or _NoNotifier()
         self.runtime = build_runtime(policy, clock=clock, version=version)
         self.runtime.reloads.last_success_s = clock()
-        self._client: aiomqtt.Client | None = None
+        self._client: Client | None = None
+        self._confirming: set[asyncio.Task[None]] = set()
+        #: Acknowledgements of the last batch of commands, while any is outstanding.
+        self._unconfirmed: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._state_lock = asyncio.Lock()
         self._metrics_serving = False
@@ -229,7 +236,7 @@ class Controller:
             await stop.wait()
             self._stopping = True
             self.notifier.notify("STOPPING=1")
-            for task in tasks:
+            for task in (*tasks, *self._confirming):
                 task.cancel()
         log.info("stopped", ticks=self.runtime.ticks.ticks)
 
@@ -299,7 +306,7 @@ class Controller:
         rt.policy, rt.decision, rt.decision_state = policy, None, None
 
     # ------------------------------------------------------------------ MQTT
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> Client:
         rt = self.runtime
         mq = rt.policy.config.mqtt
         site = rt.policy.site
@@ -316,7 +323,7 @@ class Controller:
         protocol = (
             aiomqtt.ProtocolVersion.V5 if mq.protocol == "5" else aiomqtt.ProtocolVersion.V311
         )
-        return aiomqtt.Client(
+        return Client(
             mq.host,
             mq.port,
             identifier=mq.client_id,
@@ -370,7 +377,8 @@ class Controller:
                     connected_before, attempt = True, 0
                     log.info("connected", broker=f"{mq.host}:{mq.port}", protocol=mq.protocol)
                     self._maybe_ready()
-                    rt.book.invalidate(self.clock())
+                    async with self._send_lock:
+                        rt.book.invalidate(self.clock())
                     await self._send_due()  # republish current commands at once
                     try:
                         await self._receive(client)
@@ -384,10 +392,14 @@ class Controller:
             finally:
                 self._client = None
                 rt.mqtt_connected = rt.subscribed = False
+                # The broker may have lost those commands: the reconnect resends every rack's.
+                for task in self._confirming:
+                    task.cancel()
+                self._unconfirmed = None
             attempt += 1
             await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, client: Client) -> None:
         handle: Callable[[str, bytes], bool] = self.runtime.ingest.handle
         if self.grid is not None:
             handle = _routed(self.grid, handle)
@@ -395,13 +407,14 @@ class Controller:
             handle = self.facility.routed(handle, clock=self.clock)
         if self.carbon is not None:
             handle = self.carbon.routed(handle, clock=self.clock)
-        queue = client._queue
-        async for message in client.messages:
-            handle(message.topic.value, message.payload)
+        queue = client.inbox
+        while True:
+            message = await client.receive()
+            handle(message.topic, message.payload)
             # Drain what arrived in the same read without one await per message.
             for _ in range(min(queue.qsize(), DRAIN_BATCH)):
-                msg = queue.get_nowait()
-                handle(msg.topic.value, msg.payload)
+                message = queue.get_nowait()
+                handle(message.topic, message.payload)
 
     # ------------------------------------------------------------------ tick
     async def _tick_loop(self) -> None:
@@ -502,29 +515,69 @@ class Controller:
         )
 
     async def _send_due(self) -> int:
-        """Publish the commands due under the current decision; skipped while disconnected."""
+        """Publish the commands due under the current decision; skipped while disconnected.
+
+        Choosing and encoding run in a worker thread (a burst to 10k racks takes tens of ms);
+        publishing does not wait for the broker's acknowledgements, which a separate task
+        collects, so neither the tick nor ingest stalls on a round trip. While a batch is
+        unacknowledged no new one is built: its racks stay due and go out with the then-current
+        caps once the broker has caught up, so a burst is conflated, never queued behind itself.
+        Commands not acknowledged within the MQTT timeout make every rack due again.
+        """
         rt = self.runtime
         client, decision, stale = self._client, rt.decision, rt.stale_rack
         if client is None or decision is None or stale is None:
             return 0
+        if self._unconfirmed is not None and not self._unconfirmed.done():
+            return 0
         async with self._send_lock:
-            now_s = self.clock()
-            racks = rt.book.due(
-                decision, now_s=now_s, stale_rack=stale, last_seen_s=rt.fleet.rack_last_seen_s
-            )
-            if racks.size == 0:
+            book, site = rt.book, rt.policy.site
+            last_seen_s = rt.fleet.rack_last_seen_s
+
+            def choose() -> list[tuple[str, bytes]]:
+                now_s = self.clock()
+                racks = book.due(decision, now_s=now_s, stale_rack=stale, last_seen_s=last_seen_s)
+                return book.build(decision, racks, now_s=now_s) if racks.size else []
+
+            messages = await asyncio.to_thread(choose)
+            if not messages:
                 return 0
-            messages = rt.book.build(decision, racks, now_s=now_s)
-            site = rt.policy.site
+            futures: list[asyncio.Future[None]] = []
             try:
-                async with asyncio.timeout(rt.policy.config.mqtt.timeout_s):
-                    await asyncio.gather(
-                        *(
-                            client.publish(wire.command_topic(site, rack), payload, qos=1)
-                            for rack, payload in messages
+                for first in range(0, len(messages), PUBLISH_SLICE):
+                    if first:
+                        await asyncio.sleep(0)
+                    futures.append(
+                        client.publish_batch(
+                            (
+                                (wire.command_topic(site, rack), payload)
+                                for rack, payload in messages[first : first + PUBLISH_SLICE]
+                            ),
+                            qos=1,
                         )
                     )
-            except (aiomqtt.MqttError, TimeoutError) as exc:
-                rt.book.invalidate()  # resend everything once the connection is back
-                log.warning("commands not confirmed; will resend", error=str(exc))
-            return len(messages)
+            except aiomqtt.MqttError as exc:
+                for future in futures:
+                    client.forget(future)
+                book.invalidate()  # resend everything once the connection is back
+                log.warning("commands not sent; will resend", error=str(exc))
+                return len(messages)
+            task = asyncio.create_task(self._confirm(client, futures, book))
+            self._unconfirmed = task
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
+        return len(messages)
+
+    async def _confirm(
+        self, client: Client, futures: list[asyncio.Future[None]], book: CommandBook
+    ) -> None:
+        """Wait for a tick's acknowledgements; a missing one makes every rack due again."""
+        try:
+            async with asyncio.timeout(self.runtime.policy.config.mqtt.timeout_s):
+                await asyncio.gather(*futures)
+        except TimeoutError:
+            for future in futures:
+                client.forget(future)
+            async with self._send_lock:
+                book.invalidate()  # resend everything once the connection is back
+            log.warning("commands not confirmed; will resend")
