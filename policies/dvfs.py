@@ -55,7 +55,12 @@ def clock_targets(
     if not settings.enabled or cap_w.size == 0:
         return max_clock.copy(), 0.0
     scratch = plan.scratch
-    activity = np.clip(util, 0.0, 1.0, out=scratch.f("w0"))
+    if fit_util is None or settings.memory_bound_ratio <= 0.0:
+        activity = np.clip(util, 0.0, 1.0, out=scratch.f("w0"))
+    else:
+        # Only compared with a positive bound (memory activity >= MIN_ACTIVITY times a positive
+        # ratio), where clipping below at 0 changes no outcome; the fit clips `fit_util` below.
+        activity = np.minimum(util, 1.0, out=scratch.f("w0"))
     memory_bound = np.greater_equal(mem_util, MIN_ACTIVITY, out=scratch.b("b0"))
     ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=scratch.f("w1"))
     low_sm = np.less(activity, ratio_w, out=scratch.b("b1"))
@@ -71,7 +76,8 @@ def clock_targets(
 
     # Power at full clock under the policy's model: idle + (max cap - idle) * activity.
     if fit_util is not None:
-        activity = np.clip(fit_util, 0.0, 1.0, out=activity)
+        activity = np.maximum(fit_util, 0.0, out=activity)
+        np.minimum(activity, 1.0, out=activity)
     dynamic_w = np.multiply(_dynamic_range(plan), activity, out=scratch.f("w2"))
     full_w = np.add(plan.idle_w, dynamic_w, out=scratch.f("w3"))
     # The clock where idle + dynamic * (f / f_max)^3 equals the cap, floored onto the grid.

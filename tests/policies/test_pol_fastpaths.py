@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from policies.capping import REL_TOL
-from policies.decision import CappingSettings, DecisionState, Limits, PolicySettings
+from policies.decision import (
+    CappingSettings,
+    DecisionState,
+    DvfsSettings,
+    Limits,
+    PolicySettings,
+)
+from policies.dvfs import ALPHA_MEMORY_BOUND, MIN_ACTIVITY, clock_targets
 from policies.pipeline import _smooth, decide
 from policies.plan import CappingPlan
 from policies.topology import Topology, generate_topology
@@ -192,3 +199,37 @@ def test_generated_fleets_take_the_reshape_paths() -> None:
     assert plan.gpus_per_server == 8
     assert plan.children[1] == 4
     assert plan.children[2] == 20
+
+
+def plain_clocks(
+    plan: CappingPlan, cap: FloatArray, util: FloatArray, mem: FloatArray, fit: FloatArray
+) -> FloatArray:
+    """Clock ceilings with clips and np.where, as the DVFS rules read."""
+    cfg = DvfsSettings()
+    lo, hi, step = plan.min_clock_mhz, plan.max_clock_mhz, plan.clock_step_mhz
+    memory_bound = (mem >= MIN_ACTIVITY) & (np.clip(util, 0.0, 1.0) < mem * cfg.memory_bound_ratio)
+    keep = (1.0 - cfg.max_loss_frac) ** (1.0 / ALPHA_MEMORY_BOUND)
+    lowest = np.minimum(lo + np.ceil((keep * hi - lo) / step) * step, hi)
+    clock = np.where(memory_bound, lowest, hi)
+    dynamic = (plan.topology.gpu_max_cap_w - plan.idle_w) * np.clip(fit, 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.cbrt(np.maximum(cap - plan.idle_w, 0.0) / dynamic)
+    fits = np.maximum(np.floor((ratio * hi - lo) / step) * step + lo, lo)
+    return np.minimum(clock, fits)
+
+
+@settings(max_examples=80)
+@given(topo=layouts(), seed=st.integers(0, 2**32 - 1))
+def test_clock_selects_match_clips_and_where(topo: Topology, seed: int) -> None:
+    plan = CappingPlan.build(topo)
+    rng = np.random.default_rng(seed)
+    n = topo.n_gpus
+    cap = rng.uniform(topo.gpu_min_cap_w, topo.gpu_max_cap_w)
+    # Activities outside [0, 1] too (bad telemetry), zeros and memory-bound mixes.
+    util = rng.choice([-0.2, 0.0, 0.1, 0.2, 0.5, 1.0, 1.3], n) * rng.uniform(0.5, 1.0, n)
+    mem = rng.choice([0.0, 0.04, 0.3, 0.8, 1.2, 2.0], n)
+    fit = np.maximum(util, rng.choice([-0.1, 0.0, 0.6, 1.0, 1.5], n))
+    clock, _ = clock_targets(
+        plan, cap_w=cap, util=util, mem_util=mem, settings=DvfsSettings(), fit_util=fit
+    )
+    np.testing.assert_array_equal(clock, plain_clocks(plan, cap, util, mem, fit))
