@@ -51,9 +51,12 @@ log = structlog.get_logger("rheostat.controller")
 
 #: Messages handled per batch before yielding to the loop, so ticks and scrapes stay on time.
 DRAIN_BATCH = 2048
-#: Commands handed to the MQTT client per slice before other tasks get a turn: a burst to every
-#: rack is queued in a few slices instead of one long stall of ingest.
-PUBLISH_SLICE = 1000
+#: Commands handed to the MQTT client per slice before other tasks get a turn.
+PUBLISH_SLICE = 250
+#: Commands in one batch, the most ever awaiting the broker's acknowledgement. A fleet-wide
+#: change goes out over a few ticks (lowering racks first), and a rack whose caps just moved
+#: waits behind at most one batch, not behind a queue of every rack.
+COMMANDS_IN_FLIGHT = 1000
 
 
 class Notifier(Protocol):
@@ -334,7 +337,9 @@ class Controller:
             keepalive=mq.keepalive_s,
             timeout=mq.timeout_s,
             queue_type=ConflatingQueue,
-            max_inflight_messages=1000,
+            # The daemon bounds what is in flight itself (COMMANDS_IN_FLIGHT); paho's own bound
+            # scans every unacknowledged message on each acknowledgement.
+            max_inflight_messages=0,
             tls_params=tls,
             tls_insecure=mq.tls.insecure if mq.tls is not None else None,
         )
@@ -519,9 +524,10 @@ class Controller:
 
         Choosing and encoding run in a worker thread (a burst to 10k racks takes tens of ms);
         publishing does not wait for the broker's acknowledgements, which a separate task
-        collects, so neither the tick nor ingest stalls on a round trip. While a batch is
-        unacknowledged no new one is built: its racks stay due and go out with the then-current
-        caps once the broker has caught up, so a burst is conflated, never queued behind itself.
+        collects, so neither the tick nor ingest stalls on a round trip. A batch holds at most
+        `COMMANDS_IN_FLIGHT` commands and while it is unacknowledged no new one is built: the
+        racks left out stay due and go out with the then-current caps once the broker has caught
+        up, so a burst is conflated, never queued behind itself.
         Commands not acknowledged within the MQTT timeout make every rack due again.
         """
         rt = self.runtime
@@ -537,6 +543,7 @@ class Controller:
             def choose() -> list[tuple[str, bytes]]:
                 now_s = self.clock()
                 racks = book.due(decision, now_s=now_s, stale_rack=stale, last_seen_s=last_seen_s)
+                racks = racks[:COMMANDS_IN_FLIGHT]  # the rest stay due for the next batch
                 return book.build(decision, racks, now_s=now_s) if racks.size else []
 
             messages = await asyncio.to_thread(choose)

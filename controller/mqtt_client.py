@@ -28,7 +28,7 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 
 #: Packets parsed per socket wake-up before other tasks get a turn (ticks, scrapes).
-READ_BATCH = 512
+READ_BATCH = 64
 #: Bytes asked of the socket per `recv`; a 72-GPU telemetry message is about 6 kB.
 RECV_BYTES = 256 * 1024
 
@@ -66,6 +66,7 @@ class Client(aiomqtt.Client):
         #: aiomqtt's queue (`queue_type`), holding `Received` items rather than `Message`s.
         self.inbox = cast(asyncio.Queue[Any], self._queue)
         self._batch_of: dict[int, _Batch] = {}
+        self._arrived: asyncio.Future[None] | None = None
         self._rx = b""
         self._rx_pos = 0
         self._client._sock_recv = self._buffered_recv  # type: ignore[method-assign]
@@ -99,6 +100,8 @@ class Client(aiomqtt.Client):
         del client, userdata
         try:
             self.inbox.put_nowait(Received(message.topic, cast(bytes, message.payload)))
+            if self._arrived is not None:
+                self._wake()
         except asyncio.QueueFull:
             self._logger.warning("Message queue is full. Discarding message.")
 
@@ -134,25 +137,33 @@ class Client(aiomqtt.Client):
         self._loop.call_soon_threadsafe(start_misc)
 
     async def receive(self) -> Received:
-        """The next message; `aiomqtt.MqttError` once the connection is lost."""
+        """The next message; `aiomqtt.MqttError` once the connection is lost.
+
+        An empty queue is waited on with one future that `_on_message` completes, so the
+        consumer runs on the next loop iteration rather than after a task and `asyncio.wait`
+        hop (three iterations, in which the reader keeps filling the queue).
+        """
         queue = self.inbox
-        if queue.qsize():
-            item: Received = queue.get_nowait()
-            return item
-        get: asyncio.Future[Any] = self._loop.create_task(queue.get())
-        waiting: set[asyncio.Future[Any]] = {get, self._disconnected}
-        try:
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not get.done():
-                get.cancel()
-        if get in done:
-            got: Received = get.result()
-            return got
-        lost = self._disconnected
-        # Retrieved here, so asyncio does not log it as an exception nobody saw.
-        cause = None if lost.cancelled() else lost.exception()
-        raise aiomqtt.MqttError("Disconnected during message iteration") from cause
+        while not queue.qsize():
+            lost = self._disconnected
+            if lost.done():
+                # Retrieved here, so asyncio does not log it as an exception nobody saw.
+                cause = None if lost.cancelled() else lost.exception()
+                raise aiomqtt.MqttError("Disconnected during message iteration") from cause
+            arrived = self._arrived = self._loop.create_future()
+            lost.add_done_callback(self._wake)
+            try:
+                await arrived
+            finally:
+                lost.remove_done_callback(self._wake)
+                self._arrived = None
+        item: Received = queue.get_nowait()
+        return item
+
+    def _wake(self, _: object = None) -> None:
+        arrived = self._arrived
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
 
     # ------------------------------------------------------------------ publish
     def _on_publish(

@@ -6,8 +6,10 @@ import asyncio
 
 import aiomqtt
 import numpy as np
+import pytest
 
 from controller import wire
+from controller.mqtt_client import Client
 from tests.services import Mosquitto
 
 
@@ -40,3 +42,36 @@ async def test_telemetry_crosses_a_real_broker(mosquitto: Mosquitto) -> None:
                 break
     assert out.rack == "r00003"
     np.testing.assert_array_equal(out.power_w, msg.power_w)
+
+
+async def test_daemon_client_reads_every_packet_of_a_burst_and_confirms_a_batch(
+    mosquitto: Mosquitto,
+) -> None:
+    """Many packets per socket read, some split across reads, and one large one: none lost or
+    mangled; a batch's future resolves only once the broker has acknowledged every message."""
+    sizes = [10 + (k * 37) % 3000 for k in range(3000)] + [200_000]
+    payloads = [bytes([k % 251]) * size for k, size in enumerate(sizes)]
+    async with (
+        Client("127.0.0.1", mosquitto.port, identifier="ctl") as sub,
+        Client("127.0.0.1", mosquitto.port, identifier="agent") as pub,
+    ):
+        await sub.subscribe("t/#", qos=1)
+        batch = pub.publish_batch(
+            ((f"t/{k}", payload) for k, payload in enumerate(payloads)), qos=1
+        )
+        assert not batch.done()  # nothing is acknowledged before the loop runs
+        async with asyncio.timeout(20):
+            await batch
+            got = [await sub.receive() for _ in payloads]
+    assert [m.topic for m in got] == [f"t/{k}" for k in range(len(payloads))]
+    assert [m.payload for m in got] == payloads
+    assert not pub._batch_of  # every acknowledgement was matched
+
+
+async def test_daemon_client_receive_raises_once_the_broker_is_gone(mosquitto: Mosquitto) -> None:
+    async with Client("127.0.0.1", mosquitto.port, identifier="ctl", timeout=2) as sub:
+        await sub.subscribe("t/#")
+        mosquitto.stop()
+        with pytest.raises(aiomqtt.MqttError):
+            async with asyncio.timeout(10):
+                await sub.receive()
