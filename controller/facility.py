@@ -204,6 +204,20 @@ class FacilityHook:
         k = int(np.clip(np.searchsorted(t, now_s, side="right") - 1, 0, value.size - 1))
         return float(value[k])
 
+    def metered_w(self, now_s: float, it_power_w: float) -> float:
+        """Facility power now: the meter while it is fresh, else the cooling model's estimate.
+
+        Demand-response baselines and targets are taken at this meter, like the contract.
+        """
+        reading = self.last
+        if reading is not None and now_s - reading.ts <= self.section.meter_timeout_s:
+            return reading.facility_w
+        settings = self._settings or self.section.settings()
+        outdoor = self.section.design_outdoor_c
+        if reading is not None and reading.outdoor_c is not None:
+            outdoor = reading.outdoor_c
+        return float(settings.model.facility_w(it_power_w, outdoor))
+
     def limits(
         self, limits: Limits, *, now_s: float, it_power_w: float, fallback_w: float
     ) -> Limits:
@@ -250,12 +264,7 @@ class FacilityHook:
         tier: NDArray[np.int8],
     ) -> None:
         """Count this tick's facility energy, emissions and cost per tier."""
-        fresh = self.last is not None and now_s - self.last.ts <= self.section.meter_timeout_s
-        if fresh and self.last is not None:
-            facility = self.last.facility_w
-        else:
-            settings = self._settings or self.section.settings()
-            facility = settings.model.facility_w(it_power_w, self.section.design_outdoor_c)
+        facility = self.metered_w(now_s, it_power_w)
         self.facility_w, self.it_w = facility, it_power_w
         if dt_s <= 0:
             return

@@ -152,3 +152,14 @@ def test_psu_efficiency_turns_the_wall_it_budget_into_core_watts() -> None:
     # A limit already in core units (a DR limit) comes back to wall power before the budget.
     cut = dc.limits(Limits(site_limit_w=0.75e6 * 0.95), now_s=0.0, it_power_w=5e5, fallback_w=1e6)
     assert cut.site_limit_w == pytest.approx(got_dc.site_limit_w * 0.75)
+
+
+def test_metered_power_is_the_meter_while_fresh_then_the_model() -> None:
+    hook = _hook(fixed_w=0.0, meter_timeout_s=15.0)
+    assert hook.metered_w(0.0, 5e5) > 5e5  # no meter yet: IT plus modelled cooling and losses
+    reading = MeterReading(ts=100.0, facility_w=7.1e5, it_w=5e5, outdoor_c=38.0)
+    hook.handle(TOPIC, encode_meter(reading), now_s=100.0)
+    assert hook.metered_w(110.0, 5e5) == 7.1e5
+    hot = hook.metered_w(200.0, 5e5)  # stale: the model, at the meter's last outdoor reading
+    cool = _hook(fixed_w=0.0, design_outdoor_c=20.0).metered_w(200.0, 5e5)
+    assert hot > cool > 5e5

@@ -32,13 +32,14 @@ GRAFANA = DEPLOY / "grafana"
 DATASOURCE_UID = "${datasource}"
 
 
-def test_the_four_dashboards_exist() -> None:
+def test_the_five_dashboards_exist() -> None:
     titles = {load_dashboard(p)["title"] for p in DASHBOARDS}
     assert titles == {
         "Rheostat / Fleet overview",
         "Rheostat / Row and rack",
         "Rheostat / Demand response",
         "Rheostat / Controller health",
+        "Rheostat / Facility and carbon",
     }
     uids = [load_dashboard(p)["uid"] for p in DASHBOARDS]
     assert len(set(uids)) == len(uids)
@@ -126,6 +127,16 @@ def test_dashboards_cover_what_operators_watch() -> None:
         "rheostat_telemetry_messages_total",
         "rheostat_telemetry_rejected_total",
     } <= health
+    facility = names("Rheostat / Facility and carbon")
+    assert {
+        "rheostat_facility_power_watts",
+        "rheostat_it_budget_watts",
+        "rheostat_pue",
+        "rheostat_facility_meter_age_seconds",
+        "rheostat_emissions_kg_total",
+        "rheostat_grid_signal",
+        "rheostat_flex_job_speed_ratio",
+    } <= facility
     board = load_dashboard(next(p for p in DASHBOARDS if "racks" in p.name))
     assert {"site", "row", "rack"} <= {v["name"] for v in board["templating"]["list"]}
 
