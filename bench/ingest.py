@@ -7,7 +7,8 @@ obvious way (`async for` over aiomqtt's messages, `json.loads`, per-field array 
 validation). Both run in this process against the same broker and the same messages, one after
 the other. `rack_msgs_per_s` counts messages the ingest path handled (validated and applied, or
 superseded by a newer message for the same rack); `gpu_readings_per_s` is that times the GPUs a
-rack. Needs the `mosquitto` binary.
+rack; `applied_msgs_per_s` counts only the messages validated and written, so a consumer that
+falls behind and conflates shows there. Needs the `mosquitto` binary.
 """
 
 from __future__ import annotations
@@ -236,6 +237,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "rack_msgs_per_s": round(ours),
                     "gpu_readings_per_s": round(ours * rack_gpus),
                     "conflated": conflated,
+                    # validated and written (not superseded), the work each message costs
+                    "applied_msgs_per_s": round((handled - conflated) / ours_s),
                     "baseline_msgs_per_s": round(base),
                     "baseline_delivered": base_handled,
                     "ratio": round(ours / base, 2),

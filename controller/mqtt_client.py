@@ -4,7 +4,9 @@ aiomqtt's per-message costs are what limit the daemon at fleet scale, not MQTT i
 - receiving: paho reads a packet with three to four `recv` calls and aiomqtt's reader handles one
   packet per event-loop wake-up, then wraps it in a validated `Message`. Here one `recv` fills a
   buffer that many packets are parsed from, a wake-up reads up to `READ_BATCH` packets, and a
-  message enters the (conflating) queue as a bare topic string and payload.
+  message enters the (conflating) queue as a bare topic string and payload. A QoS 0 PUBLISH
+  (telemetry) wholly in the buffer is cut out of it here, without paho's packet objects; every
+  other packet, and anything unusual about one, goes through paho as before.
 - publishing: `aiomqtt.Client.publish` awaits each QoS 1 acknowledgement with its own event, task
   and timeout, and counts every pending call on each publish, which is quadratic in a burst of
   commands (10k racks: seconds of event-loop time). `publish_batch` queues a whole tick's
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -93,17 +96,86 @@ class Client(aiomqtt.Client):
         self._rx, self._rx_pos = buf, end
         return buf[pos:end]
 
+    def _fill(self) -> bool:
+        """Read into the empty buffer; False when the socket has nothing now.
+
+        The end of the stream or a socket error leaves the buffer empty and returns True, so
+        paho's own read meets it and handles the lost connection as it always does.
+        """
+        try:
+            data = self._buffered_recv(RECV_BYTES)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        self._rx, self._rx_pos = data, 0
+        return True
+
     def _buffered(self) -> bool:
         return self._rx_pos < len(self._rx)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         del client, userdata
+        self._deliver(message.topic, bytes(message.payload))
+
+    def _deliver(self, topic: str, payload: bytes) -> None:
         try:
-            self.inbox.put_nowait(Received(message.topic, cast(bytes, message.payload)))
-            if self._arrived is not None:
-                self._wake()
+            self.inbox.put_nowait(Received(topic, payload))
         except asyncio.QueueFull:
             self._logger.warning("Message queue is full. Discarding message.")
+            return
+        if self._arrived is not None:
+            self._wake()
+
+    def _take_publish(self, v5: bool) -> bool:
+        """Cut a QoS 0 PUBLISH out of the buffer and deliver it; False leaves it to paho.
+
+        Only a packet that is complete in the buffer, with a non-empty UTF-8 topic and lengths
+        that add up, is taken; nothing is consumed otherwise.
+        """
+        buf, pos = self._rx, self._rx_pos
+        end = len(buf)
+        if pos >= end or buf[pos] & 0xF6 != 0x30:  # PUBLISH, QoS 0 (DUP and RETAIN allowed)
+            return False
+        length, shift, i = 0, 0, pos + 1
+        while True:  # remaining length: at most four 7-bit groups
+            if i >= end or i > pos + 4:
+                return False
+            byte = buf[i]
+            i += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        stop = i + length
+        if stop > end or length < 2:
+            return False
+        topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+        if topic_end == i + 2 or topic_end > stop:
+            return False
+        start = topic_end
+        if v5:  # skip the properties (none of them matter to the daemon)
+            props, shift = 0, 0
+            while True:
+                if start >= stop or shift > 21:
+                    return False
+                byte = buf[start]
+                start += 1
+                props |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            start += props
+            if start > stop:
+                return False
+        try:
+            topic = buf[i + 2 : topic_end].decode()
+        except UnicodeDecodeError:
+            return False
+        self._rx_pos = stop
+        self._client._last_bytes_received = time.monotonic()  # paho's keepalive reads it
+        self._deliver(topic, buf[start:stop])
+        return True
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         del userdata
@@ -111,11 +183,18 @@ class Client(aiomqtt.Client):
         with contextlib.suppress(OSError, AttributeError):  # not TCP (a unix socket, a proxy)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+        v5 = client._protocol == mqtt.MQTTv5
+
         def readable() -> None:
             try:
                 for _ in range(READ_BATCH):
                     if client._sock is None:
                         return
+                    if client._in_packet["command"] == 0:
+                        if not self._buffered() and not self._fill():
+                            break  # nothing to read
+                        if self._take_publish(v5):
+                            continue
                     rc = client._packet_read()
                     if rc == mqtt.MQTT_ERR_AGAIN:
                         break
