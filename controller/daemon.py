@@ -455,10 +455,16 @@ class Controller:
         site_power_w = float(snapshot.rack_power_w.sum())
         limits = rt.limits
         if self.grid is not None:
+            # DR baselines and targets are at the facility meter when there is one, like the
+            # contract; otherwise at the racks' metered power.
             limits = self.grid.limits(
                 limits,
                 now_s=now_s,
-                site_power_w=site_power_w,
+                site_power_w=(
+                    site_power_w
+                    if self.facility is None
+                    else self.facility.metered_w(now_s, site_power_w)
+                ),
                 topology=topo,
                 tier=tier,
                 decision=rt.decision,
