@@ -4,8 +4,9 @@ A rack is sent a command when any of its GPUs' caps moved by more than the deadb
 ceiling changed, or its last command is `refresh_frac` of the way to expiry. Stale racks get none:
 their agents stay on their own safe caps until telemetry returns. Racks whose caps go down are
 sent first, so that during the send no group briefly holds both its old high caps and its
-neighbours' new high caps. The per-rack test is vectorized with `np.maximum.reduceat` over the
-contiguous rack row ranges.
+neighbours' new high caps; within each direction the largest moves go first, so when a fleet-wide
+shift is sent over several batches a rack whose demand just changed is not queued behind it.
+The per-rack test is vectorized with `np.maximum.reduceat` over the contiguous rack row ranges.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class CommandBook:
         stale_rack: NDArray[np.bool_],
         last_seen_s: NDArray[np.float64] | None = None,
     ) -> NDArray[np.int64]:
-        """Indices of racks to command now, lowering racks first.
+        """Indices of racks to command now: lowering racks first, then by the largest cap move.
 
         `last_seen_s` (per rack, when its telemetry last arrived) triggers the resend to racks
         that came back after a reconnect; see `invalidate`.
@@ -87,7 +88,8 @@ class CommandBook:
         cap_delta = np.abs(decision.cap_w - self.sent_cap_w)
         cap_delta = np.where(np.isnan(cap_delta), np.inf, cap_delta)
         clock_changed = ~(decision.sm_clock_max_mhz == self.sent_clock_mhz)
-        changed = (self._per_rack_max(cap_delta) > self.deadband_w) | (
+        move_w = self._per_rack_max(cap_delta)
+        changed = (move_w > self.deadband_w) | (
             self._per_rack_max(clock_changed.astype(np.float64)) > 0
         )
         refresh = now_s - self.sent_at_s >= self.ttl_s * self.refresh_frac
@@ -96,7 +98,7 @@ class CommandBook:
         racks = np.flatnonzero((changed | refresh) & ~stale_rack & self._nonempty)
         if racks.size:
             lowering = self._per_rack_max(self.sent_cap_w - decision.cap_w)[racks] > 0
-            racks = racks[np.argsort(~lowering, kind="stable")]
+            racks = racks[np.lexsort((-move_w[racks], ~lowering))]
         return racks
 
     def build(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import random
@@ -222,6 +223,11 @@ class Controller:
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
+        # Everything built so far (modules, policy, topology) lives as long as the process: out of
+        # the collector's way, a full collection no longer walks it and stalls the loop for tens
+        # of ms, which would land on the telemetry-to-command latency.
+        gc.collect()
+        gc.freeze()
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._mqtt_loop(), name="mqtt"),

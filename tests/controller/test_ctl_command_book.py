@@ -52,6 +52,19 @@ def test_only_racks_past_the_deadband_are_due_and_lowering_goes_first() -> None:
     assert sorted(book.due(_decision(caps), now_s=15.0, stale_rack=fresh).tolist()) == [0, 1, 2, 3]
 
 
+def test_within_each_direction_the_largest_move_goes_first() -> None:
+    topo = generate_topology(5 * 32, site="t", servers_per_rack=4)
+    book = _book(topo)
+    fresh = np.zeros(topo.n_racks, np.bool_)
+    caps = np.full(topo.n_gpus, 500.0)
+    book.build(_decision(caps), np.arange(topo.n_racks), now_s=0.0)
+    caps = caps.copy()
+    for rack, move_w in enumerate([8.0, -10.0, 300.0, -200.0, 20.0]):
+        caps[topo.rack_slice(rack).start] += move_w  # one GPU of each rack moves
+    due = book.due(_decision(caps), now_s=1.0, stale_rack=fresh)
+    assert due.tolist() == [3, 1, 2, 4, 0]
+
+
 def test_build_sends_the_decision_and_remembers_only_the_racks_sent() -> None:
     topo = generate_topology(3 * 32, site="t", servers_per_rack=4)
     book = _book(topo)
