@@ -152,6 +152,7 @@ class DvfsSection(_Section):
     memory_bound_ratio: Annotated[float, Field(gt=0)] = 0.6
     fit_compute_bound: bool = True
     activity_hold_s: Annotated[float, Field(ge=0)] = 10.0
+    fit_min_swing: Annotated[float, Field(ge=0, le=1)] = 0.05
 
 
 class ControlSection(_Section):
@@ -258,5 +259,6 @@ class PolicyFile(_Section):
             memory_bound_ratio=self.dvfs.memory_bound_ratio,
             fit_compute_bound=self.dvfs.fit_compute_bound,
             activity_hold_s=self.dvfs.activity_hold_s,
+            fit_min_swing=self.dvfs.fit_min_swing,
         )
         return PolicySettings(capping=capping, dvfs=dvfs)

@@ -62,6 +62,11 @@ class DvfsSettings:
     #: Time constant of the peak-held SM activity the cap-fitting clock is sized for, so a
     #: synchronous job's compute phase resumes under a ceiling that already fits. Units: s.
     activity_hold_s: float = 10.0
+    #: The cap-fitting clock applies only where the held activity exceeds the current one by at
+    #: least this much (a quiet phase a surge can follow): in steady state the GPU's own limiter
+    #: holds the cap at no throughput cost, while a fitted clock sized for the held activity
+    #: runs a GPU whose activity merely jitters below its cap. 0 fits everywhere.
+    fit_min_swing: float = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -96,6 +96,13 @@ def clock_targets(
     np.add(fits, plan.min_clock_mhz, out=fits)
     np.maximum(fits, plan.min_clock_mhz, out=fits)
     if settings.fit_compute_bound:
+        if fit_util is not None and settings.fit_min_swing > 0.0:
+            # Steady where the held activity is within the swing of the current one: there the
+            # fitting clock is lifted to the max (max * 1 >= fits), elsewhere left as fitted.
+            swing = np.subtract(fit_util, util, out=scratch.f("w5"))
+            steady = np.less(swing, settings.fit_min_swing, out=scratch.b("b0"))
+            lift = np.multiply(max_clock, steady, out=scratch.f("w5"))
+            np.maximum(fits, lift, out=fits)
         np.minimum(clock, fits, out=clock)
 
     # Saving against running at the cap: min(full, cap) - min(power at the clock, cap); zero

@@ -202,10 +202,15 @@ def test_generated_fleets_take_the_reshape_paths() -> None:
 
 
 def plain_clocks(
-    plan: CappingPlan, cap: FloatArray, util: FloatArray, mem: FloatArray, fit: FloatArray
+    plan: CappingPlan,
+    cap: FloatArray,
+    util: FloatArray,
+    mem: FloatArray,
+    fit: FloatArray,
+    *,
+    cfg: DvfsSettings,
 ) -> FloatArray:
     """Clock ceilings with clips and np.where, as the DVFS rules read."""
-    cfg = DvfsSettings()
     lo, hi, step = plan.min_clock_mhz, plan.max_clock_mhz, plan.clock_step_mhz
     memory_bound = (mem >= MIN_ACTIVITY) & (np.clip(util, 0.0, 1.0) < mem * cfg.memory_bound_ratio)
     keep = (1.0 - cfg.max_loss_frac) ** (1.0 / ALPHA_MEMORY_BOUND)
@@ -215,12 +220,16 @@ def plain_clocks(
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.cbrt(np.maximum(cap - plan.idle_w, 0.0) / dynamic)
     fits = np.maximum(np.floor((ratio * hi - lo) / step) * step + lo, lo)
-    return np.minimum(clock, fits)
+    # The fitted clock guards only GPUs whose held activity is a swing above the current one.
+    return np.where(fit - util < cfg.fit_min_swing, clock, np.minimum(clock, fits))
 
 
 @settings(max_examples=80)
-@given(topo=layouts(), seed=st.integers(0, 2**32 - 1))
-def test_clock_selects_match_clips_and_where(topo: Topology, seed: int) -> None:
+@given(topo=layouts(), seed=st.integers(0, 2**32 - 1), swing=st.sampled_from([None, 0.0, 0.3]))
+def test_clock_selects_match_clips_and_where(
+    topo: Topology, seed: int, swing: float | None
+) -> None:
+    cfg = DvfsSettings() if swing is None else DvfsSettings(fit_min_swing=swing)
     plan = CappingPlan.build(topo)
     rng = np.random.default_rng(seed)
     n = topo.n_gpus
@@ -229,7 +238,32 @@ def test_clock_selects_match_clips_and_where(topo: Topology, seed: int) -> None:
     util = rng.choice([-0.2, 0.0, 0.1, 0.2, 0.5, 1.0, 1.3], n) * rng.uniform(0.5, 1.0, n)
     mem = rng.choice([0.0, 0.04, 0.3, 0.8, 1.2, 2.0], n)
     fit = np.maximum(util, rng.choice([-0.1, 0.0, 0.6, 1.0, 1.5], n))
-    clock, _ = clock_targets(
+    clock, _ = clock_targets(plan, cap_w=cap, util=util, mem_util=mem, settings=cfg, fit_util=fit)
+    np.testing.assert_array_equal(clock, plain_clocks(plan, cap, util, mem, fit, cfg=cfg))
+
+
+def test_fitted_clock_guards_only_a_pending_surge() -> None:
+    """Under one binding cap, a GPU in steady compute keeps its max clock (its limiter holds the
+    cap); one in a quiet phase after full activity gets the clock that fits the surge."""
+    plan = CappingPlan.build(generate_topology(8))
+    n = plan.topology.n_gpus
+    hi = plan.max_clock_mhz
+    cap = (plan.idle_w + plan.topology.gpu_max_cap_w) / 2.0
+    util = np.where(np.arange(n) % 2 == 0, 1.0, 0.2)
+    fit = np.ones(n)
+    mem = np.zeros(n)
+    swing, _ = clock_targets(
         plan, cap_w=cap, util=util, mem_util=mem, settings=DvfsSettings(), fit_util=fit
     )
-    np.testing.assert_array_equal(clock, plain_clocks(plan, cap, util, mem, fit))
+    np.testing.assert_array_equal(swing[0::2], hi[0::2])
+    assert np.all(swing[1::2] < hi[1::2])
+    everywhere, _ = clock_targets(
+        plan,
+        cap_w=cap,
+        util=util,
+        mem_util=mem,
+        settings=DvfsSettings(fit_min_swing=0.0),
+        fit_util=fit,
+    )
+    np.testing.assert_array_equal(everywhere[1::2], swing[1::2])
+    assert np.all(everywhere[0::2] < hi[0::2])

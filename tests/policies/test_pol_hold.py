@@ -66,7 +66,8 @@ def test_a_communication_dip_does_not_hand_flex0_power_to_flex3() -> None:
 def test_a_gpu_held_by_its_clock_ceiling_counts_as_pinned() -> None:
     topo = generate_topology(32, racks_per_row=1, a100_share=0.0, site_limit_w=15_000.0)
     tier = np.zeros(32, np.int8)
-    settings = PolicySettings()
+    # Clocks fitted in steady compute too, so the first tick already sets binding ceilings.
+    settings = PolicySettings(dvfs=DvfsSettings(fit_min_swing=0.0))
     fleet = busy_fleet(topo, np.full(32, 1.0), 0.0)
     first, state = decide(
         topo, fleet, tier=tier, limits=Limits(), settings=settings, state=None, now_s=0.0

@@ -273,7 +273,7 @@ def test_compute_bound_gpu_under_a_binding_cap_gets_a_fitting_clock() -> None:
         fleet,
         tier=np.array([0, 3], np.int8),
         limits=Limits(site_limit_w=900.0),
-        settings=SETTINGS,
+        settings=PolicySettings(dvfs=DvfsSettings(fit_min_swing=0.0)),
         state=None,
         now_s=0.0,
     )
@@ -282,6 +282,30 @@ def test_compute_bound_gpu_under_a_binding_cap_gets_a_fitting_clock() -> None:
     clock = d.sm_clock_max_mhz[1]
     power = 80.0 + 620.0 * (clock / 1980.0) ** 3
     assert power <= 200.0
+    assert 80.0 + 620.0 * ((clock + 15.0) / 1980.0) ** 3 > 200.0
+
+
+def test_fitting_clock_waits_for_a_quiet_phase_after_full_activity() -> None:
+    """Steady at full activity the limiter holds the cap, so the clock stays at the max; in the
+    quiet phase that follows (held activity still full) the clock is fitted for the surge."""
+    topo = two_gpus(1400.0)
+    fleet = busy_fleet(topo, np.array([1.0, 1.0]), 0.0)
+    fleet.util = np.array([1.0, 1.0])
+    tier = np.array([0, 3], np.int8)
+    limits = Limits(site_limit_w=900.0)
+    steady, state = decide(
+        topo, fleet, tier=tier, limits=limits, settings=SETTINGS, state=None, now_s=0.0
+    )
+    np.testing.assert_allclose(steady.cap_w, [700.0, 200.0])
+    np.testing.assert_array_equal(steady.sm_clock_max_mhz, [1980.0, 1980.0])
+    fleet.util = np.array([1.0, 0.2])
+    # Same instant, so the held activity is still exactly full.
+    quiet, _ = decide(
+        topo, fleet, tier=tier, limits=limits, settings=SETTINGS, state=state, now_s=0.0
+    )
+    assert quiet.cap_w[1] == pytest.approx(200.0)
+    clock = quiet.sm_clock_max_mhz[1]
+    assert 80.0 + 620.0 * (clock / 1980.0) ** 3 <= 200.0
     assert 80.0 + 620.0 * ((clock + 15.0) / 1980.0) ** 3 > 200.0
 
 
