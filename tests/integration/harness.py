@@ -6,9 +6,20 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
+from controller.config import PolicyFile
 from controller.daemon import Controller
-from simulator.agents import RackAgents, run_rack_agents
+from controller.policy_file import Policy, parse_policy
+from simulator.agents import MqttProtocol, RackAgents, run_rack_agents
 from simulator.cluster import SimCluster
+from simulator.controllers import controller_topology
+
+
+def policy_for(cluster: SimCluster, text: str) -> Policy:
+    """Policy-file text validated as the daemon would, over the simulated fleet's topology as
+    the controller budgets it (ratings on the DC side of the PSUs)."""
+    config = PolicyFile.model_validate(parse_policy(text, source="t").config.model_dump())
+    topo = controller_topology(cluster.topology, cluster.params.psu_efficiency)
+    return Policy(config=config, topology=topo, source="t")
 
 
 @contextlib.asynccontextmanager
@@ -26,10 +37,15 @@ async def running(controller: Controller) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def agents_running(
-    cluster: SimCluster, port: int, *, site: str, agents: RackAgents | None = None
+    cluster: SimCluster,
+    port: int,
+    *,
+    site: str,
+    agents: RackAgents | None = None,
+    protocol: MqttProtocol = "5",
 ) -> AsyncIterator[RackAgents]:
     """One MQTT agent per rack of `cluster` (0.2 s telemetry period) and the cluster's clock."""
-    agents = agents or RackAgents(cluster=cluster, site=site, period_s=0.2, protocol="5")
+    agents = agents or RackAgents(cluster=cluster, site=site, period_s=0.2, protocol=protocol)
     stop = asyncio.Event()
     task = asyncio.create_task(
         run_rack_agents(cluster, host="127.0.0.1", port=port, site=site, stop=stop, agents=agents)

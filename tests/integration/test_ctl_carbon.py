@@ -26,14 +26,11 @@ from controller.carbon import (
     job_topic,
     signal_topic,
 )
-from controller.config import PolicyFile
 from controller.daemon import Controller
-from controller.policy_file import Policy, parse_policy
 from simulator.agents import RackAgents, run_rack_agents
 from simulator.build import build_cluster
-from simulator.controllers import controller_topology
 from simulator.scenario import Scenario
-from tests.integration.harness import running, wait_until
+from tests.integration.harness import policy_for, running, wait_until
 from tests.services import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -69,9 +66,7 @@ async def test_sweep_follows_the_signal_and_still_does_its_work(mosquitto: Mosqu
         "capping: {raise_rate_w_per_s: 100000}\n"
         "carbon: {slot_s: 1.0, track_s: 2.0, job_timeout_s: 3.0}\n"
     )
-    config = PolicyFile.model_validate(parse_policy(text, source="t").config.model_dump())
-    topo = controller_topology(cluster.topology, cluster.params.psu_efficiency)
-    controller = Controller(Policy(config=config, topology=topo, source="t"))
+    controller = Controller(policy_for(cluster, text))
     hook = controller.carbon
     assert hook is not None
     [sweep] = cluster.workloads.training

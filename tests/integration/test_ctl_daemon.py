@@ -4,9 +4,7 @@ broker restart, bad telemetry through the broker, reloads."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiomqtt
@@ -15,14 +13,12 @@ import orjson
 import pytest
 
 from controller import wire
-from controller.config import PolicyFile
 from controller.daemon import Controller
-from controller.policy_file import Policy, parse_policy
-from simulator.agents import RackAgents, run_rack_agents
+from controller.policy_file import parse_policy
 from simulator.build import build_cluster
 from simulator.cluster import SimCluster
-from simulator.controllers import controller_topology
 from simulator.scenario import Scenario
+from tests.integration.harness import agents_running, policy_for, running, wait_until
 from tests.services import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -53,53 +49,12 @@ def policy_yaml(port: int, protocol: str = "5", *, ttl_s: float = 3.0, gpus: int
     )
 
 
-def policy_for(cluster: SimCluster, text: str) -> Policy:
-    config = PolicyFile.model_validate(parse_policy(text, source="t").config.model_dump())
-    topo = controller_topology(cluster.topology, cluster.params.psu_efficiency)
-    return Policy(config=config, topology=topo, source="t")
-
-
-@contextlib.asynccontextmanager
-async def running(controller: Controller) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
-
-
-@contextlib.asynccontextmanager
-async def agents_running(
-    cluster: SimCluster, port: int, protocol: str
-) -> AsyncIterator[RackAgents]:
-    agents = RackAgents(cluster=cluster, site=SITE, period_s=0.2, protocol=protocol)  # type: ignore[arg-type]
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_rack_agents(cluster, host="127.0.0.1", port=port, site=SITE, stop=stop, agents=agents)
-    )
-    try:
-        yield agents
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_closed_loop_with_agents(mosquitto: Mosquitto, protocol: str) -> None:
     cluster = small_cluster()
     controller = Controller(policy_for(cluster, policy_yaml(mosquitto.port, protocol)))
     rt = controller.runtime
-    async with agents_running(cluster, mosquitto.port, protocol) as agents:
+    async with agents_running(cluster, mosquitto.port, site=SITE, protocol=protocol) as agents:
         async with running(controller):
             await wait_until(lambda: bool(np.all(agents.counters.commands_applied >= 2)))
             await wait_until(
@@ -173,7 +128,7 @@ async def test_broker_restart_reconnects_and_resends_commands(mosquitto: Mosquit
     text = policy_yaml(mosquitto.port, ttl_s=10.0).replace("}\nmqtt", ", refresh_frac: 0.9}\nmqtt")
     controller = Controller(policy_for(cluster, text))
     rt = controller.runtime
-    async with agents_running(cluster, mosquitto.port, "5") as agents, running(controller):
+    async with agents_running(cluster, mosquitto.port, site=SITE) as agents, running(controller):
         await wait_until(lambda: bool(np.all(agents.counters.commands_applied >= 1)))
         before = agents.counters.commands_applied.copy()
         await asyncio.to_thread(mosquitto.restart, 0.5)

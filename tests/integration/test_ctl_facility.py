@@ -16,17 +16,15 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.config import PolicyFile
 from controller.daemon import Controller
 from controller.facility import FacilityCollector, MeterReading, encode_meter, facility_topic
-from controller.policy_file import Policy, parse_policy
+from controller.policy_file import Policy
 from simulator.agents import RackAgents
 from simulator.build import build_cluster, full_power_w
 from simulator.cluster import SimCluster
-from simulator.controllers import controller_topology
 from simulator.meter import FacilityMeter, run_facility_meter
 from simulator.scenario import Scenario
-from tests.integration.harness import agents_running, running, wait_until
+from tests.integration.harness import agents_running, policy_for, running, wait_until
 from tests.services import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -55,9 +53,7 @@ def cluster_and_policy(port: int) -> tuple[SimCluster, Policy]:
         f"limits: {{psu_efficiency: {cluster.params.psu_efficiency}}}\n"
         f"facility: {{contract_w: {CONTRACT_W}, cooling: air, meter_timeout_s: 1.0}}\n"
     )
-    config = PolicyFile.model_validate(parse_policy(text, source="t").config.model_dump())
-    topo = controller_topology(cluster.topology, cluster.params.psu_efficiency)
-    return cluster, Policy(config=config, topology=topo, source="t")
+    return cluster, policy_for(cluster, text)
 
 
 async def test_facility_contract_becomes_an_it_budget(mosquitto: Mosquitto) -> None:
@@ -145,9 +141,7 @@ async def test_simulated_plant_meter_keeps_the_facility_under_contract(
         f"limits: {{psu_efficiency: {cluster.params.psu_efficiency}}}\n"
         f"facility: {{contract_w: {contract_w}, cooling: air, design_outdoor_c: 38}}\n"
     )
-    config = PolicyFile.model_validate(parse_policy(text, source="t").config.model_dump())
-    topo = controller_topology(cluster.topology, cluster.params.psu_efficiency)
-    controller = Controller(Policy(config=config, topology=topo, source="t"))
+    controller = Controller(policy_for(cluster, text))
     hook = controller.facility
     assert hook is not None
     meter = FacilityMeter.for_scenario(cluster, scenario, site=SITE, period_s=0.2)
@@ -209,9 +203,7 @@ async def test_dr_baseline_and_target_are_at_the_facility_meter(
         f"demand_response: {{store_path: '{tmp_path / 'ev.sqlite'}', baseline_window_s: 2.0,"
         " default_ramp_s: 0.5, default_recovery_s: 2.0, grid_first: true}\n"
     )
-    config = PolicyFile.model_validate(parse_policy(text, source="t").config.model_dump())
-    topo = controller_topology(cluster.topology, cluster.params.psu_efficiency)
-    controller = Controller(Policy(config=config, topology=topo, source="t"))
+    controller = Controller(policy_for(cluster, text))
     rt = controller.runtime
     meter = FacilityMeter.for_scenario(cluster, scenario, site=SITE, period_s=0.2)
     facility_w: list[float] = []

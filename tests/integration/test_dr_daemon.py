@@ -14,16 +14,14 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.config import PolicyFile
 from controller.daemon import Controller
 from controller.grid.config import OpenAdrSection
 from controller.metrics import RheostatCollector
-from controller.policy_file import Policy, parse_policy
+from controller.policy_file import Policy
 from simulator.build import build_cluster
 from simulator.cluster import SimCluster
-from simulator.controllers import controller_topology
 from simulator.scenario import Scenario
-from tests.integration.harness import agents_running, running, wait_until
+from tests.integration.harness import agents_running, policy_for, running, wait_until
 from tests.integration.test_openadr_ven import VEN_ID, start_vtn
 from tests.services import Mosquitto, free_port
 
@@ -53,9 +51,7 @@ def cluster_and_policy(port: int, store: Path) -> tuple[SimCluster, Policy]:
         f"demand_response: {{store_path: '{store}', baseline_window_s: 2.0, default_ramp_s: 0.5,"
         " default_recovery_s: 2.0, grid_first: true}\n"
     )
-    config = PolicyFile.model_validate(parse_policy(text, source="t").config.model_dump())
-    topo = controller_topology(cluster.topology, cluster.params.psu_efficiency)
-    return cluster, Policy(config=config, topology=topo, source="t")
+    return cluster, policy_for(cluster, text)
 
 
 def event(event_id: str, start_s: float, reduction: float) -> bytes:
