@@ -213,10 +213,14 @@ class FacilityHook:
         if reading is not None and now_s - reading.ts <= self.section.meter_timeout_s:
             return reading.facility_w
         settings = self._settings or self.section.settings()
-        outdoor = self.section.design_outdoor_c
+        return float(settings.model.facility_w(it_power_w, self._outdoor_c()))
+
+    def _outdoor_c(self) -> float:
+        """The meter's last outdoor temperature, else the section's design value. Units: C."""
+        reading = self.last
         if reading is not None and reading.outdoor_c is not None:
-            outdoor = reading.outdoor_c
-        return float(settings.model.facility_w(it_power_w, outdoor))
+            return reading.outdoor_c
+        return self.section.design_outdoor_c
 
     def limits(
         self, limits: Limits, *, now_s: float, it_power_w: float, fallback_w: float
@@ -235,9 +239,7 @@ class FacilityHook:
         )
         settings = self._settings or self.section.settings()
         reading = self.last
-        outdoor = self.section.design_outdoor_c
-        if reading is not None and reading.outdoor_c is not None:
-            outdoor = reading.outdoor_c
+        outdoor = self._outdoor_c()
         if reading is None:
             got = it_budget(facility_limit, outdoor_c=outdoor, settings=settings)
         else:
