@@ -14,6 +14,23 @@ from simulator.cluster import SimCluster
 from simulator.controllers import controller_topology
 
 
+def fleet_policy(
+    cluster: SimCluster, *, site: str, port: int, client_id: str, sections: str
+) -> Policy:
+    """The daemon's policy for an all-H100 simulated fleet on a 0.2 s tick, plus `sections`
+    (more policy-file YAML lines); limits carry the fleet's PSU efficiency."""
+    assert not cluster.topology.gpu_model.any(), "generate with a100_share 0 must match the fleet"
+    text = (
+        f"site: {{name: {site}, topology: {{generate: {{gpus: {cluster.topology.n_gpus},"
+        " a100_share: 0}}}\n"
+        "control: {tick_period_s: 0.2, command_ttl_s: 3.0, stale_after_s: 2}\n"
+        f"mqtt: {{port: {port}, client_id: {client_id}}}\n"
+        "metrics: {port: 0}\n"
+        f"limits: {{psu_efficiency: {cluster.params.psu_efficiency}}}\n"
+    )
+    return policy_for(cluster, text + sections)
+
+
 def policy_for(cluster: SimCluster, text: str) -> Policy:
     """Policy-file text validated as the daemon would, over the simulated fleet's topology as
     the controller budgets it (ratings on the DC side of the PSUs)."""

@@ -30,7 +30,7 @@ from controller.daemon import Controller
 from simulator.agents import RackAgents, run_rack_agents
 from simulator.build import build_cluster
 from simulator.scenario import Scenario
-from tests.integration.harness import policy_for, running, wait_until
+from tests.integration.harness import fleet_policy, running, wait_until
 from tests.services import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -57,16 +57,15 @@ async def test_sweep_follows_the_signal_and_still_does_its_work(mosquitto: Mosqu
         }
     )
     cluster = build_cluster(scenario, site=SITE)
-    text = (
-        f"site: {{name: {SITE}, topology: {{generate: {{gpus: 64, a100_share: 0}}}}}}\n"
-        "control: {tick_period_s: 0.2, command_ttl_s: 3.0, stale_after_s: 2}\n"
-        f"mqtt: {{port: {mosquitto.port}, client_id: ctl-carbon}}\n"
-        "metrics: {port: 0}\n"
-        f"limits: {{psu_efficiency: {cluster.params.psu_efficiency}}}\n"
+    sections = (
         "capping: {raise_rate_w_per_s: 100000}\n"
         "carbon: {slot_s: 1.0, track_s: 2.0, job_timeout_s: 3.0}\n"
     )
-    controller = Controller(policy_for(cluster, text))
+    controller = Controller(
+        fleet_policy(
+            cluster, site=SITE, port=mosquitto.port, client_id="ctl-carbon", sections=sections
+        )
+    )
     hook = controller.carbon
     assert hook is not None
     [sweep] = cluster.workloads.training

@@ -24,7 +24,7 @@ from simulator.build import build_cluster, full_power_w
 from simulator.cluster import SimCluster
 from simulator.meter import FacilityMeter, run_facility_meter
 from simulator.scenario import Scenario
-from tests.integration.harness import agents_running, policy_for, running, wait_until
+from tests.integration.harness import agents_running, fleet_policy, running, wait_until
 from tests.services import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -45,15 +45,10 @@ def cluster_and_policy(port: int) -> tuple[SimCluster, Policy]:
         }
     )
     cluster = build_cluster(scenario, site=SITE)
-    text = (
-        f"site: {{name: {SITE}, topology: {{generate: {{gpus: 64, a100_share: 0}}}}}}\n"
-        "control: {tick_period_s: 0.2, command_ttl_s: 3.0, stale_after_s: 2}\n"
-        f"mqtt: {{port: {port}, client_id: ctl-fac}}\n"
-        "metrics: {port: 0}\n"
-        f"limits: {{psu_efficiency: {cluster.params.psu_efficiency}}}\n"
-        f"facility: {{contract_w: {CONTRACT_W}, cooling: air, meter_timeout_s: 1.0}}\n"
+    sections = f"facility: {{contract_w: {CONTRACT_W}, cooling: air, meter_timeout_s: 1.0}}\n"
+    return cluster, fleet_policy(
+        cluster, site=SITE, port=port, client_id="ctl-fac", sections=sections
     )
-    return cluster, policy_for(cluster, text)
 
 
 async def test_facility_contract_becomes_an_it_budget(mosquitto: Mosquitto) -> None:
@@ -133,15 +128,12 @@ async def test_simulated_plant_meter_keeps_the_facility_under_contract(
     full_it_w = full_power_w(cluster.topology, cluster.params.psu_efficiency)
     # Uncontrolled, the plant would draw about 1.45x full IT power: far above this contract.
     contract_w = 0.85 * full_it_w
-    text = (
-        f"site: {{name: {SITE}, topology: {{generate: {{gpus: 64, a100_share: 0}}}}}}\n"
-        "control: {tick_period_s: 0.2, command_ttl_s: 3.0, stale_after_s: 2}\n"
-        f"mqtt: {{port: {mosquitto.port}, client_id: ctl-plant}}\n"
-        "metrics: {port: 0}\n"
-        f"limits: {{psu_efficiency: {cluster.params.psu_efficiency}}}\n"
-        f"facility: {{contract_w: {contract_w}, cooling: air, design_outdoor_c: 38}}\n"
+    sections = f"facility: {{contract_w: {contract_w}, cooling: air, design_outdoor_c: 38}}\n"
+    controller = Controller(
+        fleet_policy(
+            cluster, site=SITE, port=mosquitto.port, client_id="ctl-plant", sections=sections
+        )
     )
-    controller = Controller(policy_for(cluster, text))
     hook = controller.facility
     assert hook is not None
     meter = FacilityMeter.for_scenario(cluster, scenario, site=SITE, period_s=0.2)
@@ -193,17 +185,16 @@ async def test_dr_baseline_and_target_are_at_the_facility_meter(
     scenario = plant_scenario()
     cluster = build_cluster(scenario, site=SITE)
     full_it_w = full_power_w(cluster.topology, cluster.params.psu_efficiency)
-    text = (
-        f"site: {{name: {SITE}, topology: {{generate: {{gpus: 64, a100_share: 0}}}}}}\n"
-        "control: {tick_period_s: 0.2, command_ttl_s: 3.0, stale_after_s: 2}\n"
-        f"mqtt: {{port: {mosquitto.port}, client_id: ctl-plant-dr}}\n"
-        "metrics: {port: 0}\n"
-        f"limits: {{psu_efficiency: {cluster.params.psu_efficiency}}}\n"
+    sections = (
         f"facility: {{contract_w: {3 * full_it_w}, cooling: air, design_outdoor_c: 38}}\n"
         f"demand_response: {{store_path: '{tmp_path / 'ev.sqlite'}', baseline_window_s: 2.0,"
         " default_ramp_s: 0.5, default_recovery_s: 2.0, grid_first: true}\n"
     )
-    controller = Controller(policy_for(cluster, text))
+    controller = Controller(
+        fleet_policy(
+            cluster, site=SITE, port=mosquitto.port, client_id="ctl-plant-dr", sections=sections
+        )
+    )
     rt = controller.runtime
     meter = FacilityMeter.for_scenario(cluster, scenario, site=SITE, period_s=0.2)
     facility_w: list[float] = []

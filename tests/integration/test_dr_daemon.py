@@ -21,7 +21,7 @@ from controller.policy_file import Policy
 from simulator.build import build_cluster
 from simulator.cluster import SimCluster
 from simulator.scenario import Scenario
-from tests.integration.harness import agents_running, policy_for, running, wait_until
+from tests.integration.harness import agents_running, fleet_policy, running, wait_until
 from tests.integration.test_openadr_ven import VEN_ID, start_vtn
 from tests.services import Mosquitto, free_port
 
@@ -42,16 +42,13 @@ def cluster_and_policy(port: int, store: Path) -> tuple[SimCluster, Policy]:
         }
     )
     cluster = build_cluster(scenario, site=SITE)
-    text = (
-        f"site: {{name: {SITE}, topology: {{generate: {{gpus: 64, a100_share: 0}}}}}}\n"
-        "control: {tick_period_s: 0.2, command_ttl_s: 3.0, stale_after_s: 2}\n"
-        f"mqtt: {{port: {port}, client_id: ctl-dr}}\n"
-        "metrics: {port: 0}\n"
-        f"limits: {{psu_efficiency: {cluster.params.psu_efficiency}}}\n"
+    sections = (
         f"demand_response: {{store_path: '{store}', baseline_window_s: 2.0, default_ramp_s: 0.5,"
         " default_recovery_s: 2.0, grid_first: true}\n"
     )
-    return cluster, policy_for(cluster, text)
+    return cluster, fleet_policy(
+        cluster, site=SITE, port=port, client_id="ctl-dr", sections=sections
+    )
 
 
 def event(event_id: str, start_s: float, reduction: float) -> bytes:
