@@ -273,8 +273,13 @@ async def _agent(agents: RackAgents, rack: int, host: str, port: int, stop: asyn
         if stop.is_set():
             return
         attempt += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=random.uniform(0, 1.5 ** min(10, attempt)))
+        await backoff(stop, attempt)
+
+
+async def backoff(stop: asyncio.Event, attempt: int) -> None:
+    """Wait a jittered, exponentially growing time before reconnect `attempt` (or until stop)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=random.uniform(0, 1.5 ** min(10, attempt)))
 
 
 class _Stopped(Exception):

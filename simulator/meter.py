@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import time
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import aiomqtt
 import structlog
 
 from controller.facility import MeterReading, encode_meter, facility_topic
+from simulator.agents import backoff
 from simulator.build import full_power_w
 from simulator.cluster import SimCluster
 from simulator.facility import FacilityRun
@@ -118,5 +118,4 @@ async def run_facility_meter(
         if stop.is_set():
             return
         attempt += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=random.uniform(0, 1.5 ** min(10, attempt)))
+        await backoff(stop, attempt)
