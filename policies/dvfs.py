@@ -78,7 +78,7 @@ def clock_targets(
     if fit_util is not None:
         activity = np.maximum(fit_util, 0.0, out=activity)
         np.minimum(activity, 1.0, out=activity)
-    dynamic_w = np.multiply(_dynamic_range(plan), activity, out=scratch.f("w2"))
+    dynamic_w = np.multiply(dynamic_range(plan), activity, out=scratch.f("w2"))
     full_w = np.add(plan.idle_w, dynamic_w, out=scratch.f("w3"))
     # The clock where idle + dynamic * (f / f_max)^3 equals the cap, floored onto the grid.
     # Computed for every GPU without a mask (masked ufuncs are slower than the arithmetic):
@@ -118,7 +118,7 @@ def clock_targets(
     return clock, float(saving.sum())
 
 
-def _dynamic_range(plan: CappingPlan) -> FloatArray:
+def dynamic_range(plan: CappingPlan) -> FloatArray:
     """Per GPU, max cap minus idle power: the model's dynamic power at full activity. Units: W.
 
     Fixed by the topology, so it is computed once and kept in the plan's scratch.

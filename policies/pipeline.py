@@ -23,7 +23,7 @@ from policies.decision import (
     Limits,
     PolicySettings,
 )
-from policies.dvfs import clock_targets
+from policies.dvfs import MIN_ACTIVITY, clock_targets, dynamic_range
 from policies.errors import PolicyError
 from policies.fleet import FleetState
 from policies.plan import CappingPlan
@@ -31,6 +31,9 @@ from policies.topology import Topology
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
+
+#: A synchronous job whose slowest member's pace is within this of full speed is not held back.
+PACE_TOL = 1e-3
 
 
 def decide(
@@ -43,8 +46,13 @@ def decide(
     state: DecisionState | None,
     now_s: float,
     stale_rack: NDArray[np.bool_] | None = None,
+    sync_job: NDArray[np.int32] | None = None,
 ) -> tuple[Decision, DecisionState]:
-    """Caps and clock ceilings for every GPU, and the state the next tick starts from."""
+    """Caps and clock ceilings for every GPU, and the state the next tick starts from.
+
+    `sync_job` (optional, one entry per GPU) numbers the synchronous jobs the scheduler reported,
+    -1 for a GPU in none: see `pace_ceiling` for what the allocation does with them.
+    """
     plan = state.plan if state is not None and state.plan is not None else None
     if plan is None or plan.topology is not topology:
         plan = CappingPlan.build(topology)
@@ -92,6 +100,19 @@ def decide(
     else:
         floor = min_cap
 
+    util, mem_util = fleet.util, fleet.mem_util
+    if stale_gpu is not None:  # unknown activity: leave their clocks at the max
+        util, mem_util = np.where(stale_gpu, 0.0, util), np.where(stale_gpu, 0.0, mem_util)
+    util_held = util
+    if state is not None:
+        util_held = hold_demand(
+            util,
+            state.util_held,
+            dt_s=max(now_s - state.now_s, 0.0),
+            hold_s=settings.dvfs.activity_hold_s,
+            out=fresh[2],
+        )
+
     site_allowed = allowed_site_power(
         topology,
         limits=limits,
@@ -112,6 +133,22 @@ def decide(
         # Warm, smoothing makes the fresh output, so the raw target can live in a buffer.
         out=None if state is None else plan.scratch.f("w3"),
     )
+    if sync_job is not None:
+        ceiling = pace_ceiling(plan, alloc.cap_w, sync_job, util_held)
+        if ceiling is not None:
+            # The job's GPUs ask only for its pace; what they give back goes to the tiers in
+            # order, and the surplus phase returns whatever nobody else wanted to every GPU.
+            paced = np.minimum(demand, ceiling)
+            np.maximum(paced, floor, out=paced)
+            alloc = allocate(
+                plan,
+                floor_w=floor,
+                demand_w=paced,
+                max_w=max_cap,
+                tier=tiers,
+                usable_w=usable_w,
+                out=None if state is None else plan.scratch.f("w3"),
+            )
     cap = alloc.cap_w
     if state is not None:
         # Stale GPUs stay reserved at their max cap while the others are smoothed.
@@ -135,18 +172,6 @@ def decide(
     if stale_gpu is not None:
         previous = state.cap_w if state is not None else max_cap
         issued = np.where(stale_gpu, previous, cap)
-    util, mem_util = fleet.util, fleet.mem_util
-    if stale_gpu is not None:  # unknown activity: leave their clocks at the max
-        util, mem_util = np.where(stale_gpu, 0.0, util), np.where(stale_gpu, 0.0, mem_util)
-    util_held = util
-    if state is not None:
-        util_held = hold_demand(
-            util,
-            state.util_held,
-            dt_s=max(now_s - state.now_s, 0.0),
-            hold_s=settings.dvfs.activity_hold_s,
-            out=fresh[2],
-        )
     clock, saving = clock_targets(
         plan,
         cap_w=issued,
@@ -176,6 +201,45 @@ def decide(
         util_held=util_held if util_held is not util else util.copy(),
         plan=plan,
     )
+
+
+def pace_ceiling(
+    plan: CappingPlan,
+    cap_w: FloatArray,
+    sync_job: NDArray[np.int32],
+    activity: FloatArray,
+) -> FloatArray | None:
+    """Per GPU, the cap at which it keeps its synchronous job's pace (inf outside one). Units: W.
+
+    A synchronous job (data-parallel training) steps at its slowest GPU: a member whose breaker
+    or tier share left it less power holds every other member back, and what those draw above
+    its pace buys nothing. Under the policy's power model a GPU's clock is a function, the same
+    for every model, of b = (cap - idle) / (dynamic range x activity), so members keep the pace
+    of the slowest one exactly when their b is at most its b: the ceiling puts them there. None
+    when no job is held back (every member's cap above its full draw), which costs nothing more.
+    Members of one job share their activity; the peak-held one is used so that a communication
+    dip does not read as a lower pace.
+    """
+    if sync_job.shape != cap_w.shape:
+        raise PolicyError(f"sync_job must have shape ({cap_w.size},)")
+    members = sync_job >= 0
+    if not members.any():
+        return None
+    n_jobs = int(sync_job.max()) + 1
+    dynamic = dynamic_range(plan) * np.clip(activity, MIN_ACTIVITY, 1.0)
+    pace = np.subtract(cap_w, plan.idle_w)
+    np.divide(pace, dynamic, out=pace)
+    np.minimum(pace, 1.0, out=pace)
+    job_pace = np.ones(n_jobs)
+    np.minimum.at(job_pace, sync_job[members], pace[members])
+    held = job_pace < 1.0 - PACE_TOL
+    if not held.any():
+        return None
+    gpu_pace = np.where(members, job_pace[np.maximum(sync_job, 0)], 1.0)
+    ceiling = np.multiply(dynamic, gpu_pace)
+    ceiling += plan.idle_w
+    # Only members of a held-back job get a ceiling; everyone else keeps asking for demand.
+    return np.where(members & held[np.maximum(sync_job, 0)], ceiling, np.inf)
 
 
 def estimate_demand(

@@ -112,11 +112,18 @@ class RheostatController:
     name = "rheostat"
 
     def __init__(
-        self, topology: Topology, tier: NDArray[np.int8], settings: PolicySettings
+        self,
+        topology: Topology,
+        tier: NDArray[np.int8],
+        settings: PolicySettings,
+        *,
+        sync_job: NDArray[np.int32] | None = None,
     ) -> None:
         self.topology = topology
         self.tier = tier
         self.settings = settings
+        #: The scheduler's synchronous jobs (`policies.pipeline.pace_ceiling`), None if unknown.
+        self.sync_job = sync_job
         self.state: DecisionState | None = None
         self.site_allowed_w = float("nan")
 
@@ -136,6 +143,7 @@ class RheostatController:
             state=self.state,
             now_s=now_s,
             stale_rack=stale_rack if stale_rack.any() else None,
+            sync_job=self.sync_job,
         )
         self.site_allowed_w = decision.site_allowed_w
         return decision.cap_w, decision.sm_clock_max_mhz

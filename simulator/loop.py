@@ -57,6 +57,8 @@ class Series:
     contract_w: list[float] = field(default_factory=list)
     dr_limit_w: list[float] = field(default_factory=list)
     rack_power_w: list[FloatArray] = field(default_factory=list)
+    #: Per rack, the draw with every GPU uncapped at its activity (`SimCluster.rack_demand_w`).
+    rack_demand_w: list[FloatArray] = field(default_factory=list)
     tier_speed: list[FloatArray] = field(default_factory=list)
     tier_clock_mhz: list[FloatArray] = field(default_factory=list)
 
@@ -118,7 +120,9 @@ def make_controller(
             settings = PolicySettings(
                 capping=_with_ramp(settings.capping, dc_ramp), dvfs=settings.dvfs
             )
-        return RheostatController(topo, cluster.workloads.gpu_tier(), settings)
+        return RheostatController(
+            topo, cluster.workloads.gpu_tier(), settings, sync_job=cluster.workloads.sync_job()
+        )
     raise ValueError(f"unknown controller {name!r}; choose from {', '.join(CONTROLLERS)}")
 
 
@@ -336,6 +340,7 @@ def _sample(
     series.contract_w.append(limits.contract_w(now))
     series.dr_limit_w.append(limits.dr_limit_w)
     series.rack_power_w.append(cluster.rack_power_w.copy())
+    series.rack_demand_w.append(cluster.rack_demand_w())
     speed = np.bincount(tier, weights=cluster.gpu.speed, minlength=4) / tier_count
     clock = np.bincount(
         tier, weights=cluster.gpu.clock_frac * cluster.consts.max_clock_mhz, minlength=4

@@ -144,6 +144,11 @@ class WorkloadSet:
     def gpu_tier(self) -> NDArray[np.int8]:
         return self.job_tier[self.gpu_job]
 
+    def sync_job(self) -> NDArray[np.int32]:
+        """Per GPU, its training job's index, -1 elsewhere: what a scheduler tells a controller."""
+        n_train = len(self.training)
+        return np.where(self.gpu_job < n_train, self.gpu_job, -1).astype(np.int32)
+
     def gpu_class(self) -> NDArray[np.int16]:
         return self.job_class[self.gpu_job]
 
