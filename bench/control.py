@@ -84,24 +84,31 @@ def _controller(name: str) -> str | Callable[[SimCluster], Controller]:
     return threshold_factory if name == "threshold" else name
 
 
-def steady_gap_pct(controlled: RunResult, reference: RunResult) -> float | None:
-    """Mean unused share of attainable site power while demand exceeds it (module doc); %."""
-    ctl, ref = controlled.series, reference.series
-    n = min(len(ctl.t_s), len(ref.t_s))
+def steady_gap_pct(controlled: RunResult, reference: RunResult | None = None) -> float | None:
+    """Mean unused share of attainable site power while demand exceeds it (module doc); %.
+
+    Demand is the controlled run's own (`Series.rack_demand_w`), or with `reference` the
+    uncapped run's power, sample by sample.
+    """
+    ctl = controlled.series
+    n = len(ctl.t_s)
+    if reference is not None:
+        n = min(n, len(reference.series.t_s))
     if n == 0:
         return None
     t_s = np.asarray(ctl.t_s[:n])
     limit_w = np.asarray(ctl.site_limit_w[:n])
     power_w = np.asarray(ctl.site_power_w[:n])
-    ref_site_w = np.asarray(ref.site_power_w[:n])
+    demand = ctl.rack_demand_w if reference is None else reference.series.rack_power_w
+    racks_w = np.asarray(demand[:n])
     rack_usable_w = controlled.cluster.topology.racks.usable_w
-    ref_racks_w = np.minimum(np.asarray(ref.rack_power_w[:n]), rack_usable_w[None, :])
-    attainable_w = np.minimum(limit_w, ref_racks_w.sum(axis=1))
+    attainable_w = np.minimum(limit_w, np.minimum(racks_w, rack_usable_w[None, :]).sum(axis=1))
     changed = np.flatnonzero(np.diff(limit_w) != 0.0) + 1
     since = np.full(n, -np.inf)
     since[changed] = t_s[changed]
     since = np.maximum.accumulate(since)
-    steady = (t_s - since >= SETTLE_S) & (ref_site_w > attainable_w * (1.0 + DEMAND_MARGIN_FRAC))
+    wanted_w = racks_w.sum(axis=1)
+    steady = (t_s - since >= SETTLE_S) & (wanted_w > attainable_w * (1.0 + DEMAND_MARGIN_FRAC))
     if not steady.any():
         return None
     gap = (attainable_w[steady] - power_w[steady]) / attainable_w[steady]
@@ -136,7 +143,8 @@ def scoreboard(controlled: RunResult, reference: RunResult, summary: Row) -> Row
         "to_cap_ticks": [
             None if t is None else round(t / period_s, 2) for t in summary["time_to_cap_s"]
         ],
-        "steady_gap_pct": steady_gap_pct(controlled, reference),
+        "steady_gap_pct": steady_gap_pct(controlled),
+        "steady_gap_vs_uncapped_pct": steady_gap_pct(controlled, reference),
     }
 
 

@@ -89,6 +89,8 @@ class SimCluster:
         self._class_code = workloads.gpu_class() + 1  # code 0 is "unknown" in FleetState
         self.util = np.zeros(n)
         self.mem_util = np.zeros(n)
+        #: Each GPU's dynamic-power activity this tick (0 idle or dark, 1 flat out).
+        self.activity = np.zeros(n)
         self.rack_power_w = np.zeros(topology.n_racks)
         self.site_power_w = 0.0
         self.job_speed = np.ones(workloads.n_jobs)
@@ -129,6 +131,7 @@ class SimCluster:
         gpu_job = wl.gpu_job
         dark = not self._all_powered
         activity = job_activity[gpu_job] * self.powered if dark else job_activity[gpu_job]
+        self.activity = activity
         step_gpus(
             self.gpu,
             self.consts,
@@ -158,6 +161,20 @@ class SimCluster:
         self._remember()
         self.now_s += self.tick_s
         self.tick += 1
+
+    def rack_demand_w(self) -> FloatArray:
+        """What each rack would draw this tick with every GPU uncapped at its present activity.
+
+        A capped synchronous job spends more of each step computing, and a capped service builds
+        a backlog, so this is the controlled run's own demand, not an uncapped run's. Units: W.
+        """
+        full_w = self.consts.idle_w + self.consts.span_w * self.activity
+        if not self._all_powered:
+            full_w = full_w * self.powered
+        gpu_w = _sum_by(self._gpu_rack, full_w, self.topology.n_racks)
+        rack_w = (gpu_w + self._rack_server_overhead_on_w) / self.params.psu_efficiency
+        rack_w += self._rack_overhead_on_w
+        return rack_w
 
     def run_boot(self, *, seconds: float) -> None:
         """Step the physics for `seconds` before time zero, then restart the clock at zero.

@@ -33,6 +33,7 @@ SCOREBOARD_KEYS = {
     "within_limits",
     "to_cap_ticks",
     "steady_gap_pct",
+    "steady_gap_vs_uncapped_pct",
 }
 
 

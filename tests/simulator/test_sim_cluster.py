@@ -150,3 +150,18 @@ def test_jobs_arrive_and_depart_on_schedule() -> None:
     run_ticks(cluster, 100)
     assert cluster.gpu.power_w[job_rows].max() == pytest.approx(80.0)  # departed
     assert cluster.workloads.work[0] == pytest.approx(100 / 6.0, rel=0.05)
+
+
+def test_rack_demand_is_the_draw_the_caps_hold_back() -> None:
+    cluster = build_cluster(scenario())
+    run_ticks(cluster, 20)
+    # Uncapped, every GPU already draws what it would: demand is the measured rack power.
+    np.testing.assert_allclose(cluster.rack_demand_w(), cluster.rack_power_w, rtol=1e-9)
+    cluster.command(np.full(64, 250.0), np.full(64, 1980.0))
+    run_ticks(cluster, 10)
+    demand, power = cluster.rack_demand_w(), cluster.rack_power_w
+    # Capped, the busy racks draw less than they would, by about what the caps cut.
+    busy = cluster.gpu.power_w > 240.0
+    assert busy.any()
+    assert np.all(demand >= power - 1e-6)
+    assert demand.sum() - power.sum() > 0.5 * busy.sum() * (700.0 - 250.0) * 0.5
