@@ -136,14 +136,16 @@ def decide(
     if sync_job is not None:
         ceiling = pace_ceiling(plan, alloc.cap_w, sync_job, util_held)
         if ceiling is not None:
-            # The job's GPUs ask only for its pace; what they give back goes to the tiers in
-            # order, and the surplus phase returns whatever nobody else wanted to every GPU.
-            paced = np.minimum(demand, ceiling)
-            np.maximum(paced, floor, out=paced)
+            # A held job's GPUs are fixed at its pace, which each had or exceeded, so the job
+            # loses nothing; what they give back goes to the tiers in order, and the surplus
+            # phase returns whatever nobody else wanted to every GPU.
+            paced = np.isfinite(ceiling)
+            np.maximum(ceiling, floor, out=ceiling)
+            fixed = np.where(paced, ceiling, floor)
             alloc = allocate(
                 plan,
-                floor_w=floor,
-                demand_w=paced,
+                floor_w=fixed,
+                demand_w=np.where(paced, ceiling, demand),
                 max_w=max_cap,
                 tier=tiers,
                 usable_w=usable_w,
@@ -222,24 +224,28 @@ def pace_ceiling(
     """
     if sync_job.shape != cap_w.shape:
         raise PolicyError(f"sync_job must have shape ({cap_w.size},)")
-    members = sync_job >= 0
-    if not members.any():
+    n_jobs = int(sync_job.max()) + 1 if sync_job.size else 0
+    if n_jobs <= 0:
         return None
-    n_jobs = int(sync_job.max()) + 1
-    dynamic = dynamic_range(plan) * np.clip(activity, MIN_ACTIVITY, 1.0)
+    # GPUs in no job join a last, never-held pseudo-job: one gather then serves every GPU.
+    idx = np.where(sync_job < 0, n_jobs, sync_job)
+    dynamic = np.maximum(activity, MIN_ACTIVITY)
+    np.minimum(dynamic, 1.0, out=dynamic)
+    dynamic *= dynamic_range(plan)
     pace = np.subtract(cap_w, plan.idle_w)
     np.divide(pace, dynamic, out=pace)
-    np.minimum(pace, 1.0, out=pace)
-    job_pace = np.ones(n_jobs)
-    np.minimum.at(job_pace, sync_job[members], pace[members])
-    held = job_pace < 1.0 - PACE_TOL
-    if not held.any():
+    job_pace = np.ones(n_jobs + 1)
+    np.minimum.at(job_pace, idx, pace)
+    free = job_pace >= 1.0 - PACE_TOL
+    free[n_jobs] = True
+    if free.all():
         return None
-    gpu_pace = np.where(members, job_pace[np.maximum(sync_job, 0)], 1.0)
-    ceiling = np.multiply(dynamic, gpu_pace)
+    # A free job's members get an infinite pace, so their ceiling is no ceiling.
+    job_pace[free] = np.inf
+    ceiling = job_pace[idx]
+    ceiling *= dynamic
     ceiling += plan.idle_w
-    # Only members of a held-back job get a ceiling; everyone else keeps asking for demand.
-    return np.where(members & held[np.maximum(sync_job, 0)], ceiling, np.inf)
+    return ceiling
 
 
 def estimate_demand(

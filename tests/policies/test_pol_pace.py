@@ -172,9 +172,11 @@ def test_pacing_keeps_every_limit_and_never_slows_a_job(
         check_limits(topo, paced, stale_gpu)
         if now == 1.0:
             # Cold (no smoothing yet): a job's slowest member is never slower for the pacing.
+            # Power above a GPU's estimated demand is surplus it has no use for, so the pace is
+            # judged on what the caps grant of that demand.
             live = ~stale_gpu
-            b_plain = pace(topo, plain.cap_w, 0.9)
-            b_paced = pace(topo, paced.cap_w, 0.9)
+            b_plain = pace(topo, np.minimum(plain.cap_w, plain.demand_w), 0.9)
+            b_paced = pace(topo, np.minimum(paced.cap_w, paced.demand_w), 0.9)
             for j in range(n_jobs):
                 m = (job == j) & live & (fleet.util > 0)
                 if m.any():
