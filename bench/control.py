@@ -17,11 +17,14 @@ plugin style, `simulator.baselines`) and `rheostat`. Each run's summary is the o
   not compared`; Rheostat's own excesses are misses (`site-over`, `ramp-over`).
 - `to_cap_ticks`: per limit step, decision periods until site power was under the new limit.
 - `steady_gap_pct`: mean of (attainable - site power) / attainable over the samples where demand
-  (the reference run's power) exceeds what the limits allow, at least `SETTLE_S` after the limit
-  last moved. Attainable is min(site limit, sum over racks of min(reference rack power, rack
-  usable limit)); intermediate rows are not counted, since no shipped scenario binds on them.
-  Positive: power left unused; negative: over.
-
+  exceeds what the limits allow by `DEMAND_MARGIN_FRAC`, at least `SETTLE_S` after the limit last
+  moved. Demand is the controlled run's own: per rack, what it would draw this tick with every GPU
+  uncapped at its present activity (`SimCluster.rack_demand_w`), so a synchronous job's
+  communication phase, which no cap can fill, is not counted as power left unused. Attainable is
+  min(site limit, sum over racks of min(rack demand, rack usable limit)); intermediate rows are
+  not counted, since no shipped scenario binds on them. Positive: power left unused; negative:
+  over. `steady_gap_vs_uncapped_pct` is the same against the uncapped reference run's rack power,
+  sample by sample, which also counts the two runs' drifting training phases.
 Scenarios with a carbon policy are the exception: their Flex 2-3 jobs owe a daily amount of work
 and Rheostat stops them once it is done, so their work against the uncapped run is the target by
 design; there the throughput comparison is replaced by every work target being met
@@ -55,7 +58,7 @@ DEFAULT_ARGS: list[str] = []
 CONTROLLERS = ("none", "static", "threshold", "rheostat")
 #: Seconds after a limit change before a sample counts as steady state.
 SETTLE_S = 30.0
-#: Reference power must exceed the attainable power by this fraction for a sample to count as
+#: Demand must exceed the attainable power by this fraction for a sample to count as
 #: "demand above the limit" (keeps samples where demand merely brushes the limit out).
 DEMAND_MARGIN_FRAC = 0.01
 #: Targets (issue 8).

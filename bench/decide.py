@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest fleet on which HiGHS and the reference run",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--sync-jobs",
+        type=int,
+        default=0,
+        metavar="SIZE",
+        help="put every GPU in a synchronous job of SIZE consecutive GPUs (0: no jobs)",
+    )
 
 
 def make_fleet(topology: Topology, rng: np.random.Generator, now_s: float) -> FleetState:
@@ -80,6 +87,7 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     fleets = [make_fleet(topology, rng, 0.0) for _ in range(3)]
     settings = PolicySettings()
     limits = Limits()
+    sync_job = (np.arange(n) // args.sync_jobs).astype(np.int32) if args.sync_jobs > 0 else None
 
     cold = []
     for i in range(args.repeat):
@@ -92,6 +100,7 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             settings=settings,
             state=None,
             now_s=0.0,
+            sync_job=sync_job,
         )
         cold.append(time.perf_counter() - began)
     warm = []
@@ -105,6 +114,7 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             settings=settings,
             state=state,
             now_s=1.0 + i,
+            sync_job=sync_job,
         )
         warm.append(time.perf_counter() - began)
     warm_ms = statistics.median(warm) * 1e3
