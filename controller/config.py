@@ -136,7 +136,7 @@ class CappingSection(_Section):
     demand_headroom_min_w: Annotated[float, Field(ge=0)] = 20.0
     pinned_frac: Annotated[float, Field(gt=0, le=1)] = 0.97
     demand_hold_s: Annotated[float, Field(ge=0)] = 3.0
-    site_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    site_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = 0.002
 
 
 class RampSection(_Section):

@@ -45,8 +45,10 @@ class CappingSettings:
     site_ramp_down_w_per_s: float | None = None
     #: Share of the site limit kept free for transients the caps cannot stop: a GPU's own power
     #: limiter takes ~0.1 s to pull a surge (a synchronous job's compute phase resuming) back under
-    #: its cap, and every GPU surges at once. Applied below the hard site figure only.
-    site_margin_frac: float = 0.0
+    #: its cap, and every GPU surges at once. Applied below the hard site figure only. The default
+    #: is a revenue meter's accuracy class (0.2 %): on a site-wide synchronous job at 0.5 Hz it
+    #: took the `training-swings` scenario from 81 s to 5.5 s over its contract in 900 s.
+    site_margin_frac: float = 0.002
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -88,9 +88,13 @@ def test_site_margin_leaves_room_below_the_hard_limit() -> None:
     topo = generate_topology(64, racks_per_row=2, site_limit_w=30_000.0)
     fleet = busy_fleet(topo, np.full(64, 1.0), 0.0)
     tier = np.zeros(64, np.int8)
-    plain, _ = decide(
+    none = PolicySettings(capping=CappingSettings(site_margin_frac=0.0))
+    plain, _ = decide(topo, fleet, tier=tier, limits=Limits(), settings=none, state=None, now_s=0.0)
+    default, _ = decide(
         topo, fleet, tier=tier, limits=Limits(), settings=PolicySettings(), state=None, now_s=0.0
     )
+    # By default a revenue meter's accuracy class, 0.2 %, is kept free.
+    assert default.site_allowed_w == pytest.approx(plain.site_allowed_w * 0.998)
     margin = PolicySettings(capping=CappingSettings(site_margin_frac=0.02))
     kept, _ = decide(
         topo, fleet, tier=tier, limits=Limits(), settings=margin, state=None, now_s=0.0

@@ -19,7 +19,9 @@ from policies.pipeline import decide
 from policies.topology import Topology, generate_topology
 from tests.policies.pol_instances import Instance, busy_fleet, instances
 
-SETTINGS = PolicySettings()
+#: These tests check exact site figures; the margin kept below the site limit has its own test.
+EXACT = CappingSettings(site_margin_frac=0.0)
+SETTINGS = PolicySettings(capping=EXACT)
 
 
 def check_limits(topo: Topology, decision, stale_gpu=None) -> None:
@@ -133,7 +135,7 @@ def two_gpus(site_w: float) -> Topology:
 
 def test_raises_are_rate_limited_and_cuts_immediate() -> None:
     topo = two_gpus(1400.0)
-    capping = CappingSettings(raise_rate_w_per_s=50.0, deadband_w=5.0)
+    capping = CappingSettings(raise_rate_w_per_s=50.0, deadband_w=5.0, site_margin_frac=0.0)
     cfg = PolicySettings(capping=capping)
     fleet = busy_fleet(topo, np.array([1.0, 1.0]), 0.0)
     tier = np.array([0, 3], np.int8)
@@ -157,7 +159,9 @@ def test_raises_are_rate_limited_and_cuts_immediate() -> None:
 
 def test_deadband_suppresses_small_changes_but_never_a_needed_cut() -> None:
     topo = two_gpus(1400.0)
-    cfg = PolicySettings(capping=CappingSettings(deadband_w=30.0, raise_rate_w_per_s=1e6))
+    cfg = PolicySettings(
+        capping=CappingSettings(deadband_w=30.0, raise_rate_w_per_s=1e6, site_margin_frac=0.0)
+    )
     fleet = busy_fleet(topo, np.array([1.0, 1.0]), 0.0)
     tier = np.array([0, 0], np.int8)
     d0, s0 = decide(
@@ -188,7 +192,9 @@ def test_deadband_suppresses_small_changes_but_never_a_needed_cut() -> None:
 
 def test_site_ramp_limits_recovery_but_not_a_hard_cut() -> None:
     topo = two_gpus(1400.0)
-    capping = CappingSettings(site_ramp_up_w_per_s=100.0, site_ramp_down_w_per_s=50.0)
+    capping = CappingSettings(
+        site_ramp_up_w_per_s=100.0, site_ramp_down_w_per_s=50.0, site_margin_frac=0.0
+    )
     cfg = PolicySettings(capping=capping)
     tier = np.zeros(2, np.int8)
     state: DecisionState | None = None
@@ -256,7 +262,7 @@ def test_memory_bound_work_gets_a_lower_clock_and_reports_saving() -> None:
         fleet,
         tier=np.zeros(2, np.int8),
         limits=Limits(),
-        settings=PolicySettings(dvfs=DvfsSettings(enabled=False)),
+        settings=PolicySettings(capping=EXACT, dvfs=DvfsSettings(enabled=False)),
         state=None,
         now_s=0.0,
     )
@@ -273,7 +279,7 @@ def test_compute_bound_gpu_under_a_binding_cap_gets_a_fitting_clock() -> None:
         fleet,
         tier=np.array([0, 3], np.int8),
         limits=Limits(site_limit_w=900.0),
-        settings=PolicySettings(dvfs=DvfsSettings(fit_min_swing=0.0)),
+        settings=PolicySettings(capping=EXACT, dvfs=DvfsSettings(fit_min_swing=0.0)),
         state=None,
         now_s=0.0,
     )
