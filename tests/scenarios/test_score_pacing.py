@@ -31,8 +31,10 @@ def test_pacing_the_training_job_lets_the_sweeps_beside_it_run_faster() -> None:
     def work(run: loop.RunResult, name: str) -> float:
         return float(run.job_work[names.index(name)])
 
-    # The job loses nothing (it gains: its slowest GPUs get what the fill frees on their row),
-    # and the Flex 3 sweeps gain what its faster GPUs gave back (measured: +5.4 % and +6.6 %).
+    # The job loses nothing; it gains, since a rack's fill shares power in proportion to each
+    # GPU's cap range, which leaves its H100s and A100s at different clocks, and what the faster
+    # model gives back lifts the slower. The Flex 3 sweeps gain what the job's racks gave back
+    # (measured: +5.4 % and +6.6 %).
     assert work(paced, "llm-pretrain") >= work(plain, "llm-pretrain")
     assert work(paced, "research") > work(plain, "research") * 1.03
     tier0 = paced.job_tier[: len(names)] == 0
