@@ -13,7 +13,9 @@ JSON, QoS 1):
     "gpus": [{"rack": "r0001", "first": 0, "count": 8}]}`
   where `owed_s` is the work still owed before the deadline, in seconds of full-speed running
   (the scheduler knows progress: steps done against steps per second at full speed). An empty
-  retained message removes the job.
+  retained message removes the job. `deadline_ts` and `owed_s` come together or not at all: a
+  job without them is not shifted. `"sync": true` (optional) marks a synchronous job, whose GPUs
+  the decision paces to its slowest (`controller/jobs.py`).
 
 Each slot every shifted job's speed is planned against the forecast up to its deadline
 (`policies.carbon.job_speed_now`), and each job's cap fraction is steered from its measured speed
@@ -177,18 +179,25 @@ class GpuRange:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobReport:
-    """What the scheduler says of one flexible job. Units: s (Unix), s of full-speed work."""
+    """What the scheduler says of one job. Units: s (Unix), s of full-speed work.
+
+    `flexible` says the report carries a deadline and the work owed before it (only such a job
+    can be shifted; without them `deadline_ts` is inf and `owed_s` 0); `sync` that the job's GPUs
+    step together (`controller/jobs.py` paces them).
+    """
 
     job: str
     ts: float
     tier: int
-    deadline_ts: float
-    owed_s: float
     gpus: tuple[GpuRange, ...]
+    deadline_ts: float = math.inf
+    owed_s: float = 0.0
+    flexible: bool = True
+    sync: bool = False
 
 
 def decode_job(payload: bytes, *, job: str) -> JobReport:
-    obj = json_object(payload, "job", {"v", "ts", "tier", "deadline_ts", "owed_s", "gpus"})
+    obj = json_object(payload, "job", {"v", "ts", "tier", "deadline_ts", "owed_s", "gpus", "sync"})
     tier = obj.get("tier")
     if isinstance(tier, bool) or not isinstance(tier, int) or not 0 <= tier < N_TIERS:
         raise ProtocolError(f"job tier must be an integer in 0..{N_TIERS - 1}")
@@ -207,27 +216,41 @@ def decode_job(payload: bytes, *, job: str) -> JobReport:
         if first < 0 or count <= 0:
             raise ProtocolError("job gpus need first >= 0 and count > 0")
         ranges.append(GpuRange(rack=rack, first=first, count=count))
+    sync = obj.get("sync", False)
+    if not isinstance(sync, bool):
+        raise ProtocolError("job sync must be true or false")
+    given = [key in obj for key in ("deadline_ts", "owed_s")]
+    if given[0] != given[1]:
+        raise ProtocolError("job deadline_ts and owed_s come together or not at all")
+    work = {}
+    if given[0]:
+        work = {
+            "deadline_ts": number(obj, "deadline_ts", "job", 0.0, math.inf),
+            "owed_s": number(obj, "owed_s", "job", 0.0, math.inf),
+        }
     return JobReport(
         job=job,
         ts=number(obj, "ts", "job", 0.0, math.inf),
         tier=tier,
-        deadline_ts=number(obj, "deadline_ts", "job", 0.0, math.inf),
-        owed_s=number(obj, "owed_s", "job", 0.0, math.inf),
         gpus=tuple(ranges),
+        flexible=given[0],
+        sync=sync,
+        **work,
     )
 
 
 def encode_job(report: JobReport) -> bytes:
-    return orjson.dumps(
-        {
-            "v": PROTOCOL_VERSION,
-            "ts": report.ts,
-            "tier": report.tier,
-            "deadline_ts": report.deadline_ts,
-            "owed_s": report.owed_s,
-            "gpus": [{"rack": g.rack, "first": g.first, "count": g.count} for g in report.gpus],
-        }
-    )
+    obj: dict[str, object] = {
+        "v": PROTOCOL_VERSION,
+        "ts": report.ts,
+        "tier": report.tier,
+        "gpus": [{"rack": g.rack, "first": g.first, "count": g.count} for g in report.gpus],
+    }
+    if report.flexible:
+        obj["deadline_ts"], obj["owed_s"] = report.deadline_ts, report.owed_s
+    if report.sync:
+        obj["sync"] = True
+    return orjson.dumps(obj)
 
 
 # ---------------------------------------------------------------------------------- forecast
@@ -396,6 +419,11 @@ class CarbonHook:
             report = decode_job(payload, job=name)
         except ProtocolError:
             self.rejected += 1
+            return
+        if not report.flexible:
+            # No deadline and no work owed: nothing to shift (a synchronous job reported only to
+            # be paced, or one whose work is done). A job that was flexible stops being shaped.
+            self.jobs.pop(name, None)
             return
         rows = self._rows(report)
         if rows is None or (name not in self.jobs and len(self.jobs) >= MAX_JOBS):

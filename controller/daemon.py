@@ -38,6 +38,7 @@ from controller.config import MqttSection
 from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
+from controller.jobs import SyncJobs
 from controller.mqtt_client import Client
 from controller.policy_file import Policy, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
@@ -80,6 +81,7 @@ class Decider(Protocol):
         state: DecisionState | None,
         now_s: float,
         stale_rack: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
+        sync_job: np.ndarray[Any, np.dtype[np.int32]] | None = None,
     ) -> tuple[Decision, DecisionState]: ...
 
 
@@ -214,6 +216,8 @@ class Controller:
             if carbon is not None and carbon.enabled
             else None
         )
+        #: The scheduler's synchronous jobs, paced by the decision; always listened for.
+        self.jobs = SyncJobs(site=policy.site, topology=policy.topology)
         if (
             self.grid is not None
             and self.carbon is not None
@@ -295,6 +299,7 @@ class Controller:
         )
         if self.carbon is not None:
             self.carbon.set_topology(policy.topology)
+        self.jobs.set_topology(policy.topology)
         if same_fleet:
             control = policy.config.control
             rt.policy = policy
@@ -378,6 +383,9 @@ class Controller:
                         await client.subscribe(topic, qos=0)
                     for topic in self.carbon.topics if self.carbon is not None else ():
                         await client.subscribe(topic, qos=1)
+                    if self.carbon is None:  # the carbon hook subscribes to the jobs already
+                        for topic in self.jobs.topics:
+                            await client.subscribe(topic, qos=1)
                     await self._publish_status(client, "online")
                     queue = client._queue
                     rt.queue = queue if isinstance(queue, ConflatingQueue) else None
@@ -418,6 +426,7 @@ class Controller:
             handle = self.facility.routed(handle, clock=self.clock)
         if self.carbon is not None:
             handle = self.carbon.routed(handle, clock=self.clock)
+        handle = self.jobs.routed(handle, forward=self.carbon is not None)
         queue = client.inbox
         while True:
             message = await client.receive()
@@ -499,6 +508,7 @@ class Controller:
             state=rt.decision_state,
             now_s=now_s,
             stale_rack=stale,
+            sync_job=self.jobs.sync_job(),
         )
         if self.carbon is not None:
             # Flexible jobs follow the grid signal: their caps only ever go lower than allowed.

@@ -20,6 +20,7 @@ from controller.cli import package_version
 from controller.daemon import Controller, Notifier
 from controller.facility import FacilityCollector
 from controller.http import build_app, start_server
+from controller.jobs import SyncJobsCollector
 from controller.metrics import RheostatCollector
 from controller.policy_file import Policy
 
@@ -44,6 +45,7 @@ async def serving(
         registry.register(FacilityCollector(controller.facility, clock=controller.clock))
     if controller.carbon is not None:
         registry.register(CarbonCollector(controller.carbon, clock=controller.clock))
+    registry.register(SyncJobsCollector(controller.jobs))
     app = build_app(controller.runtime, registry)
     cfg = policy.config.metrics
     port = cfg.port if metrics_port is None else metrics_port
