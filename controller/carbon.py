@@ -239,6 +239,21 @@ def decode_job(payload: bytes, *, job: str) -> JobReport:
     )
 
 
+def job_rows(topology: Topology, gpus: tuple[GpuRange, ...]) -> NDArray[np.int64] | None:
+    """The fleet rows of a job's GPU ranges, sorted; None if a rack is unknown or a range runs
+    past its rack's GPUs."""
+    parts = []
+    for g in gpus:
+        rack = topology.rack_index.get(g.rack)
+        if rack is None:
+            return None
+        lo, hi = int(topology.rack_offsets[rack]), int(topology.rack_offsets[rack + 1])
+        if lo + g.first + g.count > hi:
+            return None
+        parts.append(np.arange(lo + g.first, lo + g.first + g.count, dtype=np.int64))
+    return np.unique(np.concatenate(parts))
+
+
 def encode_job(report: JobReport) -> bytes:
     obj: dict[str, object] = {
         "v": PROTOCOL_VERSION,
@@ -446,17 +461,7 @@ class CarbonHook:
         self._track(job)
 
     def _rows(self, report: JobReport) -> NDArray[np.int64] | None:
-        topo = self.topology
-        parts = []
-        for g in report.gpus:
-            rack = topo.rack_index.get(g.rack)
-            if rack is None:
-                return None
-            lo, hi = int(topo.rack_offsets[rack]), int(topo.rack_offsets[rack + 1])
-            if lo + g.first + g.count > hi:
-                return None
-            parts.append(np.arange(lo + g.first, lo + g.first + g.count, dtype=np.int64))
-        return np.unique(np.concatenate(parts))
+        return job_rows(self.topology, report.gpus)
 
     def _floor_frac(self, tier: int, min_frac: float) -> float:
         speed = min(1.0 - self.section.tolerances[tier] + SPEED_GUARD, 1.0)

@@ -22,7 +22,14 @@ from numpy.typing import NDArray
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.carbon import JOB_ID_CHARS, MAX_JOBS, JobReport, decode_job, jobs_filter
+from controller.carbon import (
+    JOB_ID_CHARS,
+    MAX_JOBS,
+    JobReport,
+    decode_job,
+    job_rows,
+    jobs_filter,
+)
 from controller.wire import TOPIC_ROOT
 from policies.errors import ProtocolError
 from policies.topology import Topology
@@ -129,17 +136,9 @@ class SyncJobs:
             self._dirty = True
 
     def _resolve(self, report: JobReport, *, skip: str) -> NDArray[np.int64] | None:
-        topo = self.topology
-        parts = []
-        for g in report.gpus:
-            rack = topo.rack_index.get(g.rack)
-            if rack is None:
-                return None
-            lo, hi = int(topo.rack_offsets[rack]), int(topo.rack_offsets[rack + 1])
-            if lo + g.first + g.count > hi:
-                return None
-            parts.append(np.arange(lo + g.first, lo + g.first + g.count, dtype=np.int64))
-        rows = np.unique(np.concatenate(parts))
+        rows = job_rows(self.topology, report.gpus)
+        if rows is None:
+            return None
         # A GPU steps with one job only: a report overlapping another job's GPUs is wrong.
         for name, other in self._rows.items():
             if name != skip and np.intersect1d(rows, other, assume_unique=True).size:
