@@ -3,7 +3,8 @@
 An MQTT broker (embedded amqtt in a child process, or `--broker URL`), one simulated
 rack agent per rack speaking wire protocol v1, the controller daemon with its metrics endpoint, a
 live status line, and at the end the summary `rheostat simulate --json` prints (measured here on
-the live cluster) plus `telemetry_messages` and `commands_sent`. The fleet is oversubscribed like
+the live cluster) plus `telemetry_messages`, `commands_sent` and `sync_jobs` (the demo hands the
+controller its training jobs as a scheduler would report them). The fleet is oversubscribed like
 the shipped `oversubscribed` scenario (site contract at 1/1.3 of full power, racks rated below
 their full draw), so capping is visible: uncontrolled, breakers would trip.
 """
@@ -22,6 +23,7 @@ from urllib.parse import urlparse
 import numpy as np
 import orjson
 
+from controller.carbon import GpuRange, JobReport, encode_job, job_topic
 from controller.embedded_broker import embedded_broker
 from controller.logs import configure_logging
 from controller.policy_file import Policy, default_policy_text, parse_policy
@@ -81,6 +83,27 @@ def demo_scenario(racks: int, duration_s: float) -> Scenario:
             "workloads": [w for w in workloads if w["gpus"] > 0],
         }
     )
+
+
+def scheduler_reports(cluster: SimCluster, *, ts: float) -> list[tuple[str, bytes]]:
+    """Each simulated training job as its scheduler reports it: synchronous, by rack ranges."""
+    topo = cluster.topology
+    out = []
+    for job in cluster.workloads.training:
+        first, last = job.start_gpu, job.start_gpu + job.n_gpus
+        ranges = []
+        for rack in range(topo.n_racks):
+            rows = topo.rack_slice(rack)
+            lo, hi = max(first, rows.start), min(last, rows.stop)
+            if lo < hi:
+                ranges.append(
+                    GpuRange(rack=topo.racks.ids[rack], first=lo - rows.start, count=hi - lo)
+                )
+        report = JobReport(
+            job=job.name, ts=ts, tier=job.tier, gpus=tuple(ranges), flexible=False, sync=True
+        )
+        out.append((job_topic(SITE, job.name), encode_job(report)))
+    return out
 
 
 def _policy(cluster: SimCluster, host: str, port: int, protocol: str) -> Policy:
@@ -208,6 +231,10 @@ async def _demo(args: argparse.Namespace) -> int:
                 print(f"rheostat demo: {cluster.topology.n_racks} racks, {cluster.topology.n_gpus}"
                       f" GPUs, broker {host}:{port} (MQTT {protocol}), metrics "
                       f"http://127.0.0.1:{bound}/metrics", file=sys.stderr)  # fmt: skip
+            # The demo plays the cluster scheduler too: its training jobs are reported as
+            # synchronous, as they would arrive on rheostat/v1/<site>/jobs/<job>.
+            for topic, payload in scheduler_reports(cluster, ts=time.time()):
+                controller.jobs.handle(topic, payload)
             ctl_task = asyncio.create_task(controller.run(stop_controller), name="controller")
             agents_task = asyncio.create_task(
                 run_rack_agents(
@@ -227,6 +254,7 @@ async def _demo(args: argparse.Namespace) -> int:
     summary = tracker.summary(elapsed)
     summary["telemetry_messages"] = controller.runtime.ingest.counters.messages
     summary["commands_sent"] = controller.runtime.book.sent_total
+    summary["sync_jobs"] = len(controller.jobs.reports)
     _print_summary(summary, as_json=args.json)
     return 0 if not cluster.trips else 1
 

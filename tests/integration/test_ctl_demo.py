@@ -15,6 +15,7 @@ SUMMARY_KEYS = {
     "seconds_over_limit", "max_overshoot_pct", "time_to_cap_s", "throughput_retained",
     "energy_kwh", "energy_cost_usd", "carbon_kg", "peak_site_power_kw", "max_ramp_kw_per_s",
     "ramp_violation_s", "realtime_factor", "dr", "telemetry_messages", "commands_sent",
+    "sync_jobs",
 }  # fmt: skip
 
 
@@ -34,6 +35,8 @@ def test_demo_with_the_embedded_broker(capsys: pytest.CaptureFixture[str]) -> No
     assert summary["breaker_trips"] == 0
     assert summary["telemetry_messages"] >= 4  # type: ignore[operator]
     assert summary["commands_sent"] >= 2  # type: ignore[operator]
+    # The demo's scheduler reported its two training jobs; every report resolved.
+    assert summary["sync_jobs"] == 2
 
 
 def test_demo_against_mosquitto(mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
