@@ -173,6 +173,7 @@ async def _scheduler(cluster: Any, port: int, stop: asyncio.Event) -> None:
                 deadline_ts=deadline,
                 owed_s=max(0.6 * SWEEP_HORIZON_S - done, 0.0),
                 gpus=(GpuRange(rack=rack, first=0, count=SWEEP_GPUS),),
+                sync=True,
             )
             await client.publish(job_topic(SITE, "sweep"), encode_job(report), qos=1)
             with contextlib.suppress(TimeoutError):
