@@ -83,6 +83,8 @@ class SnapshotSpec(_Strict):
     topology: TopologySpec
     telemetry: TelemetrySpec
     tier: list[Annotated[int, Field(ge=0, le=3)]]
+    #: Per GPU, the synchronous job it belongs to (any label; null: none), or absent.
+    sync_job: list[Annotated[str, Field(min_length=1)] | None] | None = None
     stale_racks: list[str] = Field(default_factory=list)
     limits: dict[str, Watts | None] = Field(default_factory=dict)
     settings: SettingsSpec = Field(default_factory=SettingsSpec)
@@ -101,6 +103,8 @@ class Snapshot:
     state: DecisionState | None
     now_s: float
     stale_rack: np.ndarray[Any, np.dtype[np.bool_]]
+    #: Per GPU, its synchronous job's index (-1: none); None when the snapshot names no jobs.
+    sync_job: np.ndarray[Any, np.dtype[np.int32]] | None = None
 
 
 def load_snapshot(path: Path | str) -> Snapshot:
@@ -150,6 +154,16 @@ def parse_snapshot(data: Any, *, source: str = "<snapshot>") -> Snapshot:
         if rack not in topology.rack_index:
             raise ConfigError(f"unknown rack {rack!r}", file=source, field=f"stale_racks.{i}")
         stale[topology.rack_index[rack]] = True
+    sync_job = None
+    if spec.sync_job is not None:
+        if len(spec.sync_job) != n:
+            raise ConfigError(
+                f"has {len(spec.sync_job)} entries, expected {n} (one per GPU)",
+                file=source,
+                field="sync_job",
+            )
+        labels = {name: k for k, name in enumerate(sorted({j for j in spec.sync_job if j}))}
+        sync_job = np.array([-1 if j is None else labels[j] for j in spec.sync_job], np.int32)
     state = None
     if spec.previous is not None:
         state = DecisionState(
@@ -169,6 +183,7 @@ def parse_snapshot(data: Any, *, source: str = "<snapshot>") -> Snapshot:
         state=state,
         now_s=spec.now_s,
         stale_rack=stale,
+        sync_job=sync_job,
     )
 
 

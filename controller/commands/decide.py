@@ -48,6 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         state=snap.state,
         now_s=snap.now_s,
         stale_rack=snap.stale_rack,
+        sync_job=snap.sync_job,
     )
     topo = snap.topology
     servers = topo.levels[0].ids

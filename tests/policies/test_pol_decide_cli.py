@@ -127,3 +127,22 @@ def test_unreadable_and_malformed_files(tmp_path: Path, capsys) -> None:
     bad.write_text("{not json")
     assert main(["decide", "--snapshot", str(bad)]) == 1
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_a_snapshot_may_name_synchronous_jobs(tmp_path: Path, capsys) -> None:
+    def caps(data: dict[str, Any]) -> list[float]:
+        assert main(["decide", "--snapshot", str(write(tmp_path, data)), "--json"]) == 0
+        return [g["cap_w"] for g in orjson.loads(capsys.readouterr().out)["gpus"]]
+
+    plain = caps(snapshot())
+    data = snapshot()
+    data["sync_job"] = ["train", "train", None, None]
+    paced = caps(data)
+    util = data["telemetry"]["util"]
+    # The two H100s step together: the faster one is held to the pace of the other.
+    pace = [(paced[i] - 80.0) / (620.0 * util[i]) for i in (0, 1)]
+    assert paced[0] < plain[0] - 20.0
+    assert pace[0] == pytest.approx(pace[1], abs=0.02)
+    data["sync_job"] = ["train"]
+    assert main(["decide", "--snapshot", str(write(tmp_path, data))]) == 1
+    assert ": sync_job: " in capsys.readouterr().err
