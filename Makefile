@@ -20,13 +20,19 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/rheostat demo --duration $(DEMO_DURATION)
 
-# Mosquitto, Prometheus and openssl (test certificates) come from Debian packages; install them only
-# when their binaries are absent.
+# Real services for the tests come from Debian packages; install only those whose binaries are absent:
+# Mosquitto, Prometheus (promtool), openssl (test certificates), etcd (leader election), Slurm and
+# munge (scheduler job reports) and Chromium (the report page, checked in a real headless browser).
 services:
 	@missing=""; \
 	test -x /usr/sbin/mosquitto || command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v etcd >/dev/null || test -x /usr/bin/etcd || missing="$$missing etcd-server etcd-client"; \
+	command -v slurmctld >/dev/null || test -x /usr/sbin/slurmctld || missing="$$missing slurmctld slurm-client"; \
+	command -v slurmd >/dev/null || test -x /usr/sbin/slurmd || missing="$$missing slurmd"; \
+	command -v munged >/dev/null || test -x /usr/sbin/munged || missing="$$missing munge"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing from Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
