@@ -29,6 +29,13 @@ class GpuModel:
     memory_clock_mhz: float
     slowdown_temp_c: float
     shutdown_temp_c: float
+    #: The names NVML (`nvmlDeviceGetName`, `nvidia-smi --query-gpu=name`) reports for it.
+    nvml_names: tuple[str, ...] = ()
+
+    @property
+    def nvml_name(self) -> str:
+        """The first name NVML reports for this model (the catalog name when unknown)."""
+        return self.nvml_names[0] if self.nvml_names else self.name
 
     def __post_init__(self) -> None:
         if not 0 < self.min_cap_w <= self.max_cap_w:
@@ -48,6 +55,7 @@ H100_SXM5 = GpuModel(
     memory_clock_mhz=2619.0,
     slowdown_temp_c=89.0,
     shutdown_temp_c=92.0,
+    nvml_names=("NVIDIA H100 80GB HBM3",),
 )
 
 A100_SXM4 = GpuModel(
@@ -61,6 +69,7 @@ A100_SXM4 = GpuModel(
     memory_clock_mhz=1593.0,
     slowdown_temp_c=87.0,  # ~85-90 C (estimate)
     shutdown_temp_c=90.0,
+    nvml_names=("NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-40GB"),
 )
 
 #: Model codes used in topology arrays: `gpu_model[i]` indexes this tuple.
