@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.carbon import CarbonSection
 from controller.facility import FacilitySection
 from controller.grid.config import DemandResponseSection
 from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
-from policies.gpu_models import MODEL_CODE
+from policies.errors import TopologyError
+from policies.gpu_models import MODEL_CODE, GpuModel, match_model, register_model
 
 PositiveW = Annotated[float, Field(gt=0)]
 Tier = Annotated[int, Field(ge=0, le=N_TIERS - 1)]
@@ -53,9 +54,33 @@ class ServerSpec(_Section):
 
     @model_validator(mode="after")
     def _known_model(self) -> Self:
-        if self.model not in MODEL_CODE:
-            raise ValueError(f"unknown GPU model {self.model!r} (known: {', '.join(MODEL_CODE)})")
+        if match_model(self.model) is None:
+            raise ValueError(
+                f"unknown GPU model {self.model!r} (known: {', '.join(MODEL_CODE)}, their NVML "
+                "names, or a model in the policy's gpu_models)"
+            )
         return self
+
+
+class SiteGpuModel(_Section):
+    """A GPU model the catalog lacks, added by a site. Units: W, MHz, degrees C."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    #: Names NVML reports for it (`nvidia-smi --query-gpu=name`).
+    nvml_names: tuple[Annotated[str, Field(min_length=1, max_length=96)], ...] = ()
+    min_cap_w: PositiveW
+    max_cap_w: PositiveW
+    idle_w: Annotated[float, Field(ge=0)]
+    min_sm_clock_mhz: PositiveW
+    max_sm_clock_mhz: PositiveW
+    sm_clock_step_mhz: PositiveW = 15.0
+    memory_clock_mhz: PositiveW
+    slowdown_temp_c: float = 87.0
+    shutdown_temp_c: float = 92.0
+    source: str = "site policy"
+
+    def model(self) -> GpuModel:
+        return GpuModel(**self.model_dump())
 
 
 class RackSpec(_Section):
@@ -224,6 +249,8 @@ class LoggingSection(_Section):
 class PolicyFile(_Section):
     """The whole policy file. Only `site` is required."""
 
+    #: Models the catalog lacks. Validated (and registered) before `site`, whose servers name them.
+    gpu_models: tuple[SiteGpuModel, ...] = ()
     site: SiteSection
     limits: LimitsSection = LimitsSection()
     tiers: TiersSection = TiersSection()
@@ -239,6 +266,16 @@ class PolicyFile(_Section):
     facility: FacilitySection | None = None
     #: Flexible jobs planned against a carbon or price signal; None: no shifting.
     carbon: CarbonSection | None = None
+
+    @field_validator("gpu_models", mode="after")
+    @classmethod
+    def _register_models(cls, models: tuple[SiteGpuModel, ...]) -> tuple[SiteGpuModel, ...]:
+        for spec in models:
+            try:
+                register_model(spec.model())
+            except TopologyError as exc:
+                raise ValueError(str(exc)) from None
+        return models
 
     def policy_settings(self) -> PolicySettings:
         """The decision core's settings, from the capping, ramp and DVFS sections."""
