@@ -266,6 +266,9 @@ class PolicyFile(_Section):
     facility: FacilitySection | None = None
     #: Flexible jobs planned against a carbon or price signal; None: no shifting.
     carbon: CarbonSection | None = None
+    #: The node inventory file (`controller/inventory.py`), relative to the policy file: node
+    #: agents' telemetry is assembled into racks through it. None: rack-level agents only.
+    nodes: Path | None = None
 
     @field_validator("gpu_models", mode="after")
     @classmethod

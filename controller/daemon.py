@@ -40,6 +40,7 @@ from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
 from controller.mqtt_client import Client
+from controller.nodes import NodeAssembler
 from controller.policy_file import Policy, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
 from controller.watch import watch_file
@@ -218,12 +219,26 @@ class Controller:
         )
         #: The scheduler's synchronous jobs, paced by the decision; always listened for.
         self.jobs = SyncJobs(site=policy.site, topology=policy.topology)
+        #: Node agents' telemetry assembled into racks, when the policy has a node inventory.
+        self.nodes = (
+            None
+            if policy.inventory is None
+            else NodeAssembler(
+                site=policy.site,
+                topology=policy.topology,
+                inventory=policy.inventory,
+                forward=self._to_ingest,
+            )
+        )
         if (
             self.grid is not None
             and self.carbon is not None
             and self.carbon.section.signal == "price"
         ):
             self.grid.price_sink = self.carbon.take_forecast
+
+    def _to_ingest(self, topic: str, payload: bytes) -> bool:
+        return self.runtime.ingest.handle(topic, payload)  # the ingest in force (reloads swap it)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -300,6 +315,8 @@ class Controller:
         if self.carbon is not None:
             self.carbon.set_topology(policy.topology)
         self.jobs.set_topology(policy.topology)
+        if self.nodes is not None and policy.inventory is not None:
+            self.nodes.set_policy(policy.topology, policy.inventory)
         if same_fleet:
             control = policy.config.control
             rt.policy = policy
@@ -377,6 +394,8 @@ class Controller:
             try:
                 async with self._make_client() as client:
                     await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
+                    if self.nodes is not None:
+                        await client.subscribe(wire.node_telemetry_filter(rt.policy.site), qos=0)
                     for topic in self.grid.topics if self.grid is not None else ():
                         await client.subscribe(topic, qos=1)
                     for topic in self.facility.topics if self.facility is not None else ():
@@ -420,6 +439,8 @@ class Controller:
 
     async def _receive(self, client: Client) -> None:
         handle: Callable[[str, bytes], bool] = self.runtime.ingest.handle
+        if self.nodes is not None:
+            handle = self.nodes.routed(handle)
         if self.grid is not None:
             handle = _routed(self.grid, handle)
         if self.facility is not None:

@@ -19,6 +19,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from controller.config import InlineTopology, PolicyFile, RowSpec, TopologySection
+from controller.inventory import Inventory, apply_model_overrides, check_inventory, load_inventory
 from policies.errors import ConfigError, ConfigErrors, TopologyError
 from policies.gpu_models import model_code
 from policies.topology import Level, Topology, dc_side, generate_topology
@@ -33,6 +34,8 @@ class Policy:
     config: PolicyFile
     topology: Topology
     source: str
+    #: The node inventory (`nodes:` in the policy), when the fleet runs node agents.
+    inventory: Inventory | None = None
 
     @property
     def site(self) -> str:
@@ -97,7 +100,14 @@ def parse_policy(text: str, *, source: str, base_dir: Path | None = None) -> Pol
         build_topology(config, source=source, base_dir=base_dir or Path()),
         config.limits.psu_efficiency,
     )
-    return Policy(config=config, topology=topology, source=source)
+    inventory = None
+    if config.nodes is not None:
+        inventory = load_inventory((base_dir or Path()) / config.nodes)
+        problems = check_inventory(inventory, topology)
+        if problems:
+            raise ConfigErrors(problems)
+        topology = apply_model_overrides(topology, inventory)
+    return Policy(config=config, topology=topology, source=source, inventory=inventory)
 
 
 def load_policy(path: Path | str) -> Policy:
