@@ -4,6 +4,7 @@ nodes, commands obeyed, and the agents' watchdog applying safe caps once the con
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 
 import numpy as np
@@ -21,7 +22,7 @@ from simulator.cluster import SimCluster
 from simulator.gpu_backend import SimGpuBackend
 from simulator.scenario import Scenario
 from tests.integration.harness import policy_for, running, wait_until
-from tests.services import Mosquitto
+from tests.services import Mosquitto, require_binary
 
 pytestmark = pytest.mark.integration
 
@@ -120,6 +121,18 @@ async def test_controller_and_node_agents_close_the_loop_then_fail_safe(mosquitt
             assert 'Hostname="s000003"' in text
             assert 'UUID="GPU-sim-nodedc-s000000-07",gpu="7"' in text
             assert "rheostat_gpu_commanded_cap_watts{" in text
+            # Every series the alerts read is exported, and promtool accepts the exposition.
+            assert "rheostat_gpu_cap_mismatch{" in text
+            assert "rheostat_node_fallback{" in text
+            lint = await asyncio.to_thread(
+                subprocess.run,
+                [require_binary("promtool"), "check", "metrics"],
+                input=text,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert lint.returncode == 0, lint.stdout + lint.stderr
         # The controller is gone: each agent holds its caps until the TTL, then its safe caps.
         stopped = time.monotonic()
         assert not any(a.gate.fallback for a in agents)
