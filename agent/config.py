@@ -31,7 +31,8 @@ class AgentTls(_Section):
 
 
 class AgentMqtt(_Section):
-    """The broker. The agent logs in as its node id by default, which the ACL keys on."""
+    """The broker. With a password the agent logs in as its rack id unless `username` says
+    otherwise: the broker's ACL (`deploy/mosquitto/acl`) keeps a node inside its rack's topics."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(gt=0, lt=65536)] = 1883

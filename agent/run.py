@@ -265,7 +265,7 @@ async def _session(agent: NodeAgent, stop: asyncio.Event) -> None:
             async with aiomqtt.Client(
                 mq.host,
                 mq.port,
-                username=mq.username or (cfg.node if password is not None else None),
+                username=mq.username or (cfg.rack if password is not None else None),
                 password=password,
                 tls_context=_tls(agent),
                 identifier=f"rheostat-agent-{cfg.site}-{cfg.rack}-{cfg.node}",
