@@ -1,16 +1,19 @@
-# Rheostat controller image: `docker build -t rheostat:0.1.0 .`
+# Rheostat image: `docker build -t rheostat:0.1.0 .`
 # The entry point is the `rheostat` CLI; the default command runs the daemon with the policy file
-# mounted at /etc/rheostat/policy.yaml (see deploy/k8s/ and deploy/docker-compose.yml).
+# mounted at /etc/rheostat/policy.yaml (see deploy/k8s/ and deploy/docker-compose.yml). The same
+# image runs the node agent (`rheostat agent`, deploy/k8s/agent-daemonset.yaml): NVML's bindings
+# are in it, and the driver's libnvidia-ml.so comes from the node (NVIDIA container toolkit).
 
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
+COPY agent/ agent/
 COPY controller/ controller/
 COPY policies/ policies/
 COPY simulator/ simulator/
 COPY bench/ bench/
 # Wheels for the package and its runtime dependencies, at the versions the test suite passed with.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt ".[agent]"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --no-create-home rheostat

@@ -81,7 +81,8 @@ class IpmiDcmiPower(_Section):
 
 
 def _hostname_id() -> str:
-    short = socket.gethostname().split(".")[0]
+    """`RHEOSTAT_NODE` (a DaemonSet sets it to the node's name), else the short hostname."""
+    short = os.environ.get("RHEOSTAT_NODE") or socket.gethostname().split(".")[0]
     cleaned = "".join(c if c in ID_CHARS else "-" for c in short)[:64]
     return cleaned or "node"
 
@@ -97,6 +98,10 @@ class AgentConfig(_Section):
     #: takes its slice of the rack's commands.
     first_gpu: Annotated[int, Field(ge=0)] = 0
     rack_gpus: Annotated[int, Field(gt=0)] | None = None
+    #: The node inventory the controller uses (`controller/inventory.py` format): when given,
+    #: `rack`, `first_gpu` and `rack_gpus` come from this node's entry in it, so one agent file
+    #: serves every server (a DaemonSet's ConfigMap).
+    inventory: Path | None = None
     backend: Literal["nvml", "sim"] = "nvml"
     #: On-host GPU indexes to manage (all when absent).
     gpus: tuple[Annotated[int, Field(ge=0)], ...] | None = None
@@ -139,6 +144,30 @@ def _line(data: Any, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
+def place_from_inventory(config: AgentConfig) -> AgentConfig:
+    """`rack`, `first_gpu` and `rack_gpus` from the inventory entry of `config.node`."""
+    if config.inventory is None:
+        return config
+    source = str(config.inventory)
+    try:
+        data = YAML(typ="safe").load(config.inventory.read_text(encoding="utf-8"))
+    except (OSError, MarkedYAMLError) as exc:
+        raise ConfigError(f"cannot read the inventory: {exc}", file=source) from None
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
+        raise ConfigError("the inventory needs a nodes list", file=source)
+    mine = [n for n in nodes if n.get("hostname") == config.node]
+    if len(mine) != 1:
+        raise ConfigError(f"node {config.node!r} is listed {len(mine)} times", file=source)
+    rack = mine[0].get("rack")
+    siblings = [n for n in nodes if n.get("rack") == rack]
+    gpus = [n.get("gpus", 8) for n in siblings]
+    if not is_id(rack) or not all(type(g) is int and 0 < g <= MAX_NODE_GPUS for g in gpus):
+        raise ConfigError(f"bad rack or gpus in node {config.node!r}'s entry", file=source)
+    first = sum(gpus[: siblings.index(mine[0])])
+    return config.model_copy(update={"rack": rack, "first_gpu": first, "rack_gpus": sum(gpus)})
+
+
 def load_agent_config(path: Path | str | None) -> AgentConfig:
     """The agent's configuration (defaults without a file); raises `ConfigErrors` with lines."""
     if path is None:
@@ -155,7 +184,7 @@ def load_agent_config(path: Path | str | None) -> AgentConfig:
     if not isinstance(data, dict):
         raise ConfigError("must be a YAML mapping", file=source)
     try:
-        return AgentConfig.model_validate(data)
+        return place_from_inventory(AgentConfig.model_validate(data))
     except ValidationError as exc:
         raise ConfigErrors(
             [
