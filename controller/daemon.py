@@ -483,6 +483,9 @@ class Controller:
         policy = rt.policy
         topo = policy.topology
         now_s = self.clock()
+        if self.nodes is not None and (reported := self.nodes.reported_topology()) is not None:
+            self._swap_policy(dataclasses.replace(policy, topology=reported))  # agents' ranges
+            policy, topo = rt.policy, rt.policy.topology
         if rt.tier_table.size < len(rt.classes.names):
             rt.tier_table = _tier_table(policy, rt.classes)
         snapshot = rt.fleet.copy()

@@ -20,7 +20,7 @@ caps are kept for the metrics (`NodesCollector`), labelled as dcgm-exporter labe
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import structlog
@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from controller import wire
 from controller.inventory import Inventory, InventoryNode
 from policies.errors import TelemetryError
+from policies.gpu_models import model_table
 from policies.topology import Topology
 
 log = structlog.get_logger("rheostat.nodes")
@@ -39,6 +40,10 @@ log = structlog.get_logger("rheostat.nodes")
 NODE_REASONS = (*TelemetryError.REASONS, "unknown_node", "wrong_rack", "uuid_mismatch")
 #: Enforced and commanded caps further apart than this count as a mismatch. Units: W.
 CAP_MISMATCH_W = 2.0
+#: Reported limit constraints this far from the topology's are taken (W); ranges outside the
+#: plausibility bounds (a factor of the table's: min in [0.5 min, max], max in [min, 1.5 max])
+#: are ignored and counted, so a broken or hostile agent cannot widen its GPUs' range at will.
+RANGE_TOLERANCE_W = 0.5
 
 
 @dataclass(eq=False, kw_only=True)
@@ -77,8 +82,19 @@ class NodeAssembler:
         self.set_policy(topology, inventory)
 
     def set_policy(self, topology: Topology, inventory: Inventory) -> None:
-        """A (re)loaded policy: buffers are rebuilt; every rack waits for all its nodes again."""
+        """A (re)loaded policy: buffers are rebuilt; every rack waits for all its nodes again.
+
+        Rack sequence numbers carry over while the racks stay the same, so ingest keeps
+        accepting the assembled messages.
+        """
+        old_seq = getattr(self, "rack_seq", None)
         self.topology, self.inventory = topology, inventory
+        # The catalog's figures, not the topology's (which may hold earlier reports): plausibility
+        # is always judged against the datasheet, so reports cannot ratchet a range outwards.
+        self.table_min_cap_w = model_table("min_cap_w")[topology.gpu_model]
+        self.table_max_cap_w = model_table("max_cap_w")[topology.gpu_model]
+        self.ranges_ignored = getattr(self, "ranges_ignored", 0)
+        self._ranges_dirty = False
         n = topology.n_gpus
         self.power_w, self.sm_clock_mhz = np.zeros(n), np.zeros(n)
         self.util, self.mem_util = np.zeros(n), np.zeros(n)
@@ -88,10 +104,15 @@ class NodeAssembler:
         self.uuid: list[str] = [""] * n
         self.gpu_index = np.full(n, -1, np.int64)
         self.host = [""] * n
+        old_nodes: dict[str, _NodeState] = getattr(self, "nodes", {})
         self.nodes: dict[str, _NodeState] = {
-            node.hostname: _NodeState() for node in inventory.nodes
+            node.hostname: old_nodes.get(node.hostname, _NodeState()) for node in inventory.nodes
         }
+        for state in self.nodes.values():
+            state.fresh = False
         self.rack_seq = np.zeros(topology.n_racks, np.int64)
+        if old_seq is not None and old_seq.shape == self.rack_seq.shape:
+            self.rack_seq = old_seq
         overhead = topology.levels[0].overhead_w
         self._overhead_w = {
             node.hostname: self._node_overhead(node, overhead) for node in inventory.nodes
@@ -145,8 +166,7 @@ class NodeAssembler:
         self.temp_c[rows] = msg.temp_c
         self.cap_w[rows] = msg.cap_w
         self.cap_cmd_w[rows] = msg.cap_cmd_w
-        self.min_cap_w[rows] = msg.min_cap_w
-        self.max_cap_w[rows] = msg.max_cap_w
+        self._take_ranges(rows, msg.min_cap_w, msg.max_cap_w)
         self.uuid[rows] = list(msg.uuid)
         self.gpu_index[rows] = msg.gpu_index
         self.host[rows] = [host] * node.gpus
@@ -207,15 +227,36 @@ class NodeAssembler:
 
         return handle
 
-    def reported_cap_ranges(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Per-GPU limit constraints as the agents report them, the table's where none did.
+    def _take_ranges(self, rows: slice, lo: NDArray[np.float64], hi: NDArray[np.float64]) -> None:
+        t_lo, t_hi = self.table_min_cap_w[rows], self.table_max_cap_w[rows]
+        plausible = (lo >= 0.5 * t_lo) & (lo <= hi) & (hi >= t_lo) & (hi <= 1.5 * t_hi) & (lo > 0)
+        if not plausible.all():
+            self.ranges_ignored += int((~plausible).sum())
+        lo, hi = np.where(plausible, lo, t_lo), np.where(plausible, hi, t_hi)
+        self.min_cap_w[rows], self.max_cap_w[rows] = lo, hi
+        in_force_lo, in_force_hi = (
+            self.topology.gpu_min_cap_w[rows],
+            self.topology.gpu_max_cap_w[rows],
+        )
+        if (np.abs(lo - in_force_lo) > RANGE_TOLERANCE_W).any() or (
+            np.abs(hi - in_force_hi) > RANGE_TOLERANCE_W
+        ).any():
+            self._ranges_dirty = True
 
-        These take precedence over the model table: a GPU whose board or firmware allows another
-        range than its model's datasheet is commanded within what it accepts.
+    def reported_topology(self) -> Topology | None:
+        """The topology with the agents' reported limit constraints in place of the table's,
+        when they differ from the one in force (else None); the daemon swaps it in.
+
+        Reported ranges take precedence over the model table: a GPU whose board or firmware
+        allows another range than its model's datasheet is budgeted and commanded within what it
+        accepts. GPUs no agent has reported keep the table's figures.
         """
+        if not self._ranges_dirty:
+            return None
+        self._ranges_dirty = False
         lo = np.where(np.isnan(self.min_cap_w), self.topology.gpu_min_cap_w, self.min_cap_w)
         hi = np.where(np.isnan(self.max_cap_w), self.topology.gpu_max_cap_w, self.max_cap_w)
-        return lo, hi
+        return replace(self.topology, gpu_min_cap_w=lo, gpu_max_cap_w=hi)
 
 
 class _Rejected(Exception):  # internal control flow: never escapes `handle`

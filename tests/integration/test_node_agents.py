@@ -4,6 +4,7 @@ nodes, commands obeyed, and the agents' watchdog applying safe caps once the con
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import time
 
@@ -97,6 +98,9 @@ async def test_controller_and_node_agents_close_the_loop_then_fail_safe(mosquitt
     nodes = controller.nodes
     assert nodes is not None
     agents = node_agents(cluster, mosquitto.port)
+    # Server 1's board allows 600 W at most, whatever the datasheet says: its agent reports it.
+    narrow = agents[1].ident
+    agents[1].ident = dataclasses.replace(narrow, max_cap_w=np.full(8, 600.0))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(run_agent(a, stop)) for a in agents]
     try:
@@ -115,6 +119,11 @@ async def test_controller_and_node_agents_close_the_loop_then_fail_safe(mosquitt
                     and bool(np.any(rt.book.sent_cap_w < cluster.topology.gpu_max_cap_w))
                 )
             )
+            # The reported range took precedence over the table: the controller budgets server 1
+            # with 600 W GPUs and never commands them above it.
+            await wait_until(lambda: rt.policy.topology.gpu_max_cap_w[8:16].max() == 600.0)
+            assert rt.policy.topology.gpu_max_cap_w[:8].min() == 700.0
+            await wait_until(lambda: bool(rt.book.sent_cap_w[8:16].max() <= 600.0))
             registry = CollectorRegistry(auto_describe=False)
             registry.register(NodesCollector(nodes))
             text = generate_latest(registry).decode()
