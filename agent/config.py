@@ -80,6 +80,16 @@ class IpmiDcmiPower(_Section):
     timeout_s: Annotated[float, Field(gt=0, le=10)] = 3.0
 
 
+class PodsSection(_Section):
+    """Workload classes from the node's pods on Kubernetes (`agent/k8s_pods.py`): the kubelet's
+    PodResources socket says which pod holds which GPU, the API server each pod's
+    `rheostat.io/class` label. `api_url` None: the in-cluster API server with the pod's token."""
+
+    socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    api_url: str | None = None
+    refresh_s: Annotated[float, Field(ge=1, le=3600)] = 10.0
+
+
 def _hostname_id() -> str:
     """`RHEOSTAT_NODE` (a DaemonSet sets it to the node's name), else the short hostname."""
     short = os.environ.get("RHEOSTAT_NODE") or socket.gethostname().split(".")[0]
@@ -119,6 +129,8 @@ class AgentConfig(_Section):
     #: GPUs per node for the `sim` backend's standalone server.
     sim_gpus: Annotated[int, Field(gt=0, le=MAX_NODE_GPUS)] = 8
     mqtt: AgentMqtt = AgentMqtt()
+    #: Kubernetes: classes from the pods holding the GPUs. None: `workload_class` for every GPU.
+    pods: PodsSection | None = None
     node_power: RedfishPower | IpmiDcmiPower | None = Field(default=None, discriminator="kind")
 
     @model_validator(mode="after")

@@ -32,14 +32,22 @@ def make_backend(config: AgentConfig) -> tuple[GpuBackend, ClassSource | None]:
     if config.backend == "nvml":
         from agent.nvml import NvmlBackend  # noqa: PLC0415 - only needed on GPU servers
 
-        return (
-            NvmlBackend(
-                config.gpus,
-                min_call_interval_s=config.min_call_interval_s,
-                read_only=config.read_only,
-            ),
-            None,
+        backend = NvmlBackend(
+            config.gpus, min_call_interval_s=config.min_call_interval_s, read_only=config.read_only
         )
+        classes: ClassSource | None = None
+        if config.pods is not None:
+            from agent.k8s_pods import PodClasses  # noqa: PLC0415 - Kubernetes nodes only
+
+            classes = PodClasses(
+                backend.identity().uuid,
+                node=config.node,
+                default=config.workload_class,
+                refresh_s=config.pods.refresh_s,
+                socket_path=config.pods.socket,
+                api_url=config.pods.api_url,
+            )
+        return backend, classes
     from simulator.gpu_backend import SimGpuBackend  # noqa: PLC0415 - the sim backend only
 
     sim = SimGpuBackend.standalone(gpus=config.sim_gpus)

@@ -71,10 +71,13 @@ def test_k8s_has_every_required_object_in_one_namespace() -> None:
         "Service",
         "PodDisruptionBudget",
         "DaemonSet",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
     }
     namespace = objects["Namespace"]["metadata"]["name"]
     for kind, obj in objects.items():
-        if kind != "Namespace":
+        if kind not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}:  # cluster-scoped
             assert obj["metadata"]["namespace"] == namespace, kind
     kustomization = load_yaml(K8S / "kustomization.yaml")
     assert sorted(kustomization["resources"]) == sorted(
@@ -147,9 +150,23 @@ def test_agent_daemonset_follows_the_device_plugin_conventions_with_least_privil
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec[
         "tolerations"
     ]
-    assert pod_spec["automountServiceAccountToken"] is False
+    # Its service account may list pods (their class labels) and do nothing else.
+    account = objects["ServiceAccount"]["metadata"]["name"]
+    assert pod_spec["serviceAccountName"] == account
+    assert objects["ClusterRole"]["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
+    ]
+    binding = objects["ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == objects["ClusterRole"]["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": "rheostat"}
+    ]
     (container,) = pod_spec["containers"]
     parses_as_cli(container["args"])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    assert mounts["pod-resources"]["readOnly"] is True
+    assert volumes["pod-resources"]["hostPath"]["path"] == mounts["pod-resources"]["mountPath"]
     env = {e["name"]: e for e in container["env"]}
     assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
     assert env["NVIDIA_DRIVER_CAPABILITIES"]["value"] == "utility"
@@ -170,6 +187,8 @@ def test_agent_daemonset_follows_the_device_plugin_conventions_with_least_privil
     monkeypatch.setenv("RHEOSTAT_NODE", "gpu-b02")
     config = load_agent_config(tmp_path / config_path.name)
     assert (config.rack, config.first_gpu, config.rack_gpus) == ("r00001", 8, 32)
+    assert config.pods is not None
+    assert Path(config.pods.socket).parent == Path(mounts["pod-resources"]["mountPath"])
     assert config.mqtt.password_env in env
     rack = daemonset["metadata"]["labels"]["rheostat.io/rack"]
     assert pod_spec["nodeSelector"]["rheostat.io/rack"] == rack
