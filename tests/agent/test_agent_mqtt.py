@@ -82,6 +82,13 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 8.0) -> N
             await asyncio.sleep(0.01)
 
 
+def applied(agent: NodeAgent) -> list[tuple[np.ndarray, np.ndarray]]:
+    """What the agent's sim backend was asked, in order."""
+    backend = agent.backend
+    assert isinstance(backend, SimGpuBackend)
+    return backend.applied
+
+
 def command(seq: int, *, caps: float | list[float], ttl_s: float = 30.0, **extra) -> bytes:
     cap_w = caps if isinstance(caps, list) else [caps] * 16
     body = {
@@ -123,8 +130,9 @@ async def test_telemetry_identities_and_commands_round_trip(mosquitto: Mosquitto
         assert "training" in first.classes
         caps = [300.0 + 10 * i for i in range(16)]
         await ctl.publish(wire.command_topic(SITE, RACK), command(5, caps=caps), qos=1)
-        await wait_until(lambda: all(a.gate.accepted == 1 for a in agents))
-        np.testing.assert_array_equal(agents[1].backend.applied[-1][0], caps[8:])  # type: ignore[attr-defined]
+        await wait_until(lambda: all(len(applied(a)) == 1 for a in agents))
+        assert all(a.gate.accepted == 1 for a in agents)
+        np.testing.assert_array_equal(applied(agents[1])[-1][0], caps[8:])
         await wait_until(lambda: np.allclose(cluster.cap_w, caps))  # after the actuation lag
         await ctl.publish(wire.command_topic(SITE, RACK), command(4, caps=600.0), qos=1)  # stale
         await ctl.publish(wire.command_topic(SITE, RACK), command(6, caps=600.0, epoch=0), qos=1)
@@ -139,7 +147,7 @@ async def test_telemetry_identities_and_commands_round_trip(mosquitto: Mosquitto
         np.testing.assert_allclose(seen["s000001"].cap_w, caps[8:])
         listener.cancel()
     # A clean stop restores what each agent found: max caps, clocks released.
-    last_caps, last_clocks = agents[0].backend.applied[-1]  # type: ignore[attr-defined]
+    last_caps, last_clocks = applied(agents[0])[-1]
     np.testing.assert_array_equal(last_caps, np.full(8, 700.0))
     np.testing.assert_array_equal(last_clocks, np.full(8, 1980.0))
 
@@ -159,10 +167,11 @@ async def test_watchdog_applies_the_commands_safe_caps_at_the_ttl_with_the_broke
             await ctl.publish(wire.command_topic(SITE, RACK), payload, qos=1)
             await wait_until(lambda: all(a.gate.accepted for a in agents))
         mosquitto.stop()  # the controller and the broker are gone
-        await wait_until(lambda: all(a.gate.fallback for a in agents), timeout_s=5.0)
+        await wait_until(lambda: all(len(applied(a)) == 2 for a in agents), timeout_s=5.0)
         fell_back = time.monotonic() - sent
+        assert all(a.gate.fallback for a in agents)
         for i, agent in enumerate(agents):
-            np.testing.assert_array_equal(agent.backend.applied[-1][0], safe[8 * i : 8 * i + 8])  # type: ignore[attr-defined]
+            np.testing.assert_array_equal(applied(agent)[-1][0], safe[8 * i : 8 * i + 8])
         assert ttl_s <= fell_back <= ttl_s + 0.5, fell_back
         mosquitto.start()  # back within the backoff cap (0.5 s here), telemetry says fallback
         await wait_until(lambda: all(a.connects == 2 for a in agents), timeout_s=5.0)
@@ -173,8 +182,9 @@ async def test_configured_safe_cap_without_one_in_the_command(mosquitto: Mosquit
     async with running(agents), aiomqtt.Client("127.0.0.1", mosquitto.port) as ctl:
         await wait_until(lambda: all(a.connects for a in agents))
         await ctl.publish(wire.command_topic(SITE, RACK), command(1, caps=500.0, ttl_s=0.5))
-        await wait_until(lambda: all(a.gate.fallbacks == 1 for a in agents))
-        np.testing.assert_array_equal(agents[0].backend.applied[-1][0], np.full(8, 250.0))  # type: ignore[attr-defined]
+        await wait_until(lambda: all(len(applied(a)) == 2 for a in agents))
+        assert all(a.gate.fallbacks == 1 for a in agents)
+        np.testing.assert_array_equal(applied(agents[0])[-1][0], np.full(8, 250.0))
 
 
 async def test_node_topic_command_and_read_only(mosquitto: Mosquitto):
@@ -189,8 +199,8 @@ async def test_node_topic_command_and_read_only(mosquitto: Mosquitto):
             wire.node_command_topic(SITE, RACK, "s000000"), orjson.dumps(node_cmd), qos=1
         )
         await ctl.publish(wire.command_topic(SITE, RACK), command(9, caps=300.0), qos=1)
-        await wait_until(lambda: writer.gate.accepted == 2)
+        await wait_until(lambda: len(applied(writer)) == 2)
         await asyncio.sleep(0.3)
         assert reader.gate.accepted == 0  # read-only: not even subscribed
-    assert reader.backend.applied == []  # type: ignore[attr-defined]
-    assert writer.backend.applied[0][0].tolist() == [400.0] * 8  # type: ignore[attr-defined]
+    assert applied(reader) == []
+    assert applied(writer)[0][0].tolist() == [400.0] * 8
