@@ -36,4 +36,7 @@ def _run(args: argparse.Namespace) -> int:
         f"{args.file}: ok: site {policy.site}, {topo.n_gpus} GPUs in {topo.n_racks} racks "
         f"and {rows} rows, site limit {site_w:.0f} W at the wall"
     )
+    if policy.inventory is not None:
+        inv = policy.inventory
+        print(f"{inv.source}: ok: {len(inv.nodes)} nodes cover every GPU of {topo.n_racks} racks")
     return 0

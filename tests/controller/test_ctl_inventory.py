@@ -46,9 +46,11 @@ def test_good_inventory_places_nodes_and_overrides_models():
         inv.gpu_rows(topo, "gpu-b01", [8])
 
 
-def test_policy_with_nodes_applies_overrides(tmp_path: Path):
+def test_policy_with_nodes_applies_overrides(tmp_path: Path, capsys):
     (tmp_path / "nodes.yaml").write_text(GOOD)
     (tmp_path / "p.yaml").write_text(POLICY + "nodes: nodes.yaml\n")
+    assert main(["check", str(tmp_path / "p.yaml")]) == 0
+    assert "nodes.yaml: ok: 3 nodes cover every GPU of 2 racks" in capsys.readouterr().out
     policy = load_policy(tmp_path / "p.yaml")
     assert policy.inventory is not None
     models = policy.topology.gpu_model.tolist()
