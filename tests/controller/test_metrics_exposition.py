@@ -167,3 +167,17 @@ async def test_metrics_negotiate_openmetrics_and_gzip_with_default_collectors() 
         assert all(math.isfinite(v) for v in _samples(unzipped).values())
     finally:
         await runner.cleanup()
+
+
+def test_the_energy_cost_currency_comes_from_the_policy() -> None:
+    hook = FacilityHook(section=FacilitySection(currency="EUR", price_per_mwh=90.0), site="x")
+    registry = CollectorRegistry()
+    registry.register(FacilityCollector(hook, clock=lambda: 100.0))
+    text = generate_latest(registry).decode()
+    assert 'rheostat_energy_cost_info{currency="EUR",site="x"} 1.0' in text
+    # Before any reading: no budget, no PUE (absent, not NaN); the meter's age counts from start.
+    assert "rheostat_pue{" not in text
+    assert 'rheostat_facility_meter_age_seconds{site="x"} 0.0' in text
+    assert all(math.isfinite(v) for v in _samples(text).values())
+    with pytest.raises(ValueError, match="currency"):
+        FacilitySection(currency="euro")
