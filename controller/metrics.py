@@ -4,6 +4,8 @@ Names follow the project contract in the README (prefix `rheostat_`, base units:
 seconds, hertz); the observability rules and dashboards depend on them, so renaming one is a
 breaking change. Group sums are `np.bincount` over index arrays; the only per-rack Python work is
 emitting samples, which prometheus_client requires, and it happens on the scrape, not the tick.
+A value that is not finite (a row without a limit, a time not known yet) is left out: PromQL
+handles an absent series; `+Inf` or NaN would poison every expression that reads it.
 """
 
 from __future__ import annotations
