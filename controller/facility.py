@@ -289,6 +289,8 @@ class FacilityHook:
         self.tier_cost += cost
 
 
+GRAMS_PER_KG = 1000.0
+
 #: Every family `FacilityCollector` may yield, with its type (for `describe`).
 FACILITY_FAMILIES = (
     ("facility_power_watts", "gauge"),
@@ -299,7 +301,7 @@ FACILITY_FAMILIES = (
     ("energy_cost_info", "gauge"),
     ("facility_meter_rejected", "counter"),
     ("facility_energy_joules", "counter"),
-    ("emissions_kg", "counter"),
+    ("emissions_grams", "counter"),
     ("energy_cost", "counter"),
 )
 
@@ -359,9 +361,10 @@ class FacilityCollector(Collector):
         )
         energy.add_metric([site], hook.facility_energy_j)
         yield energy
+        # Grams: Prometheus' base unit of mass (the hook counts kg).
         co2 = CounterMetricFamily(
-            "rheostat_emissions_kg",
-            "kg CO2 (energy x intensity), by Flex tier.",
+            "rheostat_emissions_grams",
+            "CO2 emitted (energy x carbon intensity), by Flex tier. Units: g.",
             labels=["site", "tier"],
         )
         cost = CounterMetricFamily(
@@ -370,7 +373,7 @@ class FacilityCollector(Collector):
             labels=["site", "tier"],
         )
         for t in range(N_TIERS):
-            co2.add_metric([site, str(t)], float(hook.tier_co2_kg[t]))
+            co2.add_metric([site, str(t)], float(hook.tier_co2_kg[t]) * GRAMS_PER_KG)
             cost.add_metric([site, str(t)], float(hook.tier_cost[t]))
         yield co2
         yield cost

@@ -134,7 +134,7 @@ def test_dashboards_cover_what_operators_watch() -> None:
         "rheostat_it_budget_watts",
         "rheostat_pue",
         "rheostat_facility_meter_age_seconds",
-        "rheostat_emissions_kg_total",
+        "rheostat_emissions_grams_total",
         "rheostat_grid_signal",
         "rheostat_flex_job_speed_ratio",
     } <= facility
@@ -196,7 +196,9 @@ def test_emissions_and_cost_panels_carry_their_units() -> None:
         for target in panel["targets"]
         for name in metric_names(target["expr"])
     }
-    assert by_metric["rheostat_emissions_kg_total"]["fieldConfig"]["defaults"]["unit"] == "masskg"
+    emissions = by_metric["rheostat_emissions_grams_total"]
+    assert emissions["fieldConfig"]["defaults"]["unit"] == "masskg"
+    assert "/ 1000" in emissions["targets"][0]["expr"]  # exported in grams, shown in kg
     cost = by_metric["rheostat_energy_cost_total"]
     # The currency is the policy's, read from the info series, not a fixed Grafana currency unit.
     assert not cost["fieldConfig"]["defaults"]["unit"].startswith("currency")
