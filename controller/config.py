@@ -210,9 +210,15 @@ class MqttSection(_Section):
         return self
 
 
+#: Default metrics port. Prometheus' list of exporter ports (9100-9999) has been full since 2023
+#: and 9464 is OpenTelemetry's Prometheus exporter; this one clashes with no well-known exporter,
+#: sits below Linux's ephemeral range (32768+) and keeps the old number recognisable.
+DEFAULT_METRICS_PORT = 19464
+
+
 class MetricsSection(_Section):
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, lt=65536)] = 9464
+    port: Annotated[int, Field(ge=0, lt=65536)] = DEFAULT_METRICS_PORT
     per_gpu: bool = False
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from controller.carbon import GpuRange, JobReport, encode_job, job_topic
+from controller.config import DEFAULT_METRICS_PORT
 from controller.embedded_broker import embedded_broker
 from controller.logs import configure_logging
 from controller.policy_file import Policy, default_policy_text, parse_policy
@@ -51,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--protocol", choices=["5", "3.1.1"], help="MQTT version (default: 3.1.1 embedded, else 5)"
     )
-    parser.add_argument("--metrics-port", type=int, default=9464, help="0 picks a free port")
+    parser.add_argument(
+        "--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="0 picks a free port"
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON only")
     parser.set_defaults(func=_run)
 

@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from controller.grid.config import DemandResponseSection
-from controller.grid.store import EventStore
+from controller.grid.store import EventStore, resolve_store_path
 from policies.dr import DrEvent
 from policies.errors import ConfigError
 
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def store_path_from_policy(path: Path) -> Path:
-    """The event store a policy file names, resolved against the file's directory."""
+    """The event store a policy file names (relative: under $STATE_DIRECTORY, else beside it)."""
     try:
         data = YAML(typ="safe").load(path.read_text())
     except (OSError, YAMLError) as exc:
@@ -50,8 +50,7 @@ def store_path_from_policy(path: Path) -> Path:
         first = exc.errors()[0]
         field = ".".join(["demand_response", *(str(p) for p in first["loc"])])
         raise ConfigError(first["msg"], file=str(path), field=field) from None
-    store = dr.store_path
-    return store if store.is_absolute() else path.parent / store
+    return resolve_store_path(dr.store_path, path.parent)
 
 
 def _iso(t_s: float | None) -> str | None:
@@ -88,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if not path.exists():
         raise ConfigError("no event store here (the controller creates it)", file=str(path))
     now_s = time.time()
-    rows = [describe(e, note, now_s) for e, note in EventStore(path).all()]
+    rows = [describe(e, note, now_s) for e, note in EventStore(path, read_only=True).all()]
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return 0

@@ -70,6 +70,9 @@ def test_k8s_has_every_required_object_in_one_namespace() -> None:
         "Deployment",
         "Service",
         "PodDisruptionBudget",
+        "PersistentVolumeClaim",
+        "PodMonitor",
+        "PrometheusRule",
     }
     namespace = objects["Namespace"]["metadata"]["name"]
     for kind, obj in objects.items():
