@@ -491,6 +491,14 @@ def _stale_caps(
     min_cap, max_cap = topo.gpu_min_cap_w, topo.gpu_max_cap_w
     in_force = max_cap if state is None else np.clip(state.cap_w, min_cap, max_cap)
     wanted = np.where(stale_gpu, in_force, min_cap)
+    # Usually every group holds them (a cut is only needed when a limit fell while they were
+    # blind): one pass of group sums shows it, and spares the fill.
+    fits = all(
+        np.all(used <= usable + REL_TOL * np.maximum(np.abs(usable), 1.0))
+        for used, usable in zip(_group_use(plan, wanted), usable_w, strict=True)
+    )
+    if fits:
+        return wanted
     return allocate(
         plan, floor_w=min_cap, demand_w=wanted, max_w=wanted, tier=tier, usable_w=usable_w
     ).cap_w
