@@ -4,11 +4,13 @@ A rack is sent a command when any of its GPUs' caps moved by more than the deadb
 ceiling changed, its safe caps changed, or its last command is `refresh_frac` of the way to
 expiry. Stale racks (no telemetry) are commanded like any other: a rack whose reports are lost
 may still hear its commands, and a cut the limits need must reach it (the decision never raises
-their caps). Racks whose caps go down are sent first, blind ones first among them, so that during
-the send no group briefly holds both its old high caps and its neighbours' new high caps; within
-each direction the largest moves go first, so when a fleet-wide shift is sent over several
-batches a rack whose demand just changed is not queued behind it. Every command carries its
-rack's safe caps, what the agent applies on its own when the command's TTL runs out.
+their caps). A rack never heard from since this controller started is left alone: its agent keeps
+the command of the controller before (a restart costs nothing) or its safe caps. Racks whose caps
+go down are sent first, blind ones first among them, so that during the send no group briefly
+holds both its old high caps and its neighbours' new high caps; within each direction the largest
+moves go first, so when a fleet-wide shift is sent over several batches a rack whose demand just
+changed is not queued behind it. Every command carries its rack's safe caps, what the agent
+applies on its own when the command's TTL runs out.
 The per-rack test is vectorized with `np.maximum.reduceat` over the contiguous rack row ranges.
 """
 
@@ -117,8 +119,9 @@ class CommandBook:
         """Indices of racks to command now: lowering racks first (blind ones, `stale_rack`,
         first among them), then by the largest cap move.
 
-        `last_seen_s` (per rack, when its telemetry last arrived) triggers the resend to racks
-        that came back after a reconnect; see `invalidate`.
+        `last_seen_s` (per rack, when its telemetry last arrived; -inf: never) triggers the
+        resend to racks that came back after a reconnect (see `invalidate`), and leaves out racks
+        never heard from.
         """
         cap_delta = np.abs(decision.cap_w - self.sent_cap_w)
         cap_delta = np.where(np.isnan(cap_delta), np.inf, cap_delta)
@@ -128,9 +131,11 @@ class CommandBook:
             self._per_rack_max(clock_changed.astype(np.float64)) > 0
         )
         refresh = now_s - self.sent_at_s >= self.ttl_s * self.refresh_frac
+        wanted = self._nonempty
         if last_seen_s is not None:
             refresh |= last_seen_s > self.resend_after_s
-        racks = np.flatnonzero((changed | refresh) & self._nonempty)
+            wanted = wanted & (last_seen_s > -np.inf)
+        racks = np.flatnonzero((changed | refresh) & wanted)
         if racks.size:
             lowering = self._per_rack_max(self.sent_cap_w - decision.cap_w)[racks] > 0
             blind = np.asarray(stale_rack, dtype=np.bool_)[racks]

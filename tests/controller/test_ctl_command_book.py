@@ -77,6 +77,15 @@ def test_blind_racks_are_commanded_and_go_first_among_those_lowered() -> None:
     blind[0] = False
     due = book.due(_decision(caps), now_s=1.0, stale_rack=blind)
     assert due.tolist() == [1, 3, 0, 2]
+    # a rack never heard from since the start is left alone (it keeps what it was given before)
+    last_seen = np.array([1.0, 0.5, -np.inf, 0.2])
+    assert book.due(
+        _decision(caps), now_s=1.0, stale_rack=blind, last_seen_s=last_seen
+    ).tolist() == [
+        1,
+        3,
+        0,
+    ]
     # every rack blind: all are still due at the refresh, so none falls to its safe caps
     book.build(_decision(caps), due, now_s=1.0)
     assert sorted(book.due(_decision(caps), now_s=16.0, stale_rack=blind | True).tolist()) == [
