@@ -25,6 +25,7 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from controller.config import InlineTopology, PolicyFile, RowSpec, TopologySection
 from policies.errors import ConfigError, ConfigErrors, TopologyError
+from policies.facility import it_budget
 from policies.gpu_models import model_code
 from policies.safe_caps import configured_safe_caps, derive_safe_caps, safe_cap_overruns
 from policies.topology import Level, Topology, dc_side, generate_topology
@@ -123,18 +124,21 @@ def safe_caps(
 ) -> np.ndarray[Any, np.dtype[np.float64]]:
     """Each GPU's safe cap (W): `control.safe_cap_frac` of its max cap when the file sets it,
     else derived from the topology; refused, naming every group, unless all of them at once fit
-    every usable limit and the contract (with the site margin the allocation keeps)."""
+    every usable limit and the contract (with the site margin the allocation keeps). With a
+    `facility` section the contract is at the facility meter: the IT power it leaves at the
+    design outdoor temperature, with no meter reading, is the site's limit here."""
     frac = config.control.safe_cap_frac
     margin = config.capping.site_margin_frac
+    site_limit_w = _facility_it_limit_w(config)
     if frac is None:
-        cap = derive_safe_caps(topology, site_margin_frac=margin)
+        cap = derive_safe_caps(topology, site_limit_w=site_limit_w, site_margin_frac=margin)
         at = "site.topology"
         why = "even min caps do not fit"
     else:
         cap = configured_safe_caps(topology, frac)
         at = "control.safe_cap_frac"
         why = "does not fit"
-    overruns = safe_cap_overruns(topology, cap, site_margin_frac=margin)
+    overruns = safe_cap_overruns(topology, cap, site_limit_w=site_limit_w, site_margin_frac=margin)
     if overruns:
         line = _yaml_line(data, tuple(at.split("."))) if data is not None else None
         raise ConfigErrors(
@@ -144,6 +148,18 @@ def safe_caps(
             ]
         )
     return cap
+
+
+def _facility_it_limit_w(config: PolicyFile) -> float | None:
+    """The IT power (core side, W) a facility contract allows with no meter reading, or None."""
+    section = config.facility
+    if section is None:
+        return None
+    contract = section.contract_w if section.contract_w is not None else config.limits.contract_w
+    if contract is None:
+        return None
+    budget = it_budget(contract, outdoor_c=section.design_outdoor_c, settings=section.settings())
+    return budget.budget_w * config.limits.psu_efficiency
 
 
 def reload_problems(running: Policy, new: Policy) -> list[ConfigError]:

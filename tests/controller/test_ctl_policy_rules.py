@@ -115,3 +115,20 @@ def test_parse_errors_name_the_file_and_field() -> None:
     with pytest.raises(ConfigErrors) as info:
         parse_policy(TEXT.replace("  command_ttl_s: 10\n", "  safe_cap_frac: 0.9\n"), source="p")
     assert {e.field for e in info.value.errors} == {"control.safe_cap_frac"}
+
+
+def test_with_a_facility_contract_safe_caps_fit_the_it_power_it_leaves(tmp_path: Path) -> None:
+    from policies.facility import it_budget
+
+    text = TEXT + "facility: {contract_w: 60000, cooling: air, design_outdoor_c: 35}\n"
+    policy = load_policy(write(tmp_path, text))
+    section = policy.config.facility
+    assert section is not None
+    it_w = it_budget(60000.0, outdoor_c=35.0, settings=section.settings()).budget_w
+    topo = policy.topology
+    draw_w = float(policy.safe_cap_w.sum() + topo.overhead_under(len(topo.levels) - 1)[0])
+    assert draw_w <= it_w
+    assert draw_w >= 0.99 * it_w * (1 - policy.config.capping.site_margin_frac)  # the site binds
+    assert (
+        policy.safe_cap_w.max() < load_policy(write(tmp_path, TEXT, "plain.yaml")).safe_cap_w.max()
+    )
