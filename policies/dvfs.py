@@ -65,7 +65,10 @@ def clock_targets(
     ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=scratch.f("w1"))
     low_sm = np.less(activity, ratio_w, out=scratch.b("b1"))
     np.logical_and(memory_bound, low_sm, out=memory_bound)
-    keep = (1.0 - settings.max_loss_frac) ** (1.0 / ALPHA_MEMORY_BOUND)
+    # Within [0, 1] whatever the caller passes (the edges bound it too): a loss above 1 would
+    # raise a negative number to a fractional power.
+    loss = min(max(settings.max_loss_frac, 0.0), 1.0)
+    keep = (1.0 - loss) ** (1.0 / ALPHA_MEMORY_BOUND)
     lowest = _lowest_clock(plan, keep)
     # The lowest clock where memory-bound, else the max: 0 <= lowest <= max, so zeroing the max
     # where memory-bound and taking the maximum with `lowest` selects exactly, and several times

@@ -196,6 +196,19 @@ def test_a_policy_file_and_a_snapshot_take_the_same_settings(tmp_path: Path, cap
     assert parse_snapshot(data).settings == policy
 
 
+def test_a_site_without_any_limit_gives_every_gpu_its_demand(tmp_path: Path, capsys) -> None:
+    data = snapshot()
+    for level in data["topology"]["levels"]:
+        level["limit_w"] = [None] * len(level["ids"])
+    data["limits"] = {}
+    assert main(["decide", "--snapshot", str(write(tmp_path, data)), "--json"]) == 0
+    out = orjson.loads(capsys.readouterr().out)
+    assert [g["cap_w"] for g in out["gpus"]] == [700.0, 700.0, 400.0, 400.0]
+    assert all(g["cap_w"] >= g["demand_w"] for g in out["gpus"])
+    assert out["site_allowed_w"] is None  # no limit: null in JSON
+    assert out["infeasible_groups"] == 0
+
+
 def test_previous_caps_outside_the_models_range_are_clamped(tmp_path: Path, capsys) -> None:
     data = snapshot()
     # An H100 kept at 705 W (inside the deadband of its 700 W max), an A100 at 700 W, and an
