@@ -90,6 +90,13 @@ async def test_check_and_reload_refuse_a_renamed_site_with_the_same_errors(
     assert main(["check", str(running)]) == 0
     capsys.readouterr()
 
+    # Safe caps that do not fit: both refuse, naming the racks.
+    running.write_text(TEXT.replace("  command_ttl_s: 10\n", "  safe_cap_frac: 0.6\n"))
+    assert main(["check", str(running), "--running", str(kept)]) == 1
+    assert "control.safe_cap_frac: does not fit: rack r00000" in capsys.readouterr().err
+    assert not await controller.reload()
+    assert controller.runtime.reloads.failures == 2
+
     # A change both accept: check says ok, and the reload takes it.
     running.write_text(TEXT.replace("command_ttl_s: 10", "command_ttl_s: 20"))
     assert main(["check", str(running), "--running", str(kept)]) == 0
