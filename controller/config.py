@@ -27,6 +27,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class _Finite(_Section):
+    """A section of plain numbers: infinity and NaN are refused as well as values out of range."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
 class GeneratedTopology(_Section):
     """A regular fleet (`policies.topology.generate_topology`): demos, tests and benchmarks."""
 
@@ -129,7 +135,7 @@ class TiersSection(_Section):
     classes: dict[str, Tier] = Field(default_factory=dict)
 
 
-class CappingSection(_Section):
+class CappingSection(_Finite):
     deadband_w: Annotated[float, Field(ge=0)] = 10.0
     raise_rate_w_per_s: PositiveW = 200.0
     demand_headroom_frac: Annotated[float, Field(ge=0, le=1)] = 0.10
@@ -139,14 +145,14 @@ class CappingSection(_Section):
     site_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = 0.002
 
 
-class RampSection(_Section):
+class RampSection(_Finite):
     """Limits on how fast the allowed site power moves (W/s); unset means unlimited."""
 
     site_up_w_per_s: PositiveW | None = None
     site_down_w_per_s: PositiveW | None = None
 
 
-class DvfsSection(_Section):
+class DvfsSection(_Finite):
     enabled: bool = True
     max_loss_frac: Annotated[float, Field(ge=0, lt=1)] = 0.02
     memory_bound_ratio: Annotated[float, Field(gt=0)] = 0.6
@@ -155,13 +161,47 @@ class DvfsSection(_Section):
     fit_min_swing: Annotated[float, Field(ge=0, le=1)] = 0.05
 
 
+class DecisionSettingsSection(_Section):
+    """The decision core's settings, bounded once for every file that carries them: the policy
+    file's `capping`, `ramp` and `dvfs` sections, and a snapshot's `settings` (`rheostat decide`).
+    """
+
+    capping: CappingSection = CappingSection()
+    ramp: RampSection = RampSection()
+    dvfs: DvfsSection = DvfsSection()
+
+    def policy_settings(self) -> PolicySettings:
+        """The decision core's settings (`policies.decision.PolicySettings`)."""
+        capping = CappingSettings(
+            deadband_w=self.capping.deadband_w,
+            raise_rate_w_per_s=self.capping.raise_rate_w_per_s,
+            demand_headroom_frac=self.capping.demand_headroom_frac,
+            demand_headroom_min_w=self.capping.demand_headroom_min_w,
+            pinned_frac=self.capping.pinned_frac,
+            demand_hold_s=self.capping.demand_hold_s,
+            site_margin_frac=self.capping.site_margin_frac,
+            site_ramp_up_w_per_s=self.ramp.site_up_w_per_s,
+            site_ramp_down_w_per_s=self.ramp.site_down_w_per_s,
+        )
+        dvfs = DvfsSettings(
+            enabled=self.dvfs.enabled,
+            max_loss_frac=self.dvfs.max_loss_frac,
+            memory_bound_ratio=self.dvfs.memory_bound_ratio,
+            fit_compute_bound=self.dvfs.fit_compute_bound,
+            activity_hold_s=self.dvfs.activity_hold_s,
+            fit_min_swing=self.dvfs.fit_min_swing,
+        )
+        return PolicySettings(capping=capping, dvfs=dvfs)
+
+
 class ControlSection(_Section):
     """Timing of the loop. Units: s.
 
     Commands are refreshed once `refresh_frac` of their TTL has passed, so one lost refresh never
-    lets a rack fall back to its safe caps. `safe_cap_frac` is the share of each GPU's max cap that
-    rack agents fall back to when a command expires (configured on the agents; here so the demo
-    and the documentation agree with the fleet).
+    lets a rack fall back to its safe caps. Those safe caps travel in every command: unset
+    `safe_cap_frac` derives them from the topology (every GPU at the same fraction of its range,
+    as high as every limit allows with all racks on them at once); set, it is the share of each
+    GPU's max cap, refused unless all racks on it at once fit every limit.
     """
 
     tick_period_s: Annotated[float, Field(gt=0, le=60)] = 1.0
@@ -169,7 +209,7 @@ class ControlSection(_Section):
     refresh_frac: Annotated[float, Field(gt=0, lt=1)] = 0.5
     stale_after_s: Annotated[float, Field(gt=0)] = 5.0
     restart_gap_s: Annotated[float, Field(ge=0)] = 1.0
-    safe_cap_frac: Annotated[float, Field(gt=0, le=1)] = 0.6
+    safe_cap_frac: Annotated[float, Field(gt=0, le=1)] | None = None
     ready_fresh_frac: Annotated[float, Field(ge=0, le=1)] = 0.9
     livez_max_age_ticks: Annotated[float, Field(gt=1)] = 10.0
     #: Poll the policy file this often and reload it on a change; None: reload on SIGHUP only.
@@ -248,23 +288,6 @@ class PolicyFile(_Section):
 
     def policy_settings(self) -> PolicySettings:
         """The decision core's settings, from the capping, ramp and DVFS sections."""
-        capping = CappingSettings(
-            deadband_w=self.capping.deadband_w,
-            raise_rate_w_per_s=self.capping.raise_rate_w_per_s,
-            demand_headroom_frac=self.capping.demand_headroom_frac,
-            demand_headroom_min_w=self.capping.demand_headroom_min_w,
-            pinned_frac=self.capping.pinned_frac,
-            demand_hold_s=self.capping.demand_hold_s,
-            site_margin_frac=self.capping.site_margin_frac,
-            site_ramp_up_w_per_s=self.ramp.site_up_w_per_s,
-            site_ramp_down_w_per_s=self.ramp.site_down_w_per_s,
-        )
-        dvfs = DvfsSettings(
-            enabled=self.dvfs.enabled,
-            max_loss_frac=self.dvfs.max_loss_frac,
-            memory_bound_ratio=self.dvfs.memory_bound_ratio,
-            fit_compute_bound=self.dvfs.fit_compute_bound,
-            activity_hold_s=self.dvfs.activity_hold_s,
-            fit_min_swing=self.dvfs.fit_min_swing,
-        )
-        return PolicySettings(capping=capping, dvfs=dvfs)
+        return DecisionSettingsSection(
+            capping=self.capping, ramp=self.ramp, dvfs=self.dvfs
+        ).policy_settings()

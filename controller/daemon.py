@@ -40,7 +40,7 @@ from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
 from controller.mqtt_client import Client
-from controller.policy_file import Policy, load_policy
+from controller.policy_file import Policy, check_reload, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
 from controller.watch import watch_file
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
@@ -129,6 +129,7 @@ def build_runtime(policy: Policy, *, clock: Callable[[], float], version: str) -
             refresh_frac=control.refresh_frac,
             deadband_w=policy.config.capping.deadband_w,
             seq_base=int(clock() * 1000),
+            safe_cap_w=policy.safe_cap_w,
         ),
         tier_table=_tier_table(policy, classes),
         limits=Limits(),
@@ -290,10 +291,7 @@ class Controller:
     def _swap_policy(self, policy: Policy) -> None:
         rt = self.runtime
         old = rt.policy
-        if policy.site != old.site or policy.config.mqtt != old.config.mqtt:
-            raise ConfigError(
-                "site name and mqtt section change only with a restart", file=policy.source
-            )
+        check_reload(old, policy)  # the rules `rheostat check --running` applies
         same_fleet = policy.topology.racks.ids == old.topology.racks.ids and np.array_equal(
             policy.topology.gpu_model, old.topology.gpu_model
         )
@@ -310,6 +308,7 @@ class Controller:
                 ttl_s=control.command_ttl_s,
                 refresh_frac=control.refresh_frac,
                 deadband_w=policy.config.capping.deadband_w,
+                safe_cap_w=policy.safe_cap_w,
             )
             rt.tier_table = _tier_table(policy, rt.classes)
             return

@@ -1,4 +1,10 @@
-"""`rheostat check FILE`: validate a policy file and report every problem with file, line, field."""
+"""`rheostat check FILE [--running FILE]`: validate a policy file and report every problem with
+file, line and field.
+
+It applies exactly the rules the daemon applies: `load_policy` (schema, topology, safe caps that
+fit every limit) as at start and reload, and, given the policy now in force with `--running`,
+`check_reload` (what only a restart may change) as the daemon's reload does.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from controller.policy_file import load_policy
+from controller.policy_file import check_reload, load_policy
 from policies.errors import ConfigError, ConfigErrors
 
 
@@ -15,12 +21,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "check", help="validate a policy file; report every error with file, line and field"
     )
     parser.add_argument("file", type=Path, help="policy file (YAML)")
+    parser.add_argument(
+        "--running",
+        type=Path,
+        metavar="FILE",
+        help="the policy the controller runs now: also apply the reload rules against it",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.file)
+        if args.running is not None:
+            check_reload(load_policy(args.running), policy)
     except ConfigErrors as exc:
         for error in exc.errors:
             print(ConfigError.__str__(error), file=sys.stderr)
@@ -32,8 +46,11 @@ def _run(args: argparse.Namespace) -> int:
     topo = policy.topology
     rows = topo.levels[topo.rack_level + 1].size
     site_w = topo.levels[-1].usable_w[0] / policy.config.limits.psu_efficiency
+    safe_frac = policy.safe_cap_w / topo.gpu_max_cap_w if topo.n_gpus else policy.safe_cap_w
     print(
         f"{args.file}: ok: site {policy.site}, {topo.n_gpus} GPUs in {topo.n_racks} racks "
-        f"and {rows} rows, site limit {site_w:.0f} W at the wall"
+        f"and {rows} rows, site limit {site_w:.0f} W at the wall, safe caps "
+        f"{safe_frac.min(initial=1.0):.2f}-{safe_frac.max(initial=0.0):.2f} of max cap"
+        + ("" if args.running is None else f", may replace {args.running} on a reload")
     )
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from controller.snapshot import load_snapshot
-from policies.errors import ConfigError, ConfigErrors
+from policies.errors import ConfigError, ConfigErrors, RheostatError
 from policies.gpu_models import GPU_MODELS
 from policies.pipeline import decide
 
@@ -39,17 +39,21 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    decision, _ = decide(
-        snap.topology,
-        snap.fleet,
-        tier=snap.tier,
-        limits=snap.limits,
-        settings=snap.settings,
-        state=snap.state,
-        now_s=snap.now_s,
-        stale_rack=snap.stale_rack,
-        sync_job=snap.sync_job,
-    )
+    try:
+        decision, _ = decide(
+            snap.topology,
+            snap.fleet,
+            tier=snap.tier,
+            limits=snap.limits,
+            settings=snap.settings,
+            state=snap.state,
+            now_s=snap.now_s,
+            stale_rack=snap.stale_rack,
+            sync_job=snap.sync_job,
+        )
+    except RheostatError as exc:  # inputs the snapshot's schema let through, named here
+        print(f"{args.snapshot}: {exc}", file=sys.stderr)
+        return 1
     topo = snap.topology
     servers = topo.levels[0].ids
     stale_gpu = snap.stale_rack[topo.gpu_group[topo.rack_level]]
@@ -102,6 +106,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
     keys = list(rows[0])
     cells = [["-" if r[k] is None else str(r[k]) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]

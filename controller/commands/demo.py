@@ -207,7 +207,7 @@ async def _demo(args: argparse.Namespace) -> int:
             protocol = args.protocol or "3.1.1"
         policy = _policy(cluster, host, port, protocol)
         tracker = LiveTracker(cluster, scenario)
-        safe_w = cluster.topology.gpu_max_cap_w * policy.config.control.safe_cap_frac
+        safe_w = policy.safe_cap_w
         agents = RackAgents(
             cluster=cluster,
             site=SITE,
