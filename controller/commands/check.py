@@ -1,4 +1,4 @@
-"""`rheostat check FILE`: validate a policy file and report every problem with file, line, field."""
+"""`rheostat check POLICY`: validate a policy file; report every problem with file, line, field."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from controller.commands._args import add_policy, positional_or_option
 from controller.policy_file import load_policy
 from policies.errors import ConfigError, ConfigErrors
 
@@ -14,11 +15,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "check", help="validate a policy file; report every error with file, line and field"
     )
-    parser.add_argument("file", type=Path, help="policy file (YAML)")
-    parser.set_defaults(func=_run)
+    parser.add_argument("file", type=Path, nargs="?", metavar="POLICY", help="policy file (YAML)")
+    add_policy(parser, "the policy file, as the other commands take it")
+    parser.set_defaults(func=_run, parser=parser)
 
 
 def _run(args: argparse.Namespace) -> int:
+    args.file = positional_or_option(
+        args.parser, args, positional="file", option="policy", spelled="POLICY or --policy FILE"
+    )
     try:
         policy = load_policy(args.file)
     except ConfigErrors as exc:

@@ -19,6 +19,7 @@ import aiomqtt
 import numpy as np
 from numpy.typing import NDArray
 
+from controller import extras
 from controller.grid.config import DemandResponseSection
 from controller.grid.manager import DrTick, FlexInputs, GridEvents
 from controller.grid.mqtt import GridEventTopic
@@ -61,6 +62,8 @@ class GridHook:
         store_path = section.store_path
         if not store_path.is_absolute() and base_dir is not None:
             store_path = base_dir / store_path
+        if section.openadr is not None:  # fail at start-up, not in the VEN's retry loop
+            extras.check("openleadr", "the OpenADR VEN (demand_response.openadr)")
         self.section = section
         self.clock = clock
         self.events = GridEvents(section=section, store=EventStore(store_path), tick_s=tick_s)
