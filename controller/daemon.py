@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import gc
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -34,7 +33,6 @@ import structlog
 from controller import wire
 from controller.carbon import CarbonHook
 from controller.command_book import CommandBook
-from controller.config import MqttSection
 from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
@@ -42,6 +40,7 @@ from controller.jobs import SyncJobs
 from controller.mqtt_client import Client
 from controller.policy_file import Policy, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
+from controller.settings import mqtt_password
 from controller.watch import watch_file
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import ConfigError, RheostatError
@@ -88,24 +87,6 @@ class Decider(Protocol):
 class _NoNotifier:
     def notify(self, state: str) -> None:
         del state
-
-
-def mqtt_password(section: MqttSection) -> str | None:
-    """Read the broker password from its environment variable or file, at connect time."""
-    if section.password_env is not None:
-        value = os.environ.get(section.password_env)
-        if value is None:
-            raise ConfigError(
-                f"environment variable {section.password_env} is not set",
-                field="mqtt.password_env",
-            )
-        return value
-    if section.password_file is not None:
-        try:
-            return section.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", field="mqtt.password_file") from None
-    return None
 
 
 def _tier_table(policy: Policy, classes: ClassTable) -> np.ndarray[Any, np.dtype[np.int8]]:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from controller.commands import _advice
 from controller.commands._args import add_policy, positional_or_option
 from controller.policy_file import load_policy
 from policies.errors import ConfigError, ConfigErrors
@@ -28,12 +29,16 @@ def _run(args: argparse.Namespace) -> int:
         policy = load_policy(args.file)
     except ConfigErrors as exc:
         for error in exc.errors:
-            print(ConfigError.__str__(error), file=sys.stderr)
+            hint = _advice.suggestion(error.field) if "Extra inputs" in error.message else None
+            text = ConfigError.__str__(error)
+            print(text if hint is None else f"{text} ({hint})", file=sys.stderr)
         print(f"{len(exc.errors)} error(s)", file=sys.stderr)
         return 1
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    for field, warning in _advice.warnings(load_policy(args.file, environment=False).config):
+        print(f"{args.file}: warning: {field}: {warning}", file=sys.stderr)
     topo = policy.topology
     rows = topo.levels[topo.rack_level + 1].size
     site_w = topo.levels[-1].usable_w[0] / policy.config.limits.psu_efficiency
