@@ -320,6 +320,8 @@ class LoggingSection(_Section):
     """json, console, or auto: JSON lines unless stderr is a terminal."""
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe level logged; per-tick detail is at debug, a periodic summary at info."""
+    summary_period_s: Annotated[float, Field(gt=0)] = 60.0
+    """How often the daemon logs a summary of its ticks at info. Units: s."""
 
 
 class PolicyFile(_Section):

@@ -388,7 +388,14 @@ class Controller:
                                 await self._publish_status(client, "offline")
                         raise
             except aiomqtt.MqttError as exc:
-                log.warning("broker connection lost", error=str(exc), attempt=attempt + 1)
+                log.warning(
+                    "broker connection lost"
+                    if connected_before
+                    else "cannot connect to the broker",
+                    broker=f"{mq.host}:{mq.port}",
+                    error=str(exc),
+                    attempt=attempt + 1,
+                )
             finally:
                 self._client = None
                 rt.mqtt_connected = rt.subscribed = False
@@ -512,7 +519,7 @@ class Controller:
         rt.ticks.last_tick_s = now_s
         rt.ticks.last_tick_monotonic_s = time.monotonic()
         self.notifier.notify("WATCHDOG=1")
-        log.info(
+        log.debug(
             "tick",
             site_power_w=round(site_power_w, 1),
             site_allowed_w=round(decision.site_allowed_w, 1),
@@ -521,6 +528,16 @@ class Controller:
             connected=rt.mqtt_connected,
             backlog=rt.backlog,
         )
+        summary = rt.tick_summary.observe(
+            time.monotonic(),
+            period_s=policy.config.logging.summary_period_s,
+            site_power_w=site_power_w,
+            site_allowed_w=decision.site_allowed_w,
+            stale_racks=int(stale.sum()),
+            commands_total=rt.book.sent_total,
+        )
+        if summary is not None:
+            log.info("ticks", **summary, connected=rt.mqtt_connected, backlog=rt.backlog)
 
     async def _send_due(self) -> int:
         """Publish the commands due under the current decision; skipped while disconnected.
