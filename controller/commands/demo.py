@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from controller.carbon import GpuRange, JobReport, encode_job, job_topic
+from controller.commands._args import add_duration
 from controller.commands._text import key_values
 from controller.embedded_broker import embedded_broker
 from controller.logs import configure_logging
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "demo", help="closed-loop demo: embedded broker, simulated racks, controller, metrics"
     )
     parser.add_argument("--racks", type=int, default=16, help="racks of 32 GPUs (default 16)")
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds (default 120)")
+    add_duration(parser, "how long to run", 120.0)
     parser.add_argument("--broker", help="use this broker (mqtt://host:port), e.g. Mosquitto")
     parser.add_argument(
         "--protocol", choices=["5", "3.1.1"], help="MQTT version (default: 3.1.1 embedded, else 5)"

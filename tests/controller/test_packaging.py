@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from controller import extras
-from controller.cli import main
 from policies.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,7 +128,58 @@ def test_bench_outside_a_checkout_says_where_to_run(tmp_path: Path) -> None:
     assert "source checkout" in out.stderr
 
 
-def test_bench_in_a_checkout_offers_threshold(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["bench", "simulate", "--help"])
-    assert "threshold" in capsys.readouterr().out
+def test_bench_from_a_checkout_runs_anywhere(tmp_path: Path) -> None:
+    """The console script of an editable install finds the checkout's benchmarks from any
+    directory, and `bench simulate` offers every controller the simulator has."""
+    script = Path(sys.executable).parent / "rheostat"
+    out = subprocess.run(
+        [str(script), "bench", "simulate", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "{rheostat,static,threshold,none}" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("blocked", "argv", "extra"),
+    [
+        ("amqtt", ["demo", "--racks", "1", "--duration", "1", "--metrics-port", "0"], "demo"),
+        ("matplotlib", ["simulate", "steady", "--report", "r"], "sim"),
+    ],
+)
+def test_a_missing_extra_is_named_before_work_starts(
+    tmp_path: Path, blocked: str, argv: list[str], extra: str
+) -> None:
+    """What an install without the extra sees: one line naming it, exit status 2, no traceback."""
+    code = (
+        "import sys\n"
+        f"sys.modules[{blocked!r}] = None\n"
+        "from controller.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 2, out.stderr
+    assert f"pip install 'rheostat[{extra}]'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "r").exists()  # nothing ran
+
+
+def test_openadr_without_its_extra_fails_at_start(tmp_path: Path) -> None:
+    code = (
+        "import sys, time\n"
+        "sys.modules['openleadr'] = None\n"
+        "from controller.grid.config import DemandResponseSection\n"
+        "from controller.grid.hook import GridHook\n"
+        "section = DemandResponseSection.model_validate(\n"
+        "    {'openadr': {'vtn_url': 'http://127.0.0.1:1/', 'ven_name': 'v'}})\n"
+        "GridHook(section, site='s', clock=time.time, base_dir=__import__('pathlib').Path('.'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert out.returncode != 0
+    assert "pip install 'rheostat[openadr]'" in out.stderr
