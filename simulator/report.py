@@ -12,13 +12,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
+from policies.errors import ConfigError
 from simulator.loop import RunResult
 
 #: Plot ids in page order; `dr` only when the run had a demand-response limit.
@@ -29,13 +30,21 @@ Plot = Callable[[Any, RunResult, RunResult], str]
 
 
 def write_report(
-    directory: Path, controlled: RunResult, reference: RunResult, summary: dict[str, Any]
+    directory: Path,
+    controlled: RunResult,
+    reference: RunResult,
+    summary: dict[str, Any],
+    *,
+    rows: Sequence[tuple[str, str]],
 ) -> list[Path]:
-    """Write `summary.json` and `report.html` into `directory` (created); return both paths."""
-    from controller import extras  # noqa: PLC0415 - the simulator's only tie to the extras
+    """Write `summary.json` and `report.html` into `directory` (created); return both paths.
 
-    extras.check("matplotlib", "the simulator's report")
-    import matplotlib as mpl  # noqa: PLC0415
+    `rows` is the summary as the page shows it, `(key, text)` pairs as the CLI prints them.
+    """
+    try:
+        import matplotlib as mpl  # noqa: PLC0415 - the sim extra, needed only here
+    except ImportError:
+        raise ConfigError("the report needs matplotlib: pip install 'rheostat[sim]'") from None
 
     mpl.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -56,7 +65,7 @@ def write_report(
         plt.close(fig)
         figures.append((name, caption, base64.b64encode(buf.getvalue()).decode("ascii")))
     page = directory / REPORT
-    page.write_text(_page(controlled, summary, figures), encoding="utf-8")
+    page.write_text(_page(controlled, rows, figures), encoding="utf-8")
     return [summary_path, page]
 
 
@@ -152,13 +161,12 @@ _PLOTTERS: dict[str, Plot] = {
 }
 
 
-def _page(run: RunResult, summary: dict[str, Any], figures: list[tuple[str, str, str]]) -> str:
-    from controller.commands._text import flatten  # noqa: PLC0415 - the same text as the CLI's
-
+def _page(
+    run: RunResult, summary: Sequence[tuple[str, str]], figures: list[tuple[str, str, str]]
+) -> str:
     title = html.escape(f"{run.scenario.name} under {run.controller}")
     rows = "\n".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-        for k, v in flatten({k: v for k, v in summary.items() if k != "scenario"})
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary
     )
     body = "\n".join(
         f'<figure id="{name}"><img alt="{html.escape(caption)}" '

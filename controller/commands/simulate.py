@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import orjson
 
 from controller.commands._args import add_duration, add_policy
-from controller.commands._text import key_values
+from controller.commands._text import flatten, key_values
 
 #: Seconds between progress lines when stderr is not a terminal.
 PLAIN_PROGRESS_PERIOD_S = 5.0
@@ -130,7 +130,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.report is not None:
         from simulator.report import write_report  # noqa: PLC0415
 
-        written = write_report(Path(args.report), controlled, reference, summary)
+        rows = list(flatten({k: v for k, v in summary.items() if k != "scenario"}))
+        written = write_report(Path(args.report), controlled, reference, summary, rows=rows)
         print(f"report: {written[-1]}", file=sys.stderr)
     if args.json:
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
