@@ -20,7 +20,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from controller.config import InlineTopology, PolicyFile, RowSpec, TopologySection
-from controller.settings import environment_overrides, merge
+from controller.settings import blame_environment, environment_overrides, merge
 from policies.errors import ConfigError, ConfigErrors, TopologyError
 from policies.gpu_models import model_code
 from policies.topology import Level, Topology, dc_side, generate_topology
@@ -125,7 +125,12 @@ def load_policy(path: Path | str, *, environment: bool = True) -> Policy:
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
     overrides = environment_overrides() if environment else None
-    return parse_policy(text, source=str(path), base_dir=path.parent, overrides=overrides)
+    try:
+        return parse_policy(text, source=str(path), base_dir=path.parent, overrides=overrides)
+    except ConfigErrors as exc:
+        if not overrides:
+            raise
+        raise ConfigErrors(blame_environment(exc.errors, overrides)) from None
 
 
 def default_policy_text() -> str:

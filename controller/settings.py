@@ -33,6 +33,8 @@ from controller.config import MqttSection, PolicyFile
 from policies.errors import ConfigError
 
 ENV_PREFIX = "RHEOSTAT_"
+#: Where errors in overrides are said to be, in place of a file name.
+ENVIRONMENT = "environment"
 #: Where a Kubernetes Secret is mounted by the shipped manifests' convention.
 KUBERNETES_SECRETS_DIR = Path("/run/secrets/rheostat")
 #: Policy-file sections that may be overridden from the environment.
@@ -89,7 +91,7 @@ def environment_overrides() -> dict[str, Any]:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ENV_PREFIX + "__".join(str(p) for p in first["loc"]).upper()
-        raise ConfigError(f"{name}: {first['msg']}") from None
+        raise ConfigError(first["msg"], file=ENVIRONMENT, field=name) from None
     return {k: v for k, v in values.model_dump().items() if v is not None}
 
 
@@ -107,6 +109,46 @@ def merge(base: Any, overrides: Mapping[str, Any]) -> Any:
         else:
             base[key] = value
     return base
+
+
+def _leaf_paths(
+    overrides: Mapping[str, Any], prefix: tuple[str, ...] = ()
+) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in overrides.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and value:
+            out.extend(_leaf_paths(value, path))
+        else:
+            out.append(path)
+    return out
+
+
+def _variable_for(path: tuple[str, ...]) -> str:
+    """The variable that set `path`: itself, or the section variable holding it as JSON."""
+    present = {k.upper() for k in os.environ}
+    for k in range(len(path), 0, -1):
+        name = ENV_PREFIX + "__".join(path[:k]).upper()
+        if name in present:
+            return name
+    return ENV_PREFIX + "__".join(path).upper()
+
+
+def blame_environment(errors: list[ConfigError], overrides: Mapping[str, Any]) -> list[ConfigError]:
+    """Errors in values the environment set, reported against the variable, not the file."""
+    paths = _leaf_paths(overrides)
+    out = []
+    for error in errors:
+        field = tuple((error.field or "").replace("[", ".[").split("."))
+        path = next((p for p in paths if field[: len(p)] == p), None)
+        if path is None:
+            out.append(error)
+            continue
+        name = _variable_for(path)
+        if name != ENV_PREFIX + "__".join(field).upper():
+            name = f"{name} ({error.field})"
+        out.append(ConfigError(error.message, file=ENVIRONMENT, field=name))
+    return out
 
 
 def mqtt_password(section: MqttSection) -> str | None:

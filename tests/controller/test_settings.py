@@ -10,7 +10,7 @@ from controller import settings
 from controller.config import MqttSection
 from controller.policy_file import load_policy
 from controller.settings import mqtt_password
-from policies.errors import ConfigErrors
+from policies.errors import ConfigError, ConfigErrors
 
 POLICY = """\
 site: {name: a, topology: {generate: {gpus: 8}}}
@@ -60,8 +60,30 @@ def test_bad_override_is_reported_like_a_bad_field(
     monkeypatch.setenv("RHEOSTAT_MQTT__DEADBAND", "1")
     with pytest.raises(ConfigErrors) as info:
         load_policy(_policy(tmp_path))
-    fields = {e.field for e in info.value.errors}
-    assert fields == {"metrics.port", "mqtt.deadband"}
+    blamed = {(e.file, e.line, e.field) for e in info.value.errors}
+    assert blamed == {
+        ("environment", None, "RHEOSTAT_METRICS__PORT"),
+        ("environment", None, "RHEOSTAT_MQTT__DEADBAND"),
+    }
+    monkeypatch.delenv("RHEOSTAT_METRICS__PORT")
+    monkeypatch.delenv("RHEOSTAT_MQTT__DEADBAND")
+    monkeypatch.setenv("RHEOSTAT_LOGGING", '{"level": "loud"}')
+    monkeypatch.setenv("RHEOSTAT_CONTROL__TICK_PERIOD_S", "2")
+    path = _policy(tmp_path, POLICY + "capping: {deadband_w: -1}\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_policy(path)
+    blamed = {(e.file, e.line, e.field) for e in info.value.errors}
+    assert blamed == {
+        ("environment", None, "RHEOSTAT_LOGGING (logging.level)"),
+        (str(path), 6, "capping.deadband_w"),  # the file's own error keeps its line
+    }
+
+
+def test_unparsable_section_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RHEOSTAT_LOGGING", "[1]")
+    with pytest.raises(ConfigError) as info:
+        load_policy(_policy(tmp_path))
+    assert str(info.value) == "environment: RHEOSTAT_LOGGING: Input should be a valid dictionary"
 
 
 def test_secret_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
