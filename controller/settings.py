@@ -35,7 +35,7 @@ from policies.errors import ConfigError
 ENV_PREFIX = "RHEOSTAT_"
 #: Where errors in overrides are said to be, in place of a file name.
 ENVIRONMENT = "environment"
-#: Where a Kubernetes Secret is mounted by the shipped manifests' convention.
+#: Where a Kubernetes Secret mounted as a volume is looked for (or pass it in the environment).
 KUBERNETES_SECRETS_DIR = Path("/run/secrets/rheostat")
 #: Policy-file sections that may be overridden from the environment.
 SECTIONS = tuple(PolicyFile.model_fields)

@@ -49,12 +49,13 @@ def suggestion(field: str | None, root: type[BaseModel] = PolicyFile) -> str | N
         return None
     parts = _INDEX.sub("", field).split(".")
     model = model_at(parts[:-1], root)
-    if model is None:
-        return None
+    if model is None or parts[-1] in model.model_fields:
+        return None  # not an unknown field: its value is what is wrong
     close = difflib.get_close_matches(parts[-1], list(model.model_fields), n=1, cutoff=0.6)
     if not close:
         return None
-    return f"did you mean {'.'.join([*parts[:-1], close[0]])}?"
+    head = field.rsplit(".", 1)[0] + "." if "." in field else ""
+    return f"did you mean {head}{close[0]}?"
 
 
 def warnings(config: PolicyFile) -> list[tuple[str, str]]:

@@ -29,7 +29,7 @@ def _run(args: argparse.Namespace) -> int:
         policy = load_policy(args.file)
     except ConfigErrors as exc:
         for error in exc.errors:
-            hint = _advice.suggestion(error.field) if "Extra inputs" in error.message else None
+            hint = _advice.suggestion(error.field)
             text = ConfigError.__str__(error)
             print(text if hint is None else f"{text} ({hint})", file=sys.stderr)
         print(f"{len(exc.errors)} error(s)", file=sys.stderr)

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from controller.cli import main
+from controller.commands import _advice
 from controller.commands._args import duration_s
 from controller.commands._text import flatten, human
 from tests.policies.test_pol_decide_cli import snapshot, write
@@ -61,6 +62,11 @@ def test_check_suggests_close_field_names(
     assert "(did you mean capping.deadband_w?)" in err
     assert "(did you mean mqtt.password?)" in err
     assert "zzz_unrelated: Extra inputs are not permitted\n" in err
+    # a known field with a bad value gets no suggestion; list indices are looked through
+    assert _advice.suggestion("capping.deadband_w") is None
+    assert _advice.suggestion("site.topology.rows[0].racks[1].breaker") == (
+        "did you mean site.topology.rows[0].racks[1].breaker_w?"
+    )
 
 
 def test_check_warns_on_inline_and_deprecated_passwords(
