@@ -79,7 +79,7 @@ def job_topic(site: str, job: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class CarbonSection(_Section):
@@ -91,16 +91,27 @@ class CarbonSection(_Section):
     """
 
     enabled: bool = True
+    """Shift flexible jobs against the signal."""
     signal: Literal["carbon", "price"] = "carbon"
+    """What the forecast measures: carbon intensity or price."""
     signal_file: Path | None = None
+    """A CSV forecast `unix_s,value`, relative to the policy file."""
     mqtt_signal: bool = True
+    """Also take forecasts from the signal topic."""
     slot_s: Annotated[float, Field(gt=0)] = 300.0
+    """Length of a planning slot. Units: s."""
     shift_tiers: tuple[int, ...] = (2, 3)
+    """Flex tiers whose jobs are shifted."""
     tolerances: tuple[float, ...] = DEFAULT_TOLERANCES
+    """Slowdown each flex tier tolerates, by tier."""
     gamma: Annotated[float, Field(gt=1)] = 3.0
+    """Exponent of the power law power ~ speed^gamma used without a measured curve."""
     track_s: Annotated[float, Field(gt=0)] = 60.0
+    """Least time between a job's reports over which its measured speed is taken. Units: s."""
     target_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = 0.01
+    """Plan this much more work than owed, so noise in measured progress never misses a deadline."""
     job_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    """A job not reported for this long runs unshaped. Units: s."""
 
     @field_validator("shift_tiers")
     @classmethod

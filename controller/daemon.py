@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import gc
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -34,7 +33,6 @@ import structlog
 from controller import wire
 from controller.carbon import CarbonHook
 from controller.command_book import CommandBook
-from controller.config import MqttSection
 from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
@@ -42,9 +40,10 @@ from controller.jobs import SyncJobs
 from controller.mqtt_client import Client
 from controller.policy_file import Policy, check_reload, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
+from controller.settings import mqtt_password
 from controller.watch import watch_file
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
-from policies.errors import ConfigError, RheostatError
+from policies.errors import RheostatError
 from policies.fleet import FleetState
 from policies.pipeline import decide
 from policies.topology import Topology
@@ -88,24 +87,6 @@ class Decider(Protocol):
 class _NoNotifier:
     def notify(self, state: str) -> None:
         del state
-
-
-def mqtt_password(section: MqttSection) -> str | None:
-    """Read the broker password from its environment variable or file, at connect time."""
-    if section.password_env is not None:
-        value = os.environ.get(section.password_env)
-        if value is None:
-            raise ConfigError(
-                f"environment variable {section.password_env} is not set",
-                field="mqtt.password_env",
-            )
-        return value
-    if section.password_file is not None:
-        try:
-            return section.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", field="mqtt.password_file") from None
-    return None
 
 
 def _tier_table(policy: Policy, classes: ClassTable) -> np.ndarray[Any, np.dtype[np.int8]]:
@@ -406,7 +387,14 @@ class Controller:
                                 await self._publish_status(client, "offline")
                         raise
             except aiomqtt.MqttError as exc:
-                log.warning("broker connection lost", error=str(exc), attempt=attempt + 1)
+                log.warning(
+                    "broker connection lost"
+                    if connected_before
+                    else "cannot connect to the broker",
+                    broker=f"{mq.host}:{mq.port}",
+                    error=str(exc),
+                    attempt=attempt + 1,
+                )
             finally:
                 self._client = None
                 rt.mqtt_connected = rt.subscribed = False
@@ -530,7 +518,7 @@ class Controller:
         rt.ticks.last_tick_s = now_s
         rt.ticks.last_tick_monotonic_s = time.monotonic()
         self.notifier.notify("WATCHDOG=1")
-        log.info(
+        log.debug(
             "tick",
             site_power_w=round(site_power_w, 1),
             site_allowed_w=round(decision.site_allowed_w, 1),
@@ -539,6 +527,16 @@ class Controller:
             connected=rt.mqtt_connected,
             backlog=rt.backlog,
         )
+        summary = rt.tick_summary.observe(
+            time.monotonic(),
+            period_s=policy.config.logging.summary_period_s,
+            site_power_w=site_power_w,
+            site_allowed_w=decision.site_allowed_w,
+            stale_racks=int(stale.sum()),
+            commands_total=rt.book.sent_total,
+        )
+        if summary is not None:
+            log.info("ticks", **summary, connected=rt.mqtt_connected, backlog=rt.backlog)
 
     async def _send_due(self) -> int:
         """Publish the commands due under the current decision; skipped while disconnected.

@@ -13,6 +13,7 @@ functions, so a file that one accepts the other cannot refuse.
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from controller.config import InlineTopology, PolicyFile, RowSpec, TopologySection
+from controller.settings import blame_environment, environment_overrides, merge
 from policies.errors import ConfigError, ConfigErrors, TopologyError
 from policies.facility import it_budget
 from policies.gpu_models import model_code
@@ -62,6 +64,8 @@ def _yaml_line(root: Any, loc: tuple[int | str, ...]) -> int | None:
     node, line = root, None
     for step in loc:
         if isinstance(node, CommentedMap) and step in node:
+            if step not in (node.lc.data or {}):  # set from the environment, not the file
+                break
             line = node.lc.key(step)[0] + 1
             node = node[step]
         elif isinstance(node, CommentedSeq) and isinstance(step, int) and 0 <= step < len(node):
@@ -107,9 +111,20 @@ def _validate(model: type[Any], data: Any, source: str) -> Any:
         raise ConfigErrors(errors) from None
 
 
-def parse_policy(text: str, *, source: str, base_dir: Path | None = None) -> Policy:
-    """Validate policy-file text; raises `ConfigError`/`ConfigErrors` naming every problem."""
+def parse_policy(
+    text: str,
+    *,
+    source: str,
+    base_dir: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Policy:
+    """Validate policy-file text; raises `ConfigError`/`ConfigErrors` naming every problem.
+
+    `overrides` (from the environment) are merged over the file's fields before validation.
+    """
     data = _parse_yaml(text, source)
+    if overrides and isinstance(data, dict):
+        data = merge(data, overrides)
     config: PolicyFile = _validate(PolicyFile, data, source)
     topology = dc_side(
         build_topology(config, source=source, base_dir=base_dir or Path()),
@@ -198,13 +213,22 @@ def check_reload(running: Policy, new: Policy) -> None:
         raise ConfigErrors(problems)
 
 
-def load_policy(path: Path | str) -> Policy:
+def load_policy(path: Path | str, *, environment: bool = True) -> Policy:
+    """Read and validate a policy file; with `environment`, `RHEOSTAT_<SECTION>__<FIELD>`
+    variables override its fields (`controller.settings`).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
-    return parse_policy(text, source=str(path), base_dir=path.parent)
+    overrides = environment_overrides() if environment else None
+    try:
+        return parse_policy(text, source=str(path), base_dir=path.parent, overrides=overrides)
+    except ConfigErrors as exc:
+        if not overrides:
+            raise
+        raise ConfigErrors(blame_environment(exc.errors, overrides)) from None
 
 
 def default_policy_text() -> str:

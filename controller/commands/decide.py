@@ -1,4 +1,4 @@
-"""`rheostat decide --snapshot FILE [--json]`: a dry run of one decision on recorded inputs.
+"""`rheostat decide SNAPSHOT [--json]`: a dry run of one decision on recorded inputs.
 
 Prints what the controller would command (each GPU's cap and clock ceiling) and what each group
 was granted against its limit, so an operator can check a policy or a limit before it goes live.
@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from controller.commands._args import positional_or_option
 from controller.snapshot import load_snapshot
 from policies.errors import ConfigError, ConfigErrors, RheostatError
 from policies.gpu_models import GPU_MODELS
@@ -24,14 +25,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "decide", help="dry-run one decision on a recorded snapshot: caps, clocks, budgets"
     )
-    parser.add_argument("--snapshot", type=Path, required=True, help="snapshot file (JSON)")
+    parser.add_argument(
+        "snapshot", type=Path, nargs="?", metavar="SNAPSHOT", help="snapshot file (JSON)"
+    )
+    parser.add_argument("--snapshot", type=Path, dest="snapshot_opt", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_run, parser=parser)
 
 
 def _run(args: argparse.Namespace) -> int:
+    path = positional_or_option(
+        args.parser, args, positional="snapshot", option="snapshot_opt", spelled="SNAPSHOT"
+    )
     try:
-        snap = load_snapshot(args.snapshot)
+        snap = load_snapshot(path)
     except ConfigErrors as exc:
         for error in exc.errors:
             print(ConfigError.__str__(error), file=sys.stderr)
