@@ -21,7 +21,7 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 USER 10001:10001
 # /metrics, /livez and /readyz (metrics.port in the policy file; set metrics.host to 0.0.0.0).
-EXPOSE 9464
+EXPOSE 19464
 # SIGTERM makes the controller publish its `offline` status and leave racks on expiring commands.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["rheostat"]

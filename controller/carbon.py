@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.messages import json_object, number
+from controller.metric_families import describe_families
 from controller.wire import PROTOCOL_VERSION, TOPIC_ROOT
 from policies.carbon import SPEED_GUARD, CarbonSettings, job_speed_now, track_power_frac
 from policies.decision import N_TIERS
@@ -78,7 +79,7 @@ def job_topic(site: str, job: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class CarbonSection(_Section):
@@ -90,16 +91,27 @@ class CarbonSection(_Section):
     """
 
     enabled: bool = True
+    """Shift flexible jobs against the signal."""
     signal: Literal["carbon", "price"] = "carbon"
+    """What the forecast measures: carbon intensity or price."""
     signal_file: Path | None = None
+    """A CSV forecast `unix_s,value`, relative to the policy file."""
     mqtt_signal: bool = True
+    """Also take forecasts from the signal topic."""
     slot_s: Annotated[float, Field(gt=0)] = 300.0
+    """Length of a planning slot. Units: s."""
     shift_tiers: tuple[int, ...] = (2, 3)
+    """Flex tiers whose jobs are shifted."""
     tolerances: tuple[float, ...] = DEFAULT_TOLERANCES
+    """Slowdown each flex tier tolerates, by tier."""
     gamma: Annotated[float, Field(gt=1)] = 3.0
+    """Exponent of the power law power ~ speed^gamma used without a measured curve."""
     track_s: Annotated[float, Field(gt=0)] = 60.0
+    """Least time between a job's reports over which its measured speed is taken. Units: s."""
     target_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = 0.01
+    """Plan this much more work than owed, so noise in measured progress never misses a deadline."""
     job_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    """A job not reported for this long runs unshaped. Units: s."""
 
     @field_validator("shift_tiers")
     @classmethod
@@ -548,6 +560,16 @@ class CarbonHook:
         return ceiling
 
 
+#: Every family `CarbonCollector` may yield, with its type (for `describe`).
+CARBON_FAMILIES = (
+    ("grid_signal", "gauge"),
+    ("flex_jobs", "gauge"),
+    ("flex_job_speed_ratio", "gauge"),
+    ("flex_job_cap_ratio", "gauge"),
+    ("carbon_messages_rejected", "counter"),
+)
+
+
 class CarbonCollector(Collector):
     """`rheostat_grid_signal`, `rheostat_flex_jobs` and per-job planned and measured speeds."""
 
@@ -556,17 +578,18 @@ class CarbonCollector(Collector):
         self.clock = clock
 
     def describe(self) -> list[Metric]:
-        return []
+        return describe_families(CARBON_FAMILIES)
 
     def collect(self) -> Iterator[Metric]:
         hook, site, now = self.hook, self.hook.site, self.clock()
         value = hook.forecast.at(now)
         signal = GaugeMetricFamily(
             "rheostat_grid_signal",
-            "Grid signal now (kg CO2/MWh or price per MWh, as `kind` says).",
+            "Grid signal now (kg CO2/MWh or price per MWh, as `kind` says); absent without one.",
             labels=["site", "kind"],
         )
-        signal.add_metric([site, hook.section.signal], math.nan if value is None else value)
+        if value is not None and math.isfinite(value):
+            signal.add_metric([site, hook.section.signal], value)
         yield signal
         shaped = [j for j in hook.jobs.values() if hook.shaped(j, now)]
         count = GaugeMetricFamily(
@@ -578,16 +601,18 @@ class CarbonCollector(Collector):
         speed = GaugeMetricFamily(
             "rheostat_flex_job_speed_ratio",
             "A flexible job's speed against full speed: planned, and measured from progress.",
-            labels=["site", "job", "kind"],
+            # Not `job`: Prometheus would rename it `exported_job` beside the scrape's own label.
+            labels=["site", "flex_job", "kind"],
         )
         frac = GaugeMetricFamily(
             "rheostat_flex_job_cap_ratio",
             "A flexible job's cap ceiling as a share of its GPUs' max caps.",
-            labels=["site", "job"],
+            labels=["site", "flex_job"],
         )
         for name, job in hook.jobs.items():
-            speed.add_metric([site, name, "planned"], job.planned)
-            speed.add_metric([site, name, "measured"], job.measured)
+            for kind, value in (("planned", job.planned), ("measured", job.measured)):
+                if math.isfinite(value):  # no progress measured yet: no series
+                    speed.add_metric([site, name, kind], value)
             frac.add_metric([site, name], job.frac)
         yield speed
         yield frac

@@ -1,11 +1,16 @@
 """Which racks get a command this tick, and what each command says.
 
 A rack is sent a command when any of its GPUs' caps moved by more than the deadband, a clock
-ceiling changed, or its last command is `refresh_frac` of the way to expiry. Stale racks get none:
-their agents stay on their own safe caps until telemetry returns. Racks whose caps go down are
-sent first, so that during the send no group briefly holds both its old high caps and its
-neighbours' new high caps; within each direction the largest moves go first, so when a fleet-wide
-shift is sent over several batches a rack whose demand just changed is not queued behind it.
+ceiling changed, its safe caps changed, or its last command is `refresh_frac` of the way to
+expiry. Stale racks (no telemetry) are commanded like any other: a rack whose reports are lost
+may still hear its commands, and a cut the limits need must reach it (the decision never raises
+their caps). A rack never heard from since this controller started is left alone: its agent keeps
+the command of the controller before (a restart costs nothing) or its safe caps. Racks whose caps
+go down are sent first, blind ones first among them, so that during the send no group briefly
+holds both its old high caps and its neighbours' new high caps; within each direction the largest
+moves go first, so when a fleet-wide shift is sent over several batches a rack whose demand just
+changed is not queued behind it. Every command carries its rack's safe caps, what the agent
+applies on its own when the command's TTL runs out.
 The per-rack test is vectorized with `np.maximum.reduceat` over the contiguous rack row ranges.
 """
 
@@ -25,6 +30,7 @@ class CommandBook:
     Units: W, MHz, s. `issued_at_s` is wall-clock time (it travels on the wire); `sent_at_s`
     records when each rack was last commanded. `seq_base` seeds the per-rack sequence (the daemon
     uses the start time in ms) so a restarted controller's commands still count upwards.
+    `safe_cap_w` (per GPU, W; None: commands carry none) goes out in every command.
     """
 
     def __init__(
@@ -35,11 +41,13 @@ class CommandBook:
         refresh_frac: float,
         deadband_w: float,
         seq_base: int = 0,
+        safe_cap_w: NDArray[np.float64] | None = None,
     ) -> None:
         self.topology = topology
         self.ttl_s = ttl_s
         self.refresh_frac = refresh_frac
         self.deadband_w = deadband_w
+        self.safe_cap_w = self._checked(safe_cap_w)
         n, r = topology.n_gpus, topology.n_racks
         self.sent_cap_w = np.full(n, np.nan)
         self.sent_clock_mhz = np.full(n, np.nan)
@@ -51,9 +59,37 @@ class CommandBook:
         self._nonempty = self._sizes > 0
         self.sent_total = 0
 
-    def configure(self, *, ttl_s: float, refresh_frac: float, deadband_w: float) -> None:
-        """Apply reloaded policy timing; what was already sent stays remembered."""
+    def configure(
+        self,
+        *,
+        ttl_s: float,
+        refresh_frac: float,
+        deadband_w: float,
+        safe_cap_w: NDArray[np.float64] | None = None,
+    ) -> None:
+        """Apply a reloaded policy's timing and safe caps; what was already sent stays remembered.
+
+        New safe caps (a topology or policy change) make every rack due, so that no agent
+        falls back to caps that no longer fit.
+        """
         self.ttl_s, self.refresh_frac, self.deadband_w = ttl_s, refresh_frac, deadband_w
+        safe = self._checked(safe_cap_w)
+        unchanged = (safe is None and self.safe_cap_w is None) or (
+            safe is not None
+            and self.safe_cap_w is not None
+            and np.array_equal(safe, self.safe_cap_w)
+        )
+        self.safe_cap_w = safe
+        if not unchanged:
+            self.sent_at_s[:] = -np.inf
+
+    def _checked(self, safe_cap_w: NDArray[np.float64] | None) -> NDArray[np.float64] | None:
+        if safe_cap_w is None:
+            return None
+        safe = np.asarray(safe_cap_w, dtype=np.float64)
+        if safe.shape != (self.topology.n_gpus,):
+            raise ValueError(f"safe_cap_w must have shape ({self.topology.n_gpus},)")
+        return safe.copy()
 
     def invalidate(self, now_s: float | None = None) -> None:
         """Make every rack due: after a reconnect the broker may have lost in-flight commands.
@@ -80,10 +116,12 @@ class CommandBook:
         stale_rack: NDArray[np.bool_],
         last_seen_s: NDArray[np.float64] | None = None,
     ) -> NDArray[np.int64]:
-        """Indices of racks to command now: lowering racks first, then by the largest cap move.
+        """Indices of racks to command now: lowering racks first (blind ones, `stale_rack`,
+        first among them), then by the largest cap move.
 
-        `last_seen_s` (per rack, when its telemetry last arrived) triggers the resend to racks
-        that came back after a reconnect; see `invalidate`.
+        `last_seen_s` (per rack, when its telemetry last arrived; -inf: never) triggers the
+        resend to racks that came back after a reconnect (see `invalidate`), and leaves out racks
+        never heard from.
         """
         cap_delta = np.abs(decision.cap_w - self.sent_cap_w)
         cap_delta = np.where(np.isnan(cap_delta), np.inf, cap_delta)
@@ -93,12 +131,15 @@ class CommandBook:
             self._per_rack_max(clock_changed.astype(np.float64)) > 0
         )
         refresh = now_s - self.sent_at_s >= self.ttl_s * self.refresh_frac
+        wanted = self._nonempty
         if last_seen_s is not None:
             refresh |= last_seen_s > self.resend_after_s
-        racks = np.flatnonzero((changed | refresh) & ~stale_rack & self._nonempty)
+            wanted = wanted & (last_seen_s > -np.inf)
+        racks = np.flatnonzero((changed | refresh) & wanted)
         if racks.size:
             lowering = self._per_rack_max(self.sent_cap_w - decision.cap_w)[racks] > 0
-            racks = racks[np.lexsort((-move_w[racks], ~lowering))]
+            blind = np.asarray(stale_rack, dtype=np.bool_)[racks]
+            racks = racks[np.lexsort((-move_w[racks], ~blind, ~lowering))]
         return racks
 
     def build(
@@ -118,6 +159,7 @@ class CommandBook:
             sm_clock_max_mhz=decision.sm_clock_max_mhz,
             starts=offsets[racks],
             ends=offsets[racks + 1],
+            safe_cap_w=self.safe_cap_w,
         )
         out = list(zip(names, payloads, strict=True))
         sent_rack = np.zeros(self.topology.n_racks, dtype=np.bool_)

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import gc
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -34,18 +33,18 @@ import structlog
 from controller import wire
 from controller.carbon import CarbonHook
 from controller.command_book import CommandBook
-from controller.config import MqttSection
 from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
 from controller.mqtt_client import Client
 from controller.nodes import NodeAssembler
-from controller.policy_file import Policy, load_policy
+from controller.policy_file import Policy, check_reload, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
+from controller.settings import mqtt_password
 from controller.watch import watch_file
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
-from policies.errors import ConfigError, RheostatError
+from policies.errors import RheostatError
 from policies.fleet import FleetState
 from policies.pipeline import decide
 from policies.topology import Topology
@@ -91,24 +90,6 @@ class _NoNotifier:
         del state
 
 
-def mqtt_password(section: MqttSection) -> str | None:
-    """Read the broker password from its environment variable or file, at connect time."""
-    if section.password_env is not None:
-        value = os.environ.get(section.password_env)
-        if value is None:
-            raise ConfigError(
-                f"environment variable {section.password_env} is not set",
-                field="mqtt.password_env",
-            )
-        return value
-    if section.password_file is not None:
-        try:
-            return section.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", field="mqtt.password_file") from None
-    return None
-
-
 def _tier_table(policy: Policy, classes: ClassTable) -> np.ndarray[Any, np.dtype[np.int8]]:
     tiers = policy.config.tiers
     return classes.tier_table(tiers.classes, tiers.default)
@@ -130,6 +111,7 @@ def build_runtime(policy: Policy, *, clock: Callable[[], float], version: str) -
             refresh_frac=control.refresh_frac,
             deadband_w=policy.config.capping.deadband_w,
             seq_base=int(clock() * 1000),
+            safe_cap_w=policy.safe_cap_w,
         ),
         tier_table=_tier_table(policy, classes),
         limits=Limits(),
@@ -305,10 +287,7 @@ class Controller:
     def _swap_policy(self, policy: Policy) -> None:
         rt = self.runtime
         old = rt.policy
-        if policy.site != old.site or policy.config.mqtt != old.config.mqtt:
-            raise ConfigError(
-                "site name and mqtt section change only with a restart", file=policy.source
-            )
+        check_reload(old, policy)  # the rules `rheostat check --running` applies
         same_fleet = policy.topology.racks.ids == old.topology.racks.ids and np.array_equal(
             policy.topology.gpu_model, old.topology.gpu_model
         )
@@ -327,6 +306,7 @@ class Controller:
                 ttl_s=control.command_ttl_s,
                 refresh_frac=control.refresh_frac,
                 deadband_w=policy.config.capping.deadband_w,
+                safe_cap_w=policy.safe_cap_w,
             )
             rt.tier_table = _tier_table(policy, rt.classes)
             return
@@ -426,7 +406,14 @@ class Controller:
                                 await self._publish_status(client, "offline")
                         raise
             except aiomqtt.MqttError as exc:
-                log.warning("broker connection lost", error=str(exc), attempt=attempt + 1)
+                log.warning(
+                    "broker connection lost"
+                    if connected_before
+                    else "cannot connect to the broker",
+                    broker=f"{mq.host}:{mq.port}",
+                    error=str(exc),
+                    attempt=attempt + 1,
+                )
             finally:
                 self._client = None
                 rt.mqtt_connected = rt.subscribed = False
@@ -555,7 +542,7 @@ class Controller:
         rt.ticks.last_tick_s = now_s
         rt.ticks.last_tick_monotonic_s = time.monotonic()
         self.notifier.notify("WATCHDOG=1")
-        log.info(
+        log.debug(
             "tick",
             site_power_w=round(site_power_w, 1),
             site_allowed_w=round(decision.site_allowed_w, 1),
@@ -564,6 +551,16 @@ class Controller:
             connected=rt.mqtt_connected,
             backlog=rt.backlog,
         )
+        summary = rt.tick_summary.observe(
+            time.monotonic(),
+            period_s=policy.config.logging.summary_period_s,
+            site_power_w=site_power_w,
+            site_allowed_w=decision.site_allowed_w,
+            stale_racks=int(stale.sum()),
+            commands_total=rt.book.sent_total,
+        )
+        if summary is not None:
+            log.info("ticks", **summary, connected=rt.mqtt_connected, backlog=rt.backlog)
 
     async def _send_due(self) -> int:
         """Publish the commands due under the current decision; skipped while disconnected.

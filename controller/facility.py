@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.messages import json_object, number, optional_number
+from controller.metric_families import describe_families
 from controller.wire import PROTOCOL_VERSION, TOPIC_ROOT
 from policies.carbon import per_tier_totals
 from policies.decision import N_TIERS, Limits
@@ -48,7 +49,7 @@ def facility_topic(site: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class FacilitySection(_Section):
@@ -59,19 +60,35 @@ class FacilitySection(_Section):
     """
 
     contract_w: float | None = Field(None, gt=0)
+    """The utility contract at the facility meter; unset: limits.contract_w. Units: W."""
     cooling: Literal["air", "liquid"] = "air"
+    """Cooling plant: air (chillers) or liquid (direct liquid cooling)."""
     cop_ref: float = Field(5.5, gt=0)
+    """The chiller's coefficient of performance at the reference temperature."""
     cop_slope_per_c: float = Field(0.14, ge=0)
+    """How much the COP falls per degree C warmer outdoors."""
     dlc_base_frac: float = Field(0.06, ge=0)
+    """With liquid cooling, the cooling draw as a share of IT power at the reference temperature."""
     ups_loss_frac: float = Field(0.04, ge=0, lt=0.5)
+    """UPS and distribution losses as a share of IT power."""
     fixed_w: float = Field(0.0, ge=0)
+    """Fixed facility draw (lighting, offices). Units: W."""
     design_outdoor_c: float = Field(35.0, description="assumed when the meter sends none")
+    """Outdoor temperature assumed when the meter sends none. Units: degrees C."""
     meter_timeout_s: float = Field(15.0, gt=0)
+    """A meter reading older than this is stale. Units: s."""
     fresh_margin_frac: float = Field(0.015, ge=0, lt=0.5)
+    """Margin kept below the contract while the meter is fresh."""
     stale_margin_frac: float = Field(0.04, ge=0, lt=0.5)
+    """Margin kept below the contract while the meter is stale."""
     max_margin_frac: float = Field(0.10, ge=0, lt=0.5)
+    """The widest margin below the contract, which a stale meter's margin grows to."""
     price_per_mwh: float = Field(0.0, ge=0)
+    """Energy price, for the cost counters. Units: currency per MWh."""
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    """ISO 4217 code of `price_per_mwh`'s currency; exported as `rheostat_energy_cost_info`."""
     carbon_file: Path | None = None
+    """CSV of `unix_s,intensity_kg_per_mwh`, read at start-up."""
 
     def settings(self) -> FacilitySettings:
         return FacilitySettings(
@@ -283,23 +300,43 @@ class FacilityHook:
         self.tier_cost += cost
 
 
+GRAMS_PER_KG = 1000.0
+
+#: Every family `FacilityCollector` may yield, with its type (for `describe`).
+FACILITY_FAMILIES = (
+    ("facility_power_watts", "gauge"),
+    ("it_budget_watts", "gauge"),
+    ("facility_margin_ratio", "gauge"),
+    ("pue", "gauge"),
+    ("facility_meter_age_seconds", "gauge"),
+    ("energy_cost_info", "gauge"),
+    ("facility_meter_rejected", "counter"),
+    ("facility_energy_joules", "counter"),
+    ("emissions_grams", "counter"),
+    ("energy_cost", "counter"),
+)
+
+
 class FacilityCollector(Collector):
     """`rheostat_facility_*`, `rheostat_pue`, `rheostat_it_budget_watts` and per-tier counters."""
 
     def __init__(self, hook: FacilityHook, *, clock: Callable[[], float]) -> None:
         self.hook = hook
         self.clock = clock
+        self.started_s = clock()
 
     def describe(self) -> list[Metric]:
-        return []
+        return describe_families(FACILITY_FAMILIES)
 
     def collect(self) -> Iterator[Metric]:
         hook = self.hook
         site = hook.site
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            # NaN (no budget yet, no IT power) and +Inf (no reading yet) leave the series out.
             fam = GaugeMetricFamily(f"rheostat_{name}", doc, labels=["site"])
-            fam.add_metric([site], value)
+            if math.isfinite(value):
+                fam.add_metric([site], value)
             return fam
 
         yield gauge("facility_power_watts", "Facility power (meter, else model).", hook.facility_w)
@@ -317,8 +354,14 @@ class FacilityCollector(Collector):
         reading = hook.last
         pue = hook.facility_w / hook.it_w if hook.it_w > 0 else math.nan
         yield gauge("pue", "Facility power over IT power.", pue)
-        age = self.clock() - reading.ts if reading is not None else math.inf
-        yield gauge("facility_meter_age_seconds", "Age of the last facility reading.", age)
+        # Before any reading the age counts from start-up, so a meter that never spoke still
+        # trips the silence alert (an infinite age would be an invalid sample).
+        since = reading.ts if reading is not None else self.started_s
+        yield gauge(
+            "facility_meter_age_seconds",
+            "Age of the last facility reading (since start-up while none has come).",
+            self.clock() - since,
+        )
         rejected = CounterMetricFamily(
             "rheostat_facility_meter_rejected", "Facility messages rejected.", labels=["site"]
         )
@@ -329,9 +372,10 @@ class FacilityCollector(Collector):
         )
         energy.add_metric([site], hook.facility_energy_j)
         yield energy
+        # Grams: Prometheus' base unit of mass (the hook counts kg).
         co2 = CounterMetricFamily(
-            "rheostat_emissions_kg",
-            "kg CO2 (energy x intensity), by Flex tier.",
+            "rheostat_emissions_grams",
+            "CO2 emitted (energy x carbon intensity), by Flex tier. Units: g.",
             labels=["site", "tier"],
         )
         cost = CounterMetricFamily(
@@ -340,7 +384,15 @@ class FacilityCollector(Collector):
             labels=["site", "tier"],
         )
         for t in range(N_TIERS):
-            co2.add_metric([site, str(t)], float(hook.tier_co2_kg[t]))
+            co2.add_metric([site, str(t)], float(hook.tier_co2_kg[t]) * GRAMS_PER_KG)
             cost.add_metric([site, str(t)], float(hook.tier_cost[t]))
         yield co2
         yield cost
+        # The currency rides on an info series: join it (`* on (site) group_left (currency)`).
+        info = GaugeMetricFamily(
+            "rheostat_energy_cost_info",
+            "The currency of rheostat_energy_cost_total; the value is always 1.",
+            labels=["site", "currency"],
+        )
+        info.add_metric([site, hook.section.currency], 1.0)
+        yield info

@@ -3,7 +3,9 @@
 `/livez` fails when the control loop has stopped ticking (a supervisor should restart the
 process); `/readyz` fails until the controller is connected, subscribed, holds a valid policy and
 sees fresh telemetry from the configured share of racks (a load balancer or standby should not
-count on it yet). The metrics exposition is generated from a registry passed in, never a global.
+count on it yet). `/metrics` is prometheus_client's own aiohttp handler over a registry passed in
+(never the global one): it negotiates the text or OpenMetrics format from `Accept` and gzips when
+the scraper accepts it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from controller.runtime import Runtime
 
@@ -47,6 +54,19 @@ def readiness(runtime: Runtime, now_s: float) -> tuple[bool, str]:
     return (not problems), ("; ".join(problems) or f"ready: {share:.0%} of racks fresh")
 
 
+def daemon_registry() -> CollectorRegistry:
+    """A fresh registry with the process, platform and GC collectors the global one would hold.
+
+    `auto_describe` lets the registry learn those collectors' names from a collection, so any
+    collector registered later that repeats one of them is refused at registration.
+    """
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
 def build_app(
     runtime: Runtime,
     registry: CollectorRegistry,
@@ -54,10 +74,6 @@ def build_app(
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     async def livez(_: web.Request) -> web.Response:
         ok, text = liveness(runtime, monotonic())
         return web.Response(text=text + "\n", status=200 if ok else 503)
@@ -67,7 +83,7 @@ def build_app(
         return web.Response(text=text + "\n", status=200 if ok else 503)
 
     app = web.Application()
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     return app
@@ -79,9 +95,7 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server  # aiohttp exposes the bound socket only here
-    bound = port
-    sockets = getattr(server, "sockets", None)
-    if sockets:
-        bound = int(sockets[0].getsockname()[1])
+    # The runner's public `addresses` are the bound sockets' names, (host, port[, ...]) for TCP;
+    # the first one's port is the one to report (several only for a dual-stack wildcard host).
+    bound = next(int(a[1]) for a in runner.addresses if isinstance(a, tuple | list))
     return runner, bound

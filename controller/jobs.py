@@ -30,6 +30,7 @@ from controller.carbon import (
     job_rows,
     jobs_filter,
 )
+from controller.metric_families import describe_families
 from controller.wire import TOPIC_ROOT
 from policies.errors import ProtocolError
 from policies.topology import Topology
@@ -153,7 +154,13 @@ class SyncJobsCollector(Collector):
         self.jobs = jobs
 
     def describe(self) -> list[Metric]:
-        return []
+        return describe_families(
+            (
+                ("sync_jobs", "gauge"),
+                ("sync_job_gpus", "gauge"),
+                ("job_reports_rejected", "counter"),
+            )
+        )
 
     def collect(self) -> Iterator[Metric]:
         jobs, site = self.jobs, self.jobs.site

@@ -4,10 +4,13 @@ Names follow the project contract in the README (prefix `rheostat_`, base units:
 seconds, hertz); the observability rules and dashboards depend on them, so renaming one is a
 breaking change. Group sums are `np.bincount` over index arrays; the only per-rack Python work is
 emitting samples, which prometheus_client requires, and it happens on the scrape, not the tick.
+A value that is not finite (a row without a limit, a time not known yet) is left out: PromQL
+handles an absent series; `+Inf` or NaN would poison every expression that reads it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -22,6 +25,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from controller.metric_families import describe_families
 from controller.runtime import TICK_BUCKETS_S, Runtime
 from policies.decision import N_TIERS
 from policies.errors import TelemetryError
@@ -36,9 +40,85 @@ def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
 def _fill(
     family: GaugeMetricFamily, labels: Sequence[tuple[str, ...]], values: NDArray[Any]
 ) -> GaugeMetricFamily:
+    """Adds one sample per label set, leaving out non-finite values.
+
+    A missing series is what PromQL handles well (an unlimited row has no `row_limit_watts`, so
+    its headroom ratio is absent, not NaN); `+Inf` or NaN would poison every expression using it.
+    """
     for lab, value in zip(labels, values.tolist(), strict=True):
-        family.add_metric(list(lab), value)
+        if math.isfinite(value):
+            family.add_metric(list(lab), value)
     return family
+
+
+def _one(name: str, doc: str, labels: dict[str, str], value: float) -> GaugeMetricFamily:
+    """A gauge family with at most one sample: none when `value` is not finite."""
+    family = _gauge(name, doc, list(labels))
+    if math.isfinite(value):
+        family.add_metric(list(labels.values()), value)
+    return family
+
+
+#: Every family `RheostatCollector` may yield, with its type (for `describe`).
+RHEOSTAT_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("build_info", "gauge"),
+    *(
+        (name, "gauge")
+        for name in (
+            "site_power_watts",
+            "site_limit_watts",
+            "site_contract_watts",
+            "site_headroom_watts",
+            "stale_racks",
+            "racks",
+            "gpus",
+            "row_power_watts",
+            "row_limit_watts",
+            "row_headroom_watts",
+            "rack_power_watts",
+            "rack_limit_watts",
+            "rack_breaker_rating_watts",
+            "rack_headroom_watts",
+            "rack_breaker_utilization_ratio",
+            "rack_stale",
+            "rack_cap_watts",
+            "infeasible_groups",
+            "dvfs_saving_watts",
+            "tier_cap_watts",
+            "tier_power_watts",
+            "tier_gpus",
+            "tier_sm_clock_max_hertz",
+            "last_tick_timestamp_seconds",
+            "telemetry_backlog",
+            "mqtt_connected",
+            "policy_last_reload_successful",
+            "policy_last_reload_success_timestamp_seconds",
+            "dr_active",
+            "dr_target_watts",
+            "dr_baseline_watts",
+            "dr_shortfall_watts",
+            "dr_compliance_ratio",
+            "gpu_power_watts",
+            "gpu_cap_watts",
+            "gpu_sm_clock_hertz",
+        )
+    ),
+    ("tick_duration_seconds", "histogram"),
+    *(
+        (name, "counter")
+        for name in (
+            "site_energy_joules",
+            "ticks",
+            "tick_overruns",
+            "telemetry_messages",
+            "telemetry_rejected",
+            "telemetry_conflated",
+            "commands_sent",
+            "mqtt_reconnects",
+            "policy_reloads",
+        )
+    ),
+)
 
 
 class RheostatCollector(Collector):
@@ -49,8 +129,7 @@ class RheostatCollector(Collector):
         self.clock = clock
 
     def describe(self) -> list[Metric]:
-        # An empty description makes the registry call `collect` lazily, only when scraped.
-        return []
+        return describe_families(RHEOSTAT_FAMILIES)
 
     def collect(self) -> Iterator[Metric]:
         rt = self.runtime
@@ -98,15 +177,13 @@ class RheostatCollector(Collector):
             ("racks", "Racks in the topology.", float(topo.n_racks)),
             ("gpus", "GPUs in the topology.", float(topo.n_gpus)),
         ):
-            g = _gauge(name, doc, ["site"])
-            g.add_metric(s, value)
-            yield g
+            yield _one(name, doc, {"site": site}, value)
 
         row_labels = [(site, rid) for rid in rows.ids]
         yield _fill(_gauge("row_power_watts", "Measured row power.", ["site", "row"]),
                     row_labels, row_power)  # fmt: skip
-        yield _fill(_gauge("row_limit_watts", "Usable row limit.", ["site", "row"]),
-                    row_labels, row_limit)  # fmt: skip
+        yield _fill(_gauge("row_limit_watts", "Usable row limit; absent when the row has none.",
+                           ["site", "row"]), row_labels, row_limit)  # fmt: skip
         yield _fill(_gauge("row_headroom_watts", "Row limit minus power.", ["site", "row"]),
                     row_labels, row_limit - row_power)  # fmt: skip
 
@@ -150,9 +227,12 @@ class RheostatCollector(Collector):
         )
         energy.add_metric(s, rt.site_energy_j)
         yield energy
-        saving = _gauge("dvfs_saving_watts", "Estimated power saved by clock ceilings.", ["site"])
-        saving.add_metric(s, dec.dvfs_saving_w if dec is not None else 0.0)
-        yield saving
+        yield _one(
+            "dvfs_saving_watts",
+            "Estimated power saved by clock ceilings.",
+            {"site": site},
+            dec.dvfs_saving_w if dec is not None else 0.0,
+        )
 
     def _tiers(self, rt: Runtime) -> Iterator[Metric]:
         dec = rt.decision
@@ -189,7 +269,7 @@ class RheostatCollector(Collector):
             return CounterMetricFamily(f"rheostat_{name}", doc, value=value)
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"rheostat_{name}", doc, value=value)
+            return _one(name, doc, {}, value)  # NaN before the first tick or reload: absent
 
         counters = rt.ingest.counters
         yield counter("ticks", "Control ticks completed.", rt.ticks.ticks)
@@ -242,12 +322,11 @@ class RheostatCollector(Collector):
             ("dr_shortfall_watts", "Power above the DR target.", dr.shortfall_w),
         ):
             if value is not None:
-                g = _gauge(name, doc, ["site"])
-                g.add_metric([site], value)
-                yield g
+                yield _one(name, doc, {"site": site}, value)
         ratio = _gauge("dr_compliance_ratio", "Event compliance.", ["site", "event"])
         for event, value in dr.compliance_ratio.items():
-            ratio.add_metric([site, event], value)
+            if math.isfinite(value):
+                ratio.add_metric([site, event], value)
         yield ratio
 
     def _per_gpu(self, rt: Runtime) -> Iterator[Metric]:

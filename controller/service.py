@@ -13,13 +13,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import structlog
-from prometheus_client import CollectorRegistry
 
 from controller.carbon import CarbonCollector
 from controller.cli import package_version
 from controller.daemon import Controller, Notifier
 from controller.facility import FacilityCollector
-from controller.http import build_app, start_server
+from controller.http import build_app, daemon_registry, start_server
 from controller.jobs import SyncJobsCollector
 from controller.metrics import RheostatCollector
 from controller.nodes import NodesCollector
@@ -40,7 +39,7 @@ async def serving(
     controller = Controller(
         policy, policy_path=policy_path, notifier=notifier, version=package_version()
     )
-    registry = CollectorRegistry(auto_describe=False)
+    registry = daemon_registry()
     registry.register(RheostatCollector(controller.runtime))
     if controller.facility is not None:
         registry.register(FacilityCollector(controller.facility, clock=controller.clock))

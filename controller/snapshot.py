@@ -9,28 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from policies.decision import (
-    CappingSettings,
-    DecisionState,
-    DvfsSettings,
-    Limits,
-    PolicySettings,
-)
+from controller.config import DecisionSettingsSection
+from controller.wire import GPU_FIELD_RANGES
+from policies.decision import DecisionState, Limits, PolicySettings
 from policies.errors import ConfigError, ConfigErrors, TopologyError
 from policies.fleet import FleetState
 from policies.gpu_models import MODEL_CODE
 from policies.topology import Level, Topology
 
-T = TypeVar("T")
-
 Watts = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+#: Per-GPU power and caps within what the wire accepts from a rack.
+GpuWatts = Annotated[float, Field(ge=0, le=GPU_FIELD_RANGES["cap_w"][1])]
+#: Indexes into the topology's arrays (int32 there).
+Index = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class _Strict(BaseModel):
@@ -40,7 +38,7 @@ class _Strict(BaseModel):
 class LevelSpec(_Strict):
     name: str
     ids: list[str] = Field(min_length=1)
-    parent: list[int] | None = None
+    parent: list[Index] | None = None
     #: null means no limit at this group.
     limit_w: list[Watts | None]
     derating: list[Annotated[float, Field(gt=0, le=1)]] | None = None
@@ -48,8 +46,9 @@ class LevelSpec(_Strict):
 
 
 class GpuSpec(_Strict):
-    model: list[str]
-    server: list[int]
+    #: At least one GPU: a fleet of none has nothing to decide.
+    model: list[str] = Field(min_length=1)
+    server: list[Index]
 
 
 class TopologySpec(_Strict):
@@ -60,21 +59,24 @@ class TopologySpec(_Strict):
 
 
 class TelemetrySpec(_Strict):
-    power_w: list[Annotated[float, Field(ge=0)]]
-    cap_w: list[Watts]
+    power_w: list[GpuWatts]
+    cap_w: list[Annotated[GpuWatts, Field(gt=0)]]
     util: list[Fraction]
     mem_util: list[Fraction]
 
 
 class PreviousSpec(_Strict):
-    cap_w: list[Watts]
+    #: Issued caps; any outside a GPU's model range is clamped to it by the decision core.
+    cap_w: list[Annotated[GpuWatts, Field(gt=0)]]
     now_s: float
     site_allowed_w: Watts
 
 
-class SettingsSpec(_Strict):
-    capping: dict[str, float | None] = Field(default_factory=dict)
-    dvfs: dict[str, float | bool] = Field(default_factory=dict)
+class LimitsSpec(_Strict):
+    """`policies.decision.Limits` for this tick. Units: W."""
+
+    site_limit_w: Watts | None = None
+    site_target_w: Watts | None = None
 
 
 class SnapshotSpec(_Strict):
@@ -86,8 +88,9 @@ class SnapshotSpec(_Strict):
     #: Per GPU, the synchronous job it belongs to (any label; null: none), or absent.
     sync_job: list[Annotated[str, Field(min_length=1)] | None] | None = None
     stale_racks: list[str] = Field(default_factory=list)
-    limits: dict[str, Watts | None] = Field(default_factory=dict)
-    settings: SettingsSpec = Field(default_factory=SettingsSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    #: The policy file's `capping`, `ramp` and `dvfs` sections, with the same bounds.
+    settings: DecisionSettingsSection = Field(default_factory=DecisionSettingsSection)
     previous: PreviousSpec | None = None
 
 
@@ -175,24 +178,15 @@ def parse_snapshot(data: Any, *, source: str = "<snapshot>") -> Snapshot:
         topology=topology,
         fleet=fleet,
         tier=tier,
-        limits=_build(Limits, spec.limits, "limits", source),
-        settings=PolicySettings(
-            capping=_build(CappingSettings, spec.settings.capping, "settings.capping", source),
-            dvfs=_build(DvfsSettings, spec.settings.dvfs, "settings.dvfs", source),
+        limits=Limits(
+            site_limit_w=spec.limits.site_limit_w, site_target_w=spec.limits.site_target_w
         ),
+        settings=spec.settings.policy_settings(),
         state=state,
         now_s=spec.now_s,
         stale_rack=stale,
         sync_job=sync_job,
     )
-
-
-def _build(cls: type[T], values: dict[str, Any], field: str, source: str) -> T:
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        known = ", ".join(getattr(cls, "__dataclass_fields__", {}))
-        raise ConfigError(f"{exc}; known keys: {known}", file=source, field=field) from None
 
 
 def _topology(spec: TopologySpec, source: str) -> Topology:

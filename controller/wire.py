@@ -96,7 +96,9 @@ class Command:
     """Caps and clock ceilings for one rack, valid for `ttl_s` after `issued_at_s`.
 
     An agent that hears nothing newer before `issued_at_s + ttl_s` (by its own receive time plus
-    `ttl_s`, so clock skew cannot extend a command) falls back to its configured safe caps.
+    `ttl_s`, so clock skew cannot extend a command) falls back to its safe caps: `safe_cap_w`
+    from its last command when that carried them (per GPU, W; derived so that every rack on
+    them at once fits every limit), else its configured ones.
     """
 
     rack: str
@@ -105,6 +107,7 @@ class Command:
     ttl_s: float
     cap_w: FloatArray
     sm_clock_max_mhz: FloatArray
+    safe_cap_w: FloatArray | None = None
 
     @property
     def n_gpus(self) -> int:
@@ -322,18 +325,23 @@ def decode_telemetry(
 
 
 def encode_command(cmd: Command) -> bytes:
-    return orjson.dumps(
-        {
-            "v": PROTOCOL_VERSION,
-            "rack": cmd.rack,
-            "seq": cmd.seq,
-            "issued_at": cmd.issued_at_s,
-            "ttl_s": cmd.ttl_s,
-            "cap_w": np.round(cmd.cap_w, 1),
-            "sm_clock_max_mhz": np.round(cmd.sm_clock_max_mhz, 0),
-        },
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
+    body: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "rack": cmd.rack,
+        "seq": cmd.seq,
+        "issued_at": cmd.issued_at_s,
+        "ttl_s": cmd.ttl_s,
+        "cap_w": np.round(cmd.cap_w, 1),
+        "sm_clock_max_mhz": np.round(cmd.sm_clock_max_mhz, 0),
+    }
+    if cmd.safe_cap_w is not None:
+        body["safe_cap_w"] = _round_down(cmd.safe_cap_w)
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _round_down(safe_cap_w: FloatArray) -> FloatArray:
+    """Safe caps to 0.1 W, rounded down: rounding up could take them over the limit they fit."""
+    return np.floor(np.asarray(safe_cap_w, dtype=np.float64) * 10.0) / 10.0
 
 
 def encode_commands(
@@ -346,6 +354,7 @@ def encode_commands(
     sm_clock_max_mhz: FloatArray,
     starts: NDArray[np.int64],
     ends: NDArray[np.int64],
+    safe_cap_w: FloatArray | None = None,
 ) -> list[bytes]:
     """Many racks' commands at once, byte for byte what `encode_command` writes for each.
 
@@ -356,24 +365,25 @@ def encode_commands(
     """
     caps = np.round(cap_w, 1)
     clocks = np.round(sm_clock_max_mhz, 0)
+    safe = None if safe_cap_w is None else _round_down(safe_cap_w)
     option = orjson.OPT_SERIALIZE_NUMPY
-    return [
-        orjson.dumps(
-            {
-                "v": PROTOCOL_VERSION,
-                "rack": rack,
-                "seq": rack_seq,
-                "issued_at": issued_at_s,
-                "ttl_s": ttl_s,
-                "cap_w": caps[start:end],
-                "sm_clock_max_mhz": clocks[start:end],
-            },
-            option=option,
-        )
-        for rack, rack_seq, start, end in zip(
-            racks, seq.tolist(), starts.tolist(), ends.tolist(), strict=True
-        )
-    ]
+    out = []
+    for rack, rack_seq, start, end in zip(
+        racks, seq.tolist(), starts.tolist(), ends.tolist(), strict=True
+    ):
+        body: dict[str, Any] = {
+            "v": PROTOCOL_VERSION,
+            "rack": rack,
+            "seq": rack_seq,
+            "issued_at": issued_at_s,
+            "ttl_s": ttl_s,
+            "cap_w": caps[start:end],
+            "sm_clock_max_mhz": clocks[start:end],
+        }
+        if safe is not None:
+            body["safe_cap_w"] = safe[start:end]
+        out.append(orjson.dumps(body, option=option))
+    return out
 
 
 def decode_command(payload: bytes, *, rack: str | None = None) -> Command:
@@ -392,6 +402,11 @@ def decode_command(payload: bytes, *, rack: str | None = None) -> Command:
         clocks = _float_array(obj, "sm_clock_max_mhz", rack)
         if caps.size != clocks.size:
             raise TelemetryError("wrong_length", "cap_w and sm_clock_max_mhz differ", rack=rack)
+        safe = None if obj.get("safe_cap_w") is None else _float_array(obj, "safe_cap_w", rack)
+        if safe is not None:
+            if safe.size != caps.size:
+                raise TelemetryError("wrong_length", "safe_cap_w and cap_w differ", rack=rack)
+            _check_range("safe_cap_w", safe, 0.0, GPU_FIELD_RANGES["cap_w"][1], rack)
         _check_range("cap_w", caps, 0.0, GPU_FIELD_RANGES["cap_w"][1], rack)
         _check_range("sm_clock_max_mhz", clocks, 0.0, GPU_FIELD_RANGES["sm_clock_mhz"][1], rack)
         if not (np.isfinite(issued) and np.isfinite(ttl) and ttl > 0):
@@ -401,7 +416,13 @@ def decode_command(payload: bytes, *, rack: str | None = None) -> Command:
     except TelemetryError as exc:
         raise ProtocolError(f"bad command: {exc.message}", rack=rack) from None
     return Command(
-        rack=body_rack, seq=seq, issued_at_s=issued, ttl_s=ttl, cap_w=caps, sm_clock_max_mhz=clocks
+        rack=body_rack,
+        seq=seq,
+        issued_at_s=issued,
+        ttl_s=ttl,
+        cap_w=caps,
+        sm_clock_max_mhz=clocks,
+        safe_cap_w=safe,
     )
 
 
@@ -734,7 +755,7 @@ def encode_node_command(cmd: NodeCommand, *, node: str) -> bytes:
         "sm_clock_max_mhz": np.round(cmd.sm_clock_max_mhz, 0),
     }
     if cmd.safe_cap_w is not None:
-        body["safe_cap_w"] = np.round(cmd.safe_cap_w, 1)
+        body["safe_cap_w"] = _round_down(cmd.safe_cap_w)
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 

@@ -147,6 +147,10 @@ class RackAgents:
             log.warning("command rejected", rack=rack_id, error=str(exc))
             return False
         self.cluster.command(cmd.cap_w, cmd.sm_clock_max_mhz, rows)
+        if cmd.safe_cap_w is not None:  # the controller's, derived to fit with every rack on them
+            self._safe_w[rows] = np.clip(
+                cmd.safe_cap_w, topo.gpu_min_cap_w[rows], topo.gpu_max_cap_w[rows]
+            )
         self.last_issued_at[rack] = cmd.issued_at_s
         self.expires_at[rack] = time.monotonic() + cmd.ttl_s
         self.on_safe_cap[rack] = False

@@ -13,6 +13,7 @@ from pathlib import Path
 from agent.backend import GpuBackend
 from agent.config import AgentConfig, load_agent_config
 from agent.run import ClassSource
+from controller import extras
 from controller.logs import configure_logging
 
 
@@ -31,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def make_backend(config: AgentConfig) -> tuple[GpuBackend, ClassSource | None]:
     if config.backend == "nvml":
         from agent.nvml import NvmlBackend  # noqa: PLC0415 - only needed on GPU servers
+
+        extras.check("pynvml", "the agent's nvml backend")
+        if config.pods is not None:
+            extras.check("grpc", "pods: in the agent file (the kubelet's PodResources API)")
 
         backend = NvmlBackend(
             config.gpus, min_call_interval_s=config.min_call_interval_s, read_only=config.read_only

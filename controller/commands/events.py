@@ -1,7 +1,7 @@
 """`rheostat events`: the demand-response events in the store and where each one stands.
 
 Reads the SQLite event store the daemon writes (given directly with --store, or found through the
-policy file's `demand_response.store_path` with --config); it never writes, so it is safe to run
+policy file's `demand_response.store_path` with --policy); it never writes, so it is safe to run
 next to a live controller.
 """
 
@@ -18,8 +18,10 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from controller.commands._args import add_policy
+from controller.commands._text import table
 from controller.grid.config import DemandResponseSection
-from controller.grid.store import EventStore
+from controller.grid.store import EventStore, resolve_store_path
 from policies.dr import DrEvent
 from policies.errors import ConfigError
 
@@ -28,15 +30,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "events", help="list demand-response events and their status (table, or --json)"
     )
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", type=Path, help="the SQLite event store")
-    where.add_argument("--config", type=Path, help="a policy file with a demand_response section")
+    parser.add_argument("--store", type=Path, metavar="FILE", help="the SQLite event store")
+    add_policy(parser, "or: the policy file (its demand_response.store_path)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, parser=parser)
 
 
 def store_path_from_policy(path: Path) -> Path:
-    """The event store a policy file names, resolved against the file's directory."""
+    """The event store a policy file names (relative: under $STATE_DIRECTORY, else beside it)."""
     try:
         data = YAML(typ="safe").load(path.read_text())
     except (OSError, YAMLError) as exc:
@@ -50,8 +51,7 @@ def store_path_from_policy(path: Path) -> Path:
         first = exc.errors()[0]
         field = ".".join(["demand_response", *(str(p) for p in first["loc"])])
         raise ConfigError(first["msg"], file=str(path), field=field) from None
-    store = dr.store_path
-    return store if store.is_absolute() else path.parent / store
+    return resolve_store_path(dr.store_path, path.parent)
 
 
 def _iso(t_s: float | None) -> str | None:
@@ -84,23 +84,20 @@ def describe(event: DrEvent, note: str, now_s: float) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = args.store if args.store is not None else store_path_from_policy(args.config)
+    if (args.store is None) == (args.policy is None):
+        args.parser.error("give one of --store FILE or --policy FILE")
+    path = args.store if args.store is not None else store_path_from_policy(args.policy)
     if not path.exists():
         raise ConfigError("no event store here (the controller creates it)", file=str(path))
     now_s = time.time()
-    rows = [describe(e, note, now_s) for e, note in EventStore(path).all()]
+    rows = [describe(e, note, now_s) for e, note in EventStore(path, read_only=True).all()]
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return 0
     if not rows:
         print("no demand-response events")
         return 0
-    from rich.console import Console  # noqa: PLC0415 - only the table view needs rich
-    from rich.table import Table  # noqa: PLC0415
-
-    table = Table(title=f"demand-response events ({path})")
-    for column in ("event", "source", "status", "start (UTC)", "duration", "target", "note"):
-        table.add_column(column)
+    body = []
     for row in rows:
         if row["reduction_frac"] is not None:
             target = f"-{row['reduction_frac']:.0%}"
@@ -108,14 +105,18 @@ def run(args: argparse.Namespace) -> int:
             target = f"{row['limit_kw']:.1f} kW"
         if row["target_kw"] is not None and row["reduction_frac"] is not None:
             target += f" ({row['target_kw']:.1f} kW)"
-        table.add_row(
-            row["event_id"],
-            row["source"],
-            row["status"],
-            row["start"],
-            f"{row['duration_s'] / 60:.0f} min",
-            target,
-            row["note"],
+        body.append(
+            [
+                row["event_id"],
+                row["source"],
+                row["status"],
+                row["start"],
+                f"{row['duration_s'] / 60:.0f} min",
+                target,
+                row["note"],
+            ]
         )
-    Console(width=160).print(table)
+    print(f"demand-response events ({path})")
+    headers = ("event", "source", "status", "start (UTC)", "duration", "target", "note")
+    print(table(headers, body))
     return 0

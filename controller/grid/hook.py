@@ -19,11 +19,12 @@ import aiomqtt
 import numpy as np
 from numpy.typing import NDArray
 
+from controller import extras
 from controller.grid.config import DemandResponseSection
 from controller.grid.manager import DrTick, FlexInputs, GridEvents
 from controller.grid.mqtt import GridEventTopic
 from controller.grid.openadr import PriceSink, Ven
-from controller.grid.store import EventStore
+from controller.grid.store import EventStore, resolve_store_path
 from policies.decision import Decision, Limits
 from policies.topology import Topology
 
@@ -58,9 +59,9 @@ class GridHook:
         self.psu_efficiency = psu_efficiency
         #: Where OpenADR ELECTRICITY_PRICE forecasts go (the daemon's carbon hook), if anywhere.
         self.price_sink: PriceSink | None = None
-        store_path = section.store_path
-        if not store_path.is_absolute() and base_dir is not None:
-            store_path = base_dir / store_path
+        store_path = resolve_store_path(section.store_path, base_dir)
+        if section.openadr is not None:  # fail at start-up, not in the VEN's retry loop
+            extras.check("openleadr", "the OpenADR VEN (demand_response.openadr)")
         self.section = section
         self.clock = clock
         self.events = GridEvents(section=section, store=EventStore(store_path), tick_s=tick_s)

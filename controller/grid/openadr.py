@@ -27,8 +27,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Self
 
-from openleadr import OpenADRClient
-
+from controller import extras
 from controller.grid.config import DemandResponseSection, OpenAdrSection, OptType
 from controller.grid.manager import GridEvents
 from policies.dr import DrEvent, reduction_for_simple_level
@@ -143,7 +142,8 @@ class Ven:
         self.events = events
         self.clock = clock
         self.responses: dict[str, OptType] = {}
-        self.client = OpenADRClient(
+        openleadr = extras.require("openleadr", "the OpenADR VEN (demand_response.openadr)")
+        self.client = openleadr.OpenADRClient(
             ven_name=section.ven_name,
             vtn_url=section.vtn_url,
             ven_id=section.ven_id,

@@ -202,7 +202,7 @@ def test_metrics_and_signal_file(tmp_path: Path) -> None:
     text = generate_latest(registry).decode()
     assert 'rheostat_grid_signal{kind="carbon",site="lab"} 450.0' in text
     assert 'rheostat_flex_jobs{site="lab",state="shaped"} 1.0' in text
-    assert 'rheostat_flex_job_speed_ratio{job="sweep",kind="planned",site="lab"}' in text
+    assert 'rheostat_flex_job_speed_ratio{flex_job="sweep",kind="planned",site="lab"}' in text
     bad = tmp_path / "bad.csv"
     bad.write_text("unix_s,v\n2,1\n1,1\n")
     with pytest.raises(ConfigError, match="increase"):

@@ -109,7 +109,7 @@ def test_counters_per_tier_on_a_fresh_registry(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     registry.register(FacilityCollector(hook, clock=lambda: 5.0))
     text = generate_latest(registry).decode()
-    assert 'rheostat_emissions_kg_total{site="lab",tier="3"} 400.0' in text
+    assert 'rheostat_emissions_grams_total{site="lab",tier="3"} 400000.0' in text
     assert 'rheostat_energy_cost_total{site="lab",tier="0"} 50.0' in text
     assert 'rheostat_pue{site="lab"} 1.25' in text
     assert 'rheostat_facility_meter_age_seconds{site="lab"} 5.0' in text

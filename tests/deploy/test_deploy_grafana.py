@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
@@ -133,7 +134,7 @@ def test_dashboards_cover_what_operators_watch() -> None:
         "rheostat_it_budget_watts",
         "rheostat_pue",
         "rheostat_facility_meter_age_seconds",
-        "rheostat_emissions_kg_total",
+        "rheostat_emissions_grams_total",
         "rheostat_grid_signal",
         "rheostat_flex_job_speed_ratio",
     } <= facility
@@ -147,7 +148,8 @@ def test_provisioning_points_at_the_dashboards() -> None:
     assert datasources["apiVersion"] == 1
     (source,) = datasources["datasources"]
     assert source["type"] == "prometheus"
-    assert source["isDefault"] is True
+    # A second default datasource fails provisioning beside the site's own default.
+    assert source.get("isDefault", False) is False
     providers = yaml.load((GRAFANA / "provisioning/dashboards/rheostat.yml").read_text())
     (provider,) = providers["providers"]
     assert provider["type"] == "file"
@@ -180,3 +182,44 @@ def test_drill_down_links_reach_a_dashboard_and_its_variables() -> None:
         target = boards[match.group(1)]
         variables = {v["name"] for v in target["templating"]["list"]}
         assert set(re.findall(r"var-(\w+)=", match.group(2))) <= variables, url
+
+
+def _board(title: str) -> dict[str, Any]:
+    return load_dashboard(next(p for p in DASHBOARDS if load_dashboard(p)["title"] == title))
+
+
+def test_emissions_and_cost_panels_carry_their_units() -> None:
+    board = _board("Rheostat / Facility and carbon")
+    by_metric = {
+        name: panel
+        for panel in panels(board)
+        for target in panel["targets"]
+        for name in metric_names(target["expr"])
+    }
+    emissions = by_metric["rheostat_emissions_grams_total"]
+    assert emissions["fieldConfig"]["defaults"]["unit"] == "masskg"
+    assert "/ 1000" in emissions["targets"][0]["expr"]  # exported in grams, shown in kg
+    cost = by_metric["rheostat_energy_cost_total"]
+    # The currency is the policy's, read from the info series, not a fixed Grafana currency unit.
+    assert not cost["fieldConfig"]["defaults"]["unit"].startswith("currency")
+    assert "rheostat_energy_cost_info" in cost["targets"][0]["expr"]
+    assert "{{currency}}" in cost["targets"][0]["legendFormat"]
+    assert "$currency" in cost["title"] or "${currency}" in cost["title"]
+    for panel in panels(board):
+        for target in panel["targets"]:
+            if "rheostat_flex_job_" in target["expr"]:
+                # Prometheus renames an exposed `job` label; the series carry `flex_job`.
+                assert "{{job}}" not in target.get("legendFormat", ""), panel["title"]
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["Rheostat / Fleet overview", "Rheostat / Demand response", "Rheostat / Row and rack"],
+)
+def test_gpu_dashboards_link_the_dcgm_and_kepler_dashboards(title: str) -> None:
+    links = {link["title"]: link for link in _board(title)["links"]}
+    for name in ("DCGM", "Kepler"):
+        (link,) = [v for k, v in links.items() if name in k]
+        assert link["type"] == "link"
+        assert link["url"] == f"/dashboards?query={name}"  # Grafana's own dashboard search
+        assert link["keepTime"] is True

@@ -18,6 +18,7 @@ DR site makes both true, and a test asserts it is so, so no demand-response pane
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.dr_site import running_dr_site
 from tests.deploy.promql_sources import (
@@ -252,6 +254,29 @@ def test_promtool_accepts_the_metrics_output(live: Live, source: int) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""  # promtool prints lint findings, even at rc 0
+
+
+@pytest.mark.parametrize("source", [0, 1], ids=["demo", "dr-site"])
+def test_exposition_has_no_reserved_labels_and_only_finite_values(live: Live, source: int) -> None:
+    samples = [
+        sample
+        for family in text_string_to_metric_families(live.expositions[source])
+        for sample in family.samples
+    ]
+    assert len(samples) > 50
+    reserved = [s for s in samples if {"job", "instance"} & set(s.labels)]
+    assert reserved == []  # Prometheus would rename them exported_job, exported_instance
+    assert [s for s in samples if any(k.startswith("__") for k in s.labels)] == []
+    assert [s for s in samples if not math.isfinite(s.value)] == []
+
+
+def test_prometheus_stores_no_renamed_labels(live: Live) -> None:
+    for label in ("exported_job", "exported_instance"):
+        assert live.prometheus.query(f'count({{job="rheostat", {label}!=""}})') == []
+    # Headroom ratios exist for every row the controller reports, and none is NaN.
+    ratios = live.prometheus.query("site_row:rheostat_headroom_ratio")
+    assert ratios
+    assert all(math.isfinite(float(r["value"][1])) for r in ratios)
 
 
 def test_demand_response_series_are_scraped_during_the_event(live: Live) -> None:

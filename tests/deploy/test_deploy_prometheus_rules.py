@@ -20,7 +20,10 @@ from tests.services import require_binary
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*_test.yml"))
-SEVERITIES = {"page", "ticket"}
+#: The kube-prometheus convention most Alertmanager routing trees match on.
+SEVERITIES = {"critical", "warning"}
+RUNBOOK = PROMETHEUS_DIR.parents[1] / "docs" / "runbook.md"
+RUNBOOK_URL = "https://github.com/rheostat/rheostat/blob/main/docs/runbook.md"
 
 
 def load(path: Path) -> Any:
@@ -103,7 +106,30 @@ def test_every_recording_rule_is_asserted_on() -> None:
 def test_alerts_route_and_explain_themselves(rule: dict[str, Any]) -> None:
     assert rule["alert"].startswith("Rheostat")
     assert rule["labels"]["severity"] in SEVERITIES
-    assert {"summary", "description"} <= set(rule["annotations"])
+    assert {"summary", "description", "runbook_url"} <= set(rule["annotations"])
+
+
+def runbook_sections() -> dict[str, str]:
+    """The runbook's `## Heading` sections by GitHub anchor (heading in lower case)."""
+    sections: dict[str, str] = {}
+    for block in re.split(r"^## ", RUNBOOK.read_text(), flags=re.MULTILINE)[1:]:
+        heading, _, body = block.partition("\n")
+        sections[heading.strip().lower()] = body
+    return sections
+
+
+def test_every_alert_links_its_own_runbook_section_with_its_severity() -> None:
+    sections = runbook_sections()
+    alerts = rules("alert")
+    for rule in alerts:
+        url = rule["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page == RUNBOOK_URL, rule["alert"]
+        assert anchor == rule["alert"].lower(), rule["alert"]
+        assert anchor in sections, f"docs/runbook.md has no section for {rule['alert']}"
+        assert f"**Severity: {rule['labels']['severity']}.**" in sections[anchor], rule["alert"]
+    # No section for an alert that no longer exists.
+    assert set(sections) == {rule["alert"].lower() for rule in alerts}
 
 
 def test_scrape_config_names_the_job_rules_select() -> None:

@@ -147,7 +147,13 @@ async def test_controller_and_node_agents_close_the_loop_then_fail_safe(mosquitt
         assert not any(a.gate.fallback for a in agents)
         await wait_until(lambda: all(a.gate.fallback for a in agents), TTL_S + 2.0)
         assert time.monotonic() - stopped <= TTL_S + 0.5
-        await wait_until(lambda: bool(np.allclose(cluster.cap_w, 210.0)), 3.0)
+        # The commands carried the policy's safe caps (`safe_cap_w`): those, not the agents'
+        # configured 210 W, within each GPU's range and the wire's 0.1 W rounding down.
+        safe = np.floor(rt.policy.safe_cap_w * 10.0) / 10.0
+        assert not np.allclose(safe, 210.0)
+        expected = np.clip(safe, cluster.topology.gpu_min_cap_w, cluster.topology.gpu_max_cap_w)
+        expected[8:16] = np.minimum(expected[8:16], 600.0)  # server 1's reported range
+        await wait_until(lambda: bool(np.allclose(cluster.cap_w, expected, atol=1e-6)), 3.0)
     finally:
         stop.set()
         async with asyncio.timeout(10):
