@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from controller.carbon import CarbonSection
 from controller.facility import FacilitySection
 from controller.grid.config import DemandResponseSection
+from controller.ingest import TelemetrySection
 from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
 from policies.gpu_models import MODEL_CODE
 
@@ -234,6 +235,8 @@ class PolicyFile(_Section):
     mqtt: MqttSection = MqttSection()
     metrics: MetricsSection = MetricsSection()
     logging: LoggingSection = LoggingSection()
+    #: Bounds on network input: clock skew, workload classes, jobs.
+    telemetry: TelemetrySection = TelemetrySection()
     demand_response: DemandResponseSection | None = None
     #: The contract at the facility meter (cooling and losses included); None: IT power only.
     facility: FacilitySection | None = None

@@ -43,6 +43,8 @@ class SyncJobs:
 
     site: str
     topology: Topology
+    #: Most jobs held at once (the policy's `telemetry.max_jobs`); more are counted and dropped.
+    max_jobs: int = MAX_JOBS
     reports: dict[str, JobReport] = field(default_factory=dict)
     rejected: int = 0
     _rows: dict[str, NDArray[np.int64]] = field(default_factory=dict)
@@ -90,7 +92,7 @@ class SyncJobs:
         if not report.sync:
             self._drop(name)  # no longer (or never) synchronous
             return True
-        if old is None and len(self.reports) >= MAX_JOBS:
+        if old is None and len(self.reports) >= self.max_jobs:
             self.rejected += 1
             return True
         rows = self._resolve(report, skip=name)

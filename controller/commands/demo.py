@@ -269,7 +269,7 @@ async def _watch(
     while (elapsed := time.monotonic() - t0) < args.duration:
         tracker.sample(elapsed)
         if not args.json and (tty or elapsed >= next_line_s):
-            fresh = round(rt.fresh_share(time.time()) * rt.policy.topology.n_racks)
+            fresh = round(rt.fresh_share(controller.monotonic()) * rt.policy.topology.n_racks)
             line = (
                 f"[{elapsed:5.0f}/{args.duration:.0f} s] site "
                 f"{tracker.cluster.site_power_w / 1e3:8.1f} of {tracker.site_limit_w / 1e3:.1f} kW"
