@@ -67,6 +67,8 @@ PUBLISH_SLICE = 250
 #: change goes out over a few ticks (lowering racks first), and a rack whose caps just moved
 #: waits behind at most one batch, not behind a queue of every rack.
 COMMANDS_IN_FLIGHT = 1000
+
+
 def instance_id() -> str:
     """A new controller instance id (`ctl` on commands): unique per process start."""
     return f"c{os.getpid()}-{secrets.token_hex(6)}"

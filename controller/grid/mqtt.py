@@ -76,7 +76,12 @@ class GridEventTopic:
             body = {"event_id": parsed.event_id, "cancelled": known}
             event_id = parsed.event_id
         else:
-            opt, reason = self.grid.apply(parsed, now_s)
+            try:
+                opt, reason = self.grid.apply(parsed, now_s)
+            except ProtocolError as exc:  # the event table is full
+                self.rejected += 1
+                log.warning("grid event refused: %s", exc)
+                return True
             body = {"event_id": parsed.event_id, "opt": opt, "reason": reason}
             event_id = parsed.event_id
         self.responses.append((response_topic(self.site, event_id), orjson.dumps(body)))
