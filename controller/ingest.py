@@ -11,7 +11,8 @@ the last accepted one for its rack, or when it carries a boot id other than the 
 timestamp is newer than the last accepted message's by more than `restart_gap_s`.
 
 No message can lock a rack out: a message whose timestamp is further than `max_clock_skew_s` from
-the controller's wall clock is rejected (`clock_skew`) before it can move the sequence, and once a
+the site's time (the racks' median clock, seeded by the controller's wall clock) is rejected
+(`clock_skew`) before it can move the sequence, and once a
 rack has had no accepted message for `stale_after_s` (it is stale anyway) its next valid message is
 accepted whatever its `seq`, and the sequence re-bases on it. Freshness is judged by the receive
 time on `clock` (the daemon passes a monotonic clock), so no wall-clock step makes racks stale.
@@ -232,6 +233,37 @@ class Ingest:
         self._sizes = topology.rack_sizes()
         self._msg_ts_s = np.full(topology.n_racks, -np.inf)
         self._boot: list[str | None] = [None] * topology.n_racks
+        #: Per rack, its clock minus our receive clock (s) at its last accepted message, and at
+        #: its last message refused for skew; the site's time is their median.
+        self._offset_s = np.full(topology.n_racks, np.nan)
+        self._pending_offset_s = np.full(topology.n_racks, np.nan)
+        self._site_offset: tuple[float, float] | None = None  # (computed at, offset)
+        self._started_s = clock()
+
+    def _site_offset_s(self, now_s: float) -> float:
+        """The site's time minus the receive clock: what a message's `ts` is judged by. Units: s.
+
+        The median over racks of their clocks (as of their last accepted message), so neither an
+        agent whose clock runs ahead nor a step of the controller's own wall clock moves it; the
+        controller's wall clock only seeds it until racks report. Should nothing be accepted for a
+        stale period while over half the racks agree among themselves (the controller's clock is
+        the wrong one), their median is taken. Recomputed at most once a second.
+        """
+        cached = self._site_offset
+        if cached is not None and now_s - cached[0] < 1.0:
+            return cached[1]
+        known = self._offset_s[np.isfinite(self._offset_s)]
+        if known.size:
+            offset = float(np.median(known))
+        else:
+            pending = self._pending_offset_s[np.isfinite(self._pending_offset_s)]
+            quiet = now_s - self._started_s > self.stale_after_s
+            if quiet and pending.size * 2 > self._offset_s.size:
+                offset = float(np.median(pending))
+            else:
+                offset = self.wall_clock() - now_s
+        self._site_offset = (now_s, offset)
+        return offset
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Validate and apply one message; returns whether it was accepted. Never raises.
@@ -262,12 +294,14 @@ class Ingest:
         msg = wire.decode_telemetry(
             payload, rack=rack_id, expected_gpus=int(self._sizes[rack]), max_bytes=self.max_bytes
         )
-        wall_s = self.wall_clock()
-        if not abs(msg.ts_s - wall_s) <= self.max_clock_skew_s:
-            raise TelemetryError(
-                "clock_skew", f"ts {msg.ts_s:.3f} is {msg.ts_s - wall_s:+.1f} s off", rack=rack_id
-            )
         now_s = self.clock()
+        offset_s = msg.ts_s - now_s
+        skew_s = offset_s - self._site_offset_s(now_s)
+        if not abs(skew_s) <= self.max_clock_skew_s:
+            self._pending_offset_s[rack] = offset_s
+            raise TelemetryError(
+                "clock_skew", f"ts {msg.ts_s:.3f} is {skew_s:+.1f} s off site time", rack=rack_id
+            )
         fleet = self.fleet
         last_seq = int(fleet.rack_seq[rack])
         held_boot = self._boot[rack]
@@ -293,5 +327,6 @@ class Ingest:
         fleet.rack_last_seen_s[rack] = now_s
         fleet.rack_seq[rack] = msg.seq
         self._msg_ts_s[rack] = msg.ts_s
+        self._offset_s[rack] = offset_s
         self.agents.take(rack, msg, new_boot=new_boot)
         self._boot[rack] = msg.boot

@@ -110,6 +110,37 @@ def test_timestamps_beyond_the_skew_are_rejected_before_they_move_the_sequence(
     assert send(ingest, telemetry(11, clocks.wall_s, boot="b"))  # genuine traffic unaffected
 
 
+@pytest.mark.parametrize("step_s", [-600.0, 600.0])
+def test_a_step_of_the_controllers_wall_clock_rejects_no_rack(step_s: float) -> None:
+    clocks = Clocks()
+    ingest = make(clocks)
+    agent_wall_s = clocks.wall_s
+    assert send(ingest, telemetry(1, agent_wall_s, boot="b"))
+    clocks.wall_s += step_s  # the controller's clock steps; the agents' and monotonic time don't
+    for seq in range(2, 30):
+        clocks.mono_s += 0.1
+        agent_wall_s += 0.1
+        assert send(ingest, telemetry(seq, agent_wall_s, boot="b"))
+    assert ingest.counters.rejected["clock_skew"] == 0
+
+
+def test_racks_that_agree_win_over_a_controller_clock_that_was_wrong_from_the_start() -> None:
+    clocks = Clocks()
+    ingest = make(clocks)
+    agent_wall_s = clocks.wall_s + 600.0  # the controller started 600 s behind everyone
+    racks = TOPO.racks.ids
+    for k in range(80):  # 8 s at 10 Hz, from both racks
+        clocks.mono_s += 0.1
+        agent_wall_s += 0.1
+        for rack in racks:
+            payload = orjson.loads(telemetry(k + 1, agent_wall_s, boot="b")) | {"rack": rack}
+            ingest.handle(wire.telemetry_topic("t", rack), orjson.dumps(payload))
+    # Refused while the controller's clock was all there was, then taken after a stale period.
+    assert ingest.counters.rejected["clock_skew"] > 0
+    assert ingest.counters.accepted > 0
+    assert clocks.mono_s - ingest.fleet.rack_last_seen_s.min() < 0.2
+
+
 def test_a_poisoned_sequence_locks_a_rack_out_for_at_most_one_stale_period() -> None:
     clocks = Clocks()
     ingest = make(clocks)
