@@ -428,35 +428,11 @@ class Controller:
         rt = self.runtime
         attempt = 0
         connected_before = False
-        mq = rt.policy.config.mqtt
         while True:
             try:
                 async with self._make_client() as client:
-                    await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
-                    for topic in self.grid.topics if self.grid is not None else ():
-                        await client.subscribe(topic, qos=1)
-                    for topic in self.facility.topics if self.facility is not None else ():
-                        await client.subscribe(topic, qos=0)
-                    for topic in self.carbon.topics if self.carbon is not None else ():
-                        await client.subscribe(topic, qos=1)
-                    if self.carbon is None:  # the carbon hook subscribes to the jobs already
-                        for topic in self.jobs.topics:
-                            await client.subscribe(topic, qos=1)
-                    await self._publish_status(client, "online")
-                    queue = client._queue
-                    rt.queue = queue if isinstance(queue, ConflatingQueue) else None
-                    self._client = client
-                    rt.mqtt_connected = rt.subscribed = True
-                    if connected_before:
-                        rt.mqtt_reconnects += 1
-                    connected_before, attempt = True, 0
-                    log.info("connected", broker=f"{mq.host}:{mq.port}", protocol=mq.protocol)
-                    self._maybe_ready()
-                    async with self._send_lock:
-                        rt.book.invalidate(self.monotonic())
                     try:
-                        await self._send_due()  # republish current commands at once
-                        await self._receive(client)
+                        await self._session(client, first=not connected_before)
                     except aiomqtt.MqttError:
                         raise
                     except BaseException:
@@ -466,6 +442,10 @@ class Controller:
                             async with asyncio.timeout(rt.policy.config.mqtt.timeout_s):
                                 await self._publish_status(client, "offline")
                         raise
+                    finally:
+                        connected_before = connected_before or rt.mqtt_connected
+                        if rt.mqtt_connected:
+                            attempt = 0
             except aiomqtt.MqttError as exc:
                 log.warning("broker connection lost", error=str(exc), attempt=attempt + 1)
             finally:
@@ -477,6 +457,34 @@ class Controller:
                 self._unconfirmed = None
             attempt += 1
             await asyncio.sleep(wire.reconnect_delay_s(attempt))
+
+    async def _session(self, client: Client, *, first: bool) -> None:
+        """One broker connection: subscribe, say `online`, resend every command, then receive."""
+        rt = self.runtime
+        mq = rt.policy.config.mqtt
+        await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
+        for topic in self.grid.topics if self.grid is not None else ():
+            await client.subscribe(topic, qos=1)
+        for topic in self.facility.topics if self.facility is not None else ():
+            await client.subscribe(topic, qos=0)
+        for topic in self.carbon.topics if self.carbon is not None else ():
+            await client.subscribe(topic, qos=1)
+        if self.carbon is None:  # the carbon hook subscribes to the jobs already
+            for topic in self.jobs.topics:
+                await client.subscribe(topic, qos=1)
+        await self._publish_status(client, "online")
+        queue = client._queue
+        rt.queue = queue if isinstance(queue, ConflatingQueue) else None
+        self._client = client
+        rt.mqtt_connected = rt.subscribed = True
+        if not first:
+            rt.mqtt_reconnects += 1
+        log.info("connected", broker=f"{mq.host}:{mq.port}", protocol=mq.protocol)
+        self._maybe_ready()
+        async with self._send_lock:
+            rt.book.invalidate(self.monotonic())
+        await self._send_due()  # republish current commands at once
+        await self._receive(client)
 
     def _guarded(self, handle: Callable[[str, bytes], bool]) -> Callable[[str, bytes], bool]:
         """`handle` that never raises: one message's fault is logged, counted and dropped."""
