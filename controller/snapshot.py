@@ -30,6 +30,9 @@ from policies.topology import Level, Topology
 T = TypeVar("T")
 
 Watts = Annotated[float, Field(gt=0)]
+#: Indices into the snapshot's own arrays: bounded so a huge integer is a field error, not an
+#: OverflowError from numpy's int32.
+Index = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -40,7 +43,7 @@ class _Strict(BaseModel):
 class LevelSpec(_Strict):
     name: str
     ids: list[str] = Field(min_length=1)
-    parent: list[int] | None = None
+    parent: list[Index] | None = None
     #: null means no limit at this group.
     limit_w: list[Watts | None]
     derating: list[Annotated[float, Field(gt=0, le=1)]] | None = None
@@ -49,7 +52,7 @@ class LevelSpec(_Strict):
 
 class GpuSpec(_Strict):
     model: list[str]
-    server: list[int]
+    server: list[Index]
 
 
 class TopologySpec(_Strict):

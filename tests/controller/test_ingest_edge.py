@@ -259,3 +259,28 @@ def test_memory_stays_flat_under_a_flood_of_hostile_messages() -> None:
     assert after <= before * 1.10, (before, after)
     assert len(ingest.classes.names) <= 1025
     assert ingest.counters.rejected["internal_error"] == 0
+
+
+if __name__ == "__main__":
+    # The README's figure: `python -m tests.controller.test_ingest_edge 1000000` floods one
+    # ingest with that many hostile messages after the warm-up and prints RSS before and after.
+    import sys
+    import time
+
+    n_flood = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    flood_clocks = Clocks()
+    flooded = make(flood_clocks, ClassTable(max_classes=1024))
+    hostile_flood(flooded, flood_clocks, 20_000)
+    gc.collect()
+    rss_before = _rss_bytes()
+    started = time.perf_counter()
+    hostile_flood(flooded, flood_clocks, n_flood)
+    elapsed_s = time.perf_counter() - started
+    gc.collect()
+    rss_after = _rss_bytes()
+    print(
+        f"{n_flood} hostile messages in {elapsed_s:.1f} s: RSS {rss_before / 2**20:.1f} MiB -> "
+        f"{rss_after / 2**20:.1f} MiB ({(rss_after / rss_before - 1) * 100:+.1f} %); "
+        f"classes {len(flooded.classes.names)}, overflow {flooded.classes.overflow}, "
+        f"rejected {sum(flooded.counters.rejected.values())}"
+    )
