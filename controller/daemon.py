@@ -259,7 +259,10 @@ class Controller:
             site=policy.site,
             topology=policy.topology,
             max_jobs=policy.config.telemetry.max_jobs,
+            rejections=self.rejections,
         )
+        if self.grid is not None:
+            self.grid.topic.rejections = self.rejections
         if (
             self.grid is not None
             and self.carbon is not None
@@ -494,8 +497,11 @@ class Controller:
         def guarded(topic: str, payload: bytes) -> bool:
             try:
                 return handle(topic, payload)
-            except Exception as exc:  # the loop must go on whatever one message does
-                rejections.count(MessageRejections.kind_of(topic, site_prefix), exc)
+            except Exception:  # the loop must go on whatever one message does
+                kind = MessageRejections.kind_of(topic, site_prefix)
+                rejections.counts[kind, "internal_error"] = (
+                    rejections.counts.get((kind, "internal_error"), 0) + 1
+                )
                 log.exception("message could not be handled; dropped", topic=topic[:200])
                 return False
 

@@ -1,8 +1,9 @@
 """Metrics of the network edge: what was refused, and what the agents say about our commands.
 
-- `rheostat_messages_rejected_total{site,kind,reason}`: messages whose handling raised (a fault,
-  not a bad message: those are counted by their own decoders), so a crash-inducing input shows up
-  as a rising counter while the loop goes on.
+- `rheostat_messages_rejected_total{site,kind,reason}`: refused messages beside telemetry (grid
+  events and job reports by their decoders' reasons) and, as `internal_error`, any message of any
+  kind whose handling raised: a crash-inducing input shows up as a rising counter while the loop
+  goes on.
 - `rheostat_agent_command_rejections_total{site,reason}`: commands the rack agents refused, from
   the cumulative counts their telemetry carries (`wire.COMMAND_REJECT_REASONS`). Rising
   `stale_epoch`/`stale_seq` means agents are ignoring this controller.
@@ -41,7 +42,7 @@ class EdgeCollector(Collector):
         site = rt.policy.site
         rejected = CounterMetricFamily(
             "rheostat_messages_rejected",
-            "Messages whose handling failed, by topic family and reason; the loop went on.",
+            "Messages refused (or whose handling failed: internal_error), by kind and reason.",
             labels=["site", "kind", "reason"],
         )
         for (kind, reason), count in sorted(self.rejections.counts.items()):

@@ -62,12 +62,12 @@ def safe_int(obj: dict[str, Any], key: str, what: str, lo: int = 0, hi: int = 2*
 
 @dataclass(eq=False)
 class MessageRejections:
-    """Messages whose handling raised an unexpected exception, by kind (topic family) and reason.
+    """Refused messages beside telemetry, by kind (topic family) and reason.
 
-    The daemon's receive loop catches every exception one message causes, counts it here and
-    goes on. Both labels come from fixed sets (`KINDS`, and the exception's `reason` when it is
-    one of Rheostat's typed rejections, else `internal_error`), so the table stays small
-    whatever the messages say.
+    Decoders that refuse a message count it here with their typed reason (grid events, job
+    reports), and the daemon's receive loop counts any exception one message causes as
+    `internal_error` (a fault) before going on. Both labels come from fixed sets (`KINDS`,
+    `REASONS`), so the table stays small whatever the messages say.
     """
 
     KINDS: ClassVar[tuple[str, ...]] = (

@@ -33,6 +33,10 @@ from policies.dr import DrEvent, reduction_for_simple_level
 from policies.errors import PolicyError, ProtocolError
 
 MAX_MESSAGE_BYTES = 16 * 1024
+#: pydantic error types that mean "a number outside its range" (counted as `out_of_range`).
+_RANGE_ERRORS = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+)
 
 
 class EventMessage(BaseModel):
@@ -109,7 +113,8 @@ def parse_event_message(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise ProtocolError(f"grid event: {where}: {first['msg']}") from None
+        reason = "out_of_range" if first["type"] in _RANGE_ERRORS else "malformed"
+        raise ProtocolError(f"grid event: {where}: {first['msg']}", reason=reason) from None
     except (ValueError, PolicyError) as exc:
         raise ProtocolError(f"grid event: {exc}") from None
 
