@@ -254,7 +254,7 @@ def is_safe_int(value: object) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= MAX_SAFE_INT
 
 
-def is_id(value: object) -> bool:
+def is_id(value: object) -> TypeGuard[str]:
     """A boot or controller instance id: 1-64 characters of `[A-Za-z0-9._:-]`."""
     return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
 
@@ -545,8 +545,8 @@ def decode_command(
             raise TelemetryError("malformed", "rack must be a rack id", rack=rack)
         if rack is not None and body_rack != rack:
             raise ProtocolError(f"command for rack {body_rack!r}", rack=rack, reason="wrong_rack")
-        epoch = _safe_int(obj, "epoch", rack) if "epoch" in obj else 0
-        ctl = obj.get("ctl", "rheostat")
+        epoch = _safe_int(obj, "epoch", rack)
+        ctl = obj.get("ctl")
         if not is_id(ctl):
             raise TelemetryError(
                 "malformed", "ctl must be 1-64 chars of [A-Za-z0-9._:-]", rack=rack

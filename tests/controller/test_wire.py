@@ -145,6 +145,8 @@ def test_command_round_trip(caps: list[float], seq: int, ttl: float, epoch: int)
         {"seq": 2**63},
         {"epoch": -1},
         {"ctl": ""},
+        {"ctl": None},
+        {"epoch": None},
         {"ctl": "a b"},
         {"v": 0},
     ],
