@@ -173,6 +173,8 @@ class AgentReports:
     fallback: NDArray[np.bool_]
     rejected_last: NDArray[np.int64]
     rejected_total: NDArray[np.float64]
+    #: Racks whose last message reported any refusal (the rest hold zeros in `rejected_last`).
+    reported: NDArray[np.bool_]
 
     @classmethod
     def empty(cls, n_racks: int) -> AgentReports:
@@ -183,12 +185,19 @@ class AgentReports:
             fallback=np.zeros(n_racks, dtype=np.bool_),
             rejected_last=np.zeros((n_racks, n_reasons), dtype=np.int64),
             rejected_total=np.zeros(n_reasons),
+            reported=np.zeros(n_racks, dtype=np.bool_),
         )
 
     def take(self, rack: int, msg: wire.Telemetry, *, new_boot: bool) -> None:
         self.cmd_epoch[rack] = -1 if msg.cmd_epoch is None else msg.cmd_epoch
         self.cmd_seq[rack] = -1 if msg.cmd_seq is None else msg.cmd_seq
         self.fallback[rack] = msg.fallback
+        if not msg.cmd_rejected:  # the common case: nothing refused since the agent booted
+            if self.reported[rack]:
+                self.rejected_last[rack] = 0
+                self.reported[rack] = False
+            return
+        self.reported[rack] = True
         counts = np.zeros(len(wire.COMMAND_REJECT_REASONS), dtype=np.int64)
         for reason, count in msg.cmd_rejected.items():
             counts[_REJECT_INDEX[reason]] = count
