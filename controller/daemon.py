@@ -1,7 +1,7 @@
 """The controller daemon: MQTT ingest, the control tick, expiring commands, reloads, shutdown.
 
 Two loops run as named tasks in one `asyncio.TaskGroup`:
-- `mqtt`: connects (jittered backoff on failure, at most `RECONNECT_MAX_S`, well inside any
+- `mqtt`: connects (jittered backoff on failure, at most `wire.RECONNECT_MAX_S`, well inside any
   command TTL), subscribes, publishes the retained `online` status, republishes current commands
   after a reconnect, and feeds telemetry to `Ingest` through a conflating queue, draining it in
   batches so a burst costs one wake-up, not one per message. An exception while handling one
@@ -17,7 +17,7 @@ non-zero (systemd restarts it); a killed process leaves `offline` through its la
 Clocks: `clock` (Unix s) stamps what carries wall time (grid events, status, `issued_at`);
 `monotonic` orders everything else (telemetry freshness, command refresh, the decision's rates),
 so a step of the wall clock neither stops commands nor makes racks stale. Commands are ordered
-for agents by (epoch, controller instance id, seq), with `seq` counting from 0 per instance.
+for agents by (epoch, controller instance id, seq), with `seq` counting from 1 per instance.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class Controller:
         self.instance = instance_id()
         #: The leader's term; 0 while the daemon runs without HA.
         self.epoch = 0
-        #: Messages whose handling raised (a fault, not a bad message), by kind and reason.
+        #: Refused messages beside telemetry, and any whose handling raised, by kind and reason.
         self.rejections = MessageRejections()
         self.notifier: Notifier = notifier or _NoNotifier()
         self.runtime = build_runtime(policy, clock=clock, version=version, monotonic=monotonic)

@@ -6,10 +6,12 @@ Topics (QoS in brackets):
   rheostat/v1/<site>/controller/status     controller, retained; its MQTT last will is `offline`
 
 The simulator's agents and the daemon both use this module, so the two sides cannot drift apart.
-Decoding validates everything a rack could get wrong (shape, finiteness, physical ranges) and
-raises `TelemetryError` with the reason the daemon counts it under; callers never see a half-valid
-message. Per-GPU values travel as JSON arrays and land as numpy arrays, never as Python lists
-walked one GPU at a time.
+Decoding validates everything a sender could get wrong (shape, finiteness, physical ranges, safe
+integers, bounded strings) and raises `TelemetryError` (or `ProtocolError` for commands and
+status) with the reason it is counted under; callers never see a half-valid message. Per-GPU
+values travel as JSON arrays and land as numpy arrays, never as Python lists walked one GPU at a
+time. Order comes from counters, never from clocks: telemetry carries the agent's boot id and a
+sequence, commands carry (epoch, controller instance, seq) and agents apply `accept_command`.
 """
 
 from __future__ import annotations
