@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -237,6 +238,31 @@ async def test_hostile_integers_keep_the_daemon_running_retained_too(
             await all_fresh_after(agents, 20.0)
             assert daemon.alive(), daemon.log()
         await attacker.publish(wire.telemetry_topic(SITE, "r00000"), b"", qos=1, retain=True)
+
+
+async def test_sequence_poisoning_locks_a_rack_out_for_at_most_one_stale_period(
+    mosquitto: Mosquitto, daemon: Daemon
+) -> None:
+    daemon.start()
+    async with (
+        agents_up(cluster_for_test(), mosquitto.port) as agents,
+        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="attacker") as attacker,
+    ):
+        await all_fresh_after(agents, 20.0)
+        genuine = wire.decode_telemetry(wire.encode_telemetry(agents.telemetry(0)))
+        far = dataclasses.replace(genuine, seq=genuine.seq + 10**6, ts_s=time.time() + 365 * 86400)
+        await attacker.publish(wire.telemetry_topic(SITE, "r00000"), wire.encode_telemetry(far))
+        await metric_at_least(daemon, 'rheostat_telemetry_rejected_total{reason="clock_skew"}', 1)
+        # Inside the skew window the forged sequence is taken; the genuine agent is then refused
+        # until the rack has been quiet for one stale period (1 s here), and re-based.
+        near = dataclasses.replace(genuine, seq=genuine.seq + 10**6, ts_s=time.time())
+        await attacker.publish(wire.telemetry_topic(SITE, "r00000"), wire.encode_telemetry(near))
+        forged_at = time.monotonic()
+        await metric_at_least(daemon, f'rheostat_telemetry_rebased_total{{site="{SITE}"}}', 1)
+        report("sequence poisoning: rack re-based after", time.monotonic() - forged_at, "s")
+        assert time.monotonic() - forged_at <= 1.0 + 1.5  # stale period, a period and scrapes
+        await all_fresh_after(agents)
+        assert not agents.on_safe_cap.any()
 
 
 async def test_kill_9_then_restart_safe_caps_at_ttl_and_new_commands_accepted(
