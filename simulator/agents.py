@@ -179,7 +179,10 @@ class RackAgents:
                 )
         except ProtocolError as exc:
             self.counters.commands_rejected[rack] += 1
-            self.rejected[rack, wire.COMMAND_REJECT_REASONS.index(exc.reason)] += 1
+            reasons = wire.COMMAND_REJECT_REASONS
+            self.rejected[
+                rack, reasons.index(exc.reason if exc.reason in reasons else "malformed")
+            ] += 1
             log.warning("command rejected", rack=rack_id, reason=exc.reason, error=str(exc))
             return False
         self.cluster.command(cmd.cap_w, cmd.sm_clock_max_mhz, rows)
