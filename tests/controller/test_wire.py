@@ -247,3 +247,11 @@ def test_batch_command_encoding_matches_single_encoding_byte_for_byte() -> None:
         )
         assert batch[i] == wire.encode_command(single)
         assert wire.decode_command(batch[i], rack=rack).seq == seqs[i]
+
+
+def test_reconnect_backoff_is_jittered_and_capped_well_inside_a_ttl() -> None:
+    delays = [wire.reconnect_delay_s(attempt) for attempt in range(1, 200) for _ in range(5)]
+    assert min(delays) >= wire.RECONNECT_FIRST_S / 2
+    assert max(delays) <= wire.RECONNECT_MAX_S
+    assert len(set(delays)) > 100  # jittered: racks do not reconnect in lockstep
+    assert wire.reconnect_delay_s(1) <= wire.RECONNECT_FIRST_S
