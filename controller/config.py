@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from controller.carbon import CarbonSection
 from controller.facility import FacilitySection
 from controller.grid.config import DemandResponseSection
+from controller.ingest import TelemetrySection
 from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
 from policies.gpu_models import MODEL_CODE
 
@@ -396,6 +397,8 @@ class PolicyFile(_Section):
     """The Prometheus and health endpoint."""
     logging: LoggingSection = LoggingSection()
     """Log format and level."""
+    telemetry: TelemetrySection = TelemetrySection()
+    """Bounds on network input: clock skew, workload classes, jobs."""
     demand_response: DemandResponseSection | None = None
     """Demand response: grid events over MQTT, OpenADR or in this file; unset: none."""
     #: The contract at the facility meter (cooling and losses included); None: IT power only.

@@ -24,11 +24,12 @@ from policies.gpu_models import MODEL_CODE
 from policies.topology import Level, Topology
 
 Watts = Annotated[float, Field(gt=0)]
+#: Indices into the snapshot's own arrays: bounded so a huge integer is a field error, not an
+#: OverflowError from numpy's int32.
+Index = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 #: Per-GPU power and caps within what the wire accepts from a rack.
 GpuWatts = Annotated[float, Field(ge=0, le=GPU_FIELD_RANGES["cap_w"][1])]
-#: Indexes into the topology's arrays (int32 there).
-Index = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class _Strict(BaseModel):
