@@ -146,7 +146,8 @@ def test_the_password_secret_is_mounted_where_the_controller_reads_it(
     pod_spec = k8s_objects()["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod_spec["containers"]
     volumes = {v["name"]: v for v in pod_spec["volumes"]}
-    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(KUBERNETES_SECRETS_DIR)]
+    secrets_dir = str(KUBERNETES_SECRETS_DIR)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == secrets_dir]
     assert mount["readOnly"] is True
     secret = volumes[mount["name"]]["secret"]
     assert secret["secretName"] == "rheostat-mqtt"
