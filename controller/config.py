@@ -221,8 +221,11 @@ class DecisionSettingsSection(_Section):
     """
 
     capping: CappingSection = CappingSection()
+    """How power caps move (the policy file's `capping`)."""
     ramp: RampSection = RampSection()
+    """Limits on how fast the allowed site power moves (the policy file's `ramp`)."""
     dvfs: DvfsSection = DvfsSection()
+    """SM-clock ceilings (the policy file's `dvfs`)."""
 
     def policy_settings(self) -> PolicySettings:
         """The decision core's settings (`policies.decision.PolicySettings`)."""
