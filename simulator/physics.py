@@ -10,8 +10,10 @@ clock as a fraction x = f / f_max:
 dynamic power goes as f * V^2 ~ x^3; below it the voltage sits at its floor and power goes as x.
 This two-piece curve is what makes measured power-limit sweeps flat near the top and steep below
 half of TDP; a single power law cannot match both ends. Knee and alpha were fitted to the Zeus
-NSDI'23 sweeps (A40, V100: `simulator/data/zeus-nsdi23`), and `tests/simulator/test_sim_zeus.py`
-holds the fit within 5 percentage points of the measured throughput.
+NSDI'23 sweeps (A40, V100: `simulator/data/zeus-nsdi23`). `activity` is per job, set from what
+the job draws uncapped (`activity_for_draw`); `tests/simulator/test_sim_zeus.py` and
+`rheostat bench calibration` run this module's `step_gpus` against the sweeps, and
+`simulator/data/CALIBRATION.md` gives the figures, the sources and what the form misses.
 
 The GPU's own power limiter (the firmware loop behind `nvmlDeviceSetPowerManagementLimit`) lowers
 the clock until power fits the cap, settling with a time constant; a clock ceiling
@@ -43,6 +45,21 @@ MAX_CLOCK_MHZ = model_table("max_sm_clock_mhz")
 MIN_CLOCK_MHZ = model_table("min_sm_clock_mhz")
 SLOWDOWN_C = model_table("slowdown_temp_c")
 SHUTDOWN_C = model_table("shutdown_temp_c")
+
+
+def activity_for_draw(draw_frac: FloatArray, model: NDArray[np.int8]) -> FloatArray:
+    """The activity at which a GPU uncapped at its top clock draws `draw_frac` of its max cap.
+
+    What a workload draws uncapped is what one can measure (`nvidia-smi`, the Zeus sweeps' top
+    limit); the model needs the share of the dynamic range above idle it fills:
+    (draw_frac * peak_w - idle_w) / (peak_w - idle_w), clipped to [0, 1]. A workload that draws
+    less uncapped meets a given cap at a higher clock, which is most of why measured
+    power-limit sweeps differ between workloads (simulator/data/CALIBRATION.md).
+    """
+    peak = PEAK_W[model]
+    idle = IDLE_W[model]
+    result: FloatArray = np.clip((draw_frac * peak - idle) / (peak - idle), 0.0, 1.0)
+    return result
 
 
 def dynamic_fraction(x: FloatArray, knee: float = VOLTAGE_KNEE) -> FloatArray:
