@@ -25,7 +25,7 @@ the clock until power fits the cap, settling with a time constant; a clock ceili
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -148,7 +148,12 @@ class GpuState:
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class GpuConsts:
-    """Per-GPU constants gathered once from the model table (fancy indexing out of the hot path)."""
+    """Per-GPU constants gathered once from the model table (fancy indexing out of the hot path).
+
+    `knee` and `static_frac` are per GPU; `curve_knee` is the knee as `step_gpus` uses it (a
+    scalar when every GPU shares one, which keeps the hot path as cheap as a single model's) and
+    `any_static` says whether any GPU has a static share (none of the fleet's models does).
+    """
 
     idle_w: FloatArray
     span_w: FloatArray
@@ -158,6 +163,14 @@ class GpuConsts:
     min_clock_frac: FloatArray
     slowdown_c: FloatArray
     throttle_span_c: FloatArray
+    curve_knee: float | FloatArray = field(init=False)
+    any_static: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        uniform = self.knee.size > 0 and bool(np.all(self.knee == self.knee[0]))
+        knee = float(self.knee[0]) if uniform else self.knee
+        object.__setattr__(self, "curve_knee", knee if uniform else self.knee)
+        object.__setattr__(self, "any_static", bool(np.any(self.static_frac > 0.0)))
 
     @classmethod
     def for_models(cls, model: NDArray[np.int8]) -> GpuConsts:
@@ -208,17 +221,19 @@ def step_gpus(
     `activity` in [0, 1] scales dynamic power (0 = idle); `powered` is False for GPUs whose rack
     breaker has tripped. `speed` comes out as the fraction of the work rate at the top clock.
     """
-    # Power a busy GPU draws at any clock (idle plus its static share), and the clock-scaled rest.
+    # Clock at which the GPU would draw exactly its cap; the limiter moves toward it. A busy GPU
+    # draws its static share (a part of what its activity fills) at any clock; the rest scales.
     active_span = consts.span_w * np.maximum(activity, 1e-6)
-    static_w = active_span * consts.static_frac
-    dynamic_w = active_span - static_w
-    # Clock at which the GPU would draw exactly its cap; the limiter moves toward it.
-    budget = (cap_w - consts.idle_w - static_w) / dynamic_w
+    if consts.any_static:
+        static_w = active_span * consts.static_frac
+        budget = (cap_w - consts.idle_w - static_w) / (active_span - static_w)
+    else:
+        budget = (cap_w - consts.idle_w) / active_span
     # `clock_for_dynamic` without its guards: on the cube-root branch above the knee the linear
     # branch is larger and below it smaller, so the minimum picks the right one (the clip that
     # follows handles budgets outside [0, 1]).
-    knee = consts.knee
-    target = np.minimum(np.cbrt(budget), budget / (knee * knee))
+    knee = consts.curve_knee
+    target = np.minimum(np.cbrt(budget), budget * (1.0 / (knee * knee)))
     target = np.clip(target, consts.min_clock_frac, 1.0)
     # Thermal slowdown: the clock falls linearly from the slowdown to the shutdown temperature.
     # Skipped (a single reduction) while every GPU is below its slowdown point, as is typical.
@@ -230,10 +245,10 @@ def step_gpus(
     # A clock ceiling is obeyed immediately, without the limiter's settle.
     clock = np.minimum(clock, clock_ceiling_mhz / consts.max_clock_mhz)
     state.clock_frac = clock
-    g = clock * np.maximum(knee, clock) ** 2
-    power = consts.idle_w + consts.span_w * activity * (
-        consts.static_frac + (1.0 - consts.static_frac) * g
-    )
+    shape = dynamic_fraction(clock, knee)
+    if consts.any_static:
+        shape = consts.static_frac + (1.0 - consts.static_frac) * shape
+    power = consts.idle_w + consts.span_w * activity * shape
     if not powered.all():
         power *= powered
     state.power_w = power
