@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from policies.errors import TopologyError
 from policies.gpu_models import GPU_MODELS, GpuModel
 
 
@@ -41,11 +42,9 @@ class PowerModel:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.idle_w < self.min_cap_w <= self.tdp_w:
-            msg = f"{self.name}: need 0 < idle < min cap <= TDP"
-            raise ValueError(msg)
+            raise TopologyError("need 0 < idle < min cap <= TDP", field=self.name)
         if not 0.0 < self.voltage_knee <= 1.0 or not 0.0 <= self.static_active_frac < 1.0:
-            msg = f"{self.name}: knee in (0, 1], static share in [0, 1)"
-            raise ValueError(msg)
+            raise TopologyError("knee must lie in (0, 1], static share in [0, 1)", field=self.name)
 
     @classmethod
     def of(cls, model: GpuModel, *, voltage_knee: float, static_active_frac: float) -> PowerModel:

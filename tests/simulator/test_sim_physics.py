@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from policies.errors import TopologyError
 from simulator.breakers import MAGNETIC_LOAD, Breakers, trip_time_s
 from simulator.gpu_power import A40, V100
 from simulator.physics import (
@@ -205,3 +206,10 @@ def test_gpus_of_different_knees_step_together_as_each_alone() -> None:
     together = _settle_consts(mixed, caps, 0.9)
     np.testing.assert_allclose(together.clock_frac, [s.clock_frac[0] for s in alone])
     np.testing.assert_allclose(together.power_w, [s.power_w[0] for s in alone])
+
+
+def test_a_power_model_out_of_range_is_refused() -> None:
+    with pytest.raises(TopologyError, match="idle"):
+        replace(A40, idle_w=120.0)
+    with pytest.raises(TopologyError, match="knee"):
+        replace(V100, static_active_frac=1.0)
