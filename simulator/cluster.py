@@ -143,10 +143,7 @@ class SimCluster:
             powered=self.powered,
             dt_s=self.tick_s,
         )
-        # SM activity as telemetry reports it: the share of its dynamic range a GPU fills at the
-        # top clock, the `activity` of the physics (and of the policy's own power model, so its
-        # full-clock estimate idle + span * util is what the GPU draws uncapped, for every job).
-        job_util = np.minimum(job_activity, 1.0)
+        job_util = np.minimum(job_activity / 0.97, 1.0)
         self.util = job_util[gpu_job] * self.powered if dark else job_util[gpu_job]
         self.mem_util = job_mem[gpu_job] * self.powered if dark else job_mem[gpu_job]
         clock = self.gpu.clock_frac * self.powered if dark else self.gpu.clock_frac

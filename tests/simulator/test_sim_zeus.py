@@ -283,29 +283,3 @@ def test_bench_prints_every_row_as_json_and_as_a_table(capsys: pytest.CaptureFix
     assert main(["bench", "calibration"]) == 0
     table = capsys.readouterr().out
     assert f"Rows missing a target: {len(KNOWN_MISSES)} of {len(targets)}." in table
-
-
-def test_reported_utilisation_is_the_jobs_own_activity() -> None:
-    """Telemetry's `util` is the share of the dynamic range a GPU fills at the top clock, so the
-    policy's full-clock estimate (idle + span * util) is what each job draws uncapped, whatever
-    its profile (not rescaled to the LLM's activity)."""
-    sc = _scenario(
-        [
-            {"kind": "training", "name": "llm", "gpus": 32, "comm_frac": 0.0},
-            {
-                "kind": "training",
-                "name": "cnn",
-                "gpus": 32,
-                "comm_frac": 0.0,
-                "profile": "small-cnn",
-            },
-        ]
-    )
-    cluster = build_cluster(sc)
-    for _ in range(5):
-        cluster.step()
-    llm, cnn = cluster.workloads.training
-    np.testing.assert_allclose(cluster.util[:32], llm.compute_activity)
-    np.testing.assert_allclose(cluster.util[32:], cnn.compute_activity)
-    full_w = IDLE_W[0] + (PEAK_W[0] - IDLE_W[0]) * cluster.util
-    np.testing.assert_allclose(cluster.gpu.power_w, full_w, rtol=1e-9)
