@@ -27,9 +27,11 @@ from policies.topology import Topology
 class CommandBook:
     """Remembers what each rack was last sent, and builds the commands that are due.
 
-    Units: W, MHz, s. `issued_at_s` is wall-clock time (it travels on the wire); `sent_at_s`
-    records when each rack was last commanded. `seq_base` seeds the per-rack sequence (the daemon
-    uses the start time in ms) so a restarted controller's commands still count upwards.
+    Units: W, MHz, s. `now_s` is the caller's monotonic clock (`sent_at_s` records when each
+    rack was last commanded); `issued_at_s` is wall-clock time, informational on the wire.
+    Commands carry `epoch` (the leader's term) and `ctl` (this controller instance's id): agents
+    accept a new instance's sequence from its start, so `seq` counts from `seq_base` (0) per
+    instance and never comes from a clock.
     `safe_cap_w` (per GPU, W; None: commands carry none) goes out in every command.
     """
 
@@ -58,6 +60,8 @@ class CommandBook:
         self._sizes = np.diff(topology.rack_offsets)
         self._nonempty = self._sizes > 0
         self.sent_total = 0
+        self.epoch = 0
+        self.ctl = "rheostat"
 
     def configure(
         self,
@@ -143,9 +147,17 @@ class CommandBook:
         return racks
 
     def build(
-        self, decision: Decision, racks: NDArray[np.int64], *, now_s: float
+        self,
+        decision: Decision,
+        racks: NDArray[np.int64],
+        *,
+        now_s: float,
+        issued_at_s: float | None = None,
     ) -> list[tuple[str, bytes]]:
-        """(rack id, encoded command) for each rack, and record them as sent."""
+        """(rack id, encoded command) for each rack, and record them as sent at `now_s`.
+
+        `issued_at_s` (Unix s, default `now_s`) is what the commands say they were issued at.
+        """
         ids = self.topology.racks.ids
         offsets = self.topology.rack_offsets
         self.seq[racks] += 1
@@ -153,13 +165,15 @@ class CommandBook:
         payloads = wire.encode_commands(
             names,
             seq=self.seq[racks],
-            issued_at_s=now_s,
+            issued_at_s=now_s if issued_at_s is None else issued_at_s,
             ttl_s=self.ttl_s,
             cap_w=decision.cap_w,
             sm_clock_max_mhz=decision.sm_clock_max_mhz,
             starts=offsets[racks],
             ends=offsets[racks + 1],
             safe_cap_w=self.safe_cap_w,
+            epoch=self.epoch,
+            ctl=self.ctl,
         )
         out = list(zip(names, payloads, strict=True))
         sent_rack = np.zeros(self.topology.n_racks, dtype=np.bool_)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from controller.carbon import CarbonSection
 from controller.facility import FacilitySection
 from controller.grid.config import DemandResponseSection
+from controller.ingest import TelemetrySection
 from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
 from policies.errors import TopologyError
 from policies.gpu_models import MODEL_CODE, GpuModel, match_model, register_model
@@ -256,8 +257,11 @@ class DecisionSettingsSection(_Section):
     """
 
     capping: CappingSection = CappingSection()
+    """How power caps move (the policy file's `capping`)."""
     ramp: RampSection = RampSection()
+    """Limits on how fast the allowed site power moves (the policy file's `ramp`)."""
     dvfs: DvfsSection = DvfsSection()
+    """SM-clock ceilings (the policy file's `dvfs`)."""
 
     def policy_settings(self) -> PolicySettings:
         """The decision core's settings (`policies.decision.PolicySettings`)."""
@@ -434,6 +438,8 @@ class PolicyFile(_Section):
     """The Prometheus and health endpoint."""
     logging: LoggingSection = LoggingSection()
     """Log format and level."""
+    telemetry: TelemetrySection = TelemetrySection()
+    """Bounds on network input: clock skew, workload classes, jobs."""
     demand_response: DemandResponseSection | None = None
     """Demand response: grid events over MQTT, OpenADR or in this file; unset: none."""
     #: The contract at the facility meter (cooling and losses included); None: IT power only.

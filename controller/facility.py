@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.messages import json_object, number, optional_number
 from controller.metric_families import describe_families
-from controller.wire import PROTOCOL_VERSION, TOPIC_ROOT
+from controller.wire import PROTOCOL_VERSION, TOPIC_ROOT, TS_RANGE_S
 from policies.carbon import per_tier_totals
 from policies.decision import N_TIERS, Limits
 from policies.errors import ConfigError, ProtocolError
@@ -121,7 +121,7 @@ def decode_meter(payload: bytes) -> MeterReading:
     """Validate a facility-meter message; raises ProtocolError naming what is wrong."""
     obj = json_object(payload, "facility", {"v", "ts", "facility_w", "it_w", "outdoor_c"})
     return MeterReading(
-        ts=number(obj, "ts", "facility", 0.0, math.inf),
+        ts=number(obj, "ts", "facility", *TS_RANGE_S),
         facility_w=number(obj, "facility_w", "facility", *FACILITY_RANGE_W),
         it_w=optional_number(obj, "it_w", "facility", *FACILITY_RANGE_W),
         outdoor_c=optional_number(obj, "outdoor_c", "facility", *OUTDOOR_RANGE_C),

@@ -9,6 +9,10 @@ assembled, the rack's message is built and handed to ingest as if a rack agent h
 the decision core and everything after it are unchanged. A rack with a silent node is therefore
 never assembled and goes stale: the controller treats it as it treats any silent rack.
 
+The rack message carries the nodes' command state too (the oldest command any node applied, the
+sum of their refusals, on its safe caps if any node is), so the controller's rack-level views of
+its agents (`rheostat_racks_on_fallback`, refused commands) cover node agents as well.
+
 Rack power: the sum of the nodes' own meters (`node_power_w`) where every node has one, else GPU
 power plus the non-GPU draw the topology gives the servers those GPUs belong to.
 
@@ -19,6 +23,7 @@ caps are kept for the metrics (`NodesCollector`), labelled as dcgm-exporter labe
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -76,6 +81,9 @@ class NodeAssembler:
         self.site = site
         self.forward = forward
         self.prefix = f"{wire.TOPIC_ROOT}/{site}/telemetry/"
+        #: The assembler is the racks' "agent" as ingest sees it: a new id per controller start,
+        #: so its rack sequences may start again at 1.
+        self.boot = uuid.uuid4().hex[:16]
         self.rejected: dict[str, int] = dict.fromkeys(NODE_REASONS, 0)
         self.accepted = 0
         self.assembled = 0
@@ -215,6 +223,21 @@ class NodeAssembler:
             classes=tuple(names),
             class_idx=np.concatenate(class_idx),
             rack_power_w=min(power_w, wire.RACK_POWER_RANGE_W[1]),
+            boot=self.boot,
+            # The rack as a whole: the oldest command any node applied, every node's refusals,
+            # and on its safe caps if any node is.
+            cmd_epoch=min(self.nodes[n.hostname].cmd_epoch for n in siblings),
+            cmd_seq=min(self.nodes[n.hostname].cmd_seq for n in siblings),
+            cmd_rejected={
+                reason: count
+                for reason in wire.COMMAND_REJECT_REASONS
+                if (
+                    count := sum(
+                        self.nodes[n.hostname].cmd_rejected.get(reason, 0) for n in siblings
+                    )
+                )
+            },
+            fallback=any(self.nodes[n.hostname].fallback for n in siblings),
         )
         self.assembled += 1
         self.forward(wire.telemetry_topic(self.site, rack_id), wire.encode_telemetry(msg))

@@ -279,7 +279,7 @@ async def _watch(
         tracker.sample(elapsed)
         if not args.json and (tty or elapsed >= next_line_s):
             line = f"[{elapsed:5.0f}/{args.duration:.0f} s] " + status_line(
-                controller.runtime, tracker, now_s=time.time()
+                controller.runtime, tracker, now_s=controller.monotonic()
             )
             print(("\r\x1b[2K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
             next_line_s = elapsed + 10.0

@@ -12,6 +12,15 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: Ranges of what grid sources may say (the MQTT event message, OpenADR events).
+#: `modification` is a safe integer: it is stored in SQLite and compared, never overflowed.
+MAX_MODIFICATION = 2**53 - 1
+#: Unix seconds up to the year 5000; durations, ramps and recoveries up to a year. Units: s.
+MAX_UNIX_S = 1.0e11
+MAX_EVENT_SECONDS = 366 * 86_400.0
+#: An absolute DR limit above 10 GW is no site's. Units: kW.
+MAX_LIMIT_KW = 1.0e7
+
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 Seconds = Annotated[float, Field(ge=0)]
 
@@ -108,6 +117,10 @@ class DemandResponseSection(_Section):
     """Events asking to shed more than this share are opted out of (unless grid_first)."""
     mqtt_events: bool = True
     """Take events from the grid-event MQTT topic."""
+    max_events: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    """Most events held at once (live and past, per event id); an event with a new id past it is
+    refused and counted, after the events that are over have been forgotten.
+    """
     openadr: OpenAdrSection | None = None
     """The OpenADR 2.0b VEN; unset: none (needs the openadr extra)."""
     events: list[ScheduledEvent] = Field(default_factory=list)

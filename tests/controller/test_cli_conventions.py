@@ -39,11 +39,18 @@ def test_policy_schema_describes_every_property(capsys: pytest.CaptureFixture[st
     assert missing == []
 
 
-def test_snapshot_schema_is_offered(capsys: pytest.CaptureFixture[str]) -> None:
+def test_snapshot_schema_describes_every_property(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema", "snapshot"]) == 0
     schema = orjson.loads(capsys.readouterr().out)
-    assert "$schema" in schema
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert {"topology", "telemetry", "limits"} <= set(schema["properties"])
+    properties = _properties(schema)
+    # The snapshot's own models and the decision settings it shares with the policy file.
+    assert {"LevelSpec.limit_w", "TelemetrySpec.mem_util", "CappingSection.deadband_w"} <= {
+        name for name, _ in properties
+    }
+    missing = [name for name, spec in properties if not spec.get("description", "").strip()]
+    assert missing == []
 
 
 def test_check_suggests_close_field_names(

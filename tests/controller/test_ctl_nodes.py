@@ -99,6 +99,16 @@ def test_a_rack_is_assembled_once_every_node_reported(assembler):
     nodes.handle(topic("n2"), msg("n2", 2, node_power_w=900.0))
     assert out[-1].rack_power_w == 2400.0  # every node metered: the meters
     assert out[-1].seq == 2
+    assert out[-1].boot == nodes.boot
+    assert not out[-1].fallback
+    nodes.handle(topic("n1"), msg("n1", 3, cmd_epoch=2, cmd_seq=9, cmd_rejected={"stale_seq": 2}))
+    nodes.handle(
+        topic("n2"),
+        msg("n2", 3, cmd_epoch=2, cmd_seq=7, fallback=True, cmd_rejected={"stale_seq": 1}),
+    )
+    rack = out[-1]
+    assert (rack.cmd_epoch, rack.cmd_seq, rack.fallback) == (2, 7, True)  # the rack's oldest
+    assert rack.cmd_rejected == {"stale_seq": 3}
     assert not nodes.handle("rheostat/v1/dc/telemetry/r1", b"{}")  # rack level: not ours
 
 

@@ -16,6 +16,8 @@ def body(**extra: Any) -> bytes:
     cmd = {
         "v": wire.PROTOCOL_VERSION,
         "rack": "r0",
+        "epoch": 0,
+        "ctl": "c1",
         "seq": 3,
         "issued_at": 10.0,
         "ttl_s": 30.0,

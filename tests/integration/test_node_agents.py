@@ -106,7 +106,7 @@ async def test_controller_and_node_agents_close_the_loop_then_fail_safe(mosquitt
     try:
         async with running(controller):
             await wait_until(lambda: nodes.assembled >= 4 and rt.ingest.counters.accepted >= 4)
-            await wait_until(lambda: not rt.fleet.stale_racks(time.time(), 2.0).any())
+            await wait_until(lambda: not rt.fleet.stale_racks(controller.monotonic(), 2.0).any())
             assert sum(rt.ingest.counters.rejected.values()) == 0
             assert sum(nodes.rejected.values()) == 0
             # Rack power: GPU power plus the servers' non-GPU draw (no node meters here).

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from controller.cli import main
 from controller.policy_file import parse_policy
+from policies import gpu_models
 from policies.errors import ConfigError, TopologyError
-from policies.gpu_models import CATALOG, GPU_MODELS, GpuModel, model_code, register_model
+from policies.gpu_models import (
+    CATALOG,
+    GPU_MODELS,
+    MODEL_CODE,
+    GpuModel,
+    model_code,
+    register_model,
+)
 
 NVML_NAMES = {
     "NVIDIA H100 80GB HBM3": "H100-SXM5",
@@ -67,6 +76,22 @@ def test_policy_accepts_nvml_names() -> None:
     assert pol.topology.gpu_max_cap_w.max() == 350.0
 
 
+@pytest.fixture
+def catalog_restored() -> Iterator[None]:
+    """A site model registers itself for the life of the process (as a policy's do); the test
+    takes its own out again so later tests see the catalog alone."""
+    saved = (list(GPU_MODELS), dict(MODEL_CODE), dict(gpu_models._NVML_CODE))
+    try:
+        yield
+    finally:
+        GPU_MODELS[:] = saved[0]
+        MODEL_CODE.clear()
+        MODEL_CODE.update(saved[1])
+        gpu_models._NVML_CODE.clear()
+        gpu_models._NVML_CODE.update(saved[2])
+
+
+@pytest.mark.usefixtures("catalog_restored")
 def test_site_model_in_the_policy() -> None:
     extra = """gpu_models:
   - name: RTX-PRO-6000-test
