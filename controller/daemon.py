@@ -47,6 +47,7 @@ from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
 from controller.messages import MessageRejections
 from controller.mqtt_client import Client
+from controller.nodes import NodeAssembler
 from controller.policy_file import Policy, check_reload, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
 from controller.settings import mqtt_password
@@ -246,6 +247,17 @@ class Controller:
         )
         if self.grid is not None:
             self.grid.topic.rejections = self.rejections
+        #: Node agents' telemetry assembled into racks, when the policy has a node inventory.
+        self.nodes = (
+            None
+            if policy.inventory is None
+            else NodeAssembler(
+                site=policy.site,
+                topology=policy.topology,
+                inventory=policy.inventory,
+                forward=self._to_ingest,
+            )
+        )
         if (
             self.grid is not None
             and self.carbon is not None
@@ -256,6 +268,9 @@ class Controller:
     def _label_book(self) -> None:
         book = self.runtime.book
         book.ctl, book.epoch = self.instance, self.epoch
+
+    def _to_ingest(self, topic: str, payload: bytes) -> bool:
+        return self.runtime.ingest.handle(topic, payload)  # the ingest in force (reloads swap it)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -329,6 +344,8 @@ class Controller:
         if self.carbon is not None:
             self.carbon.set_topology(policy.topology)
         self.jobs.set_topology(policy.topology)
+        if self.nodes is not None and policy.inventory is not None:
+            self.nodes.set_policy(policy.topology, policy.inventory)
         if same_fleet:
             control = policy.config.control
             rt.policy = policy
@@ -455,6 +472,8 @@ class Controller:
         rt = self.runtime
         mq = rt.policy.config.mqtt
         await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
+        if self.nodes is not None:
+            await client.subscribe(wire.node_telemetry_filter(rt.policy.site), qos=0)
         for topic in self.grid.topics if self.grid is not None else ():
             await client.subscribe(topic, qos=1)
         for topic in self.facility.topics if self.facility is not None else ():
@@ -498,6 +517,8 @@ class Controller:
 
     async def _receive(self, client: Client) -> None:
         handle: Callable[[str, bytes], bool] = self.runtime.ingest.handle
+        if self.nodes is not None:
+            handle = self.nodes.routed(handle)
         if self.grid is not None:
             handle = _routed(self.grid, handle)
         if self.facility is not None:
@@ -540,6 +561,9 @@ class Controller:
         policy = rt.policy
         topo = policy.topology
         now_s = self.clock()
+        if self.nodes is not None and (reported := self.nodes.reported_topology()) is not None:
+            self._swap_policy(dataclasses.replace(policy, topology=reported))  # agents' ranges
+            policy, topo = rt.policy, rt.policy.topology
         mono_s = self.monotonic()
         if rt.tier_table.size < len(rt.classes.names):
             rt.tier_table = _tier_table(policy, rt.classes)

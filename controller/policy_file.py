@@ -25,6 +25,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from controller.config import InlineTopology, PolicyFile, RowSpec, TopologySection
+from controller.inventory import Inventory, apply_model_overrides, check_inventory, load_inventory
 from controller.settings import blame_environment, environment_overrides, merge
 from policies.errors import ConfigError, ConfigErrors, TopologyError
 from policies.facility import it_budget
@@ -48,6 +49,8 @@ class Policy:
     topology: Topology
     source: str
     safe_cap_w: np.ndarray[Any, np.dtype[np.float64]] = field(default_factory=lambda: np.zeros(0))
+    #: The node inventory (`nodes:` in the policy), when the fleet runs node agents.
+    inventory: Inventory | None = None
 
     def __post_init__(self) -> None:
         if self.safe_cap_w.shape != (self.topology.n_gpus,):
@@ -130,8 +133,17 @@ def parse_policy(
         build_topology(config, source=source, base_dir=base_dir or Path()),
         config.limits.psu_efficiency,
     )
+    inventory = None
+    if config.nodes is not None:
+        inventory = load_inventory((base_dir or Path()) / config.nodes)
+        problems = check_inventory(inventory, topology)
+        if problems:
+            raise ConfigErrors(problems)
+        topology = apply_model_overrides(topology, inventory)
     safe_cap_w = safe_caps(config, topology, source=source, data=data)
-    return Policy(config=config, topology=topology, source=source, safe_cap_w=safe_cap_w)
+    return Policy(
+        config=config, topology=topology, source=source, safe_cap_w=safe_cap_w, inventory=inventory
+    )
 
 
 def safe_caps(

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policies.errors import TopologyError
-from policies.gpu_models import GPU_MODELS, GpuModel
+from policies.gpu_models import CATALOG, GPU_MODELS, GpuModel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,5 +119,7 @@ SWEEP_GPUS: dict[str, PowerModel] = {"a40": A40, "v100": V100}
 
 
 def fleet_models() -> tuple[PowerModel, ...]:
-    """The fleet's curves indexed by model code (the order of `GPU_MODELS`)."""
-    return tuple(FLEET[m.name] for m in GPU_MODELS)
+    """The fleet's curves indexed by model code (the order of `GPU_MODELS`): the catalog's
+    models only, those a scenario can build (a site's own models, which its policy registers,
+    have no curve in the simulator)."""
+    return tuple(FLEET[m.name] for m in CATALOG)
