@@ -1,12 +1,14 @@
 """Scoreboard safety properties on short cuts of every shipped scenario, under Rheostat, in CI.
 
-No breaker trips; no breaker level (racks, rows) over its usable limit; the site under a new limit
-within 3 decision periods of a step and never over it afterwards. Breaker levels are checked with
-a tolerance of `BREAKER_TOL` of the limit: the decision core fills a binding rack exactly to its
-usable limit and the simulated GPU limiter settles onto a lowered cap from above (e^-10 of the
-change left after one tick), which leaves a few ppm of excess. That is four orders of magnitude
-below a PDU meter's accuracy (about 1 %) and the usable limit is itself 80 % of the rating; the
-scoreboard (`rheostat bench control`) still counts those seconds.
+No breaker trips; no breaker level (racks, rows) over its usable limit; the site under an
+unannounced new limit within 2 decision periods of the step (the controller learns it when it
+applies; its caps land a period and an actuation lag later) and never over it afterwards.
+Breaker levels are checked with a tolerance of `BREAKER_TOL` of the limit: the decision core
+fills a binding rack exactly to its usable limit and the simulated GPU limiter settles onto a
+lowered cap from above (e^-10 of the change left after one tick), which leaves a few ppm of
+excess. That is four orders of magnitude below a PDU meter's accuracy (about 1 %) and the usable
+limit is itself 80 % of the rating; the scoreboard (`rheostat bench control`) still counts those
+seconds.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ CUTS = {
 }
 #: Relative excess over a breaker level's usable limit treated as at the limit (module doc).
 BREAKER_TOL = 1e-5
-#: Decision periods allowed to get under a new site limit (issue 8).
-MAX_TO_CAP_TICKS = 3
+#: Decision periods allowed to get under an unannounced new site limit.
+MAX_TO_CAP_TICKS = 2
 
 FloatArray = NDArray[np.float64]
 
@@ -66,7 +68,7 @@ def test_no_trips_and_no_breaker_overrun(name: str) -> None:
     assert worst <= 1.0 + BREAKER_TOL, f"{name}: a breaker level at {worst:.6f} x usable"
 
 
-def test_site_is_under_a_stepped_limit_within_three_ticks_and_stays_there() -> None:
+def test_site_is_under_an_unannounced_limit_within_two_ticks_and_stays_there() -> None:
     scenario = load_scenario("budget-step").shortened(CUTS["budget-step"])
     (step,) = scenario.limits.steps
     result = _run(scenario)

@@ -1,0 +1,160 @@
+"""Rack agents in the accelerated loop: the wire protocol's rules without a broker.
+
+The closed loop (`simulator.loop`) hands each rack its command in-process; these agents apply
+what a real one would (wire protocol v1, `simulator.agents` on a broker):
+
+- Acceptance by (epoch, controller instance, seq): a higher epoch wins; in the same epoch a new
+  controller instance restarts the sequence; from the same instance only a higher seq is taken.
+  Anything else is rejected as `stale_epoch` or `stale_seq` and counted.
+- Time to live on the agent's own monotonic clock, counted from receipt: a rack that hears
+  nothing newer for `ttl_s` (of its clock, which may run fast or slow) falls back to its safe
+  caps: the command's per-GPU `safe_cap_w` when it carried one, else each GPU's minimum cap,
+  the one value that is safe whatever the rest of the fleet draws.
+
+Caps reach the GPUs through `SimCluster.command`, so the actuation lag applies as for any command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from simulator.cluster import SimCluster
+
+FloatArray = NDArray[np.float64]
+
+#: Reasons a command is refused for its ordering (the wire protocol's names).
+STALE_EPOCH = "stale_epoch"
+STALE_SEQ = "stale_seq"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RackCommand:
+    """What one command carries that the agent's rules read. Units: W, MHz, s.
+
+    `ctl` is the controller instance id, `seq` its strictly increasing counter, `epoch` the
+    leader's term (0 without HA). `safe_cap_w`, when given, holds one cap per GPU of the rack.
+    """
+
+    epoch: int
+    ctl: str
+    seq: int
+    ttl_s: float
+    cap_w: FloatArray
+    sm_clock_max_mhz: FloatArray
+    safe_cap_w: FloatArray | None = None
+
+
+def acceptance(held: tuple[int, str, int] | None, epoch: int, ctl: str, seq: int) -> str | None:
+    """None when a command ordered (epoch, ctl, seq) is taken over `held`, else the reason."""
+    if held is None:
+        return None
+    held_epoch, held_ctl, held_seq = held
+    if epoch > held_epoch:
+        return None
+    if epoch < held_epoch:
+        return STALE_EPOCH
+    if ctl != held_ctl:
+        return None  # a restarted controller in the same term restarts its sequence
+    return None if seq > held_seq else STALE_SEQ
+
+
+@dataclass(eq=False, kw_only=True)
+class FastAgents:
+    """The agents of one cluster, stepped by the closed loop on its clock (true seconds).
+
+    `clock_rate[r]` is how fast rack r's monotonic clock runs against true time; `clock_offset_s`
+    shifts its wall clock, which no rule reads (it is kept to show that).
+    """
+
+    cluster: SimCluster
+    held: list[tuple[int, str, int] | None] = field(init=False)
+    #: Expiry on each agent's monotonic clock (inf: no command in force). Units: s.
+    expires_mono_s: FloatArray = field(init=False)
+    #: Each agent's monotonic reading at the last `advance`. Units: s.
+    mono_s: FloatArray = field(init=False)
+    clock_rate: FloatArray = field(init=False)
+    clock_offset_s: FloatArray = field(init=False)
+    on_safe_cap: NDArray[np.bool_] = field(init=False)
+    safe_w: FloatArray = field(init=False)
+    applied: NDArray[np.int64] = field(init=False)
+    fallbacks: NDArray[np.int64] = field(init=False)
+    rejected: dict[str, NDArray[np.int64]] = field(init=False)
+    _last_s: float = field(init=False, default=float("nan"))
+
+    def __post_init__(self) -> None:
+        topo = self.cluster.topology
+        n = topo.n_racks
+        self.held = [None] * n
+        self.expires_mono_s = np.full(n, np.inf)
+        self.mono_s = np.zeros(n)
+        self.clock_rate = np.ones(n)
+        self.clock_offset_s = np.zeros(n)
+        self.on_safe_cap = np.zeros(n, dtype=bool)
+        self.safe_w = topo.gpu_min_cap_w.copy()
+        self.applied = np.zeros(n, dtype=np.int64)
+        self.fallbacks = np.zeros(n, dtype=np.int64)
+        self.rejected = {
+            STALE_EPOCH: np.zeros(n, dtype=np.int64),
+            STALE_SEQ: np.zeros(n, dtype=np.int64),
+        }
+
+    def advance(self, now_s: float) -> None:
+        """Move every agent's monotonic clock to true time `now_s` and expire stale commands."""
+        if not np.isnan(self._last_s):
+            self.mono_s += self.clock_rate * max(now_s - self._last_s, 0.0)
+        self._last_s = now_s
+        expired = np.flatnonzero((self.mono_s >= self.expires_mono_s) & ~self.on_safe_cap)
+        topo = self.cluster.topology
+        for rack in expired.tolist():
+            rows = topo.rack_slice(rack)
+            self.cluster.command(self.safe_w[rows], self.cluster.consts.max_clock_mhz[rows], rows)
+            self.on_safe_cap[rack] = True
+            self.expires_mono_s[rack] = np.inf
+            self.fallbacks[rack] += 1
+
+    def deliver(self, rack: int, cmd: RackCommand) -> bool:
+        """One command reaching rack `rack` now; False when the ordering rule refuses it."""
+        reason = acceptance(self.held[rack], cmd.epoch, cmd.ctl, cmd.seq)
+        if reason is not None:
+            self.rejected[reason][rack] += 1
+            return False
+        rows = self.cluster.topology.rack_slice(rack)
+        self.held[rack] = (cmd.epoch, cmd.ctl, cmd.seq)
+        self.cluster.command(cmd.cap_w, cmd.sm_clock_max_mhz, rows)
+        if cmd.safe_cap_w is not None:
+            self._set_safe(rack, cmd.safe_cap_w)
+        self.expires_mono_s[rack] = self.mono_s[rack] + cmd.ttl_s
+        self.on_safe_cap[rack] = False
+        self.applied[rack] += 1
+        return True
+
+    def deliver_all(
+        self, cmds: dict[int, RackCommand], cap_w: FloatArray, clock: FloatArray
+    ) -> int:
+        """Commands for many racks at once; one cluster command when every rack takes its own.
+
+        `cap_w` and `clock` are the fleet-wide arrays the per-rack commands slice. Returns how
+        many racks accepted.
+        """
+        n = self.cluster.topology.n_racks
+        if len(cmds) == n and all(
+            acceptance(self.held[r], c.epoch, c.ctl, c.seq) is None for r, c in cmds.items()
+        ):
+            self.cluster.command(cap_w, clock)
+            for rack, cmd in cmds.items():
+                self.held[rack] = (cmd.epoch, cmd.ctl, cmd.seq)
+                if cmd.safe_cap_w is not None:
+                    self._set_safe(rack, cmd.safe_cap_w)
+                self.expires_mono_s[rack] = self.mono_s[rack] + cmd.ttl_s
+            self.on_safe_cap[:] = False
+            self.applied += 1
+            return n
+        return sum(self.deliver(rack, cmd) for rack, cmd in cmds.items())
+
+    def _set_safe(self, rack: int, safe_w: FloatArray) -> None:
+        topo = self.cluster.topology
+        rows = topo.rack_slice(rack)
+        self.safe_w[rows] = np.clip(safe_w, topo.gpu_min_cap_w[rows], topo.gpu_max_cap_w[rows])
