@@ -66,11 +66,15 @@ class FastAgents:
     """The agents of one cluster, stepped by the closed loop on its clock (true seconds).
 
     `clock_rate[r]` is how fast rack r's monotonic clock runs against true time; `clock_offset_s`
-    shifts its wall clock, which no rule reads (it is kept to show that).
+    shifts its wall clock, which no rule reads (it is kept to show that). What each agent holds
+    (epoch, controller instance, seq of the command in force) is kept as arrays so a decision's
+    commands to every rack are checked at once; `held_epoch` is -1 before the first command.
     """
 
     cluster: SimCluster
-    held: list[tuple[int, str, int] | None] = field(init=False)
+    held_epoch: NDArray[np.int64] = field(init=False)
+    held_ctl: NDArray[np.object_] = field(init=False)
+    held_seq: NDArray[np.int64] = field(init=False)
     #: Expiry on each agent's monotonic clock (inf: no command in force). Units: s.
     expires_mono_s: FloatArray = field(init=False)
     #: Each agent's monotonic reading at the last `advance`. Units: s.
@@ -87,7 +91,9 @@ class FastAgents:
     def __post_init__(self) -> None:
         topo = self.cluster.topology
         n = topo.n_racks
-        self.held = [None] * n
+        self.held_epoch = np.full(n, -1, dtype=np.int64)
+        self.held_ctl = np.full(n, "", dtype=object)
+        self.held_seq = np.zeros(n, dtype=np.int64)
         self.expires_mono_s = np.full(n, np.inf)
         self.mono_s = np.zeros(n)
         self.clock_rate = np.ones(n)
@@ -100,6 +106,12 @@ class FastAgents:
             STALE_EPOCH: np.zeros(n, dtype=np.int64),
             STALE_SEQ: np.zeros(n, dtype=np.int64),
         }
+
+    def held(self, rack: int) -> tuple[int, str, int] | None:
+        """(epoch, controller instance, seq) of the command rack `rack` obeys, None before one."""
+        if self.held_epoch[rack] < 0:
+            return None
+        return int(self.held_epoch[rack]), str(self.held_ctl[rack]), int(self.held_seq[rack])
 
     def advance(self, now_s: float) -> None:
         """Move every agent's monotonic clock to true time `now_s` and expire stale commands."""
@@ -117,44 +129,57 @@ class FastAgents:
 
     def deliver(self, rack: int, cmd: RackCommand) -> bool:
         """One command reaching rack `rack` now; False when the ordering rule refuses it."""
-        reason = acceptance(self.held[rack], cmd.epoch, cmd.ctl, cmd.seq)
+        reason = acceptance(self.held(rack), cmd.epoch, cmd.ctl, cmd.seq)
         if reason is not None:
             self.rejected[reason][rack] += 1
             return False
         rows = self.cluster.topology.rack_slice(rack)
-        self.held[rack] = (cmd.epoch, cmd.ctl, cmd.seq)
         self.cluster.command(cmd.cap_w, cmd.sm_clock_max_mhz, rows)
+        self._take(np.array([rack]), cmd.epoch, cmd.ctl, cmd.seq, cmd.ttl_s)
         if cmd.safe_cap_w is not None:
-            self._set_safe(rack, cmd.safe_cap_w)
-        self.expires_mono_s[rack] = self.mono_s[rack] + cmd.ttl_s
-        self.on_safe_cap[rack] = False
-        self.applied[rack] += 1
+            self._set_safe(rows, cmd.safe_cap_w)
         return True
 
-    def deliver_all(
-        self, cmds: dict[int, RackCommand], cap_w: FloatArray, clock: FloatArray
+    def deliver_fleet(
+        self,
+        reached: NDArray[np.bool_],
+        *,
+        epoch: int,
+        ctl: str,
+        seq: int,
+        ttl_s: float,
+        cap_w: FloatArray,
+        sm_clock_max_mhz: FloatArray,
     ) -> int:
-        """Commands for many racks at once; one cluster command when every rack takes its own.
+        """One decision's commands (one per rack, fleet-wide arrays) reaching the racks in
+        `reached`; each agent applies the acceptance rule. Returns how many racks accepted."""
+        newer = self.held_epoch < epoch
+        same = self.held_epoch == epoch
+        fresh_ctl = self.held_ctl != ctl
+        accept = reached & (newer | (same & (fresh_ctl | (self.held_seq < seq))))
+        refused = reached & ~accept
+        if refused.any():
+            self.rejected[STALE_EPOCH] += refused & (self.held_epoch > epoch)
+            self.rejected[STALE_SEQ] += refused & same & ~fresh_ctl
+        racks = np.flatnonzero(accept)
+        if racks.size == accept.size:
+            self.cluster.command(cap_w, sm_clock_max_mhz)
+        else:
+            topo = self.cluster.topology
+            for rack in racks.tolist():
+                rows = topo.rack_slice(rack)
+                self.cluster.command(cap_w[rows], sm_clock_max_mhz[rows], rows)
+        self._take(racks, epoch, ctl, seq, ttl_s)
+        return int(racks.size)
 
-        `cap_w` and `clock` are the fleet-wide arrays the per-rack commands slice. Returns how
-        many racks accepted.
-        """
-        n = self.cluster.topology.n_racks
-        if len(cmds) == n and all(
-            acceptance(self.held[r], c.epoch, c.ctl, c.seq) is None for r, c in cmds.items()
-        ):
-            self.cluster.command(cap_w, clock)
-            for rack, cmd in cmds.items():
-                self.held[rack] = (cmd.epoch, cmd.ctl, cmd.seq)
-                if cmd.safe_cap_w is not None:
-                    self._set_safe(rack, cmd.safe_cap_w)
-                self.expires_mono_s[rack] = self.mono_s[rack] + cmd.ttl_s
-            self.on_safe_cap[:] = False
-            self.applied += 1
-            return n
-        return sum(self.deliver(rack, cmd) for rack, cmd in cmds.items())
+    def _take(self, racks: NDArray[np.int64], epoch: int, ctl: str, seq: int, ttl_s: float) -> None:
+        self.held_epoch[racks] = epoch
+        self.held_ctl[racks] = ctl
+        self.held_seq[racks] = seq
+        self.expires_mono_s[racks] = self.mono_s[racks] + ttl_s
+        self.on_safe_cap[racks] = False
+        self.applied[racks] += 1
 
-    def _set_safe(self, rack: int, safe_w: FloatArray) -> None:
+    def _set_safe(self, rows: slice, safe_w: FloatArray) -> None:
         topo = self.cluster.topology
-        rows = topo.rack_slice(rack)
         self.safe_w[rows] = np.clip(safe_w, topo.gpu_min_cap_w[rows], topo.gpu_max_cap_w[rows])

@@ -37,7 +37,7 @@ from simulator.controllers import (
     set_topology,
 )
 from simulator.facility import FacilityRun
-from simulator.fast_agents import FastAgents, RackCommand
+from simulator.fast_agents import FastAgents
 from simulator.faults import FaultPlan, TelemetryPath, with_ratings
 from simulator.grid import LimitKnowledge, SiteLimits
 from simulator.rates import carbon_per_tick
@@ -356,23 +356,17 @@ class _ControlSide:
             self.known.record(taken, float(self.fleet.rack_power_w.sum()))
 
     def _send(self, now: float, cap_w: FloatArray, clock: FloatArray) -> None:
+        """Every rack's command of this decision (one seq per decision, epoch 0: no HA)."""
         self.seq += 1
-        lost = self.faults.commands_lost(now)
-        topo = self.cluster.topology
-        ttl = self.scenario.controller.command_ttl_s
-        cmds = {}
-        for rack in np.flatnonzero(~lost).tolist():
-            rows = topo.rack_slice(rack)
-            cmds[rack] = RackCommand(
-                epoch=0,
-                ctl=self.ctl_id,
-                seq=self.seq,
-                ttl_s=ttl,
-                cap_w=cap_w[rows],
-                sm_clock_max_mhz=clock[rows],
-            )
-        if cmds:
-            self.agents.deliver_all(cmds, cap_w, clock)
+        self.agents.deliver_fleet(
+            ~self.faults.commands_lost(now),
+            epoch=0,
+            ctl=self.ctl_id,
+            seq=self.seq,
+            ttl_s=self.scenario.controller.command_ttl_s,
+            cap_w=cap_w,
+            sm_clock_max_mhz=clock,
+        )
 
 
 def _level_reducers(cluster: SimCluster) -> list[Callable[[], FloatArray]]:
