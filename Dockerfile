@@ -1,6 +1,7 @@
 # Rheostat controller image: `docker build -t rheostat:0.1.0 .`
 # The entry point is the `rheostat` CLI; the default command runs the daemon with the policy file
-# mounted at /etc/rheostat/policy.yaml (see deploy/k8s/ and deploy/docker-compose.yml).
+# mounted at /etc/rheostat/policy.yaml (see deploy/k8s/ and deploy/docker-compose.yml). The broker
+# password comes from RHEOSTAT_MQTT_PASSWORD or a secrets directory (/run/secrets/rheostat).
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -8,9 +9,11 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY controller/ controller/
 COPY policies/ policies/
 COPY simulator/ simulator/
-COPY bench/ bench/
-# Wheels for the package and its runtime dependencies, at the versions the test suite passed with.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt .
+# Wheels for the package, the `openadr` extra (the OpenADR VEN a site's policy may configure) and
+# their dependencies, at the versions the test suite passed with. `bench/` is not in the wheel, so
+# it is not copied; `demo` needs no extra with --broker (docker-compose.yml), `sim` (matplotlib,
+# `simulate --report`) and `agent` (NVML) have no use in this image.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt '.[openadr]'
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --no-create-home rheostat
@@ -22,4 +25,4 @@ EXPOSE 19464
 # SIGTERM makes the controller publish its `offline` status and leave racks on expiring commands.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["rheostat"]
-CMD ["run", "--config", "/etc/rheostat/policy.yaml"]
+CMD ["run", "--policy", "/etc/rheostat/policy.yaml"]

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from controller.commands._args import duration_s
 from simulator import loop
 from simulator.baselines import ThresholdController
 from simulator.cluster import SimCluster
@@ -82,7 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scenario", nargs="+", metavar="NAME", help="scenarios to run (default: every shipped)"
     )
     parser.add_argument("--controller", nargs="+", choices=CONTROLLERS, default=list(CONTROLLERS))
-    parser.add_argument("--duration", type=float, metavar="S", help="cut scenarios to S seconds")
+    parser.add_argument(
+        "--duration", type=duration_s, metavar="S", help="cut scenarios to S seconds (or 90s, 2m)"
+    )
 
 
 def threshold_factory(cluster: SimCluster) -> Controller:

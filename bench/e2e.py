@@ -103,7 +103,9 @@ async def _measure(port: int, racks: int, args: argparse.Namespace) -> dict[str,
                 await asyncio.sleep(0)
         arrival_s = time.monotonic()
         async with asyncio.timeout(120):
-            while rt.fleet.stale_racks(time.time(), 3600.0).any() or rt.book.sent_total < racks:
+            while (
+                rt.fleet.stale_racks(time.monotonic(), 3600.0).any() or rt.book.sent_total < racks
+            ):
                 await asyncio.sleep(0.05)
             # While racks come in, each tick frees the worst-case reserve of the racks that just
             # reported, so the caps of every fresh rack move and each is commanded again: the

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from controller.commands._args import duration_s
 from policies.decision import Limits, PolicySettings
 from policies.fleet import FleetState
 from simulator import loop
@@ -33,10 +34,10 @@ TARGET_REALTIME_FACTOR = 700.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, nargs="+", default=[10_000], metavar="N")
-    parser.add_argument("--duration", type=float, default=3600.0, help="simulated seconds")
     parser.add_argument(
-        "--controller", nargs="+", default=["rheostat"], choices=("rheostat", "static", "none")
+        "--duration", type=duration_s, default=3600.0, metavar="S", help="simulated seconds"
     )
+    parser.add_argument("--controller", nargs="+", default=["rheostat"], choices=loop.CONTROLLERS)
     parser.add_argument("--period", type=float, default=1.0, help="controller period (s)")
 
 

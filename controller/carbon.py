@@ -41,9 +41,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from controller.messages import json_object, number
+from controller.messages import json_object, number, safe_int
 from controller.metric_families import describe_families
-from controller.wire import PROTOCOL_VERSION, TOPIC_ROOT
+from controller.wire import MAX_RACK_ID_CHARS, PROTOCOL_VERSION, TOPIC_ROOT, TS_RANGE_S
 from policies.carbon import SPEED_GUARD, CarbonSettings, job_speed_now, track_power_frac
 from policies.decision import N_TIERS
 from policies.dr_flex import DEFAULT_TOLERANCES, check_tolerances
@@ -56,6 +56,8 @@ FloatArray = NDArray[np.float64]
 MAX_FORECAST_SLOTS = 7 * 24 * 12
 #: Jobs one site may report at once: bounds memory against a runaway publisher.
 MAX_JOBS = 10_000
+#: GPU ranges in one job report.
+MAX_JOB_RANGES = 4096
 #: Speed of compute-bound training against its cap as a share of TDP, the slow edge of measured
 #: power-limit sweeps (Zeus, NSDI 2023: 0.95 at 80 %, 0.83-0.89 at 60-67 %, 0.25-0.53 at
 #: 33-40 %). A job's cap never goes below the share this table needs for its tier's tolerated
@@ -79,7 +81,7 @@ def job_topic(site: str, job: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class CarbonSection(_Section):
@@ -91,16 +93,27 @@ class CarbonSection(_Section):
     """
 
     enabled: bool = True
+    """Shift flexible jobs against the signal."""
     signal: Literal["carbon", "price"] = "carbon"
+    """What the forecast measures: carbon intensity or price."""
     signal_file: Path | None = None
+    """A CSV forecast `unix_s,value`, relative to the policy file."""
     mqtt_signal: bool = True
+    """Also take forecasts from the signal topic."""
     slot_s: Annotated[float, Field(gt=0)] = 300.0
+    """Length of a planning slot. Units: s."""
     shift_tiers: tuple[int, ...] = (2, 3)
+    """Flex tiers whose jobs are shifted."""
     tolerances: tuple[float, ...] = DEFAULT_TOLERANCES
+    """Slowdown each flex tier tolerates, by tier."""
     gamma: Annotated[float, Field(gt=1)] = 3.0
+    """Exponent of the power law power ~ speed^gamma used without a measured curve."""
     track_s: Annotated[float, Field(gt=0)] = 60.0
+    """Least time between a job's reports over which its measured speed is taken. Units: s."""
     target_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = 0.01
+    """Plan this much more work than owed, so noise in measured progress never misses a deadline."""
     job_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    """A job not reported for this long runs unshaped. Units: s."""
 
     @field_validator("shift_tiers")
     @classmethod
@@ -152,8 +165,8 @@ def decode_signal(payload: bytes) -> SignalMessage:
             raise ProtocolError("signal values must be finite numbers")
         out.append(float(v))
     return SignalMessage(
-        ts=number(obj, "ts", "signal", 0.0, math.inf),
-        start_ts=number(obj, "start_ts", "signal", 0.0, math.inf),
+        ts=number(obj, "ts", "signal", *TS_RANGE_S),
+        start_ts=number(obj, "start_ts", "signal", *TS_RANGE_S),
         slot_s=number(obj, "slot_s", "signal", 1.0, 86_400.0),
         values=tuple(out),
     )
@@ -198,6 +211,8 @@ class JobReport:
 
 
 def decode_job(payload: bytes, *, job: str) -> JobReport:
+    """Validate a job report. Integers are safe integers, times finite Unix s up to 1e11, at
+    most `MAX_JOB_RANGES` GPU ranges with rack ids of at most `MAX_RACK_ID_CHARS` characters."""
     obj = json_object(payload, "job", {"v", "ts", "tier", "deadline_ts", "owed_s", "gpus", "sync"})
     tier = obj.get("tier")
     if isinstance(tier, bool) or not isinstance(tier, int) or not 0 <= tier < N_TIERS:
@@ -205,17 +220,17 @@ def decode_job(payload: bytes, *, job: str) -> JobReport:
     gpus = obj.get("gpus")
     if not isinstance(gpus, list) or not gpus:
         raise ProtocolError("job gpus must be a non-empty list")
+    if len(gpus) > MAX_JOB_RANGES:
+        raise ProtocolError(f"job gpus holds over {MAX_JOB_RANGES} ranges", reason="out_of_range")
     ranges = []
     for g in gpus:
         if not isinstance(g, dict) or set(g) != {"rack", "first", "count"}:
             raise ProtocolError("each job gpus entry needs exactly rack, first and count")
-        rack, first, count = g["rack"], g["first"], g["count"]
-        if not isinstance(rack, str) or not rack:
+        rack = g["rack"]
+        if not isinstance(rack, str) or not rack or len(rack) > MAX_RACK_ID_CHARS:
             raise ProtocolError("job gpus rack must be a rack id")
-        if any(isinstance(x, bool) or not isinstance(x, int) for x in (first, count)):
-            raise ProtocolError("job gpus first and count must be integers")
-        if first < 0 or count <= 0:
-            raise ProtocolError("job gpus need first >= 0 and count > 0")
+        first = safe_int(g, "first", "job gpus")
+        count = safe_int(g, "count", "job gpus", lo=1)
         ranges.append(GpuRange(rack=rack, first=first, count=count))
     sync = obj.get("sync", False)
     if not isinstance(sync, bool):
@@ -226,12 +241,12 @@ def decode_job(payload: bytes, *, job: str) -> JobReport:
     work = {}
     if given[0]:
         work = {
-            "deadline_ts": number(obj, "deadline_ts", "job", 0.0, math.inf),
-            "owed_s": number(obj, "owed_s", "job", 0.0, math.inf),
+            "deadline_ts": number(obj, "deadline_ts", "job", *TS_RANGE_S),
+            "owed_s": number(obj, "owed_s", "job", *TS_RANGE_S),
         }
     return JobReport(
         job=job,
-        ts=number(obj, "ts", "job", 0.0, math.inf),
+        ts=number(obj, "ts", "job", *TS_RANGE_S),
         tier=tier,
         gpus=tuple(ranges),
         flexible=given[0],

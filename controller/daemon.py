@@ -1,16 +1,23 @@
 """The controller daemon: MQTT ingest, the control tick, expiring commands, reloads, shutdown.
 
 Two loops run as named tasks in one `asyncio.TaskGroup`:
-- `mqtt`: connects (jittered backoff on failure), subscribes, publishes the retained `online`
-  status, republishes current commands after a reconnect, and feeds telemetry to `Ingest`
-  through a conflating queue, draining it in batches so a burst costs one wake-up, not one per
-  message.
+- `mqtt`: connects (jittered backoff on failure, at most `wire.RECONNECT_MAX_S`, well inside any
+  command TTL), subscribes, publishes the retained `online` status, republishes current commands
+  after a reconnect, and feeds telemetry to `Ingest` through a conflating queue, draining it in
+  batches so a burst costs one wake-up, not one per message. An exception while handling one
+  message is logged and counted (`MessageRejections`), and the next message is handled.
 - `tick`: every period, snapshot → `policies.pipeline.decide` (in a worker thread, so a slow
   decision never blocks ingest) → commands for the racks that are due. Ticks never overlap; a
   late one is counted and logged. The loop keeps deciding during a broker outage.
 On stop (SIGTERM) the daemon publishes the retained `offline` status itself (a clean disconnect
 does not fire the last will) and leaves: racks keep their caps until the TTL runs out, then apply
-their safe caps.
+their safe caps. A fault that ends the loops does the same on its way out, and the process exits
+non-zero (systemd restarts it); a killed process leaves `offline` through its last will.
+
+Clocks: `clock` (Unix s) stamps what carries wall time (grid events, status, `issued_at`);
+`monotonic` orders everything else (telemetry freshness, command refresh, the decision's rates),
+so a step of the wall clock neither stops commands nor makes racks stale. Commands are ordered
+for agents by (epoch, controller instance id, seq), with `seq` counting from 1 per instance.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import dataclasses
 import gc
 import math
 import os
-import random
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,17 +41,18 @@ import structlog
 from controller import wire
 from controller.carbon import CarbonHook
 from controller.command_book import CommandBook
-from controller.config import MqttSection
 from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
+from controller.messages import MessageRejections
 from controller.mqtt_client import Client
-from controller.policy_file import Policy, load_policy
+from controller.policy_file import Policy, check_reload, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
+from controller.settings import mqtt_password
 from controller.watch import watch_file
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
-from policies.errors import ConfigError, RheostatError
+from policies.errors import RheostatError
 from policies.fleet import FleetState
 from policies.pipeline import decide
 from policies.topology import Topology
@@ -59,6 +67,11 @@ PUBLISH_SLICE = 250
 #: change goes out over a few ticks (lowering racks first), and a rack whose caps just moved
 #: waits behind at most one batch, not behind a queue of every rack.
 COMMANDS_IN_FLIGHT = 1000
+
+
+def instance_id() -> str:
+    """A new controller instance id (`ctl` on commands): unique per process start."""
+    return f"c{os.getpid()}-{secrets.token_hex(6)}"
 
 
 class Notifier(Protocol):
@@ -90,45 +103,44 @@ class _NoNotifier:
         del state
 
 
-def mqtt_password(section: MqttSection) -> str | None:
-    """Read the broker password from its environment variable or file, at connect time."""
-    if section.password_env is not None:
-        value = os.environ.get(section.password_env)
-        if value is None:
-            raise ConfigError(
-                f"environment variable {section.password_env} is not set",
-                field="mqtt.password_env",
-            )
-        return value
-    if section.password_file is not None:
-        try:
-            return section.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", field="mqtt.password_file") from None
-    return None
-
-
 def _tier_table(policy: Policy, classes: ClassTable) -> np.ndarray[Any, np.dtype[np.int8]]:
     tiers = policy.config.tiers
     return classes.tier_table(tiers.classes, tiers.default)
 
 
-def build_runtime(policy: Policy, *, clock: Callable[[], float], version: str) -> Runtime:
+def build_runtime(
+    policy: Policy,
+    *,
+    clock: Callable[[], float],
+    version: str,
+    monotonic: Callable[[], float] | None = None,
+) -> Runtime:
+    """Fresh state for `policy`. `monotonic` (default: `clock`) times freshness and refreshes."""
     topology = policy.topology
     control = policy.config.control
+    bounds = policy.config.telemetry
     fleet = FleetState.empty(topology)
-    classes = ClassTable()
+    classes = ClassTable(max_classes=bounds.max_classes)
     return Runtime(
         policy=policy,
         fleet=fleet,
         classes=classes,
-        ingest=Ingest(topology, fleet, classes, restart_gap_s=control.restart_gap_s, clock=clock),
+        ingest=Ingest(
+            topology,
+            fleet,
+            classes,
+            restart_gap_s=control.restart_gap_s,
+            clock=monotonic or clock,
+            wall_clock=clock,
+            max_clock_skew_s=bounds.max_clock_skew_s,
+            stale_after_s=control.stale_after_s,
+        ),
         book=CommandBook(
             topology,
             ttl_s=control.command_ttl_s,
             refresh_frac=control.refresh_frac,
             deadband_w=policy.config.capping.deadband_w,
-            seq_base=int(clock() * 1000),
+            safe_cap_w=policy.safe_cap_w,
         ),
         tier_table=_tier_table(policy, classes),
         limits=Limits(),
@@ -174,6 +186,7 @@ class Controller:
         *,
         policy_path: Path | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         notifier: Notifier | None = None,
         version: str = "0+unknown",
         decider: Decider = decide,
@@ -181,8 +194,16 @@ class Controller:
         self.policy_path = policy_path
         self.decider = decider
         self.clock = clock
+        self.monotonic = monotonic
+        #: This process's controller instance id; commands carry it as `ctl`.
+        self.instance = instance_id()
+        #: The leader's term; 0 while the daemon runs without HA.
+        self.epoch = 0
+        #: Refused messages beside telemetry, and any whose handling raised, by kind and reason.
+        self.rejections = MessageRejections()
         self.notifier: Notifier = notifier or _NoNotifier()
-        self.runtime = build_runtime(policy, clock=clock, version=version)
+        self.runtime = build_runtime(policy, clock=clock, version=version, monotonic=monotonic)
+        self._label_book()
         self.runtime.reloads.last_success_s = clock()
         self._client: Client | None = None
         self._confirming: set[asyncio.Task[None]] = set()
@@ -217,13 +238,24 @@ class Controller:
             else None
         )
         #: The scheduler's synchronous jobs, paced by the decision; always listened for.
-        self.jobs = SyncJobs(site=policy.site, topology=policy.topology)
+        self.jobs = SyncJobs(
+            site=policy.site,
+            topology=policy.topology,
+            max_jobs=policy.config.telemetry.max_jobs,
+            rejections=self.rejections,
+        )
+        if self.grid is not None:
+            self.grid.topic.rejections = self.rejections
         if (
             self.grid is not None
             and self.carbon is not None
             and self.carbon.section.signal == "price"
         ):
             self.grid.price_sink = self.carbon.take_forecast
+
+    def _label_book(self) -> None:
+        book = self.runtime.book
+        book.ctl, book.epoch = self.instance, self.epoch
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -290,10 +322,7 @@ class Controller:
     def _swap_policy(self, policy: Policy) -> None:
         rt = self.runtime
         old = rt.policy
-        if policy.site != old.site or policy.config.mqtt != old.config.mqtt:
-            raise ConfigError(
-                "site name and mqtt section change only with a restart", file=policy.source
-            )
+        check_reload(old, policy)  # the rules `rheostat check --running` applies
         same_fleet = policy.topology.racks.ids == old.topology.racks.ids and np.array_equal(
             policy.topology.gpu_model, old.topology.gpu_model
         )
@@ -305,18 +334,27 @@ class Controller:
             rt.policy = policy
             rt.ingest.topology = policy.topology
             rt.ingest.restart_gap_s = control.restart_gap_s
+            rt.ingest.stale_after_s = control.stale_after_s
+            rt.ingest.max_clock_skew_s = policy.config.telemetry.max_clock_skew_s
+            rt.classes.max_classes = max(
+                rt.classes.max_classes, policy.config.telemetry.max_classes
+            )
             rt.book.topology = policy.topology
             rt.book.configure(
                 ttl_s=control.command_ttl_s,
                 refresh_frac=control.refresh_frac,
                 deadband_w=policy.config.capping.deadband_w,
+                safe_cap_w=policy.safe_cap_w,
             )
             rt.tier_table = _tier_table(policy, rt.classes)
             return
         # A different fleet: start from empty state; every rack is stale until it reports.
-        fresh = build_runtime(policy, clock=self.clock, version=rt.version)
+        fresh = build_runtime(
+            policy, clock=self.clock, version=rt.version, monotonic=self.monotonic
+        )
         for name in ("fleet", "classes", "ingest", "book", "tier_table"):
             setattr(rt, name, getattr(fresh, name))
+        self._label_book()
         rt.policy, rt.decision, rt.decision_state = policy, None, None
 
     # ------------------------------------------------------------------ MQTT
@@ -325,7 +363,9 @@ class Controller:
         mq = rt.policy.config.mqtt
         site = rt.policy.site
         offline = wire.encode_status(
-            wire.Status(state="offline", ts_s=self.clock(), controller=mq.client_id)
+            wire.Status(
+                state="offline", ts_s=self.clock(), controller=self.instance, epoch=self.epoch
+            )
         )
         tls = None
         if mq.tls is not None:
@@ -356,12 +396,12 @@ class Controller:
         )
 
     async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
-        mq = self.runtime.policy.config.mqtt
         payload = wire.encode_status(
             wire.Status(
                 state="online" if state == "online" else "offline",
                 ts_s=self.clock(),
-                controller=mq.client_id,
+                controller=self.instance,
+                epoch=self.epoch,
             )
         )
         await client.publish(
@@ -372,42 +412,34 @@ class Controller:
         rt = self.runtime
         attempt = 0
         connected_before = False
-        mq = rt.policy.config.mqtt
         while True:
             try:
                 async with self._make_client() as client:
-                    await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
-                    for topic in self.grid.topics if self.grid is not None else ():
-                        await client.subscribe(topic, qos=1)
-                    for topic in self.facility.topics if self.facility is not None else ():
-                        await client.subscribe(topic, qos=0)
-                    for topic in self.carbon.topics if self.carbon is not None else ():
-                        await client.subscribe(topic, qos=1)
-                    if self.carbon is None:  # the carbon hook subscribes to the jobs already
-                        for topic in self.jobs.topics:
-                            await client.subscribe(topic, qos=1)
-                    await self._publish_status(client, "online")
-                    queue = client._queue
-                    rt.queue = queue if isinstance(queue, ConflatingQueue) else None
-                    self._client = client
-                    rt.mqtt_connected = rt.subscribed = True
-                    if connected_before:
-                        rt.mqtt_reconnects += 1
-                    connected_before, attempt = True, 0
-                    log.info("connected", broker=f"{mq.host}:{mq.port}", protocol=mq.protocol)
-                    self._maybe_ready()
-                    async with self._send_lock:
-                        rt.book.invalidate(self.clock())
-                    await self._send_due()  # republish current commands at once
                     try:
-                        await self._receive(client)
-                    except asyncio.CancelledError:
+                        await self._session(client, first=not connected_before)
+                    except aiomqtt.MqttError:
+                        raise
+                    except BaseException:
+                        # Stopped, or a fault is ending the daemon: a clean disconnect fires no
+                        # last will, so say `offline` before leaving.
                         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                             async with asyncio.timeout(rt.policy.config.mqtt.timeout_s):
                                 await self._publish_status(client, "offline")
                         raise
+                    finally:
+                        connected_before = connected_before or rt.mqtt_connected
+                        if rt.mqtt_connected:
+                            attempt = 0
             except aiomqtt.MqttError as exc:
-                log.warning("broker connection lost", error=str(exc), attempt=attempt + 1)
+                mq = rt.policy.config.mqtt
+                log.warning(
+                    "broker connection lost"
+                    if connected_before
+                    else "cannot connect to the broker",
+                    broker=f"{mq.host}:{mq.port}",
+                    error=str(exc),
+                    attempt=attempt + 1,
+                )
             finally:
                 self._client = None
                 rt.mqtt_connected = rt.subscribed = False
@@ -416,7 +448,53 @@ class Controller:
                     task.cancel()
                 self._unconfirmed = None
             attempt += 1
-            await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))
+            await asyncio.sleep(wire.reconnect_delay_s(attempt))
+
+    async def _session(self, client: Client, *, first: bool) -> None:
+        """One broker connection: subscribe, say `online`, resend every command, then receive."""
+        rt = self.runtime
+        mq = rt.policy.config.mqtt
+        await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
+        for topic in self.grid.topics if self.grid is not None else ():
+            await client.subscribe(topic, qos=1)
+        for topic in self.facility.topics if self.facility is not None else ():
+            await client.subscribe(topic, qos=0)
+        for topic in self.carbon.topics if self.carbon is not None else ():
+            await client.subscribe(topic, qos=1)
+        if self.carbon is None:  # the carbon hook subscribes to the jobs already
+            for topic in self.jobs.topics:
+                await client.subscribe(topic, qos=1)
+        await self._publish_status(client, "online")
+        queue = client._queue
+        rt.queue = queue if isinstance(queue, ConflatingQueue) else None
+        self._client = client
+        rt.mqtt_connected = rt.subscribed = True
+        if not first:
+            rt.mqtt_reconnects += 1
+        log.info("connected", broker=f"{mq.host}:{mq.port}", protocol=mq.protocol)
+        self._maybe_ready()
+        async with self._send_lock:
+            rt.book.invalidate(self.monotonic())
+        await self._send_due()  # republish current commands at once
+        await self._receive(client)
+
+    def _guarded(self, handle: Callable[[str, bytes], bool]) -> Callable[[str, bytes], bool]:
+        """`handle` that never raises: one message's fault is logged, counted and dropped."""
+        rejections = self.rejections
+        site_prefix = f"{wire.TOPIC_ROOT}/{self.runtime.policy.site}/"
+
+        def guarded(topic: str, payload: bytes) -> bool:
+            try:
+                return handle(topic, payload)
+            except Exception:  # the loop must go on whatever one message does
+                kind = MessageRejections.kind_of(topic, site_prefix)
+                rejections.counts[kind, "internal_error"] = (
+                    rejections.counts.get((kind, "internal_error"), 0) + 1
+                )
+                log.exception("message could not be handled; dropped", topic=topic[:200])
+                return False
+
+        return guarded
 
     async def _receive(self, client: Client) -> None:
         handle: Callable[[str, bytes], bool] = self.runtime.ingest.handle
@@ -426,7 +504,7 @@ class Controller:
             handle = self.facility.routed(handle, clock=self.clock)
         if self.carbon is not None:
             handle = self.carbon.routed(handle, clock=self.clock)
-        handle = self.jobs.routed(handle, forward=self.carbon is not None)
+        handle = self._guarded(self.jobs.routed(handle, forward=self.carbon is not None))
         queue = client.inbox
         while True:
             message = await client.receive()
@@ -462,11 +540,12 @@ class Controller:
         policy = rt.policy
         topo = policy.topology
         now_s = self.clock()
+        mono_s = self.monotonic()
         if rt.tier_table.size < len(rt.classes.names):
             rt.tier_table = _tier_table(policy, rt.classes)
         snapshot = rt.fleet.copy()
         tier = rt.tier_table[snapshot.workload_class]
-        stale = snapshot.stale_racks(now_s, policy.config.control.stale_after_s)
+        stale = snapshot.stale_racks(mono_s, policy.config.control.stale_after_s)
         site_power_w = float(snapshot.rack_power_w.sum())
         limits = rt.limits
         if self.grid is not None:
@@ -506,7 +585,7 @@ class Controller:
             limits=limits,
             settings=policy.config.policy_settings(),
             state=rt.decision_state,
-            now_s=now_s,
+            now_s=mono_s,
             stale_rack=stale,
             sync_job=self.jobs.sync_job(),
         )
@@ -515,13 +594,13 @@ class Controller:
             ceiling = self.carbon.ceilings(now_s)
             if ceiling is not None:
                 decision = dataclasses.replace(decision, cap_w=np.minimum(decision.cap_w, ceiling))
-        prev = rt.ticks.last_tick_s
-        if not math.isnan(prev):
-            rt.site_energy_j += site_power_w * max(0.0, now_s - prev)
+        prev = rt.ticks.last_tick_monotonic_s
+        dt_s = 0.0 if math.isnan(prev) else max(0.0, mono_s - prev)
+        rt.site_energy_j += site_power_w * dt_s
         if self.facility is not None:
             self.facility.account(
                 now_s=now_s,
-                dt_s=0.0 if math.isnan(prev) else max(0.0, now_s - prev),
+                dt_s=dt_s,
                 it_power_w=site_power_w,
                 gpu_power_w=snapshot.power_w,
                 tier=tier,
@@ -529,9 +608,9 @@ class Controller:
         rt.decision, rt.decision_state, rt.stale_rack = decision, state, stale
         sent = await self._send_due()
         rt.ticks.last_tick_s = now_s
-        rt.ticks.last_tick_monotonic_s = time.monotonic()
+        rt.ticks.last_tick_monotonic_s = mono_s
         self.notifier.notify("WATCHDOG=1")
-        log.info(
+        log.debug(
             "tick",
             site_power_w=round(site_power_w, 1),
             site_allowed_w=round(decision.site_allowed_w, 1),
@@ -540,6 +619,16 @@ class Controller:
             connected=rt.mqtt_connected,
             backlog=rt.backlog,
         )
+        summary = rt.tick_summary.observe(
+            time.monotonic(),
+            period_s=policy.config.logging.summary_period_s,
+            site_power_w=site_power_w,
+            site_allowed_w=decision.site_allowed_w,
+            stale_racks=int(stale.sum()),
+            commands_total=rt.book.sent_total,
+        )
+        if summary is not None:
+            log.info("ticks", **summary, connected=rt.mqtt_connected, backlog=rt.backlog)
 
     async def _send_due(self) -> int:
         """Publish the commands due under the current decision; skipped while disconnected.
@@ -563,10 +652,12 @@ class Controller:
             last_seen_s = rt.fleet.rack_last_seen_s
 
             def choose() -> list[tuple[str, bytes]]:
-                now_s = self.clock()
+                now_s = self.monotonic()
                 racks = book.due(decision, now_s=now_s, stale_rack=stale, last_seen_s=last_seen_s)
                 racks = racks[:COMMANDS_IN_FLIGHT]  # the rest stay due for the next batch
-                return book.build(decision, racks, now_s=now_s) if racks.size else []
+                if not racks.size:
+                    return []
+                return book.build(decision, racks, now_s=now_s, issued_at_s=self.clock())
 
             messages = await asyncio.to_thread(choose)
             if not messages:

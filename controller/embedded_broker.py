@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from controller import extras
 from policies.errors import ConfigError
 
 START_TIMEOUT_S = 20.0
@@ -41,6 +42,7 @@ async def _serve(port: int) -> None:
 @contextmanager
 def embedded_broker() -> Iterator[int]:
     """Start the broker on a free loopback port; yields the port once it accepts connections."""
+    extras.check("amqtt", "the demo's embedded MQTT broker (or pass --broker)")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.messages import json_object, number, optional_number
 from controller.metric_families import describe_families
-from controller.wire import PROTOCOL_VERSION, TOPIC_ROOT
+from controller.wire import PROTOCOL_VERSION, TOPIC_ROOT, TS_RANGE_S
 from policies.carbon import per_tier_totals
 from policies.decision import N_TIERS, Limits
 from policies.errors import ConfigError, ProtocolError
@@ -49,7 +49,7 @@ def facility_topic(site: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class FacilitySection(_Section):
@@ -60,24 +60,35 @@ class FacilitySection(_Section):
     """
 
     contract_w: float | None = Field(None, gt=0)
+    """The utility contract at the facility meter; unset: limits.contract_w. Units: W."""
     cooling: Literal["air", "liquid"] = "air"
+    """Cooling plant: air (chillers) or liquid (direct liquid cooling)."""
     cop_ref: float = Field(5.5, gt=0)
+    """The chiller's coefficient of performance at the reference temperature."""
     cop_slope_per_c: float = Field(0.14, ge=0)
+    """How much the COP falls per degree C warmer outdoors."""
     dlc_base_frac: float = Field(0.06, ge=0)
+    """With liquid cooling, the cooling draw as a share of IT power at the reference temperature."""
     ups_loss_frac: float = Field(0.04, ge=0, lt=0.5)
+    """UPS and distribution losses as a share of IT power."""
     fixed_w: float = Field(0.0, ge=0)
+    """Fixed facility draw (lighting, offices). Units: W."""
     design_outdoor_c: float = Field(35.0, description="assumed when the meter sends none")
+    """Outdoor temperature assumed when the meter sends none. Units: degrees C."""
     meter_timeout_s: float = Field(15.0, gt=0)
+    """A meter reading older than this is stale. Units: s."""
     fresh_margin_frac: float = Field(0.015, ge=0, lt=0.5)
+    """Margin kept below the contract while the meter is fresh."""
     stale_margin_frac: float = Field(0.04, ge=0, lt=0.5)
+    """Margin kept below the contract while the meter is stale."""
     max_margin_frac: float = Field(0.10, ge=0, lt=0.5)
+    """The widest margin below the contract, which a stale meter's margin grows to."""
     price_per_mwh: float = Field(0.0, ge=0)
-    currency: str = Field(
-        "USD",
-        pattern=r"^[A-Z]{3}$",
-        description="ISO 4217 code of price_per_mwh; exported as rheostat_energy_cost_info",
-    )
+    """Energy price, for the cost counters. Units: currency per MWh."""
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    """ISO 4217 code of `price_per_mwh`'s currency; exported as `rheostat_energy_cost_info`."""
     carbon_file: Path | None = None
+    """CSV of `unix_s,intensity_kg_per_mwh`, read at start-up."""
 
     def settings(self) -> FacilitySettings:
         return FacilitySettings(
@@ -110,7 +121,7 @@ def decode_meter(payload: bytes) -> MeterReading:
     """Validate a facility-meter message; raises ProtocolError naming what is wrong."""
     obj = json_object(payload, "facility", {"v", "ts", "facility_w", "it_w", "outdoor_c"})
     return MeterReading(
-        ts=number(obj, "ts", "facility", 0.0, math.inf),
+        ts=number(obj, "ts", "facility", *TS_RANGE_S),
         facility_w=number(obj, "facility_w", "facility", *FACILITY_RANGE_W),
         it_w=optional_number(obj, "it_w", "facility", *FACILITY_RANGE_W),
         outdoor_c=optional_number(obj, "outdoor_c", "facility", *OUTDOOR_RANGE_C),

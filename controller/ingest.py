@@ -5,39 +5,78 @@ assignment per field; nothing walks GPUs in Python. A rejected message is counte
 `TelemetryError` reason and dropped; ingest never raises into the event loop.
 
 Sequence rule (replays versus agent restarts): a message is accepted when its `seq` is greater than
-the last accepted one for its rack. A `seq` at or below it is a replay and is rejected
-(`stale_sequence`) unless its own timestamp is newer than the last accepted message's by more than
-`restart_gap_s`: an agent that restarts begins again at a low `seq` but stamps the current time,
-while a replayed message carries the old time it was first sent with.
+the last accepted one for its rack, or when it carries a boot id other than the last accepted one's
+(a restarted agent begins its sequence again). A `seq` at or below it is a replay and is rejected
+(`stale_sequence`); an agent that sends no boot id is also taken as restarted when its own
+timestamp is newer than the last accepted message's by more than `restart_gap_s`.
+
+No message can lock a rack out: a message whose timestamp is further than `max_clock_skew_s` from
+the site's time (the racks' median clock, seeded by the controller's wall clock) is rejected
+(`clock_skew`) before it can move the sequence, and once a
+rack has had no accepted message for `stale_after_s` (it is stale anyway) its next valid message is
+accepted whatever its `seq`, and the sequence re-bases on it. Freshness is judged by the receive
+time on `clock` (the daemon passes a monotonic clock), so no wall-clock step makes racks stale.
+
+Every table keyed by what messages say is bounded: workload classes by `max_classes` (names past
+it map to the unknown class, counted), racks by the topology (unknown racks are rejected).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import structlog
 from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
 
 from controller import wire
 from policies.errors import TelemetryError
 from policies.fleet import UNKNOWN_CLASS, FleetState
 from policies.topology import Topology
 
+log = structlog.get_logger("rheostat.ingest")
+
 MAX_CLASSES = np.iinfo(np.int16).max
+#: Distinct class lists whose code arrays are cached; the cache is emptied when full.
+MAX_CACHED_CLASS_LISTS = 1024
+_REJECT_INDEX = {reason: k for k, reason in enumerate(wire.COMMAND_REJECT_REASONS)}
+
+
+class TelemetrySection(BaseModel):
+    """Bounds on what rack agents and the scheduler may bring (the policy's `telemetry` section):
+    every table keyed by network input has a configured size.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    max_clock_skew_s: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    """Telemetry stamped further than this from the site's time (the median of the racks'
+    clocks) is rejected as `clock_skew`. Units: s.
+    """
+    max_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)] = 1024
+    """Distinct workload-class names remembered; later names count as the unknown class."""
+    max_jobs: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    """Synchronous jobs the scheduler may report at once."""
 
 
 class ClassTable:
     """Workload-class names ↔ int16 codes in `FleetState.workload_class` (0 = unknown).
 
     Codes are assigned on first sight and never reused, so a snapshot stays meaningful after the
-    policy changes; the tier of each code is looked up per tick with one fancy index.
+    policy changes; the tier of each code is looked up per tick with one fancy index. At most
+    `max_classes` names get a code: later ones map to the unknown class and are counted
+    (`overflow`), so a hostile agent inventing names costs a bounded table.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_classes: int = 1024) -> None:
+        self.max_classes = min(max_classes, MAX_CLASSES)
+        self.overflow = 0
         self._codes: dict[str, int] = {}
         self._names: list[str] = ["<unknown>"]
         self._lists: dict[tuple[str, ...], NDArray[np.int16]] = {}
@@ -45,7 +84,8 @@ class ClassTable:
     def code(self, name: str) -> int:
         found = self._codes.get(name)
         if found is None:
-            if len(self._names) > MAX_CLASSES:
+            if len(self._names) > self.max_classes:
+                self.overflow += 1
                 return UNKNOWN_CLASS
             found = len(self._names)
             self._codes[name] = found
@@ -59,8 +99,9 @@ class ClassTable:
         if found is None:
             found = np.array([self.code(n) for n in names], dtype=np.int16)
             found.flags.writeable = False
-            if len(self._lists) < MAX_CLASSES:  # bounded: a hostile agent cannot grow it forever
-                self._lists[names] = found
+            if len(self._lists) >= MAX_CACHED_CLASS_LISTS:  # bounded: hostile lists cannot pile up
+                self._lists.clear()
+            self._lists[names] = found
         return found
 
     @property
@@ -116,13 +157,64 @@ class IngestCounters:
     rejected: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(TelemetryError.REASONS, 0)
     )
+    #: Sequences re-based because a rack had been silent (or locked out) for a stale period.
+    rebased: int = 0
+
+
+@dataclass(eq=False, kw_only=True)
+class AgentReports:
+    """What agents say about the commands they got, per rack (from telemetry's optional fields).
+
+    `rejected_total` turns the agents' cumulative per-boot counts into one counter per reason
+    (`wire.COMMAND_REJECT_REASONS` order) that never goes down: an increase is added as it is
+    seen, and a new boot's counts are added whole.
+    """
+
+    cmd_epoch: NDArray[np.int64]
+    cmd_seq: NDArray[np.int64]
+    fallback: NDArray[np.bool_]
+    rejected_last: NDArray[np.int64]
+    rejected_total: NDArray[np.float64]
+    #: Racks whose last message reported any refusal (the rest hold zeros in `rejected_last`).
+    reported: NDArray[np.bool_]
+
+    @classmethod
+    def empty(cls, n_racks: int) -> AgentReports:
+        n_reasons = len(wire.COMMAND_REJECT_REASONS)
+        return cls(
+            cmd_epoch=np.full(n_racks, -1, dtype=np.int64),
+            cmd_seq=np.full(n_racks, -1, dtype=np.int64),
+            fallback=np.zeros(n_racks, dtype=np.bool_),
+            rejected_last=np.zeros((n_racks, n_reasons), dtype=np.int64),
+            rejected_total=np.zeros(n_reasons),
+            reported=np.zeros(n_racks, dtype=np.bool_),
+        )
+
+    def take(self, rack: int, msg: wire.Telemetry, *, new_boot: bool) -> None:
+        self.cmd_epoch[rack] = -1 if msg.cmd_epoch is None else msg.cmd_epoch
+        self.cmd_seq[rack] = -1 if msg.cmd_seq is None else msg.cmd_seq
+        self.fallback[rack] = msg.fallback
+        if not msg.cmd_rejected:  # the common case: nothing refused since the agent booted
+            if self.reported[rack]:
+                self.rejected_last[rack] = 0
+                self.reported[rack] = False
+            return
+        self.reported[rack] = True
+        counts = np.zeros(len(wire.COMMAND_REJECT_REASONS), dtype=np.int64)
+        for reason, count in msg.cmd_rejected.items():
+            counts[_REJECT_INDEX[reason]] = count
+        last = self.rejected_last[rack]
+        reset = new_boot or bool((counts < last).any())  # counts restart with the agent
+        self.rejected_total += counts if reset else counts - last
+        self.rejected_last[rack] = counts
 
 
 class Ingest:
     """Writes accepted telemetry into `fleet`; the tick loop snapshots `fleet` with `copy()`.
 
     `clock` gives the receive time (s) that freshness is judged by, so an agent's skewed clock
-    cannot make a silent rack look fresh.
+    cannot make a silent rack look fresh; the daemon passes a monotonic clock. `wall_clock`
+    (Unix s; `clock` when not given) is what message timestamps are compared with.
     """
 
     def __init__(
@@ -133,6 +225,9 @@ class Ingest:
         *,
         restart_gap_s: float,
         clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] | None = None,
+        max_clock_skew_s: float = math.inf,
+        stale_after_s: float = math.inf,
         max_bytes: int = wire.MAX_PAYLOAD_BYTES,
     ) -> None:
         self.topology = topology
@@ -140,18 +235,62 @@ class Ingest:
         self.classes = classes
         self.restart_gap_s = restart_gap_s
         self.clock = clock
+        self.wall_clock = wall_clock or clock
+        self.max_clock_skew_s = max_clock_skew_s
+        self.stale_after_s = stale_after_s
         self.max_bytes = max_bytes
         self.counters = IngestCounters()
+        self.agents = AgentReports.empty(topology.n_racks)
         self._sizes = topology.rack_sizes()
         self._msg_ts_s = np.full(topology.n_racks, -np.inf)
+        self._boot: list[str | None] = [None] * topology.n_racks
+        #: Per rack, its clock minus our receive clock (s) at its last accepted message, and at
+        #: its last message refused for skew; the site's time is their median.
+        self._offset_s = np.full(topology.n_racks, np.nan)
+        self._pending_offset_s = np.full(topology.n_racks, np.nan)
+        self._site_offset: tuple[float, float] | None = None  # (computed at, offset)
+        self._started_s = clock()
+
+    def _site_offset_s(self, now_s: float) -> float:
+        """The site's time minus the receive clock: what a message's `ts` is judged by. Units: s.
+
+        The median over racks of their clocks (as of their last accepted message), so neither an
+        agent whose clock runs ahead nor a step of the controller's own wall clock moves it; the
+        controller's wall clock only seeds it until racks report. Should nothing be accepted for a
+        stale period while over half the racks agree among themselves (the controller's clock is
+        the wrong one), their median is taken. Recomputed at most once a second.
+        """
+        cached = self._site_offset
+        if cached is not None and now_s - cached[0] < 1.0:
+            return cached[1]
+        known = self._offset_s[np.isfinite(self._offset_s)]
+        if known.size:
+            offset = float(np.median(known))
+        else:
+            pending = self._pending_offset_s[np.isfinite(self._pending_offset_s)]
+            quiet = now_s - self._started_s > self.stale_after_s
+            if quiet and pending.size * 2 > self._offset_s.size:
+                offset = float(np.median(pending))
+            else:
+                offset = self.wall_clock() - now_s
+        self._site_offset = (now_s, offset)
+        return offset
 
     def handle(self, topic: str, payload: bytes) -> bool:
-        """Validate and apply one message; returns whether it was accepted. Never raises."""
+        """Validate and apply one message; returns whether it was accepted. Never raises.
+
+        Anything unexpected while handling one message (a bug, not a bad message) is logged and
+        counted as `internal_error`; the next message is handled as usual.
+        """
         self.counters.messages += 1
         try:
             self._apply(topic, payload)
         except TelemetryError as exc:
             self.counters.rejected[exc.reason] += 1
+            return False
+        except Exception:  # one message must never stop ingest
+            self.counters.rejected["internal_error"] += 1
+            log.exception("telemetry message could not be handled", topic=topic[:200])
             return False
         self.counters.accepted += 1
         return True
@@ -166,11 +305,28 @@ class Ingest:
         msg = wire.decode_telemetry(
             payload, rack=rack_id, expected_gpus=int(self._sizes[rack]), max_bytes=self.max_bytes
         )
-        last_seq = int(self.fleet.rack_seq[rack])
-        if msg.seq <= last_seq and not msg.ts_s > self._msg_ts_s[rack] + self.restart_gap_s:
-            raise TelemetryError("stale_sequence", f"seq {msg.seq} after {last_seq}", rack=rack_id)
-        rows = self.topology.rack_slice(rack)
+        now_s = self.clock()
+        offset_s = msg.ts_s - now_s
+        skew_s = offset_s - self._site_offset_s(now_s)
+        if not abs(skew_s) <= self.max_clock_skew_s:
+            self._pending_offset_s[rack] = offset_s
+            raise TelemetryError(
+                "clock_skew", f"ts {msg.ts_s:.3f} is {skew_s:+.1f} s off site time", rack=rack_id
+            )
         fleet = self.fleet
+        last_seq = int(fleet.rack_seq[rack])
+        held_boot = self._boot[rack]
+        new_boot = msg.boot is not None and msg.boot != held_boot
+        if not (new_boot or msg.seq > last_seq):
+            restarted = msg.boot is None and msg.ts_s > self._msg_ts_s[rack] + self.restart_gap_s
+            silent = now_s - fleet.rack_last_seen_s[rack] > self.stale_after_s
+            if not (restarted or silent):
+                raise TelemetryError(
+                    "stale_sequence", f"seq {msg.seq} after {last_seq}", rack=rack_id
+                )
+            if silent and not restarted:
+                self.counters.rebased += 1
+        rows = self.topology.rack_slice(rack)
         fleet.power_w[rows] = msg.power_w
         fleet.sm_clock_mhz[rows] = msg.sm_clock_mhz
         fleet.util[rows] = msg.util
@@ -179,6 +335,9 @@ class Ingest:
         fleet.cap_w[rows] = msg.cap_w
         fleet.workload_class[rows] = self.classes.codes(msg.classes)[msg.class_idx]
         fleet.rack_power_w[rack] = msg.rack_power_w
-        fleet.rack_last_seen_s[rack] = self.clock()
+        fleet.rack_last_seen_s[rack] = now_s
         fleet.rack_seq[rack] = msg.seq
         self._msg_ts_s[rack] = msg.ts_s
+        self._offset_s[rack] = offset_s
+        self.agents.take(rack, msg, new_boot=new_boot)
+        self._boot[rack] = msg.boot

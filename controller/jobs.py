@@ -30,6 +30,7 @@ from controller.carbon import (
     job_rows,
     jobs_filter,
 )
+from controller.messages import MessageRejections
 from controller.metric_families import describe_families
 from controller.wire import TOPIC_ROOT
 from policies.errors import ProtocolError
@@ -44,6 +45,10 @@ class SyncJobs:
 
     site: str
     topology: Topology
+    #: Most jobs held at once (the policy's `telemetry.max_jobs`); more are counted and dropped.
+    max_jobs: int = MAX_JOBS
+    #: Where refusals are counted by reason (the daemon's `rheostat_messages_rejected_total`).
+    rejections: MessageRejections | None = None
     reports: dict[str, JobReport] = field(default_factory=dict)
     rejected: int = 0
     _rows: dict[str, NDArray[np.int64]] = field(default_factory=dict)
@@ -83,6 +88,8 @@ class SyncJobs:
             report = decode_job(payload, job=name)
         except ProtocolError as exc:
             self.rejected += 1
+            if self.rejections is not None:
+                self.rejections.count("job", exc)
             log.warning("job report rejected", job=name, reason=str(exc))
             return True
         old = self.reports.get(name)
@@ -91,7 +98,7 @@ class SyncJobs:
         if not report.sync:
             self._drop(name)  # no longer (or never) synchronous
             return True
-        if old is None and len(self.reports) >= MAX_JOBS:
+        if old is None and len(self.reports) >= self.max_jobs:
             self.rejected += 1
             return True
         rows = self._resolve(report, skip=name)

@@ -8,7 +8,8 @@ v1 with known keys and finite numbers in range, and a rejection must say what wa
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import orjson
 
@@ -47,3 +48,63 @@ def number(obj: dict[str, Any], key: str, what: str, lo: float, hi: float) -> fl
 
 def optional_number(obj: dict[str, Any], key: str, what: str, lo: float, hi: float) -> float | None:
     return None if obj.get(key) is None else number(obj, key, what, lo, hi)
+
+
+def safe_int(obj: dict[str, Any], key: str, what: str, lo: int = 0, hi: int = 2**53 - 1) -> int:
+    """`obj[key]` as a JSON integer in [lo, hi] (safe integers; booleans are not integers)."""
+    raw = obj.get(key)
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ProtocolError(f"{what} {key} must be an integer")
+    if not lo <= raw <= hi:
+        raise ProtocolError(f"{what} {key} outside [{lo}, {hi}]", reason="out_of_range")
+    return raw
+
+
+@dataclass(eq=False)
+class MessageRejections:
+    """Refused messages beside telemetry, by kind (topic family) and reason.
+
+    Decoders that refuse a message count it here with their typed reason (grid events, job
+    reports), and the daemon's receive loop counts any exception one message causes as
+    `internal_error` (a fault) before going on. Both labels come from fixed sets (`KINDS`,
+    `REASONS`), so the table stays small whatever the messages say.
+    """
+
+    KINDS: ClassVar[tuple[str, ...]] = (
+        "telemetry",
+        "grid_event",
+        "job",
+        "facility",
+        "signal",
+        "other",
+    )
+    REASONS: ClassVar[tuple[str, ...]] = (
+        "malformed",
+        "out_of_range",
+        "too_large",
+        "wrong_version",
+        "internal_error",
+    )
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @classmethod
+    def kind_of(cls, topic: str, site_prefix: str) -> str:
+        """The topic family of `topic` under `site_prefix` (`rheostat/v1/<site>/`)."""
+        if not topic.startswith(site_prefix):
+            return "other"
+        family = topic[len(site_prefix) :].split("/", 2)
+        kind = {
+            "telemetry": "telemetry",
+            "jobs": "job",
+            "facility": "facility",
+        }.get(family[0])
+        if kind is None and family[0] == "grid" and len(family) > 1:
+            kind = {"event": "grid_event", "signal": "signal"}.get(family[1])
+        return kind or "other"
+
+    def count(self, kind: str, exc: BaseException) -> None:
+        reason = getattr(exc, "reason", "internal_error")
+        if reason not in self.REASONS:
+            reason = "internal_error"
+        key = (kind if kind in self.KINDS else "other", reason)
+        self.counts[key] = self.counts.get(key, 0) + 1

@@ -3,12 +3,18 @@
 ruamel's round-trip loader keeps each key's position, so every pydantic error is reported with
 its file, 1-based line and dotted field path, all at once (`ConfigErrors`), rather than one per
 run. The result, `Policy`, is what the daemon holds and swaps atomically on reload.
+
+Every rule lives here, once: `parse_policy` applies the rules about one file (schema, topology,
+safe caps that fit), and `check_reload` the rules about replacing a running policy with another
+(what only a restart may change). `rheostat check` and the daemon's reload call the same two
+functions, so a file that one accepts the other cannot refuse.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +25,11 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from controller.config import InlineTopology, PolicyFile, RowSpec, TopologySection
+from controller.settings import blame_environment, environment_overrides, merge
 from policies.errors import ConfigError, ConfigErrors, TopologyError
+from policies.facility import it_budget
 from policies.gpu_models import model_code
+from policies.safe_caps import configured_safe_caps, derive_safe_caps, safe_cap_overruns
 from policies.topology import Level, Topology, dc_side, generate_topology
 
 DEFAULT_POLICY_RESOURCE = "default_policy.yaml"
@@ -28,11 +37,22 @@ DEFAULT_POLICY_RESOURCE = "default_policy.yaml"
 
 @dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class Policy:
-    """A validated policy file and the topology it describes; immutable, swapped whole on reload."""
+    """A validated policy file and the topology it describes; immutable, swapped whole on reload.
+
+    `safe_cap_w` is each GPU's safe cap (W), what its agent applies when its last command's TTL
+    runs out; commands carry them. All of them together fit every limit of the topology. Left
+    out, they are worked out from the config and the topology (see `safe_caps`).
+    """
 
     config: PolicyFile
     topology: Topology
     source: str
+    safe_cap_w: np.ndarray[Any, np.dtype[np.float64]] = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        if self.safe_cap_w.shape != (self.topology.n_gpus,):
+            caps = safe_caps(self.config, self.topology, source=self.source)
+            object.__setattr__(self, "safe_cap_w", caps)
 
     @property
     def site(self) -> str:
@@ -44,6 +64,8 @@ def _yaml_line(root: Any, loc: tuple[int | str, ...]) -> int | None:
     node, line = root, None
     for step in loc:
         if isinstance(node, CommentedMap) and step in node:
+            if step not in (node.lc.data or {}):  # set from the environment, not the file
+                break
             line = node.lc.key(step)[0] + 1
             node = node[step]
         elif isinstance(node, CommentedSeq) and isinstance(step, int) and 0 <= step < len(node):
@@ -89,24 +111,124 @@ def _validate(model: type[Any], data: Any, source: str) -> Any:
         raise ConfigErrors(errors) from None
 
 
-def parse_policy(text: str, *, source: str, base_dir: Path | None = None) -> Policy:
-    """Validate policy-file text; raises `ConfigError`/`ConfigErrors` naming every problem."""
+def parse_policy(
+    text: str,
+    *,
+    source: str,
+    base_dir: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Policy:
+    """Validate policy-file text; raises `ConfigError`/`ConfigErrors` naming every problem.
+
+    `overrides` (from the environment) are merged over the file's fields before validation.
+    """
     data = _parse_yaml(text, source)
+    if overrides and isinstance(data, dict):
+        data = merge(data, overrides)
     config: PolicyFile = _validate(PolicyFile, data, source)
     topology = dc_side(
         build_topology(config, source=source, base_dir=base_dir or Path()),
         config.limits.psu_efficiency,
     )
-    return Policy(config=config, topology=topology, source=source)
+    safe_cap_w = safe_caps(config, topology, source=source, data=data)
+    return Policy(config=config, topology=topology, source=source, safe_cap_w=safe_cap_w)
 
 
-def load_policy(path: Path | str) -> Policy:
+def safe_caps(
+    config: PolicyFile, topology: Topology, *, source: str, data: Any = None
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Each GPU's safe cap (W): `control.safe_cap_frac` of its max cap when the file sets it,
+    else derived from the topology; refused, naming every group, unless all of them at once fit
+    every usable limit and the contract (with the site margin the allocation keeps). With a
+    `facility` section the contract is at the facility meter: the IT power it leaves at the
+    design outdoor temperature, with no meter reading, is the site's limit here."""
+    frac = config.control.safe_cap_frac
+    margin = config.capping.site_margin_frac
+    site_limit_w = _facility_it_limit_w(config)
+    if frac is None:
+        cap = derive_safe_caps(topology, site_limit_w=site_limit_w, site_margin_frac=margin)
+        at = "site.topology"
+        why = "even min caps do not fit"
+    else:
+        cap = configured_safe_caps(topology, frac)
+        at = "control.safe_cap_frac"
+        why = "does not fit"
+    overruns = safe_cap_overruns(topology, cap, site_limit_w=site_limit_w, site_margin_frac=margin)
+    if overruns:
+        line = _yaml_line(data, tuple(at.split("."))) if data is not None else None
+        raise ConfigErrors(
+            [
+                ConfigError(f"{why}: {o.describe()}", file=source, line=line, field=at)
+                for o in overruns
+            ]
+        )
+    return cap
+
+
+def _facility_it_limit_w(config: PolicyFile) -> float | None:
+    """The IT power (core side, W) a facility contract allows with no meter reading, or None."""
+    section = config.facility
+    if section is None:
+        return None
+    contract = section.contract_w if section.contract_w is not None else config.limits.contract_w
+    if contract is None:
+        return None
+    budget = it_budget(contract, outdoor_c=section.design_outdoor_c, settings=section.settings())
+    return budget.budget_w * config.limits.psu_efficiency
+
+
+def reload_problems(running: Policy, new: Policy) -> list[ConfigError]:
+    """Why `new` cannot replace `running` without a restart (empty: it can).
+
+    The site name names every topic the controller subscribes and publishes, and the mqtt
+    section its session with the broker: a running controller keeps both until it restarts.
+    """
+    problems = []
+    if new.site != running.site:
+        problems.append(
+            ConfigError(
+                f"the running controller serves site {running.site!r}; "
+                "a new site name takes a restart",
+                file=new.source,
+                field="site.name",
+            )
+        )
+    if new.config.mqtt != running.config.mqtt:
+        changed = [
+            name
+            for name in type(new.config.mqtt).model_fields
+            if getattr(new.config.mqtt, name) != getattr(running.config.mqtt, name)
+        ]
+        problems.extend(
+            ConfigError("changes only with a restart", file=new.source, field=f"mqtt.{name}")
+            for name in changed
+        )
+    return problems
+
+
+def check_reload(running: Policy, new: Policy) -> None:
+    """Raise `ConfigErrors` when `new` may not replace `running` on a reload."""
+    problems = reload_problems(running, new)
+    if problems:
+        raise ConfigErrors(problems)
+
+
+def load_policy(path: Path | str, *, environment: bool = True) -> Policy:
+    """Read and validate a policy file; with `environment`, `RHEOSTAT_<SECTION>__<FIELD>`
+    variables override its fields (`controller.settings`).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
-    return parse_policy(text, source=str(path), base_dir=path.parent)
+    overrides = environment_overrides() if environment else None
+    try:
+        return parse_policy(text, source=str(path), base_dir=path.parent, overrides=overrides)
+    except ConfigErrors as exc:
+        if not overrides:
+            raise
+        raise ConfigErrors(blame_environment(exc.errors, overrides)) from None
 
 
 def default_policy_text() -> str:

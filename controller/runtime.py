@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from controller.command_book import CommandBook
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
+from controller.logs import TickSummary
 from controller.policy_file import Policy
 from policies.decision import Decision, DecisionState, Limits
 from policies.fleet import FleetState
@@ -82,6 +83,8 @@ class Runtime:
     site_energy_j: float = 0.0
     demand_response: DemandResponseStatus | None = None
     version: str = "0+unknown"
+    #: What the periodic INFO summary of the ticks has gathered so far.
+    tick_summary: TickSummary = field(default_factory=TickSummary)
 
     @property
     def backlog(self) -> int:

@@ -17,6 +17,7 @@ import structlog
 from controller.carbon import CarbonCollector
 from controller.cli import package_version
 from controller.daemon import Controller, Notifier
+from controller.edge_metrics import EdgeCollector
 from controller.facility import FacilityCollector
 from controller.http import build_app, daemon_registry, start_server
 from controller.jobs import SyncJobsCollector
@@ -39,13 +40,17 @@ async def serving(
         policy, policy_path=policy_path, notifier=notifier, version=package_version()
     )
     registry = daemon_registry()
-    registry.register(RheostatCollector(controller.runtime))
+    # Freshness is kept on the daemon's monotonic clock (a wall-clock step stales nothing).
+    registry.register(RheostatCollector(controller.runtime, clock=controller.monotonic))
+    registry.register(EdgeCollector(controller.runtime, controller.rejections))
     if controller.facility is not None:
         registry.register(FacilityCollector(controller.facility, clock=controller.clock))
     if controller.carbon is not None:
         registry.register(CarbonCollector(controller.carbon, clock=controller.clock))
     registry.register(SyncJobsCollector(controller.jobs))
-    app = build_app(controller.runtime, registry)
+    app = build_app(
+        controller.runtime, registry, clock=controller.monotonic, monotonic=controller.monotonic
+    )
     cfg = policy.config.metrics
     port = cfg.port if metrics_port is None else metrics_port
     runner, bound = await start_server(app, cfg.host, port)

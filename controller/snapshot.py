@@ -9,86 +9,135 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from policies.decision import (
-    CappingSettings,
-    DecisionState,
-    DvfsSettings,
-    Limits,
-    PolicySettings,
-)
+from controller.config import DecisionSettingsSection
+from controller.wire import GPU_FIELD_RANGES
+from policies.decision import DecisionState, Limits, PolicySettings
 from policies.errors import ConfigError, ConfigErrors, TopologyError
 from policies.fleet import FleetState
 from policies.gpu_models import MODEL_CODE
 from policies.topology import Level, Topology
 
-T = TypeVar("T")
-
 Watts = Annotated[float, Field(gt=0)]
+#: Indices into the snapshot's own arrays: bounded so a huge integer is a field error, not an
+#: OverflowError from numpy's int32.
+Index = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+#: Per-GPU power and caps within what the wire accepts from a rack.
+GpuWatts = Annotated[float, Field(ge=0, le=GPU_FIELD_RANGES["cap_w"][1])]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Attribute docstrings become the JSON schema's descriptions (`rheostat schema snapshot`).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class LevelSpec(_Strict):
+    """One level of the power hierarchy; every list has one entry per group (per id)."""
+
     name: str
+    """The level's name (e.g. server, rack, row, site); `rack_level` names one of them."""
     ids: list[str] = Field(min_length=1)
-    parent: list[int] | None = None
-    #: null means no limit at this group.
+    """The groups' ids, in index order."""
+    parent: list[Index] | None = None
+    """Per group, the index of its parent in the next level; required below the top level."""
     limit_w: list[Watts | None]
+    """Per group, its rated limit (W); null means no limit at this group."""
     derating: list[Annotated[float, Field(gt=0, le=1)]] | None = None
+    """Per group, the usable fraction of its rating, in (0, 1] (absent: 1)."""
     overhead_w: list[Annotated[float, Field(ge=0)]] | None = None
+    """Per group, its non-GPU power (CPUs, fans, NICs; W), counted in its budget (absent: 0)."""
 
 
 class GpuSpec(_Strict):
-    model: list[str]
-    server: list[int]
+    """The GPUs, in decision order (by rack); both lists have one entry per GPU."""
+
+    model: list[str] = Field(min_length=1)
+    """Per GPU, its model name (e.g. H100-SXM5); at least one GPU: none leaves nothing to decide."""
+    server: list[Index]
+    """Per GPU, the index of its server in the first (finest) level."""
 
 
 class TopologySpec(_Strict):
+    """The site's power hierarchy, finest level first (at least 3 levels)."""
+
     site: str
+    """The site's name."""
     rack_level: str = "rack"
+    """The level whose groups are racks (telemetry, staleness and commands are per rack)."""
     levels: list[LevelSpec] = Field(min_length=3)
+    """The levels, finest first (e.g. server, rack, row, site); the last one is the site."""
     gpus: GpuSpec
+    """The GPUs and where each one sits."""
 
 
 class TelemetrySpec(_Strict):
-    power_w: list[Annotated[float, Field(ge=0)]]
-    cap_w: list[Watts]
+    """The latest reading of every GPU; each list has one entry per GPU."""
+
+    power_w: list[GpuWatts]
+    """Per GPU, measured board power (W)."""
+    cap_w: list[Annotated[GpuWatts, Field(gt=0)]]
+    """Per GPU, the power cap in force (W)."""
     util: list[Fraction]
+    """Per GPU, utilisation (share of time a kernel ran), a fraction in [0, 1]."""
     mem_util: list[Fraction]
+    """Per GPU, memory utilisation (share of time memory was busy), a fraction in [0, 1]."""
 
 
 class PreviousSpec(_Strict):
-    cap_w: list[Watts]
+    """The decision before this one, for caps' ramp limits and the site's ramp (absent: first)."""
+
+    cap_w: list[Annotated[GpuWatts, Field(gt=0)]]
+    """Per GPU, the caps issued last time (W); any outside a GPU's model range is clamped to it
+    by the decision core."""
     now_s: float
+    """When that decision was made (s, on the same clock as `now_s`)."""
     site_allowed_w: Watts
+    """The site power it allowed (W)."""
 
 
-class SettingsSpec(_Strict):
-    capping: dict[str, float | None] = Field(default_factory=dict)
-    dvfs: dict[str, float | bool] = Field(default_factory=dict)
+class LimitsSpec(_Strict):
+    """`policies.decision.Limits` for this tick. Units: W."""
+
+    site_limit_w: Watts | None = None
+    """The hard site limit in force (W): the lowest of the contract, a demand-response target and
+    the facility's IT budget; null keeps the site level's own rating."""
+    site_target_w: Watts | None = None
+    """A softer site target (W), e.g. a demand-response level, that the allowed site power
+    follows within the ramp rates; null: none."""
 
 
 class SnapshotSpec(_Strict):
+    """Recorded inputs of one decision (`rheostat decide SNAPSHOT`)."""
+
     version: Annotated[int, Field(ge=1, le=1)] = 1
+    """The snapshot format's version; 1 is the only one."""
     now_s: float
+    """The decision's time (s); every rack's telemetry is taken as fresh at this time."""
     topology: TopologySpec
+    """The power hierarchy and the GPUs."""
     telemetry: TelemetrySpec
+    """The latest per-GPU readings."""
     tier: list[Annotated[int, Field(ge=0, le=3)]]
-    #: Per GPU, the synchronous job it belongs to (any label; null: none), or absent.
+    """Per GPU, its Flex tier: 0 is never slowed unless the hard limits leave no choice, 3
+    tolerates the most slowdown."""
     sync_job: list[Annotated[str, Field(min_length=1)] | None] | None = None
+    """Per GPU, the synchronous job it belongs to (any label; null: none), or absent."""
     stale_racks: list[str] = Field(default_factory=list)
-    limits: dict[str, Watts | None] = Field(default_factory=dict)
-    settings: SettingsSpec = Field(default_factory=SettingsSpec)
+    """Ids of racks whose telemetry is stale: the decision assumes their worst case."""
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    """This tick's site limit and target beside the topology's own ratings."""
+    settings: DecisionSettingsSection = Field(default_factory=DecisionSettingsSection)
+    """The policy file's `capping`, `ramp` and `dvfs` sections, with the same bounds."""
     previous: PreviousSpec | None = None
+    """The previous decision, or absent for a first one."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,24 +224,15 @@ def parse_snapshot(data: Any, *, source: str = "<snapshot>") -> Snapshot:
         topology=topology,
         fleet=fleet,
         tier=tier,
-        limits=_build(Limits, spec.limits, "limits", source),
-        settings=PolicySettings(
-            capping=_build(CappingSettings, spec.settings.capping, "settings.capping", source),
-            dvfs=_build(DvfsSettings, spec.settings.dvfs, "settings.dvfs", source),
+        limits=Limits(
+            site_limit_w=spec.limits.site_limit_w, site_target_w=spec.limits.site_target_w
         ),
+        settings=spec.settings.policy_settings(),
         state=state,
         now_s=spec.now_s,
         stale_rack=stale,
         sync_job=sync_job,
     )
-
-
-def _build(cls: type[T], values: dict[str, Any], field: str, source: str) -> T:
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        known = ", ".join(getattr(cls, "__dataclass_fields__", {}))
-        raise ConfigError(f"{exc}; known keys: {known}", file=source, field=field) from None
 
 
 def _topology(spec: TopologySpec, source: str) -> Topology:

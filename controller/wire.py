@@ -6,17 +6,22 @@ Topics (QoS in brackets):
   rheostat/v1/<site>/controller/status     controller, retained; its MQTT last will is `offline`
 
 The simulator's agents and the daemon both use this module, so the two sides cannot drift apart.
-Decoding validates everything a rack could get wrong (shape, finiteness, physical ranges) and
-raises `TelemetryError` with the reason the daemon counts it under; callers never see a half-valid
-message. Per-GPU values travel as JSON arrays and land as numpy arrays, never as Python lists
-walked one GPU at a time.
+Decoding validates everything a sender could get wrong (shape, finiteness, physical ranges, safe
+integers, bounded strings) and raises `TelemetryError` (or `ProtocolError` for commands and
+status) with the reason it is counted under; callers never see a half-valid message. Per-GPU
+values travel as JSON arrays and land as numpy arrays, never as Python lists walked one GPU at a
+time. Order comes from counters, never from clocks: telemetry carries the agent's boot id and a
+sequence, commands carry (epoch, controller instance, seq) and agents apply `accept_command`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Literal
+import math
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeGuard
 
 import numpy as np
 import orjson
@@ -41,6 +46,45 @@ GPU_FIELD_RANGES: Final[dict[str, tuple[float, float]]] = {
     "cap_w": (0.0, 3000.0),
 }
 RACK_POWER_RANGE_W: Final = (0.0, 2.0e6)
+#: Integers on the wire are JSON integers in [0, 2**53 - 1] ("safe integers": every one of them
+#: survives a float64 round trip, so any JSON library on either side reads the same value).
+MAX_SAFE_INT: Final = 2**53 - 1
+#: Timestamps (Unix s) on the wire: finite, not negative, and before the year 5000. How far they
+#: may be from the controller's own clock is the controller's check (`telemetry.max_clock_skew_s`).
+TS_RANGE_S: Final = (0.0, 1.0e11)
+#: Boot ids (agent) and controller instance ids: 1-64 characters of this set.
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+#: Longest rack id accepted in a payload (the topic level names it too).
+MAX_RACK_ID_CHARS: Final = 128
+#: Workload-class names per telemetry message, and characters per name.
+MAX_MESSAGE_CLASSES: Final = 256
+MAX_CLASS_NAME_CHARS: Final = 64
+#: A command's `ttl_s` lies in (0, MAX_TTL_S]. Units: s.
+MAX_TTL_S: Final = 3600.0
+#: Why an agent refuses a command; agents report cumulative counts per reason in telemetry.
+COMMAND_REJECT_REASONS: Final = (
+    "stale_epoch",
+    "stale_seq",
+    "wrong_rack",
+    "wrong_length",
+    "malformed",
+    "out_of_range",
+    "wrong_version",
+)
+
+
+#: Reconnect backoff for every client of the protocol (daemon and agents): the first retry after
+#: RECONNECT_FIRST_S, each later one twice as long up to RECONNECT_MAX_S, jittered over the upper
+#: half. Units: s. With it every rack has a fresh command within a few seconds of a broker's
+#: return, far inside any command's TTL (an uncapped `1.5 ** attempt` reaches a minute).
+RECONNECT_FIRST_S: Final = 0.25
+RECONNECT_MAX_S: Final = 2.0
+
+
+def reconnect_delay_s(attempt: int) -> float:
+    """Jittered, capped delay before reconnect `attempt` (1-based). Units: s."""
+    ceiling = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2.0 ** max(0, min(attempt, 16) - 1))
+    return random.uniform(ceiling / 2, ceiling)  # jitter, not cryptography
 
 
 def telemetry_topic(site: str, rack: str) -> str:
@@ -84,6 +128,15 @@ class Telemetry:
     classes: tuple[str, ...]
     class_idx: NDArray[np.int64]
     rack_power_w: float
+    #: The agent's boot id: a new one restarts the sequence. None: an agent that sends none.
+    boot: str | None = None
+    #: Epoch and seq of the last command the agent applied (None before the first one).
+    cmd_epoch: int | None = None
+    cmd_seq: int | None = None
+    #: Commands the agent refused since it booted, by reason (`COMMAND_REJECT_REASONS`).
+    cmd_rejected: Mapping[str, int] = field(default_factory=dict)
+    #: The agent is on its safe caps: its last command's TTL ran out.
+    fallback: bool = False
 
     @property
     def n_gpus(self) -> int:
@@ -94,8 +147,11 @@ class Telemetry:
 class Command:
     """Caps and clock ceilings for one rack, valid for `ttl_s` after `issued_at_s`.
 
-    An agent that hears nothing newer before `issued_at_s + ttl_s` (by its own receive time plus
-    `ttl_s`, so clock skew cannot extend a command) falls back to its configured safe caps.
+    An agent that hears nothing newer within `ttl_s` of receiving it (on its own monotonic
+    clock, so no wall clock can extend or shorten a command) falls back to its safe caps:
+    `safe_cap_w` from its last command when that carried them (per GPU, W; derived so that
+    every rack on them at once fits every limit), else its configured ones. `issued_at_s` is
+    informational only. `accept_command` is the agents' ordering rule.
     """
 
     rack: str
@@ -104,6 +160,11 @@ class Command:
     ttl_s: float
     cap_w: FloatArray
     sm_clock_max_mhz: FloatArray
+    safe_cap_w: FloatArray | None = None
+    #: The leader's term (0 when HA is off) and the controller instance that sent it; agents
+    #: order commands by (epoch, ctl, seq), never by `issued_at_s`.
+    epoch: int = 0
+    ctl: str = "rheostat"
 
     @property
     def n_gpus(self) -> int:
@@ -117,11 +178,24 @@ class Status:
     state: Literal["online", "offline"]
     ts_s: float
     controller: str
+    epoch: int = 0
 
 
 def encode_telemetry(msg: Telemetry) -> bytes:
+    extra: dict[str, Any] = {}
+    if msg.boot is not None:
+        extra["boot"] = msg.boot
+    if msg.cmd_epoch is not None:
+        extra["cmd_epoch"] = msg.cmd_epoch
+    if msg.cmd_seq is not None:
+        extra["cmd_seq"] = msg.cmd_seq
+    if msg.cmd_rejected:
+        extra["cmd_rejected"] = dict(msg.cmd_rejected)
+    if msg.fallback:
+        extra["fallback"] = True
     return orjson.dumps(
         {
+            **extra,
             "v": PROTOCOL_VERSION,
             "rack": msg.rack,
             "seq": msg.seq,
@@ -180,6 +254,73 @@ def _number(obj: dict[str, Any], key: str, rack: str | None) -> float:
         raise TelemetryError("malformed", f"{key} is out of float range", rack=rack) from None
 
 
+def is_safe_int(value: object) -> TypeGuard[int]:
+    """A JSON integer in [0, 2**53 - 1]; booleans are not integers here."""
+    return type(value) is int and 0 <= value <= MAX_SAFE_INT
+
+
+def is_id(value: object) -> TypeGuard[str]:
+    """A boot or controller instance id: 1-64 characters of `[A-Za-z0-9._:-]`."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def _safe_int(obj: dict[str, Any], key: str, rack: str | None) -> int:
+    raw = obj.get(key)
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise TelemetryError("malformed", f"{key} must be an integer", rack=rack)
+    if not 0 <= raw <= MAX_SAFE_INT:
+        raise TelemetryError("out_of_range", f"{key} outside [0, 2**53 - 1]", rack=rack)
+    return raw
+
+
+def _timestamp(obj: dict[str, Any], key: str, rack: str | None) -> float:
+    value = _number(obj, key, rack)
+    if not math.isfinite(value):
+        raise TelemetryError("non_finite", f"{key} must be finite", rack=rack)
+    lo, hi = TS_RANGE_S
+    if not lo <= value <= hi:
+        raise TelemetryError("out_of_range", f"{key} outside [{lo}, {hi}]", rack=rack)
+    return value
+
+
+def _agent_fields(obj: dict[str, Any], rack: str | None) -> dict[str, Any]:
+    """The optional fields an agent adds: boot id, last applied command, rejections, fallback."""
+    out: dict[str, Any] = {}
+    boot = obj.get("boot")
+    if boot is not None:
+        if not is_id(boot):
+            raise TelemetryError(
+                "malformed", "boot must be 1-64 chars of [A-Za-z0-9._:-]", rack=rack
+            )
+        out["boot"] = boot
+    for key in ("cmd_epoch", "cmd_seq"):
+        if obj.get(key) is not None:
+            out[key] = _safe_int(obj, key, rack)
+    rejected = obj.get("cmd_rejected")
+    if rejected is not None:
+        if not isinstance(rejected, dict) or not set(rejected) <= set(COMMAND_REJECT_REASONS):
+            raise TelemetryError(
+                "malformed", f"cmd_rejected must map reasons {COMMAND_REJECT_REASONS}", rack=rack
+            )
+        out["cmd_rejected"] = {key: _safe_int(rejected, key, rack) for key in rejected}
+    fallback = obj.get("fallback", False)
+    if not isinstance(fallback, bool):
+        raise TelemetryError("malformed", "fallback must be true or false", rack=rack)
+    out["fallback"] = fallback
+    return out
+
+
+def _check_classes(classes: list[str], rack: str | None) -> None:
+    if len(classes) > MAX_MESSAGE_CLASSES:
+        raise TelemetryError(
+            "out_of_range", f"{len(classes)} classes > {MAX_MESSAGE_CLASSES}", rack=rack
+        )
+    if any(len(c) > MAX_CLASS_NAME_CHARS for c in classes):
+        raise TelemetryError(
+            "out_of_range", f"a class name is over {MAX_CLASS_NAME_CHARS} chars", rack=rack
+        )
+
+
 def _check_range(name: str, arr: FloatArray, lo: float, hi: float, rack: str | None) -> None:
     if not np.all(np.isfinite(arr)):
         raise TelemetryError("non_finite", f"{name} holds NaN or infinity", rack=rack)
@@ -212,14 +353,15 @@ def _decode_valid(
         not isinstance(body_rack, str)
         or not body_rack
         or (rack is not None and body_rack != rack)
-        or type(seq) is not int
-        or seq < 0
+        or len(body_rack) > MAX_RACK_ID_CHARS
+        or not is_safe_int(seq)
         or isinstance(ts, bool)
         or not isinstance(ts, int | float)
         or isinstance(rack_power, bool)
         or not isinstance(rack_power, int | float)
         or type(classes) is not list
-        or not all(type(c) is str for c in classes)
+        or len(classes) > MAX_MESSAGE_CLASSES
+        or not all(type(c) is str and len(c) <= MAX_CLASS_NAME_CHARS for c in classes)
     ):
         return None
     raw = [obj.get(key) for key in _GPU_KEYS]
@@ -234,7 +376,8 @@ def _decode_valid(
     if grid.ndim != 2 or (expected_gpus is not None and n != expected_gpus):
         return None
     lo, hi = RACK_POWER_RANGE_W
-    if not (np.isfinite(ts_s) and lo <= rack_power_w <= hi):  # NaN fails the range test too
+    ts_lo, ts_hi = TS_RANGE_S
+    if not (ts_lo <= ts_s <= ts_hi and lo <= rack_power_w <= hi):  # NaN fails range tests too
         return None
     values, class_idx_f = grid[:-1], grid[-1]
     class_idx = np.zeros(0, dtype=np.int64)
@@ -255,6 +398,7 @@ def _decode_valid(
         class_idx=class_idx,
         rack_power_w=rack_power_w,
         **dict(zip(GPU_FIELD_RANGES, values, strict=True)),
+        **_agent_fields(obj, body_rack),
     )
 
 
@@ -268,7 +412,8 @@ def decode_telemetry(
     """Parse and validate one telemetry payload, or raise `TelemetryError` with its reason.
 
     `rack`, when given (from the topic), must match the payload's own rack id; `expected_gpus`,
-    when given (from the topology), must match every per-GPU array's length.
+    when given (from the topology), must match every per-GPU array's length. Integers must be
+    safe integers, strings are bounded (`MAX_RACK_ID_CHARS`, `MAX_MESSAGE_CLASSES`, ...).
     """
     obj = _load_object(payload, limit=max_bytes, rack=rack)
     fast = _decode_valid(obj, rack=rack, expected_gpus=expected_gpus)
@@ -277,16 +422,17 @@ def decode_telemetry(
     body_rack = obj.get("rack")
     if not isinstance(body_rack, str) or not body_rack:
         raise TelemetryError("malformed", "rack must be a non-empty string", rack=rack)
+    if len(body_rack) > MAX_RACK_ID_CHARS:
+        raise TelemetryError("out_of_range", "rack id too long", rack=rack)
     if rack is not None and body_rack != rack:
         raise TelemetryError("malformed", f"payload names rack {body_rack!r}", rack=rack)
-    seq = obj.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise TelemetryError("malformed", "seq must be a non-negative integer", rack=body_rack)
+    seq = _safe_int(obj, "seq", body_rack)
     ts = _number(obj, "ts", body_rack)
     arrays = {key: _float_array(obj, key, body_rack) for key in GPU_FIELD_RANGES}
     classes = obj.get("classes")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise TelemetryError("malformed", "classes must be an array of strings", rack=body_rack)
+    _check_classes(classes, body_rack)
     class_idx_f = _float_array(obj, "class_idx", body_rack)
     rack_power = _number(obj, "rack_power_w", body_rack)
 
@@ -303,6 +449,8 @@ def decode_telemetry(
     for key, (lo, hi) in GPU_FIELD_RANGES.items():
         _check_range(key, arrays[key], lo, hi, body_rack)
     _check_range("rack_power_w", np.array([rack_power]), *RACK_POWER_RANGE_W, body_rack)
+    _check_range("ts", np.array([ts]), *TS_RANGE_S, body_rack)
+    agent = _agent_fields(obj, body_rack)
     if class_idx_f.size and (
         np.any(class_idx_f != np.floor(class_idx_f))
         or class_idx_f.min() < 0
@@ -316,23 +464,36 @@ def decode_telemetry(
         classes=tuple(classes),
         class_idx=class_idx_f.astype(np.int64),
         rack_power_w=rack_power,
-        **arrays,
+        power_w=arrays["power_w"],
+        sm_clock_mhz=arrays["sm_clock_mhz"],
+        util=arrays["util"],
+        mem_util=arrays["mem_util"],
+        temp_c=arrays["temp_c"],
+        cap_w=arrays["cap_w"],
+        **agent,
     )
 
 
 def encode_command(cmd: Command) -> bytes:
-    return orjson.dumps(
-        {
-            "v": PROTOCOL_VERSION,
-            "rack": cmd.rack,
-            "seq": cmd.seq,
-            "issued_at": cmd.issued_at_s,
-            "ttl_s": cmd.ttl_s,
-            "cap_w": np.round(cmd.cap_w, 1),
-            "sm_clock_max_mhz": np.round(cmd.sm_clock_max_mhz, 0),
-        },
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
+    body: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "rack": cmd.rack,
+        "epoch": cmd.epoch,
+        "ctl": cmd.ctl,
+        "seq": cmd.seq,
+        "issued_at": cmd.issued_at_s,
+        "ttl_s": cmd.ttl_s,
+        "cap_w": np.round(cmd.cap_w, 1),
+        "sm_clock_max_mhz": np.round(cmd.sm_clock_max_mhz, 0),
+    }
+    if cmd.safe_cap_w is not None:
+        body["safe_cap_w"] = _round_down(cmd.safe_cap_w)
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _round_down(safe_cap_w: FloatArray) -> FloatArray:
+    """Safe caps to 0.1 W, rounded down: rounding up could take them over the limit they fit."""
+    return np.floor(np.asarray(safe_cap_w, dtype=np.float64) * 10.0) / 10.0
 
 
 def encode_commands(
@@ -345,6 +506,9 @@ def encode_commands(
     sm_clock_max_mhz: FloatArray,
     starts: NDArray[np.int64],
     ends: NDArray[np.int64],
+    safe_cap_w: FloatArray | None = None,
+    epoch: int = 0,
+    ctl: str = "rheostat",
 ) -> list[bytes]:
     """Many racks' commands at once, byte for byte what `encode_command` writes for each.
 
@@ -355,53 +519,107 @@ def encode_commands(
     """
     caps = np.round(cap_w, 1)
     clocks = np.round(sm_clock_max_mhz, 0)
+    safe = None if safe_cap_w is None else _round_down(safe_cap_w)
     option = orjson.OPT_SERIALIZE_NUMPY
-    return [
-        orjson.dumps(
-            {
-                "v": PROTOCOL_VERSION,
-                "rack": rack,
-                "seq": rack_seq,
-                "issued_at": issued_at_s,
-                "ttl_s": ttl_s,
-                "cap_w": caps[start:end],
-                "sm_clock_max_mhz": clocks[start:end],
-            },
-            option=option,
-        )
-        for rack, rack_seq, start, end in zip(
-            racks, seq.tolist(), starts.tolist(), ends.tolist(), strict=True
-        )
-    ]
+    out = []
+    for rack, rack_seq, start, end in zip(
+        racks, seq.tolist(), starts.tolist(), ends.tolist(), strict=True
+    ):
+        body: dict[str, Any] = {
+            "v": PROTOCOL_VERSION,
+            "rack": rack,
+            "epoch": epoch,
+            "ctl": ctl,
+            "seq": rack_seq,
+            "issued_at": issued_at_s,
+            "ttl_s": ttl_s,
+            "cap_w": caps[start:end],
+            "sm_clock_max_mhz": clocks[start:end],
+        }
+        if safe is not None:
+            body["safe_cap_w"] = safe[start:end]
+        out.append(orjson.dumps(body, option=option))
+    return out
 
 
-def decode_command(payload: bytes, *, rack: str | None = None) -> Command:
-    """Parse and validate a command, as an agent does before obeying it; raises `ProtocolError`."""
+def decode_command(
+    payload: bytes, *, rack: str | None = None, expected_gpus: int | None = None
+) -> Command:
+    """Parse and validate a command, as an agent does before obeying it.
+
+    Raises `ProtocolError` whose `reason` is one of `COMMAND_REJECT_REASONS` (what the agent
+    counts it under). Ordering (`accept_command`) is the agent's next check, not this one's.
+    """
     try:
         obj = _load_object(payload, limit=MAX_PAYLOAD_BYTES, rack=rack)
         body_rack = obj.get("rack")
-        if not isinstance(body_rack, str) or (rack is not None and body_rack != rack):
-            raise TelemetryError("malformed", "rack missing or not this rack's", rack=rack)
-        seq = obj.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise TelemetryError("malformed", "seq must be a non-negative integer", rack=rack)
-        issued = _number(obj, "issued_at", rack)
+        if not isinstance(body_rack, str) or not body_rack or len(body_rack) > MAX_RACK_ID_CHARS:
+            raise TelemetryError("malformed", "rack must be a rack id", rack=rack)
+        if rack is not None and body_rack != rack:
+            raise ProtocolError(f"command for rack {body_rack!r}", rack=rack, reason="wrong_rack")
+        epoch = _safe_int(obj, "epoch", rack)
+        ctl = obj.get("ctl")
+        if not is_id(ctl):
+            raise TelemetryError(
+                "malformed", "ctl must be 1-64 chars of [A-Za-z0-9._:-]", rack=rack
+            )
+        seq = _safe_int(obj, "seq", rack)
+        issued = _timestamp(obj, "issued_at", rack)
         ttl = _number(obj, "ttl_s", rack)
         caps = _float_array(obj, "cap_w", rack)
         clocks = _float_array(obj, "sm_clock_max_mhz", rack)
-        if caps.size != clocks.size:
-            raise TelemetryError("wrong_length", "cap_w and sm_clock_max_mhz differ", rack=rack)
+        if caps.size != clocks.size or (expected_gpus is not None and caps.size != expected_gpus):
+            raise TelemetryError("wrong_length", "cap_w and sm_clock_max_mhz lengths", rack=rack)
+        safe = None if obj.get("safe_cap_w") is None else _float_array(obj, "safe_cap_w", rack)
+        if safe is not None:
+            if safe.size != caps.size:
+                raise TelemetryError("wrong_length", "safe_cap_w and cap_w differ", rack=rack)
+            _check_range("safe_cap_w", safe, 0.0, GPU_FIELD_RANGES["cap_w"][1], rack)
         _check_range("cap_w", caps, 0.0, GPU_FIELD_RANGES["cap_w"][1], rack)
         _check_range("sm_clock_max_mhz", clocks, 0.0, GPU_FIELD_RANGES["sm_clock_mhz"][1], rack)
-        if not (np.isfinite(issued) and np.isfinite(ttl) and ttl > 0):
-            raise TelemetryError(
-                "out_of_range", "issued_at finite and ttl_s > 0 required", rack=rack
-            )
+        if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL_S):
+            raise TelemetryError("out_of_range", f"ttl_s outside (0, {MAX_TTL_S}]", rack=rack)
     except TelemetryError as exc:
-        raise ProtocolError(f"bad command: {exc.message}", rack=rack) from None
+        reason = "out_of_range" if exc.reason == "non_finite" else exc.reason
+        if reason not in COMMAND_REJECT_REASONS:  # too_large: a malformed command
+            reason = "malformed"
+        raise ProtocolError(f"bad command: {exc.message}", rack=rack, reason=reason) from None
     return Command(
-        rack=body_rack, seq=seq, issued_at_s=issued, ttl_s=ttl, cap_w=caps, sm_clock_max_mhz=clocks
+        rack=body_rack,
+        seq=seq,
+        issued_at_s=issued,
+        ttl_s=ttl,
+        cap_w=caps,
+        sm_clock_max_mhz=clocks,
+        safe_cap_w=safe,
+        epoch=epoch,
+        ctl=ctl,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeldCommand:
+    """What an agent remembers of the command in force: its (epoch, ctl, seq)."""
+
+    epoch: int
+    ctl: str
+    seq: int
+
+
+def accept_command(held: HeldCommand | None, cmd: Command) -> str | None:
+    """The agents' ordering rule: None to accept `cmd`, else the rejection reason.
+
+    A higher epoch wins (a new leader's term); in the same epoch a different controller instance
+    is accepted (a restarted controller begins its sequence again); the same instance must count
+    upwards. Wall clocks play no part, so a controller whose clock steps back still commands.
+    """
+    if held is None or cmd.epoch > held.epoch:
+        return None
+    if cmd.epoch < held.epoch:
+        return "stale_epoch"
+    if cmd.ctl != held.ctl or cmd.seq > held.seq:
+        return None
+    return "stale_seq"
 
 
 def encode_status(status: Status) -> bytes:
@@ -411,19 +629,34 @@ def encode_status(status: Status) -> bytes:
             "state": status.state,
             "ts": status.ts_s,
             "controller": status.controller,
+            "epoch": status.epoch,
         }
     )
 
 
 def decode_status(payload: bytes) -> Status:
+    """Parse the controller's retained status; `ProtocolError` for anything else."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError("status too large")
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise ProtocolError("status is not JSON") from None
     if not isinstance(obj, dict) or obj.get("state") not in ("online", "offline"):
         raise ProtocolError("status must be an object with state online|offline")
-    return Status(
-        state=obj["state"],
-        ts_s=float(obj.get("ts", 0.0)),
-        controller=str(obj.get("controller", "")),
-    )
+    ts = obj.get("ts", 0.0)
+    controller = obj.get("controller", "")
+    epoch = obj.get("epoch", 0)
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise ProtocolError("status ts must be a number")
+    try:
+        ts_s = float(ts)
+    except OverflowError:
+        raise ProtocolError("status ts out of range", reason="out_of_range") from None
+    if not TS_RANGE_S[0] <= ts_s <= TS_RANGE_S[1]:
+        raise ProtocolError("status ts out of range", reason="out_of_range")
+    if not isinstance(controller, str) or len(controller) > 64:
+        raise ProtocolError("status controller must be an id of at most 64 chars")
+    if not is_safe_int(epoch):
+        raise ProtocolError("status epoch must be a safe integer", reason="out_of_range")
+    return Status(state=obj["state"], ts_s=ts_s, controller=controller, epoch=epoch)

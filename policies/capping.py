@@ -90,8 +90,12 @@ def allocate(
     tier_totals = plan.up(gains[:, :N_TIERS])  # every tier phase's group sums in one pass
     surplus_gain: FloatArray | None = None
     # What is left of the site below the rounding slack of its sums is no power to share: a
-    # phase run for it would grant nothing measurable yet cost as much as any other.
-    site_slack = REL_TOL * np.maximum(np.abs(usable_w[-1]), 1.0)
+    # phase run for it would grant nothing measurable yet cost as much as any other. A site
+    # without a limit has no rounding to allow for (and infinity is never "below" infinity).
+    site_usable = usable_w[-1]
+    site_slack = np.where(
+        np.isfinite(site_usable), REL_TOL * np.maximum(np.abs(site_usable), 1.0), 0.0
+    )
     for phase in range(N_PHASES):
         if not np.any(remaining[-1] > site_slack):
             # The site is exhausted (the usual state under a binding site or DR limit): this

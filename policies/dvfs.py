@@ -65,7 +65,10 @@ def clock_targets(
     ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=scratch.f("w1"))
     low_sm = np.less(activity, ratio_w, out=scratch.b("b1"))
     np.logical_and(memory_bound, low_sm, out=memory_bound)
-    keep = (1.0 - settings.max_loss_frac) ** (1.0 / ALPHA_MEMORY_BOUND)
+    # Within [0, 1] whatever the caller passes (the edges bound it too): a loss above 1 would
+    # raise a negative number to a fractional power.
+    loss = min(max(settings.max_loss_frac, 0.0), 1.0)
+    keep = (1.0 - loss) ** (1.0 / ALPHA_MEMORY_BOUND)
     lowest = _lowest_clock(plan, keep)
     # The lowest clock where memory-bound, else the max: 0 <= lowest <= max, so zeroing the max
     # where memory-bound and taking the maximum with `lowest` selects exactly, and several times
@@ -94,7 +97,9 @@ def clock_targets(
     np.floor(fits, out=fits)
     np.multiply(fits, plan.clock_step_mhz, out=fits)
     np.add(fits, plan.min_clock_mhz, out=fits)
-    np.maximum(fits, plan.min_clock_mhz, out=fits)
+    # fmax, not maximum: 0/0 (no activity and a cap at or below idle) is NaN, and no clock
+    # then fits better than the lowest.
+    np.fmax(fits, plan.min_clock_mhz, out=fits)
     if settings.fit_compute_bound:
         if fit_util is not None and settings.fit_min_swing > 0.0:
             # Steady where the held activity is within the swing of the current one: there the
@@ -140,5 +145,7 @@ def _lowest_clock(plan: CappingPlan, keep_frac: float) -> FloatArray:
         return plan.scratch.f(name)
     out = plan.scratch.f(name)
     lo, hi, step = plan.min_clock_mhz, plan.max_clock_mhz, plan.clock_step_mhz
-    np.minimum(lo + np.ceil((keep_frac * hi - lo) / step) * step, hi, out=out)
+    # A large loss budget asks for a fraction of the max below the model's lowest clock (an
+    # H100 at 300 MHz against 345): the ceiling is then the lowest clock the GPU supports.
+    np.clip(lo + np.ceil((keep_frac * hi - lo) / step) * step, lo, hi, out=out)
     return out

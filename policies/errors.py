@@ -68,6 +68,8 @@ class TelemetryError(RheostatError):
         "out_of_range",
         "unknown_rack",
         "stale_sequence",
+        "clock_skew",
+        "internal_error",
     )
 
     def __init__(self, reason: str, message: str, *, rack: str | None = None) -> None:
@@ -81,10 +83,15 @@ class TelemetryError(RheostatError):
 
 
 class ProtocolError(RheostatError):
-    """A command or status message does not follow wire protocol v1."""
+    """A command, status or other message does not follow wire protocol v1.
 
-    def __init__(self, message: str, *, rack: str | None = None) -> None:
+    `reason` is the label it is counted under (for commands, the agents' rejection reasons).
+    """
+
+    def __init__(self, message: str, *, rack: str | None = None, reason: str = "malformed") -> None:
         self.rack = rack
+        self.reason = reason
+        self.message = message
         super().__init__(f"rack {rack}: {message}" if rack else message)
 
 

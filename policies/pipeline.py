@@ -4,10 +4,16 @@
 everything it needs from the past arrives in `state`, and what the next tick needs leaves in the
 returned `DecisionState`, so any decision can be replayed from recorded inputs.
 
-Stale racks are counted at their worst case: their GPUs may draw up to their max cap (an agent
-sits on its safe cap or its last command, neither above the max cap, so the max cap is the larger
-of the two and is what every ancestor reserves). Their caps are never raised: the decision keeps
-the last issued cap for them (the max cap on a cold start).
+Racks without telemetry (stale) are counted at their worst case: each GPU at the cap in force
+(the last one issued, or the max cap on a cold start, when nothing is known). That power stays
+reserved for them while the limits allow it, so a command they may not hear frees nothing that
+another GPU could take; where the limits no longer allow it (a contract or demand-response step
+while every rack is blind) they are cut at once, like any other GPU, since commands still go to
+them. Their caps are never raised.
+
+Previous caps come from outside (a recorded state, a snapshot): they are clamped to each model's
+[min cap, max cap] where they are read, so a stale or foreign figure cannot be kept or divide by
+an idle GPU's zero dynamic power.
 """
 
 from __future__ import annotations
@@ -94,11 +100,7 @@ def decide(
             hold_s=settings.capping.demand_hold_s,
             out=fresh[0],
         )
-    if stale_gpu is not None:
-        floor = np.where(stale_gpu, max_cap, min_cap)
-        demand = np.where(stale_gpu, max_cap, demand)
-    else:
-        floor = min_cap
+    floor, ceiling_w = min_cap, max_cap
 
     util, mem_util = fleet.util, fleet.mem_util
     if stale_gpu is not None:  # unknown activity: leave their clocks at the max
@@ -123,11 +125,17 @@ def decide(
     usable = list(plan.usable_w)
     usable[-1] = np.minimum(usable[-1], site_allowed)
     usable_w = tuple(usable)
+    if stale_gpu is not None:
+        kept = _stale_caps(plan, stale_gpu, state, tiers, usable_w)
+        # Fixed at what they keep: the fill below moves only the GPUs that report.
+        floor = np.where(stale_gpu, kept, min_cap)
+        demand = np.where(stale_gpu, kept, demand)
+        ceiling_w = np.where(stale_gpu, kept, max_cap)
     alloc = allocate(
         plan,
         floor_w=floor,
         demand_w=demand,
-        max_w=max_cap,
+        max_w=ceiling_w,
         tier=tiers,
         usable_w=usable_w,
         # Warm, smoothing makes the fresh output, so the raw target can live in a buffer.
@@ -135,6 +143,8 @@ def decide(
     )
     if sync_job is not None:
         ceiling = pace_ceiling(plan, alloc.cap_w, sync_job, util_held)
+        if ceiling is not None and stale_gpu is not None:
+            ceiling[stale_gpu] = np.inf  # a blind GPU's pace is unknown: it is not held
         if ceiling is not None:
             # A held job's GPUs are fixed at its pace, which each had or exceeded, so the job
             # loses nothing; what they give back goes to the tiers in order, and the surplus
@@ -146,20 +156,19 @@ def decide(
                 plan,
                 floor_w=fixed,
                 demand_w=np.where(paced, ceiling, demand),
-                max_w=max_cap,
+                max_w=ceiling_w,
                 tier=tiers,
                 usable_w=usable_w,
                 out=None if state is None else plan.scratch.f("w3"),
             )
     cap = alloc.cap_w
     if state is not None:
-        # Stale GPUs stay reserved at their max cap while the others are smoothed.
-        previous = state.cap_w if stale_gpu is None else np.where(stale_gpu, max_cap, state.cap_w)
         cap, smoothed_use = _smooth(
             plan,
             target_w=cap,
-            previous_w=previous,
+            previous_w=state.cap_w,
             min_w=floor,
+            max_w=max_cap,
             dt_s=max(now_s - state.now_s, 0.0),
             settings=settings.capping,
             usable_w=usable_w,
@@ -171,9 +180,6 @@ def decide(
     else:
         budget = _group_use(plan, cap) if smoothed_use is None else smoothed_use
     issued = cap
-    if stale_gpu is not None:
-        previous = state.cap_w if state is not None else max_cap
-        issued = np.where(stale_gpu, previous, cap)
     clock, saving = clock_targets(
         plan,
         cap_w=issued,
@@ -377,18 +383,22 @@ def smooth_caps(
     settings: CappingSettings,
     usable_w: tuple[FloatArray, ...],
     target_used_w: tuple[FloatArray, ...],
+    max_w: FloatArray | None = None,
 ) -> FloatArray:
     """Apply the raise rate limit and the deadband without breaking any limit. Units: W.
 
     Raises are limited to `raise_rate_w_per_s` and skipped under the deadband (both only leave
     caps lower, which is always safe). A decrease under the deadband is skipped only where every
     group above the GPU still fits with the old cap kept; elsewhere the cut is applied exactly.
+    Previous caps are first clamped into [`min_w`, `max_w`] (`max_w` defaults to the models'
+    max caps), so a cap from outside a model's range is never kept.
     """
     return _smooth(
         plan,
         target_w=target_w,
         previous_w=previous_w,
         min_w=min_w,
+        max_w=plan.topology.gpu_max_cap_w if max_w is None else max_w,
         dt_s=dt_s,
         settings=settings,
         usable_w=usable_w,
@@ -402,6 +412,7 @@ def _smooth(
     target_w: FloatArray,
     previous_w: FloatArray,
     min_w: FloatArray,
+    max_w: FloatArray,
     dt_s: float,
     settings: CappingSettings,
     usable_w: tuple[FloatArray, ...],
@@ -414,6 +425,7 @@ def _smooth(
     """
     scratch = plan.scratch
     previous = np.maximum(previous_w, min_w, out=scratch.f("w0"))
+    np.minimum(previous, max_w, out=previous)
     # min(target, previous + rate * dt) is the rate-limited raise, and the target itself
     # whenever the target is not a raise.
     ceiling = np.add(previous, settings.raise_rate_w_per_s * dt_s, out=scratch.f("w1"))
@@ -459,6 +471,37 @@ def _smooth(
         revert = np.logical_and(kept_cut, over[plan.gpu_server], out=kept_cut)
         np.copyto(out, target_w, where=revert)
     return out, None
+
+
+def _stale_caps(
+    plan: CappingPlan,
+    stale_gpu: BoolArray,
+    state: DecisionState | None,
+    tier: NDArray[np.int8],
+    usable_w: tuple[FloatArray, ...],
+) -> FloatArray:
+    """What each stale GPU keeps this tick (others: their min cap). Units: W.
+
+    A stale GPU may draw up to its cap in force: the last cap issued (clamped to its model's
+    range), or its max cap when nothing was issued yet. The limits are filled with those caps
+    first, every reporting GPU at its floor: where they fit, every stale GPU keeps its cap; where
+    they do not, the cut goes by tier and water-filling like any other, so the sum fits at once.
+    """
+    topo = plan.topology
+    min_cap, max_cap = topo.gpu_min_cap_w, topo.gpu_max_cap_w
+    in_force = max_cap if state is None else np.clip(state.cap_w, min_cap, max_cap)
+    wanted = np.where(stale_gpu, in_force, min_cap)
+    # Usually every group holds them (a cut is only needed when a limit fell while they were
+    # blind): one pass of group sums shows it, and spares the fill.
+    fits = all(
+        np.all(used <= usable + REL_TOL * np.maximum(np.abs(usable), 1.0))
+        for used, usable in zip(_group_use(plan, wanted), usable_w, strict=True)
+    )
+    if fits:
+        return wanted
+    return allocate(
+        plan, floor_w=min_cap, demand_w=wanted, max_w=wanted, tier=tier, usable_w=usable_w
+    ).cap_w
 
 
 def _group_use(plan: CappingPlan, cap_w: FloatArray) -> tuple[FloatArray, ...]:

@@ -1,11 +1,14 @@
 """Simulated rack agents speaking wire protocol v1 over a real MQTT broker.
 
 One MQTT client per rack, as on a real floor: each publishes its rack's telemetry every period,
-subscribes to its own command topic, validates commands with `controller.wire.decode_command` and
-hands caps to the cluster, which enforces them after the actuation lag. Fail-safe: when a command's
-`ttl_s` (counted from its arrival, on the agent's own clock) runs out with nothing newer, the agent
-applies its configured safe cap by itself. The controller's `offline` status is logged and counted
-but changes nothing, so a controller restart or a standby taking over costs nothing.
+subscribes to its own command topic, validates commands with `controller.wire.decode_command`,
+orders them with `controller.wire.accept_command` (epoch, controller instance, seq: never a wall
+clock) and hands caps to the cluster, which enforces them after the actuation lag. Fail-safe: when
+a command's `ttl_s` (counted from its arrival, on the agent's monotonic clock) runs out with
+nothing newer, the agent applies its configured safe cap by itself. Telemetry carries the agent's
+boot id, the (epoch, seq) of the last command applied, cumulative rejections by reason and whether
+the rack is on its safe caps. The controller's `offline` status is logged and counted but changes
+nothing, so a controller restart or a standby taking over costs nothing.
 
 The cluster advances in real time, or `time_scale` times faster, in a task beside the agents.
 """
@@ -14,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import secrets
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -72,6 +75,9 @@ class RackAgents:
     value that is safe whatever the rest of the fleet does. `expires_at` is monotonic seconds.
     With `passwords` (rack id -> password) each agent logs in as its rack id, which is what the
     production broker's ACL expects (`deploy/mosquitto/acl`); `tls_context` enables TLS.
+    `wall_clock` stamps telemetry (tests step it to play an agent whose clock is wrong);
+    `monotonic` times command TTLs. `rejected[rack, k]` counts refusals for reason k of
+    `wire.COMMAND_REJECT_REASONS` since the rack's agent booted (`reboot`).
     """
 
     cluster: SimCluster
@@ -82,10 +88,14 @@ class RackAgents:
     time_scale: float = 1.0
     passwords: Mapping[str, str] | None = None
     tls_context: ssl.SSLContext | None = None
+    wall_clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
     counters: AgentCounters = field(init=False)
     expires_at: NDArray[np.float64] = field(init=False)
     on_safe_cap: NDArray[np.bool_] = field(init=False)
-    last_issued_at: NDArray[np.float64] = field(init=False)
+    held: list[wire.HeldCommand | None] = field(init=False)
+    boots: list[str] = field(init=False)
+    rejected: NDArray[np.int64] = field(init=False)
     _safe_w: NDArray[np.float64] = field(init=False)
     _seq: NDArray[np.int64] = field(init=False)
 
@@ -97,7 +107,9 @@ class RackAgents:
         self.counters = AgentCounters.zeros(n_racks)
         self.expires_at = np.full(n_racks, np.inf)
         self.on_safe_cap = np.zeros(n_racks, dtype=bool)
-        self.last_issued_at = np.full(n_racks, -np.inf)
+        self.held = [None] * n_racks
+        self.boots = [_boot_id() for _ in range(n_racks)]
+        self.rejected = np.zeros((n_racks, len(wire.COMMAND_REJECT_REASONS)), dtype=np.int64)
         self._seq = np.zeros(n_racks, dtype=np.int64)
         if self.safe_cap_w is None:
             safe = topo.gpu_min_cap_w.copy()
@@ -110,16 +122,36 @@ class RackAgents:
         """Caps the GPUs obey right now (after the actuation lag). Units: W."""
         return self.cluster.cap_w
 
+    def reboot(self, rack: int) -> None:
+        """Restart one rack's agent as a process restart would: a new boot id, the telemetry
+        sequence from 1, no command held, counts from zero. Caps already applied stay."""
+        self.boots[rack] = _boot_id()
+        self._seq[rack] = 0
+        self.held[rack] = None
+        self.rejected[rack] = 0
+        self.expires_at[rack] = np.inf
+
     def telemetry(self, rack: int) -> wire.Telemetry:
         """This rack's current (delayed, noisy) reading as a wire message."""
         topo = self.cluster.topology
         rows = topo.rack_slice(rack)
         reading = self.cluster.reading()
         self._seq[rack] += 1
+        held = self.held[rack]
+        counts = self.rejected[rack].tolist()
         return wire.Telemetry(
+            boot=self.boots[rack],
+            cmd_epoch=None if held is None else held.epoch,
+            cmd_seq=None if held is None else held.seq,
+            cmd_rejected={
+                reason: n
+                for reason, n in zip(wire.COMMAND_REJECT_REASONS, counts, strict=True)
+                if n
+            },
+            fallback=bool(self.on_safe_cap[rack]),
             rack=topo.racks.ids[rack],
             seq=int(self._seq[rack]),
-            ts_s=time.time(),
+            ts_s=self.wall_clock(),
             power_w=reading.power_w[rows],
             sm_clock_mhz=reading.sm_clock_mhz[rows],
             util=reading.util[rows],
@@ -132,23 +164,34 @@ class RackAgents:
         )
 
     def handle_command(self, rack: int, payload: bytes) -> bool:
-        """Validate and apply one command; False (and counted) when it is rejected."""
+        """Validate, order and apply one command; False (and counted by reason) when refused."""
         topo = self.cluster.topology
         rack_id = topo.racks.ids[rack]
         rows = topo.rack_slice(rack)
         try:
-            cmd = wire.decode_command(payload, rack=rack_id)
-            if cmd.n_gpus != rows.stop - rows.start:
-                raise ProtocolError(f"{cmd.n_gpus} GPUs, rack has {rows.stop - rows.start}")
-            if cmd.issued_at_s < self.last_issued_at[rack]:
-                raise ProtocolError("older than the command in force", rack=rack_id)
+            cmd = wire.decode_command(payload, rack=rack_id, expected_gpus=rows.stop - rows.start)
+            reason = wire.accept_command(self.held[rack], cmd)
+            if reason is not None:
+                raise ProtocolError(
+                    f"epoch {cmd.epoch} seq {cmd.seq} from {cmd.ctl} is not newer",
+                    rack=rack_id,
+                    reason=reason,
+                )
         except ProtocolError as exc:
             self.counters.commands_rejected[rack] += 1
-            log.warning("command rejected", rack=rack_id, error=str(exc))
+            reasons = wire.COMMAND_REJECT_REASONS
+            self.rejected[
+                rack, reasons.index(exc.reason if exc.reason in reasons else "malformed")
+            ] += 1
+            log.warning("command rejected", rack=rack_id, reason=exc.reason, error=str(exc))
             return False
         self.cluster.command(cmd.cap_w, cmd.sm_clock_max_mhz, rows)
-        self.last_issued_at[rack] = cmd.issued_at_s
-        self.expires_at[rack] = time.monotonic() + cmd.ttl_s
+        if cmd.safe_cap_w is not None:  # the controller's, derived to fit with every rack on them
+            self._safe_w[rows] = np.clip(
+                cmd.safe_cap_w, topo.gpu_min_cap_w[rows], topo.gpu_max_cap_w[rows]
+            )
+        self.held[rack] = wire.HeldCommand(epoch=cmd.epoch, ctl=cmd.ctl, seq=cmd.seq)
+        self.expires_at[rack] = self.monotonic() + cmd.ttl_s
         self.on_safe_cap[rack] = False
         self.counters.commands_applied[rack] += 1
         return True
@@ -234,7 +277,7 @@ async def _clock(agents: RackAgents, stop: asyncio.Event) -> None:
 
 async def _watchdog(agents: RackAgents, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        agents.check_expiry(time.monotonic())
+        agents.check_expiry(agents.monotonic())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=WATCHDOG_PERIOD_S)
 
@@ -277,9 +320,14 @@ async def _agent(agents: RackAgents, rack: int, host: str, port: int, stop: asyn
 
 
 async def backoff(stop: asyncio.Event, attempt: int) -> None:
-    """Wait a jittered, exponentially growing time before reconnect `attempt` (or until stop)."""
+    """Wait before reconnect `attempt` (or until stop): jittered, capped at a few seconds, so a
+    rack is back on the broker soon after it returns (`wire.reconnect_delay_s`)."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=random.uniform(0, 1.5 ** min(10, attempt)))
+        await asyncio.wait_for(stop.wait(), timeout=wire.reconnect_delay_s(attempt))
+
+
+def _boot_id() -> str:
+    return f"sim-{secrets.token_hex(6)}"
 
 
 class _Stopped(Exception):

@@ -66,6 +66,8 @@ class Series:
     rack_demand_w: list[FloatArray] = field(default_factory=list)
     tier_speed: list[FloatArray] = field(default_factory=list)
     tier_clock_mhz: list[FloatArray] = field(default_factory=list)
+    #: Per tier, the mean power cap in force as a fraction of each GPU's maximum cap.
+    tier_cap_frac: list[FloatArray] = field(default_factory=list)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -453,6 +455,8 @@ def _sample(
     )
     series.tier_speed.append(speed)
     series.tier_clock_mhz.append(clock / tier_count)
+    cap_frac = cluster.cap_w / cluster.topology.gpu_max_cap_w
+    series.tier_cap_frac.append(np.bincount(tier, weights=cap_frac, minlength=4) / tier_count)
 
 
 def run_with_baseline(

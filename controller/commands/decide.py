@@ -1,4 +1,4 @@
-"""`rheostat decide --snapshot FILE [--json]`: a dry run of one decision on recorded inputs.
+"""`rheostat decide SNAPSHOT [--json]`: a dry run of one decision on recorded inputs.
 
 Prints what the controller would command (each GPU's cap and clock ceiling) and what each group
 was granted against its limit, so an operator can check a policy or a limit before it goes live.
@@ -14,8 +14,9 @@ from typing import Any
 
 import orjson
 
+from controller.commands._args import positional_or_option
 from controller.snapshot import load_snapshot
-from policies.errors import ConfigError, ConfigErrors
+from policies.errors import ConfigError, ConfigErrors, RheostatError
 from policies.gpu_models import GPU_MODELS
 from policies.pipeline import decide
 
@@ -24,14 +25,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "decide", help="dry-run one decision on a recorded snapshot: caps, clocks, budgets"
     )
-    parser.add_argument("--snapshot", type=Path, required=True, help="snapshot file (JSON)")
+    parser.add_argument(
+        "snapshot", type=Path, nargs="?", metavar="SNAPSHOT", help="snapshot file (JSON)"
+    )
+    parser.add_argument("--snapshot", type=Path, dest="snapshot_opt", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_run, parser=parser)
 
 
 def _run(args: argparse.Namespace) -> int:
+    path = positional_or_option(
+        args.parser, args, positional="snapshot", option="snapshot_opt", spelled="SNAPSHOT"
+    )
     try:
-        snap = load_snapshot(args.snapshot)
+        snap = load_snapshot(path)
     except ConfigErrors as exc:
         for error in exc.errors:
             print(ConfigError.__str__(error), file=sys.stderr)
@@ -39,17 +46,21 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    decision, _ = decide(
-        snap.topology,
-        snap.fleet,
-        tier=snap.tier,
-        limits=snap.limits,
-        settings=snap.settings,
-        state=snap.state,
-        now_s=snap.now_s,
-        stale_rack=snap.stale_rack,
-        sync_job=snap.sync_job,
-    )
+    try:
+        decision, _ = decide(
+            snap.topology,
+            snap.fleet,
+            tier=snap.tier,
+            limits=snap.limits,
+            settings=snap.settings,
+            state=snap.state,
+            now_s=snap.now_s,
+            stale_rack=snap.stale_rack,
+            sync_job=snap.sync_job,
+        )
+    except RheostatError as exc:  # inputs the snapshot's schema let through, named here
+        print(f"{args.snapshot}: {exc}", file=sys.stderr)
+        return 1
     topo = snap.topology
     servers = topo.levels[0].ids
     stale_gpu = snap.stale_rack[topo.gpu_group[topo.rack_level]]
@@ -102,6 +113,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
     keys = list(rows[0])
     cells = [["-" if r[k] is None else str(r[k]) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]

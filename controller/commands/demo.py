@@ -24,10 +24,13 @@ import numpy as np
 import orjson
 
 from controller.carbon import GpuRange, JobReport, encode_job, job_topic
+from controller.commands._args import add_duration
+from controller.commands._text import key_values
 from controller.config import DEFAULT_METRICS_PORT
 from controller.embedded_broker import embedded_broker
 from controller.logs import configure_logging
 from controller.policy_file import Policy, default_policy_text, parse_policy
+from controller.runtime import Runtime
 from controller.service import serving
 from policies.errors import ConfigError
 from simulator.agents import RackAgents, run_rack_agents
@@ -38,6 +41,10 @@ from simulator.scenario import Scenario
 from simulator.tolerance import OVER_TOL, is_over
 
 GPUS_PER_RACK = 32
+#: A rack whose granted budget is within this share of its limit is held at it.
+BINDING_FRAC = 0.01
+#: A GPU whose cap is this far below its demand is capped. Units: W.
+CAPPED_W = 1.0
 SITE = "demo"
 #: How often the status line and the summary's samples are taken. Units: s.
 SAMPLE_PERIOD_S = 0.5
@@ -48,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "demo", help="closed-loop demo: embedded broker, simulated racks, controller, metrics"
     )
     parser.add_argument("--racks", type=int, default=16, help="racks of 32 GPUs (default 16)")
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds (default 120)")
+    add_duration(parser, "how long to run", 120.0)
     parser.add_argument("--broker", help="use this broker (mqtt://host:port), e.g. Mosquitto")
     parser.add_argument(
         "--protocol", choices=["5", "3.1.1"], help="MQTT version (default: 3.1.1 embedded, else 5)"
@@ -210,7 +217,7 @@ async def _demo(args: argparse.Namespace) -> int:
             protocol = args.protocol or "3.1.1"
         policy = _policy(cluster, host, port, protocol)
         tracker = LiveTracker(cluster, scenario)
-        safe_w = cluster.topology.gpu_max_cap_w * policy.config.control.safe_cap_frac
+        safe_w = policy.safe_cap_w
         agents = RackAgents(
             cluster=cluster,
             site=SITE,
@@ -269,31 +276,60 @@ async def _watch(
     args: argparse.Namespace, controller: Any, tracker: LiveTracker, t0: float
 ) -> None:
     """Sample until the duration is up, drawing the status line (a line per 10 s off a tty)."""
-    rt = controller.runtime
     tty = sys.stderr.isatty() and not args.json
     next_line_s = 0.0
     while (elapsed := time.monotonic() - t0) < args.duration:
         tracker.sample(elapsed)
         if not args.json and (tty or elapsed >= next_line_s):
-            fresh = round(rt.fresh_share(time.time()) * rt.policy.topology.n_racks)
-            line = (
-                f"[{elapsed:5.0f}/{args.duration:.0f} s] site "
-                f"{tracker.cluster.site_power_w / 1e3:8.1f} of {tracker.site_limit_w / 1e3:.1f} kW"
-                f"  racks fresh {fresh}/{rt.policy.topology.n_racks}"
-                f"  telemetry {rt.ingest.counters.messages}  commands {rt.book.sent_total}"
-                f"  trips {len(tracker.cluster.trips)}"
+            line = f"[{elapsed:5.0f}/{args.duration:.0f} s] " + status_line(
+                controller.runtime, tracker, now_s=controller.monotonic()
             )
-            print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
+            print(("\r\x1b[2K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
             next_line_s = elapsed + 10.0
         await asyncio.sleep(min(SAMPLE_PERIOD_S, max(args.duration - elapsed, 0.01)))
     if tty:
         print(file=sys.stderr)
 
 
+def status_line(rt: Runtime, tracker: LiveTracker, *, now_s: float) -> str:
+    """What binds right now: the site against its contract, the hottest rack against its
+    breaker, and how many racks the controller holds at their limit and GPUs it caps.
+
+    Powers are measured on the simulated cluster (facility side); nothing is shown until a rack
+    has reported, since the controller knows nothing before that.
+    """
+    n_racks = rt.policy.topology.n_racks
+    fresh = round(rt.fresh_share(now_s) * n_racks)
+    trips = len(tracker.cluster.trips)
+    if fresh == 0:
+        return f"waiting for the racks to report (0/{n_racks})  trips {trips}"
+    site_w, site_limit_w = float(tracker.cluster.site_power_w), tracker.site_limit_w
+    rack_frac = tracker.cluster.rack_power_w / tracker.cluster.topology.racks.usable_w
+    hottest = int(np.argmax(rack_frac))
+    hottest_id = rt.policy.topology.racks.ids[hottest]
+    parts = [
+        f"racks reporting {fresh}/{n_racks}",
+        f"site {site_w / 1e3:.1f} of {site_limit_w / 1e3:.1f} kW ({site_w / site_limit_w:.0%})",
+        f"hottest rack {hottest_id} at {rack_frac[hottest]:.0%} of its usable rating",
+    ]
+    decision = rt.decision
+    if decision is not None:
+        level = rt.policy.topology.rack_level
+        budget, limit = decision.budget_w[level], decision.limit_w[level]
+        at_limit = int(np.count_nonzero(budget >= limit * (1.0 - BINDING_FRAC)))
+        capped = int(np.count_nonzero(decision.cap_w < decision.demand_w - CAPPED_W))
+        parts += [
+            f"racks at their limit {at_limit}/{n_racks}",
+            f"GPUs capped {capped}/{decision.cap_w.size}",
+        ]
+    parts += [f"commands {rt.book.sent_total}", f"trips {trips}"]
+    return "  ".join(parts)
+
+
 def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
         return
-    width = max(len(k) for k in summary)
-    for key, value in summary.items():
-        print(f"{key.ljust(width)}  {value}")
+    # figures the live demo has no reference run for are left out of the text
+    shown = {k: v for k, v in summary.items() if k == "tripped_racks" or v not in (None, [], {})}
+    print(key_values(shown))

@@ -14,7 +14,14 @@ import orjson
 KINDS: dict[str, tuple[str, str, str]] = {
     "policy": ("controller.config", "PolicyFile", "the controller's policy file"),
     "scenario": ("simulator.scenario", "Scenario", "a simulator scenario (rheostat simulate)"),
+    "snapshot": (
+        "controller.snapshot",
+        "SnapshotSpec",
+        "recorded decision inputs (rheostat decide)",
+    ),
 }
+#: The JSON Schema dialect pydantic emits.
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +37,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _run(args: argparse.Namespace) -> int:
     module_name, class_name, _ = KINDS[args.kind]
     model = getattr(importlib.import_module(module_name), class_name)
-    schema = model.model_json_schema()
+    schema = {"$schema": DIALECT, **model.model_json_schema()}
     print(orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
     return 0

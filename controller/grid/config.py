@@ -12,24 +12,40 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: Ranges of what grid sources may say (the MQTT event message, OpenADR events).
+#: `modification` is a safe integer: it is stored in SQLite and compared, never overflowed.
+MAX_MODIFICATION = 2**53 - 1
+#: Unix seconds up to the year 5000; durations, ramps and recoveries up to a year. Units: s.
+MAX_UNIX_S = 1.0e11
+MAX_EVENT_SECONDS = 366 * 86_400.0
+#: An absolute DR limit above 10 GW is no site's. Units: kW.
+MAX_LIMIT_KW = 1.0e7
+
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 Seconds = Annotated[float, Field(ge=0)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class ScheduledEvent(_Section):
     """An event written into the policy file (a tariff peak window, a contracted curtailment)."""
 
     id: Annotated[str, Field(min_length=1, max_length=128)]
+    """Event id, unique within the file."""
     start: datetime | float
+    """Start: an ISO 8601 time, or Unix seconds."""
     duration_s: Annotated[float, Field(gt=0)]
+    """Length of the event. Units: s."""
     reduction_frac: Fraction | None = None
+    """Share of the baseline to shed; give this or limit_kw."""
     limit_kw: Annotated[float, Field(gt=0)] | None = None
+    """Absolute site limit during the event; give this or reduction_frac. Units: kW."""
     ramp_s: Seconds | None = None
+    """Time to reach the target from the start; unset: default_ramp_s. Units: s."""
     recovery_s: Annotated[float, Field(gt=0)] | None = None
+    """Time to return to normal after the end; unset: default_recovery_s. Units: s."""
 
     @model_validator(mode="after")
     def _one_target(self) -> Self:
@@ -46,13 +62,21 @@ class OpenAdrSection(_Section):
     """
 
     vtn_url: Annotated[str, Field(pattern=r"^https?://")]
+    """The VTN's base URL (http:// only on loopback; production needs https://)."""
     ven_name: Annotated[str, Field(min_length=1)]
+    """This VEN's name, as registered with the VTN."""
     ven_id: str | None = None
+    """This VEN's id, if the VTN assigned one already."""
     cert_file: Path | None = None
+    """Client certificate (PEM): TLS and XML signatures."""
     key_file: Path | None = None
+    """Private key of the client certificate (PEM)."""
     ca_file: Path | None = None
+    """CA certificate(s) the VTN is checked against (PEM)."""
     vtn_fingerprint: str | None = None
+    """Pins the VTN's signing certificate."""
     report_interval_s: Annotated[float, Field(gt=0)] = 10.0
+    """How often site power is reported to the VTN. Units: s."""
 
     @model_validator(mode="after")
     def _cert_pair(self) -> Self:
@@ -72,19 +96,35 @@ class DemandResponseSection(_Section):
     """
 
     enabled: bool = True
+    """Act on demand-response events."""
     store_path: Path = Path("rheostat-events.sqlite")
+    """SQLite file events persist in; relative paths resolve against the policy file's directory."""
     baseline_window_s: Annotated[float, Field(gt=0)] = 900.0
+    """Averaging window of the pre-event baseline. Units: s."""
     default_ramp_s: Seconds = 30.0
+    """Ramp to an event's target when the event gives none. Units: s."""
     default_recovery_s: Annotated[float, Field(gt=0)] = 300.0
+    """Recovery after an event when the event gives none. Units: s."""
     simple_levels: dict[int, Fraction] = Field(
         default_factory=lambda: {0: 0.0, 1: 0.10, 2: 0.25, 3: 0.50}
     )
+    """OpenADR SIMPLE level (0 to 3) to the share of baseline shed."""
     flex_tolerances: tuple[Fraction, Fraction, Fraction, Fraction] = (0.0, 0.10, 0.25, 0.50)
+    """Slowdown each flex tier (0 to 3) tolerates during an event."""
     grid_first: bool = False
+    """Meet the target even past the tiers' tolerances."""
     max_reduction_frac: Annotated[float, Field(gt=0, le=1)] = 0.6
+    """Events asking to shed more than this share are opted out of (unless grid_first)."""
     mqtt_events: bool = True
+    """Take events from the grid-event MQTT topic."""
+    max_events: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    """Most events held at once (live and past, per event id); an event with a new id past it is
+    refused and counted, after the events that are over have been forgotten.
+    """
     openadr: OpenAdrSection | None = None
+    """The OpenADR 2.0b VEN; unset: none (needs the openadr extra)."""
     events: list[ScheduledEvent] = Field(default_factory=list)
+    """Events written into the file (tariff peak windows, contracted curtailments)."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -19,6 +19,7 @@ import aiomqtt
 import numpy as np
 from numpy.typing import NDArray
 
+from controller import extras
 from controller.grid.config import DemandResponseSection
 from controller.grid.manager import DrTick, FlexInputs, GridEvents
 from controller.grid.mqtt import GridEventTopic
@@ -59,6 +60,8 @@ class GridHook:
         #: Where OpenADR ELECTRICITY_PRICE forecasts go (the daemon's carbon hook), if anywhere.
         self.price_sink: PriceSink | None = None
         store_path = resolve_store_path(section.store_path, base_dir)
+        if section.openadr is not None:  # fail at start-up, not in the VEN's retry loop
+            extras.check("openleadr", "the OpenADR VEN (demand_response.openadr)")
         self.section = section
         self.clock = clock
         self.events = GridEvents(section=section, store=EventStore(store_path), tick_s=tick_s)

@@ -16,6 +16,7 @@ from controller.grid.sources import scheduled_event
 from controller.grid.store import EventStore
 from policies.dr import DrEvent
 from policies.dr_session import DrSession, DrTick, FlexInputs
+from policies.errors import ProtocolError
 
 __all__ = ["DrTick", "FlexInputs", "GridEvents"]
 
@@ -68,16 +69,40 @@ class GridEvents:
             self.apply(new, now_s)
 
     def apply(self, incoming: DrEvent, now_s: float) -> tuple[OptType, str]:
-        """A new or modified event. Returns the opt decision and its reason ('' when none)."""
+        """A new or modified event. Returns the opt decision and its reason ('' when none).
+
+        Raises `ProtocolError` for a new event id while `max_events` are held and none of them
+        is over: the table of events is bounded whatever the sources send.
+        """
         old = self.events.get(incoming.event_id)
         if old is not None and incoming.modification <= old.modification:
             return ("optIn" if old.opted_in else "optOut"), self.notes.get(old.event_id, "")
+        if old is None and len(self.events) >= self.section.max_events:
+            self.forget_over(now_s)
+            if len(self.events) >= self.section.max_events:
+                raise ProtocolError(
+                    f"{len(self.events)} events held (max_events); event refused",
+                    reason="out_of_range",
+                )
         opt, reason = self._decide(incoming)
         event = dataclasses.replace(incoming, opted_in=opt == "optIn")
         if old is not None:
             event = old.revise(event, now_s)
         self._save(event, reason)
         return opt, reason
+
+    def forget_over(self, now_s: float) -> int:
+        """Drop events that can no longer cut (memory and store); returns how many."""
+        gone = [e.event_id for e in self.events.values() if e.is_over(now_s)]
+        for event_id in gone:
+            del self.events[event_id]
+            self.notes.pop(event_id, None)
+            self.compliance.pop(event_id, None)
+            self._note_saved_s.pop(event_id, None)
+            self._done.discard(event_id)
+        if gone:
+            self.store.prune(now_s)
+        return len(gone)
 
     def cancel(self, event_id: str, now_s: float) -> bool:
         """Cancel an event; recovery starts from the cut in force. False when unknown."""

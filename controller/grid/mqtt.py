@@ -22,6 +22,7 @@ import orjson
 from controller.grid.config import mqtt_event_topic
 from controller.grid.manager import GridEvents
 from controller.grid.sources import Cancel, parse_event_message
+from controller.messages import MessageRejections
 from policies.errors import ProtocolError
 
 log = logging.getLogger("rheostat.grid.mqtt")
@@ -39,7 +40,10 @@ class GridEventTopic:
     grid: GridEvents
     clock: Callable[[], float]
     rejected: int = 0
-    responses: list[tuple[str, bytes]] = field(default_factory=list)
+    #: Acknowledgements waiting for `flush`, newest per topic; bounded by `max_events`.
+    responses: dict[str, bytes] = field(default_factory=dict)
+    #: Where refusals are counted by reason (the daemon's `rheostat_messages_rejected_total`).
+    rejections: MessageRejections | None = None
 
     @property
     def topic(self) -> str:
@@ -68,25 +72,39 @@ class GridEventTopic:
             if topic_id is not None and parsed.event_id != topic_id:
                 raise ProtocolError(f"event {parsed.event_id!r} sent on the topic of {topic_id!r}")
         except ProtocolError as exc:
-            self.rejected += 1
-            log.warning("grid event rejected: %s", exc)
+            self._refuse(exc, "grid event rejected")
             return True
         if isinstance(parsed, Cancel):
             known = self.grid.cancel(parsed.event_id, now_s)
             body = {"event_id": parsed.event_id, "cancelled": known}
             event_id = parsed.event_id
         else:
-            opt, reason = self.grid.apply(parsed, now_s)
+            try:
+                opt, reason = self.grid.apply(parsed, now_s)
+            except ProtocolError as exc:  # the event table is full
+                self._refuse(exc, "grid event refused")
+                return True
             body = {"event_id": parsed.event_id, "opt": opt, "reason": reason}
             event_id = parsed.event_id
-        self.responses.append((response_topic(self.site, event_id), orjson.dumps(body)))
+        topic = response_topic(self.site, event_id)
+        self.responses.pop(topic, None)
+        if len(self.responses) >= self.grid.section.max_events:  # drop the oldest answer
+            self.responses.pop(next(iter(self.responses)))
+        self.responses[topic] = orjson.dumps(body)
         return True
+
+    def _refuse(self, exc: ProtocolError, what: str) -> None:
+        self.rejected += 1
+        if self.rejections is not None:
+            self.rejections.count("grid_event", exc)
+        log.warning("%s: %s", what, exc)
 
     async def flush(self, client: aiomqtt.Client) -> None:
         """Publish queued acknowledgements (retained, QoS 1)."""
         while self.responses:
-            topic, body = self.responses.pop(0)
-            await client.publish(topic, body, qos=1, retain=True)
+            topic = next(iter(self.responses))
+            await client.publish(topic, self.responses[topic], qos=1, retain=True)
+            self.responses.pop(topic, None)
 
     async def listen(self, client: aiomqtt.Client) -> None:
         """Subscribe on `client` and apply messages until cancelled."""

@@ -23,13 +23,20 @@ TLS with client certificates (`cert_file`, `key_file`, `ca_file`) and signed mes
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Self
 
-from openleadr import OpenADRClient
-
-from controller.grid.config import DemandResponseSection, OpenAdrSection, OptType
+from controller import extras
+from controller.grid.config import (
+    MAX_EVENT_SECONDS,
+    MAX_MODIFICATION,
+    MAX_UNIX_S,
+    DemandResponseSection,
+    OpenAdrSection,
+    OptType,
+)
 from controller.grid.manager import GridEvents
 from policies.dr import DrEvent, reduction_for_simple_level
 from policies.errors import PolicyError, ProtocolError
@@ -56,6 +63,8 @@ def _target(
         payloads = [float(i["signal_payload"]) for i in signal.get("intervals", [])]
         if not payloads:
             continue
+        if not all(math.isfinite(p) for p in payloads):
+            raise ValueError("signal payloads must be finite")
         if name == "SIMPLE" and kind == "level":
             level = max(payloads)
             return reduction_for_simple_level(level, section.simple_levels), None
@@ -109,19 +118,37 @@ def event_from_openadr(
         ramp = period.get("ramp_up_period")
         reduction_frac, limit_w = _target(list(event.get("event_signals", [])), section)
         recovery = period.get("recovery_period")
+        event_id = str(descriptor["event_id"])
+        modification = descriptor.get("modification_number", 0)
+        start_s = start.timestamp()
+        duration_s = _seconds(period["duration"])
+        ramp_s = section.default_ramp_s if ramp is None else _seconds(ramp)
+        recovery_s = section.default_recovery_s if not recovery else max(_seconds(recovery), 1.0)
+        # The same ranges as the MQTT event message: nothing past them reaches the store.
+        if not 0 < len(event_id) <= 128:  # the event id bound everywhere
+            raise ValueError("event_id must be 1-128 characters")
+        if isinstance(modification, bool) or not isinstance(modification, int):
+            raise TypeError("modification_number must be an integer")
+        if not 0 <= modification <= MAX_MODIFICATION:
+            raise ValueError("modification_number outside [0, 2**53 - 1]")
+        if not 0 <= start_s <= MAX_UNIX_S:
+            raise ValueError("dtstart out of range")
+        for name, value in (("duration", duration_s), ("ramp", ramp_s), ("recovery", recovery_s)):
+            if not 0 <= value <= MAX_EVENT_SECONDS:
+                raise ValueError(f"{name} outside [0, {MAX_EVENT_SECONDS}] s")
         return DrEvent(
-            event_id=str(descriptor["event_id"]),
+            event_id=event_id,
             source="openadr",
             notified_s=now_s,
-            start_s=start.timestamp(),
-            duration_s=_seconds(period["duration"]),
-            ramp_s=section.default_ramp_s if ramp is None else _seconds(ramp),
-            recovery_s=section.default_recovery_s if not recovery else max(_seconds(recovery), 1.0),
-            modification=int(descriptor.get("modification_number", 0)),
+            start_s=start_s,
+            duration_s=duration_s,
+            ramp_s=ramp_s,
+            recovery_s=recovery_s,
+            modification=modification,
             reduction_frac=reduction_frac,
             limit_w=limit_w,
         )
-    except (KeyError, TypeError, ValueError, AttributeError, PolicyError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, PolicyError) as exc:
         raise ProtocolError(f"OpenADR event not understood: {exc!r}") from exc
 
 
@@ -143,7 +170,8 @@ class Ven:
         self.events = events
         self.clock = clock
         self.responses: dict[str, OptType] = {}
-        self.client = OpenADRClient(
+        openleadr = extras.require("openleadr", "the OpenADR VEN (demand_response.openadr)")
+        self.client = openleadr.OpenADRClient(
             ven_name=section.ven_name,
             vtn_url=section.vtn_url,
             ven_id=section.ven_id,
@@ -195,15 +223,20 @@ class Ven:
             price = price_forecast(event)
             if price is not None and self.price_sink is not None:
                 self.price_sink(*price)
+                if len(self.responses) >= self.dr.max_events:
+                    self.responses.clear()
                 self.responses[event_id] = "optIn"
                 log.info("openadr price forecast %s: %d slots", event_id, len(price[2]))
                 return "optIn"
             dr_event = event_from_openadr(event, now_s=now_s, section=self.dr)
+            opt, reason = self.events.apply(dr_event, now_s)
         except ProtocolError as exc:
-            log.warning("openadr event %s opted out: %s", event_id, exc)
-            self.responses[event_id] = "optOut"
+            log.warning("openadr event %s opted out: %s", event_id[:128], exc)
+            if len(self.responses) < self.dr.max_events or event_id in self.responses:
+                self.responses[event_id] = "optOut"
             return "optOut"
-        opt, reason = self.events.apply(dr_event, now_s)
+        if len(self.responses) >= self.dr.max_events:  # bounded like the events themselves
+            self.responses.clear()
         self.responses[event_id] = opt
         log.info("openadr event %s: %s %s", event_id, opt, reason)
         return opt

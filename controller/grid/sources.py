@@ -9,7 +9,8 @@ MQTT event message on `rheostat/v1/<site>/grid/event` (JSON, QoS 1; documented i
 `action` is `create` (also used for a modification, with a higher `modification`) or `cancel`
 (only `event_id` needed). `start` is Unix seconds or ISO 8601 with a zone; exactly one of
 `reduction_frac`, `limit_kw` or `simple_level` sets the target. `ramp_s` and `recovery_s`
-default to the policy's values.
+default to the policy's values. Ranges: `modification` a safe integer (0 to 2**53 - 1), times in
+[0, 1e11] Unix s, durations up to a year, `limit_kw` up to 1e7; no NaN or infinity anywhere.
 """
 
 from __future__ import annotations
@@ -20,27 +21,40 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.grid.config import DemandResponseSection, ScheduledEvent
+from controller.grid.config import (
+    MAX_EVENT_SECONDS,
+    MAX_LIMIT_KW,
+    MAX_MODIFICATION,
+    MAX_UNIX_S,
+    DemandResponseSection,
+    ScheduledEvent,
+)
 from policies.dr import DrEvent, reduction_for_simple_level
 from policies.errors import PolicyError, ProtocolError
 
 MAX_MESSAGE_BYTES = 16 * 1024
+#: pydantic error types that mean "a number outside its range" (counted as `out_of_range`).
+_RANGE_ERRORS = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+)
 
 
 class EventMessage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Every field range-checked: finite numbers in documented ranges, safe integers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=False)
 
     v: Literal[1]
     action: Literal["create", "cancel"]
     event_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
-    start: datetime | float | None = None
-    duration_s: Annotated[float, Field(gt=0)] | None = None
+    start: datetime | Annotated[float, Field(ge=0, le=MAX_UNIX_S)] | None = None
+    duration_s: Annotated[float, Field(gt=0, le=MAX_EVENT_SECONDS)] | None = None
     reduction_frac: Annotated[float, Field(ge=0, lt=1)] | None = None
-    limit_kw: Annotated[float, Field(gt=0)] | None = None
+    limit_kw: Annotated[float, Field(gt=0, le=MAX_LIMIT_KW)] | None = None
     simple_level: Annotated[int, Field(ge=0, le=3)] | None = None
-    ramp_s: Annotated[float, Field(ge=0)] | None = None
-    recovery_s: Annotated[float, Field(gt=0)] | None = None
-    modification: Annotated[int, Field(ge=0)] = 0
+    ramp_s: Annotated[float, Field(ge=0, le=MAX_EVENT_SECONDS)] | None = None
+    recovery_s: Annotated[float, Field(gt=0, le=MAX_EVENT_SECONDS)] | None = None
+    modification: Annotated[int, Field(ge=0, le=MAX_MODIFICATION)] = 0
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
@@ -62,7 +76,10 @@ def _seconds(value: datetime | float) -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("times need a zone (e.g. 2026-07-14T15:00:00-07:00)")
-        return value.timestamp()
+        seconds = value.timestamp()
+        if not 0 <= seconds <= MAX_UNIX_S:
+            raise ValueError(f"time outside [1970, year 5000]: {value.isoformat()}")
+        return seconds
     return float(value)
 
 
@@ -96,7 +113,8 @@ def parse_event_message(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise ProtocolError(f"grid event: {where}: {first['msg']}") from None
+        reason = "out_of_range" if first["type"] in _RANGE_ERRORS else "malformed"
+        raise ProtocolError(f"grid event: {where}: {first['msg']}", reason=reason) from None
     except (ValueError, PolicyError) as exc:
         raise ProtocolError(f"grid event: {exc}") from None
 

@@ -96,6 +96,10 @@ def resolve_store_path(
     return store_path if base_dir is None else base_dir / store_path
 
 
+#: SQLite's INTEGER is a signed 64-bit value.
+_MAX_SQLITE_INT = 2**63 - 1
+
+
 def _encode(event: DrEvent) -> str:
     body = dataclasses.asdict(event)
     # JSON has no infinities; -inf marks "no carried cut".
@@ -179,7 +183,13 @@ class EventStore:
             yield conn
 
     def put(self, event: DrEvent, note: str | None = None) -> None:
-        """Insert or replace an event's version (and its note, when given)."""
+        """Insert or replace an event's version (and its note, when given).
+
+        A modification number SQLite cannot hold is refused here too (`PolicyError`), though the
+        sources already bound it to a safe integer.
+        """
+        if not 0 <= event.modification <= _MAX_SQLITE_INT:
+            raise PolicyError(f"event {event.event_id}: modification out of range")
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO dr_event(event_id, source, modification, start_s, body, note, done_s) "

@@ -90,7 +90,10 @@ def test_bad_signal_messages_are_refused(payload: bytes, match: str) -> None:
         ({"owed_s": -1.0}, "owed_s"),
         ({"gpus": []}, "non-empty"),
         ({"gpus": [{"rack": "r00001", "first": 0}]}, "exactly rack, first and count"),
-        ({"gpus": [{"rack": "r00001", "first": -1, "count": 2}]}, "first >= 0"),
+        ({"gpus": [{"rack": "r00001", "first": -1, "count": 2}]}, r"first outside \[0, "),
+        ({"gpus": [{"rack": "r00001", "first": 0, "count": 0}]}, r"count outside \[1, "),
+        ({"gpus": [{"rack": "r00001", "first": 2**63, "count": 1}]}, "first outside"),
+        ({"ts": 1e300}, "ts="),
     ],
 )
 def test_bad_job_messages_are_refused(change: dict[str, object], match: str) -> None:

@@ -46,8 +46,8 @@ def test_only_racks_past_the_deadband_are_due_and_lowering_goes_first() -> None:
     assert due.tolist() == [3, 1]
 
     stale = fresh.copy()
-    stale[3] = True  # a stale rack keeps its own safe caps: never commanded
-    assert book.due(_decision(caps), now_s=1.0, stale_rack=stale).tolist() == [1]
+    stale[3] = True  # a blind rack is still commanded: it may hear the cut it needs
+    assert book.due(_decision(caps), now_s=1.0, stale_rack=stale).tolist() == [3, 1]
     # the TTL refresh makes every fresh rack due again
     assert sorted(book.due(_decision(caps), now_s=15.0, stale_rack=fresh).tolist()) == [0, 1, 2, 3]
 
@@ -65,6 +65,59 @@ def test_within_each_direction_the_largest_move_goes_first() -> None:
     assert due.tolist() == [3, 1, 2, 4, 0]
 
 
+def test_blind_racks_are_commanded_and_go_first_among_those_lowered() -> None:
+    topo = generate_topology(4 * 32, site="t", servers_per_rack=4)
+    book = _book(topo)
+    caps = np.full(topo.n_gpus, 500.0)
+    book.build(_decision(caps), np.arange(topo.n_racks), now_s=0.0)
+    caps = caps.copy()
+    for rack, move_w in enumerate([-100.0, -30.0, 50.0, -10.0]):
+        caps[topo.rack_slice(rack)] += move_w
+    blind = np.ones(topo.n_racks, np.bool_)
+    blind[0] = False
+    due = book.due(_decision(caps), now_s=1.0, stale_rack=blind)
+    assert due.tolist() == [1, 3, 0, 2]
+    # a rack never heard from since the start is left alone (it keeps what it was given before)
+    last_seen = np.array([1.0, 0.5, -np.inf, 0.2])
+    assert book.due(
+        _decision(caps), now_s=1.0, stale_rack=blind, last_seen_s=last_seen
+    ).tolist() == [
+        1,
+        3,
+        0,
+    ]
+    # every rack blind: all are still due at the refresh, so none falls to its safe caps
+    book.build(_decision(caps), due, now_s=1.0)
+    assert sorted(book.due(_decision(caps), now_s=16.0, stale_rack=blind | True).tolist()) == [
+        0,
+        1,
+        2,
+        3,
+    ]
+
+
+def test_commands_carry_each_racks_safe_caps_and_new_ones_make_every_rack_due() -> None:
+    topo = generate_topology(3 * 32, site="t", servers_per_rack=4)
+    safe = np.linspace(250.0, 390.123456, topo.n_gpus)
+    book = CommandBook(
+        topo, ttl_s=30.0, refresh_frac=0.5, deadband_w=5.0, seq_base=0, safe_cap_w=safe
+    )
+    caps = np.full(topo.n_gpus, 400.0)
+    fresh = np.zeros(topo.n_racks, np.bool_)
+    for rack, payload in book.build(_decision(caps), np.arange(3), now_s=0.0):
+        cmd = wire.decode_command(payload, rack=rack)
+        rows = topo.rack_slice(topo.rack_index[rack])
+        assert cmd.safe_cap_w is not None
+        # rounded down to 0.1 W: never above the caps that were derived to fit
+        assert np.all(cmd.safe_cap_w <= safe[rows])
+        np.testing.assert_allclose(cmd.safe_cap_w, safe[rows], atol=0.1)
+    assert book.due(_decision(caps), now_s=1.0, stale_rack=fresh).size == 0
+    book.configure(ttl_s=30.0, refresh_frac=0.5, deadband_w=5.0, safe_cap_w=safe.copy())
+    assert book.due(_decision(caps), now_s=1.0, stale_rack=fresh).size == 0  # same caps
+    book.configure(ttl_s=30.0, refresh_frac=0.5, deadband_w=5.0, safe_cap_w=safe - 10.0)
+    assert sorted(book.due(_decision(caps), now_s=1.0, stale_rack=fresh).tolist()) == [0, 1, 2]
+
+
 def test_build_sends_the_decision_and_remembers_only_the_racks_sent() -> None:
     topo = generate_topology(3 * 32, site="t", servers_per_rack=4)
     book = _book(topo)
@@ -79,6 +132,7 @@ def test_build_sends_the_decision_and_remembers_only_the_racks_sent() -> None:
         assert cmd.ttl_s == 30.0
         np.testing.assert_allclose(cmd.cap_w, caps[topo.rack_slice(r)], atol=0.05)
         np.testing.assert_array_equal(cmd.sm_clock_max_mhz, 1500.0)
+        assert cmd.safe_cap_w is None  # this book was given none: agents keep their own
         np.testing.assert_array_equal(book.sent_cap_w[topo.rack_slice(r)], caps[topo.rack_slice(r)])
     assert np.isnan(book.sent_cap_w[topo.rack_slice(1)]).all()  # rack 1 was not sent
     assert book.sent_at_s.tolist() == [5.0, -np.inf, 5.0]

@@ -109,7 +109,7 @@ def test_hook_routes_grid_event_messages(tmp_path: Path) -> None:
     assert not hook.handle("rheostat/v1/phx/telemetry/r1", b"{}")
     assert hook.handle("rheostat/v1/phx/grid/event", orjson.dumps(msg))
     assert "x" in hook.events.events
-    assert hook.topic.responses[0][0] == "rheostat/v1/phx/grid/response/x"
+    assert list(hook.topic.responses) == ["rheostat/v1/phx/grid/response/x"]
     msg["event_id"] = "y"
     assert hook.handle("rheostat/v1/phx/grid/event/y", orjson.dumps(msg))
     assert "y" in hook.events.events

@@ -55,7 +55,18 @@ def test_telemetry_round_trip() -> None:
         (b"[1, 2, 3]", "malformed"),
         (b"x" * (wire.MAX_PAYLOAD_BYTES + 1), "too_large"),
         (orjson.dumps(payload_dict(v=2)), "wrong_version"),
-        (orjson.dumps(payload_dict(seq=-1)), "malformed"),
+        (orjson.dumps(payload_dict(seq=-1)), "out_of_range"),
+        (orjson.dumps(payload_dict(seq=2**53)), "out_of_range"),
+        (orjson.dumps(payload_dict(seq=2**63)), "out_of_range"),
+        (orjson.dumps(payload_dict(ts=-1.0)), "out_of_range"),
+        (orjson.dumps(payload_dict(boot="")), "malformed"),
+        (orjson.dumps(payload_dict(boot="a" * 65)), "malformed"),
+        (orjson.dumps(payload_dict(cmd_seq=2**63)), "out_of_range"),
+        (orjson.dumps(payload_dict(cmd_rejected={"bogus": 1})), "malformed"),
+        (orjson.dumps(payload_dict(cmd_rejected={"stale_seq": -1})), "out_of_range"),
+        (orjson.dumps(payload_dict(fallback=1)), "malformed"),
+        (orjson.dumps(payload_dict(classes=["x" * 65])), "out_of_range"),
+        (orjson.dumps(payload_dict(classes=["c"] * 257)), "out_of_range"),
         (orjson.dumps(payload_dict(seq=True)), "malformed"),
         (orjson.dumps(payload_dict(power_w=[1, 2, 3])), "wrong_length"),
         (orjson.dumps(payload_dict(power_w=["a", 1, 2, 3])), "malformed"),
@@ -100,12 +111,15 @@ def test_expected_length_is_enforced() -> None:
 
 @given(
     caps=st.lists(st.floats(min_value=0, max_value=3000), min_size=1, max_size=72),
-    seq=st.integers(min_value=0, max_value=2**53),
+    seq=st.integers(min_value=0, max_value=wire.MAX_SAFE_INT),
     ttl=st.floats(min_value=0.1, max_value=3600),
+    epoch=st.integers(min_value=0, max_value=wire.MAX_SAFE_INT),
 )
-def test_command_round_trip(caps: list[float], seq: int, ttl: float) -> None:
+def test_command_round_trip(caps: list[float], seq: int, ttl: float, epoch: int) -> None:
     cmd = wire.Command(
         rack="r1",
+        epoch=epoch,
+        ctl="ctl-1:a.b",
         seq=seq,
         issued_at_s=123.25,
         ttl_s=ttl,
@@ -113,7 +127,7 @@ def test_command_round_trip(caps: list[float], seq: int, ttl: float) -> None:
         sm_clock_max_mhz=np.full(len(caps), 1410.0),
     )
     out = wire.decode_command(wire.encode_command(cmd), rack="r1")
-    assert out.seq == seq
+    assert (out.epoch, out.ctl, out.seq) == (epoch, "ctl-1:a.b", seq)
     assert math.isclose(out.ttl_s, ttl)
     np.testing.assert_allclose(out.cap_w, np.round(caps, 1))
     assert out.n_gpus == len(caps)
@@ -121,7 +135,21 @@ def test_command_round_trip(caps: list[float], seq: int, ttl: float) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"ttl_s": 0}, {"ttl_s": -5}, {"rack": "other"}, {"cap_w": [1, 2]}, {"seq": "x"}, {"v": 0}],
+    [
+        {"ttl_s": 0},
+        {"ttl_s": -5},
+        {"ttl_s": 3601},
+        {"rack": "other"},
+        {"cap_w": [1, 2]},
+        {"seq": "x"},
+        {"seq": 2**63},
+        {"epoch": -1},
+        {"ctl": ""},
+        {"ctl": None},
+        {"epoch": None},
+        {"ctl": "a b"},
+        {"v": 0},
+    ],
 )
 def test_bad_commands_raise_protocol_error(change: dict[str, object]) -> None:
     cmd = wire.Command(
@@ -138,7 +166,7 @@ def test_bad_commands_raise_protocol_error(change: dict[str, object]) -> None:
 
 
 def test_status_round_trip_and_topics() -> None:
-    status = wire.Status(state="offline", ts_s=5.0, controller="c1")
+    status = wire.Status(state="offline", ts_s=5.0, controller="c1", epoch=3)
     assert wire.decode_status(wire.encode_status(status)) == status
     with pytest.raises(ProtocolError):
         wire.decode_status(b'{"state": "sleepy"}')
@@ -219,3 +247,11 @@ def test_batch_command_encoding_matches_single_encoding_byte_for_byte() -> None:
         )
         assert batch[i] == wire.encode_command(single)
         assert wire.decode_command(batch[i], rack=rack).seq == seqs[i]
+
+
+def test_reconnect_backoff_is_jittered_and_capped_well_inside_a_ttl() -> None:
+    delays = [wire.reconnect_delay_s(attempt) for attempt in range(1, 200) for _ in range(5)]
+    assert min(delays) >= wire.RECONNECT_FIRST_S / 2
+    assert max(delays) <= wire.RECONNECT_MAX_S
+    assert len(set(delays)) > 100  # jittered: racks do not reconnect in lockstep
+    assert wire.reconnect_delay_s(1) <= wire.RECONNECT_FIRST_S

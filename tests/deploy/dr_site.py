@@ -87,7 +87,7 @@ def running_dr_site(workdir: Path) -> Iterator[str]:
         )
     )
     commands = (
-        ["-m", "controller", "run", "--config", str(config)],
+        ["-m", "controller", "run", "--policy", str(config)],
         ["-m", "tests.deploy.dr_site", "--port", str(broker.port)],
     )
     procs: list[subprocess.Popen[bytes]] = []

@@ -22,6 +22,7 @@ from ruamel.yaml import YAML
 
 from controller.cli import build_parser
 from controller.policy_file import Policy, parse_policy
+from controller.settings import KUBERNETES_SECRETS_DIR, load_secrets
 from tests.services import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +115,7 @@ def test_configmap_policy_is_valid_and_matches_the_deployment(tmp_path: Path) ->
     assert metrics.port == ports["metrics"]
     assert metrics.host == "0.0.0.0"  # probes and scrapes come from outside the pod
     # The policy file the args name is the ConfigMap's key, mounted where the args look.
-    config_path = Path(container["args"][container["args"].index("--config") + 1])
+    config_path = Path(container["args"][container["args"].index("--policy") + 1])
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec["volumes"]}
     policy_volume = next(
@@ -124,14 +125,48 @@ def test_configmap_policy_is_valid_and_matches_the_deployment(tmp_path: Path) ->
     )
     assert str(config_path.parent) == mounts[policy_volume]
     assert config_path.name in objects["ConfigMap"]["data"]
-    # The broker password comes from the Secret through the variable the policy names.
-    env = {e["name"]: e for e in container["env"]}
-    assert policy.config.mqtt.password_env in env
-    assert "secretKeyRef" in env[policy.config.mqtt.password_env]["valueFrom"]
+    # The policy names no password (nor where one is): that comes from the secrets directory.
+    mqtt = policy.config.mqtt
+    assert (mqtt.username, mqtt.password, mqtt.password_env, mqtt.password_file) == (
+        "rheostat-controller",
+        None,
+        None,
+        None,
+    )
+    assert "RHEOSTAT_MQTT_PASSWORD" not in {e["name"] for e in container.get("env", [])}
     tls = policy.config.mqtt.tls
     assert tls is not None
     assert tls.ca_file is not None
     assert any(str(tls.ca_file).startswith(path + "/") for path in mounts.values())
+
+
+def test_the_password_secret_is_mounted_where_the_controller_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pod_spec = k8s_objects()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod_spec["containers"]
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    secrets_dir = str(KUBERNETES_SECRETS_DIR)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == secrets_dir]
+    assert mount["readOnly"] is True
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "rheostat-mqtt"
+    # The key `kubectl create secret ... --from-literal=password=` makes, and 0440 for the fsGroup
+    # the pod runs as (ruamel reads YAML 1.2, where 0440 would be decimal: it is written as 288).
+    assert secret["defaultMode"] == 0o440
+    assert pod_spec["securityContext"]["fsGroup"] == pod_spec["securityContext"]["runAsGroup"]
+    (item,) = secret["items"]
+    assert item["key"] == "password"
+    # What the kubelet writes there, read through the controller's own settings.
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / item["path"]).write_text("s3cret\n")
+    for name in ("RHEOSTAT_MQTT_PASSWORD", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RHEOSTAT_SECRETS_DIR", str(secrets))
+    password = load_secrets().mqtt_password
+    assert password is not None
+    assert password.get_secret_value() == "s3cret"
 
 
 def test_service_and_disruption_budget_select_the_controller_pod() -> None:
@@ -197,6 +232,25 @@ def test_image_copies_only_paths_that_exist() -> None:
             *sources, _dest = arg.split()
             for source in sources:
                 assert (ROOT / source).exists(), source
+
+
+def test_image_installs_the_extras_it_needs_and_no_bench() -> None:
+    """The wheel step names the `openadr` extra (a site's policy may configure the VEN) and only
+    extras pyproject declares; `bench/` is not packaged, so nothing copies it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    (wheel,) = [arg for op, arg in dockerfile_instructions() if op == "RUN" and "pip wheel" in arg]
+    target = re.search(r"'\.\[([a-z,]+)\]'", wheel)
+    assert target, wheel
+    extras = set(target.group(1).split(","))
+    assert "openadr" in extras
+    assert extras <= set(project["project"]["optional-dependencies"]) - {"dev"}
+    packaged = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    for op, arg in dockerfile_instructions():
+        if op == "COPY" and not arg.startswith("--from"):
+            *sources, _dest = arg.split()
+            for source in sources:
+                path = source.rstrip("/")
+                assert path in packaged or (ROOT / path).is_file(), source
 
 
 # ------------------------------------------------------------------------------ docker compose

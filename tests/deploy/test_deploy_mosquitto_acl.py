@@ -314,3 +314,39 @@ async def test_forecasts_and_jobs_come_only_from_their_publishers(
         await scheduler.publish(job, b"job", qos=1)
         got = await first_message(controller)
         assert (str(got.topic), got.payload) == (job, b"job")
+
+
+async def test_a_racks_credentials_cannot_take_the_controllers_session(
+    secured: SecuredBroker,
+) -> None:
+    """Client ids are bound to users: a rack connecting under the controller's client id gets
+    its own user name as id, and the controller's session stays up."""
+    controller = aiomqtt.Client(
+        "127.0.0.1",
+        secured.port,
+        username=CONTROLLER,
+        password=secured.passwords[CONTROLLER],
+        identifier=CONTROLLER,
+        timeout=5,
+    )
+    impostor = aiomqtt.Client(
+        "127.0.0.1",
+        secured.port,
+        username="r001",
+        password=secured.passwords["r001"],
+        identifier=CONTROLLER,
+        timeout=5,
+    )
+    async with controller:
+        await controller.subscribe(wire.telemetry_filter(SITE), qos=1)
+        for round_ in range(3):  # again and again, as the attack did
+            async with impostor:
+                await impostor.publish(wire.telemetry_topic(SITE, "r001"), b"%d" % round_, qos=1)
+                got = await first_message(controller)
+                assert got.payload == b"%d" % round_
+        # Still connected: a QoS 1 round trip through the broker succeeds on the same session.
+        await controller.publish(wire.command_topic(SITE, "r001"), b"still-here", qos=1)
+        async with secured.client("r002") as rack:
+            await rack.publish(wire.telemetry_topic(SITE, "r002"), b"marker", qos=1)
+            got = await first_message(controller)
+            assert (str(got.topic), got.payload) == (wire.telemetry_topic(SITE, "r002"), b"marker")

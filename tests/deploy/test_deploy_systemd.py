@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from controller.grid.config import DemandResponseSection
+from controller.settings import load_secrets
 from tests.services import require_binary
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "rheostat.service"
@@ -97,13 +98,36 @@ def test_the_unit_gives_the_store_a_state_directory() -> None:
     assert not DemandResponseSection().store_path.is_absolute()
 
 
+def test_the_broker_password_is_a_credential_the_controller_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LoadCredential=ID:PATH` puts PATH's content in `$CREDENTIALS_DIRECTORY/ID`: that file, laid
+    out as systemd lays it out, is the password the controller's settings read."""
+    unit = directives()
+    assert "EnvironmentFile" not in unit or all(v.startswith("-") for v in unit["EnvironmentFile"])
+    (credential,) = unit["LoadCredential"]
+    name, _, source = credential.partition(":")
+    assert source.startswith("/etc/rheostat/")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / name).write_text("from-systemd")
+    for variable in ("RHEOSTAT_MQTT_PASSWORD", "RHEOSTAT_SECRETS_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    password = load_secrets().mqtt_password
+    assert password is not None
+    assert password.get_secret_value() == "from-systemd"
+    # No password in the unit itself.
+    assert not any("PASSWORD" in v for v in unit.get("Environment", []))
+
+
 def _sandbox(tmp_path: Path, state: Path | None) -> subprocess.CompletedProcess[str]:
     """Runs STORE_SNIPPET in the namespace the unit's directives describe (see the docstring)."""
     unshare, setpriv = require_binary("unshare"), require_binary("setpriv")
     unit = directives()
     assert unit["ProtectSystem"] == ["strict"]
     assert unit["PrivateTmp"] == ["yes"]
-    config = unit["ExecStart"][0].split("--config", 1)[1].split()[0]
+    config = unit["ExecStart"][0].split("--policy", 1)[1].split()[0]
     state_dir = f"/var/lib/{unit['StateDirectory'][0]}"
     script = tmp_path / "sandbox.sh"
     setup = ["set -e"]

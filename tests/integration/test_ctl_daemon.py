@@ -58,7 +58,10 @@ async def test_closed_loop_with_agents(mosquitto: Mosquitto, protocol: str) -> N
         async with running(controller):
             await wait_until(lambda: bool(np.all(agents.counters.commands_applied >= 2)))
             await wait_until(
-                lambda: rt.decision is not None and not rt.fleet.stale_racks(time.time(), 2.0).any()
+                lambda: (
+                    rt.decision is not None
+                    and not rt.fleet.stale_racks(time.monotonic(), 2.0).any()
+                )
             )
             # what the agents obey is what the controller decided, within the wire's 0.1 W rounding
             await wait_until(

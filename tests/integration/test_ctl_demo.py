@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 
@@ -43,3 +45,23 @@ def test_demo_against_mosquitto(mosquitto: Mosquitto, capsys: pytest.CaptureFixt
     summary = _demo(capsys, "--broker", mosquitto.url)
     assert summary["breaker_trips"] == 0
     assert summary["commands_sent"] >= 2  # type: ignore[operator]
+
+
+def test_demo_status_shows_what_binds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--racks", "2", "--duration", "11", "--metrics-port", "0"]) == 0
+    captured = capsys.readouterr()
+    status = [line for line in captured.err.splitlines() if line.startswith("[")]
+    assert len(status) == 2  # one line per 10 s through a pipe
+    assert "waiting for the racks to report (0/2)" in status[0]
+    assert " kW" not in status[0]  # no power shown before any rack has reported
+    later = status[1]
+    for part in ("racks reporting 2/2", "site ", "hottest rack ", "of its usable rating"):
+        assert part in later
+    assert re.search(r"racks at their limit \d/2  GPUs capped \d+/64", later)
+    rows = dict(line.split(None, 1) for line in captured.out.splitlines())
+    assert rows["breaker_trips"] == "0"
+    assert rows["tripped_racks"] == "none"
+    assert rows["seconds_over_limit.rack"] == "0"
+    assert "throughput_retained" not in rows  # the live demo has no reference run
+    assert not any(c in captured.out for c in "{}[]'")
+    assert "None" not in captured.out

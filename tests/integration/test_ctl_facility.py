@@ -67,7 +67,7 @@ async def test_facility_contract_becomes_an_it_budget(mosquitto: Mosquitto) -> N
         running(controller),
     ):
         await wait_until(
-            lambda: rt.decision is not None and not rt.fleet.stale_racks(time.time(), 2).any()
+            lambda: rt.decision is not None and not rt.fleet.stale_racks(time.monotonic(), 2).any()
         )
         # The meter says cooling and losses add 40 % to IT power: PUE 1.4.
         for _ in range(15):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from controller import wire
+from controller.policy_file import load_policy
 from simulator.agents import RackAgents, run_rack_agents
 from simulator.build import build_cluster
 from simulator.scenario import Scenario
@@ -68,6 +69,10 @@ async def test_sigterm_goes_offline_and_racks_fall_back_to_safe_caps(
         "logging: {format: json}\n"
     )
     policy.write_text(good)
+    # The commands carry the safe caps derived from the policy's topology: those, not the
+    # agents' own (250 W), are what every rack falls back to.
+    safe_w = load_policy(policy).safe_cap_w
+    assert not np.allclose(safe_w, 250.0)
     with (tmp_path / "controller.log").open("wb") as log:
         proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the loop has work
             [sys.executable, "-m", "controller", "run", "--config", str(policy)],
@@ -117,7 +122,7 @@ async def test_sigterm_goes_offline_and_racks_fall_back_to_safe_caps(
         # caps held until the TTL ran out, then each rack fell back on its own
         assert time.monotonic() - stopped_at > 0.2
         async with asyncio.timeout(3):  # the cluster applies caps after its actuation lag
-            while not np.allclose(cluster.cap_w, 250.0):
+            while not np.allclose(cluster.cap_w, safe_w, rtol=0.0, atol=0.1):
                 await asyncio.sleep(0.05)
         assert agents.counters.offline_seen >= 1
         assert not cluster.trips

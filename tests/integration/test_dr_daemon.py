@@ -81,7 +81,9 @@ async def test_grid_event_in_the_closed_loop(mosquitto: Mosquitto, tmp_path: Pat
     ):
         async with running(controller):
             await wait_until(
-                lambda: rt.decision is not None and not rt.fleet.stale_racks(time.time(), 2).any()
+                lambda: (
+                    rt.decision is not None and not rt.fleet.stale_racks(time.monotonic(), 2).any()
+                )
             )
             await asyncio.sleep(2.5)  # a full baseline window of telemetry
             before_w = site_w()
@@ -156,7 +158,9 @@ async def test_openadr_event_in_the_closed_loop(
         rt = controller.runtime
         async with agents_running(cluster, mosquitto.port, site=SITE), running(controller):
             await wait_until(
-                lambda: rt.decision is not None and not rt.fleet.stale_racks(time.time(), 2).any()
+                lambda: (
+                    rt.decision is not None and not rt.fleet.stale_racks(time.monotonic(), 2).any()
+                )
             )
             await asyncio.sleep(2.5)
             vtn.add_event(

@@ -117,7 +117,7 @@ def instances(draw: st.DrawFn, max_servers: int = 6, max_gpus_per_server: int = 
         server_limit_w=draw(st.lists(limit, min_size=n_servers, max_size=n_servers)),
         rack_limit_w=draw(st.lists(limit, min_size=n_racks, max_size=n_racks)),
         row_limit_w=draw(st.lists(limit, min_size=n_rows, max_size=n_rows)),
-        site_limit_w=draw(st.sampled_from([*LIMITS[1:], 20000.0])),
+        site_limit_w=draw(st.sampled_from([*LIMITS, 20000.0])),
         server_overhead_w=draw(
             st.lists(st.sampled_from([0.0, 100.0, 350.0]), min_size=n_servers, max_size=n_servers)
         ),

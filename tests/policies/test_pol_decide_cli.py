@@ -101,7 +101,7 @@ def test_table_dry_run(tmp_path: Path, capsys) -> None:
         ),
         (("topology", "levels", 1, "limit_w"), [2000.0], "topology.levels.1.limit_w"),
         (("limits",), {"site_limit_w": -5.0}, "limits.site_limit_w"),
-        (("settings",), {"capping": {"deadband": 3.0}}, "settings.capping"),
+        (("settings",), {"capping": {"deadband": 3.0}}, "settings.capping.deadband"),
         (("unexpected",), 1, "unexpected"),
         (("now_s",), float("nan"), "now_s"),
         (("topology", "levels", 0, "parent"), [0, 5], "topology.levels.0.parent"),
@@ -118,6 +118,111 @@ def test_bad_snapshot_names_the_field(tmp_path: Path, capsys, path, value, field
     assert main(["decide", "--snapshot", str(write(tmp_path, data))]) == 1
     err = capsys.readouterr().err
     assert f": {field}: " in err
+
+
+def _bad(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    data = copy.deepcopy(snapshot())
+    target: Any = data
+    for key in path[:-1]:
+        target = target.setdefault(key, {}) if isinstance(target, dict) else target[key]
+    target[path[-1]] = value
+    return data
+
+
+#: Settings and inputs a snapshot shares with the policy file, bounded by the same model.
+BOUNDED = [
+    (("settings", "capping", "raise_rate_w_per_s"), -1000.0, "settings.capping.raise_rate_w_per_s"),
+    (("settings", "capping", "site_margin_frac"), -0.5, "settings.capping.site_margin_frac"),
+    (("settings", "capping", "deadband_w"), None, "settings.capping.deadband_w"),
+    (("settings", "capping", "deadband_w"), -1.0, "settings.capping.deadband_w"),
+    (("settings", "capping", "pinned_frac"), 2.0, "settings.capping.pinned_frac"),
+    (("settings", "dvfs", "max_loss_frac"), 5.0, "settings.dvfs.max_loss_frac"),
+    (("settings", "dvfs", "max_loss_frac"), None, "settings.dvfs.max_loss_frac"),
+    (("settings", "dvfs", "memory_bound_ratio"), -1.0, "settings.dvfs.memory_bound_ratio"),
+    (("settings", "dvfs", "enabled"), "maybe", "settings.dvfs.enabled"),
+    (("settings", "ramp", "site_down_w_per_s"), -5.0, "settings.ramp.site_down_w_per_s"),
+    (
+        ("settings", "capping", "site_ramp_up_w_per_s"),
+        10.0,
+        "settings.capping.site_ramp_up_w_per_s",
+    ),
+    (("limits", "gpu_floor_w"), 5.0, "limits.gpu_floor_w"),
+    (("limits", "site_target_w"), 0.0, "limits.site_target_w"),
+    (("topology", "gpus", "model"), [], "topology.gpus.model"),
+    (("topology", "gpus", "server"), [0, 0, 1, 2**40], "topology.gpus.server.3"),
+    (("topology", "levels", 0, "parent"), [0, -1], "topology.levels.0.parent.1"),
+    (("telemetry", "power_w"), [690.0, 650.0, 390.0, 1e300], "telemetry.power_w.3"),
+    (
+        ("previous",),
+        {"cap_w": [700, 700, 400, -4], "now_s": 99.0, "site_allowed_w": 2400},
+        "previous.cap_w.3",
+    ),
+]
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+@pytest.mark.parametrize(("path", "value", "field"), BOUNDED)
+def test_out_of_bounds_settings_and_inputs_name_the_field(
+    tmp_path: Path, capsys, *, path, value, field, as_json: bool
+) -> None:
+    snap = write(tmp_path, _bad(path, value))
+    args = ["decide", "--snapshot", str(snap)] + (["--json"] if as_json else [])
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert lines
+    assert all(line.startswith(f"{snap}: ") for line in lines)
+    assert any(line.startswith(f"{snap}: {field}: ") for line in lines), lines
+
+
+def test_a_policy_file_and_a_snapshot_take_the_same_settings(tmp_path: Path, capsys) -> None:
+    """Each settings section of the policy file is accepted, with the same meaning, as a
+    snapshot's: the dry run and the daemon decide alike."""
+    from controller.policy_file import parse_policy
+
+    settings = {
+        "capping": {"deadband_w": 0.0, "raise_rate_w_per_s": 50.0, "site_margin_frac": 0.01},
+        "ramp": {"site_down_w_per_s": 100.0},
+        "dvfs": {"max_loss_frac": 0.3},
+    }
+    text = "site: {name: lab, topology: {generate: {gpus: 8}}}\n" + "".join(
+        f"{name}: {orjson.dumps(section).decode()}\n" for name, section in settings.items()
+    )
+    policy = parse_policy(text, source="p").config.policy_settings()
+    data = snapshot() | {"settings": settings}
+    from controller.snapshot import parse_snapshot
+
+    assert parse_snapshot(data).settings == policy
+
+
+def test_a_site_without_any_limit_gives_every_gpu_its_demand(tmp_path: Path, capsys) -> None:
+    data = snapshot()
+    for level in data["topology"]["levels"]:
+        level["limit_w"] = [None] * len(level["ids"])
+    data["limits"] = {}
+    assert main(["decide", "--snapshot", str(write(tmp_path, data)), "--json"]) == 0
+    out = orjson.loads(capsys.readouterr().out)
+    assert [g["cap_w"] for g in out["gpus"]] == [700.0, 700.0, 400.0, 400.0]
+    assert all(g["cap_w"] >= g["demand_w"] for g in out["gpus"])
+    assert out["site_allowed_w"] is None  # no limit: null in JSON
+    assert out["infeasible_groups"] == 0
+
+
+def test_previous_caps_outside_the_models_range_are_clamped(tmp_path: Path, capsys) -> None:
+    data = snapshot()
+    # An H100 kept at 705 W (inside the deadband of its 700 W max), an A100 at 700 W, and an
+    # A100 below its idle power.
+    data["previous"] = {"cap_w": [705.0, 600.0, 700.0, 20.0], "now_s": 99.0, "site_allowed_w": 2400}
+    data["telemetry"]["util"] = [0.95, 0.9, 0.2, 0.0]
+    data["telemetry"]["mem_util"] = [0.4, 0.4, 0.8, 0.0]
+    data["stale_racks"] = ["r1"]
+    assert main(["decide", "--snapshot", str(write(tmp_path, data)), "--json"]) == 0
+    gpus = orjson.loads(capsys.readouterr().out)["gpus"]
+    assert gpus[0]["cap_w"] <= 700.0
+    assert 100.0 <= gpus[2]["cap_w"] <= 400.0
+    assert 100.0 <= gpus[3]["cap_w"] <= 400.0
+    assert all(isinstance(g["sm_clock_max_mhz"], int) for g in gpus)
 
 
 def test_unreadable_and_malformed_files(tmp_path: Path, capsys) -> None:

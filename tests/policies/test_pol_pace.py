@@ -169,7 +169,7 @@ def test_pacing_keeps_every_limit_and_never_slows_a_job(
             sync_job=job,
         )
         stale_gpu = stale[topo.gpu_group[topo.rack_level]]
-        check_limits(topo, paced, stale_gpu)
+        check_limits(topo, paced)
         if now == 1.0:
             # Cold (no smoothing yet): a job's slowest member is never slower for the pacing.
             # Power above a GPU's estimated demand is surplus it has no use for, so the pace is

@@ -24,10 +24,9 @@ EXACT = CappingSettings(site_margin_frac=0.0)
 SETTINGS = PolicySettings(capping=EXACT)
 
 
-def check_limits(topo: Topology, decision, stale_gpu=None) -> None:
-    cap = decision.cap_w.copy()
-    if stale_gpu is not None:
-        cap[stale_gpu] = topo.gpu_max_cap_w[stale_gpu]
+def check_limits(topo: Topology, decision) -> None:
+    """Every group fits with every GPU at its cap (stale ones included: commands reach them)."""
+    cap = decision.cap_w
     assert np.all(decision.cap_w >= topo.gpu_min_cap_w - 1e-9)
     assert np.all(decision.cap_w <= topo.gpu_max_cap_w + 1e-9)
     for k in range(len(topo.levels)):
@@ -69,7 +68,7 @@ def test_every_tick_respects_every_limit(inst: Instance, ticks, stale_first: boo
             stale_rack=stale,
         )
         stale_gpu = stale[topo.gpu_group[topo.rack_level]]
-        check_limits(topo, decision, stale_gpu)
+        check_limits(topo, decision)
         if site_limit is not None:
             assert decision.site_allowed_w <= site_limit
         if previous is not None:
@@ -82,7 +81,7 @@ def test_every_tick_respects_every_limit(inst: Instance, ticks, stale_first: boo
         previous = decision.cap_w
 
 
-def test_stale_rack_is_reserved_at_max_cap_and_never_raised() -> None:
+def test_stale_rack_keeps_its_caps_in_force_and_is_never_raised() -> None:
     topo = generate_topology(64, racks_per_row=2)  # 2 racks of 32 GPUs
     fleet = busy_fleet(topo, np.full(64, 1.0), 0.0)
     fresh, state = decide(
@@ -96,6 +95,7 @@ def test_stale_rack_is_reserved_at_max_cap_and_never_raised() -> None:
     )
     stale = np.array([True, False])
     fleet.util[:32], fleet.mem_util[:32] = 0.1, 0.9  # last seen memory-bound
+    fleet.util[32:] = 1.0  # the reporting rack wants more than before
     later, _ = decide(
         topo,
         fleet,
@@ -110,10 +110,76 @@ def test_stale_rack_is_reserved_at_max_cap_and_never_raised() -> None:
     f_max = np.where(topo.gpu_model[:32] == 0, 1980.0, 1410.0)
     np.testing.assert_array_equal(later.sm_clock_max_mhz[:32], f_max)  # activity unknown
     rack = topo.rack_level
-    reserved = topo.gpu_max_cap_w[:32].sum() + topo.overhead_under(rack)[0]
+    # Reserved at the caps in force: a cut it might not hear would free nothing for others.
+    reserved = fresh.cap_w[:32].sum() + topo.overhead_under(rack)[0]
     assert later.budget_w[rack][0] == pytest.approx(reserved)
-    # The fresh rack gets less than before because the stale one counts at worst case.
     assert later.cap_w[32:].sum() <= fresh.cap_w[32:].sum() + 1e-6
+    check_limits(topo, later)
+
+
+def test_a_stale_rack_with_no_caps_known_counts_at_its_max_cap() -> None:
+    topo = generate_topology(64, racks_per_row=2)
+    fleet = busy_fleet(topo, np.full(64, 1.0), 0.0)
+    cold, _ = decide(
+        topo,
+        fleet,
+        tier=np.zeros(64, np.int8),
+        limits=Limits(),
+        settings=SETTINGS,
+        state=None,
+        now_s=0.0,
+        stale_rack=np.array([True, False]),
+    )
+    rack_usable = topo.racks.usable_w[0] - topo.overhead_under(topo.rack_level)[0]
+    if topo.gpu_max_cap_w[:32].sum() <= rack_usable:
+        np.testing.assert_array_equal(cold.cap_w[:32], topo.gpu_max_cap_w[:32])
+    check_limits(topo, cold)
+
+
+@pytest.mark.parametrize("cold", [False, True])
+def test_every_rack_blind_then_the_contract_steps_down_caps_fit_at_once(cold: bool) -> None:
+    """All telemetry lost, then a lower limit: every blind rack is cut at once to fit it."""
+    topo = generate_topology(256, racks_per_row=4)  # 8 racks of 32 GPUs in 2 rows
+    fleet = busy_fleet(topo, np.full(256, 1.0), 0.0)
+    tier = (np.arange(256) % 4).astype(np.int8)
+    state = None
+    if not cold:
+        _, state = decide(
+            topo, fleet, tier=tier, limits=Limits(), settings=SETTINGS, state=None, now_s=0.0
+        )
+        assert state is not None
+    before = topo.gpu_max_cap_w.sum() if state is None else state.cap_w.sum()
+    new_limit_w = 0.7 * (before + topo.overhead_under(len(topo.levels) - 1)[0])
+    blind = np.ones(topo.n_racks, dtype=bool)
+    decision, state = decide(
+        topo,
+        fleet,
+        tier=tier,
+        limits=Limits(site_limit_w=new_limit_w),
+        settings=SETTINGS,
+        state=state,
+        now_s=1.0,
+        stale_rack=blind,
+    )
+    site_use = decision.cap_w.sum() + topo.overhead_under(len(topo.levels) - 1)[0]
+    assert site_use <= new_limit_w * (1 + 1e-9)
+    assert site_use >= new_limit_w * (1 - 1e-6)  # cut to the limit, not below it
+    check_limits(topo, decision)
+    # The most flexible tier gives first, as it would with telemetry.
+    by_tier = [decision.cap_w[tier == t].mean() for t in range(4)]
+    assert by_tier == sorted(by_tier, reverse=True)
+    # The next tick, still blind, keeps the cut caps (now in force) and raises none.
+    again, _ = decide(
+        topo,
+        fleet,
+        tier=tier,
+        limits=Limits(site_limit_w=new_limit_w),
+        settings=SETTINGS,
+        state=state,
+        now_s=2.0,
+        stale_rack=blind,
+    )
+    np.testing.assert_allclose(again.cap_w, decision.cap_w)
 
 
 def two_gpus(site_w: float) -> Topology:
