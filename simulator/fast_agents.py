@@ -150,9 +150,11 @@ class FastAgents:
         ttl_s: float,
         cap_w: FloatArray,
         sm_clock_max_mhz: FloatArray,
+        safe_cap_w: FloatArray | None = None,
     ) -> int:
         """One decision's commands (one per rack, fleet-wide arrays) reaching the racks in
-        `reached`; each agent applies the acceptance rule. Returns how many racks accepted."""
+        `reached`; each agent applies the acceptance rule and keeps the command's safe caps
+        (`safe_cap_w`, per GPU) when it carried them. Returns how many racks accepted."""
         newer = self.held_epoch < epoch
         same = self.held_epoch == epoch
         fresh_ctl = self.held_ctl != ctl
@@ -170,6 +172,11 @@ class FastAgents:
                 rows = topo.rack_slice(rack)
                 self.cluster.command(cap_w[rows], sm_clock_max_mhz[rows], rows)
         self._take(racks, epoch, ctl, seq, ttl_s)
+        if safe_cap_w is not None and racks.size:
+            took = accept[self.cluster.topology.gpu_group[self.cluster.topology.rack_level]]
+            topo = self.cluster.topology
+            safe = np.clip(safe_cap_w, topo.gpu_min_cap_w, topo.gpu_max_cap_w)
+            self.safe_w[took] = safe[took]
         return int(racks.size)
 
     def _take(self, racks: NDArray[np.int64], epoch: int, ctl: str, seq: int, ttl_s: float) -> None:

@@ -163,6 +163,10 @@ class TelemetryPath:
         #: Without delays, the racks whose reading published this period arrived.
         self._fresh = np.ones(topo.n_racks, dtype=bool)
 
+    def restart(self) -> None:
+        """A new controller process: it has seen no reading yet (messages in flight still land)."""
+        self._newest_s[:] = -np.inf
+
     def publish(self, now_s: float) -> None:
         """Every rack publishes its current (sensor-delayed) reading; faults decide its fate."""
         reading = self.cluster.reading()

@@ -22,7 +22,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from policies.decision import CappingSettings, Limits, PolicySettings
+from policies.facility import it_budget
 from policies.fleet import FleetState
+from policies.safe_caps import derive_safe_caps
 from simulator.baselines import ThresholdController
 from simulator.build import build_cluster, full_power_w
 from simulator.carbon import CarbonLog, CarbonShifter
@@ -160,9 +162,16 @@ def run(
     limits = SiteLimits(
         scenario, base_limit_w=float(topo.levels[-1].limit_w[0]), full_power_w=full_w
     )
-    side = _ControlSide(scenario, cluster, controller, settings, LimitKnowledge(limits))
     n_ticks = int(np.ceil(scenario.duration_s / scenario.tick_s))
     facility = FacilityRun.create(scenario, full_power_w=full_w, n_ticks=n_ticks)
+    side = _ControlSide(
+        scenario,
+        cluster,
+        controller=controller,
+        settings=settings,
+        known=LimitKnowledge(limits),
+        facility=facility,
+    )
     period = max(1, round(scenario.controller.period_s / scenario.tick_s))
     stride = max(1, -(-n_ticks // MAX_SAMPLES))
     level_w = _level_reducers(cluster)
@@ -203,7 +212,7 @@ def run(
         limits.observe(now, facility.step(now, site_w))
         site_limit = limits.limit_w(now)
         if not unlimited and k % period == 0:
-            side.tick(now, facility, period * dt + cluster.params.actuation_lag_s)
+            side.tick(now, period * dt + cluster.params.actuation_lag_s)
         if k < 0:
             continue
         if k == 0:
@@ -282,11 +291,15 @@ class _ControlSide:
         self,
         scenario: Scenario,
         cluster: SimCluster,
+        *,
         controller: str | Callable[[SimCluster], Controller],
         settings: PolicySettings | None,
         known: LimitKnowledge,
+        facility: FacilityRun,
     ) -> None:
         self.scenario = scenario
+        self.facility = facility
+        self._now = -scenario.controller.warmup_s
         self.cluster = cluster
         self.known = known
         self._make = controller
@@ -312,13 +325,44 @@ class _ControlSide:
         ctl = carbon_wrap(ctl, self.cluster, self.scenario)
         if self._ratings is not None:
             self._set_topology(ctl, self._ratings)
+        self.safe_cap_w = self._safe_caps(ctl)
         return ctl
 
+    def _safe_caps(self, ctl: Controller) -> FloatArray | None:
+        """The safe caps Rheostat's commands carry, derived as the daemon derives them when it
+        loads its policy: every GPU on them at once fits every usable limit and the contract in
+        force at its start (with a facility, the IT power the contract leaves at the run's
+        hottest outdoor temperature, no meter reading), less the allocation's site margin.
+        Other controllers send none: their racks fall back to min caps."""
+        if ctl.name != "rheostat":
+            return None
+        eff = self.cluster.params.psu_efficiency
+        topo = controller_topology(
+            self.cluster.topology
+            if self._ratings is None
+            else with_ratings(self.cluster.topology, self._ratings),
+            eff,
+        )
+        contract_w = self.known.contract_w(self._now)
+        if self.facility.spec is not None:
+            contract_w = it_budget(
+                contract_w,
+                outdoor_c=float(self.facility.outdoor_by_tick.max()),
+                settings=self.facility.settings,
+            ).budget_w
+        return derive_safe_caps(
+            topo,
+            site_limit_w=contract_w * eff,
+            site_margin_frac=self._settings.capping.site_margin_frac,
+        )
+
     def learn_ratings(self, ratings: tuple[FloatArray, ...]) -> None:
-        """A feed failed or came back: the facility's monitoring tells the controller at once."""
+        """A feed failed or came back: the facility's monitoring tells the controller at once,
+        and its safe caps are derived again for the new ratings."""
         self._ratings = ratings
         if not self.down:
             self._set_topology(self.ctl, ratings)
+            self.safe_cap_w = self._safe_caps(self.ctl)
 
     def _set_topology(self, ctl: Controller, ratings: tuple[FloatArray, ...]) -> None:
         topo = controller_topology(
@@ -326,14 +370,17 @@ class _ControlSide:
         )
         set_topology(ctl, topo)
 
-    def tick(self, now: float, facility: FacilityRun, horizon_s: float) -> None:
+    def tick(self, now: float, horizon_s: float) -> None:
         """One controller period: telemetry published, read, decided on, commands sent."""
+        self._now = now
+        facility = self.facility
         self.telemetry.publish(now)
         if self.faults.controller_down(now):
             self.down = True
             return
         if self.down:
             self.ctl = self._start()
+            self.telemetry.restart()
         cluster, fleet = self.cluster, self.fleet
         self.telemetry.deliver(fleet, now)
         self._record_site_power(facility, now)
@@ -368,6 +415,7 @@ class _ControlSide:
             ttl_s=self.scenario.controller.command_ttl_s,
             cap_w=cap_w,
             sm_clock_max_mhz=clock,
+            safe_cap_w=self.safe_cap_w,
         )
 
 

@@ -38,7 +38,6 @@ from simulator.build import build_cluster
 from simulator.cluster import SimCluster
 from simulator.controllers import controller_topology
 from simulator.scenario import Scenario
-from simulator.tolerance import OVER_TOL, is_over
 
 GPUS_PER_RACK = 32
 #: A rack whose granted budget is within this share of its limit is held at it.
@@ -141,9 +140,8 @@ def _run(args: argparse.Namespace) -> int:
 class LiveTracker:
     """The simulator's summary figures, measured on the live cluster every sample.
 
-    Facility-side powers (after PSU losses) against the site contract and each rack's usable
-    limit (rating x derating), with the simulator's one tolerance: the same definitions as
-    `simulator.summary`. Units: W, s, J.
+    Facility-side powers (after PSU losses) against the site contract and each rack's breaker
+    rating, the same sides the simulator's own checks use. Units: W, s, J.
     """
 
     def __init__(self, cluster: SimCluster, scenario: Scenario) -> None:
@@ -151,8 +149,7 @@ class LiveTracker:
         self.scenario = scenario
         topo = cluster.topology
         self.site_limit_w = float(topo.levels[-1].limit_w[0])
-        #: Usable (derated) rack limits: the definition `simulator.summary` counts against.
-        self.rack_rating_w = topo.racks.usable_w
+        self.rack_rating_w = topo.racks.limit_w
         self.seconds_over = {"rack": 0.0, "site": 0.0}
         self.max_overshoot_frac = 0.0
         self.energy_j = 0.0
@@ -168,9 +165,9 @@ class LiveTracker:
             self.energy_j += site_w * dt
             if dt > 0:
                 self.max_ramp_w_per_s = max(self.max_ramp_w_per_s, abs(site_w - self._last[1]) / dt)
-            if is_over(site_w, self.site_limit_w):
+            if site_w > self.site_limit_w:
                 self.seconds_over["site"] += dt
-            if bool(np.any(rack_w > self.rack_rating_w * (1.0 + OVER_TOL))):
+            if bool(np.any(rack_w > self.rack_rating_w)):
                 self.seconds_over["rack"] += dt
         over = max(site_w / self.site_limit_w, float(np.max(rack_w / self.rack_rating_w))) - 1
         self.max_overshoot_frac = max(self.max_overshoot_frac, over)
