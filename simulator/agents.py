@@ -118,6 +118,13 @@ class RackAgents:
         self._safe_w = np.clip(safe, topo.gpu_min_cap_w, topo.gpu_max_cap_w)
 
     @property
+    def safe_caps_w(self) -> NDArray[np.float64]:
+        """Per GPU, the caps each agent falls back to when its command expires: the last
+        command's `safe_cap_w` where it carried them, else the configured ones. Units: W.
+        """
+        return self._safe_w.copy()
+
+    @property
     def caps_in_force_w(self) -> NDArray[np.float64]:
         """Caps the GPUs obey right now (after the actuation lag). Units: W."""
         return self.cluster.cap_w

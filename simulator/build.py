@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 from policies.gpu_models import model_table
 from policies.topology import Topology, generate_topology
 from simulator.cluster import SimCluster
-from simulator.physics import PhysicsParams
+from simulator.physics import PhysicsParams, activity_for_draw
 from simulator.rates import azure_trace_tokens, diurnal_bursty
 from simulator.scenario import InferenceSpec, Scenario, TopologySpec, TrainingSpec
 from simulator.workloads import (
+    DECODE_DRAW_FRAC,
     DECODE_TOKENS_PER_GPU_S,
+    PREFILL_DRAW_FRAC,
     PREFILL_TOKENS_PER_GPU_S,
+    TRAINING_PROFILES,
     InferenceService,
     TrainingJob,
     WorkloadSet,
@@ -67,11 +71,24 @@ def build_topology(spec: TopologySpec, psu_efficiency: float, *, site: str = "si
     return topo
 
 
-def build_workloads(scenario: Scenario, n_ticks: int, *, warmup_s: float = 0.0) -> WorkloadSet:
+def build_workloads(
+    scenario: Scenario,
+    n_ticks: int,
+    *,
+    warmup_s: float = 0.0,
+    gpu_model: NDArray[np.int8] | None = None,
+) -> WorkloadSet:
     """Jobs take contiguous GPU ranges in the order listed; the rest of the fleet idles.
 
-    Jobs that start at 0 are already running when a warm-up begins (at -`warmup_s`).
+    Jobs that start at 0 are already running when a warm-up begins (at -`warmup_s`). Each job's
+    activities follow from its uncapped draw on its GPUs' models (`gpu_model`, per GPU; the
+    H100 when not given), averaged over the job's GPUs.
     """
+    models = gpu_model if gpu_model is not None else np.zeros(scenario.topology.gpus, dtype=np.int8)
+
+    def activity(draw_frac: float, first: int, n: int) -> float:
+        return float(activity_for_draw(np.full(n, draw_frac), models[first : first + n]).mean())
+
     rng = np.random.default_rng(scenario.seed)
     training: list[TrainingJob] = []
     inference: list[InferenceService] = []
@@ -80,6 +97,7 @@ def build_workloads(scenario: Scenario, n_ticks: int, *, warmup_s: float = 0.0) 
     for spec in scenario.workloads:
         end_s = spec.end_s if spec.end_s is not None else float("inf")
         if isinstance(spec, TrainingSpec):
+            profile = TRAINING_PROFILES[spec.profile]
             training.append(
                 TrainingJob(
                     name=spec.name,
@@ -92,6 +110,10 @@ def build_workloads(scenario: Scenario, n_ticks: int, *, warmup_s: float = 0.0) 
                     comm_frac=spec.comm_frac,
                     checkpoint_every_s=spec.checkpoint_every_s,
                     checkpoint_s=spec.checkpoint_s,
+                    compute_activity=activity(
+                        spec.uncapped_draw_frac or profile.draw_frac, start, spec.gpus
+                    ),
+                    alpha=profile.alpha,
                 )
             )
         else:
@@ -106,6 +128,12 @@ def build_workloads(scenario: Scenario, n_ticks: int, *, warmup_s: float = 0.0) 
                     end_s=end_s,
                     prefill_gpu_s=prefill,
                     decode_gpu_s=decode,
+                    prefill_activity=activity(
+                        spec.prefill_draw_frac or PREFILL_DRAW_FRAC, start, spec.gpus
+                    ),
+                    decode_activity=activity(
+                        spec.decode_draw_frac or DECODE_DRAW_FRAC, start, spec.gpus
+                    ),
                 )
             )
         start += spec.gpus
@@ -149,7 +177,7 @@ def build_cluster(
     params = physics_params(scenario)
     topology = build_topology(scenario.topology, params.psu_efficiency, site=site)
     n_ticks = int(np.ceil(scenario.duration_s / scenario.tick_s))
-    workloads = build_workloads(scenario, n_ticks, warmup_s=warmup_s)
+    workloads = build_workloads(scenario, n_ticks, warmup_s=warmup_s, gpu_model=topology.gpu_model)
     cluster = SimCluster(
         topology,
         workloads,

@@ -38,7 +38,7 @@ from policies.carbon import (
 )
 from policies.decision import Limits
 from policies.fleet import FleetState
-from simulator.physics import ALPHA_COMPUTE, dynamic_fraction
+from simulator.physics import ALPHA_COMPUTE, VOLTAGE_KNEE, dynamic_fraction
 from simulator.workloads import TRAIN_COMM_ACTIVITY, TRAIN_COMPUTE_ACTIVITY
 
 if TYPE_CHECKING:
@@ -77,38 +77,55 @@ class CarbonPolicySpec(BaseModel):
         return self
 
 
-def job_power_curve(comm_frac: float, min_clock_frac: float = 0.3) -> PowerCurve:
-    """A training job's dynamic power against its measured speed, from the simulator's physics.
+def job_power_curve(
+    comm_frac: float,
+    min_clock_frac: float = 0.3,
+    *,
+    compute_activity: float = TRAIN_COMPUTE_ACTIVITY,
+    alpha: float = ALPHA_COMPUTE,
+    knee: float = VOLTAGE_KNEE,
+    static_frac: float = 0.0,
+) -> PowerCurve:
+    """A training job's power above idle against its measured speed, from the simulator's physics.
 
-    Per clock fraction x: compute runs at x^alpha, communication does not slow, so the job's
-    speed is 1 / ((1 - comm) / x^alpha + comm); power is the busy-weighted activity times the
-    dynamic-power curve g(x) (`simulator.physics`). Idle and server power are left out: they are
-    drawn whether the job runs or not. Cooling and UPS losses scale with IT power, so they scale
-    this curve and do not move the plan.
+    Per clock fraction x: compute runs at x^alpha (the job's own exponent), communication does
+    not slow, so the job's speed is 1 / ((1 - comm) / x^alpha + comm); power is the busy-weighted
+    activity (the job's own compute activity, from its uncapped draw) times the GPU's curve above
+    idle, s + (1 - s) * g(x) with its model's knee and static share (`simulator.physics`). Idle
+    and server power are left out: they are drawn whether the job runs or not. Cooling and UPS
+    losses scale with IT power, so they scale this curve and do not move the plan.
     """
     x = np.linspace(min_clock_frac, 1.0, 141)
-    gpu_speed = x**ALPHA_COMPUTE
+    gpu_speed = x**alpha
     speed = 1.0 / ((1.0 - comm_frac) / gpu_speed + comm_frac)
     busy = (1.0 - comm_frac) / gpu_speed * speed
-    activity = TRAIN_COMPUTE_ACTIVITY * busy + TRAIN_COMM_ACTIVITY * (1.0 - busy)
-    return PowerCurve.from_table(speed, activity * dynamic_fraction(x))
+    activity = compute_activity * busy + TRAIN_COMM_ACTIVITY * (1.0 - busy)
+    shape = static_frac + (1.0 - static_frac) * dynamic_fraction(x, knee)
+    return PowerCurve.from_table(speed, activity * shape)
 
 
 def floor_cap_w(
-    speed: float, comm_frac: float, idle_w: FloatArray, span_w: FloatArray
+    speed: float,
+    comm_frac: float,
+    idle_w: FloatArray,
+    span_w: FloatArray,
+    *,
+    compute_activity: float = TRAIN_COMPUTE_ACTIVITY,
+    alpha: float = ALPHA_COMPUTE,
+    knee: float | FloatArray = VOLTAGE_KNEE,
+    static_frac: float | FloatArray = 0.0,
 ) -> FloatArray:
     """Per GPU, a cap under which a training job still runs at `speed` (fraction) or faster.
 
-    The inverse of `job_power_curve` taken at the compute phase's full activity: the cap lets
+    The inverse of `job_power_curve` taken at the job's compute-phase activity: the cap lets
     each compute phase run at the clock this speed needs even at its busiest, and communication
     needs no clock. Feedback on measured progress trims the cap above this floor, never below
     it, so a tier's tolerance holds while the feedback settles. Units: W.
     """
     gpu_speed = (1.0 - comm_frac) / (1.0 / max(speed, 1e-3) - comm_frac)
-    clock = min(gpu_speed, 1.0) ** (1.0 / ALPHA_COMPUTE)
-    out: FloatArray = idle_w + span_w * TRAIN_COMPUTE_ACTIVITY * float(
-        dynamic_fraction(np.array([clock]))[0]
-    )
+    clock = np.array([min(gpu_speed, 1.0) ** (1.0 / alpha)])
+    shape = static_frac + (1.0 - np.asarray(static_frac)) * dynamic_fraction(clock, knee)
+    out: FloatArray = idle_w + span_w * compute_activity * shape
     return out
 
 
@@ -147,7 +164,18 @@ class CarbonShifter:
         self.signal = per_slot if spec.schedule == "carbon" else np.ones(n_slots)
         wl = cluster.workloads
         self.jobs = [(k, job) for k, job in enumerate(wl.training) if job.tier in spec.shift_tiers]
-        self.curves = [job_power_curve(job.comm_frac) for _, job in self.jobs]
+        consts = cluster.consts
+        self.rows = [slice(job.start_gpu, job.start_gpu + job.n_gpus) for _, job in self.jobs]
+        self.curves = [
+            job_power_curve(
+                job.comm_frac,
+                compute_activity=job.compute_activity,
+                alpha=job.alpha,
+                knee=float(np.mean(consts.knee[rows])),
+                static_frac=float(np.mean(consts.static_frac[rows])),
+            )
+            for (_, job), rows in zip(self.jobs, self.rows, strict=True)
+        ]
         self.deadline_s = [min(job.end_s, scenario.duration_s) for _, job in self.jobs]
         self.begin_s = [max(job.start_s, 0.0) for _, job in self.jobs]
         self.owed_s = np.array(
@@ -175,7 +203,6 @@ class CarbonShifter:
         topo = cluster.topology
         self.max_cap_w = topo.gpu_max_cap_w
         self.min_cap_w = topo.gpu_min_cap_w
-        self.rows = [slice(job.start_gpu, job.start_gpu + job.n_gpus) for _, job in self.jobs]
         self.min_frac = np.array(
             [float(np.max(self.min_cap_w[r] / self.max_cap_w[r])) for r in self.rows]
         )
@@ -187,8 +214,12 @@ class CarbonShifter:
             need = floor_cap_w(
                 float(self.min_speed[i]) + SPEED_GUARD,
                 job.comm_frac,
-                cluster.consts.idle_w[rows],
-                cluster.consts.span_w[rows],
+                consts.idle_w[rows],
+                consts.span_w[rows],
+                compute_activity=job.compute_activity,
+                alpha=job.alpha,
+                knee=consts.knee[rows],
+                static_frac=consts.static_frac[rows],
             )
             self.floor_w[rows] = np.minimum(np.maximum(want, need), self.max_cap_w[rows])
         self.ceiling = topo.gpu_max_cap_w.copy()

@@ -16,6 +16,7 @@ from ruamel.yaml.error import YAMLError
 from policies.errors import ConfigError, ConfigErrors
 from simulator.carbon import CarbonPolicySpec
 from simulator.facility import FacilitySpec
+from simulator.workloads import TrainingProfileName
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
@@ -78,6 +79,17 @@ class TrainingSpec(_Job):
     comm_frac: float = Field(0.3, ge=0, lt=1, description="share of an iteration in communication")
     checkpoint_every_s: float = Field(0.0, ge=0, description="0 = no checkpoints")
     checkpoint_s: float = Field(60.0, ge=0)
+    profile: TrainingProfileName = Field(
+        "llm-pretrain",
+        description="kind of job: sets its uncapped draw and whether it is memory-bound "
+        "(simulator.workloads.TRAINING_PROFILES, simulator/data/CALIBRATION.md)",
+    )
+    uncapped_draw_frac: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="compute phase's draw uncapped, as a fraction of TDP; none = the profile's",
+    )
 
 
 class InferenceSpec(_Job):
@@ -94,6 +106,12 @@ class InferenceSpec(_Job):
     bursts_per_hour: float = Field(2.0, ge=0)
     burst_factor: float = Field(1.6, ge=1)
     trace_time_scale: float = Field(1.0, gt=0, description="trace source: >1 stretches it")
+    prefill_draw_frac: float | None = Field(
+        None, gt=0, le=1, description="prefill's uncapped draw, fraction of TDP; none = default"
+    )
+    decode_draw_frac: float | None = Field(
+        None, gt=0, le=1, description="decode's uncapped draw, fraction of TDP; none = default"
+    )
 
 
 Workload = Annotated[TrainingSpec | InferenceSpec, Field(discriminator="kind")]

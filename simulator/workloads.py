@@ -11,6 +11,7 @@ physics actually delivered, so throughput lost to caps is measured, never assume
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,16 +24,58 @@ FloatArray = NDArray[np.float64]
 CLASSES: tuple[str, ...] = ("idle", "training", "inference")
 IDLE, TRAINING, INFERENCE = 0, 1, 2
 
-#: SM activity of a GPU in a training step's compute phase, its communication phase and a
-#: checkpoint pause (fractions of full dynamic power at a given clock; *estimates* matching
-#: DGX H100 training at ~700 W per GPU in compute and large dips during all-reduce).
-TRAIN_COMPUTE_ACTIVITY = 0.97
+#: SM activity of a GPU in a training step's communication phase and in a checkpoint pause
+#: (fractions of full dynamic power at a given clock; *estimates*: large dips during all-reduce).
 TRAIN_COMM_ACTIVITY = 0.30
 CHECKPOINT_ACTIVITY = 0.08
-#: Activity of prefill (compute-bound) and decode (memory-bound: 137-300 W of 700 W on H200,
-#: arXiv 2605.11999, i.e. ~0.25 of the dynamic range).
+#: Compute-phase activity of large LLM pre-training, the default training profile: such jobs
+#: draw their TDP (DGX H100: GPUs ~5.6 kW of 8, i.e. ~700 W each, in training).
+TRAIN_COMPUTE_ACTIVITY = 0.97
+#: Activity of prefill (compute-bound) and decode (memory-bound) on the H100 reference; scenarios
+#: set them per service from the phase's uncapped draw (`PREFILL_DRAW_FRAC`, `DECODE_DRAW_FRAC`).
 PREFILL_ACTIVITY = 0.92
-DECODE_ACTIVITY = 0.25
+DECODE_ACTIVITY = 0.22
+#: Uncapped draw of prefill and decode as fractions of TDP. Prefill is compute-bound like training
+#: (*estimate*: the H100 activity 0.92); decode draws 137-300 W of 700 W on H200 (arXiv
+#: 2605.11999): the midpoint, 218 W. See simulator/data/CALIBRATION.md.
+PREFILL_DRAW_FRAC = 0.93
+DECODE_DRAW_FRAC = 0.31
+
+TrainingProfileName = Literal[
+    "llm-pretrain", "finetune", "vision", "small-cnn", "speech", "memory-bound"
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingProfile:
+    """What a kind of training job draws uncapped and how its speed follows the clock.
+
+    `draw_frac` is the compute phase's uncapped draw as a fraction of TDP (the activity follows
+    from it per GPU model, `simulator.physics.activity_for_draw`); `alpha` is the throughput
+    exponent: compute-bound work slows with the clock, memory-bound work (like decode) barely.
+    Sources per profile in simulator/data/CALIBRATION.md.
+    """
+
+    draw_frac: float
+    alpha: float
+
+
+#: Defaults per kind of training job. The Zeus NSDI'23 sweeps (`simulator/data/zeus-nsdi23`,
+#: median uncapped draw over batch sizes, A40 / V100) give all but the first.
+TRAINING_PROFILES: dict[TrainingProfileName, TrainingProfile] = {
+    # Large LLM pre-training draws its TDP in the compute phase (DGX H100 measurements).
+    "llm-pretrain": TrainingProfile(draw_frac=0.974, alpha=ALPHA_COMPUTE),
+    # Transformer fine-tuning, BERT-base on SQuAD / Sentiment140: 0.88-0.91 of TDP.
+    "finetune": TrainingProfile(draw_frac=0.89, alpha=ALPHA_COMPUTE),
+    # ResNet-50 on ImageNet: 0.80 (A40), 0.89 (V100).
+    "vision": TrainingProfile(draw_frac=0.85, alpha=ALPHA_COMPUTE),
+    # ShuffleNetV2 on CIFAR-100: 0.63 (A40), 0.60 (V100).
+    "small-cnn": TrainingProfile(draw_frac=0.61, alpha=ALPHA_COMPUTE),
+    # DeepSpeech2 on LibriSpeech: 0.59 (A40), 0.68 (V100).
+    "speech": TrainingProfile(draw_frac=0.64, alpha=ALPHA_COMPUTE),
+    # NCF on MovieLens-1M: 0.29 (A40), 0.15 (V100), flat under every cap: memory-bound, as decode.
+    "memory-bound": TrainingProfile(draw_frac=0.22, alpha=ALPHA_DECODE),
+}
 #: Job speed below which a job is stalled (a tripped rack holds one of its GPUs dark).
 STALLED_SPEED = 1e-3
 #: Tokens one H100 processes per second at the top clock, batched (*estimates*, order of magnitude
@@ -55,6 +98,9 @@ class TrainingJob:
     comm_frac: float
     checkpoint_every_s: float
     checkpoint_s: float
+    #: Compute-phase activity (from the job's uncapped draw) and throughput exponent.
+    compute_activity: float = TRAIN_COMPUTE_ACTIVITY
+    alpha: float = ALPHA_COMPUTE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +118,8 @@ class InferenceService:
     decode_gpu_s: FloatArray
     prefill_tokens_per_gpu_s: float = PREFILL_TOKENS_PER_GPU_S
     decode_tokens_per_gpu_s: float = DECODE_TOKENS_PER_GPU_S
+    prefill_activity: float = PREFILL_ACTIVITY
+    decode_activity: float = DECODE_ACTIVITY
 
 
 @dataclass(eq=False, kw_only=True)
@@ -88,6 +136,8 @@ class WorkloadSet:
     job_tier: NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))
     job_class: NDArray[np.int16] = field(default_factory=lambda: np.zeros(0, np.int16))
     job_n_gpus: FloatArray = field(default_factory=lambda: np.zeros(0))
+    #: Throughput exponent of each training job (memory-bound ones barely slow with the clock).
+    train_alpha: FloatArray = field(default_factory=lambda: np.zeros(0))
     #: Progress: iterations (training, fractional) and token-equivalents (inference).
     work: FloatArray = field(default_factory=lambda: np.zeros(0))
     train_phase: FloatArray = field(default_factory=lambda: np.zeros(0))
@@ -124,6 +174,7 @@ class WorkloadSet:
             job_tier=np.array(tiers, dtype=np.int8),
             job_class=np.array(classes, dtype=np.int16),
             job_n_gpus=np.bincount(gpu_job, minlength=n_jobs).astype(np.float64),
+            train_alpha=np.array([j.alpha for j in training], dtype=np.float64),
             work=np.zeros(n_jobs),
             train_phase=np.zeros(len(training)),
             backlog_gpu_s=np.zeros(len(inference)),
@@ -187,9 +238,8 @@ class WorkloadSet:
             p0 = self.train_phase[k]
             p1 = p0 + dt / step_s
             busy_time = (_compute_cum(p1, share) - _compute_cum(p0, share)) / (p1 - p0)
-            activity[k] = TRAIN_COMPUTE_ACTIVITY * busy_time + TRAIN_COMM_ACTIVITY * (
-                1.0 - busy_time
-            )
+            activity[k] = job.compute_activity * busy_time + TRAIN_COMM_ACTIVITY * (1.0 - busy_time)
+            alpha[k] = job.alpha
             mem[k] = 0.45 * busy_time + 0.2 * (1.0 - busy_time)
             self.train_phase[k] = p1
             self.work[k] = p1
@@ -215,7 +265,7 @@ class WorkloadSet:
             served_d = time_d * decode_speed
             self.backlog_gpu_s[i] = want_d - served_d + (want_p - served_p)
             busy_p, busy_d = time_p / capacity_s, time_d / capacity_s
-            activity[k] = PREFILL_ACTIVITY * busy_p + DECODE_ACTIVITY * busy_d
+            activity[k] = svc.prefill_activity * busy_p + svc.decode_activity * busy_d
             mem[k] = 0.3 * busy_p + 0.85 * busy_d
             if busy_p + busy_d > 0:
                 alpha[k] = (busy_p * ALPHA_COMPUTE + busy_d * ALPHA_DECODE) / (busy_p + busy_d)
@@ -227,8 +277,9 @@ class WorkloadSet:
     def job_speed(self, gpu_clock_frac: FloatArray) -> FloatArray:
         """Per-job speed from per-GPU clocks (0 for a dark GPU).
 
-        A synchronous job runs at its slowest GPU's pace: (min clock)^alpha, since x^alpha is
-        monotonic. A service spreads load over its GPUs, so its mean clock sets its capacity.
+        A synchronous job runs at its slowest GPU's pace: (min clock)^alpha with the job's own
+        exponent, since x^alpha is monotonic. A service spreads load over its GPUs, so its mean
+        clock sets its capacity.
         """
         seg_min = np.minimum.reduceat(gpu_clock_frac, self.seg_starts)
         clock_min = np.ones(self.n_jobs)
@@ -239,7 +290,7 @@ class WorkloadSet:
         mean_clock = clock_sum / powered  # over the GPUs that have power
         n_train = len(self.training)
         speed = mean_clock.astype(np.float64, copy=True)
-        speed[:n_train] = clock_min[:n_train] ** ALPHA_COMPUTE
+        speed[:n_train] = clock_min[:n_train] ** self.train_alpha
         return speed
 
 

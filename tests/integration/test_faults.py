@@ -281,7 +281,11 @@ async def test_kill_9_then_restart_safe_caps_at_ttl_and_new_commands_accepted(
         fell_at = await wait_until(lambda: bool(agents.on_safe_cap.all()), TTL_S + 5)
         report("kill -9: last rack on safe caps after", fell_at - killed_at, "s")
         assert TTL_S * 0.5 <= fell_at - killed_at <= TTL_S + 1.0
-        await wait_until(lambda: bool(np.allclose(agents.cluster.cap_w, SAFE_CAP_W)), 3.0)
+        # The commands carried the controller's derived safe caps, which replace the configured
+        # 250 W: every GPU ends on them.
+        safe_w = agents.safe_caps_w
+        assert not np.allclose(safe_w, SAFE_CAP_W)
+        await wait_until(lambda: bool(np.allclose(agents.cluster.cap_w, safe_w)), 3.0)
         async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="reader") as reader:
             await reader.subscribe(wire.status_topic(SITE), qos=1)
             async with asyncio.timeout(5):

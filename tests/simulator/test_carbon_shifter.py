@@ -93,3 +93,21 @@ def test_each_schedule_meets_the_windowed_target_then_stops() -> None:
     aware = work_targets(results["carbon"])[0]
     assert aware["stopped_at_s"] > blind["stopped_at_s"]  # slowed through the dirty part
     assert aware["max_slowdown"] > 0.3
+
+
+def test_floor_cap_and_power_curve_follow_the_jobs_own_activity_and_exponent() -> None:
+    """A job drawing 0.6 of the dynamic range needs 0.6 of it at full speed, not the LLM's 0.97;
+    a memory-bound job (decode's exponent) keeps its speed at clocks a compute job could not."""
+    idle_w = np.asarray(model_table("idle_w"), dtype=np.float64)
+    span_w = np.asarray(model_table("max_cap_w"), dtype=np.float64) - idle_w
+    full = floor_cap_w(1.0, 0.2, idle_w, span_w, compute_activity=0.6)
+    np.testing.assert_allclose(full, idle_w + 0.6 * span_w)
+    compute = floor_cap_w(0.9, 0.2, idle_w, span_w, compute_activity=0.6)
+    memory = floor_cap_w(0.9, 0.2, idle_w, span_w, compute_activity=0.6, alpha=0.15)
+    assert np.all(memory < compute)
+    # The curve's shape: a memory-bound job loses little speed for a lot of power.
+    flat = job_power_curve(0.2, compute_activity=0.2, alpha=0.15)
+    assert flat.power_at(0.9) < job_power_curve(0.2, compute_activity=0.2).power_at(0.9)
+    # A static share is power the job draws at any clock: slowing it saves less.
+    static = job_power_curve(0.2, static_frac=0.3)
+    assert static.power_at(0.6) > job_power_curve(0.2).power_at(0.6)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from policies.errors import TopologyError
 from simulator.breakers import MAGNETIC_LOAD, Breakers, trip_time_s
+from simulator.gpu_power import A40, V100
 from simulator.physics import (
+    FloatArray,
     GpuConsts,
     GpuState,
     PhysicsParams,
@@ -141,3 +146,70 @@ def test_heat_accumulates_and_cools() -> None:
         warm.step(np.array([25_500.0]), float(i), 1.0)
     assert not warm.tripped[0]
     assert warm.step(np.array([60_000.0]), 0.0, 1.0)[0]  # magnetic: instant
+
+
+def _settle_consts(consts: GpuConsts, cap_w: FloatArray, activity: float) -> GpuState:
+    n = cap_w.size
+    params = PhysicsParams()
+    state = GpuState.initial(np.zeros(n, dtype=np.int8), params.inlet_temp_c)
+    for _ in range(20):
+        step_gpus(
+            state,
+            consts,
+            params,
+            activity=np.full(n, activity),
+            alpha=np.full(n, 1.1),
+            cap_w=cap_w,
+            clock_ceiling_mhz=consts.max_clock_mhz,
+            powered=np.ones(n, dtype=bool),
+            dt_s=1.0,
+        )
+    return state
+
+
+@pytest.mark.parametrize("cap_w", [250.0, 200.0, 150.0, 120.0])
+def test_a_static_share_holds_the_cap_at_a_lower_clock(cap_w: float) -> None:
+    """Power a busy GPU draws at any clock leaves less of a cap for the clock: the limiter still
+    holds the cap, at a lower clock than the same GPU without the static share."""
+    caps = np.array([cap_w])
+    with_static = GpuConsts.for_power_model(A40, 1)
+    without = GpuConsts.for_power_model(replace(A40, static_active_frac=0.0), 1)
+    assert with_static.any_static
+    assert not without.any_static
+    a = _settle_consts(with_static, caps, 0.95)
+    b = _settle_consts(without, caps, 0.95)
+    np.testing.assert_allclose(a.power_w, caps, rtol=1e-6)
+    np.testing.assert_allclose(b.power_w, caps, rtol=1e-6)
+    assert a.clock_frac[0] < b.clock_frac[0]
+
+
+def test_gpus_of_different_knees_step_together_as_each_alone() -> None:
+    """A cluster mixing GPUs of different knees (per-GPU arrays) steps each GPU as it would
+    step alone (one knee, the scalar fast path)."""
+    caps = np.array([200.0, 110.0])
+    specs = (A40, V100)
+    alone = [
+        _settle_consts(GpuConsts.for_power_model(s, 1), np.array([c]), 0.9)
+        for s, c in zip(specs, caps, strict=True)
+    ]
+    mixed = GpuConsts(
+        idle_w=np.array([s.idle_w for s in specs]),
+        span_w=np.array([s.tdp_w - s.idle_w for s in specs]),
+        knee=np.array([s.voltage_knee for s in specs]),
+        static_frac=np.array([s.static_active_frac for s in specs]),
+        max_clock_mhz=np.array([s.max_sm_clock_mhz for s in specs]),
+        min_clock_frac=np.array([s.min_sm_clock_mhz / s.max_sm_clock_mhz for s in specs]),
+        slowdown_c=np.array([s.slowdown_temp_c for s in specs]),
+        throttle_span_c=np.array([s.shutdown_temp_c - s.slowdown_temp_c for s in specs]),
+    )
+    assert not isinstance(mixed.curve_knee, float)
+    together = _settle_consts(mixed, caps, 0.9)
+    np.testing.assert_allclose(together.clock_frac, [s.clock_frac[0] for s in alone])
+    np.testing.assert_allclose(together.power_w, [s.power_w[0] for s in alone])
+
+
+def test_a_power_model_out_of_range_is_refused() -> None:
+    with pytest.raises(TopologyError, match="idle"):
+        replace(A40, idle_w=120.0)
+    with pytest.raises(TopologyError, match="knee"):
+        replace(V100, static_active_frac=1.0)
