@@ -392,7 +392,8 @@ class _ControlSide:
             self._send(now, *act)
 
     def _record_site_power(self, facility: FacilityRun, now: float) -> None:
-        """What the daemon's DR session records: the facility meter, else the racks' sum."""
+        """What the daemon's DR session records: the facility meter, else the racks' sum, each
+        sample once, stamped with when it was taken."""
         if facility.spec is not None:
             reading = facility.meter(now)
             if reading is not None and reading[0] > self._meter_s:
@@ -402,7 +403,9 @@ class _ControlSide:
         seen = self.fleet.rack_last_seen_s
         if np.isfinite(seen).any():
             taken = float(np.max(seen[np.isfinite(seen)]))
-            self.known.record(taken, float(self.fleet.rack_power_w.sum()))
+            if taken > self._meter_s:  # nothing new arrived (a broker outage): no new sample
+                self._meter_s = taken
+                self.known.record(taken, float(self.fleet.rack_power_w.sum()))
 
     def _send(self, now: float, cap_w: FloatArray, clock: FloatArray) -> None:
         """Every rack's command of this decision (one seq per decision, epoch 0: no HA)."""
