@@ -38,7 +38,8 @@ design; there the throughput comparison is replaced by every work target being m
 (`work-target` otherwise).
 
 `--json` prints `{"scenarios": {name: {controller: summary}}}`. The default runs each scenario
-for its full duration; `--duration S` cuts every scenario to at most S seconds.
+for its full duration; `--duration S` cuts every scenario to at most S seconds; `--faults` adds
+each scenario again under `FAULTS` (rows `NAME+faults`), where the same targets apply.
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ SETTLE_S = 30.0
 DEMAND_MARGIN_FRAC = 0.01
 #: Decision periods an unannounced limit change may take to get under (an announced one: 0).
 MAX_UNANNOUNCED_TICKS = 2.0
+#: `--faults`: a 60 s controller outage (twice the default command TTL: every rack falls back
+#: to its safe caps, then obeys the restarted controller), a fifth of the commands lost, and
+#: telemetry 2-5 s late and out of order, all through the run.
+FAULTS: tuple[dict[str, Any], ...] = (
+    {"duration_s": 60.0},
+    {"kind": "command_loss", "fraction": 0.2},
+    {"kind": "telemetry_delay", "delay_s": 2.0, "jitter_s": 3.0},
+)
 MAX_STEADY_GAP_PCT = 1.0
 MIN_TIER0 = 0.995
 OVERSUBSCRIBED_MARGIN = 0.05
@@ -85,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller", nargs="+", choices=CONTROLLERS, default=list(CONTROLLERS))
     parser.add_argument(
         "--duration", type=duration_s, metavar="S", help="cut scenarios to S seconds (or 90s, 2m)"
+    )
+    parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="run each scenario under FAULTS too: a controller outage longer than the commands' "
+        "TTL, lost commands, late and reordered telemetry (rows named SCENARIO+faults)",
     )
 
 
@@ -214,7 +229,19 @@ def run(args: argparse.Namespace) -> list[Row]:
             if args.duration is not None and args.duration < scenario.duration_s:
                 scenario = scenario.shortened(args.duration)
             scenarios[scenario.name] = run_scenario(scenario, args.controller)
+            if getattr(args, "faults", False):
+                faulty = with_faults(scenario)
+                scenarios[faulty.name] = run_scenario(faulty, args.controller)
     return [{"scenarios": scenarios}]
+
+
+def with_faults(scenario: Scenario) -> Scenario:
+    """The scenario under `FAULTS`, the outage starting 30 % into the run, named `NAME+faults`."""
+    outage = {"kind": "controller_outage", "at_s": 0.3 * scenario.duration_s}
+    doc = scenario.model_dump()
+    doc["name"] = f"{scenario.name}+faults"
+    doc["faults"] = [*doc["faults"], outage | FAULTS[0], *FAULTS[1:]]
+    return Scenario.model_validate(doc)
 
 
 def misses(scenario: str, by_controller: dict[str, Row]) -> list[str]:

@@ -198,3 +198,18 @@ def test_cli_prints_the_object_unwrapped(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["bench", "control", "--scenario", "steady", "--duration", "30"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 2 + len(control.CONTROLLERS)
+
+
+def test_faults_add_each_scenario_again_under_faults() -> None:
+    args = _parser().parse_args(
+        ["--scenario", "steady", "--duration", "200", "--controller", "rheostat", "--faults"]
+    )
+    (row,) = control.run(args)
+    assert list(row["scenarios"]) == ["steady", "steady+faults"]
+    faulty = row["scenarios"]["steady+faults"]["rheostat"]
+    assert faulty["breaker_trips"] == 0
+    assert faulty["scoreboard"]["breaker_over_s"] == 0.0
+    assert faulty["scoreboard"]["within_limits"] is True
+    # The outage outlived the commands' TTL, so racks ran on their safe caps a while.
+    clean = row["scenarios"]["steady"]["rheostat"]
+    assert faulty["energy_kwh"] != clean["energy_kwh"]
