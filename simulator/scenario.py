@@ -123,6 +123,12 @@ class LimitStep(_Model):
     at_s: float = Field(ge=0)
     site_limit_frac: float | None = Field(None, gt=0, description="of the full-power draw")
     site_limit_w: float | None = Field(None, gt=0)
+    notice_s: float = Field(
+        0.0,
+        ge=0,
+        description="how long before at_s the controller is told of the step; 0 = unannounced "
+        "(it learns the new limit when it applies)",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LimitStep:
@@ -177,6 +183,90 @@ class FaultSpec(_Model):
     duration_s: float = Field(gt=0)
 
 
+class _Window(_Model):
+    """A fault that starts at `at_s` and lasts `duration_s` (none: to the end of the run)."""
+
+    at_s: float = Field(0.0, ge=0)
+    duration_s: float | None = Field(None, gt=0, description="none = to the end of the run")
+
+    def active(self, now_s: float) -> bool:
+        """True while the fault is in force at `now_s` (run seconds)."""
+        end = float("inf") if self.duration_s is None else self.at_s + self.duration_s
+        return self.at_s <= now_s < end
+
+
+class ControllerOutage(_Window):
+    """The controller process is down: no telemetry read, no command sent; it restarts after
+    (a new instance id, its sequence from 1, its decision state lost)."""
+
+    kind: Literal["controller_outage"]
+
+
+class BrokerOutage(_Window):
+    """The broker is down: every rack's telemetry and every command is lost."""
+
+    kind: Literal["broker_outage"]
+
+
+class CommandLoss(_Window):
+    """Each command to a rack is lost with probability `fraction` (seeded)."""
+
+    kind: Literal["command_loss"]
+    fraction: float = Field(gt=0, le=1)
+    rack: int | None = Field(None, ge=0, description="rack index; none = every rack")
+
+
+class TelemetryDelay(_Window):
+    """Telemetry arrives `delay_s` later than usual plus a uniform jitter in [0, `jitter_s`]
+    (messages may overtake each other; the controller keeps the newest reading)."""
+
+    kind: Literal["telemetry_delay"]
+    delay_s: float = Field(0.0, ge=0, le=600)
+    jitter_s: float = Field(0.0, ge=0, le=600)
+    rack: int | None = Field(None, ge=0, description="rack index; none = every rack")
+
+
+class ClockSkew(_Window):
+    """A rack agent's clocks are off: its wall clock by `offset_s` (harmless: nothing orders by
+    it) and its monotonic clock runs at `rate` times true time (a command's TTL, counted on it
+    from receipt, lasts `ttl_s / rate` true seconds)."""
+
+    kind: Literal["clock_skew"]
+    offset_s: float = Field(0.0, ge=-86_400, le=86_400)
+    rate: float = Field(1.0, ge=0.5, le=2.0)
+    rack: int | None = Field(None, ge=0, description="rack index; none = every rack")
+
+
+class FeedFailure(_Window):
+    """A rack's or row's feed fails without warning: its rating drops to `rating_frac` of the
+    group's full-power draw (every GPU at its max cap, servers' overhead, PSU losses) until the
+    fault ends. The controller learns the new rating when it happens (from the facility's power
+    monitoring), never before."""
+
+    kind: Literal["feed_failure"]
+    rating_frac: float = Field(gt=0, le=2)
+    rack: int | None = Field(None, ge=0, description="rack index (give rack or row)")
+    row: int | None = Field(None, ge=0, description="row index (give rack or row)")
+
+    @model_validator(mode="after")
+    def _one_group(self) -> FeedFailure:
+        if (self.rack is None) == (self.row is None):
+            raise ValueError("give exactly one of rack and row")
+        return self
+
+
+Fault = Annotated[
+    FaultSpec
+    | ControllerOutage
+    | BrokerOutage
+    | CommandLoss
+    | TelemetryDelay
+    | ClockSkew
+    | FeedFailure,
+    Field(discriminator="kind"),
+]
+
+
 class ControllerSpec(_Model):
     period_s: float = Field(1.0, gt=0, description="decision period")
     stale_timeout_s: float = Field(5.0, gt=0, description="rack silence before it is stale")
@@ -185,6 +275,13 @@ class ControllerSpec(_Model):
         ge=0,
         description="the run starts this long before t = 0 with jobs already running, so the "
         "controller is in charge at t = 0; nothing is measured during it",
+    )
+    command_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a command's time to live, counted on the rack agent's monotonic clock from "
+        "receipt; a rack that hears nothing newer falls back to its safe caps",
     )
 
 
@@ -199,7 +296,7 @@ class Scenario(_Model):
     workloads: tuple[Workload, ...] = ()
     limits: LimitsSpec = LimitsSpec()
     grid: GridSpec = GridSpec()
-    faults: tuple[FaultSpec, ...] = ()
+    faults: tuple[Fault, ...] = ()
     controller: ControllerSpec = ControllerSpec()
     facility: FacilitySpec | None = None
     carbon_policy: CarbonPolicySpec | None = None
@@ -213,9 +310,14 @@ class Scenario(_Model):
         n_racks = -(
             -self.topology.gpus // (self.topology.gpus_per_server * self.topology.servers_per_rack)
         )
+        n_rows = -(-n_racks // self.topology.racks_per_row)
         for f in self.faults:
-            if f.rack >= n_racks:
-                raise ValueError(f"fault names rack {f.rack}, but there are {n_racks} racks")
+            rack = getattr(f, "rack", None)
+            if rack is not None and rack >= n_racks:
+                raise ValueError(f"fault names rack {rack}, but there are {n_racks} racks")
+            row = getattr(f, "row", None)
+            if row is not None and row >= n_rows:
+                raise ValueError(f"fault names row {row}, but there are {n_rows} rows")
         return self
 
     def shortened(self, duration_s: float) -> Scenario:

@@ -86,7 +86,8 @@ def summarize(
     }
     fac = controlled.facility
     if fac is not None:
-        summary["seconds_over_limit"]["facility"] = round(fac.seconds_over, 3)
+        if fac.spec is not None:  # the contract is metered at the facility, cooling included
+            summary["seconds_over_limit"]["facility"] = round(fac.seconds_over, 3)
         summary.update(fac.summary())
     if sc.carbon_policy is not None:
         summary["co2_reduction_vs_blind"] = (
