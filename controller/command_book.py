@@ -50,6 +50,9 @@ class CommandBook:
         self._sizes = np.diff(topology.rack_offsets)
         self._nonempty = self._sizes > 0
         self.sent_total = 0
+        #: Stamped on every command: the leader's term and this controller's instance id.
+        self.epoch = 0
+        self.ctl: str | None = None
 
     def configure(self, *, ttl_s: float, refresh_frac: float, deadband_w: float) -> None:
         """Apply reloaded policy timing; what was already sent stays remembered."""
@@ -118,6 +121,8 @@ class CommandBook:
             sm_clock_max_mhz=decision.sm_clock_max_mhz,
             starts=offsets[racks],
             ends=offsets[racks + 1],
+            epoch=self.epoch,
+            ctl=self.ctl,
         )
         out = list(zip(names, payloads, strict=True))
         sent_rack = np.zeros(self.topology.n_racks, dtype=np.bool_)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from controller.carbon import CarbonSection
 from controller.facility import FacilitySection
 from controller.grid.config import DemandResponseSection
+from controller.ha.config import HaSection
 from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
 from policies.gpu_models import MODEL_CODE
 
@@ -239,6 +240,20 @@ class PolicyFile(_Section):
     facility: FacilitySection | None = None
     #: Flexible jobs planned against a carbon or price signal; None: no shifting.
     carbon: CarbonSection | None = None
+    #: Leader election and fencing between a site's controllers; `none`: a lone controller.
+    ha: HaSection = HaSection()
+
+    @model_validator(mode="after")
+    def _failover_inside_ttl(self) -> Self:
+        c = self.control
+        error = self.ha.failover_budget_error(
+            command_ttl_s=c.command_ttl_s,
+            refresh_frac=c.refresh_frac,
+            tick_period_s=c.tick_period_s,
+        )
+        if error is not None:
+            raise ValueError(error)
+        return self
 
     def policy_settings(self) -> PolicySettings:
         """The decision core's settings, from the capping, ramp and DVFS sections."""

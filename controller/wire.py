@@ -14,6 +14,7 @@ walked one GPU at a time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -28,6 +29,10 @@ PROTOCOL_VERSION: Final = 1
 TOPIC_ROOT: Final = "rheostat/v1"
 #: Larger payloads are rejected before parsing: a 72-GPU rack's message is about 6 kB.
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
+#: Integers on the wire are JSON "safe integers": [0, 2**53 - 1].
+MAX_SAFE_INT: Final = 2**53 - 1
+#: A controller instance id (`ctl`).
+INSTANCE_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 FloatArray = NDArray[np.float64]
 
@@ -104,6 +109,9 @@ class Command:
     ttl_s: float
     cap_w: FloatArray
     sm_clock_max_mhz: FloatArray
+    #: The leader's term (0 when `ha` is off) and the sending controller's instance id (`ctl`).
+    epoch: int = 0
+    ctl: str | None = None
 
     @property
     def n_gpus(self) -> int:
@@ -117,6 +125,8 @@ class Status:
     state: Literal["online", "offline"]
     ts_s: float
     controller: str
+    #: The term of the controller that wrote it (0 when `ha` is off): only the leader writes.
+    epoch: int = 0
 
 
 def encode_telemetry(msg: Telemetry) -> bytes:
@@ -330,6 +340,8 @@ def encode_command(cmd: Command) -> bytes:
             "ttl_s": cmd.ttl_s,
             "cap_w": np.round(cmd.cap_w, 1),
             "sm_clock_max_mhz": np.round(cmd.sm_clock_max_mhz, 0),
+            "epoch": cmd.epoch,
+            **({} if cmd.ctl is None else {"ctl": cmd.ctl}),
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
@@ -345,6 +357,8 @@ def encode_commands(
     sm_clock_max_mhz: FloatArray,
     starts: NDArray[np.int64],
     ends: NDArray[np.int64],
+    epoch: int = 0,
+    ctl: str | None = None,
 ) -> list[bytes]:
     """Many racks' commands at once, byte for byte what `encode_command` writes for each.
 
@@ -356,6 +370,7 @@ def encode_commands(
     caps = np.round(cap_w, 1)
     clocks = np.round(sm_clock_max_mhz, 0)
     option = orjson.OPT_SERIALIZE_NUMPY
+    fence = {"epoch": epoch} if ctl is None else {"epoch": epoch, "ctl": ctl}
     return [
         orjson.dumps(
             {
@@ -366,6 +381,7 @@ def encode_commands(
                 "ttl_s": ttl_s,
                 "cap_w": caps[start:end],
                 "sm_clock_max_mhz": clocks[start:end],
+                **fence,
             },
             option=option,
         )
@@ -397,10 +413,23 @@ def decode_command(payload: bytes, *, rack: str | None = None) -> Command:
             raise TelemetryError(
                 "out_of_range", "issued_at finite and ttl_s > 0 required", rack=rack
             )
+        epoch = obj.get("epoch", 0)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_SAFE_INT:
+            raise TelemetryError("out_of_range", "epoch must be a safe integer", rack=rack)
+        ctl = obj.get("ctl")
+        if ctl is not None and (not isinstance(ctl, str) or not INSTANCE_ID.fullmatch(ctl)):
+            raise TelemetryError("malformed", "ctl must be 1-64 of [A-Za-z0-9._:-]", rack=rack)
     except TelemetryError as exc:
         raise ProtocolError(f"bad command: {exc.message}", rack=rack) from None
     return Command(
-        rack=body_rack, seq=seq, issued_at_s=issued, ttl_s=ttl, cap_w=caps, sm_clock_max_mhz=clocks
+        rack=body_rack,
+        seq=seq,
+        issued_at_s=issued,
+        ttl_s=ttl,
+        cap_w=caps,
+        sm_clock_max_mhz=clocks,
+        epoch=epoch,
+        ctl=ctl,
     )
 
 
@@ -411,6 +440,7 @@ def encode_status(status: Status) -> bytes:
             "state": status.state,
             "ts": status.ts_s,
             "controller": status.controller,
+            "epoch": status.epoch,
         }
     )
 
@@ -422,8 +452,12 @@ def decode_status(payload: bytes) -> Status:
         raise ProtocolError("status is not JSON") from None
     if not isinstance(obj, dict) or obj.get("state") not in ("online", "offline"):
         raise ProtocolError("status must be an object with state online|offline")
+    epoch = obj.get("epoch", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_SAFE_INT:
+        raise ProtocolError("status epoch must be a safe integer")
     return Status(
         state=obj["state"],
         ts_s=float(obj.get("ts", 0.0)),
         controller=str(obj.get("controller", "")),
+        epoch=epoch,
     )
