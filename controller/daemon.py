@@ -37,6 +37,7 @@ from controller.command_book import CommandBook
 from controller.config import MqttSection
 from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
+from controller.ha.runner import HaRunner
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
 from controller.mqtt_client import Client
@@ -218,6 +219,13 @@ class Controller:
         )
         #: The scheduler's synchronous jobs, paced by the decision; always listened for.
         self.jobs = SyncJobs(site=policy.site, topology=policy.topology)
+        #: Leadership: only the leader publishes (commands, status, grid reports).
+        self.ha = HaRunner(
+            policy.config.ha,
+            site=policy.site,
+            name=policy.config.mqtt.client_id,
+            on_gain=self._took_lead,
+        )
         if (
             self.grid is not None
             and self.carbon is not None
@@ -236,6 +244,7 @@ class Controller:
             tasks = [
                 group.create_task(self._mqtt_loop(), name="mqtt"),
                 group.create_task(self._tick_loop(), name="tick"),
+                group.create_task(self.ha.serve(), name="ha"),
             ]
             if self.grid is not None:
                 tasks.append(group.create_task(self.grid.serve(), name="grid"))
@@ -251,6 +260,7 @@ class Controller:
             self.notifier.notify("STOPPING=1")
             for task in (*tasks, *self._confirming):
                 task.cancel()
+        await self.ha.close()  # a standby takes over now rather than at the lease's expiry
         log.info("stopped", ticks=self.runtime.ticks.ticks)
 
     def metrics_serving(self) -> None:
@@ -344,7 +354,10 @@ class Controller:
             username=mq.username,
             password=mqtt_password(mq),
             protocol=protocol,
-            will=aiomqtt.Will(wire.status_topic(site), offline, qos=1, retain=True),
+            # With `ha`, several processes share the site's status: no will (see README).
+            will=None
+            if self.ha.enabled
+            else aiomqtt.Will(wire.status_topic(site), offline, qos=1, retain=True),
             keepalive=mq.keepalive_s,
             timeout=mq.timeout_s,
             queue_type=ConflatingQueue,
@@ -356,12 +369,15 @@ class Controller:
         )
 
     async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
+        if not self.ha.is_leader():
+            return  # only the leader writes the site's retained status
         mq = self.runtime.policy.config.mqtt
         payload = wire.encode_status(
             wire.Status(
                 state="online" if state == "online" else "offline",
                 ts_s=self.clock(),
-                controller=mq.client_id,
+                controller=self.ha.instance if self.ha.enabled else mq.client_id,
+                epoch=self.ha.epoch(),
             )
         )
         await client.publish(
@@ -436,6 +452,28 @@ class Controller:
                 message = queue.get_nowait()
                 handle(message.topic, message.payload)
 
+    # ------------------------------------------------------------------ leadership
+    def _took_lead(self) -> None:
+        """A new term: every rack is due under the new epoch; status and commands go at once.
+
+        The standby decided on every tick, so the last decision is current: sending it now
+        rather than at the next tick shortens the failover by up to a tick.
+        """
+        self.runtime.book.invalidate()
+        self._unconfirmed = None
+        client = self._client
+        if client is None or self._stopping:
+            return
+        task = asyncio.create_task(self._announce(client), name="took-lead")
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _announce(self, client: Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(self.runtime.policy.config.mqtt.timeout_s):
+                await self._publish_status(client, "online")
+        await self._send_due()
+
     # ------------------------------------------------------------------ tick
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -485,7 +523,7 @@ class Controller:
                 decision=rt.decision,
             )
             rt.demand_response = DemandResponseStatus(**dataclasses.asdict(self.grid.status()))
-            if self._client is not None:
+            if self._client is not None and self.ha.is_leader():
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     async with asyncio.timeout(policy.config.mqtt.timeout_s):
                         await self.grid.flush(self._client)
@@ -554,12 +592,13 @@ class Controller:
         """
         rt = self.runtime
         client, decision, stale = self._client, rt.decision, rt.stale_rack
-        if client is None or decision is None or stale is None:
+        if client is None or decision is None or stale is None or not self.ha.is_leader():
             return 0
         if self._unconfirmed is not None and not self._unconfirmed.done():
             return 0
         async with self._send_lock:
             book, site = rt.book, rt.policy.site
+            book.epoch, book.ctl = self.ha.epoch(), self.ha.instance  # fencing
             last_seen_s = rt.fleet.rack_last_seen_s
 
             def choose() -> list[tuple[str, bytes]]:

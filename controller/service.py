@@ -19,6 +19,7 @@ from controller.carbon import CarbonCollector
 from controller.cli import package_version
 from controller.daemon import Controller, Notifier
 from controller.facility import FacilityCollector
+from controller.ha.metrics import HaCollector
 from controller.http import build_app, start_server
 from controller.jobs import SyncJobsCollector
 from controller.metrics import RheostatCollector
@@ -46,6 +47,7 @@ async def serving(
     if controller.carbon is not None:
         registry.register(CarbonCollector(controller.carbon, clock=controller.clock))
     registry.register(SyncJobsCollector(controller.jobs))
+    registry.register(HaCollector(controller.ha))
     app = build_app(controller.runtime, registry)
     cfg = policy.config.metrics
     port = cfg.port if metrics_port is None else metrics_port
