@@ -32,7 +32,7 @@ import numpy as np
 
 from controller import wire
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
-from controller.mqtt_client import Client
+from controller.mqtt_client import Client, topic_payload
 from policies.fleet import FleetState
 from policies.topology import Topology, generate_topology
 
@@ -175,10 +175,11 @@ async def consume_rheostat(port: int, topo: Topology, count: int) -> tuple[float
                     message,
                     *(queue.get_nowait() for _ in range(min(queue.qsize(), DRAIN_BATCH))),
                 ):
-                    if msg.topic == done:
+                    topic, payload = topic_payload(msg)
+                    if topic == done:
                         finished = True
                     else:
-                        ingest.handle(msg.topic, msg.payload)
+                        ingest.handle(topic, payload)
             elapsed = time.perf_counter() - (start or time.perf_counter())
     assert ingest.counters.accepted > 0
     assert sum(ingest.counters.rejected.values()) == 0

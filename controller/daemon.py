@@ -40,7 +40,7 @@ from controller.grid.hook import GridHook
 from controller.ha.runner import HaRunner
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
-from controller.mqtt_client import Client
+from controller.mqtt_client import Client, topic_payload
 from controller.policy_file import Policy, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
 from controller.watch import watch_file
@@ -403,7 +403,7 @@ class Controller:
                         for topic in self.jobs.topics:
                             await client.subscribe(topic, qos=1)
                     await self._publish_status(client, "online")
-                    queue = client._queue
+                    queue = client.inbox
                     rt.queue = queue if isinstance(queue, ConflatingQueue) else None
                     self._client = client
                     rt.mqtt_connected = rt.subscribed = True
@@ -445,12 +445,10 @@ class Controller:
         handle = self.jobs.routed(handle, forward=self.carbon is not None)
         queue = client.inbox
         while True:
-            message = await client.receive()
-            handle(message.topic, message.payload)
+            handle(*topic_payload(await client.receive()))
             # Drain what arrived in the same read without one await per message.
             for _ in range(min(queue.qsize(), DRAIN_BATCH)):
-                message = queue.get_nowait()
-                handle(message.topic, message.payload)
+                handle(*topic_payload(queue.get_nowait()))
 
     # ------------------------------------------------------------------ leadership
     def _took_lead(self) -> None:

@@ -79,9 +79,6 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server  # aiohttp exposes the bound socket only here
-    bound = port
-    sockets = getattr(server, "sockets", None)
-    if sockets:
-        bound = int(sockets[0].getsockname()[1])
+    addresses = runner.addresses  # what the listening sockets are bound to
+    bound = int(addresses[0][1]) if addresses else port
     return runner, bound

@@ -77,36 +77,65 @@ class ConflatingQueue(asyncio.Queue[Any]):
 
     A burst of telemetry then costs at most one pending message per rack: the queue cannot grow
     without bound, and the messages it replaces are counted (`conflated`) rather than lost
-    silently. Its length is the ingest backlog.
+    silently. Its length is the ingest backlog. Only `asyncio.Queue`'s public methods are
+    overridden (the ones aiomqtt and the daemon call); the base class's own storage stays
+    empty. A replaced message keeps its place in line, so a chatty rack cannot starve others.
     """
 
-    conflated: int
-
-    def _init(self, maxsize: int) -> None:  # asyncio.Queue's storage hook
-        del maxsize
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize=0)
+        del maxsize  # bounded by the number of topics instead
         self._latest: dict[str, Any] = {}
-        self._queue = self._latest  # asyncio.Queue.empty() tests the truth of `_queue`
+        self._arrived = asyncio.Event()
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+        self._unfinished = 0
         self.conflated = 0
 
-    def _put(self, item: Any) -> None:
+    def put_nowait(self, item: Any) -> None:
         key = str(item.topic)
         if key in self._latest:
-            self.conflated += 1
+            self.conflated += 1  # replacing a pending message adds no unfinished work
+        else:
+            self._unfinished += 1
+            self._all_done.clear()
         self._latest[key] = item
+        self._arrived.set()
 
-    def _get(self) -> Any:
-        key = next(iter(self._latest))
-        return self._latest.pop(key)
+    def task_done(self) -> None:
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            self._all_done.set()
 
-    def _qsize(self) -> int:
+    async def join(self) -> None:
+        await self._all_done.wait()
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        if not self._latest:
+            raise asyncio.QueueEmpty
+        item = self._latest.pop(next(iter(self._latest)))
+        if not self._latest:
+            self._arrived.clear()
+        return item
+
+    async def get(self) -> Any:
+        while not self._latest:
+            await self._arrived.wait()
+        return self.get_nowait()
+
+    def qsize(self) -> int:
         return len(self._latest)
 
-    def put_nowait(self, item: Any) -> None:
-        # Replacing a pending message adds no work: keep the unfinished-task count honest.
-        replaced = str(item.topic) in self._latest
-        super().put_nowait(item)
-        if replaced:
-            self.task_done()
+    def empty(self) -> bool:
+        return not self._latest
+
+    def full(self) -> bool:
+        return False
 
 
 @dataclass(eq=False, kw_only=True)
