@@ -82,3 +82,10 @@ def test_two_replicas_under_the_bound_account_and_a_budget_that_lets_one_go() ->
     pdb = load(HA / "pdb-ha.yaml")
     assert pdb["metadata"]["name"] == load(K8S / "pdb.yaml")["metadata"]["name"]
     assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+def test_systemd_active_standby_policy_loads_and_fits_the_ttl() -> None:
+    path = ROOT / "deploy" / "systemd" / "policy-ha.example.yaml"
+    policy = parse_policy(path.read_text(), source=str(path))
+    assert policy.config.ha.backend == "etcd"
+    assert len(policy.config.ha.etcd.endpoints) == 3
