@@ -17,6 +17,7 @@ from controller.carbon import CarbonSection
 from controller.facility import FacilitySection
 from controller.grid.config import DemandResponseSection
 from controller.ha.config import HaSection
+from controller.shard.config import IngestSection
 from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
 from policies.gpu_models import MODEL_CODE
 
@@ -242,6 +243,8 @@ class PolicyFile(_Section):
     carbon: CarbonSection | None = None
     #: Leader election and fencing between a site's controllers; `none`: a lone controller.
     ha: HaSection = HaSection()
+    #: Telemetry ingest in worker processes on an MQTT 5 shared subscription; 0: in-process.
+    ingest: IngestSection = IngestSection()
 
     @model_validator(mode="after")
     def _failover_inside_ttl(self) -> Self:

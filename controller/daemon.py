@@ -43,6 +43,7 @@ from controller.jobs import SyncJobs
 from controller.mqtt_client import Client, topic_payload
 from controller.policy_file import Policy, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
+from controller.shard.pool import IngestPool
 from controller.watch import watch_file
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import ConfigError, RheostatError
@@ -219,6 +220,8 @@ class Controller:
         )
         #: The scheduler's synchronous jobs, paced by the decision; always listened for.
         self.jobs = SyncJobs(site=policy.site, topology=policy.topology)
+        #: Telemetry ingest in worker processes (`ingest.workers`); None: in this process.
+        self.pool = self._ingest_pool(policy)
         #: Leadership: only the leader publishes (commands, status, grid reports).
         self.ha = HaRunner(
             policy.config.ha,
@@ -240,6 +243,15 @@ class Controller:
         # of ms, which would land on the telemetry-to-command latency.
         gc.collect()
         gc.freeze()
+        try:
+            await self._run(stop)
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        if self.pool is not None:
+            self.pool.start()
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._mqtt_loop(), name="mqtt"),
@@ -248,6 +260,8 @@ class Controller:
             ]
             if self.grid is not None:
                 tasks.append(group.create_task(self.grid.serve(), name="grid"))
+            if self.pool is not None:
+                tasks.append(group.create_task(self.pool.watch(), name="ingest-pool"))
             if self.policy_path is not None:
                 watched = watch_file(
                     self.policy_path,
@@ -262,6 +276,26 @@ class Controller:
                 task.cancel()
         await self.ha.close()  # a standby takes over now rather than at the lease's expiry
         log.info("stopped", ticks=self.runtime.ticks.ticks)
+
+    def _ingest_pool(self, policy: Policy) -> IngestPool | None:
+        """Shared-memory fleet arrays and their worker processes, when the policy asks.
+
+        The policy's class names get codes first, in the order every worker is given them.
+        """
+        if policy.config.ingest.workers == 0:
+            return None
+        rt = self.runtime
+        for name in sorted(policy.config.tiers.classes):
+            rt.classes.code(name)
+        pool = IngestPool(
+            policy,
+            initial=rt.fleet,
+            classes=rt.classes.names[1:],
+            password=mqtt_password(policy.config.mqtt),
+        )
+        rt.fleet = rt.ingest.fleet = pool.fleet
+        rt.tier_table = _tier_table(policy, rt.classes)
+        return pool
 
     def metrics_serving(self) -> None:
         """Tell the daemon its metrics endpoint is up; READY=1 waits for it and the subscription."""
@@ -307,6 +341,11 @@ class Controller:
         same_fleet = policy.topology.racks.ids == old.topology.racks.ids and np.array_equal(
             policy.topology.gpu_model, old.topology.gpu_model
         )
+        if self.pool is not None and (not same_fleet or policy.config.ingest != old.config.ingest):
+            raise ConfigError(
+                "with ingest workers, the fleet and the ingest section change only with a restart",
+                file=policy.source,
+            )
         if self.carbon is not None:
             self.carbon.set_topology(policy.topology)
         self.jobs.set_topology(policy.topology)
@@ -321,6 +360,10 @@ class Controller:
                 refresh_frac=control.refresh_frac,
                 deadband_w=policy.config.capping.deadband_w,
             )
+            if self.pool is not None:
+                for name in sorted(policy.config.tiers.classes):
+                    rt.classes.code(name)
+                self.pool.reconfigure(policy, rt.classes.names[1:])
             rt.tier_table = _tier_table(policy, rt.classes)
             return
         # A different fleet: start from empty state; every rack is stale until it reports.
@@ -392,7 +435,8 @@ class Controller:
         while True:
             try:
                 async with self._make_client() as client:
-                    await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
+                    if self.pool is None:  # else the ingest workers take telemetry
+                        await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
                     for topic in self.grid.topics if self.grid is not None else ():
                         await client.subscribe(topic, qos=1)
                     for topic in self.facility.topics if self.facility is not None else ():
@@ -498,6 +542,8 @@ class Controller:
         policy = rt.policy
         topo = policy.topology
         now_s = self.clock()
+        if self.pool is not None:
+            rt.ingest.counters, _ = self.pool.counters()
         if rt.tier_table.size < len(rt.classes.names):
             rt.tier_table = _tier_table(policy, rt.classes)
         snapshot = rt.fleet.copy()

@@ -14,8 +14,10 @@ while a replayed message carries the old time it was first sent with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,15 +39,21 @@ class ClassTable:
     policy changes; the tier of each code is looked up per tick with one fancy index.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, names: Sequence[str] = (), *, frozen: bool = False) -> None:
         self._codes: dict[str, int] = {}
         self._names: list[str] = ["<unknown>"]
         self._lists: dict[tuple[str, ...], NDArray[np.int16]] = {}
+        #: A frozen table knows only `names` (in that order): ingest processes that share the
+        #: fleet arrays agree on every code without talking to each other.
+        self.frozen = False
+        for name in names:
+            self.code(name)
+        self.frozen = frozen
 
     def code(self, name: str) -> int:
         found = self._codes.get(name)
         if found is None:
-            if len(self._names) > MAX_CLASSES:
+            if self.frozen or len(self._names) > MAX_CLASSES:
                 return UNKNOWN_CLASS
             found = len(self._names)
             self._codes[name] = found
@@ -163,6 +171,8 @@ class Ingest:
         restart_gap_s: float,
         clock: Callable[[], float] = time.time,
         max_bytes: int = wire.MAX_PAYLOAD_BYTES,
+        msg_ts_s: NDArray[np.float64] | None = None,
+        guard: Callable[[int], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.topology = topology
         self.fleet = fleet
@@ -172,7 +182,11 @@ class Ingest:
         self.max_bytes = max_bytes
         self.counters = IngestCounters()
         self._sizes = topology.rack_sizes()
-        self._msg_ts_s = np.full(topology.n_racks, -np.inf)
+        #: Per rack, the last accepted message's own timestamp (the restart rule); shared
+        #: between ingest processes when they share the fleet arrays.
+        self._msg_ts_s = np.full(topology.n_racks, -np.inf) if msg_ts_s is None else msg_ts_s
+        #: Held around one rack's check-and-write: another process may ingest the same rack.
+        self._guard = guard or (lambda _rack: contextlib.nullcontext())
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Validate and apply one message; returns whether it was accepted. Never raises."""
@@ -195,6 +209,10 @@ class Ingest:
         msg = wire.decode_telemetry(
             payload, rack=rack_id, expected_gpus=int(self._sizes[rack]), max_bytes=self.max_bytes
         )
+        with self._guard(rack):
+            self._write(rack, rack_id, msg)
+
+    def _write(self, rack: int, rack_id: str, msg: wire.Telemetry) -> None:
         last_seq = int(self.fleet.rack_seq[rack])
         if msg.seq <= last_seq and not msg.ts_s > self._msg_ts_s[rack] + self.restart_gap_s:
             raise TelemetryError("stale_sequence", f"seq {msg.seq} after {last_seq}", rack=rack_id)
