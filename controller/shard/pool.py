@@ -116,6 +116,14 @@ class IngestPool:
             counters.rejected[reason] = by_name[reason]
         return counters, by_name["conflated"]
 
+    def pids(self) -> list[int]:
+        """The running workers' process ids (for a benchmark that pauses them)."""
+        return [p.pid for p in self._procs if p is not None and p.pid is not None]
+
+    def subscribed(self) -> int:
+        """Workers whose shared subscription is in place now."""
+        return int(self.shared.counters[:, -1].sum())
+
     def close(self) -> None:
         for proc in self._procs:
             if proc is not None and proc.is_alive():

@@ -25,8 +25,9 @@ from numpy.typing import NDArray
 from policies.errors import TelemetryError
 from policies.fleet import FleetState
 
-#: Counters per worker: messages, accepted, conflated, then one per rejection reason.
-COUNTERS = ("messages", "accepted", "conflated", *TelemetryError.REASONS)
+#: Counters per worker: messages, accepted, conflated, one per rejection reason, and last
+#: `subscribed` (1 while its shared subscription is in place).
+COUNTERS = ("messages", "accepted", "conflated", *TelemetryError.REASONS, "subscribed")
 
 
 Field = tuple[str, "np.dtype[Any]", tuple[int, ...]]
