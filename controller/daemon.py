@@ -246,6 +246,7 @@ class Controller:
         try:
             await self._run(stop)
         finally:
+            await self.ha.close()  # a standby takes over now, not at the lease's expiry
             if self.pool is not None:
                 self.pool.close()
 
@@ -274,7 +275,6 @@ class Controller:
             self.notifier.notify("STOPPING=1")
             for task in (*tasks, *self._confirming):
                 task.cancel()
-        await self.ha.close()  # a standby takes over now rather than at the lease's expiry
         log.info("stopped", ticks=self.runtime.ticks.ticks)
 
     def _ingest_pool(self, policy: Policy) -> IngestPool | None:
@@ -341,6 +341,8 @@ class Controller:
         same_fleet = policy.topology.racks.ids == old.topology.racks.ids and np.array_equal(
             policy.topology.gpu_model, old.topology.gpu_model
         )
+        if policy.config.ha != old.config.ha:
+            raise ConfigError("the ha section changes only with a restart", file=policy.source)
         if self.pool is not None and (not same_fleet or policy.config.ingest != old.config.ingest):
             raise ConfigError(
                 "with ingest workers, the fleet and the ingest section change only with a restart",
