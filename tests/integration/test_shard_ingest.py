@@ -107,7 +107,9 @@ async def test_workers_share_the_subscription_and_restart_after_a_kill(
                         await publish_round() if seq < expected else asyncio.sleep(0.05)
                         await asyncio.sleep(0.05)
 
-            # Workers connect in their own time: publish until every rack has landed.
+            async with asyncio.timeout(30):  # workers connect in their own time
+                while pool.subscribed() < 2:
+                    await asyncio.sleep(0.05)
             while not (pool.fleet.rack_seq >= 1).all():
                 await publish_round()
                 await asyncio.sleep(0.2)
