@@ -291,6 +291,8 @@ async def _kill(args: argparse.Namespace) -> dict[str, Any]:
             "first_command_s": round(first - killed, 3),
             "racks_safe_caps": int(w.agents.counters.fallbacks.sum() - fallbacks),
             "seconds_over_limit": round(w.seen.over_s, 2),
+            # where it happened, for a reader: (s from the kill, "rack" or "site"), the first few
+            "over_at": [(round(t - killed, 2), kind) for t, kind in w.seen.over_at[:10]],
             "breaker_trips": len(w.cluster.trips),
             "max_leaders_at_once": w.seen.max_leaders,
             "non_leader_applied": w.seen.non_leader_applied,

@@ -503,7 +503,7 @@ class Controller:
         The standby decided on every tick, so the last decision is current: sending it now
         rather than at the next tick shortens the failover by up to a tick.
         """
-        self.runtime.book.invalidate()
+        self.runtime.book.adopt(self.runtime.fleet.cap_w)
         self._unconfirmed = None
         client = self._client
         if client is None or self._stopping:
