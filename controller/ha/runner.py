@@ -63,11 +63,13 @@ class HaRunner:
         name: str,
         on_gain: Callable[[], None] = lambda: None,
         leadership: Leadership | None = None,
+        instance: str | None = None,
     ) -> None:
         self.section = section
         self.site = site
-        #: This process's id on the wire (`ctl`) and in the lease store; new per start.
-        self.instance = instance_id(name)
+        #: This process's id on the wire (`ctl`) and in the lease store; new per start. Given
+        #: when the daemon already has one for its commands.
+        self.instance = instance or instance_id(name)
         self.leadership = leadership or build_leadership(section, site=site, instance=self.instance)
         self.on_gain = on_gain
         #: Times the site's epoch changed while this process watched (any holder).
