@@ -31,6 +31,8 @@ from controller.ha.config import EtcdSection
 
 log = structlog.get_logger("rheostat.ha")
 
+#: What a failed or nonsensical answer from the store raises: a counted failure, never a crash.
+STORE_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, AttributeError)
 #: Largest answer read from the gateway; an election's answers are a few hundred bytes.
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -141,7 +143,14 @@ class EtcdLeadership:
                 await self._renew(sent_s)
             else:
                 await self._try_take(sent_s)
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+        ) as exc:
             self._errors += 1
             log.warning("etcd election call failed", error=str(exc) or type(exc).__name__)
         return self.is_leader()

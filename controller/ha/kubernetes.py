@@ -29,6 +29,15 @@ from controller.ha.config import KubernetesSection
 log = structlog.get_logger("rheostat.ha")
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+#: What a failed or nonsensical call raises besides `ApiException`: a counted failure.
+STORE_ERRORS = (
+    OSError,
+    TimeoutError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    config.ConfigException,
+)
 HTTP_NOT_FOUND = 404
 HTTP_CONFLICT = 409
 
@@ -110,7 +119,14 @@ class KubernetesLeadership:
                 log.info("lease changed under us; reading it again", lease=self.name)
             else:
                 log.warning("lease call failed", status=exc.status, reason=exc.reason)
-        except (OSError, TimeoutError, ValueError, TypeError, config.ConfigException) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            config.ConfigException,
+        ) as exc:
             self._errors += 1
             log.warning("lease call failed", error=str(exc) or type(exc).__name__)
         return self.is_leader()

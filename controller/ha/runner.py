@@ -117,7 +117,11 @@ class HaRunner:
             return
         renew_s = self.section.lease_ttl_s / 3
         while True:
-            leading = await self.step()
+            try:
+                leading = await self.step()
+            except Exception:  # a bug here must not stop the daemon; the term lapses by itself
+                log.exception("campaign failed")
+                leading = self.is_leader()
             await asyncio.sleep(
                 min(renew_s, self.section.retry_s) if leading else self.section.retry_s
             )
