@@ -294,6 +294,7 @@ class Controller:
             password=mqtt_password(policy.config.mqtt),
         )
         rt.fleet = rt.ingest.fleet = pool.fleet
+        rt.ingest.cmd_rejected = pool.shared.cmd_rejected
         rt.tier_table = _tier_table(policy, rt.classes)
         return pool
 

@@ -173,6 +173,7 @@ class Ingest:
         max_bytes: int = wire.MAX_PAYLOAD_BYTES,
         msg_ts_s: NDArray[np.float64] | None = None,
         guard: Callable[[int], AbstractContextManager[Any]] | None = None,
+        cmd_rejected: NDArray[np.int64] | None = None,
     ) -> None:
         self.topology = topology
         self.fleet = fleet
@@ -185,6 +186,13 @@ class Ingest:
         #: Per rack, the last accepted message's own timestamp (the restart rule); shared
         #: between ingest processes when they share the fleet arrays.
         self._msg_ts_s = np.full(topology.n_racks, -np.inf) if msg_ts_s is None else msg_ts_s
+        #: Per rack and reason (`wire.COMMAND_REJECT_REASONS`), the commands its agent says it
+        #: refused since it booted (fencing: `stale_epoch`), as its last message reported.
+        self.cmd_rejected = (
+            np.zeros((topology.n_racks, len(wire.COMMAND_REJECT_REASONS)), np.int64)
+            if cmd_rejected is None
+            else cmd_rejected
+        )
         #: Held around one rack's check-and-write: another process may ingest the same rack.
         self._guard = guard or (lambda _rack: contextlib.nullcontext())
 
@@ -228,4 +236,6 @@ class Ingest:
         fleet.rack_power_w[rack] = msg.rack_power_w
         fleet.rack_last_seen_s[rack] = self.clock()
         fleet.rack_seq[rack] = msg.seq
+        rejected = msg.cmd_rejected
+        self.cmd_rejected[rack] = [rejected.get(r, 0) for r in wire.COMMAND_REJECT_REASONS]
         self._msg_ts_s[rack] = msg.ts_s

@@ -47,7 +47,7 @@ async def serving(
     if controller.carbon is not None:
         registry.register(CarbonCollector(controller.carbon, clock=controller.clock))
     registry.register(SyncJobsCollector(controller.jobs))
-    registry.register(HaCollector(controller.ha))
+    registry.register(HaCollector(controller.ha, lambda: controller.runtime.ingest.cmd_rejected))
     app = build_app(controller.runtime, registry)
     cfg = policy.config.metrics
     port = cfg.port if metrics_port is None else metrics_port

@@ -15,8 +15,8 @@ walked one GPU at a time.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -31,6 +31,16 @@ TOPIC_ROOT: Final = "rheostat/v1"
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
 #: Integers on the wire are JSON "safe integers": [0, 2**53 - 1].
 MAX_SAFE_INT: Final = 2**53 - 1
+#: Why an agent refuses a command; agents report cumulative counts per reason in telemetry.
+COMMAND_REJECT_REASONS: Final = (
+    "stale_epoch",
+    "stale_seq",
+    "wrong_rack",
+    "wrong_length",
+    "malformed",
+    "out_of_range",
+    "wrong_version",
+)
 #: A controller instance id (`ctl`).
 INSTANCE_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -89,6 +99,9 @@ class Telemetry:
     classes: tuple[str, ...]
     class_idx: NDArray[np.int64]
     rack_power_w: float
+    #: Commands the agent refused since it booted, by reason (`COMMAND_REJECT_REASONS`);
+    #: optional on the wire, absent meaning none.
+    cmd_rejected: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def n_gpus(self) -> int:
@@ -145,6 +158,7 @@ def encode_telemetry(msg: Telemetry) -> bytes:
             "classes": list(msg.classes),
             "class_idx": msg.class_idx,
             "rack_power_w": msg.rack_power_w,
+            **({"cmd_rejected": dict(msg.cmd_rejected)} if msg.cmd_rejected else {}),
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
@@ -281,9 +295,10 @@ def decode_telemetry(
     when given (from the topology), must match every per-GPU array's length.
     """
     obj = _load_object(payload, limit=max_bytes, rack=rack)
+    rejected = _cmd_rejected(obj, rack)
     fast = _decode_valid(obj, rack=rack, expected_gpus=expected_gpus)
     if fast is not None:
-        return fast
+        return replace(fast, cmd_rejected=rejected) if rejected else fast
     body_rack = obj.get("rack")
     if not isinstance(body_rack, str) or not body_rack:
         raise TelemetryError("malformed", "rack must be a non-empty string", rack=rack)
@@ -326,8 +341,24 @@ def decode_telemetry(
         classes=tuple(classes),
         class_idx=class_idx_f.astype(np.int64),
         rack_power_w=rack_power,
+        cmd_rejected=rejected,
         **arrays,
     )
+
+
+def _cmd_rejected(obj: dict[str, Any], rack: str | None) -> dict[str, int]:
+    """The optional `cmd_rejected` object: known reasons only, each count a safe integer."""
+    raw = obj.get("cmd_rejected")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not set(raw) <= set(COMMAND_REJECT_REASONS):
+        raise TelemetryError(
+            "malformed", f"cmd_rejected must map reasons {COMMAND_REJECT_REASONS}", rack=rack
+        )
+    for value in raw.values():
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SAFE_INT:
+            raise TelemetryError("out_of_range", "cmd_rejected counts are safe integers", rack=rack)
+    return raw
 
 
 def encode_command(cmd: Command) -> bytes:

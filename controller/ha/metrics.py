@@ -2,24 +2,32 @@
 
 `rheostat_ha_leader` is 1 on the process that may command; summed over a site's controllers it
 must be exactly 1 (the alert `RheostatNoLeader` fires at 0). `rheostat_ha_epoch` only grows;
-`rheostat_ha_term_changes_total` counts how often it moved while this process watched.
+`rheostat_ha_term_changes_total` counts how often it moved while this process watched, and
+`rheostat_agent_command_rejections_total{reason="stale_epoch"}` the commands agents fenced off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import numpy as np
+from numpy.typing import NDArray
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.ha.runner import HaRunner
+from controller.wire import COMMAND_REJECT_REASONS
 
 
 class HaCollector(Collector):
     """Register on the daemon's registry; yields the leadership families each scrape."""
 
-    def __init__(self, runner: HaRunner) -> None:
+    def __init__(
+        self, runner: HaRunner, rejections: Callable[[], NDArray[np.int64]] | None = None
+    ) -> None:
         self.runner = runner
+        #: Per rack and reason, the commands agents report refusing (`Ingest.cmd_rejected`).
+        self.rejections = rejections
 
     def describe(self) -> list[Metric]:
         return []
@@ -46,3 +54,14 @@ class HaCollector(Collector):
             family = CounterMetricFamily(f"rheostat_{name}", doc, labels=keys)
             family.add_metric(labels, value)
             yield family
+        if self.rejections is not None:
+            by_reason = self.rejections().sum(axis=0).tolist()
+            fenced = CounterMetricFamily(
+                "rheostat_agent_command_rejections",
+                "Commands the site's agents refused since they booted, by reason (stale_epoch: "
+                "fenced, from an older term).",
+                labels=["site", "reason"],
+            )
+            for reason, count in zip(COMMAND_REJECT_REASONS, by_reason, strict=True):
+                fenced.add_metric([r.site, reason], count)
+            yield fenced

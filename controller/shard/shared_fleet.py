@@ -8,8 +8,8 @@ it: a snapshot may hold one rack's power from one message and its clocks from th
 valid readings one telemetry period apart. Writers of one rack exclude each other (`locks`).
 
 Layout, in order, each field 8-byte aligned: the `FleetState` fields, then per rack the last
-accepted message's own timestamp (the restart rule, shared by all workers), then per worker its
-counters (`messages`, `accepted`, one per rejection reason).
+accepted message's own timestamp (the restart rule, shared by all workers) and the agent's
+command rejections by reason, then per worker its counters (`COUNTERS`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from controller.wire import COMMAND_REJECT_REASONS
 from policies.errors import TelemetryError
 from policies.fleet import FleetState
 
@@ -45,6 +46,7 @@ def _layout(n_gpus: int, n_racks: int, workers: int) -> list[Field]:
         shape = (n_racks,) if f.name in PER_RACK else (n_gpus,)
         out.append((f.name, DTYPES.get(f.name, np.dtype(np.float64)), shape))
     out.append(("msg_ts_s", np.dtype(np.float64), (n_racks,)))
+    out.append(("cmd_rejected", np.dtype(np.int64), (n_racks, len(COMMAND_REJECT_REASONS))))
     out.append(("counters", np.dtype(np.int64), (max(workers, 1), len(COUNTERS))))
     return out
 
@@ -56,6 +58,7 @@ class SharedFleet:
     memory: shared_memory.SharedMemory
     fleet: FleetState
     msg_ts_s: NDArray[np.float64]
+    cmd_rejected: NDArray[np.int64]
     counters: NDArray[np.int64]
     owner: bool
 
@@ -74,7 +77,8 @@ class SharedFleet:
             views[name] = np.ndarray(shape, dtype=dtype, buffer=memory.buf, offset=offset)
             offset += _aligned(math.prod(shape) * dtype.itemsize)
         msg_ts_s, counters = views.pop("msg_ts_s"), views.pop("counters")
-        return cls(memory, FleetState(**views), msg_ts_s, counters, owner)
+        rejected = views.pop("cmd_rejected")
+        return cls(memory, FleetState(**views), msg_ts_s, rejected, counters, owner)
 
     @classmethod
     def create(cls, initial: FleetState, workers: int) -> SharedFleet:
@@ -89,6 +93,7 @@ class SharedFleet:
         for f in fields(initial):
             getattr(shared.fleet, f.name)[...] = getattr(initial, f.name)
         shared.msg_ts_s[...] = -np.inf
+        shared.cmd_rejected[...] = 0
         shared.counters[...] = 0
         return shared
 
@@ -99,7 +104,7 @@ class SharedFleet:
 
     def close(self) -> None:
         """Drop this process's mapping (the views must not be used afterwards)."""
-        del self.fleet, self.msg_ts_s, self.counters
+        del self.fleet, self.msg_ts_s, self.cmd_rejected, self.counters
         self.memory.close()
         if self.owner:
             self.memory.unlink()

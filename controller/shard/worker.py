@@ -71,6 +71,7 @@ def main(spec: WorkerSpec) -> None:
         restart_gap_s=spec.policy.config.control.restart_gap_s,
         msg_ts_s=shared.msg_ts_s,
         guard=lambda rack: locks[rack % len(locks)],
+        cmd_rejected=shared.cmd_rejected,
     )
     Worker(spec, ingest, shared.counters[spec.index]).serve_forever()
 

@@ -10,6 +10,7 @@ import time
 
 import aiomqtt
 import numpy as np
+import orjson
 import pytest
 
 from controller import wire
@@ -118,6 +119,13 @@ async def test_workers_share_the_subscription_and_restart_after_a_kill(
             assert (per_worker > 0).all(), "the broker gave every worker a share"
             assert pool.fleet.power_w[0] >= 301.0
             assert pool.fleet.workload_class[0] == classes.code("training")
+            fenced = orjson.dumps(
+                orjson.loads(_telemetry(ids[1], seq + 1)) | {"cmd_rejected": {"stale_epoch": 3}}
+            )
+            await pub.publish(wire.telemetry_topic(SITE, ids[1]), fenced)
+            async with asyncio.timeout(10):
+                while pool.shared.cmd_rejected[1, 0] != 3:  # stale_epoch, from shared memory
+                    await asyncio.sleep(0.05)
             await pub.publish(wire.telemetry_topic(SITE, ids[0]), b"{not json")
             await pub.publish(wire.telemetry_topic(SITE, "nope"), _telemetry("nope", 1))
             async with asyncio.timeout(10):
