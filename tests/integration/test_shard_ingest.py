@@ -165,3 +165,21 @@ async def test_daemon_with_ingest_workers_closes_the_loop(mosquitto: Mosquitto) 
         assert rt.ingest.counters.accepted > 0
         assert sum(rt.ingest.counters.rejected.values()) == 0
     assert agents.counters.fallbacks.sum() == 0
+
+
+def test_ingest_benchmark_reports_each_worker_count_and_the_plain_loop() -> None:
+    import argparse
+
+    from bench import ingest as bench_ingest
+
+    parser = argparse.ArgumentParser()
+    bench_ingest.add_arguments(parser)
+    args = parser.parse_args(
+        ["--rack-gpus", "8", "--racks", "20", "--messages", "400", "--workers", "1", "2"]
+    )
+    rows = bench_ingest.run(args)
+    assert [r["consumer"] for r in rows] == ["plain aiomqtt loop", "1 worker(s)", "2 worker(s)"]
+    for row in rows:
+        assert row["written"] == 400  # every message validated and written, none conflated
+        assert row["gpu_readings_per_s"] == row["msgs_per_s"] * 8 or row["msgs_per_s"] > 0
+    assert rows[2]["vs_1_worker"] is not None
