@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import time
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 from bench.ingest import mosquitto
 from controller import wire
 from controller.daemon import Controller
+from controller.mqtt_client import NODELAY
 from controller.policy_file import parse_policy
 
 NAME = "e2e"
@@ -88,12 +88,11 @@ async def _measure(port: int, racks: int, args: argparse.Namespace) -> dict[str,
     stop = asyncio.Event()
     task = asyncio.create_task(controller.run(stop))
     latencies_ms: list[float] = []
-    async with aiomqtt.Client("127.0.0.1", port, identifier="e2e-probe") as probe:
-        # Like the daemon's, the probe's socket sends at once (paho leaves Nagle's algorithm
-        # on): otherwise a publish behind a PUBACK can wait up to 40 ms for a delayed ACK.
-        probe_socket = probe._client.socket()
-        if isinstance(probe_socket, socket.socket):
-            probe_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Like the daemon's, the probe's socket sends at once (paho leaves Nagle's algorithm on):
+    # otherwise a publish behind a PUBACK can wait up to 40 ms for a delayed ACK.
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier="e2e-probe", socket_options=(NODELAY,)
+    ) as probe:
         async with asyncio.timeout(30):
             while not rt.subscribed:
                 await asyncio.sleep(0.01)

@@ -106,6 +106,14 @@ class CommandBook:
         if now_s is not None:
             self.resend_after_s[:] = now_s
 
+    def adopt(self, cap_w: NDArray[np.float64]) -> None:
+        """Take over racks another controller commanded: assume they hold `cap_w` (what their
+        telemetry reports applying) and make every rack due, so the first commands lower caps
+        before any rack's go up, as after any other decision."""
+        np.copyto(self.sent_cap_w, cap_w)
+        self.sent_clock_mhz[:] = np.nan
+        self.invalidate()
+
     def _per_rack_max(self, per_gpu: NDArray[np.float64]) -> NDArray[np.float64]:
         out = np.zeros(self.topology.n_racks)
         if per_gpu.size:

@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from controller.carbon import CarbonSection
 from controller.facility import FacilitySection
 from controller.grid.config import DemandResponseSection
+from controller.ha.config import HaSection
 from controller.ingest import TelemetrySection
+from controller.shard.config import IngestSection
 from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
 from policies.errors import TopologyError
 from policies.gpu_models import MODEL_CODE, GpuModel, match_model, register_model
@@ -451,6 +453,22 @@ class PolicyFile(_Section):
     nodes: Path | None = None
     """The node inventory file (hostnames to racks), relative to the policy file: node agents'
     telemetry is assembled into racks through it. Unset: rack-level agents only."""
+    ha: HaSection = HaSection()
+    """Leader election and fencing between a site's controllers; `none`: a lone controller."""
+    ingest: IngestSection = IngestSection()
+    """Telemetry ingest in worker processes on an MQTT 5 shared subscription; 0: in-process."""
+
+    @model_validator(mode="after")
+    def _failover_inside_ttl(self) -> Self:
+        c = self.control
+        error = self.ha.failover_budget_error(
+            command_ttl_s=c.command_ttl_s,
+            refresh_frac=c.refresh_frac,
+            tick_period_s=c.tick_period_s,
+        )
+        if error is not None:
+            raise ValueError(error)
+        return self
 
     @field_validator("gpu_models", mode="after")
     @classmethod

@@ -43,14 +43,16 @@ from controller.carbon import CarbonHook
 from controller.command_book import CommandBook
 from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
+from controller.ha.runner import HaRunner
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
 from controller.messages import MessageRejections
-from controller.mqtt_client import Client
+from controller.mqtt_client import Client, topic_payload
 from controller.nodes import NodeAssembler
 from controller.policy_file import Policy, check_reload, load_policy
 from controller.runtime import DemandResponseStatus, Runtime
 from controller.settings import mqtt_password
+from controller.shard.pool import IngestPool
 from controller.watch import watch_file
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import RheostatError
@@ -198,13 +200,10 @@ class Controller:
         self.monotonic = monotonic
         #: This process's controller instance id; commands carry it as `ctl`.
         self.instance = instance_id()
-        #: The leader's term; 0 while the daemon runs without HA.
-        self.epoch = 0
         #: Refused messages beside telemetry, and any whose handling raised, by kind and reason.
         self.rejections = MessageRejections()
         self.notifier: Notifier = notifier or _NoNotifier()
         self.runtime = build_runtime(policy, clock=clock, version=version, monotonic=monotonic)
-        self._label_book()
         self.runtime.reloads.last_success_s = clock()
         self._client: Client | None = None
         self._confirming: set[asyncio.Task[None]] = set()
@@ -258,12 +257,28 @@ class Controller:
                 forward=self._to_ingest,
             )
         )
+        #: Telemetry ingest in worker processes (`ingest.workers`); None: in this process.
+        self.pool = self._ingest_pool(policy)
+        #: Leadership: only the leader publishes (commands, status, grid reports).
+        self.ha = HaRunner(
+            policy.config.ha,
+            site=policy.site,
+            name=policy.config.mqtt.client_id,
+            instance=self.instance,
+            on_gain=self._took_lead,
+        )
+        self._label_book()
         if (
             self.grid is not None
             and self.carbon is not None
             and self.carbon.section.signal == "price"
         ):
             self.grid.price_sink = self.carbon.take_forecast
+
+    @property
+    def epoch(self) -> int:
+        """The leader's term that commands and the status carry; 0 without `ha`."""
+        return self.ha.epoch()
 
     def _label_book(self) -> None:
         book = self.runtime.book
@@ -279,13 +294,26 @@ class Controller:
         # of ms, which would land on the telemetry-to-command latency.
         gc.collect()
         gc.freeze()
+        try:
+            await self._run(stop)
+        finally:
+            await self.ha.close()  # a standby takes over now, not at the lease's expiry
+            if self.pool is not None:
+                self.pool.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        if self.pool is not None:
+            self.pool.start()
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._mqtt_loop(), name="mqtt"),
                 group.create_task(self._tick_loop(), name="tick"),
+                group.create_task(self.ha.serve(), name="ha"),
             ]
             if self.grid is not None:
                 tasks.append(group.create_task(self.grid.serve(), name="grid"))
+            if self.pool is not None:
+                tasks.append(group.create_task(self.pool.watch(), name="ingest-pool"))
             if self.policy_path is not None:
                 watched = watch_file(
                     self.policy_path,
@@ -299,6 +327,27 @@ class Controller:
             for task in (*tasks, *self._confirming):
                 task.cancel()
         log.info("stopped", ticks=self.runtime.ticks.ticks)
+
+    def _ingest_pool(self, policy: Policy) -> IngestPool | None:
+        """Shared-memory fleet arrays and their worker processes, when the policy asks.
+
+        The policy's class names get codes first, in the order every worker is given them.
+        """
+        if policy.config.ingest.workers == 0:
+            return None
+        rt = self.runtime
+        for name in sorted(policy.config.tiers.classes):
+            rt.classes.code(name)
+        pool = IngestPool(
+            policy,
+            initial=rt.fleet,
+            classes=rt.classes.names[1:],
+            password=mqtt_password(policy.config.mqtt),
+        )
+        rt.fleet = rt.ingest.fleet = pool.fleet
+        rt.ingest.cmd_rejected = pool.shared.cmd_rejected
+        rt.tier_table = _tier_table(policy, rt.classes)
+        return pool
 
     def metrics_serving(self) -> None:
         """Tell the daemon its metrics endpoint is up; READY=1 waits for it and the subscription."""
@@ -363,6 +412,10 @@ class Controller:
                 deadband_w=policy.config.capping.deadband_w,
                 safe_cap_w=policy.safe_cap_w,
             )
+            if self.pool is not None:
+                for name in sorted(policy.config.tiers.classes):
+                    rt.classes.code(name)
+                self.pool.reconfigure(policy, rt.classes.names[1:])
             rt.tier_table = _tier_table(policy, rt.classes)
             return
         # A different fleet: start from empty state; every rack is stale until it reports.
@@ -401,7 +454,10 @@ class Controller:
             username=mq.username,
             password=mqtt_password(mq),
             protocol=protocol,
-            will=aiomqtt.Will(wire.status_topic(site), offline, qos=1, retain=True),
+            # With `ha`, several processes share the site's status: no will (see README).
+            will=None
+            if self.ha.enabled
+            else aiomqtt.Will(wire.status_topic(site), offline, qos=1, retain=True),
             keepalive=mq.keepalive_s,
             timeout=mq.timeout_s,
             queue_type=ConflatingQueue,
@@ -413,6 +469,8 @@ class Controller:
         )
 
     async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
+        if not self.ha.is_leader():
+            return  # only the leader writes the site's retained status
         payload = wire.encode_status(
             wire.Status(
                 state="online" if state == "online" else "offline",
@@ -471,7 +529,8 @@ class Controller:
         """One broker connection: subscribe, say `online`, resend every command, then receive."""
         rt = self.runtime
         mq = rt.policy.config.mqtt
-        await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
+        if self.pool is None:  # else the ingest workers take telemetry
+            await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
         if self.nodes is not None:
             await client.subscribe(wire.node_telemetry_filter(rt.policy.site), qos=0)
         for topic in self.grid.topics if self.grid is not None else ():
@@ -484,7 +543,7 @@ class Controller:
             for topic in self.jobs.topics:
                 await client.subscribe(topic, qos=1)
         await self._publish_status(client, "online")
-        queue = client._queue
+        queue = client.inbox
         rt.queue = queue if isinstance(queue, ConflatingQueue) else None
         self._client = client
         rt.mqtt_connected = rt.subscribed = True
@@ -528,12 +587,32 @@ class Controller:
         handle = self._guarded(self.jobs.routed(handle, forward=self.carbon is not None))
         queue = client.inbox
         while True:
-            message = await client.receive()
-            handle(message.topic, message.payload)
+            handle(*topic_payload(await client.receive()))
             # Drain what arrived in the same read without one await per message.
             for _ in range(min(queue.qsize(), DRAIN_BATCH)):
-                message = queue.get_nowait()
-                handle(message.topic, message.payload)
+                handle(*topic_payload(queue.get_nowait()))
+
+    # ------------------------------------------------------------------ leadership
+    def _took_lead(self) -> None:
+        """A new term: every rack is due under the new epoch; status and commands go at once.
+
+        The standby decided on every tick, so the last decision is current: sending it now
+        rather than at the next tick shortens the failover by up to a tick.
+        """
+        self.runtime.book.adopt(self.runtime.fleet.cap_w)
+        self._unconfirmed = None
+        client = self._client
+        if client is None or self._stopping:
+            return
+        task = asyncio.create_task(self._announce(client), name="took-lead")
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _announce(self, client: Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(self.runtime.policy.config.mqtt.timeout_s):
+                await self._publish_status(client, "online")
+        await self._send_due()
 
     # ------------------------------------------------------------------ tick
     async def _tick_loop(self) -> None:
@@ -565,6 +644,8 @@ class Controller:
             self._swap_policy(dataclasses.replace(policy, topology=reported))  # agents' ranges
             policy, topo = rt.policy, rt.policy.topology
         mono_s = self.monotonic()
+        if self.pool is not None:
+            rt.ingest.counters, _ = self.pool.counters()
         if rt.tier_table.size < len(rt.classes.names):
             rt.tier_table = _tier_table(policy, rt.classes)
         snapshot = rt.fleet.copy()
@@ -588,7 +669,7 @@ class Controller:
                 decision=rt.decision,
             )
             rt.demand_response = DemandResponseStatus(**dataclasses.asdict(self.grid.status()))
-            if self._client is not None:
+            if self._client is not None and self.ha.is_leader():
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     async with asyncio.timeout(policy.config.mqtt.timeout_s):
                         await self.grid.flush(self._client)
@@ -667,12 +748,13 @@ class Controller:
         """
         rt = self.runtime
         client, decision, stale = self._client, rt.decision, rt.stale_rack
-        if client is None or decision is None or stale is None:
+        if client is None or decision is None or stale is None or not self.ha.is_leader():
             return 0
         if self._unconfirmed is not None and not self._unconfirmed.done():
             return 0
         async with self._send_lock:
             book, site = rt.book, rt.policy.site
+            book.epoch, book.ctl = self.ha.epoch(), self.ha.instance  # fencing
             last_seen_s = rt.fleet.rack_last_seen_s
 
             def choose() -> list[tuple[str, bytes]]:

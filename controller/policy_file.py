@@ -215,7 +215,35 @@ def reload_problems(running: Policy, new: Policy) -> list[ConfigError]:
             ConfigError("changes only with a restart", file=new.source, field=f"mqtt.{name}")
             for name in changed
         )
+    # Leadership is campaigned for under the section's backend and key at start-up, and ingest
+    # workers hold the fleet's shared arrays: both keep their settings until a restart.
+    if new.config.ha != running.config.ha:
+        problems.append(
+            ConfigError("the ha section changes only with a restart", file=new.source, field="ha")
+        )
+    if running.config.ingest.workers and new.config.ingest != running.config.ingest:
+        problems.append(
+            ConfigError(
+                "with ingest workers the ingest section changes only with a restart",
+                file=new.source,
+                field="ingest",
+            )
+        )
+    if running.config.ingest.workers and not _same_fleet(running, new):
+        problems.append(
+            ConfigError(
+                "with ingest workers the fleet (racks and GPU models) changes only with a restart",
+                file=new.source,
+                field="site.topology",
+            )
+        )
     return problems
+
+
+def _same_fleet(running: Policy, new: Policy) -> bool:
+    return new.topology.racks.ids == running.topology.racks.ids and np.array_equal(
+        new.topology.gpu_model, running.topology.gpu_model
+    )
 
 
 def check_reload(running: Policy, new: Policy) -> None:

@@ -19,6 +19,7 @@ from controller.cli import package_version
 from controller.daemon import Controller, Notifier
 from controller.edge_metrics import EdgeCollector
 from controller.facility import FacilityCollector
+from controller.ha.metrics import HaCollector
 from controller.http import build_app, daemon_registry, start_server
 from controller.jobs import SyncJobsCollector
 from controller.metrics import RheostatCollector
@@ -49,6 +50,7 @@ async def serving(
     if controller.carbon is not None:
         registry.register(CarbonCollector(controller.carbon, clock=controller.clock))
     registry.register(SyncJobsCollector(controller.jobs))
+    registry.register(HaCollector(controller.ha, lambda: controller.runtime.ingest.cmd_rejected))
     if controller.nodes is not None:
         registry.register(NodesCollector(controller.nodes))
     app = build_app(

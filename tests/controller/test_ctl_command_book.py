@@ -137,3 +137,16 @@ def test_build_sends_the_decision_and_remembers_only_the_racks_sent() -> None:
     assert np.isnan(book.sent_cap_w[topo.rack_slice(1)]).all()  # rack 1 was not sent
     assert book.sent_at_s.tolist() == [5.0, -np.inf, 5.0]
     assert book.sent_total == 2
+
+
+def test_adopting_a_fleet_makes_every_rack_due_lowering_first() -> None:
+    topo = generate_topology(4 * 32, site="t", servers_per_rack=4)  # 4 racks of 32 GPUs
+    book = _book(topo)
+    held = np.full(topo.n_gpus, 500.0)  # what the racks report applying
+    book.adopt(held)
+    new = held.copy()
+    new[topo.rack_slice(0)] = 700.0  # rack 0 goes up
+    new[topo.rack_slice(3)] = 300.0  # rack 3 comes down
+    due = book.due(_decision(new), now_s=0.0, stale_rack=np.zeros(topo.n_racks, np.bool_))
+    assert sorted(due.tolist()) == [0, 1, 2, 3]  # a takeover commands every rack
+    assert due[0] == 3  # the lowering rack leads
