@@ -2,8 +2,12 @@
 
 A rack is sent a command when any of its GPUs' caps moved by more than the deadband, a clock
 ceiling changed, or its last command is `refresh_frac` of the way to expiry. Stale racks get none:
-their agents stay on their own safe caps until telemetry returns. Racks whose caps go down are
-sent first, so that during the send no group briefly holds both its old high caps and its
+their agents stay on their own safe caps until telemetry returns.
+Order: urgent racks first, those whose new caps cut some GPU more than the deadband below what it
+draws now (a rack over its limit, or whose new limit is below its present draw): until their
+command lands, a limit is being exceeded, so they go ahead of everything else (largest overdraw
+first; the daemon also sends them on their own lane, see `controller.publisher`). Then racks whose
+caps go down, so that during the send no group briefly holds both its old high caps and its
 neighbours' new high caps; within each direction the largest moves go first, so when a fleet-wide
 shift is sent over several batches a rack whose demand just changed is not queued behind it.
 The per-rack test is vectorized with `np.maximum.reduceat` over the contiguous rack row ranges.
@@ -72,6 +76,15 @@ class CommandBook:
             out[self._nonempty] = np.maximum.reduceat(per_gpu, self._starts[self._nonempty])
         return out
 
+    def urgent(self, decision: Decision, power_w: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Per rack, how far (W) the decision puts some GPU's cap below what it draws now.
+
+        Positive beyond the deadband means the rack's command protects a limit: see `due_lanes`.
+        A GPU with no reading (NaN) never makes its rack urgent.
+        """
+        over_w = np.nan_to_num(power_w - decision.cap_w, nan=-np.inf)
+        return self._per_rack_max(over_w)
+
     def due(
         self,
         decision: Decision,
@@ -79,11 +92,33 @@ class CommandBook:
         now_s: float,
         stale_rack: NDArray[np.bool_],
         last_seen_s: NDArray[np.float64] | None = None,
+        power_w: NDArray[np.float64] | None = None,
     ) -> NDArray[np.int64]:
-        """Indices of racks to command now: lowering racks first, then by the largest cap move.
+        """Indices of racks to command now: urgent ones (with `power_w`, each GPU's present draw
+        in W) first, then lowering racks, then by the largest cap move; see `due_lanes`.
 
         `last_seen_s` (per rack, when its telemetry last arrived) triggers the resend to racks
         that came back after a reconnect; see `invalidate`.
+        """
+        urgent, rest = self.due_lanes(
+            decision, now_s=now_s, stale_rack=stale_rack, last_seen_s=last_seen_s, power_w=power_w
+        )
+        return np.concatenate((urgent, rest))
+
+    def due_lanes(
+        self,
+        decision: Decision,
+        *,
+        now_s: float,
+        stale_rack: NDArray[np.bool_],
+        last_seen_s: NDArray[np.float64] | None = None,
+        power_w: NDArray[np.float64] | None = None,
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The due racks in two ordered lanes: (urgent, the rest).
+
+        Urgent: the new caps cut some GPU more than the deadband below its present draw
+        (`power_w`, W; None makes no rack urgent), largest cut first. The rest: lowering racks
+        first, then raising ones, each by the largest cap move.
         """
         cap_delta = np.abs(decision.cap_w - self.sent_cap_w)
         cap_delta = np.where(np.isnan(cap_delta), np.inf, cap_delta)
@@ -96,35 +131,56 @@ class CommandBook:
         if last_seen_s is not None:
             refresh |= last_seen_s > self.resend_after_s
         racks = np.flatnonzero((changed | refresh) & ~stale_rack & self._nonempty)
+        urgent = racks[:0]
+        if racks.size and power_w is not None:
+            over_w = self.urgent(decision, power_w)[racks]
+            is_urgent = over_w > self.deadband_w
+            urgent = racks[is_urgent][np.argsort(-over_w[is_urgent], kind="stable")]
+            racks = racks[~is_urgent]
         if racks.size:
             lowering = self._per_rack_max(self.sent_cap_w - decision.cap_w)[racks] > 0
             racks = racks[np.lexsort((-move_w[racks], ~lowering))]
-        return racks
+        return urgent, racks
+
+    def _rows(
+        self, racks: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """The GPU rows of `racks`, rack after rack, and each rack's (start, end) among them.
+
+        Work on a batch of racks then touches only their rows, not the whole fleet: the daemon
+        sends a burst in small windows, each one costing what its own racks cost.
+        """
+        sizes = self._sizes[racks]
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        rows = np.arange(int(ends[-1]) if ends.size else 0) + np.repeat(
+            self.topology.rack_offsets[racks] - starts, sizes
+        )
+        return rows, starts, ends
 
     def build(
         self, decision: Decision, racks: NDArray[np.int64], *, now_s: float
     ) -> list[tuple[str, bytes]]:
         """(rack id, encoded command) for each rack, and record them as sent."""
         ids = self.topology.racks.ids
-        offsets = self.topology.rack_offsets
+        rows, starts, ends = self._rows(racks)
         self.seq[racks] += 1
         names = [ids[rack] for rack in racks.tolist()]
+        cap_w = decision.cap_w[rows]
+        clock_mhz = decision.sm_clock_max_mhz[rows]
         payloads = wire.encode_commands(
             names,
             seq=self.seq[racks],
             issued_at_s=now_s,
             ttl_s=self.ttl_s,
-            cap_w=decision.cap_w,
-            sm_clock_max_mhz=decision.sm_clock_max_mhz,
-            starts=offsets[racks],
-            ends=offsets[racks + 1],
+            cap_w=cap_w,
+            sm_clock_max_mhz=clock_mhz,
+            starts=starts,
+            ends=ends,
         )
         out = list(zip(names, payloads, strict=True))
-        sent_rack = np.zeros(self.topology.n_racks, dtype=np.bool_)
-        sent_rack[racks] = True
-        sent_gpu = np.repeat(sent_rack, self._sizes)
-        np.copyto(self.sent_cap_w, decision.cap_w, where=sent_gpu)
-        np.copyto(self.sent_clock_mhz, decision.sm_clock_max_mhz, where=sent_gpu)
+        self.sent_cap_w[rows] = cap_w
+        self.sent_clock_mhz[rows] = clock_mhz
         self.sent_at_s[racks] = now_s
         self.resend_after_s[racks] = np.inf
         self.sent_total += len(out)

@@ -1,0 +1,277 @@
+"""How the daemon's commands leave: an urgent lane ahead of everything, and a windowed bulk lane.
+
+Each tick splits the due racks in two (`CommandBook.due_lanes`):
+- urgent: racks whose new caps cut some GPU below what it draws now, so a limit is exceeded until
+  the command lands. They are built and handed to the MQTT client at once, by the tick that found
+  them, whatever else is being sent; no window holds them back.
+- bulk: every other due rack, in the book's order (lowering first, then the largest moves). One
+  long-lived task sends them in windows of `BULK_WINDOW` commands and hands the client the next
+  window only once the broker has acknowledged the last. At most one window is ever ahead of an
+  urgent command in the connection (the client's queue, the socket, the broker), so a fleet-wide
+  move of 10k racks delays it by one window, not by the burst.
+Each tick replaces the bulk plan with its own ordered list, so a burst is never queued behind
+itself: racks not yet sent stay due and go out built from the newest decision.
+
+Commands are QoS 1; one that the broker does not acknowledge within the MQTT timeout makes every
+rack due again, as does a publish the client refuses (the connection is gone; the reconnect
+resends every rack's command anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import aiomqtt
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from controller import wire
+from controller.command_book import CommandBook
+from controller.mqtt_client import Client
+from controller.runtime import Runtime
+from policies.decision import Decision
+
+log = structlog.get_logger("rheostat.controller")
+
+#: Bulk commands awaiting the broker's acknowledgement at most; also the most that can be ahead of
+#: an urgent command. A window of 32-GPU commands is about 100 kB, which a loaded broker takes a
+#: few ms to route.
+BULK_WINDOW = 128
+
+Lane = Literal["urgent", "bulk"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendTimes:
+    """Where one send's time went, as `time.monotonic()` stamps. Units: s.
+
+    tick start → decided (snapshot, hooks, decision) → diffed (`due_lanes`) → build started (for
+    the bulk lane, after the windows ahead of it) → encoded → published (handed to the client).
+    """
+
+    tick_started_s: float
+    decided_s: float
+    diffed_s: float
+    build_started_s: float
+    encoded_s: float
+    published_s: float
+
+
+class SendTrace(Protocol):
+    """Told of every send (benchmarks use it to break latency down); must return at once."""
+
+    def sent(self, lane: Lane, racks: Sequence[str], times: SendTimes) -> None: ...
+
+
+@dataclass(eq=False, kw_only=True)
+class _Plan:
+    """One tick's bulk racks, in order; `sent` of them are out."""
+
+    book: CommandBook
+    decision: Decision
+    racks: NDArray[np.int64]
+    sent: int
+    tick_started_s: float
+    decided_s: float
+    diffed_s: float
+
+
+class CommandPublisher:
+    """The two lanes; `send_due` is called by each tick and after a reconnect, `run` is a task.
+
+    `lock` is the daemon's lock over the command book (a reconnect invalidates it under the same
+    lock); the event loop is the only caller.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        lock: asyncio.Lock,
+        *,
+        clock: Callable[[], float],
+        trace: SendTrace | None = None,
+    ) -> None:
+        self._rt = runtime
+        self._lock = lock
+        self._clock = clock
+        self.trace = trace
+        self._client: Client | None = None
+        self._plan: _Plan | None = None
+        self._wake = asyncio.Event()
+        self._window: asyncio.Future[None] | None = None
+        #: Urgent sends whose acknowledgements are still awaited.
+        self.confirming: set[asyncio.Task[None]] = set()
+
+    def connected(self, client: Client) -> None:
+        self._client = client
+
+    def disconnected(self) -> None:
+        """Forget the connection's sends: the reconnect makes every rack due again."""
+        client, self._client, self._plan = self._client, None, None
+        for task in self.confirming:
+            task.cancel()
+        window, self._window = self._window, None
+        if window is not None and not window.done():
+            if client is not None:
+                client.forget(window)
+            window.set_exception(aiomqtt.MqttError("connection lost"))
+
+    @property
+    def bulk_pending(self) -> int:
+        """Racks of the current bulk plan not yet handed to the client."""
+        plan = self._plan
+        return 0 if plan is None else int(plan.racks.size - plan.sent)
+
+    async def send_due(
+        self, *, tick_started_s: float | None = None, decided_s: float | None = None
+    ) -> tuple[int, int]:
+        """Send the urgent commands now and make the rest the bulk plan: (urgent sent, bulk due).
+
+        Choosing and building run in a worker thread (the diff over 320k GPUs takes ms).
+        Skipped while disconnected or before the first decision.
+        """
+        rt = self._rt
+        client, decision, stale = self._client, rt.decision, rt.stale_rack
+        if client is None or decision is None or stale is None:
+            return 0, 0
+        async with self._lock:
+            book = rt.book
+            power_w, last_seen_s = rt.fleet.power_w, rt.fleet.rack_last_seen_s
+
+            def choose() -> tuple[float, float, float, list[tuple[str, bytes]], NDArray[np.int64]]:
+                diff_started_s = time.monotonic()
+                now_s = self._clock()
+                urgent, rest = book.due_lanes(
+                    decision,
+                    now_s=now_s,
+                    stale_rack=stale,
+                    last_seen_s=last_seen_s,
+                    power_w=power_w,
+                )
+                diffed_s = time.monotonic()
+                messages = book.build(decision, urgent, now_s=now_s) if urgent.size else []
+                return diff_started_s, diffed_s, time.monotonic(), messages, rest
+
+            diff_started_s, diffed_s, encoded_s, messages, rest = await asyncio.to_thread(choose)
+            started_s = diff_started_s if tick_started_s is None else tick_started_s
+            decided = diff_started_s if decided_s is None else decided_s
+            self._plan = (
+                _Plan(
+                    book=book,
+                    decision=decision,
+                    racks=rest,
+                    sent=0,
+                    tick_started_s=started_s,
+                    decided_s=decided,
+                    diffed_s=diffed_s,
+                )
+                if rest.size
+                else None
+            )
+            if rest.size:
+                self._wake.set()
+            if messages:
+                times = SendTimes(
+                    tick_started_s=started_s,
+                    decided_s=decided,
+                    diffed_s=diffed_s,
+                    build_started_s=diffed_s,
+                    encoded_s=encoded_s,
+                    published_s=0.0,
+                )
+                future = self._publish(client, book, "urgent", messages, times)
+                if future is not None:
+                    task = asyncio.create_task(self._confirm(client, future, book))
+                    self.confirming.add(task)
+                    task.add_done_callback(self.confirming.discard)
+        return len(messages), int(rest.size)
+
+    async def run(self) -> None:
+        """The bulk lane: the current plan, window by window, each once the last is acknowledged."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while (window := await self._send_window()) is not None:
+                future, client, book = window
+                self._window = future
+                try:
+                    async with asyncio.timeout(self._rt.policy.config.mqtt.timeout_s):
+                        await future
+                except TimeoutError:
+                    client.forget(future)
+                    async with self._lock:
+                        book.invalidate()
+                    log.warning("commands not confirmed; will resend")
+                    break
+                except aiomqtt.MqttError:
+                    break  # the connection is gone: the reconnect resends every rack's command
+                finally:
+                    self._window = None
+
+    async def _send_window(self) -> tuple[asyncio.Future[None], Client, CommandBook] | None:
+        """Build and hand over the plan's next window; None when there is nothing to send."""
+        async with self._lock:
+            plan, client = self._plan, self._client
+            if plan is None or client is None or plan.book is not self._rt.book:
+                return None
+            racks = plan.racks[plan.sent : plan.sent + BULK_WINDOW]
+            plan.sent += racks.size
+            if plan.sent >= plan.racks.size:
+                self._plan = None
+            build_started_s = time.monotonic()
+            messages = plan.book.build(plan.decision, racks, now_s=self._clock())
+            times = SendTimes(
+                tick_started_s=plan.tick_started_s,
+                decided_s=plan.decided_s,
+                diffed_s=plan.diffed_s,
+                build_started_s=build_started_s,
+                encoded_s=time.monotonic(),
+                published_s=0.0,
+            )
+            future = self._publish(client, plan.book, "bulk", messages, times)
+            return None if future is None else (future, client, plan.book)
+
+    def _publish(
+        self,
+        client: Client,
+        book: CommandBook,
+        lane: Lane,
+        messages: list[tuple[str, bytes]],
+        times: SendTimes,
+    ) -> asyncio.Future[None] | None:
+        site = self._rt.policy.site
+        try:
+            future = client.publish_batch(
+                ((wire.command_topic(site, rack), payload) for rack, payload in messages), qos=1
+            )
+        except aiomqtt.MqttError as exc:
+            book.invalidate()  # resend everything once the connection is back
+            self._plan = None
+            log.warning("commands not sent; will resend", error=str(exc), lane=lane)
+            return None
+        if self.trace is not None:
+            self.trace.sent(
+                lane,
+                [rack for rack, _ in messages],
+                dataclasses.replace(times, published_s=time.monotonic()),
+            )
+        return future
+
+    async def _confirm(
+        self, client: Client, future: asyncio.Future[None], book: CommandBook
+    ) -> None:
+        """Wait for an urgent send's acknowledgements; a missing one makes every rack due again."""
+        try:
+            async with asyncio.timeout(self._rt.policy.config.mqtt.timeout_s):
+                await future
+        except TimeoutError:
+            client.forget(future)
+            async with self._lock:
+                book.invalidate()
+            log.warning("commands not confirmed; will resend")
