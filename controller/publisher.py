@@ -128,6 +128,12 @@ class CommandPublisher:
         plan = self._plan
         return 0 if plan is None else int(plan.racks.size - plan.sent)
 
+    @property
+    def bulk_busy(self) -> bool:
+        """Bulk commands are waiting to be sent or for the broker's acknowledgement."""
+        window = self._window
+        return self.bulk_pending > 0 or (window is not None and not window.done())
+
     async def send_due(
         self, *, tick_started_s: float | None = None, decided_s: float | None = None
     ) -> tuple[int, int]:
