@@ -15,6 +15,8 @@ The per-rack test is vectorized with `np.maximum.reduceat` over the contiguous r
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -70,10 +72,11 @@ class CommandBook:
         if now_s is not None:
             self.resend_after_s[:] = now_s
 
-    def _per_rack_max(self, per_gpu: NDArray[np.float64]) -> NDArray[np.float64]:
+    def _per_rack(self, reduce: np.ufunc, per_gpu: NDArray[Any]) -> NDArray[np.float64]:
+        """`reduce` (a ufunc: maximum, minimum, fmax) over each rack's rows; 0 for empty racks."""
         out = np.zeros(self.topology.n_racks)
         if per_gpu.size:
-            out[self._nonempty] = np.maximum.reduceat(per_gpu, self._starts[self._nonempty])
+            out[self._nonempty] = reduce.reduceat(per_gpu, self._starts[self._nonempty])
         return out
 
     def urgent(self, decision: Decision, power_w: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -82,8 +85,7 @@ class CommandBook:
         Positive beyond the deadband means the rack's command protects a limit: see `due_lanes`.
         A GPU with no reading (NaN) never makes its rack urgent.
         """
-        over_w = np.nan_to_num(power_w - decision.cap_w, nan=-np.inf)
-        return self._per_rack_max(over_w)
+        return self._per_rack(np.fmax, power_w - decision.cap_w)
 
     def due(
         self,
@@ -120,13 +122,15 @@ class CommandBook:
         (`power_w`, W; None makes no rack urgent), largest cut first. The rest: lowering racks
         first, then raising ones, each by the largest cap move.
         """
-        cap_delta = np.abs(decision.cap_w - self.sent_cap_w)
-        cap_delta = np.where(np.isnan(cap_delta), np.inf, cap_delta)
-        clock_changed = ~(decision.sm_clock_max_mhz == self.sent_clock_mhz)
-        move_w = self._per_rack_max(cap_delta)
-        changed = (move_w > self.deadband_w) | (
-            self._per_rack_max(clock_changed.astype(np.float64)) > 0
-        )
+        # Three passes over the GPUs instead of one per question: max and min of the cap steps
+        # (NaN, never sent, propagates: such a rack moves the most), and the clock test.
+        step_w = decision.cap_w - self.sent_cap_w
+        down_w = self._per_rack(np.minimum, step_w)
+        move_w = np.fmax(self._per_rack(np.maximum, step_w), -down_w)
+        lowering = down_w < 0
+        move_w[np.isnan(move_w)] = np.inf
+        clock_changed = decision.sm_clock_max_mhz != self.sent_clock_mhz
+        changed = (move_w > self.deadband_w) | (self._per_rack(np.maximum, clock_changed) > 0)
         refresh = now_s - self.sent_at_s >= self.ttl_s * self.refresh_frac
         if last_seen_s is not None:
             refresh |= last_seen_s > self.resend_after_s
@@ -138,8 +142,7 @@ class CommandBook:
             urgent = racks[is_urgent][np.argsort(-over_w[is_urgent], kind="stable")]
             racks = racks[~is_urgent]
         if racks.size:
-            lowering = self._per_rack_max(self.sent_cap_w - decision.cap_w)[racks] > 0
-            racks = racks[np.lexsort((-move_w[racks], ~lowering))]
+            racks = racks[np.lexsort((-move_w[racks], ~lowering[racks]))]
         return urgent, racks
 
     def _rows(
