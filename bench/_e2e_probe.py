@@ -8,6 +8,7 @@ back raw, so the runs of several shards (processes) can be pooled before quantil
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -25,12 +26,15 @@ from controller.mqtt_client import Client
 from controller.policy_file import parse_policy
 from controller.publisher import Lane, SendTimes
 from policies.decision import Limits
+from policies.fleet import FleetState
+from policies.pipeline import decide
+from policies.topology import Topology
 
 RACK_GPUS = 32
 #: The fleet's draw per GPU: 45 W or more under its caps at both levels of the swing, so the
 #: swings' commands are not urgent.
 BASE_W = 250.0
-STAGES = ("ingest", "wait", "decide", "diff", "queue", "encode", "publish", "broker")
+STAGES = ("ingest", "wait", "decide", "carry", "diff", "queue", "encode", "publish", "broker")
 #: A sampled rack rests this long before it is used again: the decision holds a GPU's demand
 #: for a few seconds, so a rack used sooner may not move at all. Units: s.
 REST_S = 8.0
@@ -90,6 +94,7 @@ class _Watch:
     index: int
     seq: int = 1  # telemetry sequence
     ingested_s: float = -np.inf
+    ingested_wall_s: float = -np.inf  # the daemon's clock (it stamps ticks with it)
     used_s: float = -np.inf
     sends: dict[int, tuple[Lane, SendTimes, bool]] = field(default_factory=dict)
     arrived: dict[int, float] = field(default_factory=dict)
@@ -114,14 +119,38 @@ class _Trace:
             w.sends[self.seq(w.index)] = (lane, times, lane == "urgent" and self.bulk_busy())
 
 
-def _answer(w: _Watch, sent_s: float) -> Sample | None:
-    """The first arrived command built by a tick whose snapshot held the telemetry."""
+class _TimedDecider:
+    """`policies.pipeline.decide`, remembering when the recent calls started and ended."""
+
+    def __init__(self) -> None:
+        #: (the tick's `now_s`, start, end): the tick's clock is read before its snapshot.
+        self.calls: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=512)
+
+    def __call__(self, topology: Topology, fleet: FleetState, **kwargs: Any) -> Any:
+        start_s = time.monotonic()
+        out = decide(topology, fleet, **kwargs)
+        self.calls.append((float(kwargs["now_s"]), start_s, time.monotonic()))
+        return out
+
+    def first_after(self, wall_s: float) -> tuple[float, float] | None:
+        """(start, end) of the first decision whose snapshot was taken after `wall_s`."""
+        return next((c[1:] for c in list(self.calls) if c[0] >= wall_s), None)
+
+
+def _answer(w: _Watch, sent_s: float, decider: _TimedDecider) -> Sample | None:
+    """The first arrived command built by a tick whose snapshot held the telemetry.
+
+    Stages: the first decision that saw the telemetry; `carry` is the time until the decision
+    the command was built from (0 but for the hop back to the event loop, unless the rack was
+    still unsent when later ticks replanned the bulk lane).
+    """
     for seq, arrived_s in sorted(w.arrived.items()):
         send = w.sends.get(seq)
         if send is None or w.ingested_s < sent_s or send[1].tick_started_s < w.ingested_s:
             continue  # not traced, or decided before the daemon read the telemetry
         lane, t, in_burst = send
-        marks = [sent_s, w.ingested_s, t.tick_started_s, t.decided_s, t.diffed_s]
+        first = decider.first_after(w.ingested_wall_s) or (t.tick_started_s, t.decided_s)
+        marks = [sent_s, w.ingested_s, *first, t.decided_s, t.diffed_s]
         marks += [t.build_started_s, t.encoded_s, t.published_s, arrived_s]
         stages = tuple(1e3 * (b - a) for a, b in itertools.pairwise(marks))
         return Sample(1e3 * (arrived_s - sent_s), lane, in_burst, stages)
@@ -133,6 +162,7 @@ async def _sample(
     site: str,
     rack: str,
     w: _Watch,
+    decider: _TimedDecider,
     *,
     power_w: float | np.ndarray,
     cap_w: np.ndarray,
@@ -144,7 +174,7 @@ async def _sample(
     await probe.publish(wire.telemetry_topic(site, rack), telemetry(rack, w.seq, power_w, cap_w))
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(ANSWER_S):
-            while (got := _answer(w, sent_s)) is None:
+            while (got := _answer(w, sent_s, decider)) is None:
                 w.event.clear()
                 await w.event.wait()
             return got
@@ -171,7 +201,8 @@ async def measure(port: int, site: str, racks: int, args: dict[str, Any]) -> Res
     tick_s = float(args["tick_period"])
     policy = parse_policy(policy_text(port, site, racks, tick_s), source="<e2e>")
     trace = _Trace()
-    controller = Controller(policy, trace=trace)
+    decider = _TimedDecider()
+    controller = Controller(policy, trace=trace, decider=decider)
     rt, publisher = controller.runtime, controller.publisher
     trace.seq = lambda r: int(rt.book.seq[r])
     trace.bulk_busy = lambda: publisher.bulk_busy
@@ -189,7 +220,7 @@ async def measure(port: int, site: str, racks: int, args: dict[str, Any]) -> Res
         ok = handle(topic, payload)
         w = trace.watched.get(wire.rack_from_topic(topic))
         if w is not None:
-            w.ingested_s = time.monotonic()
+            w.ingested_s, w.ingested_wall_s = time.monotonic(), time.time()
         return ok
 
     rt.ingest.handle = stamped  # type: ignore[method-assign]  # the bench's own instrument
@@ -261,7 +292,7 @@ async def measure(port: int, site: str, racks: int, args: dict[str, Any]) -> Res
         async def use(rack: str, power_w: float | np.ndarray, cap_w: np.ndarray) -> Outcome:
             w = trace.watched[rack]
             await asyncio.sleep(max(0.0, w.used_s + REST_S - time.monotonic()))
-            got = await _sample(probe, site, rack, w, power_w=power_w, cap_w=cap_w)
+            got = await _sample(probe, site, rack, w, decider, power_w=power_w, cap_w=cap_w)
             w.seq += 1  # back to the fleet's draw, under its caps
             cap = caps(rack)
             payload = telemetry(rack, w.seq, np.minimum(BASE_W, cap), cap)

@@ -17,9 +17,11 @@ Each sampled rack then reports 250 W again and rests before it is used again. A 
 answer within 5 s is `unchanged` when no tick after its telemetry moved the rack past the
 deadband (the decision did not change; not a latency), `missed` when a command was built but
 never arrived. `stage_ms` breaks samples down with the daemon's send trace
-(`controller.publisher.SendTrace`): ingest (publish → the daemon read it), wait (→ the tick
-that saw it started), decide, diff, queue (behind earlier bulk windows), encode, publish (into
-the client), broker (→ the probe has it). The probe runs in the daemon's process and event loop,
+(`controller.publisher.SendTrace`) and a timed decider: ingest (publish → the daemon read it),
+wait (→ the first decision after that starts), decide (its duration), carry (→ the decision the
+command was built from: about 0, unless the rack was still unsent when later ticks replanned),
+diff, queue (behind earlier bulk windows), encode, publish (into the client), broker (→ the probe
+has it). The probe runs in the daemon's process and event loop,
 so its own receiving is part of the figure.
 `--shards K` splits the fleet into K sites of racks/K, each with its own daemon in its own
 process (one controller per hall), on one shared broker; samples are pooled. Needs `mosquitto`.
