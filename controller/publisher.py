@@ -44,6 +44,10 @@ log = structlog.get_logger("rheostat.controller")
 #: few ms to route.
 BULK_WINDOW = 128
 
+#: Urgent commands handed to the client per slice; between slices other tasks get a turn (a
+#: fleet-wide cut can make every rack urgent), but the bulk lane does not.
+URGENT_SLICE = 256
+
 Lane = Literal["urgent", "bulk"]
 
 
@@ -191,9 +195,17 @@ class CommandPublisher:
                     encoded_s=encoded_s,
                     published_s=0.0,
                 )
-                future = self._publish(client, book, "urgent", messages, times)
-                if future is not None:
-                    task = asyncio.create_task(self._confirm(client, future, book))
+                futures: list[asyncio.Future[None]] = []
+                for first in range(0, len(messages), URGENT_SLICE):
+                    if first:
+                        await asyncio.sleep(0)  # ingest gets a turn; the bulk lane waits
+                    part = messages[first : first + URGENT_SLICE]
+                    future = self._publish(client, book, "urgent", part, times)
+                    if future is None:
+                        break
+                    futures.append(future)
+                if futures:
+                    task = asyncio.create_task(self._confirm(client, futures, book))
                     self.confirming.add(task)
                     task.add_done_callback(self.confirming.discard)
         return len(messages), int(rest.size)
@@ -270,14 +282,15 @@ class CommandPublisher:
         return future
 
     async def _confirm(
-        self, client: Client, future: asyncio.Future[None], book: CommandBook
+        self, client: Client, futures: list[asyncio.Future[None]], book: CommandBook
     ) -> None:
         """Wait for an urgent send's acknowledgements; a missing one makes every rack due again."""
         try:
             async with asyncio.timeout(self._rt.policy.config.mqtt.timeout_s):
-                await future
+                await asyncio.gather(*futures)
         except TimeoutError:
-            client.forget(future)
+            for future in futures:
+                client.forget(future)
             async with self._lock:
                 book.invalidate()
             log.warning("commands not confirmed; will resend")

@@ -11,7 +11,7 @@ from controller import wire
 from controller.daemon import build_runtime
 from controller.mqtt_client import Client
 from controller.policy_file import parse_policy
-from controller.publisher import BULK_WINDOW, CommandPublisher, Lane, SendTimes
+from controller.publisher import BULK_WINDOW, URGENT_SLICE, CommandPublisher, Lane, SendTimes
 from controller.runtime import Runtime
 from policies.decision import Decision
 from tests.services import Mosquitto
@@ -107,3 +107,47 @@ async def test_an_urgent_command_is_not_queued_behind_a_fleet_wide_burst(
     assert all(len(racks) <= BULK_WINDOW for lane, racks in trace.sends if lane == "bulk")
     np.testing.assert_array_equal(hot_cap_w, 300.0)
     assert publisher.bulk_pending == 0
+
+
+async def test_a_fleet_wide_cut_goes_out_urgent_in_slices_ahead_of_the_bulk_lane(
+    mosquitto: Mosquitto,
+) -> None:
+    """A cut below every rack's draw (say a demand-response limit) makes every command urgent:
+    all leave from the tick, in slices, and no bulk window slips in between them."""
+    rt = _runtime(mosquitto.port)
+    topo = rt.policy.topology
+    trace = _Lanes()
+    publisher = CommandPublisher(rt, asyncio.Lock(), clock=time.time, trace=trace)
+    async with (
+        Client("127.0.0.1", mosquitto.port, identifier="ctl") as client,
+        Client("127.0.0.1", mosquitto.port, identifier="agents") as agents,
+    ):
+        await agents.subscribe(wire.command_filter(SITE), qos=1)
+        publisher.connected(client)
+        bulk = asyncio.create_task(publisher.run())
+        rt.fleet.power_w[:] = 200.0
+        rt.decision = _decision(np.full(topo.n_gpus, 500.0))
+        assert await publisher.send_due() == (0, RACKS)  # a burst on the bulk lane
+        await asyncio.sleep(0)
+        rt.fleet.power_w[:] = 450.0
+        rt.decision = _decision(np.full(topo.n_gpus, 400.0))
+        urgent, due = await publisher.send_due()
+        assert (urgent, due) == (RACKS, 0)
+        bulk_sent = sum(len(racks) for lane, racks in trace.sends if lane == "bulk")
+        got: list[tuple[str, float]] = []
+        async with asyncio.timeout(30):
+            while len(got) < RACKS + bulk_sent:
+                message = await agents.receive()
+                cmd = wire.decode_command(message.payload)
+                got.append((cmd.rack, float(cmd.cap_w[0])))
+        assert publisher.bulk_pending == 0
+        bulk.cancel()
+    lanes = [lane for lane, _ in trace.sends]
+    first_urgent = lanes.index("urgent")
+    assert lanes[first_urgent:] == ["urgent"] * (RACKS // URGENT_SLICE + 1)
+    assert max(len(racks) for _, racks in trace.sends) <= max(BULK_WINDOW, URGENT_SLICE)
+    cut = [rack for rack, cap_w in got if cap_w == 400.0]
+    assert sorted(cut) == sorted(topo.racks.ids)  # every rack got its cut, once
+    # the bulk windows handed over before the cut arrive first; nothing of the burst after it
+    assert 0 < bulk_sent <= BULK_WINDOW
+    assert all(cap_w == 400.0 for _, cap_w in got[bulk_sent:])
