@@ -76,12 +76,14 @@ def telemetry(rack: str, seq: int, power_w: float | np.ndarray, cap_w: np.ndarra
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One answered telemetry message: total and per-stage latency (ms), lane, burst."""
+    """One answered telemetry message: total and per-stage latency (ms), lane, burst, and when
+    its telemetry was sent (`time.monotonic()`, s)."""
 
     latency_ms: float
     lane: Lane
     in_burst: bool
     stages_ms: tuple[float, ...]
+    sent_s: float
 
 
 Outcome = Sample | Literal["unchanged", "missed"]
@@ -153,7 +155,7 @@ def _answer(w: _Watch, sent_s: float, decider: _TimedDecider) -> Sample | None:
         marks = [sent_s, w.ingested_s, *first, t.decided_s, t.diffed_s]
         marks += [t.build_started_s, t.encoded_s, t.published_s, arrived_s]
         stages = tuple(1e3 * (b - a) for a, b in itertools.pairwise(marks))
-        return Sample(1e3 * (arrived_s - sent_s), lane, in_burst, stages)
+        return Sample(1e3 * (arrived_s - sent_s), lane, in_burst, stages, sent_s)
     return None
 
 
@@ -191,7 +193,8 @@ class Result:
     urgent: list[Sample] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)
-    swings: list[tuple[float, int]] = field(default_factory=list)
+    #: (start, end, commands) of each swing's burst: `time.monotonic()` s; end inf while on.
+    swings: list[tuple[float, float, int]] = field(default_factory=list)
 
 
 async def measure(port: int, site: str, racks: int, args: dict[str, Any]) -> Result:
@@ -282,12 +285,15 @@ async def measure(port: int, site: str, racks: int, args: dict[str, Any]) -> Res
             while swing_every > 0:
                 await asyncio.sleep(swing_every)
                 before, start_s = rt.book.sent_total, time.monotonic()
+                ticks = rt.ticks.ticks
                 rt.limits = low if rt.limits is contract else contract
+                result.swings.append((start_s, np.inf, 0))
                 swung.set()
-                await asyncio.sleep(2 * tick_s)
-                while publisher.bulk_busy:
+                # the burst: from the first tick that saw the new limit until the bulk lane is idle
+                while rt.ticks.ticks < ticks + 2 or publisher.bulk_busy:
                     await asyncio.sleep(0.01)
-                result.swings.append((time.monotonic() - start_s, rt.book.sent_total - before))
+                sent = rt.book.sent_total - before
+                result.swings[-1] = (start_s, time.monotonic(), sent)
 
         async def use(rack: str, power_w: float | np.ndarray, cap_w: np.ndarray) -> Outcome:
             w = trace.watched[rack]
@@ -327,7 +333,8 @@ async def measure(port: int, site: str, racks: int, args: dict[str, Any]) -> Res
                     await swung.wait()
                     swung.clear()
                 # spread over the time the last swing's burst took to go out
-                spread_s = max(tick_s, result.swings[-1][0] if result.swings else 0.1)
+                last = result.swings[-2:-1] if result.swings else []  # the last finished
+                spread_s = max(tick_s, last[0][1] - last[0][0] if last else 0.1)
                 batch = [urgent_pool[(k + j) % len(urgent_pool)] for j in range(per_swing)]
                 k += per_swing
                 async with asyncio.TaskGroup() as group:

@@ -9,6 +9,8 @@ draws below its new caps). Two kinds of samples, each timed from the telemetry p
 arrival of the first command built by a tick whose snapshot held that telemetry:
 - regular (`--samples`): a rack of the first pool goes busy at its caps, which raises them;
   these commands take the bulk lane, behind any lowering of a swing in progress.
+  `quiet_p99_ms` is their p99 over the samples that no swing's burst overlapped (bursts of
+  the decision's own, when enough racks' caps drift past the deadband at once, still count).
 - urgent (`--urgent-samples`): after each swing, spread over the time its burst took to go out,
   `--urgent-per-swing` racks of the second pool report every GPU drawing 700 W (their caps were
   lost, say by an agent restart), so their new caps cut them. `urgent_in_burst` counts those
@@ -81,10 +83,17 @@ def _stages(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
     }
 
 
+def _overlaps(sample: Sample, swings: Sequence[tuple[float, float, int]]) -> bool:
+    """The sample was outstanding while a swing's burst was going out."""
+    end_s = sample.sent_s + sample.latency_ms / 1e3
+    return any(start < end_s and sample.sent_s < end for start, end, _ in swings)
+
+
 def _row(racks: int, args: argparse.Namespace, results: Sequence[Result]) -> dict[str, Any]:
     regular = [s for r in results for s in r.regular]
     urgent = [s for r in results for s in r.urgent]
-    swings = [s for r in results for s in r.swings]
+    swings = [(end - start, n) for r in results for start, end, n in r.swings if end < np.inf]
+    quiet = [s for r in results for s in r.regular if not _overlaps(s, r.swings)]
     total = {k: sum(r.outcomes[k] for r in results) for k in results[0].outcomes}
     count = {k: sum(r.counters[k] for r in results) for k in ("urgent_commands", "bulk_commands")}
     ticks = sum(r.counters["ticks"] for r in results)
@@ -99,6 +108,8 @@ def _row(racks: int, args: argparse.Namespace, results: Sequence[Result]) -> dic
         "p50_ms": p50,
         "p99_ms": p99,
         "p99_9_ms": p999,
+        "quiet_samples": len(quiet),
+        "quiet_p99_ms": _quantiles([s.latency_ms for s in quiet])[1],
         "unchanged": total["unchanged"],
         "missed": total["missed"],
         "urgent_samples": len(urgent),
