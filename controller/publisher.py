@@ -236,7 +236,9 @@ class CommandPublisher:
         """Build and hand over the plan's next window; None when there is nothing to send."""
         async with self._lock:
             plan, client = self._plan, self._client
-            if plan is None or client is None or plan.book is not self._rt.book:
+            if plan is not None and plan.book is not self._rt.book:
+                plan = self._plan = None  # a reload brought another fleet: its book starts over
+            if plan is None or client is None:
                 return None
             racks = plan.racks[plan.sent : plan.sent + BULK_WINDOW]
             plan.sent += racks.size
