@@ -151,3 +151,39 @@ async def test_a_fleet_wide_cut_goes_out_urgent_in_slices_ahead_of_the_bulk_lane
     # the bulk windows handed over before the cut arrive first; nothing of the burst after it
     assert 0 < bulk_sent <= BULK_WINDOW
     assert all(cap_w == 400.0 for _, cap_w in got[bulk_sent:])
+
+
+async def test_a_lost_connection_mid_burst_stops_the_bulk_lane_and_the_next_one_resends(
+    mosquitto: Mosquitto,
+) -> None:
+    """The connection goes mid-burst: the bulk lane drops what it was waiting for, and on the
+    next connection every rack is sent its command again (the book made every rack due)."""
+    rt = _runtime(mosquitto.port)
+    topo = rt.policy.topology
+    publisher = CommandPublisher(rt, asyncio.Lock(), clock=time.time)
+    rt.fleet.power_w[:] = 200.0
+    rt.decision = _decision(np.full(topo.n_gpus, 500.0))
+    async with Client("127.0.0.1", mosquitto.port, identifier="agents") as agents:
+        await agents.subscribe(wire.command_filter(SITE), qos=1)
+        bulk = asyncio.create_task(publisher.run())
+        async with Client("127.0.0.1", mosquitto.port, identifier="ctl") as client:
+            publisher.connected(client)
+            await publisher.send_due()
+            await asyncio.sleep(0)
+            assert publisher.bulk_busy
+            publisher.disconnected()
+            rt.book.invalidate()
+            await asyncio.sleep(0.05)
+            assert not publisher.bulk_busy
+            assert not bulk.done()  # the lane survives a lost connection
+        async with Client("127.0.0.1", mosquitto.port, identifier="ctl") as client:
+            publisher.connected(client)
+            assert await publisher.send_due() == (0, RACKS)
+            seen: set[str] = set()
+            async with asyncio.timeout(30):
+                while len(seen) < RACKS:
+                    seen.add(wire.rack_from_topic((await agents.receive()).topic))
+            while publisher.bulk_busy:
+                await asyncio.sleep(0.01)
+        bulk.cancel()
+    assert seen == set(topo.racks.ids)
