@@ -1,6 +1,6 @@
 """The controller daemon: MQTT ingest, the control tick, expiring commands, reloads, shutdown.
 
-Two loops run as named tasks in one `asyncio.TaskGroup`:
+Three loops run as named tasks in one `asyncio.TaskGroup`:
 - `mqtt`: connects (jittered backoff on failure, at most `wire.RECONNECT_MAX_S`, well inside any
   command TTL), subscribes, publishes the retained `online` status, republishes current commands
   after a reconnect, and feeds telemetry to `Ingest` through a conflating queue, draining it in
@@ -9,6 +9,8 @@ Two loops run as named tasks in one `asyncio.TaskGroup`:
 - `tick`: every period, snapshot → `policies.pipeline.decide` (in a worker thread, so a slow
   decision never blocks ingest) → commands for the racks that are due. Ticks never overlap; a
   late one is counted and logged. The loop keeps deciding during a broker outage.
+- `commands`: the bulk lane of `controller.publisher`, sending each tick's non-urgent commands
+  in acknowledged windows; urgent ones (a limit exceeded until they land) leave from the tick.
 On stop (SIGTERM) the daemon publishes the retained `offline` status itself (a clean disconnect
 does not fire the last will) and leaves: racks keep their caps until the TTL runs out, then apply
 their safe caps. A fault that ends the loops does the same on its way out, and the process exits
@@ -50,6 +52,7 @@ from controller.messages import MessageRejections
 from controller.mqtt_client import Client, topic_payload
 from controller.nodes import NodeAssembler
 from controller.policy_file import Policy, check_reload, load_policy
+from controller.publisher import CommandPublisher, SendTrace
 from controller.runtime import DemandResponseStatus, Runtime
 from controller.settings import mqtt_password
 from controller.shard.pool import IngestPool
@@ -64,12 +67,6 @@ log = structlog.get_logger("rheostat.controller")
 
 #: Messages handled per batch before yielding to the loop, so ticks and scrapes stay on time.
 DRAIN_BATCH = 2048
-#: Commands handed to the MQTT client per slice before other tasks get a turn.
-PUBLISH_SLICE = 250
-#: Commands in one batch, the most ever awaiting the broker's acknowledgement. A fleet-wide
-#: change goes out over a few ticks (lowering racks first), and a rack whose caps just moved
-#: waits behind at most one batch, not behind a queue of every rack.
-COMMANDS_IN_FLIGHT = 1000
 
 
 def instance_id() -> str:
@@ -193,6 +190,7 @@ class Controller:
         notifier: Notifier | None = None,
         version: str = "0+unknown",
         decider: Decider = decide,
+        trace: SendTrace | None = None,
     ) -> None:
         self.policy_path = policy_path
         self.decider = decider
@@ -206,10 +204,15 @@ class Controller:
         self.runtime = build_runtime(policy, clock=clock, version=version, monotonic=monotonic)
         self.runtime.reloads.last_success_s = clock()
         self._client: Client | None = None
-        self._confirming: set[asyncio.Task[None]] = set()
-        #: Acknowledgements of the last batch of commands, while any is outstanding.
-        self._unconfirmed: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
+        self.publisher = CommandPublisher(
+            self.runtime,
+            self._send_lock,
+            clock=monotonic,
+            wall_clock=clock,
+            may_send=lambda: self.ha.is_leader(),  # noqa: PLW0108 - self.ha is built below
+            trace=trace,
+        )
         self._state_lock = asyncio.Lock()
         self._metrics_serving = False
         self._ready_sent = False
@@ -309,6 +312,7 @@ class Controller:
                 group.create_task(self._mqtt_loop(), name="mqtt"),
                 group.create_task(self._tick_loop(), name="tick"),
                 group.create_task(self.ha.serve(), name="ha"),
+                group.create_task(self.publisher.run(), name="commands"),
             ]
             if self.grid is not None:
                 tasks.append(group.create_task(self.grid.serve(), name="grid"))
@@ -324,7 +328,7 @@ class Controller:
             await stop.wait()
             self._stopping = True
             self.notifier.notify("STOPPING=1")
-            for task in (*tasks, *self._confirming):
+            for task in (*tasks, *self.publisher.confirming):
                 task.cancel()
         log.info("stopped", ticks=self.runtime.ticks.ticks)
 
@@ -461,7 +465,7 @@ class Controller:
             keepalive=mq.keepalive_s,
             timeout=mq.timeout_s,
             queue_type=ConflatingQueue,
-            # The daemon bounds what is in flight itself (COMMANDS_IN_FLIGHT); paho's own bound
+            # The daemon bounds what is in flight itself (controller.publisher); paho's own bound
             # scans every unacknowledged message on each acknowledgement.
             max_inflight_messages=0,
             tls_params=tls,
@@ -519,9 +523,7 @@ class Controller:
                 self._client = None
                 rt.mqtt_connected = rt.subscribed = False
                 # The broker may have lost those commands: the reconnect resends every rack's.
-                for task in self._confirming:
-                    task.cancel()
-                self._unconfirmed = None
+                self.publisher.disconnected()
             attempt += 1
             await asyncio.sleep(wire.reconnect_delay_s(attempt))
 
@@ -546,6 +548,7 @@ class Controller:
         queue = client.inbox
         rt.queue = queue if isinstance(queue, ConflatingQueue) else None
         self._client = client
+        self.publisher.connected(client)
         rt.mqtt_connected = rt.subscribed = True
         if not first:
             rt.mqtt_reconnects += 1
@@ -600,13 +603,12 @@ class Controller:
         rather than at the next tick shortens the failover by up to a tick.
         """
         self.runtime.book.adopt(self.runtime.fleet.cap_w)
-        self._unconfirmed = None
         client = self._client
         if client is None or self._stopping:
             return
         task = asyncio.create_task(self._announce(client), name="took-lead")
-        self._confirming.add(task)
-        task.add_done_callback(self._confirming.discard)
+        self.publisher.confirming.add(task)
+        task.add_done_callback(self.publisher.confirming.discard)
 
     async def _announce(self, client: Client) -> None:
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -640,6 +642,7 @@ class Controller:
         policy = rt.policy
         topo = policy.topology
         now_s = self.clock()
+        started_s = time.monotonic()
         if self.nodes is not None and (reported := self.nodes.reported_topology()) is not None:
             self._swap_policy(dataclasses.replace(policy, topology=reported))  # agents' ranges
             policy, topo = rt.policy, rt.policy.topology
@@ -711,7 +714,7 @@ class Controller:
                 tier=tier,
             )
         rt.decision, rt.decision_state, rt.stale_rack = decision, state, stale
-        sent = await self._send_due()
+        urgent, due = await self._send_due(tick_started_s=started_s, decided_s=time.monotonic())
         rt.ticks.last_tick_s = now_s
         rt.ticks.last_tick_monotonic_s = mono_s
         self.notifier.notify("WATCHDOG=1")
@@ -720,7 +723,8 @@ class Controller:
             site_power_w=round(site_power_w, 1),
             site_allowed_w=round(decision.site_allowed_w, 1),
             stale_racks=int(stale.sum()),
-            commands=sent,
+            commands_urgent=urgent,
+            commands_due=due,
             connected=rt.mqtt_connected,
             backlog=rt.backlog,
         )
@@ -735,75 +739,14 @@ class Controller:
         if summary is not None:
             log.info("ticks", **summary, connected=rt.mqtt_connected, backlog=rt.backlog)
 
-    async def _send_due(self) -> int:
-        """Publish the commands due under the current decision; skipped while disconnected.
+    async def _send_due(
+        self, *, tick_started_s: float | None = None, decided_s: float | None = None
+    ) -> tuple[int, int]:
+        """Send the urgent commands now and plan the rest; see `controller.publisher`.
 
-        Choosing and encoding run in a worker thread (a burst to 10k racks takes tens of ms);
-        publishing does not wait for the broker's acknowledgements, which a separate task
-        collects, so neither the tick nor ingest stalls on a round trip. A batch holds at most
-        `COMMANDS_IN_FLIGHT` commands and while it is unacknowledged no new one is built: the
-        racks left out stay due and go out with the then-current caps once the broker has caught
-        up, so a burst is conflated, never queued behind itself.
-        Commands not acknowledged within the MQTT timeout make every rack due again.
+        Returns (urgent commands sent, other racks due). Skipped while disconnected.
         """
-        rt = self.runtime
-        client, decision, stale = self._client, rt.decision, rt.stale_rack
-        if client is None or decision is None or stale is None or not self.ha.is_leader():
-            return 0
-        if self._unconfirmed is not None and not self._unconfirmed.done():
-            return 0
-        async with self._send_lock:
-            book, site = rt.book, rt.policy.site
-            book.epoch, book.ctl = self.ha.epoch(), self.ha.instance  # fencing
-            last_seen_s = rt.fleet.rack_last_seen_s
-
-            def choose() -> list[tuple[str, bytes]]:
-                now_s = self.monotonic()
-                racks = book.due(decision, now_s=now_s, stale_rack=stale, last_seen_s=last_seen_s)
-                racks = racks[:COMMANDS_IN_FLIGHT]  # the rest stay due for the next batch
-                if not racks.size:
-                    return []
-                return book.build(decision, racks, now_s=now_s, issued_at_s=self.clock())
-
-            messages = await asyncio.to_thread(choose)
-            if not messages:
-                return 0
-            futures: list[asyncio.Future[None]] = []
-            try:
-                for first in range(0, len(messages), PUBLISH_SLICE):
-                    if first:
-                        await asyncio.sleep(0)
-                    futures.append(
-                        client.publish_batch(
-                            (
-                                (wire.command_topic(site, rack), payload)
-                                for rack, payload in messages[first : first + PUBLISH_SLICE]
-                            ),
-                            qos=1,
-                        )
-                    )
-            except aiomqtt.MqttError as exc:
-                for future in futures:
-                    client.forget(future)
-                book.invalidate()  # resend everything once the connection is back
-                log.warning("commands not sent; will resend", error=str(exc))
-                return len(messages)
-            task = asyncio.create_task(self._confirm(client, futures, book))
-            self._unconfirmed = task
-            self._confirming.add(task)
-            task.add_done_callback(self._confirming.discard)
-        return len(messages)
-
-    async def _confirm(
-        self, client: Client, futures: list[asyncio.Future[None]], book: CommandBook
-    ) -> None:
-        """Wait for a tick's acknowledgements; a missing one makes every rack due again."""
-        try:
-            async with asyncio.timeout(self.runtime.policy.config.mqtt.timeout_s):
-                await asyncio.gather(*futures)
-        except TimeoutError:
-            for future in futures:
-                client.forget(future)
-            async with self._send_lock:
-                book.invalidate()  # resend everything once the connection is back
-            log.warning("commands not confirmed; will resend")
+        if not self.ha.is_leader():
+            return 0, 0
+        self._label_book()  # fencing: the term's epoch on every command
+        return await self.publisher.send_due(tick_started_s=tick_started_s, decided_s=decided_s)
