@@ -9,7 +9,7 @@ import numpy as np
 
 from controller import wire
 from controller.daemon import build_runtime
-from controller.mqtt_client import Client
+from controller.mqtt_client import Client, topic_payload
 from controller.policy_file import parse_policy
 from controller.publisher import BULK_WINDOW, URGENT_SLICE, CommandPublisher, Lane, SendTimes
 from controller.runtime import Runtime
@@ -43,6 +43,7 @@ def _runtime(port: int) -> Runtime:
     )
     rt = build_runtime(policy, clock=time.time, version="t")
     rt.stale_rack = np.zeros(policy.topology.n_racks, np.bool_)
+    rt.fleet.rack_last_seen_s[:] = time.monotonic()  # every rack has reported (none never heard)
     return rt
 
 
@@ -67,7 +68,7 @@ async def test_an_urgent_command_is_not_queued_behind_a_fleet_wide_burst(
     rt = _runtime(mosquitto.port)
     topo = rt.policy.topology
     trace = _Lanes()
-    publisher = CommandPublisher(rt, asyncio.Lock(), clock=time.time, trace=trace)
+    publisher = CommandPublisher(rt, asyncio.Lock(), clock=time.monotonic, trace=trace)
     hot = RACKS - 1  # the bulk lane sends it last of all
     hot_rows = topo.rack_slice(hot)
     async with (
@@ -94,10 +95,10 @@ async def test_an_urgent_command_is_not_queued_behind_a_fleet_wide_burst(
         hot_cap_w = np.empty(0)
         async with asyncio.timeout(30):
             while len(got) < RACKS:
-                message = await agents.receive()
-                got.append(wire.rack_from_topic(message.topic))
+                topic, payload = topic_payload(await agents.receive())
+                got.append(wire.rack_from_topic(topic))
                 if got[-1] == topo.racks.ids[hot]:
-                    hot_cap_w = wire.decode_command(message.payload, rack=got[-1]).cap_w
+                    hot_cap_w = wire.decode_command(payload, rack=got[-1]).cap_w
         bulk.cancel()
     hot_id = topo.racks.ids[hot]
     assert sorted(got) == sorted(topo.racks.ids)  # each rack once: the hot one only urgently
@@ -117,7 +118,7 @@ async def test_a_fleet_wide_cut_goes_out_urgent_in_slices_ahead_of_the_bulk_lane
     rt = _runtime(mosquitto.port)
     topo = rt.policy.topology
     trace = _Lanes()
-    publisher = CommandPublisher(rt, asyncio.Lock(), clock=time.time, trace=trace)
+    publisher = CommandPublisher(rt, asyncio.Lock(), clock=time.monotonic, trace=trace)
     async with (
         Client("127.0.0.1", mosquitto.port, identifier="ctl") as client,
         Client("127.0.0.1", mosquitto.port, identifier="agents") as agents,
@@ -137,8 +138,8 @@ async def test_a_fleet_wide_cut_goes_out_urgent_in_slices_ahead_of_the_bulk_lane
         got: list[tuple[str, float]] = []
         async with asyncio.timeout(30):
             while len(got) < RACKS + bulk_sent:
-                message = await agents.receive()
-                cmd = wire.decode_command(message.payload)
+                _, payload = topic_payload(await agents.receive())
+                cmd = wire.decode_command(payload)
                 got.append((cmd.rack, float(cmd.cap_w[0])))
         assert publisher.bulk_pending == 0
         bulk.cancel()
@@ -160,7 +161,7 @@ async def test_a_lost_connection_mid_burst_stops_the_bulk_lane_and_the_next_one_
     next connection every rack is sent its command again (the book made every rack due)."""
     rt = _runtime(mosquitto.port)
     topo = rt.policy.topology
-    publisher = CommandPublisher(rt, asyncio.Lock(), clock=time.time)
+    publisher = CommandPublisher(rt, asyncio.Lock(), clock=time.monotonic)
     rt.fleet.power_w[:] = 200.0
     rt.decision = _decision(np.full(topo.n_gpus, 500.0))
     async with Client("127.0.0.1", mosquitto.port, identifier="agents") as agents:
@@ -182,7 +183,7 @@ async def test_a_lost_connection_mid_burst_stops_the_bulk_lane_and_the_next_one_
             seen: set[str] = set()
             async with asyncio.timeout(30):
                 while len(seen) < RACKS:
-                    seen.add(wire.rack_from_topic((await agents.receive()).topic))
+                    seen.add(wire.rack_from_topic(topic_payload(await agents.receive())[0]))
             while publisher.bulk_busy:
                 await asyncio.sleep(0.01)
         bulk.cancel()
