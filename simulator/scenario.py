@@ -168,6 +168,12 @@ class InferenceSpec(_Job):
         None, gt=0, le=1, description="decode's uncapped draw, fraction of TDP; none = default"
     )
 
+    @model_validator(mode="after")
+    def _trace_file_needs_trace(self) -> InferenceSpec:
+        if self.trace_file is not None and self.source != "trace":
+            raise ValueError("trace_file needs source: trace")
+        return self
+
 
 Workload = Annotated[TrainingSpec | InferenceSpec, Field(discriminator="kind")]
 

@@ -55,8 +55,10 @@ def test_budget_step_is_met_within_seconds_and_uncontrolled_is_not() -> None:
     retained = summary["throughput_retained"]
     assert retained["tier0"] >= 0.99
     assert retained["tier3"] < retained["tier0"]
+    # Uncontrolled, the fleet stays over the new limit most of the 120 s after the step (its
+    # draw dips under it in communication phases, when servers' non-GPU power falls too).
     free = summarize(run(scenario, controller="none"), reference)
-    assert free["seconds_over_limit"]["site"] >= 100.0
+    assert free["seconds_over_limit"]["site"] >= 60.0
 
 
 def test_oversubscribed_racks_trip_without_control_but_not_with_it() -> None:
