@@ -14,9 +14,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from policies.errors import ConfigError, ConfigErrors
-from policies.gpu_models import MODEL_CODE
 from simulator.carbon import CarbonPolicySpec
 from simulator.facility import FacilitySpec
+from simulator.servers import SERVER_TYPES
 from simulator.workloads import TrainingProfileName
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -46,8 +46,8 @@ class TopologySpec(_Model):
     rack_derating: float = Field(0.8, gt=0, le=1, description="usable fraction of a breaker")
     gpu_model: str | None = Field(
         None,
-        description="GPU model of every server (policies.gpu_models names: H100-SXM5, A100-SXM4, "
-        "H200-SXM, B200, GB200); none = H100/A100 mixed by a100_share",
+        description="GPU model of every server (simulator.servers.SERVER_TYPES: H100-SXM5, "
+        "A100-SXM4, H200-SXM, B200, GB200); none = H100/A100 mixed by a100_share",
     )
     rack_models: tuple[str, ...] = Field(
         (), description="GPU model per rack in topology order, repeated when shorter"
@@ -87,8 +87,9 @@ class TopologySpec(_Model):
 
 
 def _known_model(name: str | None) -> None:
-    if name is not None and name not in MODEL_CODE:
-        raise ValueError(f"unknown GPU model {name!r} (known: {', '.join(MODEL_CODE)})")
+    """A model the simulator can build servers of (`simulator.servers.SERVER_TYPES`)."""
+    if name is not None and name not in SERVER_TYPES:
+        raise ValueError(f"unknown GPU model {name!r} (known: {', '.join(SERVER_TYPES)})")
 
 
 class PhysicsSpec(_Model):
