@@ -116,16 +116,17 @@ H200_SXM = GpuModel(
     name="H200-SXM",
     min_cap_w=200.0,
     max_cap_w=700.0,
-    idle_w=80.0,  # estimate, as the H100 SXM
-    min_sm_clock_mhz=345.0,  # estimate
+    idle_w=79.0,  # measured: 79.2 W at 345 MHz through NVML (bench/device_check.sh on an H200)
+    min_sm_clock_mhz=345.0,  # measured: NVML's supported clocks, 345-1980 MHz in 15 MHz steps
     max_sm_clock_mhz=1980.0,
     sm_clock_step_mhz=15.0,
-    memory_clock_mhz=3201.0,
+    memory_clock_mhz=3201.0,  # measured: NVML's highest supported memory clock
     slowdown_temp_c=89.0,  # estimate, as the H100 SXM
     shutdown_temp_c=92.0,  # estimate
     nvml_names=("NVIDIA H200",),
     source="NVIDIA H200 Tensor Core GPU datasheet (SXM: up to 700 W); DGX H100/H200 user guide "
-    "(Redfish power limits 200-700 W)",
+    "(Redfish power limits 200-700 W); limits 200-700 W, default 700 W, clocks and idle power "
+    "read through NVML on an H200 (driver 580.159.04)",
 )
 
 H200_NVL = GpuModel(

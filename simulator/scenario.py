@@ -16,6 +16,7 @@ from ruamel.yaml.error import YAMLError
 from policies.errors import ConfigError, ConfigErrors
 from simulator.carbon import CarbonPolicySpec
 from simulator.facility import FacilitySpec
+from simulator.servers import SERVER_TYPES
 from simulator.workloads import TrainingProfileName
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -43,12 +44,52 @@ class TopologySpec(_Model):
         1.125, gt=0, description="rack breaker rating as a fraction of the rack's full-power draw"
     )
     rack_derating: float = Field(0.8, gt=0, le=1, description="usable fraction of a breaker")
+    gpu_model: str | None = Field(
+        None,
+        description="GPU model of every server (simulator.servers.SERVER_TYPES: H100-SXM5, "
+        "A100-SXM4, H200-SXM, B200, GB200); none = H100/A100 mixed by a100_share",
+    )
+    rack_models: tuple[str, ...] = Field(
+        (), description="GPU model per rack in topology order, repeated when shorter"
+    )
+    rack_ratings_kw: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (),
+        description="rack breaker ratings in topology order, repeated when shorter (replaces "
+        "rack_rating_frac). Units: kW",
+    )
+    row_limit_frac: float | None = Field(
+        None, gt=0, description="row limit as a fraction of the row's full-power draw"
+    )
+    row_limits_kw: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (), description="row limits in topology order, repeated when shorter. Units: kW"
+    )
+    non_gpu_idle_frac: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="servers' non-GPU power with idle GPUs as a fraction of its peak; none = "
+        "each server type's (simulator.servers); 1 = fixed at the peak",
+    )
 
     @model_validator(mode="after")
     def _whole_servers(self) -> TopologySpec:
         if self.gpus % self.gpus_per_server:
             raise ValueError("gpus must be a multiple of gpus_per_server")
+        if self.row_limit_frac is not None and self.row_limits_kw:
+            raise ValueError("give at most one of row_limit_frac and row_limits_kw")
+        for name in (self.gpu_model, *self.rack_models):
+            _known_model(name)
         return self
+
+    @property
+    def n_racks(self) -> int:
+        return -(-self.gpus // (self.gpus_per_server * self.servers_per_rack))
+
+
+def _known_model(name: str | None) -> None:
+    """A model the simulator can build servers of (`simulator.servers.SERVER_TYPES`)."""
+    if name is not None and name not in SERVER_TYPES:
+        raise ValueError(f"unknown GPU model {name!r} (known: {', '.join(SERVER_TYPES)})")
 
 
 class PhysicsSpec(_Model):
@@ -69,6 +110,14 @@ class _Job(_Model):
     tier: int = Field(1, ge=0, le=3, description="Flex tier: 0 never slowed first, 3 most flexible")
     start_s: float = Field(0.0, ge=0)
     end_s: float | None = Field(None, gt=0, description="departure time; none = runs to the end")
+    gpu_model: str | None = Field(
+        None, description="GPU model of the job's servers (whole servers); none = the topology's"
+    )
+
+    @model_validator(mode="after")
+    def _model_known(self) -> _Job:
+        _known_model(self.gpu_model)
+        return self
 
 
 class TrainingSpec(_Job):
@@ -106,12 +155,25 @@ class InferenceSpec(_Job):
     bursts_per_hour: float = Field(2.0, ge=0)
     burst_factor: float = Field(1.6, ge=1)
     trace_time_scale: float = Field(1.0, gt=0, description="trace source: >1 stretches it")
+    trace_file: str | None = Field(
+        None,
+        min_length=1,
+        description="trace source: a CSV in the Azure LLM inference format (TIMESTAMP, "
+        "ContextTokens, GeneratedTokens), relative to the scenario file; none = the shipped "
+        "conversation trace",
+    )
     prefill_draw_frac: float | None = Field(
         None, gt=0, le=1, description="prefill's uncapped draw, fraction of TDP; none = default"
     )
     decode_draw_frac: float | None = Field(
         None, gt=0, le=1, description="decode's uncapped draw, fraction of TDP; none = default"
     )
+
+    @model_validator(mode="after")
+    def _trace_file_needs_trace(self) -> InferenceSpec:
+        if self.trace_file is not None and self.source != "trace":
+            raise ValueError("trace_file needs source: trace")
+        return self
 
 
 Workload = Annotated[TrainingSpec | InferenceSpec, Field(discriminator="kind")]
@@ -307,9 +369,13 @@ class Scenario(_Model):
             raise ValueError("carbon_policy needs a carbon signal (grid.carbon)")
         if sum(w.gpus for w in self.workloads) > self.topology.gpus:
             raise ValueError("workloads need more GPUs than the topology has")
-        n_racks = -(
-            -self.topology.gpus // (self.topology.gpus_per_server * self.topology.servers_per_rack)
-        )
+        first = 0
+        per_server = self.topology.gpus_per_server
+        for w in self.workloads:
+            if w.gpu_model is not None and (first % per_server or w.gpus % per_server):
+                raise ValueError(f"workload {w.name!r} sets gpu_model but not on whole servers")
+            first += w.gpus
+        n_racks = self.topology.n_racks
         n_rows = -(-n_racks // self.topology.racks_per_row)
         for f in self.faults:
             rack = getattr(f, "rack", None)
@@ -350,7 +416,7 @@ def load_scenario(name_or_path: str) -> Scenario:
     except (OSError, YAMLError) as exc:
         raise ConfigError(f"cannot read YAML: {exc}", file=str(path)) from None
     try:
-        return Scenario.model_validate(_plain(doc))
+        return _with_trace_paths(Scenario.model_validate(_plain(doc)), path, doc)
     except ValidationError as exc:
         errors = [
             ConfigError(
@@ -362,6 +428,32 @@ def load_scenario(name_or_path: str) -> Scenario:
             for err in exc.errors()
         ]
         raise ConfigErrors(errors) from None
+
+
+def _with_trace_paths(scenario: Scenario, path: Path, doc: Any) -> Scenario:
+    """Trace files made absolute against the scenario's folder; a missing one is an error."""
+    workloads = list(scenario.workloads)
+    errors: list[ConfigError] = []
+    for i, w in enumerate(workloads):
+        if not isinstance(w, InferenceSpec) or w.trace_file is None:
+            continue
+        trace = Path(w.trace_file)
+        trace = trace if trace.is_absolute() else (path.parent / trace)
+        loc: tuple[int | str, ...] = ("workloads", i, "trace_file")
+        if not trace.is_file():
+            errors.append(
+                ConfigError(
+                    f"no such trace file: {trace}",
+                    file=str(path),
+                    line=_line_of(doc, loc),
+                    field=".".join(str(p) for p in loc),
+                )
+            )
+            continue
+        workloads[i] = w.model_copy(update={"trace_file": str(trace.resolve())})
+    if errors:
+        raise ConfigErrors(errors)
+    return scenario.model_copy(update={"workloads": tuple(workloads)})
 
 
 def _plain(node: Any) -> Any:
