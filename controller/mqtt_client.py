@@ -4,12 +4,15 @@ Why paho rather than `aiomqtt.Client`: a tick can command a thousand racks at on
 `aiomqtt.Client.publish` (2.5) gives each QoS 1 message its own coroutine, `wait_for` task and
 event, and on every call scans and counts all pending calls (`_pending_call`), which is quadratic
 in a burst and logs a warning per call past `pending_calls_threshold`. Measured on the shared
-2-core machine against a local Mosquitto, 1,000 QoS 1 commands gathered through
-`aiomqtt.Client.publish`: ~134 ms until the last was handed to paho, ~250 ms until all were
-acknowledged, ~90 ms of CPU; the same through this client's `publish_batch`: ~18 ms, ~110 ms and
-~27 ms. Doing the batch on top of aiomqtt would mean reaching into its private paho client, so the
-client is built directly on paho's documented external-loop API instead (paho's own asyncio
-example; `controller.shard.worker` drives paho the same way with `select`):
+2-core machine (load 5-7) against a local Mosquitto, medians of 7 bursts of QoS 1 commands
+handed over in one go: through `aiomqtt.Client.publish` gathered in one task, 1,000 took ~150 ms
+until the last was handed to paho, ~280 ms until all were acknowledged and ~90 ms of CPU, 4,000
+took ~1,040 ms, ~1,330 ms and ~650 ms (7x for 4x the messages); through this client's
+`publish_batch`, ~19 ms, ~110 ms and ~26 ms for 1,000 and ~55 ms, ~230 ms and ~106 ms for 4,000
+(linear, and the same as the earlier batch that reached into aiomqtt's paho client). A batch on
+top of aiomqtt needs its private paho client, so this client is built directly on paho's
+documented external-loop API instead (paho's own asyncio example; `controller.shard.worker`
+drives paho the same way with `select`):
 
 - the socket callbacks (`on_socket_open/close/register_write/unregister_write`) put
   `loop_read`/`loop_write` on the event loop's reader and writer, `loop_misc` runs once a second
