@@ -472,7 +472,7 @@ class Controller:
             tls_insecure=mq.tls.insecure if mq.tls is not None else None,
         )
 
-    async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
+    async def _publish_status(self, client: Client, state: str) -> None:
         if not self.ha.is_leader():
             return  # only the leader writes the site's retained status
         payload = wire.encode_status(
