@@ -46,6 +46,8 @@ WATCHDOG_PERIOD_S = 0.05
 #: logged and exported as a mismatch. Units: W, s.
 MISMATCH_TOLERANCE_W = 2.0
 MISMATCH_AFTER_S = 3.0
+#: Telemetry periods are drawn from `period_s` times this range (mean `period_s`).
+PERIOD_JITTER = (0.95, 1.05)
 _PROTOCOLS = {"3.1.1": aiomqtt.ProtocolVersion.V311, "5": aiomqtt.ProtocolVersion.V5}
 
 ClassSource = Callable[[], tuple[tuple[str, ...], NDArray[np.int64]]]
@@ -457,7 +459,9 @@ async def _publish(agent: NodeAgent, client: aiomqtt.Client, stop: asyncio.Event
             async with asyncio.timeout(5.0):
                 await client.publish(topic, payload, qos=0)
             agent.telemetry_sent += 1
-        next_s = max(next_s + cfg.period_s, loop.time())
+        # Each period is jittered a little (the mean stays `period_s`): agents never lock onto
+        # the controller's tick, nor onto one another after starting together.
+        next_s = max(next_s + cfg.period_s * random.uniform(*PERIOD_JITTER), loop.time())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=next_s - loop.time())
 
