@@ -129,8 +129,9 @@ class RackAgents:
     # ------------------------------------------------------------------ state, read back
     @property
     def counters(self) -> AgentCounters:
+        """A snapshot of the agents' counters (read-only arrays)."""
         nodes = self.nodes
-        return AgentCounters(
+        counters = AgentCounters(
             telemetry_sent=np.array([n.telemetry_sent for n in nodes], dtype=np.int64),
             commands_applied=self._base[0]
             + np.array([n.gate.accepted for n in nodes], dtype=np.int64),
@@ -139,6 +140,15 @@ class RackAgents:
             connects=np.array([n.connects for n in nodes], dtype=np.int64),
             offline_seen=sum(n.offline_seen for n in nodes),
         )
+        for array in (
+            counters.telemetry_sent,
+            counters.commands_applied,
+            counters.commands_rejected,
+            counters.fallbacks,
+            counters.connects,
+        ):
+            array.setflags(write=False)
+        return counters
 
     @property
     def rejected(self) -> NDArray[np.int64]:
@@ -151,8 +161,11 @@ class RackAgents:
 
     @property
     def on_safe_cap(self) -> NDArray[np.bool_]:
-        """Per rack: its agent is on its safe caps (its last command's TTL ran out)."""
-        return np.array([n.gate.fallback for n in self.nodes], dtype=bool)
+        """Per rack: its agent is on its safe caps (its last command's TTL ran out). Read-only:
+        the agents' state is theirs (`start_on_safe_caps` for agents that boot on them)."""
+        flags = np.array([n.gate.fallback for n in self.nodes], dtype=bool)
+        flags.setflags(write=False)
+        return flags
 
     @property
     def boots(self) -> list[str]:
