@@ -136,7 +136,8 @@ class SimGpuBackend:
 
     def workload_classes(self) -> tuple[tuple[str, ...], NDArray[np.int64]]:
         """The simulated workloads' class of each GPU (a real node learns it from its jobs)."""
-        return CLASSES, self.cluster.workloads.gpu_class()[self.rows].astype(np.int64)
+        workloads = self.cluster.workloads  # this server's rows only: O(its GPUs), not the fleet's
+        return CLASSES, workloads.job_class[workloads.gpu_job[self.rows]].astype(np.int64)
 
     def apply(self, cap_w: FloatArray, sm_clock_max_mhz: FloatArray) -> None:
         caps, clocks = clip_to_ranges(self._ident, cap_w, sm_clock_max_mhz)
