@@ -116,6 +116,9 @@ class AgentConfig(_Section):
     #: On-host GPU indexes to manage (all when absent).
     gpus: tuple[Annotated[int, Field(ge=0)], ...] | None = None
     period_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    #: `node`: telemetry per node (`telemetry/<rack>/<node>`, the controller needs an inventory);
+    #: `rack`: one rack-level message (`telemetry/<rack>`), for an agent holding its whole rack.
+    telemetry: Literal["node", "rack"] = "node"
     #: Applied when a command's TTL runs out and the command carried no `safe_cap_w`: a float for
     #: every GPU, or one value per GPU; clipped to each GPU's limit constraints. Absent: each GPU's
     #: minimum limit, the one value safe whatever the rest of the fleet does.
@@ -140,6 +143,8 @@ class AgentConfig(_Section):
                 raise ValueError(f"{key} must be 1-64 chars of [A-Za-z0-9._:-]")
         if self.rack_gpus is not None and self.rack_gpus <= self.first_gpu:
             raise ValueError("first_gpu must be inside the rack (below rack_gpus)")
+        if self.telemetry == "rack" and self.first_gpu != 0:
+            raise ValueError("rack telemetry needs the whole rack (first_gpu 0)")
         return self
 
 

@@ -6,7 +6,11 @@ Three tasks share one `NodeAgent`:
   it subscribes to its rack's and its node's command topics and publishes its telemetry;
 - `watchdog`: every 50 ms, on the monotonic clock, whether the command in force ran out (it runs
   whether or not the broker is reachable: a lost broker is exactly when it matters);
-- backend calls (NVML takes 10-20 ms a call) run in a worker thread, one at a time under a lock.
+- backend calls (NVML takes 10-20 ms a call) run in a worker thread, one at a time under a lock
+  (`offload`; an in-memory backend such as the simulator's runs them on the loop's thread).
+`run_agents` runs many agents in one process (the simulator's racks) with one shared watchdog.
+Telemetry goes out per node (`telemetry/<rack>/<node>`, assembled by the controller from its
+inventory), or per rack (`telemetry/<rack>`) where one agent holds its whole rack.
 On stop the agent restores the limits and clocks it found at start (not with `--read-only`, which
 never sets anything) and closes the backend.
 """
@@ -20,7 +24,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -33,6 +37,7 @@ from agent.config import AgentConfig
 from agent.gate import CommandGate
 from agent.node_power import NodePowerReader
 from controller import wire
+from policies.errors import ProtocolError
 
 log = structlog.get_logger("rheostat.agent")
 
@@ -41,6 +46,8 @@ WATCHDOG_PERIOD_S = 0.05
 #: logged and exported as a mismatch. Units: W, s.
 MISMATCH_TOLERANCE_W = 2.0
 MISMATCH_AFTER_S = 3.0
+#: Telemetry periods are drawn from `period_s` times this range (mean `period_s`).
+PERIOD_JITTER = (0.95, 1.05)
 _PROTOCOLS = {"3.1.1": aiomqtt.ProtocolVersion.V311, "5": aiomqtt.ProtocolVersion.V5}
 
 ClassSource = Callable[[], tuple[tuple[str, ...], NDArray[np.int64]]]
@@ -48,13 +55,23 @@ ClassSource = Callable[[], tuple[tuple[str, ...], NDArray[np.int64]]]
 
 @dataclass(eq=False, kw_only=True)
 class NodeAgent:
-    """One server's agent state. `clock` is monotonic seconds (TTL, rate limits)."""
+    """One server's agent state. `clock` is monotonic seconds (TTL, rate limits); `wall_clock`
+    only stamps telemetry. `mqtt_password` and `tls_context`, when set, replace the config's
+    password source and TLS files (a process embedding many agents passes them directly).
+    Counters count since start (`connects`, `telemetry_sent`, `offline_seen`) or, for the gate's
+    `accepted`, `fallbacks` and `rejected`, since the last `restart`.
+    """
 
     config: AgentConfig
     backend: GpuBackend
     node_power: NodePowerReader | None = None
     classes: ClassSource | None = None
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+    #: Run backend calls in a worker thread (NVML blocks); False keeps them on the loop's thread.
+    offload: bool = True
+    mqtt_password: str | None = None
+    tls_context: ssl.SSLContext | None = None
     boot: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     ident: GpuIdentity = field(init=False)
     gate: CommandGate = field(init=False)
@@ -65,6 +82,9 @@ class NodeAgent:
     apply_errors: int = 0
     connects: int = 0
     telemetry_sent: int = 0
+    offline_seen: int = 0
+    #: Delay before the first telemetry (many agents in one process spread over the period). s.
+    start_offset_s: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -82,21 +102,33 @@ class NodeAgent:
             configured_safe_cap_w=np.clip(safe_w, self.ident.min_cap_w, self.ident.max_cap_w)
         )
         self.cap_cmd_w = np.full(n, np.nan)
+        if self.config.telemetry == "rack" and self.rack_gpus != n:
+            raise BackendError(f"rack telemetry needs the whole rack: {n} of {self.rack_gpus} GPUs")
 
     @property
     def rack_gpus(self) -> int:
         return self.config.rack_gpus or self.config.first_gpu + self.ident.n_gpus
 
+    def restart(self) -> None:
+        """Forget what a process restart forgets: a new boot id, telemetry from seq 1, no command
+        held, counts from zero. Caps already applied stay (the GPUs keep them)."""
+        self.boot = uuid.uuid4().hex[:16]
+        self.seq = 0
+        self.gate = CommandGate(configured_safe_cap_w=self.gate.configured_safe_cap_w)
+
     # ------------------------------------------------------------------ backend, one at a time
     async def _backend(self, fn: Callable[[], object]) -> object:
+        if not self.offload:
+            return fn()
         async with self._lock:
             return await asyncio.to_thread(fn)
 
-    async def apply(self, caps: FloatArray, clocks: FloatArray, why: str) -> bool:
+    def apply_now(self, caps: FloatArray, clocks: FloatArray, why: str) -> bool:
+        """Set caps and clock ceilings on this thread (`apply` is the loop's way)."""
         if self.config.read_only:
             return False
         try:
-            await self._backend(lambda: self.backend.apply(caps, clocks))
+            self.backend.apply(caps, clocks)
         except BackendError as exc:
             self.apply_errors += 1
             log.warning("could not apply", why=why, error=str(exc))
@@ -105,8 +137,14 @@ class NodeAgent:
         self.applied_at = self.clock()
         return True
 
-    async def handle_command(self, topic: str, payload: bytes) -> bool:
-        """Decode, gate and apply one command; False when it was rejected (and counted)."""
+    async def apply(self, caps: FloatArray, clocks: FloatArray, why: str) -> bool:
+        if self.config.read_only:
+            return False
+        applied = await self._backend(lambda: self.apply_now(caps, clocks, why))
+        return bool(applied)
+
+    def accept(self, topic: str, payload: bytes) -> wire.NodeCommand | None:
+        """Decode and gate one command: the command to apply, or None (rejected and counted)."""
         cfg = self.config
         node_topic = topic == wire.node_command_topic(cfg.site, cfg.rack, cfg.node)
         try:
@@ -121,23 +159,76 @@ class NodeAgent:
             )
         except wire.CommandRejectedError as exc:
             self.gate.reject(exc.reason)
-            log.warning("command rejected", reason=exc.reason, error=str(exc))
-            return False
+            log.warning("command rejected", rack=cfg.rack, reason=exc.reason, error=str(exc))
+            return None
         if not self.gate.offer(cmd, self.clock()):
+            return None
+        return cmd
+
+    async def handle_command(self, topic: str, payload: bytes) -> bool:
+        """Decode, gate and apply one command; False when it was rejected (and counted)."""
+        cmd = self.accept(topic, payload)
+        if cmd is None:
             return False
         await self.apply(cmd.cap_w, cmd.sm_clock_max_mhz, "command")
         return True
 
+    def handle_command_now(self, topic: str, payload: bytes) -> bool:
+        """`handle_command` on this thread."""
+        cmd = self.accept(topic, payload)
+        if cmd is None:
+            return False
+        self.apply_now(cmd.cap_w, cmd.sm_clock_max_mhz, "command")
+        return True
+
+    def _due(self, now: float | None) -> FloatArray | None:
+        safe = self.gate.due(self.clock() if now is None else now)
+        if safe is not None:
+            log.warning("command TTL ran out: safe caps applied", rack=self.config.rack)
+        return safe
+
     async def check_watchdog(self) -> bool:
         """Apply the safe caps if the command in force ran out; True when it did."""
-        safe = self.gate.due(self.clock())
+        safe = self._due(None)
         if safe is None:
             return False
-        log.warning("command TTL ran out: safe caps applied", safe_cap_w=safe.tolist())
         await self.apply(safe, self.ident.max_sm_clock_mhz, "watchdog")
         return True
 
+    def check_watchdog_now(self, now: float | None = None) -> bool:
+        """`check_watchdog` on this thread, at monotonic time `now` (the agent's clock if None)."""
+        safe = self._due(now)
+        if safe is None:
+            return False
+        self.apply_now(safe, self.ident.max_sm_clock_mhz, "watchdog")
+        return True
+
+    def handle_status(self, payload: bytes) -> None:
+        """The controller's status: `offline` is logged and counted, nothing more (the caps hold
+        until their TTL, so a controller restart or a standby taking over costs nothing)."""
+        try:
+            status = wire.decode_status(payload)
+        except ProtocolError:
+            return
+        if status.state == "offline":
+            self.offline_seen += 1
+            log.info("controller offline; caps unchanged until their TTL", ctl=status.controller)
+
+    def reading_now(self) -> tuple[GpuReading, float]:
+        """One reading of the GPUs and the node's meter (NaN without one), on this thread."""
+        reading = self.backend.read()
+        node_w = np.nan
+        if self.node_power is not None:
+            try:
+                node_w = self.node_power.read()
+            except BackendError as exc:
+                log.warning("node power unavailable", error=str(exc))
+        self._check_mismatch(reading)
+        return reading, node_w
+
     async def reading(self) -> tuple[GpuReading, float]:
+        if not self.offload:
+            return self.reading_now()
         reading = await self._backend(self.backend.read)
         assert isinstance(reading, GpuReading)
         node_w = np.nan
@@ -163,19 +254,22 @@ class NodeAgent:
                 gpus=np.flatnonzero(off).tolist(),
             )
 
+    def workload_classes(self) -> tuple[tuple[str, ...], NDArray[np.int64]]:
+        """Each GPU's workload class: from the job mapping, else the configured one for all."""
+        if self.classes is not None:
+            return self.classes()
+        return (self.config.workload_class,), np.zeros(self.ident.n_gpus, np.int64)
+
     def telemetry(self, reading: GpuReading, node_power_w: float) -> wire.NodeTelemetry:
         cfg, ident = self.config, self.ident
         self.seq += 1
-        if self.classes is not None:
-            classes, class_idx = self.classes()
-        else:
-            classes, class_idx = (cfg.workload_class,), np.zeros(ident.n_gpus, np.int64)
+        classes, class_idx = self.workload_classes()
         return wire.NodeTelemetry(
             rack=cfg.rack,
             node=cfg.node,
             hostname=_hostname(),
             seq=self.seq,
-            ts_s=time.time(),
+            ts_s=self.wall_clock(),
             boot=self.boot,
             gpu_index=ident.index,
             uuid=ident.uuid,
@@ -200,6 +294,46 @@ class NodeAgent:
             cmd_seq=self.gate.cmd_seq,
             cmd_rejected=dict(self.gate.rejected),
             fallback=self.gate.fallback,
+        )
+
+    def rack_telemetry(self, reading: GpuReading, rack_power_w: float) -> wire.Telemetry:
+        """This agent's rack as one rack-level message (config `telemetry: rack`: the agent holds
+        every GPU of its rack). `rack_power_w` is the rack's meter; NaN: the GPUs' sum. W."""
+        self.seq += 1
+        classes, class_idx = self.workload_classes()
+        gate = self.gate
+        held = gate.last is not None
+        return wire.Telemetry(
+            rack=self.config.rack,
+            seq=self.seq,
+            ts_s=self.wall_clock(),
+            power_w=reading.power_w,
+            sm_clock_mhz=reading.sm_clock_mhz,
+            util=np.clip(reading.util, 0.0, 1.0),
+            mem_util=np.clip(reading.mem_util, 0.0, 1.0),
+            temp_c=reading.temp_c,
+            cap_w=reading.cap_w,
+            classes=classes,
+            class_idx=class_idx,
+            rack_power_w=float(
+                np.nansum(reading.power_w) if np.isnan(rack_power_w) else rack_power_w
+            ),
+            boot=self.boot,
+            cmd_epoch=gate.cmd_epoch if held else None,
+            cmd_seq=gate.cmd_seq if held else None,
+            cmd_rejected={k: n for k, n in gate.rejected.items() if n},
+            fallback=gate.fallback,
+        )
+
+    def encode_telemetry(self, reading: GpuReading, node_power_w: float) -> tuple[str, bytes]:
+        """The topic and payload of this period's telemetry, in the configured form."""
+        cfg = self.config
+        if cfg.telemetry == "rack":
+            return wire.telemetry_topic(cfg.site, cfg.rack), wire.encode_telemetry(
+                self.rack_telemetry(reading, node_power_w)
+            )
+        return wire.node_telemetry_topic(cfg.site, cfg.rack, cfg.node), wire.encode_node_telemetry(
+            self.telemetry(reading, node_power_w)
         )
 
     async def restore(self) -> None:
@@ -227,21 +361,33 @@ class _Stopped(Exception):
 
 async def run_agent(agent: NodeAgent, stop: asyncio.Event) -> None:
     """Run until `stop` is set; then restore the defaults found at start and close the backend."""
+    await run_agents([agent], stop)
+
+
+async def run_agents(agents: Sequence[NodeAgent], stop: asyncio.Event) -> None:
+    """Run several agents in one process (one MQTT session each, one watchdog for all) until
+    `stop` is set; then restore each one's defaults and close its backend."""
     try:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(_watchdog(agent, stop), name="agent-watchdog")
-            tg.create_task(_session(agent, stop), name="agent-session")
+            tg.create_task(_watchdog(agents, stop), name="agent-watchdog")
+            for agent in agents:
+                tg.create_task(_session(agent, stop), name=f"agent-{agent.config.node}")
     finally:
-        await agent.restore()
-        agent.backend.close()
+        for agent in agents:
+            await agent.restore()
+            agent.backend.close()
 
 
-async def _watchdog(agent: NodeAgent, stop: asyncio.Event) -> None:
+async def _watchdog(agents: Sequence[NodeAgent], stop: asyncio.Event) -> None:
     while not stop.is_set():
-        try:
-            await agent.check_watchdog()
-        except Exception:  # the watchdog must outlive any one failure
-            log.exception("watchdog check failed")
+        for agent in agents:
+            try:
+                if agent.offload:
+                    await agent.check_watchdog()
+                else:
+                    agent.check_watchdog_now()
+            except Exception:  # the watchdog must outlive any one failure
+                log.exception("watchdog check failed", node=agent.config.node)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=WATCHDOG_PERIOD_S)
 
@@ -261,13 +407,13 @@ async def _session(agent: NodeAgent, stop: asyncio.Event) -> None:
     attempt = 0
     while not stop.is_set():
         try:
-            password = mq.password()
+            password = agent.mqtt_password or mq.password()
             async with aiomqtt.Client(
                 mq.host,
                 mq.port,
                 username=mq.username or (cfg.rack if password is not None else None),
                 password=password,
-                tls_context=_tls(agent),
+                tls_context=agent.tls_context or _tls(agent),
                 identifier=f"rheostat-agent-{cfg.site}-{cfg.rack}-{cfg.node}",
                 protocol=_PROTOCOLS[mq.protocol],
                 keepalive=mq.keepalive_s,
@@ -275,6 +421,7 @@ async def _session(agent: NodeAgent, stop: asyncio.Event) -> None:
             ) as client:
                 attempt = 0
                 agent.connects += 1
+                await client.subscribe(wire.status_topic(cfg.site), qos=1)
                 if not cfg.read_only:
                     await client.subscribe(wire.command_topic(cfg.site, cfg.rack), qos=1)
                     await client.subscribe(
@@ -298,27 +445,34 @@ async def _session(agent: NodeAgent, stop: asyncio.Event) -> None:
 
 async def _publish(agent: NodeAgent, client: aiomqtt.Client, stop: asyncio.Event) -> None:
     cfg = agent.config
-    topic = wire.node_telemetry_topic(cfg.site, cfg.rack, cfg.node)
     loop = asyncio.get_running_loop()
-    next_s = loop.time()
+    next_s = loop.time() + agent.start_offset_s
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=agent.start_offset_s)
     while not stop.is_set():
         try:
             reading, node_w = await agent.reading()
         except BackendError as exc:
             log.warning("reading failed", error=str(exc))
         else:
-            payload = wire.encode_node_telemetry(agent.telemetry(reading, node_w))
+            topic, payload = agent.encode_telemetry(reading, node_w)
             async with asyncio.timeout(5.0):
                 await client.publish(topic, payload, qos=0)
             agent.telemetry_sent += 1
-        next_s = max(next_s + cfg.period_s, loop.time())
+        # Each period is jittered a little (the mean stays `period_s`): agents never lock onto
+        # the controller's tick, nor onto one another after starting together.
+        next_s = max(next_s + cfg.period_s * random.uniform(*PERIOD_JITTER), loop.time())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=next_s - loop.time())
 
 
 async def _receive(agent: NodeAgent, client: aiomqtt.Client) -> None:
+    status = wire.status_topic(agent.config.site)
     async for message in client.messages:
         try:
-            await agent.handle_command(str(message.topic), bytes(message.payload))
+            if message.topic.matches(status):
+                agent.handle_status(bytes(message.payload))
+            else:
+                await agent.handle_command(str(message.topic), bytes(message.payload))
         except Exception:  # one bad message never stops the agent
             log.exception("command handling failed")

@@ -1,83 +1,61 @@
-"""Simulated rack agents speaking wire protocol v1 over a real MQTT broker.
+"""The simulated cluster's rack agents: the node agent (`agent/`) over the `sim` backend.
 
-One MQTT client per rack, as on a real floor: each publishes its rack's telemetry every period,
-subscribes to its own command topic, validates commands with `controller.wire.decode_command`,
-orders them with `controller.wire.accept_command` (epoch, controller instance, seq: never a wall
-clock) and hands caps to the cluster, which enforces them after the actuation lag. Fail-safe: when
-a command's `ttl_s` (counted from its arrival, on the agent's monotonic clock) runs out with
-nothing newer, the agent applies its configured safe cap by itself. Telemetry carries the agent's
-boot id, the (epoch, seq) of the last command applied, cumulative rejections by reason and whether
-the rack is on its safe caps. The controller's `offline` status is logged and counted but changes
-nothing, so a controller restart or a standby taking over costs nothing.
-
-The cluster advances in real time, or `time_scale` times faster, in a task beside the agents.
+Each rack runs one `agent.run.NodeAgent` holding its whole rack (`SimGpuBackend(rack=...)`), with
+its own MQTT session on a real broker: it publishes rack-level telemetry, obeys its rack's
+command topic and falls back to its safe caps when a command's TTL runs out, by exactly the rules
+a real server's agent follows (`agent.gate`, `agent.run`). `RackAgents` only builds those agents
+and reads their state back as per-rack arrays for the tests and the demo; it adds no rule. The
+cluster advances in real time, or `time_scale` times faster, in a task beside the agents.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-import aiomqtt
 import numpy as np
-import structlog
 from numpy.typing import NDArray
 
+from agent.config import AgentConfig, AgentMqtt
+from agent.run import NodeAgent, run_agents
 from controller import wire
-from policies.errors import ProtocolError
 from simulator.cluster import SimCluster
-from simulator.workloads import CLASSES
-
-log = structlog.get_logger("rheostat.simulator.agents")
+from simulator.gpu_backend import SimGpuBackend, SimRackMeter
 
 MqttProtocol = Literal["3.1.1", "5"]
-_PROTOCOLS = {"3.1.1": aiomqtt.ProtocolVersion.V311, "5": aiomqtt.ProtocolVersion.V5}
-#: How often the fail-safe watchdog looks at command expiry. Units: s.
-WATCHDOG_PERIOD_S = 0.05
+_PROTOCOLS = ("3.1.1", "5")
+#: MQTT keepalive of the simulated agents. Units: s.
+KEEPALIVE_S = 10
 
 
-@dataclass(eq=False, kw_only=True)
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class AgentCounters:
-    """Per-rack counters the tests and the demo read (index = rack index in topology order)."""
+    """Per-rack counters (index = rack index in topology order), read from the agents when asked:
+    cumulative over `RackAgents.reboot`."""
 
     telemetry_sent: NDArray[np.int64]
     commands_applied: NDArray[np.int64]
     commands_rejected: NDArray[np.int64]
     fallbacks: NDArray[np.int64]
     connects: NDArray[np.int64]
-    offline_seen: int = 0
-
-    @classmethod
-    def zeros(cls, n_racks: int) -> AgentCounters:
-        def z() -> NDArray[np.int64]:
-            return np.zeros(n_racks, dtype=np.int64)
-
-        return cls(
-            telemetry_sent=z(),
-            commands_applied=z(),
-            commands_rejected=z(),
-            fallbacks=z(),
-            connects=z(),
-        )
+    offline_seen: int
 
 
 @dataclass(eq=False, kw_only=True)
 class RackAgents:
-    """The agents of one cluster: their configuration, counters and command bookkeeping.
+    """The agents of one cluster, one `NodeAgent` per rack, and their state as per-rack arrays.
 
     `safe_cap_w` is per GPU (a float is broadcast); by default each GPU's minimum cap, the one
-    value that is safe whatever the rest of the fleet does. `expires_at` is monotonic seconds.
-    With `passwords` (rack id -> password) each agent logs in as its rack id, which is what the
-    production broker's ACL expects (`deploy/mosquitto/acl`); `tls_context` enables TLS.
-    `wall_clock` stamps telemetry (tests step it to play an agent whose clock is wrong);
-    `monotonic` times command TTLs. `rejected[rack, k]` counts refusals for reason k of
-    `wire.COMMAND_REJECT_REASONS` since the rack's agent booted (`reboot`).
+    value that is safe whatever the rest of the fleet does. With `passwords` (rack id ->
+    password) each agent logs in as its rack id, which is what the production broker's ACL
+    expects (`deploy/mosquitto/acl`); `tls_context` enables TLS. `wall_clock` stamps telemetry
+    (tests step it to play an agent whose clock is wrong); `monotonic` times command TTLs.
+    `host` and `port` are the broker (`run_rack_agents` sets them).
     """
 
     cluster: SimCluster
@@ -90,140 +68,149 @@ class RackAgents:
     tls_context: ssl.SSLContext | None = None
     wall_clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
-    counters: AgentCounters = field(init=False)
-    expires_at: NDArray[np.float64] = field(init=False)
-    on_safe_cap: NDArray[np.bool_] = field(init=False)
-    held: list[wire.HeldCommand | None] = field(init=False)
-    boots: list[str] = field(init=False)
-    rejected: NDArray[np.int64] = field(init=False)
-    _safe_w: NDArray[np.float64] = field(init=False)
-    _seq: NDArray[np.int64] = field(init=False)
+    host: str = "127.0.0.1"
+    port: int = 1883
+    nodes: list[NodeAgent] = field(init=False)
+    #: Counts of agents restarted by `reboot` (so the counters stay cumulative).
+    _base: NDArray[np.int64] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.period_s <= 0 or self.time_scale <= 0:
             raise ValueError("period_s and time_scale must be positive")
+        if self.protocol not in _PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(_PROTOCOLS)}")
         topo = self.cluster.topology
-        n_racks = topo.n_racks
-        self.counters = AgentCounters.zeros(n_racks)
-        self.expires_at = np.full(n_racks, np.inf)
-        self.on_safe_cap = np.zeros(n_racks, dtype=bool)
-        self.held = [None] * n_racks
-        self.boots = [_boot_id() for _ in range(n_racks)]
-        self.rejected = np.zeros((n_racks, len(wire.COMMAND_REJECT_REASONS)), dtype=np.int64)
-        self._seq = np.zeros(n_racks, dtype=np.int64)
         if self.safe_cap_w is None:
-            safe = topo.gpu_min_cap_w.copy()
+            safe = topo.gpu_min_cap_w
         else:
-            safe = np.broadcast_to(np.asarray(self.safe_cap_w, np.float64), (topo.n_gpus,)).copy()
-        self._safe_w = np.clip(safe, topo.gpu_min_cap_w, topo.gpu_max_cap_w)
+            safe = np.broadcast_to(np.asarray(self.safe_cap_w, np.float64), (topo.n_gpus,))
+        self.nodes = [self._node(rack, safe) for rack in range(topo.n_racks)]
+        self._base = np.zeros((3, topo.n_racks), dtype=np.int64)
+
+    def _node(self, rack: int, safe_w: NDArray[np.float64]) -> NodeAgent:
+        topo = self.cluster.topology
+        rack_id = topo.racks.ids[rack]
+        rows = topo.rack_slice(rack)
+        config = AgentConfig(
+            site=self.site,
+            rack=rack_id,
+            node=rack_id,
+            rack_gpus=rows.stop - rows.start,
+            backend="sim",
+            period_s=self.period_s,
+            telemetry="rack",
+            safe_cap_w=tuple(safe_w[rows].tolist()),
+            mqtt=AgentMqtt(
+                host=self.host, port=self.port, protocol=self.protocol, keepalive_s=KEEPALIVE_S
+            ),
+        )
+        backend = SimGpuBackend(self.cluster, rack=rack)
+        return NodeAgent(
+            config=config,
+            backend=backend,
+            node_power=SimRackMeter(self.cluster, rack),
+            classes=backend.workload_classes,
+            clock=self.monotonic,
+            wall_clock=self.wall_clock,
+            offload=False,  # the cluster is shared by every agent and the clock: one thread
+            mqtt_password=None if self.passwords is None else self.passwords.get(rack_id),
+            tls_context=self.tls_context,
+            # spread racks over the period so the broker sees a steady stream, not a burst
+            start_offset_s=self.period_s * rack / max(topo.n_racks, 1),
+        )
+
+    def connect_to(self, host: str, port: int) -> None:
+        """Point every agent at this broker (before they run)."""
+        self.host, self.port = host, port
+        for node in self.nodes:
+            mqtt = node.config.mqtt.model_copy(update={"host": host, "port": port})
+            node.config = node.config.model_copy(update={"mqtt": mqtt})
+
+    # ------------------------------------------------------------------ state, read back
+    @property
+    def counters(self) -> AgentCounters:
+        """A snapshot of the agents' counters (read-only arrays)."""
+        nodes = self.nodes
+        counters = AgentCounters(
+            telemetry_sent=np.array([n.telemetry_sent for n in nodes], dtype=np.int64),
+            commands_applied=self._base[0]
+            + np.array([n.gate.accepted for n in nodes], dtype=np.int64),
+            commands_rejected=self._base[1] + self.rejected.sum(axis=1),
+            fallbacks=self._base[2] + np.array([n.gate.fallbacks for n in nodes], dtype=np.int64),
+            connects=np.array([n.connects for n in nodes], dtype=np.int64),
+            offline_seen=sum(n.offline_seen for n in nodes),
+        )
+        for array in (
+            counters.telemetry_sent,
+            counters.commands_applied,
+            counters.commands_rejected,
+            counters.fallbacks,
+            counters.connects,
+        ):
+            array.setflags(write=False)
+        return counters
+
+    @property
+    def rejected(self) -> NDArray[np.int64]:
+        """`rejected[rack, k]`: refusals for reason k of `wire.COMMAND_REJECT_REASONS` since the
+        rack's agent booted (`reboot`)."""
+        reasons = wire.COMMAND_REJECT_REASONS
+        return np.array(
+            [[n.gate.rejected[r] for r in reasons] for n in self.nodes], dtype=np.int64
+        ).reshape(len(self.nodes), len(reasons))
+
+    @property
+    def on_safe_cap(self) -> NDArray[np.bool_]:
+        """Per rack: its agent is on its safe caps (its last command's TTL ran out). Read-only:
+        the agents' state is theirs (`start_on_safe_caps` for agents that boot on them)."""
+        flags = np.array([n.gate.fallback for n in self.nodes], dtype=bool)
+        flags.setflags(write=False)
+        return flags
+
+    @property
+    def boots(self) -> list[str]:
+        return [n.boot for n in self.nodes]
 
     @property
     def safe_caps_w(self) -> NDArray[np.float64]:
         """Per GPU, the caps each agent falls back to when its command expires: the last
-        command's `safe_cap_w` where it carried them, else the configured ones. Units: W.
-        """
-        return self._safe_w.copy()
+        command's `safe_cap_w` where it carried them, else the configured ones. Units: W."""
+        topo = self.cluster.topology
+        safe: NDArray[np.float64] = np.concatenate([n.gate.safe_caps() for n in self.nodes])
+        return np.clip(safe, topo.gpu_min_cap_w, topo.gpu_max_cap_w)
 
     @property
     def caps_in_force_w(self) -> NDArray[np.float64]:
         """Caps the GPUs obey right now (after the actuation lag). Units: W."""
         return self.cluster.cap_w
 
+    # ------------------------------------------------------------------ driving one agent
+    def start_on_safe_caps(self) -> None:
+        """Agents that booted on their safe caps, as they report until first commanded."""
+        for node in self.nodes:
+            node.gate.fallback = True
+
     def reboot(self, rack: int) -> None:
-        """Restart one rack's agent as a process restart would: a new boot id, the telemetry
-        sequence from 1, no command held, counts from zero. Caps already applied stay."""
-        self.boots[rack] = _boot_id()
-        self._seq[rack] = 0
-        self.held[rack] = None
-        self.rejected[rack] = 0
-        self.expires_at[rack] = np.inf
+        """Restart one rack's agent as a process restart would (`NodeAgent.restart`): a new boot
+        id, the telemetry sequence from 1, no command held, counts from zero. Caps stay."""
+        gate = self.nodes[rack].gate
+        self._base[:, rack] += (gate.accepted, sum(gate.rejected.values()), gate.fallbacks)
+        self.nodes[rack].restart()
 
     def telemetry(self, rack: int) -> wire.Telemetry:
-        """This rack's current (delayed, noisy) reading as a wire message."""
-        topo = self.cluster.topology
-        rows = topo.rack_slice(rack)
-        reading = self.cluster.reading()
-        self._seq[rack] += 1
-        held = self.held[rack]
-        counts = self.rejected[rack].tolist()
-        return wire.Telemetry(
-            boot=self.boots[rack],
-            cmd_epoch=None if held is None else held.epoch,
-            cmd_seq=None if held is None else held.seq,
-            cmd_rejected={
-                reason: n
-                for reason, n in zip(wire.COMMAND_REJECT_REASONS, counts, strict=True)
-                if n
-            },
-            fallback=bool(self.on_safe_cap[rack]),
-            rack=topo.racks.ids[rack],
-            seq=int(self._seq[rack]),
-            ts_s=self.wall_clock(),
-            power_w=reading.power_w[rows],
-            sm_clock_mhz=reading.sm_clock_mhz[rows],
-            util=reading.util[rows],
-            mem_util=reading.mem_util[rows],
-            temp_c=reading.temp_c[rows],
-            cap_w=reading.cap_w[rows],
-            classes=CLASSES,
-            class_idx=self.cluster.workloads.gpu_class()[rows].astype(np.int64),
-            rack_power_w=float(reading.rack_power_w[rack]),
-        )
+        """This rack's current (delayed, noisy) reading as its agent would publish it."""
+        node = self.nodes[rack]
+        return node.rack_telemetry(*node.reading_now())
 
     def handle_command(self, rack: int, payload: bytes) -> bool:
-        """Validate, order and apply one command; False (and counted by reason) when refused."""
-        topo = self.cluster.topology
-        rack_id = topo.racks.ids[rack]
-        rows = topo.rack_slice(rack)
-        try:
-            cmd = wire.decode_command(payload, rack=rack_id, expected_gpus=rows.stop - rows.start)
-            reason = wire.accept_command(self.held[rack], cmd)
-            if reason is not None:
-                raise ProtocolError(
-                    f"epoch {cmd.epoch} seq {cmd.seq} from {cmd.ctl} is not newer",
-                    rack=rack_id,
-                    reason=reason,
-                )
-        except ProtocolError as exc:
-            self.counters.commands_rejected[rack] += 1
-            reasons = wire.COMMAND_REJECT_REASONS
-            self.rejected[
-                rack, reasons.index(exc.reason if exc.reason in reasons else "malformed")
-            ] += 1
-            log.warning("command rejected", rack=rack_id, reason=exc.reason, error=str(exc))
-            return False
-        self.cluster.command(cmd.cap_w, cmd.sm_clock_max_mhz, rows)
-        if cmd.safe_cap_w is not None:  # the controller's, derived to fit with every rack on them
-            self._safe_w[rows] = np.clip(
-                cmd.safe_cap_w, topo.gpu_min_cap_w[rows], topo.gpu_max_cap_w[rows]
-            )
-        self.held[rack] = wire.HeldCommand(epoch=cmd.epoch, ctl=cmd.ctl, seq=cmd.seq)
-        self.expires_at[rack] = self.monotonic() + cmd.ttl_s
-        self.on_safe_cap[rack] = False
-        self.counters.commands_applied[rack] += 1
-        return True
+        """What the agent does with `payload` on its rack's command topic; False when refused."""
+        topic = wire.command_topic(self.site, self.cluster.topology.racks.ids[rack])
+        return self.nodes[rack].handle_command_now(topic, payload)
 
     def check_expiry(self, now_mono: float) -> NDArray[np.int64]:
-        """Put every rack whose command expired on its safe cap; return those racks."""
-        expired = np.flatnonzero((now_mono >= self.expires_at) & ~self.on_safe_cap)
-        topo = self.cluster.topology
-        for rack in expired:
-            rows = topo.rack_slice(int(rack))
-            self.cluster.command(self._safe_w[rows], self.cluster.consts.max_clock_mhz[rows], rows)
-            self.on_safe_cap[rack] = True
-            self.expires_at[rack] = np.inf
-            self.counters.fallbacks[rack] += 1
-            log.warning("command expired: safe cap applied", rack=topo.racks.ids[rack])
-        return expired
-
-    def handle_status(self, payload: bytes) -> None:
-        try:
-            status = wire.decode_status(payload)
-        except ProtocolError:
-            return
-        if status.state == "offline":
-            self.counters.offline_seen += 1
-            log.info("controller offline; caps unchanged until their TTL", ctl=status.controller)
+        """Run every agent's watchdog at monotonic time `now_mono`; the racks that fell back."""
+        fell = [rack for rack, n in enumerate(self.nodes) if n.check_watchdog_now(now_mono)]
+        return np.array(fell, dtype=np.int64)
 
 
 async def run_rack_agents(
@@ -244,8 +231,9 @@ async def run_rack_agents(
 ) -> RackAgents:
     """Run one agent per rack (and the cluster's clock) until `stop` is set; return the agents.
 
-    Pass a prepared `agents` to read its counters while this runs. With `step_cluster` False the
-    caller advances the cluster itself.
+    Pass a prepared `agents` to read its state while this runs. With `step_cluster` False the
+    caller advances the cluster itself. On stop each agent restores the caps it found at start,
+    as a real agent does on a clean stop.
     """
     if protocol not in _PROTOCOLS:
         raise ValueError(f"protocol must be one of {sorted(_PROTOCOLS)}")
@@ -259,12 +247,11 @@ async def run_rack_agents(
         passwords=passwords,
         tls_context=tls_context,
     )
+    agents.connect_to(host, port)
     async with asyncio.TaskGroup() as tg:
         if step_cluster:
             tg.create_task(_clock(agents, stop), name="sim-clock")
-        tg.create_task(_watchdog(agents, stop), name="agent-watchdog")
-        for rack in range(cluster.topology.n_racks):
-            tg.create_task(_agent(agents, rack, host, port, stop), name=f"agent-{rack}")
+        tg.create_task(run_agents(agents.nodes, stop), name="agents")
     return agents
 
 
@@ -282,85 +269,8 @@ async def _clock(agents: RackAgents, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=max(wait_s, 0.001))
 
 
-async def _watchdog(agents: RackAgents, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        agents.check_expiry(agents.monotonic())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=WATCHDOG_PERIOD_S)
-
-
-async def _agent(agents: RackAgents, rack: int, host: str, port: int, stop: asyncio.Event) -> None:
-    """One rack's MQTT session, reconnecting with jittered backoff until stopped."""
-    rack_id = agents.cluster.topology.racks.ids[rack]
-    password = None if agents.passwords is None else agents.passwords.get(rack_id)
-    attempt = 0
-    while not stop.is_set():
-        try:
-            async with aiomqtt.Client(
-                host,
-                port,
-                username=rack_id if password is not None else None,
-                password=password,
-                tls_context=agents.tls_context,
-                identifier=f"rheostat-agent-{agents.site}-{rack_id}",
-                protocol=_PROTOCOLS[agents.protocol],
-                keepalive=10,
-                timeout=5.0,
-            ) as client:
-                attempt = 0
-                agents.counters.connects[rack] += 1
-                await client.subscribe(wire.command_topic(agents.site, rack_id), qos=1)
-                await client.subscribe(wire.status_topic(agents.site), qos=1)
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(_publish(agents, rack, client, stop))
-                    tg.create_task(_receive(agents, rack, client))
-                    await stop.wait()
-                    raise _Stopped
-        except* _Stopped:
-            pass
-        except* (aiomqtt.MqttError, TimeoutError) as group:
-            log.warning("agent disconnected", rack=rack_id, error=str(group.exceptions[0]))
-        if stop.is_set():
-            return
-        attempt += 1
-        await backoff(stop, attempt)
-
-
 async def backoff(stop: asyncio.Event, attempt: int) -> None:
     """Wait before reconnect `attempt` (or until stop): jittered, capped at a few seconds, so a
     rack is back on the broker soon after it returns (`wire.reconnect_delay_s`)."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=wire.reconnect_delay_s(attempt))
-
-
-def _boot_id() -> str:
-    return f"sim-{secrets.token_hex(6)}"
-
-
-class _Stopped(Exception):
-    """Raised inside an agent's task group to end it cleanly when `stop` is set."""
-
-
-async def _publish(
-    agents: RackAgents, rack: int, client: aiomqtt.Client, stop: asyncio.Event
-) -> None:
-    topic = wire.telemetry_topic(agents.site, agents.cluster.topology.racks.ids[rack])
-    # Spread racks over the period so the broker sees a steady stream, not a burst.
-    await asyncio.sleep(agents.period_s * rack / max(agents.cluster.topology.n_racks, 1))
-    while not stop.is_set():
-        payload = wire.encode_telemetry(agents.telemetry(rack))
-        async with asyncio.timeout(5.0):
-            await client.publish(topic, payload, qos=0)
-        agents.counters.telemetry_sent[rack] += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=agents.period_s)
-
-
-async def _receive(agents: RackAgents, rack: int, client: aiomqtt.Client) -> None:
-    status = wire.status_topic(agents.site)
-    async for message in client.messages:
-        payload = bytes(message.payload)
-        if message.topic.matches(status):
-            agents.handle_status(payload)
-        else:
-            agents.handle_command(rack, payload)

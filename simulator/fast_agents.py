@@ -1,7 +1,7 @@
 """Rack agents in the accelerated loop: the wire protocol's rules without a broker.
 
 The closed loop (`simulator.loop`) hands each rack its command in-process; these agents apply
-what a real one would (wire protocol v1, `simulator.agents` on a broker):
+what a real one would (`agent.gate`, which `simulator.agents` runs on a broker), vectorised:
 
 - Acceptance by (epoch, controller instance, seq): a higher epoch wins; in the same epoch a new
   controller instance restarts the sequence; from the same instance only a higher seq is taken.

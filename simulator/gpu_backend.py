@@ -5,11 +5,14 @@ demo exercise the real agent code. Readings come from the cluster's sensors (del
 caps and clock ceilings go through `SimCluster.command`, so they land after the actuation lag as
 on real GPUs. With `step_cluster` the backend advances the cluster itself to the current
 monotonic time on each read (a standalone node); otherwise whoever owns the cluster steps it.
+A backend holds one server's GPUs (`server`) or a whole rack's (`rack`: the simulator's rack agents,
+one agent per rack, whose rack meter is `SimRackMeter`).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -24,10 +27,12 @@ from simulator.workloads import CLASSES
 
 #: At most this many cluster ticks per read when stepping a standalone cluster (bounded work).
 MAX_STEPS_PER_READ = 10_000
+#: `apply` calls remembered for tests (bounded: a long demo must not grow without end).
+APPLIED_KEPT = 64
 
 
 class SimGpuBackend:
-    """GPUs `first .. first + count - 1` of `cluster` (one server), as a node agent sees them."""
+    """The GPUs of one server (or one rack) of `cluster`, as a node agent sees them."""
 
     name = "sim"
 
@@ -35,22 +40,30 @@ class SimGpuBackend:
         self,
         cluster: SimCluster,
         *,
-        server: int,
+        server: int | None = None,
+        rack: int | None = None,
         step_cluster: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         topo = cluster.topology
-        rows = np.flatnonzero(topo.gpu_server == server)
-        if rows.size == 0:
-            raise ValueError(f"server {server} has no GPUs")
+        if (server is None) == (rack is None):
+            raise ValueError("give exactly one of server and rack")
+        if server is not None:
+            rows = np.flatnonzero(topo.gpu_server == server)
+            if rows.size == 0:
+                raise ValueError(f"server {server} has no GPUs")
+            self.rows = slice(int(rows[0]), int(rows[-1]) + 1)
+            self.hostname = topo.levels[0].ids[server]
+        else:
+            assert rack is not None
+            self.rows = topo.rack_slice(rack)
+            self.hostname = topo.racks.ids[rack]
         self.cluster = cluster
-        self.rows = slice(int(rows[0]), int(rows[-1]) + 1)
-        self.hostname = topo.levels[0].ids[server]
         self.step_cluster = step_cluster
         self.clock = clock
         self._started = clock()
         self._sim0 = cluster.now_s
-        n = rows.size
+        n = self.rows.stop - self.rows.start
         models = topo.gpu_model[self.rows]
         consts = cluster.consts
         self._ident = GpuIdentity(
@@ -67,7 +80,7 @@ class SimGpuBackend:
         self._energy_j = np.zeros(n)
         self._energy_at_s = cluster.now_s
         #: Every `apply` call in order (caps, clocks): what the GPUs were asked, for tests.
-        self.applied: list[tuple[FloatArray, FloatArray]] = []
+        self.applied: deque[tuple[FloatArray, FloatArray]] = deque(maxlen=APPLIED_KEPT)
 
     @classmethod
     def standalone(cls, *, gpus: int = 8, a100: bool = False, seed: int = 1) -> SimGpuBackend:
@@ -123,7 +136,8 @@ class SimGpuBackend:
 
     def workload_classes(self) -> tuple[tuple[str, ...], NDArray[np.int64]]:
         """The simulated workloads' class of each GPU (a real node learns it from its jobs)."""
-        return CLASSES, self.cluster.workloads.gpu_class()[self.rows].astype(np.int64)
+        workloads = self.cluster.workloads  # this server's rows only: O(its GPUs), not the fleet's
+        return CLASSES, workloads.job_class[workloads.gpu_job[self.rows]].astype(np.int64)
 
     def apply(self, cap_w: FloatArray, sm_clock_max_mhz: FloatArray) -> None:
         caps, clocks = clip_to_ranges(self._ident, cap_w, sm_clock_max_mhz)
@@ -135,3 +149,14 @@ class SimGpuBackend:
 
     def close(self) -> None:
         """Nothing to release: the cluster belongs to its owner."""
+
+
+class SimRackMeter:
+    """A simulated rack's power meter (GPUs, hosts and fans), as a node power reader. W."""
+
+    def __init__(self, cluster: SimCluster, rack: int) -> None:
+        self.cluster = cluster
+        self.rack = rack
+
+    def read(self) -> float:
+        return float(self.cluster.reading().rack_power_w[self.rack])

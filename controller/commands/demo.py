@@ -224,7 +224,7 @@ async def _demo(args: argparse.Namespace) -> int:
         )
         # agents boot on their safe caps, in force before the first tick, until commanded
         cluster.cap_w[:] = safe_w
-        agents.on_safe_cap[:] = True
+        agents.start_on_safe_caps()
         # The GPUs' own limiters settle onto those caps before the clock starts, as they have by
         # the time a real rack's agent first reports.
         cluster.run_boot(seconds=5.0)

@@ -83,10 +83,10 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 8.0) -> N
 
 
 def applied(agent: NodeAgent) -> list[tuple[np.ndarray, np.ndarray]]:
-    """What the agent's sim backend was asked, in order."""
+    """What the agent's sim backend was asked, in order (its last `APPLIED_KEPT` calls)."""
     backend = agent.backend
     assert isinstance(backend, SimGpuBackend)
-    return backend.applied
+    return list(backend.applied)
 
 
 def command(seq: int, *, caps: float | list[float], ttl_s: float = 30.0, **extra) -> bytes:

@@ -143,7 +143,7 @@ async def test_simulated_plant_meter_keeps_the_facility_under_contract(
     cluster.cap_w[:] = cluster.topology.gpu_min_cap_w
     cluster.run_boot(seconds=2.0)
     agents = RackAgents(cluster=cluster, site=SITE, period_s=0.2, protocol="5")
-    agents.on_safe_cap[:] = True
+    agents.start_on_safe_caps()
 
     facility_w: list[float] = []
     stop_meter = asyncio.Event()
