@@ -5,11 +5,10 @@ Each tick splits the due racks in two (`CommandBook.due_lanes`):
   the command lands. They are built and handed to the MQTT client at once, by the tick that found
   them, whatever else is being sent; no window holds them back.
 - bulk: every other due rack, in the book's order (lowering first, then the largest moves). One
-  long-lived task hands them to the client in chunks of `BULK_CHUNK`, never more than
-  `BULK_WINDOW` unacknowledged: a new chunk goes out as soon as an earlier one is acknowledged.
-  So at most one window is ever ahead of an urgent command in the connection (the client's
-  queue, the socket, the broker), and a fleet-wide move of 10k racks delays it by one window,
-  not by the burst.
+  long-lived task sends them in windows of `BULK_WINDOW` commands and hands the client the next
+  window only once the broker has acknowledged the last. At most one window is ever ahead of an
+  urgent command in the connection (the client's queue, the socket, the broker), so a fleet-wide
+  move of 10k racks delays it by one window, not by the burst.
 Each tick replaces the bulk plan with its own ordered list, so a burst is never queued behind
 itself: racks not yet sent stay due and go out built from the newest decision.
 
@@ -44,8 +43,6 @@ log = structlog.get_logger("rheostat.controller")
 #: an urgent command. A window of 32-GPU commands is about 100 kB, which a loaded broker takes a
 #: few ms to route.
 BULK_WINDOW = 128
-#: Bulk commands handed to the client at a time: a new chunk as soon as one is acknowledged.
-BULK_CHUNK = 32
 
 #: Urgent commands handed to the client per slice; between slices other tasks get a turn (a
 #: fleet-wide cut can make every rack urgent), but the bulk lane does not.
@@ -118,8 +115,7 @@ class CommandPublisher:
         self._client: Client | None = None
         self._plan: _Plan | None = None
         self._wake = asyncio.Event()
-        #: Bulk chunks handed to the client and not yet acknowledged.
-        self._inflight: set[asyncio.Future[None]] = set()
+        self._window: asyncio.Future[None] | None = None
         #: Urgent sends whose acknowledgements are still awaited.
         self.confirming: set[asyncio.Task[None]] = set()
 
@@ -131,12 +127,11 @@ class CommandPublisher:
         client, self._client, self._plan = self._client, None, None
         for task in self.confirming:
             task.cancel()
-        inflight, self._inflight = self._inflight, set()
-        for future in inflight:
-            if not future.done():
-                if client is not None:
-                    client.forget(future)
-                future.set_exception(aiomqtt.MqttError("connection lost"))
+        window, self._window = self._window, None
+        if window is not None and not window.done():
+            if client is not None:
+                client.forget(window)
+            window.set_exception(aiomqtt.MqttError("connection lost"))
 
     @property
     def bulk_pending(self) -> int:
@@ -147,7 +142,8 @@ class CommandPublisher:
     @property
     def bulk_busy(self) -> bool:
         """Bulk commands are waiting to be sent or for the broker's acknowledgement."""
-        return self.bulk_pending > 0 or any(not f.done() for f in self._inflight)
+        window = self._window
+        return self.bulk_pending > 0 or (window is not None and not window.done())
 
     async def send_due(
         self, *, tick_started_s: float | None = None, decided_s: float | None = None
@@ -226,57 +222,36 @@ class CommandPublisher:
         return len(messages), int(rest.size)
 
     async def run(self) -> None:
-        """The bulk lane: the current plan in chunks, at most `BULK_WINDOW` unacknowledged.
-
-        A new chunk goes out as soon as an earlier one is acknowledged, so the window stays
-        full while a burst lasts instead of draining to empty before each refill.
-        """
-        inflight = self._inflight
+        """The bulk lane: the current plan, window by window, each once the last is acknowledged."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while True:
-                while len(inflight) * BULK_CHUNK < BULK_WINDOW:
-                    sent = await self._send_window()
-                    if sent is None:
-                        break
-                    inflight = self._inflight  # a disconnect replaces the set
-                    inflight.add(sent)
-                if not inflight:
+            while (window := await self._send_window()) is not None:
+                future, client, book = window
+                self._window = future
+                try:
+                    async with asyncio.timeout(self._rt.policy.config.mqtt.timeout_s):
+                        await future
+                except TimeoutError:
+                    client.forget(future)
+                    async with self._lock:
+                        book.invalidate()
+                    log.warning("commands not confirmed; will resend")
                     break
-                timeout_s = self._rt.policy.config.mqtt.timeout_s
-                done, _ = await asyncio.wait(
-                    inflight, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                inflight = self._inflight
-                if not done:
-                    await self._unconfirmed(inflight)
-                    break
-                inflight -= done
-                lost = [f for f in done if f.cancelled() or f.exception() is not None]
-                if lost:
+                except aiomqtt.MqttError:
                     break  # the connection is gone: the reconnect resends every rack's command
+                finally:
+                    self._window = None
 
-    async def _unconfirmed(self, futures: set[asyncio.Future[None]]) -> None:
-        """Acknowledgements that did not come: every rack is due again."""
-        client = self._client
-        for future in futures:
-            if client is not None:
-                client.forget(future)
-        futures.clear()
-        async with self._lock:
-            self._rt.book.invalidate()
-        log.warning("commands not confirmed; will resend")
-
-    async def _send_window(self) -> asyncio.Future[None] | None:
-        """Build and hand over the plan's next chunk; None when there is nothing to send."""
+    async def _send_window(self) -> tuple[asyncio.Future[None], Client, CommandBook] | None:
+        """Build and hand over the plan's next window; None when there is nothing to send."""
         async with self._lock:
             plan, client = self._plan, self._client
             if plan is not None and plan.book is not self._rt.book:
                 plan = self._plan = None  # a reload brought another fleet: its book starts over
             if plan is None or client is None or not self._may_send():
                 return None
-            racks = plan.racks[plan.sent : plan.sent + BULK_CHUNK]
+            racks = plan.racks[plan.sent : plan.sent + BULK_WINDOW]
             plan.sent += racks.size
             if plan.sent >= plan.racks.size:
                 self._plan = None
@@ -292,7 +267,8 @@ class CommandPublisher:
                 encoded_s=time.monotonic(),
                 published_s=0.0,
             )
-            return self._publish(client, plan.book, "bulk", messages, times)
+            future = self._publish(client, plan.book, "bulk", messages, times)
+            return None if future is None else (future, client, plan.book)
 
     def _publish(
         self,
