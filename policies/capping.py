@@ -5,9 +5,13 @@ Semantics (exact, so the slow reference in `policies.reference` can be held to t
 1. Every GPU starts at its floor (min cap; a stale GPU is pinned at its reserve). A group whose
    floors and non-GPU overhead already exceed its usable limit is *infeasible*: flagged, and
    nothing under it rises above the floor.
-2. Five phases then share what is left, in strict priority: Flex tier 0, 1, 2, 3 (each GPU of
-   the tier rises from its floor towards its demand), then a surplus phase (every GPU rises from
-   its demand towards its max cap, so an unconstrained fleet runs uncapped).
+2. Nine phases then share what is left, in strict priority: four tier-floor phases, Flex 0, 1,
+   2, 3 (each GPU of the tier rises from its floor towards its tier floor, the cap that keeps it
+   within its tier's tolerated slowdown; absent tier floors, these phases grant nothing), four
+   tier phases, Flex 0, 1, 2, 3 (each GPU of the tier rises from its tier floor towards its
+   demand), then a surplus phase (every GPU rises from its demand towards its max cap, so an
+   unconstrained fleet runs uncapped). Every tier is kept at its floor before any tier gets
+   more; where even the tier floors do not fit, the most tolerant tier gives first.
 3. Inside a phase, GPU i sits at ``start_i + theta * gain_i`` and theta rises from 0 to 1 for
    everyone at once (progressive filling); when a group's limit is reached, every GPU under it
    stops. The result is max-min fair in the fraction of each GPU's gain granted, which for a
@@ -52,7 +56,77 @@ class Allocation:
     theta: FloatArray
 
 
-def allocate(
+def allocate(  # noqa: PLR0913 - the fill's inputs, all keyword-only
+    plan: CappingPlan,
+    *,
+    floor_w: FloatArray,
+    demand_w: FloatArray,
+    max_w: FloatArray,
+    tier: NDArray[np.int8],
+    usable_w: tuple[FloatArray, ...],
+    tier_floor_w: FloatArray | None = None,
+    out: FloatArray | None = None,
+) -> Allocation:
+    """Fill caps to each tier's floor in tier order, then to demand by tier, then to `max_w`.
+
+    `tier_floor_w` (per GPU, floor <= tier floor <= demand; None: no tier floors) is the cap
+    that keeps the GPU within its tier's tolerated slowdown. Every GPU first rises from
+    `floor_w` to its tier floor in four phases, Flex 0 first (so where even the tier floors do
+    not fit, the most tolerant tier gives first), then from there to its demand in strict tier
+    order, then to `max_w`: two fills, the second starting at the first one's caps. When every
+    group holds all the tier floors (one pass of group sums shows it), the first fill is the
+    tier floors themselves and is skipped. Units: W.
+    """
+    if tier_floor_w is None:
+        return _fill(
+            plan,
+            floor_w=floor_w,
+            demand_w=demand_w,
+            max_w=max_w,
+            tier=tier,
+            usable_w=usable_w,
+            out=out,
+        )
+    floor_server = plan.server_sum(tier_floor_w)
+    floor_sums = plan.up(floor_server)
+    fits = all(
+        np.all(s + o <= u + REL_TOL * np.maximum(np.abs(u), 1.0))
+        for s, o, u in zip(floor_sums, plan.overhead_w, usable_w, strict=True)
+    )
+    if fits:
+        return _fill(
+            plan,
+            floor_w=tier_floor_w,
+            demand_w=demand_w,
+            max_w=max_w,
+            tier=tier,
+            usable_w=usable_w,
+            out=out,
+            floor_server_w=floor_server,
+        )
+    first = _fill(
+        plan, floor_w=floor_w, demand_w=tier_floor_w, max_w=tier_floor_w, tier=tier, usable_w=usable_w
+    )
+    second = _fill(
+        plan,
+        floor_w=first.cap_w,
+        demand_w=demand_w,
+        max_w=max_w,
+        tier=tier,
+        usable_w=usable_w,
+        out=out,
+    )
+    # Groups flagged are those whose hard floors exceed their limit (the first fill's view);
+    # the second fill starts from caps that fit wherever that is possible.
+    return Allocation(
+        cap_w=second.cap_w,
+        used_w=second.used_w,
+        infeasible=first.infeasible,
+        theta=second.theta,
+    )
+
+
+def _fill(
     plan: CappingPlan,
     *,
     floor_w: FloatArray,
@@ -61,6 +135,7 @@ def allocate(
     tier: NDArray[np.int8],
     usable_w: tuple[FloatArray, ...],
     out: FloatArray | None = None,
+    floor_server_w: FloatArray | None = None,
 ) -> Allocation:
     """Fill caps from `floor_w` to `demand_w` by tier, then to `max_w`, under `usable_w` limits.
 
@@ -76,11 +151,12 @@ def allocate(
     # Tiers are below N_TIERS, so the surplus column starts at zero; it is filled only if the
     # surplus phase is reached (under a binding site limit it never is).
     gains: FloatArray = gain_sums.astype(np.float64, copy=False).reshape(n_servers, N_PHASES)
-    floor_server = (
-        plan.min_cap_server_w
-        if floor_w is plan.topology.gpu_min_cap_w
-        else plan.server_sum(floor_w)
-    )
+    if floor_server_w is not None:  # the caller summed them already
+        floor_server = floor_server_w
+    elif floor_w is plan.topology.gpu_min_cap_w:
+        floor_server = plan.min_cap_server_w
+    else:
+        floor_server = plan.server_sum(floor_w)
     base = [s + o for s, o in zip(plan.up(floor_server), plan.overhead_w, strict=True)]
     infeasible = tuple(
         b > u + REL_TOL * np.maximum(np.abs(u), 1.0) for b, u in zip(base, usable_w, strict=True)

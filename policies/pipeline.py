@@ -29,7 +29,8 @@ from policies.decision import (
     Limits,
     PolicySettings,
 )
-from policies.dvfs import MIN_ACTIVITY, clock_targets, dynamic_range
+from policies.dr_flex import check_tolerances
+from policies.dvfs import BETA_POWER, MIN_ACTIVITY, clock_targets, dynamic_range
 from policies.errors import PolicyError
 from policies.fleet import FleetState
 from policies.plan import CappingPlan
@@ -131,6 +132,16 @@ def decide(
         floor = np.where(stale_gpu, kept, min_cap)
         demand = np.where(stale_gpu, kept, demand)
         ceiling_w = np.where(stale_gpu, kept, max_cap)
+    if limits.gpu_floor_w is not None and np.shape(limits.gpu_floor_w) != (n,):
+        raise PolicyError(f"limits.gpu_floor_w must have shape ({n},)")
+    tier_floor = tier_floor_caps(
+        plan,
+        demand_w=demand,
+        floor_w=floor,
+        tier=tiers,
+        tolerances=settings.capping.flex_tolerances,
+        requested_w=limits.gpu_floor_w,
+    )
     alloc = allocate(
         plan,
         floor_w=floor,
@@ -138,6 +149,7 @@ def decide(
         max_w=ceiling_w,
         tier=tiers,
         usable_w=usable_w,
+        tier_floor_w=tier_floor,
         # Warm, smoothing makes the fresh output, so the raw target can live in a buffer.
         out=None if state is None else plan.scratch.f("w3"),
     )
@@ -152,13 +164,17 @@ def decide(
             paced = np.isfinite(ceiling)
             np.maximum(ceiling, floor, out=ceiling)
             fixed = np.where(paced, ceiling, floor)
+            paced_demand = np.where(paced, ceiling, demand)
+            np.maximum(tier_floor, fixed, out=tier_floor)
+            np.minimum(tier_floor, paced_demand, out=tier_floor)
             alloc = allocate(
                 plan,
                 floor_w=fixed,
-                demand_w=np.where(paced, ceiling, demand),
+                demand_w=paced_demand,
                 max_w=ceiling_w,
                 tier=tiers,
                 usable_w=usable_w,
+                tier_floor_w=tier_floor,
                 out=None if state is None else plan.scratch.f("w3"),
             )
     cap = alloc.cap_w
@@ -209,6 +225,58 @@ def decide(
         util_held=util_held if util_held is not util else util.copy(),
         plan=plan,
     )
+
+
+def tier_floor_caps(
+    plan: CappingPlan,
+    *,
+    demand_w: FloatArray,
+    floor_w: FloatArray,
+    tier: NDArray[np.int8],
+    tolerances: tuple[float, ...],
+    requested_w: FloatArray | None = None,
+) -> FloatArray:
+    """Per GPU, the cap that keeps it within its Flex tier's tolerated slowdown. Units: W.
+
+    Under the policy's model (`policies.dvfs`) a GPU uncapped draws its demand D at full clock,
+    power is idle + (D - idle) x^3 at clock fraction x, and compute-bound speed is x, so speed
+    (1 - t) of the uncapped speed is the cap idle + (D - idle) (1 - t)^3. Memory-bound work
+    (speed x^0.15) loses less at that cap, so for it the floor errs on the safe side; telling
+    the two apart would cost a quarter of the whole tick's arithmetic for floors that matter
+    only under cuts. `requested_w` (the demand-response floors of `Limits.gpu_floor_w`) raises
+    it where higher. Always within [floor, demand] (floor <= demand), so a stale GPU (floor =
+    demand) keeps its cap. The result lives in a scratch buffer only `decide` writes.
+    """
+    keep, base = _tier_keep(plan, tier, tuple(tolerances))
+    out = np.multiply(demand_w, keep, out=plan.scratch.f("tier_floor"))
+    np.add(out, base, out=out)  # idle (1 - k) + D k = idle + (D - idle) k <= D, as k <= 1
+    if requested_w is not None:
+        np.maximum(out, requested_w, out=out)
+        np.minimum(out, demand_w, out=out)
+    np.maximum(out, floor_w, out=out)
+    return out
+
+
+def _tier_keep(
+    plan: CappingPlan, tier: NDArray[np.int8], tolerances: tuple[float, ...]
+) -> tuple[FloatArray, FloatArray]:
+    """Per GPU, (1 - tolerance)^3 of its tier and idle times one minus that.
+
+    Tiers change far less often than telemetry: both arrays are kept in the plan's scratch,
+    named by the tolerances, with a copy of the tiers they were made for.
+    """
+    scratch = plan.scratch
+    name = f"tier_keep_{tolerances!r}"
+    seen = scratch.has(name)
+    last = scratch.i8(f"{name}_tier")
+    keep, base = scratch.f(name), scratch.f(f"{name}_base")
+    if not (seen and np.array_equal(tier, last)):
+        table = (1.0 - check_tolerances(tolerances)) ** BETA_POWER
+        np.take(table, tier.astype(np.intp), out=keep)
+        np.subtract(1.0, keep, out=base)
+        np.multiply(base, plan.idle_w, out=base)
+        np.copyto(last, tier)
+    return keep, base
 
 
 def pace_ceiling(
