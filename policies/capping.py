@@ -56,7 +56,7 @@ class Allocation:
     theta: FloatArray
 
 
-def allocate(  # noqa: PLR0913 - the fill's inputs, all keyword-only
+def allocate(
     plan: CappingPlan,
     *,
     floor_w: FloatArray,
@@ -105,7 +105,12 @@ def allocate(  # noqa: PLR0913 - the fill's inputs, all keyword-only
             floor_server_w=floor_server,
         )
     first = _fill(
-        plan, floor_w=floor_w, demand_w=tier_floor_w, max_w=tier_floor_w, tier=tier, usable_w=usable_w
+        plan,
+        floor_w=floor_w,
+        demand_w=tier_floor_w,
+        max_w=tier_floor_w,
+        tier=tier,
+        usable_w=usable_w,
     )
     second = _fill(
         plan,
