@@ -39,6 +39,12 @@ from policies.topology import Topology
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 
+#: Clock fraction below which core voltage stops falling, so power falls only linearly with the
+#: clock: 0.85, fitted to the Zeus power-limit sweeps of the A40 (0.90) and V100 (0.80) (NSDI
+#: 2023; simulator/data/CALIBRATION.md). Used for the tier floors, where cuts reach below it.
+FLOOR_KNEE = 0.85
+#: Throughput exponent of compute-bound work in the clock, fitted to the same sweeps (1.1).
+FLOOR_ALPHA = 1.1
 #: A synchronous job whose slowest member's pace is within this of full speed is not held back.
 PACE_TOL = 1e-3
 
@@ -137,7 +143,9 @@ def decide(
     tier_floor = tier_floor_caps(
         plan,
         demand_w=demand,
+        activity=util_held if stale_gpu is None else np.where(stale_gpu, 0.0, util_held),
         floor_w=floor,
+        max_w=ceiling_w,
         tier=tiers,
         tolerances=settings.capping.flex_tolerances,
         requested_w=limits.gpu_floor_w,
@@ -231,25 +239,41 @@ def tier_floor_caps(
     plan: CappingPlan,
     *,
     demand_w: FloatArray,
+    activity: FloatArray,
     floor_w: FloatArray,
+    max_w: FloatArray,
     tier: NDArray[np.int8],
     tolerances: tuple[float, ...],
     requested_w: FloatArray | None = None,
 ) -> FloatArray:
     """Per GPU, the cap that keeps it within its Flex tier's tolerated slowdown. Units: W.
 
-    Under the policy's model (`policies.dvfs`) a GPU uncapped draws its demand D at full clock,
-    power is idle + (D - idle) x^3 at clock fraction x, and compute-bound speed is x, so speed
-    (1 - t) of the uncapped speed is the cap idle + (D - idle) (1 - t)^3. Memory-bound work
-    (speed x^0.15) loses less at that cap, so for it the floor errs on the safe side; telling
-    the two apart would cost a quarter of the whole tick's arithmetic for floors that matter
-    only under cuts. `requested_w` (the demand-response floors of `Limits.gpu_floor_w`) raises
-    it where higher. Always within [floor, demand] (floor <= demand), so a stale GPU (floor =
-    demand) keeps its cap. The result lives in a scratch buffer only `decide` writes.
+    A GPU's uncapped draw U is the larger of its demand estimate and idle + (max cap - idle) a
+    at SM activity a (the policy's model, `policies.dvfs`): a GPU held at a low cap draws its
+    cap, so its demand estimate says nothing of what it would draw uncapped, and a floor from it
+    would collapse with the cap. `demand_w` is raised to U in place. At clock fraction x it draws
+    idle + (U - idle) g(x), g(x) = x max(knee, x)^2: the cube law above the voltage knee, linear
+    below it, where the voltage stops falling (`FLOOR_KNEE`); its speed is x^alpha
+    (`FLOOR_ALPHA`). Speed (1 - t) of the uncapped speed is then the cap
+    idle + (U - idle) g((1 - t)^(1 / alpha)); Flex 0 (t = 0) gets U. The pure cube law would put
+    a 25 % slowdown at 42 % of the dynamic power where the calibrated curve needs 56 %: floors
+    from it are not floors. Memory-bound work (speed x^0.15) loses less at that cap, so for it
+    the floor errs on the safe side; telling the two apart would cost a quarter of the tick's
+    arithmetic for floors that matter only under cuts.
+
+    `activity` is the peak-held SM activity (a communication dip is no lower floor);
+    `requested_w` (the demand-response floors of `Limits.gpu_floor_w`) raises the floor where
+    higher. Results stay within [floor, max] (a stale GPU, floor = max = its kept cap, keeps
+    it). The floors live in a scratch buffer only `decide` writes.
     """
-    keep, base = _tier_keep(plan, tier, tuple(tolerances))
-    out = np.multiply(demand_w, keep, out=plan.scratch.f("tier_floor"))
-    np.add(out, base, out=out)  # idle (1 - k) + D k = idle + (D - idle) k <= D, as k <= 1
+    keep, rest = _tier_keep(plan, tier, tuple(tolerances))
+    scratch = plan.scratch
+    draw = np.multiply(activity, dynamic_range(plan), out=scratch.f("w0"))
+    np.add(draw, plan.idle_w, out=draw)
+    np.maximum(demand_w, draw, out=demand_w)
+    np.minimum(demand_w, max_w, out=demand_w)
+    out = np.multiply(demand_w, keep, out=scratch.f("tier_floor"))
+    np.add(out, rest, out=out)  # idle (1 - k) + U k = idle + (U - idle) k <= U, as k <= 1
     if requested_w is not None:
         np.maximum(out, requested_w, out=out)
         np.minimum(out, demand_w, out=out)
@@ -260,7 +284,7 @@ def tier_floor_caps(
 def _tier_keep(
     plan: CappingPlan, tier: NDArray[np.int8], tolerances: tuple[float, ...]
 ) -> tuple[FloatArray, FloatArray]:
-    """Per GPU, (1 - tolerance)^3 of its tier and idle times one minus that.
+    """Per GPU, k = g((1 - tolerance)^(1 / alpha)) of its tier, and idle x (1 - k) (W).
 
     Tiers change far less often than telemetry: both arrays are kept in the plan's scratch,
     named by the tolerances, with a copy of the tiers they were made for.
@@ -269,14 +293,15 @@ def _tier_keep(
     name = f"tier_keep_{tolerances!r}"
     seen = scratch.has(name)
     last = scratch.i8(f"{name}_tier")
-    keep, base = scratch.f(name), scratch.f(f"{name}_base")
+    keep, rest = scratch.f(name), scratch.f(f"{name}_rest")
     if not (seen and np.array_equal(tier, last)):
-        table = (1.0 - check_tolerances(tolerances)) ** BETA_POWER
+        clock = (1.0 - check_tolerances(tolerances)) ** (1.0 / FLOOR_ALPHA)
+        table = clock * np.maximum(clock, FLOOR_KNEE) ** (BETA_POWER - 1.0)
         np.take(table, tier.astype(np.intp), out=keep)
-        np.subtract(1.0, keep, out=base)
-        np.multiply(base, plan.idle_w, out=base)
+        np.subtract(1.0, keep, out=rest)
+        np.multiply(rest, plan.idle_w, out=rest)
         np.copyto(last, tier)
-    return keep, base
+    return keep, rest
 
 
 def pace_ceiling(

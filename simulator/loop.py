@@ -32,6 +32,7 @@ from simulator.controllers import (
 )
 from simulator.facility import FacilityRun
 from simulator.grid import SiteLimits
+from simulator.oracle import OracleLog, OracleTracker, oracle_available
 from simulator.rates import carbon_per_tick
 from simulator.scenario import Scenario
 
@@ -98,6 +99,8 @@ class RunResult:
     facility: FacilityRun | None = None
     #: What the carbon policy saw of each shifted job (targets, slowdown, stop times).
     carbon: CarbonLog | None = None
+    #: The oracle's samples (`simulator.oracle`); None for the reference or without HiGHS.
+    oracle: OracleLog | None = None
 
     @property
     def realtime_factor(self) -> float:
@@ -185,6 +188,11 @@ def run(
     prev_site = float("nan")
     dt = scenario.tick_s
     work_at_start = cluster.workloads.work.copy()
+    oracle = (
+        OracleTracker.create(cluster, duration_s=scenario.duration_s)
+        if not unlimited and oracle_available()
+        else None
+    )
     started = time.perf_counter()
     for k in range(-warm_ticks, n_ticks):
         now = k * dt
@@ -208,6 +216,9 @@ def run(
             continue
         if k == 0:
             work_at_start = cluster.workloads.work.copy()
+        if oracle is not None:
+            it_w = site_limit if facility.spec is None else facility.budget_w
+            oracle.observe(k, cluster, it_w * eff)
         if not unlimited:
             _check(
                 comp, level_w=level_w, usable=usable, site_w=site_w, site_limit_w=site_limit, dt=dt
@@ -262,6 +273,7 @@ def run(
         job_names=wl.job_names(),
         facility=facility,
         carbon=ctl.log if isinstance(ctl, CarbonShifter) else None,
+        oracle=None if oracle is None else oracle.log,
     )
 
 

@@ -19,7 +19,7 @@ from policies.dvfs import BETA_POWER
 from policies.errors import PolicyError
 from policies.fleet import FleetState
 from policies.gpu_models import model_table
-from policies.pipeline import decide, tier_floor_caps
+from policies.pipeline import FLOOR_ALPHA, FLOOR_KNEE, decide, tier_floor_caps
 from policies.plan import CappingPlan
 from policies.reference import allocate_reference
 from tests.policies.pol_instances import Instance, instances
@@ -27,6 +27,18 @@ from tests.policies.test_pol_capping import assert_invariants, one_rack
 
 REL = 1e-6
 TOL = np.array([0.0, 0.10, 0.25, 0.50])
+
+
+def g_of_speed(speed: np.ndarray) -> np.ndarray:
+    """Share of the dynamic power at which the floor model runs at `speed`."""
+    x = speed ** (1.0 / FLOOR_ALPHA)
+    return x * np.maximum(x, FLOOR_KNEE) ** (BETA_POWER - 1.0)
+
+
+def speed_of_g(g: np.ndarray) -> np.ndarray:
+    """Inverse of `g_of_speed`."""
+    x = np.where(g <= FLOOR_KNEE**BETA_POWER, g / FLOOR_KNEE**2, np.cbrt(g))
+    return x**FLOOR_ALPHA
 
 
 def floors_of(inst: Instance, mid_frac: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -72,7 +84,7 @@ def shared_limit(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
     n = draw(st.integers(1, 12))
     demand = np.asarray(draw(st.lists(st.floats(200.0, 700.0), min_size=n, max_size=n)))
     tier = np.asarray(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), np.int8)
-    keep = (1.0 - TOL[tier]) ** BETA_POWER
+    keep = g_of_speed(1.0 - TOL[tier])
     idle = model_table("idle_w")[0]
     mid = np.maximum(idle + (demand - idle) * keep, 200.0)
     site = draw(st.floats(200.0 * n, 700.0 * n + 100.0))
@@ -112,21 +124,40 @@ def test_one_limit_floors_first_then_strict_tiers(case: tuple[np.ndarray, ...]) 
 def test_tier_floor_is_the_tolerated_speed_under_the_policy_model() -> None:
     topo = one_rack(8, 1e9)
     plan = CappingPlan.build(topo)
-    demand = np.array([700.0, 700.0, 700.0, 700.0, 600.0, 500.0, 400.0, 650.0])
+    activity = np.array([1.0, 1.0, 1.0, 1.0, 0.8, 0.7, 0.5, 0.9])
     tier = np.array([0, 1, 2, 3, 0, 1, 2, 3], np.int8)
+    lo, hi = topo.gpu_min_cap_w, topo.gpu_max_cap_w
+    demand = lo.copy()  # held at the min cap: the demand estimate knows nothing more
     floor = tier_floor_caps(
         plan,
         demand_w=demand,
-        floor_w=topo.gpu_min_cap_w,
+        activity=activity,
+        floor_w=lo,
+        max_w=hi,
         tier=tier,
         tolerances=tuple(TOL),
     )
     idle = plan.idle_w
-    speed = np.cbrt((floor - idle) / (demand - idle))
-    binding = floor > topo.gpu_min_cap_w  # otherwise held up by the min cap
+    uncapped = idle + (hi - idle) * activity
+    speed = speed_of_g((floor - idle) / (uncapped - idle))
+    binding = floor > lo  # otherwise held up by the min cap
+    assert binding.sum() >= 6
     np.testing.assert_allclose(speed[binding], 1.0 - TOL[tier][binding], rtol=1e-12)
-    assert np.all(floor[tier == 0] == demand[tier == 0])
+    np.testing.assert_allclose(floor[tier == 0], uncapped[tier == 0])
+    np.testing.assert_allclose(demand, uncapped)  # raised to the draw the activity implies
     assert np.all(speed[~binding] >= 1.0 - TOL[tier][~binding])
+    # Requested floors raise it, never above the max cap.
+    raised = tier_floor_caps(
+        plan,
+        demand_w=hi.copy(),
+        activity=activity,
+        floor_w=lo,
+        max_w=hi,
+        tier=tier,
+        tolerances=tuple(TOL),
+        requested_w=np.full(8, 1000.0),
+    )
+    np.testing.assert_allclose(raised, hi)
 
 
 def run_decide(tolerances: tuple[float, float, float, float], site_w: float) -> np.ndarray:
@@ -158,7 +189,7 @@ def test_decide_keeps_every_tier_at_its_floor_before_strict_tiers() -> None:
     np.testing.assert_allclose(strict[6:], 200.0)
     floored = run_decide((0.0, 0.10, 0.25, 0.50), 4000.0)
     idle = model_table("idle_w")[0]
-    mid = idle + (700.0 - idle) * (1.0 - TOL) ** BETA_POWER
+    mid = idle + (700.0 - idle) * 0.95 * g_of_speed(1.0 - TOL)
     for t in range(N_TIERS):
         assert np.all(floored[2 * t : 2 * t + 2] >= max(mid[t], 200.0) - 1e-6)
     np.testing.assert_allclose(floored[:2], 700.0)  # Flex 0's floor is its demand
