@@ -172,7 +172,10 @@ def solve(
         ) from exc
     n = topology.n_gpus
     low, top = curves.bounds_w()
+    # A working GPU that draws no more uncapped than its least (light work under its min cap)
+    # runs flat out whatever the cap: it is fixed, and counted at its speed there.
     active = working & (curves.activity > MIN_ACTIVITY) & (top > low + 1e-9)
+    flat_out = working & ~active
     # Floors, Flex 0 first, as long as every group holds them.
     floor_w = floor_power_w(curves, 1.0 - np.asarray(tolerances)[tier])
     lower = low.copy()
@@ -261,14 +264,13 @@ def solve(
         power = top.copy()
         power[sel] = col[col_of_gpu[sel]]
         value = float(solver.getInfo().objective_function_value)
-    speed = np.where(active, curves.speed_at(power), 0.0)
+    speed = np.where(working, curves.speed_at(power), 0.0)
+    bound = speed.copy()
     if np.isfinite(value):
         # Per tier, the program's own speeds: each bounds what its draw buys on the true curve.
-        bound = np.zeros(n)
         bound[sel] = col[m + col_of_gpu[sel]]
-        rate = np.bincount(tier[active], weights=bound[active], minlength=N_TIERS)
-    else:
-        rate = np.bincount(tier[active], weights=speed[active], minlength=N_TIERS)
+        value += float(np.asarray(weights)[tier[flat_out]] @ speed[flat_out])
+    rate = np.bincount(tier[working], weights=bound[working], minlength=N_TIERS)
     return OracleSolution(
         power_w=power,
         speed=speed,

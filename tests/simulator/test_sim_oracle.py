@@ -119,3 +119,14 @@ def test_no_controller_beats_the_oracle(controller: str) -> None:
     ratio = summary["oracle_ratio"]["weighted"]
     assert ratio is not None
     assert ratio <= 1.0 + 1e-3, summary
+
+
+def test_with_no_binding_limit_the_oracle_is_what_every_gpu_runs_flat_out() -> None:
+    # `steady` stays under its contract: uncapped, every GPU runs at its top clock, and so does
+    # the oracle, light inference under its min cap included.
+    scenario = load_scenario(SCENARIOS / "steady.yaml").shortened(120.0)
+    result = loop.run(scenario, controller="none")
+    assert result.oracle is not None
+    ratio = result.oracle.summary()["oracle_ratio"]
+    for value in ratio.values():
+        assert value is None or value == pytest.approx(1.0, abs=1e-3)
