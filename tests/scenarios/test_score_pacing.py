@@ -10,7 +10,6 @@ from simulator.cluster import SimCluster
 from simulator.controllers import Controller, RheostatController, controller_topology
 from simulator.scenario import load_scenario
 
-
 #: Plain strict tiers (no tolerance floors): with the default floors the sweeps' own rack breakers
 #: already hold them, paced or not, and what pacing frees has nowhere to show.
 STRICT = PolicySettings(capping=CappingSettings(flex_tolerances=(0.0, 0.0, 0.0, 0.0)))
