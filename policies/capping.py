@@ -74,11 +74,11 @@ def allocate(
     `floor_w` to its tier floor in four phases, Flex 0 first (so where even the tier floors do
     not fit, the most tolerant tier gives first), then from there to its demand in strict tier
     order, then to `max_w`: two fills, the second starting at the first one's caps. When every
-    group holds all the tier floors (one pass of group sums shows it), the first fill is the
-    tier floors themselves and is skipped. Units: W.
+    group holds all the tier floors (the fill's own infeasibility check shows it), the first
+    fill is the tier floors themselves and is skipped. Units: W.
     """
     if tier_floor_w is None:
-        return _fill(
+        return _sure(
             plan,
             floor_w=floor_w,
             demand_w=demand_w,
@@ -87,24 +87,21 @@ def allocate(
             usable_w=usable_w,
             out=out,
         )
-    floor_server = plan.server_sum(tier_floor_w)
-    floor_sums = plan.up(floor_server)
-    fits = all(
-        np.all(s + o <= u + REL_TOL * np.maximum(np.abs(u), 1.0))
-        for s, o, u in zip(floor_sums, plan.overhead_w, usable_w, strict=True)
+    # Usually every group holds all the tier floors: the fill from them is then the answer, and
+    # it finds whether they fit (its infeasibility check) before doing any other work.
+    held = _fill(
+        plan,
+        floor_w=tier_floor_w,
+        demand_w=demand_w,
+        max_w=max_w,
+        tier=tier,
+        usable_w=usable_w,
+        out=out,
+        only_if_feasible=True,
     )
-    if fits:
-        return _fill(
-            plan,
-            floor_w=tier_floor_w,
-            demand_w=demand_w,
-            max_w=max_w,
-            tier=tier,
-            usable_w=usable_w,
-            out=out,
-            floor_server_w=floor_server,
-        )
-    first = _fill(
+    if held is not None:
+        return held
+    first = _sure(
         plan,
         floor_w=floor_w,
         demand_w=tier_floor_w,
@@ -112,7 +109,7 @@ def allocate(
         tier=tier,
         usable_w=usable_w,
     )
-    second = _fill(
+    second = _sure(
         plan,
         floor_w=first.cap_w,
         demand_w=demand_w,
@@ -131,6 +128,31 @@ def allocate(
     )
 
 
+def _sure(
+    plan: CappingPlan,
+    *,
+    floor_w: FloatArray,
+    demand_w: FloatArray,
+    max_w: FloatArray,
+    tier: NDArray[np.int8],
+    usable_w: tuple[FloatArray, ...],
+    out: FloatArray | None = None,
+) -> Allocation:
+    """`_fill` run to the end (it only gives up when asked to)."""
+    alloc = _fill(
+        plan,
+        floor_w=floor_w,
+        demand_w=demand_w,
+        max_w=max_w,
+        tier=tier,
+        usable_w=usable_w,
+        out=out,
+    )
+    if alloc is None:  # pragma: no cover - unreachable without only_if_feasible
+        raise PolicyError("the fill gave up without being asked to")
+    return alloc
+
+
 def _fill(
     plan: CappingPlan,
     *,
@@ -140,9 +162,11 @@ def _fill(
     tier: NDArray[np.int8],
     usable_w: tuple[FloatArray, ...],
     out: FloatArray | None = None,
-    floor_server_w: FloatArray | None = None,
-) -> Allocation:
+    only_if_feasible: bool = False,
+) -> Allocation | None:
     """Fill caps from `floor_w` to `demand_w` by tier, then to `max_w`, under `usable_w` limits.
+
+    With `only_if_feasible`, None as soon as some group's floors exceed its limit.
 
     Requires floor <= demand <= max per GPU (a reserved GPU has all three equal). `usable_w` is
     per level, overhead not yet subtracted. The caps go into `out` when given (a buffer the
@@ -150,15 +174,7 @@ def _fill(
     """
     n_servers = plan.n_servers
     scratch = plan.scratch
-    tier_gain = np.subtract(demand_w, floor_w, out=scratch.f("w0"))
-    key = _phase_keys(plan, tier)
-    gain_sums = np.bincount(key, weights=tier_gain, minlength=n_servers * N_PHASES)
-    # Tiers are below N_TIERS, so the surplus column starts at zero; it is filled only if the
-    # surplus phase is reached (under a binding site limit it never is).
-    gains: FloatArray = gain_sums.astype(np.float64, copy=False).reshape(n_servers, N_PHASES)
-    if floor_server_w is not None:  # the caller summed them already
-        floor_server = floor_server_w
-    elif floor_w is plan.topology.gpu_min_cap_w:
+    if floor_w is plan.topology.gpu_min_cap_w:
         floor_server = plan.min_cap_server_w
     else:
         floor_server = plan.server_sum(floor_w)
@@ -166,6 +182,14 @@ def _fill(
     infeasible = tuple(
         b > u + REL_TOL * np.maximum(np.abs(u), 1.0) for b, u in zip(base, usable_w, strict=True)
     )
+    if only_if_feasible and any(flags.any() for flags in infeasible):
+        return None
+    tier_gain = np.subtract(demand_w, floor_w, out=scratch.f("w0"))
+    key = _phase_keys(plan, tier)
+    gain_sums = np.bincount(key, weights=tier_gain, minlength=n_servers * N_PHASES)
+    # Tiers are below N_TIERS, so the surplus column starts at zero; it is filled only if the
+    # surplus phase is reached (under a binding site limit it never is).
+    gains: FloatArray = gain_sums.astype(np.float64, copy=False).reshape(n_servers, N_PHASES)
     remaining = [np.maximum(u - b, 0.0) for u, b in zip(usable_w, base, strict=True)]
     theta = np.ones((n_servers, N_PHASES))
     tier_totals = plan.up(gains[:, :N_TIERS])  # every tier phase's group sums in one pass
