@@ -168,7 +168,7 @@ def solve(
         import highspy  # noqa: PLC0415 - optional: only the oracle needs it
     except ImportError as exc:  # pragma: no cover - highspy is a dev dependency
         raise OracleUnavailableError(
-            "the oracle needs HiGHS: pip install 'highspy>=1.7,<2'"
+            "the oracle needs HiGHS: pip install 'rheostat[oracle]'"
         ) from exc
     n = topology.n_gpus
     low, top = curves.bounds_w()
