@@ -208,20 +208,23 @@ def solve(
     scale = curves.span_w[rep] * curves.activity[rep] * (1.0 - curves.static_frac[rep])
     scale = np.maximum(scale, 1e-12)
     base = curves.idle_w[rep] + curves.span_w[rep] * curves.activity[rep] * curves.static_frac[rep]
-    for c in range(m):
-        g_rep = int(rep[c])
-        slope, icpt = _hull(
-            float(curves.knee[g_rep]),
-            float(curves.alpha[g_rep]),
-            float(curves.min_clock_frac[g_rep]),
-        )
+    # One hull per distinct curve shape (a job's GPUs share one): its pieces become rows for
+    # every column of that shape at once. A service's exponent moves with its prefill share from
+    # tick to tick; rounded down to 0.001 (a faster curve, so still a bound: at most 0.07 % more
+    # speed at half clock), its hulls are reused.
+    alpha_key = np.floor(curves.alpha[rep] * 1000.0 + 1e-9) / 1000.0
+    shape = np.stack([curves.knee[rep], alpha_key, curves.min_clock_frac[rep]], axis=1)
+    shapes, which = np.unique(shape, axis=0, return_inverse=True)
+    for u, (knee, alpha, min_clock) in enumerate(shapes):
+        slope, icpt = _hull(float(knee), float(alpha), float(min_clock))
+        cs = np.flatnonzero(which.reshape(-1) == u)
         k = slope.size
-        r = n_rows + np.arange(k)
-        rows_i += [r, r]
-        rows_j += [np.full(k, m + c), np.full(k, c)]
-        vals += [np.ones(k), -slope / scale[c]]
-        row_up.append(icpt - slope * base[c] / scale[c])
-        n_rows += k
+        r = (n_rows + np.arange(cs.size * k)).reshape(cs.size, k)
+        rows_i += [r.reshape(-1), r.reshape(-1)]
+        rows_j += [np.repeat(m + cs, k), np.repeat(cs, k)]
+        vals += [np.ones(r.size), (-slope[None, :] / scale[cs, None]).reshape(-1)]
+        row_up.append((icpt[None, :] - slope[None, :] * (base / scale)[cs, None]).reshape(-1))
+        n_rows += r.size
     hull_rows = n_rows
     group_up: list[FloatArray] = []
     for k, level in enumerate(topology.levels):
