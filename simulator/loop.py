@@ -32,7 +32,7 @@ from simulator.controllers import (
 )
 from simulator.facility import FacilityRun
 from simulator.grid import SiteLimits
-from simulator.oracle import OracleLog, OracleTracker, oracle_available
+from simulator.oracle_run import OracleLog, OracleTracker, oracle_available
 from simulator.rates import carbon_per_tick
 from simulator.scenario import Scenario
 
@@ -99,7 +99,7 @@ class RunResult:
     facility: FacilityRun | None = None
     #: What the carbon policy saw of each shifted job (targets, slowdown, stop times).
     carbon: CarbonLog | None = None
-    #: The oracle's samples (`simulator.oracle`); None for the reference or without HiGHS.
+    #: The oracle's samples (`simulator.oracle_run`); None for the reference or without HiGHS.
     oracle: OracleLog | None = None
 
     @property

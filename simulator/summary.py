@@ -15,7 +15,7 @@ import numpy as np
 from policies.dr_report import dr_entries
 from simulator.carbon import co2_reduction, work_targets
 from simulator.loop import RunResult
-from simulator.oracle import oracle_keys
+from simulator.oracle_run import oracle_keys
 
 #: Priority weight of each Flex tier in `throughput_retained.weighted`.
 TIER_WEIGHTS = (8.0, 4.0, 2.0, 1.0)

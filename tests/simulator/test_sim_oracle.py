@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator import loop
-from simulator.oracle import ORACLE_WEIGHTS, Curves, floor_power_w, oracle_keys, solve
+from simulator.oracle import ORACLE_WEIGHTS, Curves, floor_power_w, solve
+from simulator.oracle_run import oracle_keys
 from simulator.physics import ALPHA_COMPUTE, ALPHA_DECODE, IDLE_W, KNEE, PEAK_W
 from simulator.scenario import load_scenario
 from simulator.summary import TIER_WEIGHTS
