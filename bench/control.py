@@ -7,15 +7,22 @@ plugin style, `simulator.baselines`) and `rheostat`. Each run's summary is the o
 `scoreboard` object with the figures the targets need that the summary does not carry:
 
 - `breaker_over_s`: seconds summed over the breaker levels (every topology level below the site)
-  over their usable limits; `site_over_s` the same for the site limit (contract, step or DR), or
+  over their usable limits; `site_over_s` the same for the site limit (contract, step or DR), and
   at the facility meter when the scenario has one (the contract is metered there, cooling
-  included); `ramp_over_s` seconds steeper than the scenario's ramp-rate limit.
-- `within_limits`: no trip, no breaker or ramp excess, and the site over its limit no longer than
-  `site_over_allowed_s` (`MAX_TO_CAP_TICKS` decision periods per limit step). Throughput is only
+  included), whichever is longer; `ramp_over_s` seconds steeper than the ramp-rate limit.
+- `within_limits`: no trip, the ramp limit kept, the site over its limit no longer than
+  `site_over_allowed_s` and breaker levels over theirs no longer than `breaker_over_allowed_s`.
+  A controller learns of a limit change only when a real one would (`simulator.grid`): an
+  announced change (a contract step whose `notice_s`, or a DR event whose notification, comes at
+  least a decision period and an actuation lag ahead) allows 0 s over; an unannounced one
+  (a step without enough notice, a zero-notice DR event, a failed feed) allows
+  `MAX_UNANNOUNCED_TICKS` decision periods, the time caps need to land. Throughput is only
   compared against rivals that stay within the limits: power taken over a limit is not a win, so
   a rival that takes it is still shown (its seconds over in the table) but marked `over limits,
   not compared`; Rheostat's own excesses are misses (`site-over`, `ramp-over`).
-- `to_cap_ticks`: per limit step, decision periods until site power was under the new limit.
+- `to_cap_ticks`: per limit step, decision periods until site power was under the new limit;
+  `step_announced` says which steps were announced (target 0 periods) and which not (target at
+  most `MAX_UNANNOUNCED_TICKS`).
 - `steady_gap_pct`: mean of (attainable - site power) / attainable over the samples where demand
   exceeds what the limits allow by `DEMAND_MARGIN_FRAC`, at least `SETTLE_S` after the limit last
   moved. Demand is the controlled run's own: per rack, what it would draw this tick with every GPU
@@ -38,7 +45,8 @@ tier (`o0`-`o3`: the oracle trades tiers for the weighted sum, so these may exce
 every floor.
 
 `--json` prints `{"scenarios": {name: {controller: summary}}}`. The default runs each scenario
-for its full duration; `--duration S` cuts every scenario to at most S seconds.
+for its full duration; `--duration S` cuts every scenario to at most S seconds; `--faults` adds
+each scenario again under `FAULTS` (rows `NAME+faults`), where the same targets apply.
 """
 
 from __future__ import annotations
@@ -69,8 +77,16 @@ SETTLE_S = 30.0
 #: Demand must exceed the attainable power by this fraction for a sample to count as
 #: "demand above the limit" (keeps samples where demand merely brushes the limit out).
 DEMAND_MARGIN_FRAC = 0.01
-#: Targets (issue 8).
-MAX_TO_CAP_TICKS = 3.0
+#: Decision periods an unannounced limit change may take to get under (an announced one: 0).
+MAX_UNANNOUNCED_TICKS = 2.0
+#: `--faults`: a 60 s controller outage (twice the default command TTL: every rack falls back
+#: to its safe caps, then obeys the restarted controller), a fifth of the commands lost, and
+#: telemetry 2-5 s late and out of order, all through the run.
+FAULTS: tuple[dict[str, Any], ...] = (
+    {"duration_s": 60.0},
+    {"kind": "command_loss", "fraction": 0.2},
+    {"kind": "telemetry_delay", "delay_s": 2.0, "jitter_s": 3.0},
+)
 MAX_STEADY_GAP_PCT = 1.0
 MIN_TIER0 = 0.995
 #: Weighted work against the oracle's (`simulator.oracle`) the controller must deliver.
@@ -87,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller", nargs="+", choices=CONTROLLERS, default=list(CONTROLLERS))
     parser.add_argument(
         "--duration", type=duration_s, metavar="S", help="cut scenarios to S seconds (or 90s, 2m)"
+    )
+    parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="run each scenario under FAULTS too: a controller outage longer than the commands' "
+        "TTL, lost commands, late and reordered telemetry (rows named SCENARIO+faults)",
     )
 
 
@@ -130,6 +152,29 @@ def steady_gap_pct(controlled: RunResult, reference: RunResult | None = None) ->
     return round(float(np.mean(gap)) * 100.0, 3)
 
 
+def announced_horizon_s(scenario: Scenario) -> float:
+    """Notice a limit change needs to be met on time: a decision period and the actuation lag."""
+    return scenario.controller.period_s + scenario.physics.actuation_lag_s
+
+
+def steps_announced(scenario: Scenario) -> list[bool]:
+    """Per contract step (in time order), whether it was announced early enough to be met."""
+    horizon = announced_horizon_s(scenario)
+    steps = sorted(scenario.limits.steps, key=lambda s: s.at_s)
+    return [step.notice_s >= horizon for step in steps]
+
+
+def unannounced_dr_events(scenario: Scenario) -> int:
+    """DR events that cut before the controller could have acted on their notification."""
+    horizon = announced_horizon_s(scenario)
+    count = 0
+    for e in scenario.grid.dr_events:
+        notified = max(0.0, e.start_s - max(e.notification_s, e.ramp_s))
+        if max(e.start_s - e.ramp_s, notified) - notified < horizon:
+            count += 1
+    return count
+
+
 def scoreboard(controlled: RunResult, reference: RunResult, summary: Row) -> Row:
     """The derived figures of one run (module doc)."""
     over: dict[str, float] = summary["seconds_over_limit"]
@@ -137,27 +182,29 @@ def scoreboard(controlled: RunResult, reference: RunResult, summary: Row) -> Row
     scenario = controlled.scenario
     period_s = scenario.controller.period_s
     breaker_over_s = round(sum(over.get(lv.name, 0.0) for lv in levels[:-1]), 3)
-    site_over_s = over.get(levels[-1].name, 0.0)
-    if scenario.facility is not None:
-        # Without a facility spec the meter is the IT feed itself, held to a ppm tolerance that
-        # the site check's 1e-4 already covers; with one, it adds cooling and is the real meter.
-        site_over_s = max(site_over_s, over.get("facility", 0.0))
+    site_over_s = max(over.get(levels[-1].name, 0.0), over.get("facility", 0.0))
     ramp_over_s = float(summary.get("ramp_violation_s", 0.0))
-    site_allowance_s = len(summary["time_to_cap_s"]) * MAX_TO_CAP_TICKS * period_s
+    announced = steps_announced(scenario)
+    unannounced = announced.count(False) + unannounced_dr_events(scenario)
+    feeds = sum(1 for f in scenario.faults if f.kind == "feed_failure")
+    site_allowance_s = unannounced * MAX_UNANNOUNCED_TICKS * period_s
+    breaker_allowance_s = feeds * MAX_UNANNOUNCED_TICKS * period_s
     return {
         "breaker_over_s": breaker_over_s,
+        "breaker_over_allowed_s": breaker_allowance_s,
         "site_over_s": site_over_s,
         "site_over_allowed_s": site_allowance_s,
         "ramp_over_s": ramp_over_s,
         "within_limits": (
             not summary["breaker_trips"]
-            and breaker_over_s == 0.0
+            and breaker_over_s <= breaker_allowance_s + 1e-9
             and ramp_over_s == 0.0
             and site_over_s <= site_allowance_s + 1e-9
         ),
         "to_cap_ticks": [
             None if t is None else round(t / period_s, 2) for t in summary["time_to_cap_s"]
         ],
+        "step_announced": announced,
         "steady_gap_pct": steady_gap_pct(controlled),
         "steady_gap_vs_uncapped_pct": steady_gap_pct(controlled, reference),
     }
@@ -191,7 +238,19 @@ def run(args: argparse.Namespace) -> list[Row]:
             if args.duration is not None and args.duration < scenario.duration_s:
                 scenario = scenario.shortened(args.duration)
             scenarios[scenario.name] = run_scenario(scenario, args.controller)
+            if getattr(args, "faults", False):
+                faulty = with_faults(scenario)
+                scenarios[faulty.name] = run_scenario(faulty, args.controller)
     return [{"scenarios": scenarios}]
+
+
+def with_faults(scenario: Scenario) -> Scenario:
+    """The scenario under `FAULTS`, the outage starting 30 % into the run, named `NAME+faults`."""
+    outage = {"kind": "controller_outage", "at_s": 0.3 * scenario.duration_s}
+    doc = scenario.model_dump()
+    doc["name"] = f"{scenario.name}+faults"
+    doc["faults"] = [*doc["faults"], outage | FAULTS[0], *FAULTS[1:]]
+    return Scenario.model_validate(doc)
 
 
 def misses(scenario: str, by_controller: dict[str, Row]) -> list[str]:
@@ -203,9 +262,13 @@ def misses(scenario: str, by_controller: dict[str, Row]) -> list[str]:
     found: list[str] = []
     if ours["breaker_trips"]:
         found.append("trips")
-    if board["breaker_over_s"] > 0:
+    if board["breaker_over_s"] > board.get("breaker_over_allowed_s", 0.0) + 1e-9:
         found.append("breaker-over")
-    if any(t is None or t > MAX_TO_CAP_TICKS for t in board["to_cap_ticks"]):
+    announced = board.get("step_announced") or [False] * len(board["to_cap_ticks"])
+    if any(
+        t is None or t > (0.0 if known else MAX_UNANNOUNCED_TICKS)
+        for t, known in zip(board["to_cap_ticks"], announced, strict=True)
+    ):
         found.append("to-cap")
     if board["site_over_s"] > board["site_over_allowed_s"] + 1e-9:
         found.append("site-over")

@@ -32,7 +32,7 @@ import numpy as np
 
 from controller import wire
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
-from controller.mqtt_client import Client
+from controller.mqtt_client import Client, topic_payload
 from policies.fleet import FleetState
 from policies.topology import Topology, generate_topology
 
@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rack-gpus", type=int, nargs="+", default=[32, 72])
     parser.add_argument("--racks", type=int, default=500, help="racks in the fleet")
     parser.add_argument("--messages", type=int, default=30000, help="messages per run")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also run sharded ingest with this many worker processes (e.g. 1 2)",
+    )
 
 
 @contextlib.contextmanager
@@ -143,13 +150,14 @@ def publisher(port: int, racks: int, rack_gpus: int, count: int) -> Iterator[sub
         stdout=subprocess.PIPE,
         text=True,
     )
-    try:
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("publisher did not start")
-        yield proc
-    finally:
-        proc.wait(120)
+    with proc:  # closes its pipes on the way out
+        try:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("publisher did not start")
+            yield proc
+        finally:
+            proc.wait(120)
 
 
 async def consume_rheostat(port: int, topo: Topology, count: int) -> tuple[float, int, int]:
@@ -175,10 +183,11 @@ async def consume_rheostat(port: int, topo: Topology, count: int) -> tuple[float
                     message,
                     *(queue.get_nowait() for _ in range(min(queue.qsize(), DRAIN_BATCH))),
                 ):
-                    if msg.topic == done:
+                    topic, payload = topic_payload(msg)
+                    if topic == done:
                         finished = True
                     else:
-                        ingest.handle(msg.topic, msg.payload)
+                        ingest.handle(topic, payload)
             elapsed = time.perf_counter() - (start or time.perf_counter())
     assert ingest.counters.accepted > 0
     assert sum(ingest.counters.rejected.values()) == 0
@@ -224,6 +233,12 @@ async def consume_baseline(port: int, topo: Topology, count: int) -> tuple[float
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     with mosquitto() as port:
+        if args.workers:
+            from bench._shard_ingest import worker_rows
+
+            for rack_gpus in args.rack_gpus:
+                rows.extend(worker_rows(port, fleet_topology(args.racks, rack_gpus), args))
+            return rows
         for rack_gpus in args.rack_gpus:
             topo = fleet_topology(args.racks, rack_gpus)
             ours_s, handled, conflated = asyncio.run(consume_rheostat(port, topo, args.messages))

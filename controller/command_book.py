@@ -5,16 +5,22 @@ ceiling changed, its safe caps changed, or its last command is `refresh_frac` of
 expiry. Stale racks (no telemetry) are commanded like any other: a rack whose reports are lost
 may still hear its commands, and a cut the limits need must reach it (the decision never raises
 their caps). A rack never heard from since this controller started is left alone: its agent keeps
-the command of the controller before (a restart costs nothing) or its safe caps. Racks whose caps
-go down are sent first, blind ones first among them, so that during the send no group briefly
-holds both its old high caps and its neighbours' new high caps; within each direction the largest
-moves go first, so when a fleet-wide shift is sent over several batches a rack whose demand just
-changed is not queued behind it. Every command carries its rack's safe caps, what the agent
-applies on its own when the command's TTL runs out.
+the command of the controller before (a restart costs nothing) or its safe caps.
+Order: urgent racks first, those whose new caps cut some GPU more than the deadband below what it
+draws now (a rack over its limit, or whose new limit is below its present draw): until their
+command lands, a limit is being exceeded, so they go ahead of everything else (largest overdraw
+first; the daemon also sends them on their own lane, see `controller.publisher`). Then racks whose
+caps go down, blind ones first among them, so that during the send no group briefly holds both its
+old high caps and its neighbours' new high caps; within each direction the largest moves go first,
+so when a fleet-wide shift is sent over several batches a rack whose demand just changed is not
+queued behind it. Every command carries its rack's safe caps, what the agent applies on its own
+when the command's TTL runs out.
 The per-rack test is vectorized with `np.maximum.reduceat` over the contiguous rack row ranges.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -106,11 +112,28 @@ class CommandBook:
         if now_s is not None:
             self.resend_after_s[:] = now_s
 
-    def _per_rack_max(self, per_gpu: NDArray[np.float64]) -> NDArray[np.float64]:
+    def adopt(self, cap_w: NDArray[np.float64]) -> None:
+        """Take over racks another controller commanded: assume they hold `cap_w` (what their
+        telemetry reports applying) and make every rack due, so the first commands lower caps
+        before any rack's go up, as after any other decision."""
+        np.copyto(self.sent_cap_w, cap_w)
+        self.sent_clock_mhz[:] = np.nan
+        self.invalidate()
+
+    def _per_rack(self, reduce: np.ufunc, per_gpu: NDArray[Any]) -> NDArray[np.float64]:
+        """`reduce` (a ufunc: maximum, minimum, fmax) over each rack's rows; 0 for empty racks."""
         out = np.zeros(self.topology.n_racks)
         if per_gpu.size:
-            out[self._nonempty] = np.maximum.reduceat(per_gpu, self._starts[self._nonempty])
+            out[self._nonempty] = reduce.reduceat(per_gpu, self._starts[self._nonempty])
         return out
+
+    def urgent(self, decision: Decision, power_w: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Per rack, how far (W) the decision puts some GPU's cap below what it draws now.
+
+        Positive beyond the deadband means the rack's command protects a limit: see `due_lanes`.
+        A GPU with no reading (NaN) never makes its rack urgent.
+        """
+        return self._per_rack(np.fmax, power_w - decision.cap_w)
 
     def due(
         self,
@@ -119,32 +142,78 @@ class CommandBook:
         now_s: float,
         stale_rack: NDArray[np.bool_],
         last_seen_s: NDArray[np.float64] | None = None,
+        power_w: NDArray[np.float64] | None = None,
     ) -> NDArray[np.int64]:
-        """Indices of racks to command now: lowering racks first (blind ones, `stale_rack`,
-        first among them), then by the largest cap move.
+        """Indices of racks to command now: urgent ones (with `power_w`, each GPU's present draw
+        in W) first, then lowering racks (blind ones, `stale_rack`, first among them), then by the
+        largest cap move; see `due_lanes`.
 
         `last_seen_s` (per rack, when its telemetry last arrived; -inf: never) triggers the
         resend to racks that came back after a reconnect (see `invalidate`), and leaves out racks
         never heard from.
         """
-        cap_delta = np.abs(decision.cap_w - self.sent_cap_w)
-        cap_delta = np.where(np.isnan(cap_delta), np.inf, cap_delta)
-        clock_changed = ~(decision.sm_clock_max_mhz == self.sent_clock_mhz)
-        move_w = self._per_rack_max(cap_delta)
-        changed = (move_w > self.deadband_w) | (
-            self._per_rack_max(clock_changed.astype(np.float64)) > 0
+        urgent, rest = self.due_lanes(
+            decision, now_s=now_s, stale_rack=stale_rack, last_seen_s=last_seen_s, power_w=power_w
         )
+        return np.concatenate((urgent, rest))
+
+    def due_lanes(
+        self,
+        decision: Decision,
+        *,
+        now_s: float,
+        stale_rack: NDArray[np.bool_],
+        last_seen_s: NDArray[np.float64] | None = None,
+        power_w: NDArray[np.float64] | None = None,
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The due racks in two ordered lanes: (urgent, the rest).
+
+        Urgent: the new caps cut some GPU more than the deadband below its present draw
+        (`power_w`, W; None makes no rack urgent), largest cut first. The rest: lowering racks
+        first, then raising ones, each by the largest cap move.
+        """
+        # Three passes over the GPUs instead of one per question: max and min of the cap steps
+        # (NaN, never sent, propagates: such a rack moves the most), and the clock test.
+        step_w = decision.cap_w - self.sent_cap_w
+        down_w = self._per_rack(np.minimum, step_w)
+        move_w = np.fmax(self._per_rack(np.maximum, step_w), -down_w)
+        lowering = down_w < 0
+        move_w[np.isnan(move_w)] = np.inf
+        clock_changed = decision.sm_clock_max_mhz != self.sent_clock_mhz
+        changed = (move_w > self.deadband_w) | (self._per_rack(np.maximum, clock_changed) > 0)
         refresh = now_s - self.sent_at_s >= self.ttl_s * self.refresh_frac
         wanted = self._nonempty
         if last_seen_s is not None:
             refresh |= last_seen_s > self.resend_after_s
             wanted = wanted & (last_seen_s > -np.inf)
         racks = np.flatnonzero((changed | refresh) & wanted)
+        urgent = racks[:0]
+        if racks.size and power_w is not None:
+            over_w = self.urgent(decision, power_w)[racks]
+            # A stale rack's reading is old: it is commanded (below) but never urgent.
+            is_urgent = (over_w > self.deadband_w) & ~np.asarray(stale_rack, dtype=np.bool_)[racks]
+            urgent = racks[is_urgent][np.argsort(-over_w[is_urgent], kind="stable")]
+            racks = racks[~is_urgent]
         if racks.size:
-            lowering = self._per_rack_max(self.sent_cap_w - decision.cap_w)[racks] > 0
             blind = np.asarray(stale_rack, dtype=np.bool_)[racks]
-            racks = racks[np.lexsort((-move_w[racks], ~blind, ~lowering))]
-        return racks
+            racks = racks[np.lexsort((-move_w[racks], ~blind, ~lowering[racks]))]
+        return urgent, racks
+
+    def _rows(
+        self, racks: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """The GPU rows of `racks`, rack after rack, and each rack's (start, end) among them.
+
+        Work on a batch of racks then touches only their rows, not the whole fleet: the daemon
+        sends a burst in small windows, each one costing what its own racks cost.
+        """
+        sizes = self._sizes[racks]
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        rows = np.arange(int(ends[-1]) if ends.size else 0) + np.repeat(
+            self.topology.rack_offsets[racks] - starts, sizes
+        )
+        return rows, starts, ends
 
     def build(
         self,
@@ -159,28 +228,27 @@ class CommandBook:
         `issued_at_s` (Unix s, default `now_s`) is what the commands say they were issued at.
         """
         ids = self.topology.racks.ids
-        offsets = self.topology.rack_offsets
+        rows, starts, ends = self._rows(racks)
         self.seq[racks] += 1
         names = [ids[rack] for rack in racks.tolist()]
+        cap_w = decision.cap_w[rows]
+        clock_mhz = decision.sm_clock_max_mhz[rows]
         payloads = wire.encode_commands(
             names,
             seq=self.seq[racks],
             issued_at_s=now_s if issued_at_s is None else issued_at_s,
             ttl_s=self.ttl_s,
-            cap_w=decision.cap_w,
-            sm_clock_max_mhz=decision.sm_clock_max_mhz,
-            starts=offsets[racks],
-            ends=offsets[racks + 1],
-            safe_cap_w=self.safe_cap_w,
+            cap_w=cap_w,
+            sm_clock_max_mhz=clock_mhz,
+            starts=starts,
+            ends=ends,
+            safe_cap_w=None if self.safe_cap_w is None else self.safe_cap_w[rows],
             epoch=self.epoch,
             ctl=self.ctl,
         )
         out = list(zip(names, payloads, strict=True))
-        sent_rack = np.zeros(self.topology.n_racks, dtype=np.bool_)
-        sent_rack[racks] = True
-        sent_gpu = np.repeat(sent_rack, self._sizes)
-        np.copyto(self.sent_cap_w, decision.cap_w, where=sent_gpu)
-        np.copyto(self.sent_clock_mhz, decision.sm_clock_max_mhz, where=sent_gpu)
+        self.sent_cap_w[rows] = cap_w
+        self.sent_clock_mhz[rows] = clock_mhz
         self.sent_at_s[racks] = now_s
         self.resend_after_s[racks] = np.inf
         self.sent_total += len(out)

@@ -12,12 +12,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from controller.carbon import CarbonSection
 from controller.facility import FacilitySection
 from controller.grid.config import DemandResponseSection, Fraction
+from controller.ha.config import HaSection
 from controller.ingest import TelemetrySection
+from controller.shard.config import IngestSection
 from policies.decision import (
     DEFAULT_FLEX_TOLERANCES,
     N_TIERS,
@@ -25,7 +27,8 @@ from policies.decision import (
     DvfsSettings,
     PolicySettings,
 )
-from policies.gpu_models import MODEL_CODE
+from policies.errors import TopologyError
+from policies.gpu_models import MODEL_CODE, GpuModel, match_model, register_model
 
 PositiveW = Annotated[float, Field(gt=0)]
 Tier = Annotated[int, Field(ge=0, le=N_TIERS - 1)]
@@ -76,9 +79,44 @@ class ServerSpec(_Section):
 
     @model_validator(mode="after")
     def _known_model(self) -> Self:
-        if self.model not in MODEL_CODE:
-            raise ValueError(f"unknown GPU model {self.model!r} (known: {', '.join(MODEL_CODE)})")
+        if match_model(self.model) is None:
+            raise ValueError(
+                f"unknown GPU model {self.model!r} (known: {', '.join(MODEL_CODE)}, their NVML "
+                "names, or a model in the policy's gpu_models)"
+            )
         return self
+
+
+class SiteGpuModel(_Section):
+    """A GPU model the catalog lacks, added by a site. Units: W, MHz, degrees C."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    """The model's key, as servers in this file may name it."""
+    nvml_names: tuple[Annotated[str, Field(min_length=1, max_length=96)], ...] = ()
+    """Names NVML reports for it (`nvidia-smi --query-gpu=name`)."""
+    min_cap_w: PositiveW
+    """Lowest power limit the GPU accepts. Units: W."""
+    max_cap_w: PositiveW
+    """Highest power limit (its TDP). Units: W."""
+    idle_w: Annotated[float, Field(ge=0)]
+    """Power drawn idle. Units: W."""
+    min_sm_clock_mhz: PositiveW
+    """Lowest supported SM clock. Units: MHz."""
+    max_sm_clock_mhz: PositiveW
+    """Highest (boost) SM clock. Units: MHz."""
+    sm_clock_step_mhz: PositiveW = 15.0
+    """Step between supported SM clocks. Units: MHz."""
+    memory_clock_mhz: PositiveW
+    """Memory clock. Units: MHz."""
+    slowdown_temp_c: float = 87.0
+    """Temperature at which the GPU slows itself. Units: degrees C."""
+    shutdown_temp_c: float = 92.0
+    """Temperature at which it shuts down. Units: degrees C."""
+    source: str = "site policy"
+    """Where the figures come from (a datasheet, your own nvidia-smi -q)."""
+
+    def model(self) -> GpuModel:
+        return GpuModel(**self.model_dump())
 
 
 class RackSpec(_Section):
@@ -401,6 +439,8 @@ class LoggingSection(_Section):
 class PolicyFile(_Section):
     """The whole policy file. Only `site` is required."""
 
+    gpu_models: tuple[SiteGpuModel, ...] = ()
+    """GPU models the catalog lacks; validated (and registered) before `site`, which names them."""
     site: SiteSection
     """The site's name and its fleet."""
     limits: LimitsSection = LimitsSection()
@@ -431,6 +471,35 @@ class PolicyFile(_Section):
     #: Flexible jobs planned against a carbon or price signal; None: no shifting.
     carbon: CarbonSection | None = None
     """Flexible jobs planned against a carbon or price signal; unset: no shifting."""
+    nodes: Path | None = None
+    """The node inventory file (hostnames to racks), relative to the policy file: node agents'
+    telemetry is assembled into racks through it. Unset: rack-level agents only."""
+    ha: HaSection = HaSection()
+    """Leader election and fencing between a site's controllers; `none`: a lone controller."""
+    ingest: IngestSection = IngestSection()
+    """Telemetry ingest in worker processes on an MQTT 5 shared subscription; 0: in-process."""
+
+    @model_validator(mode="after")
+    def _failover_inside_ttl(self) -> Self:
+        c = self.control
+        error = self.ha.failover_budget_error(
+            command_ttl_s=c.command_ttl_s,
+            refresh_frac=c.refresh_frac,
+            tick_period_s=c.tick_period_s,
+        )
+        if error is not None:
+            raise ValueError(error)
+        return self
+
+    @field_validator("gpu_models", mode="after")
+    @classmethod
+    def _register_models(cls, models: tuple[SiteGpuModel, ...]) -> tuple[SiteGpuModel, ...]:
+        for spec in models:
+            try:
+                register_model(spec.model())
+            except TopologyError as exc:
+                raise ValueError(str(exc)) from None
+        return models
 
     def policy_settings(self) -> PolicySettings:
         """The decision core's settings, from the capping, ramp and DVFS sections."""

@@ -1,6 +1,6 @@
 """The controller daemon: MQTT ingest, the control tick, expiring commands, reloads, shutdown.
 
-Two loops run as named tasks in one `asyncio.TaskGroup`:
+Three loops run as named tasks in one `asyncio.TaskGroup`:
 - `mqtt`: connects (jittered backoff on failure, at most `wire.RECONNECT_MAX_S`, well inside any
   command TTL), subscribes, publishes the retained `online` status, republishes current commands
   after a reconnect, and feeds telemetry to `Ingest` through a conflating queue, draining it in
@@ -9,6 +9,8 @@ Two loops run as named tasks in one `asyncio.TaskGroup`:
 - `tick`: every period, snapshot → `policies.pipeline.decide` (in a worker thread, so a slow
   decision never blocks ingest) → commands for the racks that are due. Ticks never overlap; a
   late one is counted and logged. The loop keeps deciding during a broker outage.
+- `commands`: the bulk lane of `controller.publisher`, sending each tick's non-urgent commands
+  in acknowledged windows; urgent ones (a limit exceeded until they land) leave from the tick.
 On stop (SIGTERM) the daemon publishes the retained `offline` status itself (a clean disconnect
 does not fire the last will) and leaves: racks keep their caps until the TTL runs out, then apply
 their safe caps. A fault that ends the loops does the same on its way out, and the process exits
@@ -43,13 +45,17 @@ from controller.carbon import CarbonHook
 from controller.command_book import CommandBook
 from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
+from controller.ha.runner import HaRunner
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
 from controller.messages import MessageRejections
-from controller.mqtt_client import Client
+from controller.mqtt_client import Client, topic_payload
+from controller.nodes import NodeAssembler
 from controller.policy_file import Policy, check_reload, load_policy
+from controller.publisher import CommandPublisher, SendTrace
 from controller.runtime import DemandResponseStatus, Runtime
 from controller.settings import mqtt_password
+from controller.shard.pool import IngestPool
 from controller.watch import watch_file
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import RheostatError
@@ -61,12 +67,6 @@ log = structlog.get_logger("rheostat.controller")
 
 #: Messages handled per batch before yielding to the loop, so ticks and scrapes stay on time.
 DRAIN_BATCH = 2048
-#: Commands handed to the MQTT client per slice before other tasks get a turn.
-PUBLISH_SLICE = 250
-#: Commands in one batch, the most ever awaiting the broker's acknowledgement. A fleet-wide
-#: change goes out over a few ticks (lowering racks first), and a rack whose caps just moved
-#: waits behind at most one batch, not behind a queue of every rack.
-COMMANDS_IN_FLIGHT = 1000
 
 
 def instance_id() -> str:
@@ -190,6 +190,7 @@ class Controller:
         notifier: Notifier | None = None,
         version: str = "0+unknown",
         decider: Decider = decide,
+        trace: SendTrace | None = None,
     ) -> None:
         self.policy_path = policy_path
         self.decider = decider
@@ -197,19 +198,21 @@ class Controller:
         self.monotonic = monotonic
         #: This process's controller instance id; commands carry it as `ctl`.
         self.instance = instance_id()
-        #: The leader's term; 0 while the daemon runs without HA.
-        self.epoch = 0
         #: Refused messages beside telemetry, and any whose handling raised, by kind and reason.
         self.rejections = MessageRejections()
         self.notifier: Notifier = notifier or _NoNotifier()
         self.runtime = build_runtime(policy, clock=clock, version=version, monotonic=monotonic)
-        self._label_book()
         self.runtime.reloads.last_success_s = clock()
         self._client: Client | None = None
-        self._confirming: set[asyncio.Task[None]] = set()
-        #: Acknowledgements of the last batch of commands, while any is outstanding.
-        self._unconfirmed: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
+        self.publisher = CommandPublisher(
+            self.runtime,
+            self._send_lock,
+            clock=monotonic,
+            wall_clock=clock,
+            may_send=lambda: self.ha.is_leader(),  # noqa: PLW0108 - self.ha is built below
+            trace=trace,
+        )
         self._state_lock = asyncio.Lock()
         self._metrics_serving = False
         self._ready_sent = False
@@ -246,6 +249,28 @@ class Controller:
         )
         if self.grid is not None:
             self.grid.topic.rejections = self.rejections
+        #: Node agents' telemetry assembled into racks, when the policy has a node inventory.
+        self.nodes = (
+            None
+            if policy.inventory is None
+            else NodeAssembler(
+                site=policy.site,
+                topology=policy.topology,
+                inventory=policy.inventory,
+                forward=self._to_ingest,
+            )
+        )
+        #: Telemetry ingest in worker processes (`ingest.workers`); None: in this process.
+        self.pool = self._ingest_pool(policy)
+        #: Leadership: only the leader publishes (commands, status, grid reports).
+        self.ha = HaRunner(
+            policy.config.ha,
+            site=policy.site,
+            name=policy.config.mqtt.client_id,
+            instance=self.instance,
+            on_gain=self._took_lead,
+        )
+        self._label_book()
         if (
             self.grid is not None
             and self.carbon is not None
@@ -253,9 +278,17 @@ class Controller:
         ):
             self.grid.price_sink = self.carbon.take_forecast
 
+    @property
+    def epoch(self) -> int:
+        """The leader's term that commands and the status carry; 0 without `ha`."""
+        return self.ha.epoch()
+
     def _label_book(self) -> None:
         book = self.runtime.book
         book.ctl, book.epoch = self.instance, self.epoch
+
+    def _to_ingest(self, topic: str, payload: bytes) -> bool:
+        return self.runtime.ingest.handle(topic, payload)  # the ingest in force (reloads swap it)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -264,13 +297,27 @@ class Controller:
         # of ms, which would land on the telemetry-to-command latency.
         gc.collect()
         gc.freeze()
+        try:
+            await self._run(stop)
+        finally:
+            await self.ha.close()  # a standby takes over now, not at the lease's expiry
+            if self.pool is not None:
+                self.pool.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        if self.pool is not None:
+            self.pool.start()
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._mqtt_loop(), name="mqtt"),
                 group.create_task(self._tick_loop(), name="tick"),
+                group.create_task(self.ha.serve(), name="ha"),
+                group.create_task(self.publisher.run(), name="commands"),
             ]
             if self.grid is not None:
                 tasks.append(group.create_task(self.grid.serve(), name="grid"))
+            if self.pool is not None:
+                tasks.append(group.create_task(self.pool.watch(), name="ingest-pool"))
             if self.policy_path is not None:
                 watched = watch_file(
                     self.policy_path,
@@ -281,9 +328,30 @@ class Controller:
             await stop.wait()
             self._stopping = True
             self.notifier.notify("STOPPING=1")
-            for task in (*tasks, *self._confirming):
+            for task in (*tasks, *self.publisher.confirming):
                 task.cancel()
         log.info("stopped", ticks=self.runtime.ticks.ticks)
+
+    def _ingest_pool(self, policy: Policy) -> IngestPool | None:
+        """Shared-memory fleet arrays and their worker processes, when the policy asks.
+
+        The policy's class names get codes first, in the order every worker is given them.
+        """
+        if policy.config.ingest.workers == 0:
+            return None
+        rt = self.runtime
+        for name in sorted(policy.config.tiers.classes):
+            rt.classes.code(name)
+        pool = IngestPool(
+            policy,
+            initial=rt.fleet,
+            classes=rt.classes.names[1:],
+            password=mqtt_password(policy.config.mqtt),
+        )
+        rt.fleet = rt.ingest.fleet = pool.fleet
+        rt.ingest.cmd_rejected = pool.shared.cmd_rejected
+        rt.tier_table = _tier_table(policy, rt.classes)
+        return pool
 
     def metrics_serving(self) -> None:
         """Tell the daemon its metrics endpoint is up; READY=1 waits for it and the subscription."""
@@ -329,6 +397,8 @@ class Controller:
         if self.carbon is not None:
             self.carbon.set_topology(policy.topology)
         self.jobs.set_topology(policy.topology)
+        if self.nodes is not None and policy.inventory is not None:
+            self.nodes.set_policy(policy.topology, policy.inventory)
         if same_fleet:
             control = policy.config.control
             rt.policy = policy
@@ -346,6 +416,10 @@ class Controller:
                 deadband_w=policy.config.capping.deadband_w,
                 safe_cap_w=policy.safe_cap_w,
             )
+            if self.pool is not None:
+                for name in sorted(policy.config.tiers.classes):
+                    rt.classes.code(name)
+                self.pool.reconfigure(policy, rt.classes.names[1:])
             rt.tier_table = _tier_table(policy, rt.classes)
             return
         # A different fleet: start from empty state; every rack is stale until it reports.
@@ -384,18 +458,23 @@ class Controller:
             username=mq.username,
             password=mqtt_password(mq),
             protocol=protocol,
-            will=aiomqtt.Will(wire.status_topic(site), offline, qos=1, retain=True),
+            # With `ha`, several processes share the site's status: no will (see README).
+            will=None
+            if self.ha.enabled
+            else aiomqtt.Will(wire.status_topic(site), offline, qos=1, retain=True),
             keepalive=mq.keepalive_s,
             timeout=mq.timeout_s,
             queue_type=ConflatingQueue,
-            # The daemon bounds what is in flight itself (COMMANDS_IN_FLIGHT); paho's own bound
+            # The daemon bounds what is in flight itself (controller.publisher); paho's own bound
             # scans every unacknowledged message on each acknowledgement.
             max_inflight_messages=0,
             tls_params=tls,
             tls_insecure=mq.tls.insecure if mq.tls is not None else None,
         )
 
-    async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
+    async def _publish_status(self, client: Client, state: str) -> None:
+        if not self.ha.is_leader():
+            return  # only the leader writes the site's retained status
         payload = wire.encode_status(
             wire.Status(
                 state="online" if state == "online" else "offline",
@@ -444,9 +523,7 @@ class Controller:
                 self._client = None
                 rt.mqtt_connected = rt.subscribed = False
                 # The broker may have lost those commands: the reconnect resends every rack's.
-                for task in self._confirming:
-                    task.cancel()
-                self._unconfirmed = None
+                self.publisher.disconnected()
             attempt += 1
             await asyncio.sleep(wire.reconnect_delay_s(attempt))
 
@@ -454,7 +531,10 @@ class Controller:
         """One broker connection: subscribe, say `online`, resend every command, then receive."""
         rt = self.runtime
         mq = rt.policy.config.mqtt
-        await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
+        if self.pool is None:  # else the ingest workers take telemetry
+            await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
+        if self.nodes is not None:
+            await client.subscribe(wire.node_telemetry_filter(rt.policy.site), qos=0)
         for topic in self.grid.topics if self.grid is not None else ():
             await client.subscribe(topic, qos=1)
         for topic in self.facility.topics if self.facility is not None else ():
@@ -465,9 +545,10 @@ class Controller:
             for topic in self.jobs.topics:
                 await client.subscribe(topic, qos=1)
         await self._publish_status(client, "online")
-        queue = client._queue
+        queue = client.inbox
         rt.queue = queue if isinstance(queue, ConflatingQueue) else None
         self._client = client
+        self.publisher.connected(client)
         rt.mqtt_connected = rt.subscribed = True
         if not first:
             rt.mqtt_reconnects += 1
@@ -498,6 +579,8 @@ class Controller:
 
     async def _receive(self, client: Client) -> None:
         handle: Callable[[str, bytes], bool] = self.runtime.ingest.handle
+        if self.nodes is not None:
+            handle = self.nodes.routed(handle)
         if self.grid is not None:
             handle = _routed(self.grid, handle)
         if self.facility is not None:
@@ -507,12 +590,31 @@ class Controller:
         handle = self._guarded(self.jobs.routed(handle, forward=self.carbon is not None))
         queue = client.inbox
         while True:
-            message = await client.receive()
-            handle(message.topic, message.payload)
+            handle(*topic_payload(await client.receive()))
             # Drain what arrived in the same read without one await per message.
             for _ in range(min(queue.qsize(), DRAIN_BATCH)):
-                message = queue.get_nowait()
-                handle(message.topic, message.payload)
+                handle(*topic_payload(queue.get_nowait()))
+
+    # ------------------------------------------------------------------ leadership
+    def _took_lead(self) -> None:
+        """A new term: every rack is due under the new epoch; status and commands go at once.
+
+        The standby decided on every tick, so the last decision is current: sending it now
+        rather than at the next tick shortens the failover by up to a tick.
+        """
+        self.runtime.book.adopt(self.runtime.fleet.cap_w)
+        client = self._client
+        if client is None or self._stopping:
+            return
+        task = asyncio.create_task(self._announce(client), name="took-lead")
+        self.publisher.confirming.add(task)
+        task.add_done_callback(self.publisher.confirming.discard)
+
+    async def _announce(self, client: Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(self.runtime.policy.config.mqtt.timeout_s):
+                await self._publish_status(client, "online")
+        await self._send_due()
 
     # ------------------------------------------------------------------ tick
     async def _tick_loop(self) -> None:
@@ -540,7 +642,13 @@ class Controller:
         policy = rt.policy
         topo = policy.topology
         now_s = self.clock()
+        started_s = time.monotonic()
+        if self.nodes is not None and (reported := self.nodes.reported_topology()) is not None:
+            self._swap_policy(dataclasses.replace(policy, topology=reported))  # agents' ranges
+            policy, topo = rt.policy, rt.policy.topology
         mono_s = self.monotonic()
+        if self.pool is not None:
+            rt.ingest.counters, _ = self.pool.counters()
         if rt.tier_table.size < len(rt.classes.names):
             rt.tier_table = _tier_table(policy, rt.classes)
         snapshot = rt.fleet.copy()
@@ -564,7 +672,7 @@ class Controller:
                 decision=rt.decision,
             )
             rt.demand_response = DemandResponseStatus(**dataclasses.asdict(self.grid.status()))
-            if self._client is not None:
+            if self._client is not None and self.ha.is_leader():
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     async with asyncio.timeout(policy.config.mqtt.timeout_s):
                         await self.grid.flush(self._client)
@@ -606,7 +714,7 @@ class Controller:
                 tier=tier,
             )
         rt.decision, rt.decision_state, rt.stale_rack = decision, state, stale
-        sent = await self._send_due()
+        urgent, due = await self._send_due(tick_started_s=started_s, decided_s=time.monotonic())
         rt.ticks.last_tick_s = now_s
         rt.ticks.last_tick_monotonic_s = mono_s
         self.notifier.notify("WATCHDOG=1")
@@ -615,7 +723,8 @@ class Controller:
             site_power_w=round(site_power_w, 1),
             site_allowed_w=round(decision.site_allowed_w, 1),
             stale_racks=int(stale.sum()),
-            commands=sent,
+            commands_urgent=urgent,
+            commands_due=due,
             connected=rt.mqtt_connected,
             backlog=rt.backlog,
         )
@@ -630,74 +739,14 @@ class Controller:
         if summary is not None:
             log.info("ticks", **summary, connected=rt.mqtt_connected, backlog=rt.backlog)
 
-    async def _send_due(self) -> int:
-        """Publish the commands due under the current decision; skipped while disconnected.
+    async def _send_due(
+        self, *, tick_started_s: float | None = None, decided_s: float | None = None
+    ) -> tuple[int, int]:
+        """Send the urgent commands now and plan the rest; see `controller.publisher`.
 
-        Choosing and encoding run in a worker thread (a burst to 10k racks takes tens of ms);
-        publishing does not wait for the broker's acknowledgements, which a separate task
-        collects, so neither the tick nor ingest stalls on a round trip. A batch holds at most
-        `COMMANDS_IN_FLIGHT` commands and while it is unacknowledged no new one is built: the
-        racks left out stay due and go out with the then-current caps once the broker has caught
-        up, so a burst is conflated, never queued behind itself.
-        Commands not acknowledged within the MQTT timeout make every rack due again.
+        Returns (urgent commands sent, other racks due). Skipped while disconnected.
         """
-        rt = self.runtime
-        client, decision, stale = self._client, rt.decision, rt.stale_rack
-        if client is None or decision is None or stale is None:
-            return 0
-        if self._unconfirmed is not None and not self._unconfirmed.done():
-            return 0
-        async with self._send_lock:
-            book, site = rt.book, rt.policy.site
-            last_seen_s = rt.fleet.rack_last_seen_s
-
-            def choose() -> list[tuple[str, bytes]]:
-                now_s = self.monotonic()
-                racks = book.due(decision, now_s=now_s, stale_rack=stale, last_seen_s=last_seen_s)
-                racks = racks[:COMMANDS_IN_FLIGHT]  # the rest stay due for the next batch
-                if not racks.size:
-                    return []
-                return book.build(decision, racks, now_s=now_s, issued_at_s=self.clock())
-
-            messages = await asyncio.to_thread(choose)
-            if not messages:
-                return 0
-            futures: list[asyncio.Future[None]] = []
-            try:
-                for first in range(0, len(messages), PUBLISH_SLICE):
-                    if first:
-                        await asyncio.sleep(0)
-                    futures.append(
-                        client.publish_batch(
-                            (
-                                (wire.command_topic(site, rack), payload)
-                                for rack, payload in messages[first : first + PUBLISH_SLICE]
-                            ),
-                            qos=1,
-                        )
-                    )
-            except aiomqtt.MqttError as exc:
-                for future in futures:
-                    client.forget(future)
-                book.invalidate()  # resend everything once the connection is back
-                log.warning("commands not sent; will resend", error=str(exc))
-                return len(messages)
-            task = asyncio.create_task(self._confirm(client, futures, book))
-            self._unconfirmed = task
-            self._confirming.add(task)
-            task.add_done_callback(self._confirming.discard)
-        return len(messages)
-
-    async def _confirm(
-        self, client: Client, futures: list[asyncio.Future[None]], book: CommandBook
-    ) -> None:
-        """Wait for a tick's acknowledgements; a missing one makes every rack due again."""
-        try:
-            async with asyncio.timeout(self.runtime.policy.config.mqtt.timeout_s):
-                await asyncio.gather(*futures)
-        except TimeoutError:
-            for future in futures:
-                client.forget(future)
-            async with self._send_lock:
-                book.invalidate()  # resend everything once the connection is back
-            log.warning("commands not confirmed; will resend")
+        if not self.ha.is_leader():
+            return 0, 0
+        self._label_book()  # fencing: the term's epoch on every command
+        return await self.publisher.send_due(tick_started_s=tick_started_s, decided_s=decided_s)

@@ -1,7 +1,8 @@
 """Optional dependencies, imported where they are used and named by the extra that installs them.
 
 The daemon's base install is small; the demo's embedded broker (amqtt), the report plots
-(matplotlib), the OpenADR VEN (openleadr) and the agent's NVML binding (nvidia-ml-py) come with
+(matplotlib), the OpenADR VEN (openleadr) and the agent's NVML binding (nvidia-ml-py) and gRPC
+(grpcio, for the kubelet's PodResources API) come with
 extras. A missing one is a `ConfigError` that says which extra to install, raised before the work
 that needs it starts, never an `ImportError` from deep inside a run.
 """
@@ -20,6 +21,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "matplotlib": ("sim", "matplotlib"),
     "openleadr": ("openadr", "openleadr"),
     "pynvml": ("agent", "nvidia-ml-py"),
+    "grpc": ("agent", "grpcio"),
 }
 
 

@@ -24,9 +24,11 @@ it map to the unknown class, counted), racks by the topology (unknown racks are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -74,17 +76,25 @@ class ClassTable:
     (`overflow`), so a hostile agent inventing names costs a bounded table.
     """
 
-    def __init__(self, max_classes: int = 1024) -> None:
+    def __init__(
+        self, names: Sequence[str] = (), *, frozen: bool = False, max_classes: int = 1024
+    ) -> None:
         self.max_classes = min(max_classes, MAX_CLASSES)
         self.overflow = 0
         self._codes: dict[str, int] = {}
         self._names: list[str] = ["<unknown>"]
         self._lists: dict[tuple[str, ...], NDArray[np.int16]] = {}
+        #: A frozen table knows only `names` (in that order): ingest processes that share the
+        #: fleet arrays agree on every code without talking to each other.
+        self.frozen = False
+        for name in names:
+            self.code(name)
+        self.frozen = frozen
 
     def code(self, name: str) -> int:
         found = self._codes.get(name)
         if found is None:
-            if len(self._names) > self.max_classes:
+            if self.frozen or len(self._names) > self.max_classes:
                 self.overflow += 1
                 return UNKNOWN_CLASS
             found = len(self._names)
@@ -118,36 +128,65 @@ class ConflatingQueue(asyncio.Queue[Any]):
 
     A burst of telemetry then costs at most one pending message per rack: the queue cannot grow
     without bound, and the messages it replaces are counted (`conflated`) rather than lost
-    silently. Its length is the ingest backlog.
+    silently. Its length is the ingest backlog. Only `asyncio.Queue`'s public methods are
+    overridden (the ones aiomqtt and the daemon call); the base class's own storage stays
+    empty. A replaced message keeps its place in line, so a chatty rack cannot starve others.
     """
 
-    conflated: int
-
-    def _init(self, maxsize: int) -> None:  # asyncio.Queue's storage hook
-        del maxsize
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize=0)
+        del maxsize  # bounded by the number of topics instead
         self._latest: dict[str, Any] = {}
-        self._queue = self._latest  # asyncio.Queue.empty() tests the truth of `_queue`
+        self._arrived = asyncio.Event()
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+        self._unfinished = 0
         self.conflated = 0
 
-    def _put(self, item: Any) -> None:
+    def put_nowait(self, item: Any) -> None:
         key = str(item.topic)
         if key in self._latest:
-            self.conflated += 1
+            self.conflated += 1  # replacing a pending message adds no unfinished work
+        else:
+            self._unfinished += 1
+            self._all_done.clear()
         self._latest[key] = item
+        self._arrived.set()
 
-    def _get(self) -> Any:
-        key = next(iter(self._latest))
-        return self._latest.pop(key)
+    def task_done(self) -> None:
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            self._all_done.set()
 
-    def _qsize(self) -> int:
+    async def join(self) -> None:
+        await self._all_done.wait()
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        if not self._latest:
+            raise asyncio.QueueEmpty
+        item = self._latest.pop(next(iter(self._latest)))
+        if not self._latest:
+            self._arrived.clear()
+        return item
+
+    async def get(self) -> Any:
+        while not self._latest:
+            await self._arrived.wait()
+        return self.get_nowait()
+
+    def qsize(self) -> int:
         return len(self._latest)
 
-    def put_nowait(self, item: Any) -> None:
-        # Replacing a pending message adds no work: keep the unfinished-task count honest.
-        replaced = str(item.topic) in self._latest
-        super().put_nowait(item)
-        if replaced:
-            self.task_done()
+    def empty(self) -> bool:
+        return not self._latest
+
+    def full(self) -> bool:
+        return False
 
 
 @dataclass(eq=False, kw_only=True)
@@ -229,6 +268,9 @@ class Ingest:
         max_clock_skew_s: float = math.inf,
         stale_after_s: float = math.inf,
         max_bytes: int = wire.MAX_PAYLOAD_BYTES,
+        msg_ts_s: NDArray[np.float64] | None = None,
+        guard: Callable[[int], AbstractContextManager[Any]] | None = None,
+        cmd_rejected: NDArray[np.int64] | None = None,
     ) -> None:
         self.topology = topology
         self.fleet = fleet
@@ -242,7 +284,18 @@ class Ingest:
         self.counters = IngestCounters()
         self.agents = AgentReports.empty(topology.n_racks)
         self._sizes = topology.rack_sizes()
-        self._msg_ts_s = np.full(topology.n_racks, -np.inf)
+        #: Per rack, the last accepted message's own timestamp (the restart rule); shared
+        #: between ingest processes when they share the fleet arrays.
+        self._msg_ts_s = np.full(topology.n_racks, -np.inf) if msg_ts_s is None else msg_ts_s
+        #: Per rack and reason (`wire.COMMAND_REJECT_REASONS`), the commands its agent says it
+        #: refused since it booted (fencing: `stale_epoch`), as its last message reported.
+        self.cmd_rejected = (
+            np.zeros((topology.n_racks, len(wire.COMMAND_REJECT_REASONS)), np.int64)
+            if cmd_rejected is None
+            else cmd_rejected
+        )
+        #: Held around one rack's check-and-write: another process may ingest the same rack.
+        self._guard = guard or (lambda _rack: contextlib.nullcontext())
         self._boot: list[str | None] = [None] * topology.n_racks
         #: Per rack, its clock minus our receive clock (s) at its last accepted message, and at
         #: its last message refused for skew; the site's time is their median.
@@ -305,6 +358,10 @@ class Ingest:
         msg = wire.decode_telemetry(
             payload, rack=rack_id, expected_gpus=int(self._sizes[rack]), max_bytes=self.max_bytes
         )
+        with self._guard(rack):
+            self._write(rack, rack_id, msg)
+
+    def _write(self, rack: int, rack_id: str, msg: wire.Telemetry) -> None:
         now_s = self.clock()
         offset_s = msg.ts_s - now_s
         skew_s = offset_s - self._site_offset_s(now_s)
@@ -337,6 +394,8 @@ class Ingest:
         fleet.rack_power_w[rack] = msg.rack_power_w
         fleet.rack_last_seen_s[rack] = now_s
         fleet.rack_seq[rack] = msg.seq
+        rejected = msg.cmd_rejected
+        self.cmd_rejected[rack] = [rejected.get(r, 0) for r in wire.COMMAND_REJECT_REASONS]
         self._msg_ts_s[rack] = msg.ts_s
         self._offset_s[rack] = offset_s
         self.agents.take(rack, msg, new_boot=new_boot)

@@ -1,20 +1,35 @@
-"""The daemon's MQTT client: aiomqtt with a cheaper receive path and batched QoS 1 publishing.
+"""The daemon's MQTT client: paho-mqtt on the event loop, through paho's public API only.
 
-aiomqtt's per-message costs are what limit the daemon at fleet scale, not MQTT itself:
-- receiving: paho reads a packet with three to four `recv` calls and aiomqtt's reader handles one
-  packet per event-loop wake-up, then wraps it in a validated `Message`. Here one `recv` fills a
-  buffer that many packets are parsed from, a wake-up reads up to `READ_BATCH` packets, and a
-  message enters the (conflating) queue as a bare topic string and payload. A QoS 0 PUBLISH
-  (telemetry) wholly in the buffer is cut out of it here, without paho's packet objects; every
-  other packet, and anything unusual about one, goes through paho as before.
-- publishing: `aiomqtt.Client.publish` awaits each QoS 1 acknowledgement with its own event, task
-  and timeout, and counts every pending call on each publish, which is quadratic in a burst of
-  commands (10k racks: seconds of event-loop time). `publish_batch` queues a whole tick's
-  commands with paho at once and returns one future that resolves when the broker has
-  acknowledged all of them, so the caller decides whether to wait.
-- latency: paho leaves Nagle's algorithm on, so a command written while an earlier packet (a
-  PUBACK, the previous command) waits for the broker's delayed ACK sits in the kernel for up to
-  40 ms. The socket gets `TCP_NODELAY`.
+Why paho rather than `aiomqtt.Client`: a tick can command a thousand racks at once, and
+`aiomqtt.Client.publish` (2.5) gives each QoS 1 message its own coroutine, `wait_for` task and
+event, and on every call scans and counts all pending calls (`_pending_call`), which is quadratic
+in a burst and logs a warning per call past `pending_calls_threshold`. Measured on the shared
+2-core machine (load 5-7) against a local Mosquitto, medians of 7 bursts of QoS 1 commands
+handed over in one go: through `aiomqtt.Client.publish` gathered in one task, 1,000 took ~150 ms
+until the last was handed to paho, ~280 ms until all were acknowledged and ~90 ms of CPU, 4,000
+took ~1,040 ms, ~1,330 ms and ~650 ms (7x for 4x the messages); through this client's
+`publish_batch`, ~19 ms, ~110 ms and ~26 ms for 1,000 and ~55 ms, ~230 ms and ~106 ms for 4,000
+(linear, and the same as the earlier batch that reached into aiomqtt's paho client). A batch on
+top of aiomqtt needs its private paho client, so this client is built directly on paho's
+documented external-loop API instead (paho's own asyncio example; `controller.shard.worker`
+drives paho the same way with `select`):
+
+- the socket callbacks (`on_socket_open/close/register_write/unregister_write`) put
+  `loop_read`/`loop_write` on the event loop's reader and writer, `loop_misc` runs once a second
+  for keepalive; `connect` (DNS, TCP, TLS) runs in a worker thread, so socket callbacks fired
+  there are handed to the loop thread;
+- receiving: `on_message` puts paho's `MQTTMessage` in the caller's queue (`queue_type`, e.g. the
+  conflating queue) kept as `inbox`, so the caller drains a burst with `get_nowait` after one
+  awaited message; one readable event reads every complete packet that arrived (bounded);
+- publishing: `publish_batch` queues a whole tick's commands with paho at once and returns one
+  future that resolves when the broker has acknowledged all of them (`on_publish`), so the caller
+  decides whether to wait; `publish`/`subscribe` await their own acknowledgement;
+- latency: paho leaves Nagle's algorithm on, so a command written while an earlier packet waits
+  for the broker's delayed ACK sits in the kernel for up to 40 ms: the socket gets `TCP_NODELAY`.
+
+Errors are aiomqtt's public exception types (`aiomqtt.MqttError` and subclasses) and the
+settings its public types (`Will`, `TLSParameters`, `ProtocolVersion`), so callers handle this
+client and plain `aiomqtt.Client`s alike.
 """
 
 from __future__ import annotations
@@ -23,31 +38,33 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import time
-from collections.abc import Iterable
-from typing import Any, cast
+import threading
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Self
 
 import aiomqtt
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
-#: Packets parsed per socket wake-up before other tasks get a turn (ticks, scrapes).
-READ_BATCH = 64
-#: Bytes asked of the socket per `recv`; a 72-GPU telemetry message is about 6 kB.
-RECV_BYTES = 256 * 1024
+#: Nagle off: a command leaves at once instead of waiting for the broker's delayed ACK.
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+#: Packets read per readable event at most, so one busy socket cannot hold the loop long.
+READ_BURST = 256
+#: How often paho's keepalive and retry bookkeeping runs. Units: s.
+MISC_PERIOD_S = 1.0
 
 
-class Received:
-    """One received message: the topic as text and the raw payload."""
-
-    __slots__ = ("payload", "topic")
-
-    def __init__(self, topic: str, payload: bytes) -> None:
-        self.topic = topic
-        self.payload = payload
+def topic_payload(message: mqtt.MQTTMessage) -> tuple[str, bytes]:
+    """A received message as (topic text, raw payload); MQTT payloads arrive as bytes."""
+    payload = message.payload
+    return message.topic, payload if isinstance(payload, bytes) else b""
 
 
 class _Batch:
-    """Acknowledgements still owed for one `publish_batch` call."""
+    """Acknowledgements still owed for one `publish_batch` (or `publish`) call."""
 
     __slots__ = ("future", "pending")
 
@@ -61,200 +78,374 @@ class _Batch:
             self.future.set_result(None)
 
 
-class Client(aiomqtt.Client):
-    """`aiomqtt.Client` for the daemon; the queue holds `Received` items, read with `receive()`."""
+class Client:
+    """An asyncio MQTT client on paho; `inbox` is the queue received messages go to."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: aiomqtt's queue (`queue_type`), holding `Received` items rather than `Message`s.
-        self.inbox = cast(asyncio.Queue[Any], self._queue)
-        self._batch_of: dict[int, _Batch] = {}
-        self._arrived: asyncio.Future[None] | None = None
-        self._rx = b""
-        self._rx_pos = 0
-        self._client._sock_recv = self._buffered_recv  # type: ignore[method-assign]
+    def __init__(
+        self,
+        hostname: str,
+        port: int = 1883,
+        *,
+        identifier: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V311,
+        will: aiomqtt.Will | None = None,
+        keepalive: int = 60,
+        timeout: float = 10.0,
+        queue_type: type[asyncio.Queue[Any]] = asyncio.Queue,
+        max_inflight_messages: int | None = None,
+        tls_params: aiomqtt.TLSParameters | None = None,
+        tls_insecure: bool | None = None,
+        socket_options: Iterable[tuple[int, int, int]] = (NODELAY,),
+    ) -> None:
+        self.hostname, self.port, self.keepalive = hostname, port, keepalive
+        #: Default wait for a CONNACK, SUBACK, PUBACK or the disconnection. Units: s.
+        self.timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        #: The queue `on_message` puts received `paho.mqtt.client.MQTTMessage`s in.
+        self.inbox: asyncio.Queue[Any] = queue_type()
+        #: Messages dropped because their topic was not UTF-8 or the inbox was full.
+        self.dropped = 0
+        self._tls = tls_params
+        self._tls_insecure = tls_insecure
+        self._tls_done = False
+        self._socket_options = tuple(socket_options)
+        self._owed: dict[int, _Batch] = {}
+        self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        #: Futures an awaiting call (`publish`, `subscribe`) waits on: failed on disconnection.
+        self._waiters: set[asyncio.Future[Any]] = set()
+        self._events = 0  # packets handled (messages, acknowledgements): the read loop's progress
+        self._fd = -1
+        self._misc: asyncio.Task[None] | None = None
+        self._connected: asyncio.Future[None] = self._loop.create_future()
+        self._disconnected: asyncio.Future[None] = self._loop.create_future()
+        paho = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=identifier or "",
+            protocol=protocol.value,
+            reconnect_on_failure=False,
+        )
+        paho.connect_timeout = timeout
+        if max_inflight_messages is not None:
+            paho.max_inflight_messages_set(max_inflight_messages)
+        if username is not None:
+            paho.username_pw_set(username, password)
+        if will is not None:
+            paho.will_set(will.topic, will.payload, will.qos, will.retain, will.properties)
+        paho.on_connect = self._on_connect
+        paho.on_disconnect = self._on_disconnect
+        paho.on_message = self._on_message
+        paho.on_publish = self._on_publish
+        paho.on_subscribe = self._on_subscribe
+        paho.on_socket_open = self._on_socket_open
+        paho.on_socket_close = self._on_socket_close
+        paho.on_socket_register_write = self._on_socket_register_write
+        paho.on_socket_unregister_write = self._on_socket_unregister_write
+        self._paho = paho
 
-    # ------------------------------------------------------------------ receive
-    def _buffered_recv(self, bufsize: int) -> bytes:
-        """paho's `_sock_recv`, served from one large read instead of a syscall per field."""
-        pos, buf = self._rx_pos, self._rx
-        if pos >= len(buf):
-            sock = self._client._sock
-            if sock is None:
-                raise ConnectionError("socket closed")
-            try:
-                data = sock.recv(RECV_BYTES)
-            except ssl.SSLWantReadError as exc:
-                raise BlockingIOError from exc
-            except ssl.SSLWantWriteError as exc:
-                self._client._call_socket_register_write()
-                raise BlockingIOError from exc
-            if len(data) <= bufsize:
-                return data  # includes b"" at end of stream, which paho treats as a lost link
-            buf, pos = data, 0
-        end = pos + bufsize
-        self._rx, self._rx_pos = buf, end
-        return buf[pos:end]
-
-    def _fill(self) -> bool:
-        """Read into the empty buffer; False when the socket has nothing now.
-
-        The end of the stream or a socket error leaves the buffer empty and returns True, so
-        paho's own read meets it and handles the lost connection as it always does.
-        """
+    # ------------------------------------------------------------------ connection
+    async def __aenter__(self) -> Self:
+        """Connect and wait for the broker's CONNACK; `aiomqtt.MqttError` when that fails."""
+        if self._connected.done():
+            self._connected = self._loop.create_future()
+        if self._disconnected.done():
+            self._disconnected = self._loop.create_future()
         try:
-            data = self._buffered_recv(RECV_BYTES)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        self._rx, self._rx_pos = data, 0
-        return True
+            await asyncio.to_thread(self._connect)  # DNS, TCP and TLS block
+        except (OSError, ValueError, mqtt.WebsocketConnectionError) as exc:
+            raise aiomqtt.MqttError(str(exc)) from None
+        sock = self._paho.socket()
+        if isinstance(sock, socket.socket):
+            for level, option, value in self._socket_options:
+                sock.setsockopt(level, option, value)
+        try:
+            await self._wait(self._connected, None)
+        except BaseException:
+            self._close_socket()
+            raise
+        self._misc = asyncio.create_task(self._misc_loop(), name="mqtt-keepalive")
+        return self
 
-    def _buffered(self) -> bool:
-        return self._rx_pos < len(self._rx)
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Disconnect cleanly when still connected; a lost connection is not raised again."""
+        try:
+            if not self._disconnected.done():
+                if self._paho.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        await self._wait(asyncio.shield(self._disconnected), None)
+                if not self._disconnected.done():
+                    self._disconnected.set_result(None)
+            self._disconnected.exception()  # seen: no "never retrieved" report
+        finally:
+            if self._misc is not None:
+                self._misc.cancel()
+            self._close_socket()
+
+    def _connect(self) -> None:
+        """Blocking connect, in a worker thread (TLS files are read here, once)."""
+        paho = self._paho
+        if not self._tls_done and self._tls is not None:
+            tls = self._tls
+            paho.tls_set(
+                ca_certs=tls.ca_certs,
+                certfile=tls.certfile,
+                keyfile=tls.keyfile,
+                cert_reqs=tls.cert_reqs,
+                tls_version=tls.tls_version,
+                ciphers=tls.ciphers,
+                keyfile_password=tls.keyfile_password,
+            )
+            if self._tls_insecure is not None:
+                paho.tls_insecure_set(self._tls_insecure)
+        self._tls_done = True
+        paho.connect(self.hostname, self.port, self.keepalive)
+
+    def _close_socket(self) -> None:
+        """Drop a socket paho still holds (a failed handshake, a read that raised)."""
+        if self._paho.socket() is not None:
+            with contextlib.suppress(Exception):
+                self._paho.disconnect()
+                self._paho.loop_write()
+        self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+            self._fd = -1
+
+    def _lost(self, exc: BaseException) -> None:
+        """The connection is unusable: fail every awaiting call and `receive`."""
+        if not self._disconnected.done():
+            self._disconnected.set_exception(exc)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(aiomqtt.MqttError("connection lost"))
+
+    async def _wait(self, future: asyncio.Future[Any], timeout: float | None) -> Any:
+        """`future`'s result within `timeout` (default `self.timeout`) or `aiomqtt.MqttError`."""
+        try:
+            async with asyncio.timeout(self.timeout if timeout is None else timeout):
+                return await future
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+
+    async def _misc_loop(self) -> None:
+        while self._paho.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            await asyncio.sleep(MISC_PERIOD_S)
+
+    # ------------------------------------------------------------------ paho callbacks
+    def _in_loop(self, call: Callable[..., None], *args: Any) -> None:
+        """Run `call` on the event loop's thread (paho's connect runs in a worker thread)."""
+        if threading.get_ident() == self._loop_thread:
+            call(*args)
+        else:
+            self._loop.call_soon_threadsafe(call, *args)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        del client, userdata
+        self._in_loop(self._watch, sock.fileno())
+
+    def _watch(self, fd: int) -> None:
+        self._fd = fd
+        self._loop.add_reader(fd, self._readable)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        del client, userdata, sock
+        self._in_loop(self._unwatch)
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        del client, userdata
+        self._in_loop(self._loop.add_writer, sock.fileno(), self._writable)
+
+    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        del client, userdata
+        self._in_loop(self._unwrite, sock.fileno())
+
+    def _unwrite(self, fd: int) -> None:
+        self._loop.remove_writer(fd)
+
+    def _readable(self) -> None:
+        """Read every complete packet that arrived, up to `READ_BURST`."""
+        paho = self._paho
+        try:
+            for _ in range(READ_BURST):
+                before = self._events
+                if paho.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return  # paho reported the loss through on_disconnect
+                sock = paho.socket()
+                if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    continue  # decrypted bytes wait inside the TLS object, not the socket
+                if self._events == before:
+                    return  # nothing complete left, or a control packet: wait for more
+        except Exception as exc:
+            self._lost(exc)
+            self._close_socket()
+
+    def _writable(self) -> None:
+        try:
+            self._paho.loop_write()
+        except Exception as exc:
+            self._lost(exc)
+            self._close_socket()
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        del client, userdata, flags, properties
+        self._in_loop(self._connack, reason)
+
+    def _connack(self, reason: ReasonCode) -> None:
+        if self._connected.done():
+            return
+        if reason.is_failure:
+            self._connected.set_exception(aiomqtt.MqttCodeError(reason, "Connection refused"))
+        else:
+            self._connected.set_result(None)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        del client, userdata, flags, properties
+        self._in_loop(self._gone, reason)
+
+    def _gone(self, reason: ReasonCode) -> None:
+        connected = self._connected
+        if not connected.done():  # `__aenter__` awaits it
+            connected.set_exception(aiomqtt.MqttCodeError(reason, "Connection refused"))
+            return
+        if connected.cancelled() or connected.exception() is not None:
+            return  # never connected: `__aenter__` raised already, nobody awaits `receive`
+        if reason.is_failure:
+            self._lost(aiomqtt.MqttCodeError(reason, "Unexpected disconnection"))
+        else:
+            if not self._disconnected.done():
+                self._disconnected.set_result(None)
+            self._lost(aiomqtt.MqttError("disconnected"))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         del client, userdata
-        self._deliver(message.topic, bytes(message.payload))
-
-    def _deliver(self, topic: str, payload: bytes) -> None:
+        self._events += 1
         try:
-            self.inbox.put_nowait(Received(topic, payload))
-        except asyncio.QueueFull:
-            self._logger.warning("Message queue is full. Discarding message.")
-            return
-        if self._arrived is not None:
-            self._wake()
+            _ = message.topic  # hostile bytes: paho raises on a topic that is not UTF-8
+            self.inbox.put_nowait(message)
+        except (UnicodeDecodeError, asyncio.QueueFull):
+            self.dropped += 1
 
-    def _take_publish(self, v5: bool) -> bool:
-        """Cut a QoS 0 PUBLISH out of the buffer and deliver it; False leaves it to paho.
-
-        Only a packet that is complete in the buffer, with a non-empty UTF-8 topic and lengths
-        that add up, is taken; nothing is consumed otherwise.
-        """
-        buf, pos = self._rx, self._rx_pos
-        end = len(buf)
-        if pos >= end or buf[pos] & 0xF6 != 0x30:  # PUBLISH, QoS 0 (DUP and RETAIN allowed)
-            return False
-        length, shift, i = 0, 0, pos + 1
-        while True:  # remaining length: at most four 7-bit groups
-            if i >= end or i > pos + 4:
-                return False
-            byte = buf[i]
-            i += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        stop = i + length
-        if stop > end or length < 2:
-            return False
-        topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
-        if topic_end == i + 2 or topic_end > stop:
-            return False
-        start = topic_end
-        if v5:  # skip the properties (none of them matter to the daemon)
-            props, shift = 0, 0
-            while True:
-                if start >= stop or shift > 21:
-                    return False
-                byte = buf[start]
-                start += 1
-                props |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            start += props
-            if start > stop:
-                return False
-        try:
-            topic = buf[i + 2 : topic_end].decode()
-        except UnicodeDecodeError:
-            return False
-        self._rx_pos = stop
-        self._client._last_bytes_received = time.monotonic()  # paho's keepalive reads it
-        self._deliver(topic, buf[start:stop])
-        return True
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        del userdata
-        self._rx, self._rx_pos = b"", 0
-        with contextlib.suppress(OSError, AttributeError):  # not TCP (a unix socket, a proxy)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        v5 = client._protocol == mqtt.MQTTv5
-
-        def readable() -> None:
-            try:
-                for _ in range(READ_BATCH):
-                    if client._sock is None:
-                        return
-                    if client._in_packet["command"] == 0:
-                        if not self._buffered() and not self._fill():
-                            break  # nothing to read
-                        if self._take_publish(v5):
-                            continue
-                    rc = client._packet_read()
-                    if rc == mqtt.MQTT_ERR_AGAIN:
-                        break
-                    if rc > 0:
-                        client._loop_rc_handle(rc)
-                        return
-                # Bytes already in the buffer raise no socket event: come back for them.
-                if self._buffered():
-                    self._loop.call_soon(readable)
-            except Exception as exc:  # a broken link: aiomqtt's reader does the same
-                if not self._disconnected.done():
-                    self._disconnected.set_exception(exc)
-
-        def start_misc() -> None:
-            self._misc_task = self._loop.create_task(self._misc_loop())
-
-        # paho calls this from the executor thread that runs connect().
-        self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), readable)
-        self._loop.call_soon_threadsafe(start_misc)
-
-    async def receive(self) -> Received:
-        """The next message; `aiomqtt.MqttError` once the connection is lost.
-
-        An empty queue is waited on with one future that `_on_message` completes, so the
-        consumer runs on the next loop iteration rather than after a task and `asyncio.wait`
-        hop (three iterations, in which the reader keeps filling the queue).
-        """
-        queue = self.inbox
-        while not queue.qsize():
-            lost = self._disconnected
-            if lost.done():
-                # Retrieved here, so asyncio does not log it as an exception nobody saw.
-                cause = None if lost.cancelled() else lost.exception()
-                raise aiomqtt.MqttError("Disconnected during message iteration") from cause
-            arrived = self._arrived = self._loop.create_future()
-            lost.add_done_callback(self._wake)
-            try:
-                await arrived
-            finally:
-                lost.remove_done_callback(self._wake)
-                self._arrived = None
-        item: Received = queue.get_nowait()
-        return item
-
-    def _wake(self, _: object = None) -> None:
-        arrived = self._arrived
-        if arrived is not None and not arrived.done():
-            arrived.set_result(None)
-
-    # ------------------------------------------------------------------ publish
     def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
     ) -> None:
-        super()._on_publish(client, userdata, mid, reason_code, properties)
-        batch = self._batch_of.pop(mid, None)
+        del client, userdata, reason, properties
+        self._events += 1
+        batch = self._owed.pop(mid, None)
         if batch is not None:
             batch.acked()
 
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        del client, userdata, properties
+        self._events += 1
+        future = self._subacks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reasons)
+
+    # ------------------------------------------------------------------ API
+    @property
+    def owed(self) -> int:
+        """QoS 1 and 2 acknowledgements still awaited from the broker (bounded by `forget`)."""
+        return len(self._owed)
+
+    async def receive(self) -> mqtt.MQTTMessage:
+        """The next message; `aiomqtt.MqttError` once the connection is lost."""
+        inbox = self.inbox
+        if not inbox.empty():
+            message: mqtt.MQTTMessage = inbox.get_nowait()
+            return message
+        disconnected = self._disconnected
+        if disconnected.done():
+            raise disconnected.exception() or aiomqtt.MqttError("disconnected")
+        getting = asyncio.ensure_future(inbox.get())
+        try:
+            await asyncio.wait((getting, disconnected), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getting.done():
+                getting.cancel()
+        if getting.done() and not getting.cancelled():
+            message = getting.result()
+            return message
+        raise disconnected.exception() or aiomqtt.MqttError("disconnected")
+
+    async def subscribe(
+        self, topic: str | list[tuple[str, int]], qos: int = 0, *, timeout: float | None = None
+    ) -> list[ReasonCode]:
+        """Subscribe (one filter, or a list of (filter, QoS)) and wait for the SUBACK.
+
+        Returns its reason codes, one per filter: a refusal is one of them, not an exception.
+        """
+        rc, mid = self._paho.subscribe(topic, qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise aiomqtt.MqttCodeError(rc, "Could not subscribe to topic")
+        future: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        self._subacks[mid] = future
+        self._waiters.add(future)
+        try:
+            reasons: list[ReasonCode] = await self._wait(future, timeout)
+            return reasons
+        finally:
+            self._waiters.discard(future)
+            if self._subacks.get(mid) is future:
+                del self._subacks[mid]
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 0,
+        retain: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Publish one message and, for QoS 1 and 2, wait until the broker has it."""
+        future = self.publish_batch(((topic, payload),), qos, retain=retain)
+        if future.done():
+            return
+        self._waiters.add(future)
+        try:
+            await self._wait(future, timeout)
+        finally:
+            self._waiters.discard(future)
+            self.forget(future)
+
     def publish_batch(
-        self, messages: Iterable[tuple[str, bytes]], qos: int
+        self, messages: Iterable[tuple[str, bytes | str]], qos: int, *, retain: bool = False
     ) -> asyncio.Future[None]:
         """Queue every (topic, payload) now, in order; the future resolves once all are acked.
 
@@ -263,20 +454,21 @@ class Client(aiomqtt.Client):
         """
         future: asyncio.Future[None] = self._loop.create_future()
         batch = _Batch(future)
+        owed = self._owed
+        paho = self._paho
         for topic, payload in messages:
-            info = self._client.publish(topic, payload, qos)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                for mid in [m for m, b in self._batch_of.items() if b is batch]:
-                    del self._batch_of[mid]
+            info = paho.publish(topic, payload, qos, retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.forget(future)
                 raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
             if qos > 0 and not info.is_published():
                 batch.pending += 1
-                self._batch_of[info.mid] = batch
+                owed[info.mid] = batch
         if batch.pending == 0:
             future.set_result(None)
         return future
 
     def forget(self, future: asyncio.Future[None]) -> None:
         """Stop tracking a batch the caller gave up on (timed out), so the table stays bounded."""
-        for mid in [m for m, b in self._batch_of.items() if b.future is future]:
-            del self._batch_of[mid]
+        for mid in [m for m, b in self._owed.items() if b.future is future]:
+            del self._owed[mid]

@@ -25,6 +25,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from controller.config import InlineTopology, PolicyFile, RowSpec, TopologySection
+from controller.inventory import Inventory, apply_model_overrides, check_inventory, load_inventory
 from controller.settings import blame_environment, environment_overrides, merge
 from policies.errors import ConfigError, ConfigErrors, TopologyError
 from policies.facility import it_budget
@@ -48,6 +49,8 @@ class Policy:
     topology: Topology
     source: str
     safe_cap_w: np.ndarray[Any, np.dtype[np.float64]] = field(default_factory=lambda: np.zeros(0))
+    #: The node inventory (`nodes:` in the policy), when the fleet runs node agents.
+    inventory: Inventory | None = None
 
     def __post_init__(self) -> None:
         if self.safe_cap_w.shape != (self.topology.n_gpus,):
@@ -130,8 +133,17 @@ def parse_policy(
         build_topology(config, source=source, base_dir=base_dir or Path()),
         config.limits.psu_efficiency,
     )
+    inventory = None
+    if config.nodes is not None:
+        inventory = load_inventory((base_dir or Path()) / config.nodes)
+        problems = check_inventory(inventory, topology)
+        if problems:
+            raise ConfigErrors(problems)
+        topology = apply_model_overrides(topology, inventory)
     safe_cap_w = safe_caps(config, topology, source=source, data=data)
-    return Policy(config=config, topology=topology, source=source, safe_cap_w=safe_cap_w)
+    return Policy(
+        config=config, topology=topology, source=source, safe_cap_w=safe_cap_w, inventory=inventory
+    )
 
 
 def safe_caps(
@@ -203,7 +215,35 @@ def reload_problems(running: Policy, new: Policy) -> list[ConfigError]:
             ConfigError("changes only with a restart", file=new.source, field=f"mqtt.{name}")
             for name in changed
         )
+    # Leadership is campaigned for under the section's backend and key at start-up, and ingest
+    # workers hold the fleet's shared arrays: both keep their settings until a restart.
+    if new.config.ha != running.config.ha:
+        problems.append(
+            ConfigError("the ha section changes only with a restart", file=new.source, field="ha")
+        )
+    if running.config.ingest.workers and new.config.ingest != running.config.ingest:
+        problems.append(
+            ConfigError(
+                "with ingest workers the ingest section changes only with a restart",
+                file=new.source,
+                field="ingest",
+            )
+        )
+    if running.config.ingest.workers and not _same_fleet(running, new):
+        problems.append(
+            ConfigError(
+                "with ingest workers the fleet (racks and GPU models) changes only with a restart",
+                file=new.source,
+                field="site.topology",
+            )
+        )
     return problems
+
+
+def _same_fleet(running: Policy, new: Policy) -> bool:
+    return new.topology.racks.ids == running.topology.racks.ids and np.array_equal(
+        new.topology.gpu_model, running.topology.gpu_model
+    )
 
 
 def check_reload(running: Policy, new: Policy) -> None:

@@ -19,9 +19,11 @@ from controller.cli import package_version
 from controller.daemon import Controller, Notifier
 from controller.edge_metrics import EdgeCollector
 from controller.facility import FacilityCollector
+from controller.ha.metrics import HaCollector
 from controller.http import build_app, daemon_registry, start_server
 from controller.jobs import SyncJobsCollector
 from controller.metrics import RheostatCollector
+from controller.nodes import NodesCollector
 from controller.policy_file import Policy
 
 log = structlog.get_logger("rheostat.service")
@@ -48,6 +50,9 @@ async def serving(
     if controller.carbon is not None:
         registry.register(CarbonCollector(controller.carbon, clock=controller.clock))
     registry.register(SyncJobsCollector(controller.jobs))
+    registry.register(HaCollector(controller.ha, lambda: controller.runtime.ingest.cmd_rejected))
+    if controller.nodes is not None:
+        registry.register(NodesCollector(controller.nodes))
     app = build_app(
         controller.runtime, registry, clock=controller.monotonic, monotonic=controller.monotonic
     )

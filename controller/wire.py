@@ -660,3 +660,374 @@ def decode_status(payload: bytes) -> Status:
     if not is_safe_int(epoch):
         raise ProtocolError("status epoch must be a safe integer", reason="out_of_range")
     return Status(state=obj["state"], ts_s=ts_s, controller=controller, epoch=epoch)
+
+
+# ---------------------------------------------------------------- node level (one server's agent)
+#
+#   rheostat/v1/<site>/telemetry/<rack>/<node>   node agent -> controller [0], every period
+#   rheostat/v1/<site>/command/<rack>/<node>     controller -> node agent [1] (optional: an agent
+#                                                also takes its slice of its rack's command)
+#
+# A node message carries the node's GPUs in on-host index order with the identities that join
+# with DCGM (hostname, UUID, PCI bus id, NVML name, on-host index); `controller.nodes` assembles a
+# rack's arrays from its nodes. Agents echo the acceptance state of the commands they receive.
+
+#: A server has at most this many GPUs in a node message.
+MAX_NODE_GPUS: Final = 64
+MAX_NODE_PAYLOAD_BYTES: Final = 64 * 1024
+ID_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+MAX_ID_CHARS: Final = 64
+#: Longest hostname (RFC 1035), UUID, PCI bus id and GPU name strings accepted.
+MAX_HOSTNAME_CHARS: Final = 253
+MAX_GPU_STRING_CHARS: Final = 96
+#: Per-GPU fields a node reports beyond the rack message's, with their physical bounds.
+NODE_EXTRA_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "power_instant_w": (0.0, 3000.0),
+    "energy_j": (0.0, 1.0e15),
+    "cap_cmd_w": (0.0, 3000.0),
+    "sm_clock_max_mhz": (0.0, 5000.0),
+    "min_cap_w": (0.0, 3000.0),
+    "max_cap_w": (0.0, 3000.0),
+}
+NODE_POWER_RANGE_W: Final = (0.0, 1.0e5)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return type(value) in (int, float)
+
+
+def node_telemetry_topic(site: str, rack: str, node: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/telemetry/{rack}/{node}"
+
+
+def node_telemetry_filter(site: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/telemetry/+/+"
+
+
+def node_command_topic(site: str, rack: str, node: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/command/{rack}/{node}"
+
+
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
+class NodeTelemetry:
+    """One server's readings and identities. Per-GPU arrays share one length, in on-host order.
+
+    NaN in `power_instant_w`, `energy_j` and `cap_cmd_w` (null on the wire) means the GPU has no
+    such reading, or no cap was commanded yet. `node_power_w` is the server's own meter (IPMI
+    DCMI, Redfish), NaN without one. Units in names.
+    """
+
+    rack: str
+    node: str
+    hostname: str
+    seq: int
+    ts_s: float
+    boot: str
+    gpu_index: tuple[int, ...]
+    uuid: tuple[str, ...]
+    pci_bus_id: tuple[str, ...]
+    name: tuple[str, ...]
+    power_w: FloatArray
+    power_instant_w: FloatArray
+    energy_j: FloatArray
+    sm_clock_mhz: FloatArray
+    util: FloatArray
+    mem_util: FloatArray
+    temp_c: FloatArray
+    cap_w: FloatArray
+    cap_cmd_w: FloatArray
+    sm_clock_max_mhz: FloatArray
+    min_cap_w: FloatArray
+    max_cap_w: FloatArray
+    classes: tuple[str, ...]
+    class_idx: NDArray[np.int64]
+    node_power_w: float
+    cmd_epoch: int
+    cmd_seq: int
+    cmd_rejected: dict[str, int]
+    fallback: bool
+
+    @property
+    def n_gpus(self) -> int:
+        return int(self.power_w.size)
+
+
+_NODE_FLOAT_KEYS: Final = (*GPU_FIELD_RANGES, *NODE_EXTRA_RANGES)
+_NULLABLE: Final = frozenset({"power_instant_w", "energy_j", "cap_cmd_w"})
+
+
+def _null_as_nan(arr: FloatArray) -> list[float | None]:
+    return [None if np.isnan(x) else float(x) for x in arr.tolist()]
+
+
+def encode_node_telemetry(msg: NodeTelemetry) -> bytes:
+    body: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "rack": msg.rack,
+        "node": msg.node,
+        "hostname": msg.hostname,
+        "seq": msg.seq,
+        "ts": msg.ts_s,
+        "boot": msg.boot,
+        "gpu_index": list(msg.gpu_index),
+        "uuid": list(msg.uuid),
+        "pci_bus_id": list(msg.pci_bus_id),
+        "name": list(msg.name),
+        "classes": list(msg.classes),
+        "class_idx": msg.class_idx,
+        "node_power_w": None if np.isnan(msg.node_power_w) else msg.node_power_w,
+        "cmd_epoch": msg.cmd_epoch,
+        "cmd_seq": msg.cmd_seq,
+        "cmd_rejected": {k: v for k, v in msg.cmd_rejected.items() if v},
+        "fallback": msg.fallback,
+    }
+    for key in _NODE_FLOAT_KEYS:
+        arr = getattr(msg, key)
+        body[key] = _null_as_nan(arr) if key in _NULLABLE else arr
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _strings(obj: dict[str, Any], key: str, n: int, max_chars: int, where: str) -> tuple[str, ...]:
+    raw = obj.get(key)
+    if not isinstance(raw, list) or len(raw) != n:
+        raise TelemetryError("wrong_length", f"{key} must list {n} strings", rack=where)
+    if not all(isinstance(s, str) and 0 < len(s) <= max_chars for s in raw):
+        raise TelemetryError("malformed", f"{key} must hold strings of 1-{max_chars}", rack=where)
+    return tuple(raw)
+
+
+def _nullable_array(obj: dict[str, Any], key: str, where: str) -> FloatArray:
+    raw = obj.get(key)
+    if not isinstance(raw, list):
+        raise TelemetryError("malformed", f"{key} must be an array", rack=where)
+    if not all(x is None or (type(x) in (int, float)) for x in raw):
+        raise TelemetryError("malformed", f"{key} must hold numbers or null", rack=where)
+    try:
+        return np.array([np.nan if x is None else x for x in raw], dtype=np.float64)
+    except OverflowError:
+        raise TelemetryError("malformed", f"{key} is out of float range", rack=where) from None
+
+
+def decode_node_telemetry(
+    payload: bytes, *, rack: str | None = None, node: str | None = None
+) -> NodeTelemetry:
+    """Parse and validate one node message (rack and node from the topic must match the body).
+
+    Raises `TelemetryError` with the reason it is counted under; nothing half-valid gets out.
+    """
+    obj = _load_object(payload, limit=MAX_NODE_PAYLOAD_BYTES, rack=rack)
+    body_rack, body_node = obj.get("rack"), obj.get("node")
+    where = f"{rack}/{node}"
+    if not is_id(body_rack) or not is_id(body_node):
+        raise TelemetryError("malformed", "rack and node must be ids", rack=where)
+    if (rack is not None and body_rack != rack) or (node is not None and body_node != node):
+        raise TelemetryError("malformed", "rack or node differs from the topic", rack=where)
+    hostname = obj.get("hostname")
+    if not isinstance(hostname, str) or not 0 < len(hostname) <= MAX_HOSTNAME_CHARS:
+        raise TelemetryError("malformed", "hostname must be 1-253 chars", rack=where)
+    if not is_id(obj.get("boot")):
+        raise TelemetryError("malformed", "boot must be an id", rack=where)
+    for key in ("seq", "cmd_epoch", "cmd_seq"):
+        if not is_safe_int(obj.get(key)):
+            raise TelemetryError("out_of_range", f"{key} must be a safe integer", rack=where)
+    ts = _number(obj, "ts", where)
+    fallback = obj.get("fallback")
+    if not isinstance(fallback, bool):
+        raise TelemetryError("malformed", "fallback must be true or false", rack=where)
+    rejected = obj.get("cmd_rejected")
+    if not isinstance(rejected, dict) or not set(rejected) <= set(COMMAND_REJECT_REASONS):
+        raise TelemetryError("malformed", "cmd_rejected must map known reasons", rack=where)
+    if not all(is_safe_int(v) for v in rejected.values()):
+        raise TelemetryError("out_of_range", "cmd_rejected counts must be safe ints", rack=where)
+    index = obj.get("gpu_index")
+    if not isinstance(index, list) or not 0 < len(index) <= MAX_NODE_GPUS:
+        raise TelemetryError("wrong_length", f"gpu_index must list 1-{MAX_NODE_GPUS}", rack=where)
+    if not all(type(i) is int and 0 <= i < 1024 for i in index) or len(set(index)) != len(index):
+        raise TelemetryError("out_of_range", "gpu_index must be distinct small ints", rack=where)
+    n = len(index)
+    arrays: dict[str, FloatArray] = {}
+    for key in _NODE_FLOAT_KEYS:
+        arr = (
+            _nullable_array(obj, key, where) if key in _NULLABLE else _float_array(obj, key, where)
+        )
+        if arr.size != n:
+            raise TelemetryError("wrong_length", f"{key} has {arr.size} of {n}", rack=where)
+        lo, hi = (GPU_FIELD_RANGES | NODE_EXTRA_RANGES)[key]
+        _check_range(key, arr[~np.isnan(arr)] if key in _NULLABLE else arr, lo, hi, where)
+        arrays[key] = arr
+    classes = obj.get("classes")
+    if (
+        not isinstance(classes, list)
+        or not 0 < len(classes) <= MAX_NODE_GPUS
+        or not all(isinstance(c, str) and 0 < len(c) <= MAX_ID_CHARS for c in classes)
+    ):
+        raise TelemetryError("malformed", "classes must list 1-64 short strings", rack=where)
+    class_idx = _float_array(obj, "class_idx", where)
+    if class_idx.size != n:
+        raise TelemetryError("wrong_length", "class_idx has the wrong length", rack=where)
+    if not (
+        np.all(class_idx == np.floor(class_idx))
+        and class_idx.min() >= 0
+        and class_idx.max() < len(classes)
+    ):
+        raise TelemetryError("out_of_range", "class_idx must index classes", rack=where)
+    node_power = obj.get("node_power_w")
+    node_power_w = np.nan
+    if node_power is not None:
+        node_power_w = _number(obj, "node_power_w", where)
+        _check_range("node_power_w", np.array([node_power_w]), *NODE_POWER_RANGE_W, where)
+    if not np.isfinite(ts):
+        raise TelemetryError("non_finite", "ts must be finite", rack=where)
+    return NodeTelemetry(
+        rack=body_rack,
+        node=body_node,
+        hostname=hostname,
+        seq=obj["seq"],
+        ts_s=ts,
+        boot=obj["boot"],
+        gpu_index=tuple(index),
+        uuid=_strings(obj, "uuid", n, MAX_GPU_STRING_CHARS, where),
+        pci_bus_id=_strings(obj, "pci_bus_id", n, MAX_GPU_STRING_CHARS, where),
+        name=_strings(obj, "name", n, MAX_GPU_STRING_CHARS, where),
+        classes=tuple(classes),
+        class_idx=class_idx.astype(np.int64),
+        node_power_w=node_power_w,
+        cmd_epoch=obj["cmd_epoch"],
+        cmd_seq=obj["cmd_seq"],
+        cmd_rejected={k: int(v) for k, v in rejected.items()},
+        fallback=fallback,
+        **arrays,
+    )
+
+
+class CommandRejectedError(ProtocolError):
+    """An agent refused a command; `reason` is one of `COMMAND_REJECT_REASONS`."""
+
+    def __init__(self, reason: str, message: str, *, rack: str | None = None) -> None:
+        if reason not in COMMAND_REJECT_REASONS:
+            raise ValueError(f"unknown command rejection reason {reason!r}")
+        super().__init__(f"{reason}: {message}", rack=rack, reason=reason)
+
+
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
+class NodeCommand:
+    """The part of a command that concerns one node, as its agent obeys it.
+
+    `epoch`, `ctl` and `seq` order commands (see `agent.gate`); `ttl_s` counts on the agent's
+    monotonic clock from receipt; `safe_cap_w` (NaN-free, or None when the controller sent none)
+    is what the agent applies when the TTL runs out. Units: s, W, MHz.
+    """
+
+    rack: str
+    epoch: int
+    ctl: str
+    seq: int
+    issued_at_s: float
+    ttl_s: float
+    cap_w: FloatArray
+    sm_clock_max_mhz: FloatArray
+    safe_cap_w: FloatArray | None
+
+
+def encode_node_command(cmd: NodeCommand, *, node: str) -> bytes:
+    body: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "rack": cmd.rack,
+        "node": node,
+        "epoch": cmd.epoch,
+        "ctl": cmd.ctl,
+        "seq": cmd.seq,
+        "issued_at": cmd.issued_at_s,
+        "ttl_s": cmd.ttl_s,
+        "cap_w": np.round(cmd.cap_w, 1),
+        "sm_clock_max_mhz": np.round(cmd.sm_clock_max_mhz, 0),
+    }
+    if cmd.safe_cap_w is not None:
+        body["safe_cap_w"] = _round_down(cmd.safe_cap_w)
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _command_array(obj: dict[str, Any], key: str, size: int, hi: float, rack: str) -> FloatArray:
+    raw = obj.get(key)
+    if not isinstance(raw, list) or not all(type(x) in (int, float) for x in raw):
+        raise CommandRejectedError("malformed", f"{key} must be an array of numbers", rack=rack)
+    if len(raw) != size:
+        raise CommandRejectedError("wrong_length", f"{key} has {len(raw)}, not {size}", rack=rack)
+    try:
+        arr = np.array(raw, dtype=np.float64)
+    except OverflowError:
+        raise CommandRejectedError("out_of_range", f"{key} beyond float range", rack=rack) from None
+    if not (np.all(np.isfinite(arr)) and np.all(arr >= 0) and np.all(arr <= hi)):
+        raise CommandRejectedError("out_of_range", f"{key} outside [0, {hi}]", rack=rack)
+    return arr
+
+
+def decode_node_command(
+    payload: bytes,
+    *,
+    rack: str,
+    node: str,
+    first: int,
+    count: int,
+    rack_gpus: int,
+    node_topic: bool = False,
+) -> NodeCommand:
+    """A command for node `node` (GPUs `first .. first + count - 1` of its rack), from either its
+    node topic (a body naming `node`, arrays of `count`) or its rack's topic (no `node`, arrays of
+    `rack_gpus`, sliced here). Raises `CommandRejectedError` with the reason it is counted under.
+
+    `node_topic` says it came on the node topic, where the body must name the node (and only
+    there). `epoch` and `ctl` are optional (a controller without HA sends neither: epoch 0, ctl "").
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise CommandRejectedError("malformed", "payload too large", rack=rack)
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise CommandRejectedError("malformed", "not JSON", rack=rack) from None
+    if not isinstance(obj, dict):
+        raise CommandRejectedError("malformed", "not a JSON object", rack=rack)
+    if obj.get("v") != PROTOCOL_VERSION:
+        raise CommandRejectedError("wrong_version", f"v={obj.get('v')!r}", rack=rack)
+    if obj.get("rack") != rack:
+        raise CommandRejectedError("wrong_rack", f"names rack {obj.get('rack')!r}", rack=rack)
+    body_node = obj.get("node")
+    if (body_node is not None and body_node != node) or node_topic != (body_node is not None):
+        raise CommandRejectedError("wrong_rack", f"names node {body_node!r}", rack=rack)
+    epoch, ctl, seq = obj.get("epoch", 0), obj.get("ctl", ""), obj.get("seq")
+    if not (is_safe_int(epoch) and is_safe_int(seq)):
+        raise CommandRejectedError("out_of_range", "epoch and seq must be safe ints", rack=rack)
+    if not (ctl == "" or is_id(ctl)):
+        raise CommandRejectedError("malformed", "ctl must be an id", rack=rack)
+    issued, ttl = obj.get("issued_at"), obj.get("ttl_s")
+    if not (_is_number(issued) and _is_number(ttl)):
+        raise CommandRejectedError("malformed", "issued_at and ttl_s must be numbers", rack=rack)
+    try:
+        issued_s, ttl_s = float(issued), float(ttl)
+    except OverflowError:
+        raise CommandRejectedError(
+            "out_of_range", "issued_at or ttl_s too large", rack=rack
+        ) from None
+    if not (math.isfinite(issued_s) and 0 < ttl_s <= 3600):
+        raise CommandRejectedError("out_of_range", "ttl_s must be in (0, 3600]", rack=rack)
+    size = count if body_node is not None else rack_gpus
+    cap_hi, clock_hi = GPU_FIELD_RANGES["cap_w"][1], GPU_FIELD_RANGES["sm_clock_mhz"][1]
+    caps = _command_array(obj, "cap_w", size, cap_hi, rack)
+    clocks = _command_array(obj, "sm_clock_max_mhz", size, clock_hi, rack)
+    safe = (
+        None if "safe_cap_w" not in obj else _command_array(obj, "safe_cap_w", size, cap_hi, rack)
+    )
+    rows = slice(0, count) if body_node is not None else slice(first, first + count)
+    if rows.stop > size:
+        raise CommandRejectedError("wrong_length", f"node GPUs end past {size}", rack=rack)
+    return NodeCommand(
+        rack=rack,
+        epoch=epoch,
+        ctl=ctl,
+        seq=seq,
+        issued_at_s=issued_s,
+        ttl_s=ttl_s,
+        cap_w=caps[rows],
+        sm_clock_max_mhz=clocks[rows],
+        safe_cap_w=None if safe is None else safe[rows],
+    )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.gpu_models import model_table
-from policies.topology import Topology, generate_topology
+from policies.gpu_models import GPU_MODELS, model_code, model_table
+from policies.topology import Level, Topology
 from simulator.cluster import SimCluster
 from simulator.physics import PhysicsParams, activity_for_draw
-from simulator.rates import azure_trace_tokens, diurnal_bursty
+from simulator.rates import azure_trace_arrivals, diurnal_bursty
 from simulator.scenario import InferenceSpec, Scenario, TopologySpec, TrainingSpec
+from simulator.servers import server_type
 from simulator.workloads import (
     DECODE_DRAW_FRAC,
     DECODE_TOKENS_PER_GPU_S,
@@ -22,10 +23,6 @@ from simulator.workloads import (
     WorkloadSet,
 )
 
-#: Non-GPU server power, as in `generate_topology` (DGX H100: 2.8 kW; an A100 HGX: 1.5 kW).
-H100_SERVER_OVERHEAD_W = 2800.0
-A100_SERVER_OVERHEAD_W = 1500.0
-
 
 def physics_params(scenario: Scenario) -> PhysicsParams:
     return PhysicsParams(**scenario.physics.model_dump())
@@ -34,41 +31,120 @@ def physics_params(scenario: Scenario) -> PhysicsParams:
 def full_power_w(topology: Topology, psu_efficiency: float) -> float:
     """Facility draw with every GPU at its max cap: the base of `site_limit_frac`. Units: W."""
     gpus = float(topology.gpu_max_cap_w.sum())
-    return (gpus + float(topology.levels[0].overhead_w.sum())) / psu_efficiency
+    return (gpus + float(topology.overhead_under(len(topology.levels) - 1).sum())) / psu_efficiency
 
 
-def build_topology(spec: TopologySpec, psu_efficiency: float, *, site: str = "sim") -> Topology:
-    """A regular fleet whose rack ratings and site contract follow the scenario's fractions."""
+def server_models(scenario: Scenario) -> NDArray[np.int8]:
+    """Model code of each server: the workload's model, else its rack's, else the topology's,
+    else H100/A100 alternating by `a100_share` (as `generate_topology` lays them out)."""
+    spec = scenario.topology
+    n_servers = spec.gpus // spec.gpus_per_server
+    ids = np.arange(n_servers)
+    if spec.gpu_model is not None:
+        models = np.full(n_servers, model_code(spec.gpu_model), dtype=np.int8)
+    else:
+        every = 0 if spec.a100_share <= 0 else max(1, round(1 / spec.a100_share))
+        is_a100 = (ids % every == every - 1) if every else np.zeros(n_servers, dtype=bool)
+        models = np.where(is_a100, model_code("A100-SXM4"), model_code("H100-SXM5"))
+        models = models.astype(np.int8)
+    if spec.rack_models:
+        rack_codes = np.array([model_code(m) for m in spec.rack_models], dtype=np.int8)
+        models = rack_codes[(ids // spec.servers_per_rack) % rack_codes.size]
+    first = 0
+    for w in scenario.workloads:
+        if w.gpu_model is not None:
+            lo, hi = first // spec.gpus_per_server, (first + w.gpus) // spec.gpus_per_server
+            models[lo:hi] = model_code(w.gpu_model)
+        first += w.gpus
+    return models
+
+
+def build_topology(
+    spec: TopologySpec,
+    psu_efficiency: float,
+    *,
+    site: str = "sim",
+    server_model: NDArray[np.int8] | None = None,
+) -> Topology:
+    """A regular fleet: servers of the given models (H100/A100 by `a100_share` when none), racks
+    of `servers_per_rack`, rows of `racks_per_row`. Rack ratings, row limits and the site
+    contract follow the scenario's fractions of what the hardware draws flat out, or its
+    explicit ratings. Each server's overhead is its type's peak non-GPU power."""
     per_server = spec.gpus_per_server
     n_servers = spec.gpus // per_server
-    probe = generate_topology(
-        spec.gpus,
-        site=site,
-        gpus_per_server=per_server,
-        servers_per_rack=spec.servers_per_rack,
-        racks_per_row=spec.racks_per_row,
-        a100_share=spec.a100_share,
+    if server_model is None:
+        server_model = server_models(Scenario(name="t", duration_s=1.0, topology=spec))
+    n_racks = -(-n_servers // spec.servers_per_rack)
+    n_rows = -(-n_racks // spec.racks_per_row)
+    ids = np.arange(n_servers)
+    gpu_server = np.repeat(ids, per_server).astype(np.int32)
+    overhead = np.array(
+        [server_type(GPU_MODELS[m].name).non_gpu_peak_w for m in server_model], dtype=np.float64
     )
-    server_model = probe.gpu_model[np.arange(n_servers) * per_server]
-    server_full_w = (
-        model_table("max_cap_w")[server_model] * per_server + probe.levels[0].overhead_w
-    ) / psu_efficiency
-    rack_full_w = np.bincount(probe.levels[0].parent, weights=server_full_w)
-    rack_rating_w = np.ceil(rack_full_w * spec.rack_rating_frac / 100.0) * 100.0
-    site_w = full_power_w(probe, psu_efficiency) * spec.site_limit_frac
-    topo = generate_topology(
-        spec.gpus,
-        site=site,
-        gpus_per_server=per_server,
-        servers_per_rack=spec.servers_per_rack,
-        racks_per_row=spec.racks_per_row,
-        a100_share=spec.a100_share,
-        rack_derating=spec.rack_derating,
-        site_limit_w=site_w,
-        row_limit_w=float("inf"),
+    server_full_w = (model_table("max_cap_w")[server_model] * per_server + overhead) / (
+        psu_efficiency
     )
-    topo.racks.limit_w[:] = rack_rating_w
-    return topo
+    server_rack = (ids // spec.servers_per_rack).astype(np.int32)
+    rack_row = (np.arange(n_racks) // spec.racks_per_row).astype(np.int32)
+    rack_full_w = np.bincount(server_rack, weights=server_full_w, minlength=n_racks)
+    if spec.rack_ratings_kw:
+        rack_rating_w = _repeat(spec.rack_ratings_kw, n_racks) * 1e3
+    else:
+        rack_rating_w = np.ceil(rack_full_w * spec.rack_rating_frac / 100.0) * 100.0
+    row_full_w = np.bincount(rack_row, weights=rack_full_w, minlength=n_rows)
+    if spec.row_limits_kw:
+        row_limit_w = _repeat(spec.row_limits_kw, n_rows) * 1e3
+    elif spec.row_limit_frac is not None:
+        row_limit_w = np.asarray(row_full_w * spec.row_limit_frac, dtype=np.float64)
+    else:
+        row_limit_w = np.full(n_rows, np.inf)
+    site_w = float(server_full_w.sum()) * spec.site_limit_frac
+    levels = (
+        Level(
+            name="server",
+            ids=tuple(f"s{i:06d}" for i in range(n_servers)),
+            parent=server_rack,
+            limit_w=np.full(n_servers, np.inf),
+            derating=np.ones(n_servers),
+            overhead_w=overhead,
+        ),
+        Level(
+            name="rack",
+            ids=tuple(f"r{i:05d}" for i in range(n_racks)),
+            parent=rack_row,
+            limit_w=rack_rating_w.astype(np.float64),
+            derating=np.full(n_racks, spec.rack_derating),
+            overhead_w=np.zeros(n_racks),
+        ),
+        Level(
+            name="row",
+            ids=tuple(f"row{i:03d}" for i in range(n_rows)),
+            parent=np.zeros(n_rows, np.int32),
+            limit_w=row_limit_w.astype(np.float64),
+            derating=np.ones(n_rows),
+            overhead_w=np.zeros(n_rows),
+        ),
+        Level(
+            name="site",
+            ids=(site,),
+            parent=np.zeros(1, np.int32),
+            limit_w=np.array([site_w], dtype=np.float64),
+            derating=np.ones(1),
+            overhead_w=np.zeros(1),
+        ),
+    )
+    return Topology.create(
+        site=site,
+        gpu_model=server_model[gpu_server],
+        gpu_server=gpu_server,
+        levels=levels,
+        rack_level="rack",
+    )
+
+
+def _repeat(values: tuple[float, ...], n: int) -> NDArray[np.float64]:
+    """`values` in order, repeated to length `n`."""
+    return np.resize(np.asarray(values, dtype=np.float64), n)
 
 
 def build_workloads(
@@ -117,7 +193,7 @@ def build_workloads(
                 )
             )
         else:
-            prefill, decode = _service_demand(spec, n_ticks, tick, rng)
+            prefill, decode, requests = _service_demand(spec, n_ticks, tick, rng)
             inference.append(
                 InferenceService(
                     name=spec.name,
@@ -134,6 +210,7 @@ def build_workloads(
                     decode_activity=activity(
                         spec.decode_draw_frac or DECODE_DRAW_FRAC, start, spec.gpus
                     ),
+                    requests=requests,
                 )
             )
         start += spec.gpus
@@ -143,16 +220,19 @@ def build_workloads(
 
 def _service_demand(
     spec: InferenceSpec, n_ticks: int, tick_s: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """GPU-seconds at top clock demanded per tick for prefill and decode, scaled to utilisation."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """GPU-seconds at top clock demanded per tick for prefill and decode, scaled to utilisation,
+    and the requests arriving per tick (a trace's; None for the synthetic source)."""
     capacity_s = spec.gpus * tick_s
     if spec.source == "trace":
-        prompt, generated = azure_trace_tokens(n_ticks, tick_s, time_scale=spec.trace_time_scale)
+        prompt, generated, requests = azure_trace_arrivals(
+            n_ticks, tick_s, time_scale=spec.trace_time_scale, path=spec.trace_file
+        )
         prefill = prompt / PREFILL_TOKENS_PER_GPU_S
         decode = generated / DECODE_TOKENS_PER_GPU_S
         total = float((prefill + decode).mean()) or 1.0
         scale = spec.utilization * capacity_s / total
-        return prefill * scale, decode * scale
+        return prefill * scale, decode * scale, requests
     shape = diurnal_bursty(
         n_ticks,
         tick_s,
@@ -163,7 +243,7 @@ def _service_demand(
         burst_factor=spec.burst_factor,
     )
     demand = shape * spec.utilization * capacity_s
-    return demand * spec.prefill_time_share, demand * (1.0 - spec.prefill_time_share)
+    return demand * spec.prefill_time_share, demand * (1.0 - spec.prefill_time_share), None
 
 
 def build_cluster(
@@ -175,7 +255,9 @@ def build_cluster(
 ) -> SimCluster:
     """The cluster of a scenario, ready to step from t = -`warmup_s`."""
     params = physics_params(scenario)
-    topology = build_topology(scenario.topology, params.psu_efficiency, site=site)
+    topology = build_topology(
+        scenario.topology, params.psu_efficiency, site=site, server_model=server_models(scenario)
+    )
     n_ticks = int(np.ceil(scenario.duration_s / scenario.tick_s))
     workloads = build_workloads(scenario, n_ticks, warmup_s=warmup_s, gpu_model=topology.gpu_model)
     cluster = SimCluster(
@@ -185,6 +267,7 @@ def build_cluster(
         tick_s=scenario.tick_s,
         seed=scenario.seed,
         enforce_breakers=enforce_breakers,
+        non_gpu_idle_frac=scenario.topology.non_gpu_idle_frac,
     )
     cluster.now_s = -warmup_s
     return cluster

@@ -19,6 +19,7 @@ from policies.fleet import FleetState
 from policies.topology import Topology
 from simulator.breakers import Breakers
 from simulator.physics import GpuConsts, GpuState, PhysicsParams, step_gpus
+from simulator.servers import idle_frac_table
 from simulator.workloads import WorkloadSet
 
 FloatArray = NDArray[np.float64]
@@ -47,6 +48,10 @@ class SimCluster:
 
     `cap_w`/`clock_max_mhz` are the limits in force on the GPUs now; `site_power_w` and
     `rack_power_w` are facility-side (after PSU losses, including non-GPU server power).
+
+    A server's non-GPU power is the topology's `overhead_w` (its peak, what the controller
+    budgets) at full GPU load and `non_gpu_idle_frac` of it with idle GPUs, linear in between
+    (`simulator.servers`); None takes each server type's own fraction, 1.0 keeps it fixed.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class SimCluster:
         tick_s: float,
         seed: int,
         enforce_breakers: bool = True,
+        non_gpu_idle_frac: float | None = None,
     ) -> None:
         n = topology.n_gpus
         if workloads.n_gpus != n:
@@ -78,6 +84,21 @@ class SimCluster:
         self._gpu_rack = topology.gpu_group[topology.rack_level]
         self._rack_parent_levels = topology.levels[1 : topology.rack_level]
         self._server_overhead_w = topology.levels[0].overhead_w
+        n_servers = topology.levels[0].size
+        self._gpu_server = topology.gpu_server
+        self._n_servers = n_servers
+        self._server_gpus = np.maximum(np.bincount(topology.gpu_server, minlength=n_servers), 1)
+        server_model = np.zeros(n_servers, dtype=np.int64)
+        server_model[topology.gpu_server] = topology.gpu_model
+        self._server_idle_frac = (
+            idle_frac_table()[server_model]
+            if non_gpu_idle_frac is None
+            else np.full(n_servers, float(non_gpu_idle_frac))
+        )
+        self._rack_of_server = self._server_rack_of_server()
+        #: Non-GPU power of powered servers: the part drawn whatever the load, and the span.
+        self._server_fixed_w = np.zeros(n_servers)
+        self._server_span_w = np.zeros(n_servers)
         self.breakers = Breakers.create(topology.racks.limit_w.copy())
         self.powered = np.ones(n, dtype=bool)
         #: No rack has tripped: multiplications by `powered` can be skipped.
@@ -150,7 +171,8 @@ class SimCluster:
         self.job_speed = wl.job_speed(clock)
         # Servers' draw through their PSUs, summed straight into racks (the loss is linear).
         gpu_w = _sum_by(self._gpu_rack, self.gpu.power_w, self.topology.n_racks)
-        rack_w = (gpu_w + self._rack_server_overhead_on_w) / self.params.psu_efficiency
+        non_gpu_w = self._rack_non_gpu_w(self.gpu.power_w)
+        rack_w = (gpu_w + non_gpu_w) / self.params.psu_efficiency
         rack_w += self._rack_overhead_on_w
         self.rack_power_w = rack_w
         self.site_power_w = float(rack_w.sum())
@@ -172,9 +194,22 @@ class SimCluster:
         if not self._all_powered:
             full_w = full_w * self.powered
         gpu_w = _sum_by(self._gpu_rack, full_w, self.topology.n_racks)
-        rack_w = (gpu_w + self._rack_server_overhead_on_w) / self.params.psu_efficiency
+        rack_w = (gpu_w + self._rack_non_gpu_w(full_w)) / self.params.psu_efficiency
         rack_w += self._rack_overhead_on_w
         return rack_w
+
+    def _rack_non_gpu_w(self, gpu_power_w: FloatArray) -> FloatArray:
+        """Servers' non-GPU power per rack at the load these GPU draws put on them. Units: W."""
+        server_w = self.server_non_gpu_w(gpu_power_w)
+        return _sum_by(self._rack_of_server, server_w, self.topology.n_racks)
+
+    def server_non_gpu_w(self, gpu_power_w: FloatArray | None = None) -> FloatArray:
+        """Each server's non-GPU power at these GPU draws (now's by default; 0 on a tripped
+        rack). Load is the servers' mean (power - idle) / (max cap - idle). Units: W (DC side)."""
+        power = self.gpu.power_w if gpu_power_w is None else gpu_power_w
+        load = np.clip((power - self.consts.idle_w) / self.consts.span_w, 0.0, 1.0)
+        server_load = _sum_by(self._gpu_server, load, self._n_servers) / self._server_gpus
+        return self._server_fixed_w + self._server_span_w * server_load
 
     def run_boot(self, *, seconds: float) -> None:
         """Step the physics for `seconds` before time zero, then restart the clock at zero.
@@ -211,6 +246,8 @@ class SimCluster:
         self._rack_server_overhead_on_w = _sum_by(
             rack_of_server, self._server_overhead_on_w, self.topology.n_racks
         )
+        self._server_fixed_w = self._server_overhead_on_w * self._server_idle_frac
+        self._server_span_w = self._server_overhead_on_w - self._server_fixed_w
         self._rack_overhead_on_w = np.where(
             self.breakers.tripped, 0.0, self.topology.racks.overhead_w
         )

@@ -46,6 +46,21 @@ def controller_topology(topology: Topology, psu_efficiency: float) -> Topology:
     return dc_side(topology, psu_efficiency)
 
 
+def set_topology(controller: Controller, topology: Topology) -> None:
+    """Give a running controller new ratings (a feed failed or came back), DC-side.
+
+    Built-in controllers (and a wrapper's `inner` one) read their limits from `topology`; the
+    decision core rebuilds its plan when the topology object changes.
+    """
+    inner = getattr(controller, "inner", None)
+    if inner is not None:
+        set_topology(inner, topology)
+    if hasattr(controller, "topology"):
+        controller.topology = topology
+    if isinstance(controller, StaticController):
+        controller.forget()
+
+
 class NoController:
     """Leaves every GPU at its max cap: the uncontrolled baseline."""
 
@@ -74,6 +89,10 @@ class StaticController:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self._last: tuple[float, Actuation] | None = None
+
+    def forget(self) -> None:
+        """Drop the cached derating (the ratings changed)."""
+        self._last = None
 
     def decide(
         self,

@@ -30,6 +30,7 @@ from policies.carbon import per_tier_totals
 from policies.decision import N_TIERS
 from policies.errors import ConfigError
 from policies.facility import CoolingModel, FacilitySettings, it_budget
+from simulator.tolerance import is_over
 
 if TYPE_CHECKING:
     from simulator.scenario import Scenario
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 FloatArray = NDArray[np.float64]
 #: Pounds to kilograms (the CAISO trace is in lbs CO2/MWh).
 KG_PER_LB = 0.45359237
-#: Relative excess below which the facility counts as at its limit (float rounding), as the loop.
-OVER_TOL = 1e-6
 
 
 class _Model(BaseModel):
@@ -281,7 +280,7 @@ class FacilityRun:
     ) -> None:
         """Record tick `k` (from 0): compliance at the facility meter, energy, CO2, cost, PUE."""
         dt = self.tick_s
-        if check and self.facility_w > facility_limit_w * (1.0 + OVER_TOL):
+        if check and is_over(self.facility_w, facility_limit_w):
             self.seconds_over += dt
             self.max_overshoot_frac = max(
                 self.max_overshoot_frac, self.facility_w / facility_limit_w - 1.0

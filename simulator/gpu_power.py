@@ -63,13 +63,13 @@ class PowerModel:
         )
 
 
-#: Voltage knee of the H100 and A100 curves: no power-limit sweep of either is shipped; 0.85 is
-#: the value fitted jointly to the A40 and V100 sweeps before each had its own (between the A40's
-#: 0.90 and the V100's 0.80 calibrated below).
+#: Voltage knee of the H100, A100, H200, B200 and GB200 curves: no power-limit sweep of any of
+#: them is shipped; 0.85 is the value fitted jointly to the A40 and V100 sweeps before each had
+#: its own (between the A40's 0.90 and the V100's 0.80 calibrated below).
 FLEET_KNEE = 0.85
-#: Static-when-active share of the H100 and A100 (*estimate*): 0, as calibrated for the V100, the
+#: Static-when-active share of the HBM fleet models (*estimate*): 0, as calibrated for the V100, the
 #: other HBM GPU with a sweep; the A40's 0.09 comes with its GDDR6 memory, whose power follows
-#: its activity rather than the SM clock. No sweep of an H100 or A100 is shipped to check it.
+#: its activity rather than the SM clock. No sweep of these models is shipped to check it.
 FLEET_STATIC_ACTIVE_FRAC = 0.0
 
 #: name -> curve of each model a scenario can build, in the order of `GPU_MODELS`.
@@ -119,5 +119,13 @@ SWEEP_GPUS: dict[str, PowerModel] = {"a40": A40, "v100": V100}
 
 
 def fleet_models() -> tuple[PowerModel, ...]:
-    """The fleet's curves indexed by model code (the order of `GPU_MODELS`)."""
-    return tuple(FLEET[m.name] for m in GPU_MODELS)
+    """The fleet's curves indexed by model code (the order of `GPU_MODELS`).
+
+    A model without an entry in `FLEET` (one added to the decision core's table later) gets the
+    fleet's shape parameters on its own facts.
+    """
+    return tuple(
+        FLEET.get(m.name)
+        or PowerModel.of(m, voltage_knee=FLEET_KNEE, static_active_frac=FLEET_STATIC_ACTIVE_FRAC)
+        for m in GPU_MODELS
+    )

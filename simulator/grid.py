@@ -3,6 +3,13 @@
 Grid events stay data (the scenario's `limits.steps` and `grid.dr_events`); this module only
 evaluates them. Demand response goes through `policies.dr`, the same code the daemon runs, so a
 scenario exercises the production ramp, baseline and recovery logic.
+
+Two views, kept apart so the simulator tells no future: `SiteLimits` is the truth compliance is
+measured against; `LimitKnowledge` is what the controller knows, learned when a real one would
+learn it. A contract step reaches it `notice_s` before it applies (0, the default, is unannounced:
+it learns the new limit when it is already in force); a demand-response event at its notification
+time, after which it may plan its ramp from the event's announced terms; the DR baseline comes
+from the site power it measured, through `policies.dr_session.DrSession` as in the daemon.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections import deque
 import numpy as np
 
 from policies.dr import DrEvent, lock_baselines, reduction_for_simple_level, site_budget
+from policies.dr_session import DrSession
 from simulator.scenario import Scenario
 
 #: Window of site power averaged into a DR event's baseline (a pre-event mean). Units: s.
@@ -26,6 +34,7 @@ class SiteLimits:
         self.base_limit_w = base_limit_w
         steps = sorted(scenario.limits.steps, key=lambda s: s.at_s)
         self.step_at_s = np.array([s.at_s for s in steps])
+        self.step_notice_s = np.array([s.notice_s for s in steps])
         self.step_limit_w = np.array(
             [
                 s.site_limit_w
@@ -85,21 +94,65 @@ class SiteLimits:
         """The lowest of contract and DR limits. Units: W."""
         return min(self.contract_w(now_s), self.dr_limit_w)
 
-    def planned_limit_w(self, now_s: float, horizon_s: float) -> float:
-        """The lowest limit in force from `now_s` to `now_s + horizon_s`. Units: W.
-
-        Contract steps and DR ramps are scheduled, so the controller is handed the limit as it
-        will be once its caps have landed (decision period plus actuation lag); handed the limit
-        of `now_s`, caps chasing a falling DR ramp arrive a lag late and the site overshoots.
-        """
-        ahead = now_s + max(horizon_s, 0.0)
-        limit = min(self.limit_w(now_s), self.contract_w(ahead))
-        if self.events:
-            # An event whose ramp begins within the horizon is locked with today's baseline
-            # estimate, as it will be when the ramp starts.
-            planned = lock_baselines(self.events, ahead, self._estimate)
-            limit = min(limit, site_budget(planned, ahead).limit_w)
-        return limit
-
     def step_times_s(self) -> list[float]:
         return [float(t) for t in self.step_at_s]
+
+
+class LimitKnowledge:
+    """The site limit as the controller knows it (module doc). Units: s, W.
+
+    Fed once per decision with the site power the controller measured (`record`), asked for the
+    limit to budget against (`limit_w`). Planning ahead is allowed only over what has been
+    announced: the lowest known limit over `[now, now + horizon]`, so caps that land a decision
+    period and an actuation lag later already fit an announced step or ramp.
+    """
+
+    def __init__(self, truth: SiteLimits, *, baseline_window_s: float = BASELINE_WINDOW_S) -> None:
+        self.base_limit_w = truth.base_limit_w
+        self._step_at_s = truth.step_at_s
+        self._step_known_s = truth.step_at_s - truth.step_notice_s
+        self._step_limit_w = truth.step_limit_w
+        #: Events as scheduled (unlocked), each learned at its `notified_s`.
+        self._scheduled = truth.events
+        self.session = DrSession(baseline_window_s=baseline_window_s)
+        #: Learned events by id, with the baselines the session locked.
+        self.events: dict[str, DrEvent] = {}
+        self.dr_limit_w = math.inf
+
+    def record(self, sample_s: float, site_power_w: float) -> None:
+        """One measured site-power sample (taken at `sample_s`) for DR baselines."""
+        self.session.record(sample_s, site_power_w)
+
+    def contract_w(self, now_s: float, horizon_s: float = 0.0) -> float:
+        """The lowest contract limit known at `now_s` over `[now, now + horizon]`. Units: W."""
+        in_force = self._step_at_s <= now_s
+        k = int(np.flatnonzero(in_force)[-1]) if in_force.any() else -1
+        limit = self.base_limit_w if k < 0 else float(self._step_limit_w[k])
+        ahead = (
+            ~in_force
+            & (self._step_known_s <= now_s)
+            & (self._step_at_s <= now_s + max(horizon_s, 0.0))
+        )
+        if ahead.any():
+            limit = min(limit, float(self._step_limit_w[ahead].min()))
+        return limit
+
+    def limit_w(self, now_s: float, horizon_s: float = 0.0) -> float:
+        """The limit to budget against at `now_s`: contract and learned DR events. Units: W."""
+        for event in self._scheduled:
+            if event.event_id not in self.events and event.notified_s <= now_s:
+                self.events[event.event_id] = event
+        limit = self.contract_w(now_s, horizon_s)
+        if not self.events:
+            return limit
+        tick = self.session.step(tuple(self.events.values()), now_s)
+        self.events = {e.event_id: e for e in tick.events}
+        self.dr_limit_w = tick.limit_w
+        limit = min(limit, tick.limit_w)
+        if horizon_s > 0:
+            # The announced ramp, planned: an event whose ramp begins within the horizon is
+            # locked (for the plan only) with today's baseline estimate.
+            ahead = now_s + horizon_s
+            planned = lock_baselines(tick.events, ahead, self.session.baseline_estimate_w(now_s))
+            limit = min(limit, site_budget(planned, ahead).limit_w)
+        return limit

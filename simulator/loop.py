@@ -1,9 +1,14 @@
 """The accelerated closed loop: simulator and controller in one process, no broker, no sleeping.
 
-Each tick the cluster steps; every controller period the controller reads a `FleetState` filled
-from delayed, noisy telemetry (minus racks whose telemetry a fault swallows), and its caps reach
-the GPUs after the actuation lag. Limit compliance is measured every tick against the facility
-power the physics produced; series for plots are kept at a stride so a day stays small.
+Each tick the cluster steps; every controller period the racks publish telemetry, the controller
+reads a `FleetState` filled from what arrived (delayed, noisy; faults lose, delay or jitter it,
+`simulator.faults`), and sends each rack a command that its agent accepts or refuses by the wire
+protocol's rules and obeys after the actuation lag (`simulator.fast_agents`: epochs, sequence
+numbers, a time to live on the agent's clock, then safe caps). The controller is told no future:
+it budgets against the limit it knows (`simulator.grid.LimitKnowledge`: a contract step from its
+notice, a demand-response event from its notification, a failed feed when it fails), while
+compliance is measured every tick against the true limits and the power the physics produced.
+Series for plots are kept at a stride so a day stays small.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from policies.decision import CappingSettings, Limits, PolicySettings
+from policies.facility import it_budget
 from policies.fleet import FleetState
+from policies.safe_caps import derive_safe_caps
 from simulator.baselines import ThresholdController
 from simulator.build import build_cluster, full_power_w
 from simulator.carbon import CarbonLog, CarbonShifter
@@ -29,19 +36,19 @@ from simulator.controllers import (
     RheostatController,
     StaticController,
     controller_topology,
+    set_topology,
 )
 from simulator.facility import FacilityRun
-from simulator.grid import SiteLimits
+from simulator.fast_agents import FastAgents
+from simulator.faults import FaultPlan, TelemetryPath, with_ratings
+from simulator.grid import LimitKnowledge, SiteLimits
 from simulator.oracle_run import OracleLog, OracleTracker, oracle_available
 from simulator.rates import carbon_per_tick
 from simulator.scenario import Scenario
+from simulator.tolerance import OVER_TOL
 
 FloatArray = NDArray[np.float64]
 CONTROLLERS = ("rheostat", "static", "threshold", "none")
-#: Relative excess below which a level counts as at its limit, not over it: float rounding of a
-#: sum of caps exactly at the limit and the last 1e-5 of a limiter settling onto a new cap
-#: (0.01 %, a twentieth of a revenue meter's 0.2 % accuracy class).
-OVER_TOL = 1e-4
 #: Samples kept per series for plots and reports.
 MAX_SAMPLES = 2000
 
@@ -101,6 +108,10 @@ class RunResult:
     carbon: CarbonLog | None = None
     #: The oracle's samples (`simulator.oracle_run`); None for the reference or without HiGHS.
     oracle: OracleLog | None = None
+    #: The rack agents: commands applied and refused, fallbacks to safe caps.
+    agents: FastAgents | None = None
+    #: Per tick from t = 0: racks on their safe caps (TTL ran out), for fault tests.
+    safe_racks: list[int] = field(default_factory=list)
 
     @property
     def realtime_factor(self) -> float:
@@ -154,16 +165,17 @@ def run(
     limits = SiteLimits(
         scenario, base_limit_w=float(topo.levels[-1].limit_w[0]), full_power_w=full_w
     )
-    if callable(controller):
-        ctl = controller(cluster)
-    else:
-        ctl = make_controller(controller, cluster, settings or PolicySettings(), scenario)
-    ctl = carbon_wrap(ctl, cluster, scenario)
-    fleet = FleetState.empty(topo)
     n_ticks = int(np.ceil(scenario.duration_s / scenario.tick_s))
     facility = FacilityRun.create(scenario, full_power_w=full_w, n_ticks=n_ticks)
+    side = _ControlSide(
+        scenario,
+        cluster,
+        controller=controller,
+        settings=settings,
+        known=LimitKnowledge(limits),
+        facility=facility,
+    )
     period = max(1, round(scenario.controller.period_s / scenario.tick_s))
-    lookahead_s = period * scenario.tick_s + cluster.params.actuation_lag_s
     stride = max(1, -(-n_ticks // MAX_SAMPLES))
     level_w = _level_reducers(cluster)
     usable = [lv.usable_w for lv in topo.levels]
@@ -180,8 +192,6 @@ def run(
     steps = limits.step_times_s()
     step_limits = [float(w) for w in limits.step_limit_w]
     time_to_cap: list[float | None] = [None] * len(steps)
-    faults = scenario.faults
-    fresh = np.ones(topo.n_racks, dtype=bool)
     tier = cluster.workloads.gpu_tier()
     tier_count = np.maximum(np.bincount(tier, minlength=4), 1).astype(np.float64)
     ramp_limit = scenario.limits.ramp_w_per_s
@@ -193,36 +203,36 @@ def run(
         if not unlimited and oracle_available()
         else None
     )
+    safe_racks: list[int] = []
     started = time.perf_counter()
     for k in range(-warm_ticks, n_ticks):
         now = k * dt
+        if not unlimited:
+            ratings = side.faults.ratings(now)
+            if ratings is not None:  # a feed failed or came back: the truth changes at once
+                cluster.breakers.rating_w[:] = ratings[topo.rack_level]
+                usable = [lim * lv.derating for lim, lv in zip(ratings, topo.levels, strict=True)]
+                side.learn_ratings(ratings)
+            side.faults.set_clocks(now, side.agents)
+            side.agents.advance(now)
         cluster.step()
         site_w = cluster.site_power_w
         limits.observe(now, facility.step(now, site_w))
         site_limit = limits.limit_w(now)
         if not unlimited and k % period == 0:
-            if faults:
-                fresh[:] = True
-                for f in faults:
-                    if f.at_s <= now < f.at_s + f.duration_s:
-                        fresh[f.rack] = False
-            cluster.fill_fleet(fleet, fresh_racks=fresh if faults else None)
-            stale = fleet.stale_racks(cluster.now_s, scenario.controller.stale_timeout_s)
-            it_limit = facility.it_budget_w(now, limits.planned_limit_w(now, lookahead_s))
-            act = ctl.decide(fleet, Limits(site_limit_w=it_limit * eff), cluster.now_s, stale)
-            if act is not None:
-                cluster.command(*act)
+            side.tick(now, period * dt + cluster.params.actuation_lag_s)
         if k < 0:
             continue
         if k == 0:
             work_at_start = cluster.workloads.work.copy()
         if oracle is not None:
             it_w = site_limit if facility.spec is None else facility.budget_w
-            oracle.observe(k, cluster, it_w * eff)
+            oracle.observe(k, cluster, it_w * eff, usable_w=[u * eff for u in usable])
         if not unlimited:
             _check(
                 comp, level_w=level_w, usable=usable, site_w=site_w, site_limit_w=site_limit, dt=dt
             )
+            safe_racks.append(int(side.agents.on_safe_cap.sum()))
         facility.account(
             k,
             facility_limit_w=site_limit,
@@ -257,7 +267,10 @@ def run(
     wall = time.perf_counter() - started
     if progress is not None:
         progress(1.0)
+    if facility.spec is not None:
+        comp.max_overshoot_frac = max(comp.max_overshoot_frac, facility.max_overshoot_frac)
     wl = cluster.workloads
+    ctl = side.ctl
     return RunResult(
         scenario=scenario,
         controller="unlimited" if unlimited else ctl.name,
@@ -274,7 +287,151 @@ def run(
         facility=facility,
         carbon=ctl.log if isinstance(ctl, CarbonShifter) else None,
         oracle=None if oracle is None else oracle.log,
+        agents=None if unlimited else side.agents,
+        safe_racks=safe_racks,
     )
+
+
+class _ControlSide:
+    """The controller process and what reaches it: telemetry in, commands out, limits known.
+
+    A controller outage stops it; when it ends the controller restarts as a new instance (a new
+    id, its sequence from 1, its decision state and fleet view lost), as a restarted daemon does.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        cluster: SimCluster,
+        *,
+        controller: str | Callable[[SimCluster], Controller],
+        settings: PolicySettings | None,
+        known: LimitKnowledge,
+        facility: FacilityRun,
+    ) -> None:
+        self.scenario = scenario
+        self.facility = facility
+        self._now = -scenario.controller.warmup_s
+        self.cluster = cluster
+        self.known = known
+        self._make = controller
+        self._settings = settings or PolicySettings()
+        self.faults = FaultPlan(scenario, cluster)
+        self.telemetry = TelemetryPath(cluster, self.faults)
+        self.agents = FastAgents(cluster=cluster)
+        self.instance = 0
+        self._ratings: tuple[FloatArray, ...] | None = None
+        self._meter_s = -math.inf
+        self.ctl = self._start()
+
+    def _start(self) -> Controller:
+        self.instance += 1
+        self.seq = 0
+        self.ctl_id = f"sim-{self.instance}"
+        self.fleet = FleetState.empty(self.cluster.topology)
+        self.down = False
+        if callable(self._make):
+            ctl = self._make(self.cluster)
+        else:
+            ctl = make_controller(self._make, self.cluster, self._settings, self.scenario)
+        ctl = carbon_wrap(ctl, self.cluster, self.scenario)
+        if self._ratings is not None:
+            self._set_topology(ctl, self._ratings)
+        self.safe_cap_w = self._safe_caps(ctl)
+        return ctl
+
+    def _safe_caps(self, ctl: Controller) -> FloatArray | None:
+        """The safe caps Rheostat's commands carry, derived as the daemon derives them when it
+        loads its policy: every GPU on them at once fits every usable limit and the contract in
+        force at its start (with a facility, the IT power the contract leaves at the run's
+        hottest outdoor temperature, no meter reading), less the allocation's site margin.
+        Other controllers send none: their racks fall back to min caps."""
+        if ctl.name != "rheostat":
+            return None
+        eff = self.cluster.params.psu_efficiency
+        topo = controller_topology(
+            self.cluster.topology
+            if self._ratings is None
+            else with_ratings(self.cluster.topology, self._ratings),
+            eff,
+        )
+        contract_w = self.known.contract_w(self._now)
+        if self.facility.spec is not None:
+            contract_w = it_budget(
+                contract_w,
+                outdoor_c=float(self.facility.outdoor_by_tick.max()),
+                settings=self.facility.settings,
+            ).budget_w
+        return derive_safe_caps(
+            topo,
+            site_limit_w=contract_w * eff,
+            site_margin_frac=self._settings.capping.site_margin_frac,
+        )
+
+    def learn_ratings(self, ratings: tuple[FloatArray, ...]) -> None:
+        """A feed failed or came back: the facility's monitoring tells the controller at once,
+        and its safe caps are derived again for the new ratings."""
+        self._ratings = ratings
+        if not self.down:
+            self._set_topology(self.ctl, ratings)
+            self.safe_cap_w = self._safe_caps(self.ctl)
+
+    def _set_topology(self, ctl: Controller, ratings: tuple[FloatArray, ...]) -> None:
+        topo = controller_topology(
+            with_ratings(self.cluster.topology, ratings), self.cluster.params.psu_efficiency
+        )
+        set_topology(ctl, topo)
+
+    def tick(self, now: float, horizon_s: float) -> None:
+        """One controller period: telemetry published, read, decided on, commands sent."""
+        self._now = now
+        facility = self.facility
+        self.telemetry.publish(now)
+        if self.faults.controller_down(now):
+            self.down = True
+            return
+        if self.down:
+            self.ctl = self._start()
+            self.telemetry.restart()
+        cluster, fleet = self.cluster, self.fleet
+        self.telemetry.deliver(fleet, now)
+        self._record_site_power(facility, now)
+        stale = fleet.stale_racks(cluster.now_s, self.scenario.controller.stale_timeout_s)
+        it_limit = facility.it_budget_w(now, self.known.limit_w(now, horizon_s))
+        eff = cluster.params.psu_efficiency
+        act = self.ctl.decide(fleet, Limits(site_limit_w=it_limit * eff), cluster.now_s, stale)
+        if act is not None:
+            self._send(now, *act)
+
+    def _record_site_power(self, facility: FacilityRun, now: float) -> None:
+        """What the daemon's DR session records: the facility meter, else the racks' sum, each
+        sample once, stamped with when it was taken."""
+        if facility.spec is not None:
+            reading = facility.meter(now)
+            if reading is not None and reading[0] > self._meter_s:
+                self._meter_s = reading[0]
+                self.known.record(reading[0], reading[1])
+            return
+        seen = self.fleet.rack_last_seen_s
+        if np.isfinite(seen).any():
+            taken = float(np.max(seen[np.isfinite(seen)]))
+            if taken > self._meter_s:  # nothing new arrived (a broker outage): no new sample
+                self._meter_s = taken
+                self.known.record(taken, float(self.fleet.rack_power_w.sum()))
+
+    def _send(self, now: float, cap_w: FloatArray, clock: FloatArray) -> None:
+        """Every rack's command of this decision (one seq per decision, epoch 0: no HA)."""
+        self.seq += 1
+        self.agents.deliver_fleet(
+            ~self.faults.commands_lost(now),
+            epoch=0,
+            ctl=self.ctl_id,
+            seq=self.seq,
+            ttl_s=self.scenario.controller.command_ttl_s,
+            cap_w=cap_w,
+            sm_clock_max_mhz=clock,
+            safe_cap_w=self.safe_cap_w,
+        )
 
 
 def _level_reducers(cluster: SimCluster) -> list[Callable[[], FloatArray]]:

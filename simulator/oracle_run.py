@@ -119,10 +119,19 @@ class OracleTracker:
             log=OracleLog(stride_s=every * cluster.tick_s),
         )
 
-    def observe(self, tick: int, cluster: SimCluster, site_dc_w: float) -> None:
+    def observe(
+        self,
+        tick: int,
+        cluster: SimCluster,
+        site_dc_w: float,
+        *,
+        usable_w: list[FloatArray] | None = None,
+    ) -> None:
         """At every `every_ticks`-th tick, solve for the cluster as it is and count the sample.
 
-        `site_dc_w` is the site limit in force on the DC side (as the controller budgets it).
+        `site_dc_w` is the site limit in force on the DC side (as the controller budgets it);
+        `usable_w` the usable ratings per level on the DC side when a failed feed changed them
+        (None: the topology's).
         """
         if tick % self.every_ticks:
             return
@@ -141,7 +150,7 @@ class OracleTracker:
         )
         wl = cluster.workloads
         working = cluster.powered & (wl.gpu_job != wl.n_jobs - 1) & (cluster.activity > 0.0)
-        usable = [lv.usable_w for lv in topo.levels]
+        usable = [lv.usable_w for lv in topo.levels] if usable_w is None else list(usable_w)
         usable[-1] = np.minimum(usable[-1], site_dc_w)
         solution = solve(
             topo,

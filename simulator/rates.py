@@ -59,31 +59,49 @@ def diurnal_bursty(
 
 
 @cache
-def _azure_trace() -> tuple[FloatArray, FloatArray, FloatArray]:
-    """(arrival seconds from the first request, context tokens, generated tokens)."""
-    path = data_path(AZURE_TRACE)
-    with Path(path).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+def _azure_trace(path: str | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(arrival seconds from the first request, context tokens, generated tokens).
+
+    `path`: a CSV in the Azure LLM inference format; None = the shipped conversation trace.
+    """
+    path = path or data_path(AZURE_TRACE)
+    try:
+        with Path(path).open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"cannot read trace: {exc}", file=path) from None
+    if not rows:
+        raise ConfigError("trace has no requests", file=path)
     try:
         stamps = [datetime.fromisoformat(r["TIMESTAMP"][:26]) for r in rows]
         ctx = np.array([float(r["ContextTokens"]) for r in rows])
         gen = np.array([float(r["GeneratedTokens"]) for r in rows])
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"not an Azure LLM trace: {exc}", file=path) from None
-    t0 = stamps[0]
+    if not (np.all(np.isfinite(ctx)) and np.all(np.isfinite(gen))) or min(ctx.min(), gen.min()) < 0:
+        raise ConfigError("token counts must be finite and >= 0", file=path)
+    t0 = min(stamps)
     t = np.array([(s - t0).total_seconds() for s in stamps])
     return t, ctx, gen
 
 
 def azure_trace_tokens(
-    n_ticks: int, tick_s: float, *, time_scale: float = 1.0
+    n_ticks: int, tick_s: float, *, time_scale: float = 1.0, path: str | None = None
 ) -> tuple[FloatArray, FloatArray]:
-    """Prompt and generated tokens arriving per tick, from the Azure trace, looped as needed.
+    """Prompt and generated tokens arriving per tick, from an Azure-format trace, looped.
 
     `time_scale` > 1 stretches the hour of recorded arrivals over more simulated time (fewer
-    tokens per tick); < 1 compresses it.
+    tokens per tick); < 1 compresses it. `path`: the trace file (None = the shipped one).
     """
-    t, ctx, gen = _azure_trace()
+    prompt, generated, _ = azure_trace_arrivals(n_ticks, tick_s, time_scale=time_scale, path=path)
+    return prompt, generated
+
+
+def azure_trace_arrivals(
+    n_ticks: int, tick_s: float, *, time_scale: float = 1.0, path: str | None = None
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """As `azure_trace_tokens`, plus the number of requests arriving per tick."""
+    t, ctx, gen = _azure_trace(path)
     span_s = float(t[-1]) + 1.0
     run_s = n_ticks * tick_s
     loops = int(np.ceil(run_s / (span_s * time_scale))) + 1
@@ -92,7 +110,12 @@ def azure_trace_tokens(
     idx = np.minimum((t_all / tick_s).astype(np.int64), n_ticks)
     prompt = np.bincount(idx, weights=np.tile(ctx, loops), minlength=n_ticks + 1)[:n_ticks]
     generated = np.bincount(idx, weights=np.tile(gen, loops), minlength=n_ticks + 1)[:n_ticks]
-    return prompt.astype(np.float64), generated.astype(np.float64)
+    requests = np.bincount(idx, minlength=n_ticks + 1)[:n_ticks]
+    return (
+        prompt.astype(np.float64),
+        generated.astype(np.float64),
+        requests.astype(np.float64),
+    )
 
 
 @cache

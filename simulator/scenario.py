@@ -16,6 +16,7 @@ from ruamel.yaml.error import YAMLError
 from policies.errors import ConfigError, ConfigErrors
 from simulator.carbon import CarbonPolicySpec
 from simulator.facility import FacilitySpec
+from simulator.servers import SERVER_TYPES
 from simulator.workloads import TrainingProfileName
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -43,12 +44,52 @@ class TopologySpec(_Model):
         1.125, gt=0, description="rack breaker rating as a fraction of the rack's full-power draw"
     )
     rack_derating: float = Field(0.8, gt=0, le=1, description="usable fraction of a breaker")
+    gpu_model: str | None = Field(
+        None,
+        description="GPU model of every server (simulator.servers.SERVER_TYPES: H100-SXM5, "
+        "A100-SXM4, H200-SXM, B200, GB200); none = H100/A100 mixed by a100_share",
+    )
+    rack_models: tuple[str, ...] = Field(
+        (), description="GPU model per rack in topology order, repeated when shorter"
+    )
+    rack_ratings_kw: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (),
+        description="rack breaker ratings in topology order, repeated when shorter (replaces "
+        "rack_rating_frac). Units: kW",
+    )
+    row_limit_frac: float | None = Field(
+        None, gt=0, description="row limit as a fraction of the row's full-power draw"
+    )
+    row_limits_kw: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (), description="row limits in topology order, repeated when shorter. Units: kW"
+    )
+    non_gpu_idle_frac: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="servers' non-GPU power with idle GPUs as a fraction of its peak; none = "
+        "each server type's (simulator.servers); 1 = fixed at the peak",
+    )
 
     @model_validator(mode="after")
     def _whole_servers(self) -> TopologySpec:
         if self.gpus % self.gpus_per_server:
             raise ValueError("gpus must be a multiple of gpus_per_server")
+        if self.row_limit_frac is not None and self.row_limits_kw:
+            raise ValueError("give at most one of row_limit_frac and row_limits_kw")
+        for name in (self.gpu_model, *self.rack_models):
+            _known_model(name)
         return self
+
+    @property
+    def n_racks(self) -> int:
+        return -(-self.gpus // (self.gpus_per_server * self.servers_per_rack))
+
+
+def _known_model(name: str | None) -> None:
+    """A model the simulator can build servers of (`simulator.servers.SERVER_TYPES`)."""
+    if name is not None and name not in SERVER_TYPES:
+        raise ValueError(f"unknown GPU model {name!r} (known: {', '.join(SERVER_TYPES)})")
 
 
 class PhysicsSpec(_Model):
@@ -69,6 +110,14 @@ class _Job(_Model):
     tier: int = Field(1, ge=0, le=3, description="Flex tier: 0 never slowed first, 3 most flexible")
     start_s: float = Field(0.0, ge=0)
     end_s: float | None = Field(None, gt=0, description="departure time; none = runs to the end")
+    gpu_model: str | None = Field(
+        None, description="GPU model of the job's servers (whole servers); none = the topology's"
+    )
+
+    @model_validator(mode="after")
+    def _model_known(self) -> _Job:
+        _known_model(self.gpu_model)
+        return self
 
 
 class TrainingSpec(_Job):
@@ -106,12 +155,25 @@ class InferenceSpec(_Job):
     bursts_per_hour: float = Field(2.0, ge=0)
     burst_factor: float = Field(1.6, ge=1)
     trace_time_scale: float = Field(1.0, gt=0, description="trace source: >1 stretches it")
+    trace_file: str | None = Field(
+        None,
+        min_length=1,
+        description="trace source: a CSV in the Azure LLM inference format (TIMESTAMP, "
+        "ContextTokens, GeneratedTokens), relative to the scenario file; none = the shipped "
+        "conversation trace",
+    )
     prefill_draw_frac: float | None = Field(
         None, gt=0, le=1, description="prefill's uncapped draw, fraction of TDP; none = default"
     )
     decode_draw_frac: float | None = Field(
         None, gt=0, le=1, description="decode's uncapped draw, fraction of TDP; none = default"
     )
+
+    @model_validator(mode="after")
+    def _trace_file_needs_trace(self) -> InferenceSpec:
+        if self.trace_file is not None and self.source != "trace":
+            raise ValueError("trace_file needs source: trace")
+        return self
 
 
 Workload = Annotated[TrainingSpec | InferenceSpec, Field(discriminator="kind")]
@@ -123,6 +185,12 @@ class LimitStep(_Model):
     at_s: float = Field(ge=0)
     site_limit_frac: float | None = Field(None, gt=0, description="of the full-power draw")
     site_limit_w: float | None = Field(None, gt=0)
+    notice_s: float = Field(
+        0.0,
+        ge=0,
+        description="how long before at_s the controller is told of the step; 0 = unannounced "
+        "(it learns the new limit when it applies)",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LimitStep:
@@ -177,6 +245,90 @@ class FaultSpec(_Model):
     duration_s: float = Field(gt=0)
 
 
+class _Window(_Model):
+    """A fault that starts at `at_s` and lasts `duration_s` (none: to the end of the run)."""
+
+    at_s: float = Field(0.0, ge=0)
+    duration_s: float | None = Field(None, gt=0, description="none = to the end of the run")
+
+    def active(self, now_s: float) -> bool:
+        """True while the fault is in force at `now_s` (run seconds)."""
+        end = float("inf") if self.duration_s is None else self.at_s + self.duration_s
+        return self.at_s <= now_s < end
+
+
+class ControllerOutage(_Window):
+    """The controller process is down: no telemetry read, no command sent; it restarts after
+    (a new instance id, its sequence from 1, its decision state lost)."""
+
+    kind: Literal["controller_outage"]
+
+
+class BrokerOutage(_Window):
+    """The broker is down: every rack's telemetry and every command is lost."""
+
+    kind: Literal["broker_outage"]
+
+
+class CommandLoss(_Window):
+    """Each command to a rack is lost with probability `fraction` (seeded)."""
+
+    kind: Literal["command_loss"]
+    fraction: float = Field(gt=0, le=1)
+    rack: int | None = Field(None, ge=0, description="rack index; none = every rack")
+
+
+class TelemetryDelay(_Window):
+    """Telemetry arrives `delay_s` later than usual plus a uniform jitter in [0, `jitter_s`]
+    (messages may overtake each other; the controller keeps the newest reading)."""
+
+    kind: Literal["telemetry_delay"]
+    delay_s: float = Field(0.0, ge=0, le=600)
+    jitter_s: float = Field(0.0, ge=0, le=600)
+    rack: int | None = Field(None, ge=0, description="rack index; none = every rack")
+
+
+class ClockSkew(_Window):
+    """A rack agent's clocks are off: its wall clock by `offset_s` (harmless: nothing orders by
+    it) and its monotonic clock runs at `rate` times true time (a command's TTL, counted on it
+    from receipt, lasts `ttl_s / rate` true seconds)."""
+
+    kind: Literal["clock_skew"]
+    offset_s: float = Field(0.0, ge=-86_400, le=86_400)
+    rate: float = Field(1.0, ge=0.5, le=2.0)
+    rack: int | None = Field(None, ge=0, description="rack index; none = every rack")
+
+
+class FeedFailure(_Window):
+    """A rack's or row's feed fails without warning: its rating drops to `rating_frac` of the
+    group's full-power draw (every GPU at its max cap, servers' overhead, PSU losses) until the
+    fault ends. The controller learns the new rating when it happens (from the facility's power
+    monitoring), never before."""
+
+    kind: Literal["feed_failure"]
+    rating_frac: float = Field(gt=0, le=2)
+    rack: int | None = Field(None, ge=0, description="rack index (give rack or row)")
+    row: int | None = Field(None, ge=0, description="row index (give rack or row)")
+
+    @model_validator(mode="after")
+    def _one_group(self) -> FeedFailure:
+        if (self.rack is None) == (self.row is None):
+            raise ValueError("give exactly one of rack and row")
+        return self
+
+
+Fault = Annotated[
+    FaultSpec
+    | ControllerOutage
+    | BrokerOutage
+    | CommandLoss
+    | TelemetryDelay
+    | ClockSkew
+    | FeedFailure,
+    Field(discriminator="kind"),
+]
+
+
 class ControllerSpec(_Model):
     period_s: float = Field(1.0, gt=0, description="decision period")
     stale_timeout_s: float = Field(5.0, gt=0, description="rack silence before it is stale")
@@ -185,6 +337,13 @@ class ControllerSpec(_Model):
         ge=0,
         description="the run starts this long before t = 0 with jobs already running, so the "
         "controller is in charge at t = 0; nothing is measured during it",
+    )
+    command_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a command's time to live, counted on the rack agent's monotonic clock from "
+        "receipt; a rack that hears nothing newer falls back to its safe caps",
     )
 
 
@@ -199,7 +358,7 @@ class Scenario(_Model):
     workloads: tuple[Workload, ...] = ()
     limits: LimitsSpec = LimitsSpec()
     grid: GridSpec = GridSpec()
-    faults: tuple[FaultSpec, ...] = ()
+    faults: tuple[Fault, ...] = ()
     controller: ControllerSpec = ControllerSpec()
     facility: FacilitySpec | None = None
     carbon_policy: CarbonPolicySpec | None = None
@@ -210,12 +369,21 @@ class Scenario(_Model):
             raise ValueError("carbon_policy needs a carbon signal (grid.carbon)")
         if sum(w.gpus for w in self.workloads) > self.topology.gpus:
             raise ValueError("workloads need more GPUs than the topology has")
-        n_racks = -(
-            -self.topology.gpus // (self.topology.gpus_per_server * self.topology.servers_per_rack)
-        )
+        first = 0
+        per_server = self.topology.gpus_per_server
+        for w in self.workloads:
+            if w.gpu_model is not None and (first % per_server or w.gpus % per_server):
+                raise ValueError(f"workload {w.name!r} sets gpu_model but not on whole servers")
+            first += w.gpus
+        n_racks = self.topology.n_racks
+        n_rows = -(-n_racks // self.topology.racks_per_row)
         for f in self.faults:
-            if f.rack >= n_racks:
-                raise ValueError(f"fault names rack {f.rack}, but there are {n_racks} racks")
+            rack = getattr(f, "rack", None)
+            if rack is not None and rack >= n_racks:
+                raise ValueError(f"fault names rack {rack}, but there are {n_racks} racks")
+            row = getattr(f, "row", None)
+            if row is not None and row >= n_rows:
+                raise ValueError(f"fault names row {row}, but there are {n_rows} rows")
         return self
 
     def shortened(self, duration_s: float) -> Scenario:
@@ -248,7 +416,7 @@ def load_scenario(name_or_path: str) -> Scenario:
     except (OSError, YAMLError) as exc:
         raise ConfigError(f"cannot read YAML: {exc}", file=str(path)) from None
     try:
-        return Scenario.model_validate(_plain(doc))
+        return _with_trace_paths(Scenario.model_validate(_plain(doc)), path, doc)
     except ValidationError as exc:
         errors = [
             ConfigError(
@@ -260,6 +428,32 @@ def load_scenario(name_or_path: str) -> Scenario:
             for err in exc.errors()
         ]
         raise ConfigErrors(errors) from None
+
+
+def _with_trace_paths(scenario: Scenario, path: Path, doc: Any) -> Scenario:
+    """Trace files made absolute against the scenario's folder; a missing one is an error."""
+    workloads = list(scenario.workloads)
+    errors: list[ConfigError] = []
+    for i, w in enumerate(workloads):
+        if not isinstance(w, InferenceSpec) or w.trace_file is None:
+            continue
+        trace = Path(w.trace_file)
+        trace = trace if trace.is_absolute() else (path.parent / trace)
+        loc: tuple[int | str, ...] = ("workloads", i, "trace_file")
+        if not trace.is_file():
+            errors.append(
+                ConfigError(
+                    f"no such trace file: {trace}",
+                    file=str(path),
+                    line=_line_of(doc, loc),
+                    field=".".join(str(p) for p in loc),
+                )
+            )
+            continue
+        workloads[i] = w.model_copy(update={"trace_file": str(trace.resolve())})
+    if errors:
+        raise ConfigErrors(errors)
+    return scenario.model_copy(update={"workloads": tuple(workloads)})
 
 
 def _plain(node: Any) -> Any:

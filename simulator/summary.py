@@ -86,9 +86,11 @@ def summarize(
         "dr": dr_summary(controlled, reference),
     }
     summary.update(oracle_keys(controlled.oracle))
+    summary.update(latency_summary(controlled))
     fac = controlled.facility
     if fac is not None:
-        summary["seconds_over_limit"]["facility"] = round(fac.seconds_over, 3)
+        if fac.spec is not None:  # the contract is metered at the facility, cooling included
+            summary["seconds_over_limit"]["facility"] = round(fac.seconds_over, 3)
         summary.update(fac.summary())
     if sc.carbon_policy is not None:
         summary["co2_reduction_vs_blind"] = (
@@ -99,6 +101,23 @@ def summarize(
         )
         summary["work_targets"] = work_targets(controlled)
     return summary
+
+
+def latency_summary(controlled: RunResult) -> dict[str, Any]:
+    """`inference_latency_s`: per Flex tier with inference services, the queueing delay p50/p99
+    of its requests (s, in whole ticks: 0 = served within the tick it arrived), weighted by
+    requests for trace-fed services and by work otherwise; requests still waiting at the end
+    count at their wait so far (`simulator.queues`). Absent without inference services."""
+    cluster = controlled.cluster
+    by_tier = cluster.workloads.latency_by_tier(cluster.now_s)
+    if not by_tier:
+        return {}
+    return {
+        "inference_latency_s": {
+            f"tier{t}": {"p50": round(v["p50"], 3), "p99": round(v["p99"], 3)}
+            for t, v in by_tier.items()
+        }
+    }
 
 
 def dr_summary(controlled: RunResult, reference: RunResult | None) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from simulator.physics import ALPHA_COMPUTE, ALPHA_DECODE
+from simulator.queues import ServiceQueue, weighted_quantile
 
 FloatArray = NDArray[np.float64]
 
@@ -120,6 +121,8 @@ class InferenceService:
     decode_tokens_per_gpu_s: float = DECODE_TOKENS_PER_GPU_S
     prefill_activity: float = PREFILL_ACTIVITY
     decode_activity: float = DECODE_ACTIVITY
+    #: Requests arriving per tick (a trace's); None weighs each tick's latency by its work.
+    requests: FloatArray | None = None
 
 
 @dataclass(eq=False, kw_only=True)
@@ -144,6 +147,8 @@ class WorkloadSet:
     backlog_gpu_s: FloatArray = field(default_factory=lambda: np.zeros(0))
     #: Share of each job's GPUs with power (a tripped rack takes its GPUs away).
     job_powered_frac: FloatArray = field(default_factory=lambda: np.zeros(0))
+    #: Each service's queue of arrivals, prefill and decode served at their own speeds.
+    queues: list[ServiceQueue] = field(default_factory=list)
 
     @classmethod
     def create(
@@ -179,6 +184,7 @@ class WorkloadSet:
             train_phase=np.zeros(len(training)),
             backlog_gpu_s=np.zeros(len(inference)),
             job_powered_frac=np.ones(n_jobs),
+            queues=[ServiceQueue() for _ in inference],
         )
 
     @property
@@ -249,21 +255,24 @@ class WorkloadSet:
             if not svc.start_s <= now_s < svc.end_s:
                 continue
             idx = min(max(int(now_s / dt), 0), svc.prefill_gpu_s.size - 1)
+            queue = self.queues[i]
+            arr_p, arr_d = float(svc.prefill_gpu_s[idx]), float(svc.decode_gpu_s[idx])
+            weight = arr_p + arr_d if svc.requests is None else float(svc.requests[idx])
+            queue.push(now_s, arr_p, arr_d, weight)
             x = float(job_speed[k])
             if x < STALLED_SPEED:
-                self.backlog_gpu_s[i] += svc.prefill_gpu_s[idx] + svc.decode_gpu_s[idx]
+                self.backlog_gpu_s[i] = sum(queue.pending())
                 continue
             prefill_speed = x**ALPHA_COMPUTE
             decode_speed = x**ALPHA_DECODE
-            # Backlog is kept in decode-equivalent GPU-seconds at full speed, prefill first.
-            want_p = svc.prefill_gpu_s[idx]
-            want_d = svc.decode_gpu_s[idx] + self.backlog_gpu_s[i]
+            # Prefill first, then decode, each at its own speed and credited at its own rate:
+            # prompt work that waits is still prompt work when it is served.
             capacity_s = svc.n_gpus * dt * float(self.job_powered_frac[k])
-            time_p = min(capacity_s, want_p / prefill_speed)
-            served_p = time_p * prefill_speed
-            time_d = min(capacity_s - time_p, want_d / decode_speed)
-            served_d = time_d * decode_speed
-            self.backlog_gpu_s[i] = want_d - served_d + (want_p - served_p)
+            served_p = queue.serve_prefill(capacity_s * prefill_speed)
+            time_p = min(served_p / prefill_speed, capacity_s)
+            served_d = queue.serve_decode((capacity_s - time_p) * decode_speed, now_s)
+            time_d = min(served_d / decode_speed, capacity_s - time_p)
+            self.backlog_gpu_s[i] = sum(queue.pending())
             busy_p, busy_d = time_p / capacity_s, time_d / capacity_s
             activity[k] = svc.prefill_activity * busy_p + svc.decode_activity * busy_d
             mem[k] = 0.3 * busy_p + 0.85 * busy_d
@@ -273,6 +282,25 @@ class WorkloadSet:
                 served_p * svc.prefill_tokens_per_gpu_s + served_d * svc.decode_tokens_per_gpu_s
             )
         return activity, alpha, mem
+
+    def latency_by_tier(self, now_s: float) -> dict[int, dict[str, float]]:
+        """Per Flex tier with services: queueing delay p50/p99 (s) of requests that arrived at
+        t >= 0, unfinished ones counted at their wait so far, and the weight measured."""
+        out: dict[int, dict[str, float]] = {}
+        for tier in sorted({s.tier for s in self.inference}):
+            values: list[float] = []
+            weights: list[float] = []
+            for svc, queue in zip(self.inference, self.queues, strict=True):
+                if svc.tier == tier:
+                    d, w = queue.delays(now_s)
+                    values += d
+                    weights += w
+            out[tier] = {
+                "p50": weighted_quantile(values, weights, 0.50),
+                "p99": weighted_quantile(values, weights, 0.99),
+                "weight": float(sum(weights)),
+            }
+        return out
 
     def job_speed(self, gpu_clock_frac: FloatArray) -> FloatArray:
         """Per-job speed from per-GPU clocks (0 for a dark GPU).

@@ -9,7 +9,7 @@ import pytest
 import structlog
 from hypothesis import settings
 
-from tests.services import IN_CI, Mosquitto, Prometheus, require_binary
+from tests.services import IN_CI, Etcd, Mosquitto, Prometheus, require_binary
 
 
 @pytest.fixture
@@ -20,6 +20,16 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Etcd]:
+    store = Etcd(require_binary("etcd"), tmp_path)
+    store.start()
+    try:
+        yield store
+    finally:
+        store.stop()
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ SERVICE_PATHS = {
     "mosquitto_passwd": ("/usr/bin/mosquitto_passwd", "mosquitto"),
     "prometheus": ("/usr/bin/prometheus", "prometheus"),
     "promtool": ("/usr/bin/promtool", "prometheus"),
+    "etcd": ("/usr/bin/etcd", "etcd-server"),
 }
 
 
@@ -188,6 +189,64 @@ class Prometheus:
             return [{"metric": {}, "value": data["result"]}]
         result: list[dict[str, Any]] = data["result"]
         return result
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+
+
+class Etcd:
+    """A real single-member etcd on free loopback ports; its JSON gateway serves `/v3/...`.
+
+    `stop()` ends it (the store is unreachable until `start()` again, data kept on disk), which
+    is how tests cut a leader off from its lease store.
+    """
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with (self.workdir / "etcd.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "--name=test",
+                    f"--data-dir={self.workdir / 'etcd-data'}",
+                    f"--listen-client-urls={self.url}",
+                    f"--advertise-client-urls={self.url}",
+                    f"--listen-peer-urls=http://127.0.0.1:{self.peer_port}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{self.peer_port}",
+                    f"--initial-cluster=test=http://127.0.0.1:{self.peer_port}",
+                    "--log-level=error",
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        wait_for_port(self.port, timeout_s=20.0)
+        deadline = time.monotonic() + 20.0
+        while True:
+            with contextlib.suppress(OSError):
+                request = urllib.request.Request(self.url + "/health")
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if json.load(response).get("health") == "true":
+                        return
+            if time.monotonic() > deadline:
+                raise TimeoutError("etcd did not become healthy in 20 s")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc is not None:

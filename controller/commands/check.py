@@ -63,4 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         f"{safe_frac.min(initial=1.0):.2f}-{safe_frac.max(initial=0.0):.2f} of max cap"
         + ("" if args.running is None else f", may replace {args.running} on a reload")
     )
+    if policy.inventory is not None:
+        inv = policy.inventory
+        print(f"{inv.source}: ok: {len(inv.nodes)} nodes cover every GPU of {topo.n_racks} racks")
     return 0

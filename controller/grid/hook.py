@@ -25,6 +25,7 @@ from controller.grid.manager import DrTick, FlexInputs, GridEvents
 from controller.grid.mqtt import GridEventTopic
 from controller.grid.openadr import PriceSink, Ven
 from controller.grid.store import EventStore, resolve_store_path
+from controller.mqtt_client import Client
 from policies.decision import Decision, Limits
 from policies.topology import Topology
 
@@ -78,7 +79,7 @@ class GridHook:
         """True when the message was a grid event (consumed here)."""
         return self.section.mqtt_events and self.topic.handle(topic, payload)
 
-    async def flush(self, client: aiomqtt.Client) -> None:
+    async def flush(self, client: aiomqtt.Client | Client) -> None:
         await self.topic.flush(client)
 
     def limits(

@@ -23,6 +23,7 @@ from controller.grid.config import mqtt_event_topic
 from controller.grid.manager import GridEvents
 from controller.grid.sources import Cancel, parse_event_message
 from controller.messages import MessageRejections
+from controller.mqtt_client import Client
 from policies.errors import ProtocolError
 
 log = logging.getLogger("rheostat.grid.mqtt")
@@ -99,7 +100,7 @@ class GridEventTopic:
             self.rejections.count("grid_event", exc)
         log.warning("%s: %s", what, exc)
 
-    async def flush(self, client: aiomqtt.Client) -> None:
+    async def flush(self, client: aiomqtt.Client | Client) -> None:
         """Publish queued acknowledgements (retained, QoS 1)."""
         while self.responses:
             topic = next(iter(self.responses))

@@ -137,3 +137,87 @@ def test_build_sends_the_decision_and_remembers_only_the_racks_sent() -> None:
     assert np.isnan(book.sent_cap_w[topo.rack_slice(1)]).all()  # rack 1 was not sent
     assert book.sent_at_s.tolist() == [5.0, -np.inf, 5.0]
     assert book.sent_total == 2
+
+
+def test_adopting_a_fleet_makes_every_rack_due_lowering_first() -> None:
+    topo = generate_topology(4 * 32, site="t", servers_per_rack=4)  # 4 racks of 32 GPUs
+    book = _book(topo)
+    held = np.full(topo.n_gpus, 500.0)  # what the racks report applying
+    book.adopt(held)
+    new = held.copy()
+    new[topo.rack_slice(0)] = 700.0  # rack 0 goes up
+    new[topo.rack_slice(3)] = 300.0  # rack 3 comes down
+    due = book.due(_decision(new), now_s=0.0, stale_rack=np.zeros(topo.n_racks, np.bool_))
+    assert sorted(due.tolist()) == [0, 1, 2, 3]  # a takeover commands every rack
+    assert due[0] == 3  # the lowering rack leads
+
+
+def test_urgent_racks_go_first_by_overdraw_then_lowering_then_raising() -> None:
+    """A rack whose new caps sit below what its GPUs draw now protects a limit: it leads, however
+    small its move, and the rest keep their order (lowering first, largest move first)."""
+    topo = generate_topology(6 * 32, site="t", servers_per_rack=4)
+    book = _book(topo)
+    fresh = np.zeros(topo.n_racks, np.bool_)
+    caps = np.full(topo.n_gpus, 500.0)
+    book.build(_decision(caps), np.arange(topo.n_racks), now_s=0.0)
+    power_w = np.full(topo.n_gpus, 300.0)  # everyone draws well under its caps
+    caps = caps.copy()
+    moves_w = [-200.0, 100.0, -10.0, -8.0, 50.0, -20.0]
+    for rack, move_w in enumerate(moves_w):
+        caps[topo.rack_slice(rack)] += move_w
+    power_w[topo.rack_slice(3).start] = 520.0  # over its new cap (492) by 28 W: urgent
+    power_w[topo.rack_slice(5).start + 1] = 560.0  # over its new cap (480) by 80 W: urgent first
+    power_w[topo.rack_slice(2).start] = 493.0  # over its new cap (490) by 3 W: within the deadband
+    decision = _decision(caps)
+    urgent, rest = book.due_lanes(decision, now_s=1.0, stale_rack=fresh, power_w=power_w)
+    assert urgent.tolist() == [5, 3]
+    assert rest.tolist() == [0, 2, 1, 4]
+    both = book.due(decision, now_s=1.0, stale_rack=fresh, power_w=power_w)
+    assert both.tolist() == [5, 3, 0, 2, 1, 4]
+    # without readings nothing is urgent: the order is the plain one
+    assert book.due(decision, now_s=1.0, stale_rack=fresh).tolist() == [0, 5, 2, 3, 1, 4]
+
+
+def test_a_raise_below_present_draw_is_urgent_and_a_cut_above_it_is_not() -> None:
+    """Urgency is about the draw, not the direction: caps lost on the rack (drawing 700 W) get a
+    command that raises the last sent caps yet cuts the GPUs; a deep cut under which the GPUs
+    already sit protects nothing now. Missing readings (NaN) and stale racks never count as
+    urgent (a stale rack's reading is old), though a stale rack is still commanded, first among
+    the lowering racks."""
+    topo = generate_topology(4 * 32, site="t", servers_per_rack=4)
+    book = _book(topo)
+    caps = np.full(topo.n_gpus, 300.0)
+    book.build(_decision(caps), np.arange(topo.n_racks), now_s=0.0)
+    power_w = np.full(topo.n_gpus, 100.0)
+    caps = caps.copy()
+    caps[topo.rack_slice(0)] = 450.0  # raised, yet its GPUs draw 700: urgent
+    power_w[topo.rack_slice(0)] = 700.0
+    caps[topo.rack_slice(1)] = 150.0  # cut by 150 W, drawing 100: not urgent
+    caps[topo.rack_slice(2)] = 200.0  # cut below a GPU with no reading: not urgent
+    power_w[topo.rack_slice(2)] = np.nan
+    caps[topo.rack_slice(3)] = 200.0  # would be urgent, but the rack is stale: first of the rest
+    power_w[topo.rack_slice(3)] = 700.0
+    stale = np.array([False, False, False, True])
+    urgent, rest = book.due_lanes(_decision(caps), now_s=1.0, stale_rack=stale, power_w=power_w)
+    assert urgent.tolist() == [0]
+    assert rest.tolist() == [3, 1, 2]
+    np.testing.assert_array_equal(book.urgent(_decision(caps), power_w)[[0, 1]], [250.0, -50.0])
+
+
+def test_build_of_scattered_racks_touches_only_their_rows() -> None:
+    """Racks of different sizes, out of order: each command holds its own rack's rows."""
+    topo = generate_topology(5 * 32, site="t", servers_per_rack=4)
+    book = _book(topo)
+    caps = np.arange(topo.n_gpus, dtype=np.float64) + 100.0
+    messages = book.build(_decision(caps), np.array([4, 1, 3]), now_s=2.0)
+    for rack, payload in messages:
+        r = topo.rack_index[rack]
+        np.testing.assert_allclose(
+            wire.decode_command(payload, rack=rack).cap_w, caps[topo.rack_slice(r)]
+        )
+    sent = ~np.isnan(book.sent_cap_w)
+    expected = np.zeros(topo.n_gpus, np.bool_)
+    for r in (4, 1, 3):
+        expected[topo.rack_slice(r)] = True
+    np.testing.assert_array_equal(sent, expected)
+    assert book.build(_decision(caps), np.array([], np.int64), now_s=3.0) == []

@@ -18,7 +18,7 @@ from policies.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-PACKAGES = ("controller", "policies", "simulator")
+PACKAGES = ("agent", "controller", "policies", "simulator")
 #: Imported only where present (the benchmarks live in the source tree, not the wheel).
 SOURCE_ONLY = {"bench"}
 

@@ -74,10 +74,14 @@ def test_k8s_has_every_required_object_in_one_namespace() -> None:
         "PersistentVolumeClaim",
         "PodMonitor",
         "PrometheusRule",
+        "DaemonSet",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
     }
     namespace = objects["Namespace"]["metadata"]["name"]
     for kind, obj in objects.items():
-        if kind != "Namespace":
+        if kind not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}:  # cluster-scoped
             assert obj["metadata"]["namespace"] == namespace, kind
     kustomization = load_yaml(K8S / "kustomization.yaml")
     assert sorted(kustomization["resources"]) == sorted(
@@ -167,6 +171,70 @@ def test_the_password_secret_is_mounted_where_the_controller_reads_it(
     password = load_secrets().mqtt_password
     assert password is not None
     assert password.get_secret_value() == "s3cret"
+
+
+def test_agent_daemonset_follows_the_device_plugin_conventions_with_least_privilege(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.config import load_agent_config
+
+    objects = k8s_objects()
+    daemonset = objects["DaemonSet"]
+    spec = daemonset["spec"]
+    pod = spec["template"]
+    assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    pod_spec = pod["spec"]
+    assert pod_spec["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec[
+        "tolerations"
+    ]
+    # Its service account may list pods (their class labels) and do nothing else.
+    account = objects["ServiceAccount"]["metadata"]["name"]
+    assert pod_spec["serviceAccountName"] == account
+    assert objects["ClusterRole"]["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
+    ]
+    binding = objects["ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == objects["ClusterRole"]["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": "rheostat"}
+    ]
+    (container,) = pod_spec["containers"]
+    parses_as_cli(container["args"])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    assert mounts["pod-resources"]["readOnly"] is True
+    assert volumes["pod-resources"]["hostPath"]["path"] == mounts["pod-resources"]["mountPath"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
+    assert env["NVIDIA_DRIVER_CAPABILITIES"]["value"] == "utility"
+    assert env["RHEOSTAT_NODE"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # It sees every GPU without taking one from the scheduler.
+    for kind in ("requests", "limits"):
+        assert "nvidia.com/gpu" not in container["resources"].get(kind, {})
+    security = container["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    # Its file is the ConfigMap's agent.yaml; the node's rack comes from nodes.yaml by node name.
+    data = objects["ConfigMap"]["data"]
+    config_path = Path(container["args"][container["args"].index("--config") + 1])
+    assert config_path.name in data
+    for key, text in data.items():
+        (tmp_path / key).write_text(text.replace("/etc/rheostat/", f"{tmp_path}/"))
+    monkeypatch.setenv("RHEOSTAT_NODE", "gpu-b02")
+    config = load_agent_config(tmp_path / config_path.name)
+    assert (config.rack, config.first_gpu, config.rack_gpus) == ("r00001", 8, 32)
+    assert config.pods is not None
+    assert Path(config.pods.socket).parent == Path(mounts["pod-resources"]["mountPath"])
+    assert config.mqtt.password_env in env
+    rack = daemonset["metadata"]["labels"]["rheostat.io/rack"]
+    assert pod_spec["nodeSelector"]["rheostat.io/rack"] == rack
+    assert rack in env[config.mqtt.password_env]["valueFrom"]["secretKeyRef"]["name"]
+    # The controller's policy names the same node inventory.
+    policy = policy_from_configmap(tmp_path)
+    assert policy.inventory is not None
+    assert policy.inventory.by_host["gpu-b02"].rack == "r00001"
 
 
 def test_service_and_disruption_budget_select_the_controller_pod() -> None:

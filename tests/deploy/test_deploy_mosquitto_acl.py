@@ -350,3 +350,31 @@ async def test_a_racks_credentials_cannot_take_the_controllers_session(
             await rack.publish(wire.telemetry_topic(SITE, "r002"), b"marker", qos=1)
             got = await first_message(controller)
             assert (str(got.topic), got.payload) == (wire.telemetry_topic(SITE, "r002"), b"marker")
+
+
+async def test_node_agents_stay_inside_their_rack(
+    secured: SecuredBroker, controller: aiomqtt.Client
+) -> None:
+    """A node agent logs in as its rack: its own rack's node topics only, never another's."""
+    await controller.subscribe(wire.node_telemetry_filter(SITE), qos=1)
+    async with secured.client("r001") as node, secured.client("r002") as victim:
+        await node.publish(wire.node_telemetry_topic(SITE, "r002", "gpu-b01"), b"forged", qos=1)
+        await node.publish(wire.node_telemetry_topic(SITE, "r001", "gpu-a01"), b"own", qos=1)
+        got = await first_message(controller)
+        assert (str(got.topic), got.payload) == (
+            wire.node_telemetry_topic(SITE, "r001", "gpu-a01"),
+            b"own",
+        )
+        for topic in ("rheostat/v1/+/command/r002/+", "rheostat/v1/+/command/+/+"):
+            await node.subscribe(topic, qos=1)
+        await node.subscribe(wire.node_command_topic(SITE, "r001", "gpu-a01"), qos=1)
+        await victim.subscribe(wire.node_command_topic(SITE, "r002", "gpu-b01"), qos=1)
+        await node.publish(wire.node_command_topic(SITE, "r002", "gpu-b01"), b"forged", qos=1)
+        await controller.publish(wire.node_command_topic(SITE, "r002", "gpu-b01"), b"b", qos=1)
+        assert (await first_message(victim)).payload == b"b"
+        await controller.publish(wire.node_command_topic(SITE, "r001", "gpu-a01"), b"a", qos=1)
+        got = await first_message(node)
+        assert (str(got.topic), got.payload) == (
+            wire.node_command_topic(SITE, "r001", "gpu-a01"),
+            b"a",
+        )

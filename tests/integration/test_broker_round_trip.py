@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from controller import wire
-from controller.mqtt_client import Client
+from controller.mqtt_client import Client, topic_payload
+from tests.deploy.test_deploy_mosquitto_acl import CONTROLLER, SecuredBroker
+from tests.deploy.test_deploy_mosquitto_acl import SITE as ACL_SITE
+from tests.deploy.test_deploy_mosquitto_acl import secured as secured  # noqa: PLC0414 - fixture
+from tests.deploy.test_deploy_mosquitto_acl import tls_files as tls_files  # noqa: PLC0414
 from tests.services import Mosquitto
 
 
@@ -56,8 +60,8 @@ async def test_daemon_client_reads_every_packet_of_a_burst_and_confirms_a_batch(
     mosquitto: Mosquitto, protocol: aiomqtt.ProtocolVersion, qos: int
 ) -> None:
     """Many packets per socket read, some split across reads, and one large one: none lost or
-    mangled, whether QoS 0 packets are cut from the buffer directly or QoS 1 ones go through
-    paho; a batch's future resolves only once the broker has acknowledged every message."""
+    mangled, at QoS 0 and 1; a batch's future resolves only once the broker has acknowledged
+    every message."""
     sizes = [10 + (k * 37) % 3000 for k in range(3000)] + [200_000]
     payloads = [bytes([k % 251]) * size for k, size in enumerate(sizes)]
     async with (
@@ -72,9 +76,9 @@ async def test_daemon_client_reads_every_packet_of_a_burst_and_confirms_a_batch(
         async with asyncio.timeout(20):
             await batch
             got = [await sub.receive() for _ in payloads]
-    assert [m.topic for m in got] == [f"t/{k}" for k in range(len(payloads))]
-    assert [m.payload for m in got] == payloads
-    assert not pub._batch_of  # every acknowledgement was matched
+    assert [topic_payload(m)[0] for m in got] == [f"t/{k}" for k in range(len(payloads))]
+    assert [topic_payload(m)[1] for m in got] == payloads
+    assert pub.owed == 0  # every acknowledgement was matched
 
 
 async def test_daemon_client_receive_raises_once_the_broker_is_gone(mosquitto: Mosquitto) -> None:
@@ -84,3 +88,37 @@ async def test_daemon_client_receive_raises_once_the_broker_is_gone(mosquitto: M
         with pytest.raises(aiomqtt.MqttError):
             async with asyncio.timeout(10):
                 await sub.receive()
+
+
+async def test_daemon_client_commands_a_rack_over_tls_with_a_password(
+    secured: SecuredBroker,
+) -> None:
+    site = ACL_SITE
+    async with (
+        Client(
+            "127.0.0.1",
+            secured.tls_port,
+            identifier="ctl-tls",
+            username=CONTROLLER,
+            password=secured.passwords[CONTROLLER],
+            tls_params=aiomqtt.TLSParameters(ca_certs=str(secured.ca_file)),
+            timeout=5,
+        ) as ctl,
+        secured.client("r001", tls=True) as rack,
+    ):
+        await ctl.subscribe(wire.telemetry_filter(site), qos=1)
+        await rack.subscribe(wire.command_topic(site, "r001"), qos=1)
+        await rack.publish(wire.telemetry_topic(site, "r001"), b"t1", qos=1)
+        async with asyncio.timeout(5):
+            assert topic_payload(await ctl.receive()) == (wire.telemetry_topic(site, "r001"), b"t1")
+            await ctl.publish_batch([(wire.command_topic(site, "r001"), b"c1")], qos=1)
+            got = await anext(rack.messages)
+        assert (str(got.topic), got.payload) == (wire.command_topic(site, "r001"), b"c1")
+        assert ctl.owed == 0
+
+
+async def test_daemon_client_refuses_a_wrong_password(secured: SecuredBroker) -> None:
+    client = Client("127.0.0.1", secured.port, username=CONTROLLER, password="wrong", timeout=5)
+    with pytest.raises(aiomqtt.MqttError):
+        async with client:
+            pass

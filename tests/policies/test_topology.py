@@ -81,7 +81,7 @@ def test_group_sum_matches_python_sum() -> None:
     ("kwargs", "field"),
     [
         ({"gpu_server": [0, 0, 1, 5]}, "gpu_server"),
-        ({"gpu_model": [0, 0, 1, 9]}, "gpu_model"),
+        ({"gpu_model": [0, 0, 1, 120]}, "gpu_model"),
         ({"gpu_server": [0, 0, 1]}, "gpu_server"),
         ({"rack_level": "pdu"}, "rack_level"),
         ({"rack_level": "site"}, "rack_level"),
@@ -151,7 +151,7 @@ def test_generate_topology_shapes() -> None:
 def test_model_code_errors_name_the_known_models() -> None:
     assert model_code("A100-SXM4") == 1
     with pytest.raises(TopologyError, match="H100-SXM5"):
-        model_code("B200")
+        model_code("Z9000")
 
 
 def test_fleet_state_starts_stale_and_worst_case() -> None:

@@ -29,11 +29,13 @@ SIMULATE_KEYS = {
 }
 SCOREBOARD_KEYS = {
     "breaker_over_s",
+    "breaker_over_allowed_s",
     "site_over_s",
     "site_over_allowed_s",
     "ramp_over_s",
     "within_limits",
     "to_cap_ticks",
+    "step_announced",
     "steady_gap_pct",
     "steady_gap_vs_uncapped_pct",
 }
@@ -74,13 +76,16 @@ def test_the_step_is_scored_and_rheostat_meets_the_safety_targets(
     assert ours["scoreboard"]["breaker_over_s"] == 0.0
     (ticks,) = ours["scoreboard"]["to_cap_ticks"]
     assert ticks is not None
-    assert ticks <= control.MAX_TO_CAP_TICKS
+    # Unannounced: the controller learns the new limit when it applies, and caps need two
+    # decision periods (a period and the actuation lag) to land.
+    assert ours["scoreboard"]["step_announced"] == [False]
+    assert 0 < ticks <= control.MAX_UNANNOUNCED_TICKS
     assert ours["scoreboard"]["within_limits"] is True
     # Uncapped, the fleet sits over the new limit for most of the 100 s after the step.
     assert runs["none"]["scoreboard"]["site_over_s"] >= 50.0
     assert runs["none"]["scoreboard"]["within_limits"] is False
-    # One step: the site may be over its new limit for at most 3 decision periods.
-    assert ours["scoreboard"]["site_over_allowed_s"] == 3.0
+    # One unannounced step: the site may be over its new limit for at most 2 decision periods.
+    assert ours["scoreboard"]["site_over_allowed_s"] == 2.0
     # Demand exceeds the stepped limit, so the steady-state gap is measured.
     assert ours["scoreboard"]["steady_gap_pct"] is not None
 
@@ -122,7 +127,7 @@ def test_misses_name_each_target_missed(budget_step: dict[str, Any]) -> None:
         "tier0",
         "oracle",
     ]
-    ours["scoreboard"]["site_over_s"] = 3.5
+    ours["scoreboard"]["site_over_s"] = 2.5
     ours["scoreboard"]["ramp_over_s"] = 1.0
     assert control.misses("budget-step", runs)[3:5] == ["site-over", "ramp-over"]
     ours["scoreboard"] = _clean_board()
@@ -132,11 +137,21 @@ def test_misses_name_each_target_missed(budget_step: dict[str, Any]) -> None:
     assert control.misses("budget-step", runs) == []
 
 
+def test_an_announced_step_must_be_met_on_time(budget_step: dict[str, Any]) -> None:
+    runs = copy.deepcopy(budget_step["scenarios"]["budget-step"])
+    ours = runs["rheostat"]
+    ours["scoreboard"] = _clean_board() | {"to_cap_ticks": [1.0], "step_announced": [True]}
+    ours["throughput_retained"] = {"tier0": 1.0, "weighted": 1.0}
+    assert control.misses("budget-step", runs) == ["to-cap"]
+    ours["scoreboard"]["to_cap_ticks"] = [0.0]
+    assert control.misses("budget-step", runs) == []
+
+
 def _clean_board() -> dict[str, Any]:
     return {
         "breaker_over_s": 0.0,
         "site_over_s": 0.0,
-        "site_over_allowed_s": 3.0,
+        "site_over_allowed_s": 2.0,
         "ramp_over_s": 0.0,
         "within_limits": True,
         "to_cap_ticks": [1.0],
@@ -192,3 +207,18 @@ def test_cli_prints_the_object_unwrapped(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["bench", "control", "--scenario", "steady", "--duration", "30"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 2 + len(control.CONTROLLERS)
+
+
+def test_faults_add_each_scenario_again_under_faults() -> None:
+    args = _parser().parse_args(
+        ["--scenario", "steady", "--duration", "200", "--controller", "rheostat", "--faults"]
+    )
+    (row,) = control.run(args)
+    assert list(row["scenarios"]) == ["steady", "steady+faults"]
+    faulty = row["scenarios"]["steady+faults"]["rheostat"]
+    assert faulty["breaker_trips"] == 0
+    assert faulty["scoreboard"]["breaker_over_s"] == 0.0
+    assert faulty["scoreboard"]["within_limits"] is True
+    # The outage outlived the commands' TTL, so racks ran on their safe caps a while.
+    clean = row["scenarios"]["steady"]["rheostat"]
+    assert faulty["energy_kwh"] != clean["energy_kwh"]

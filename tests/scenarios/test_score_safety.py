@@ -1,12 +1,14 @@
 """Scoreboard safety properties on short cuts of every shipped scenario, under Rheostat, in CI.
 
-No breaker trips; no breaker level (racks, rows) over its usable limit; the site under a new limit
-within 3 decision periods of a step and never over it afterwards. Breaker levels are checked with
-a tolerance of `BREAKER_TOL` of the limit: the decision core fills a binding rack exactly to its
-usable limit and the simulated GPU limiter settles onto a lowered cap from above (e^-10 of the
-change left after one tick), which leaves a few ppm of excess. That is four orders of magnitude
-below a PDU meter's accuracy (about 1 %) and the usable limit is itself 80 % of the rating; the
-scoreboard (`rheostat bench control`) still counts those seconds.
+No breaker trips; no breaker level (racks, rows) over its usable limit; the site under an
+unannounced new limit within 2 decision periods of the step (the controller learns it when it
+applies; its caps land a period and an actuation lag later) and never over it afterwards.
+Breaker levels are checked with a tolerance of `BREAKER_TOL` of the limit: the decision core
+fills a binding rack exactly to its usable limit and the simulated GPU limiter settles onto a
+lowered cap from above (e^-10 of the change left after one tick), which leaves a few ppm of
+excess. That is four orders of magnitude below a PDU meter's accuracy (about 1 %) and the usable
+limit is itself 80 % of the rating; the scoreboard (`rheostat bench control`) still counts those
+seconds.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ CUTS = {
 }
 #: Relative excess over a breaker level's usable limit treated as at the limit (module doc).
 BREAKER_TOL = 1e-5
-#: Decision periods allowed to get under a new site limit (issue 8).
-MAX_TO_CAP_TICKS = 3
+#: Decision periods allowed to get under an unannounced new site limit.
+MAX_TO_CAP_TICKS = 2
 
 FloatArray = NDArray[np.float64]
 
@@ -66,7 +68,29 @@ def test_no_trips_and_no_breaker_overrun(name: str) -> None:
     assert worst <= 1.0 + BREAKER_TOL, f"{name}: a breaker level at {worst:.6f} x usable"
 
 
-def test_site_is_under_a_stepped_limit_within_three_ticks_and_stays_there() -> None:
+#: Faults every shipped scenario is also run under: the controller down for longer than the
+#: commands' TTL (racks fall back to their safe caps, then obey the restarted controller), a
+#: fifth of the commands lost, telemetry 2-5 s late and out of order.
+FAULTS = (
+    {"kind": "command_loss", "fraction": 0.2},
+    {"kind": "telemetry_delay", "delay_s": 2.0, "jitter_s": 3.0},
+)
+
+
+@pytest.mark.parametrize("name", sorted(CUTS))
+def test_no_trips_and_no_breaker_overrun_under_faults(name: str) -> None:
+    scenario = load_scenario(name).shortened(CUTS[name])
+    outage = {"kind": "controller_outage", "at_s": 0.3 * CUTS[name], "duration_s": 60.0}
+    faults = [*scenario.model_dump()["faults"], outage, *FAULTS]
+    result = _run(Scenario.model_validate(scenario.model_dump() | {"faults": faults}))
+    assert result.cluster.trips == []
+    over = result.compliance.seconds_over
+    assert all(over[lv.name] == 0.0 for lv in result.cluster.topology.levels[:-1]), over
+    assert result.agents is not None
+    assert np.all(result.agents.fallbacks >= 1)  # the outage outlived the TTL
+
+
+def test_site_is_under_an_unannounced_limit_within_two_ticks_and_stays_there() -> None:
     scenario = load_scenario("budget-step").shortened(CUTS["budget-step"])
     (step,) = scenario.limits.steps
     result = _run(scenario)

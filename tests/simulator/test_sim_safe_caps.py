@@ -23,7 +23,8 @@ SITE = "safe"
 
 def flat_out_cluster() -> SimCluster:
     """8 racks of 32 H100s running one training job flat out; each rack's breaker is rated at
-    0.8 of its full draw and derated to 0.8 of that, under a site contract at 0.75 of it."""
+    0.8 of its full draw and derated to 0.8 of that, under a site contract at 0.75 of it.
+    Servers' non-GPU power is held at its peak: the worst case safe caps are derived for."""
     scenario = Scenario.model_validate(
         {
             "name": "safe-caps",
@@ -35,6 +36,7 @@ def flat_out_cluster() -> SimCluster:
                 "racks_per_row": 4,
                 "rack_rating_frac": 0.8,
                 "site_limit_frac": 0.75,
+                "non_gpu_idle_frac": 1.0,
             },
             "physics": {"actuation_lag_s": 0.0, "telemetry_delay_s": 0.0},
             "workloads": [

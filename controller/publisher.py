@@ -1,0 +1,335 @@
+"""How the daemon's commands leave: an urgent lane ahead of everything, and a windowed bulk lane.
+
+Each tick splits the due racks in two (`CommandBook.due_lanes`):
+- urgent: racks whose new caps cut some GPU below what it draws now, so a limit is exceeded until
+  the command lands. They are built and handed to the MQTT client at once, by the tick that found
+  them, whatever else is being sent; no window holds them back.
+- bulk: every other due rack, in the book's order (lowering first, then the largest moves). One
+  long-lived task hands them to the client in chunks of `BULK_CHUNK`, never more than
+  `BULK_WINDOW` unacknowledged: a new chunk goes out as soon as an earlier one is acknowledged.
+  So at most one window is ever ahead of an urgent command in the connection (the client's
+  queue, the socket, the broker), and a fleet-wide move of 10k racks delays it by one window,
+  not by the burst.
+Each tick replaces the bulk plan with its own ordered list, so a burst is never queued behind
+itself: racks not yet sent stay due and go out built from the newest decision.
+
+Commands are QoS 1; one that the broker does not acknowledge within the MQTT timeout makes every
+rack due again, as does a publish the client refuses (the connection is gone; the reconnect
+resends every rack's command anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import aiomqtt
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from controller import wire
+from controller.command_book import CommandBook
+from controller.mqtt_client import Client
+from controller.runtime import Runtime
+from policies.decision import Decision
+
+log = structlog.get_logger("rheostat.controller")
+
+#: Bulk commands awaiting the broker's acknowledgement at most; also the most that can be ahead of
+#: an urgent command. A window of 32-GPU commands is about 100 kB, which a loaded broker takes a
+#: few ms to route.
+BULK_WINDOW = 128
+#: Bulk commands handed to the client at a time: a new chunk as soon as one is acknowledged.
+BULK_CHUNK = 32
+
+#: Urgent commands handed to the client per slice; between slices other tasks get a turn (a
+#: fleet-wide cut can make every rack urgent), but the bulk lane does not.
+URGENT_SLICE = 256
+
+Lane = Literal["urgent", "bulk"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendTimes:
+    """Where one send's time went, as `time.monotonic()` stamps. Units: s.
+
+    tick start → decided (snapshot, hooks, decision) → diffed (`due_lanes`) → build started (for
+    the bulk lane, after the windows ahead of it) → encoded → published (handed to the client).
+    """
+
+    tick_started_s: float
+    decided_s: float
+    diffed_s: float
+    build_started_s: float
+    encoded_s: float
+    published_s: float
+
+
+class SendTrace(Protocol):
+    """Told of every send (benchmarks use it to break latency down); must return at once."""
+
+    def sent(self, lane: Lane, racks: Sequence[str], times: SendTimes) -> None: ...
+
+
+@dataclass(eq=False, kw_only=True)
+class _Plan:
+    """One tick's bulk racks, in order; `sent` of them are out."""
+
+    book: CommandBook
+    decision: Decision
+    racks: NDArray[np.int64]
+    sent: int
+    tick_started_s: float
+    decided_s: float
+    diffed_s: float
+
+
+class CommandPublisher:
+    """The two lanes; `send_due` is called by each tick and after a reconnect, `run` is a task.
+
+    `lock` is the daemon's lock over the command book (a reconnect invalidates it under the same
+    lock); the event loop is the only caller.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        lock: asyncio.Lock,
+        *,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
+        may_send: Callable[[], bool] = lambda: True,
+        trace: SendTrace | None = None,
+    ) -> None:
+        self._rt = runtime
+        self._lock = lock
+        #: Monotonic: what the command book times refreshes by. `wall_clock` only stamps
+        #: `issued_at` (informational on the wire).
+        self._clock = clock
+        self._wall_clock = wall_clock
+        #: Leadership: a controller that may not command sends nothing, bulk windows included.
+        self._may_send = may_send
+        self.trace = trace
+        self._client: Client | None = None
+        self._plan: _Plan | None = None
+        self._wake = asyncio.Event()
+        #: Bulk chunks handed to the client and not yet acknowledged.
+        self._inflight: set[asyncio.Future[None]] = set()
+        #: Urgent sends whose acknowledgements are still awaited.
+        self.confirming: set[asyncio.Task[None]] = set()
+
+    def connected(self, client: Client) -> None:
+        self._client = client
+
+    def disconnected(self) -> None:
+        """Forget the connection's sends: the reconnect makes every rack due again."""
+        client, self._client, self._plan = self._client, None, None
+        for task in self.confirming:
+            task.cancel()
+        inflight, self._inflight = self._inflight, set()
+        for future in inflight:
+            if not future.done():
+                if client is not None:
+                    client.forget(future)
+                future.set_exception(aiomqtt.MqttError("connection lost"))
+
+    @property
+    def bulk_pending(self) -> int:
+        """Racks of the current bulk plan not yet handed to the client."""
+        plan = self._plan
+        return 0 if plan is None else int(plan.racks.size - plan.sent)
+
+    @property
+    def bulk_busy(self) -> bool:
+        """Bulk commands are waiting to be sent or for the broker's acknowledgement."""
+        return self.bulk_pending > 0 or any(not f.done() for f in self._inflight)
+
+    async def send_due(
+        self, *, tick_started_s: float | None = None, decided_s: float | None = None
+    ) -> tuple[int, int]:
+        """Send the urgent commands now and make the rest the bulk plan: (urgent sent, bulk due).
+
+        Choosing and building run in a worker thread (the diff over 320k GPUs takes ms).
+        Skipped while disconnected or before the first decision.
+        """
+        rt = self._rt
+        client, decision, stale = self._client, rt.decision, rt.stale_rack
+        if client is None or decision is None or stale is None or not self._may_send():
+            return 0, 0
+        async with self._lock:
+            book = rt.book
+            power_w, last_seen_s = rt.fleet.power_w, rt.fleet.rack_last_seen_s
+
+            def choose() -> tuple[float, float, float, list[tuple[str, bytes]], NDArray[np.int64]]:
+                diff_started_s = time.monotonic()
+                now_s = self._clock()
+                urgent, rest = book.due_lanes(
+                    decision,
+                    now_s=now_s,
+                    stale_rack=stale,
+                    last_seen_s=last_seen_s,
+                    power_w=power_w,
+                )
+                diffed_s = time.monotonic()
+                messages = (
+                    book.build(decision, urgent, now_s=now_s, issued_at_s=self._wall_clock())
+                    if urgent.size
+                    else []
+                )
+                return diff_started_s, diffed_s, time.monotonic(), messages, rest
+
+            diff_started_s, diffed_s, encoded_s, messages, rest = await asyncio.to_thread(choose)
+            started_s = diff_started_s if tick_started_s is None else tick_started_s
+            decided = diff_started_s if decided_s is None else decided_s
+            self._plan = (
+                _Plan(
+                    book=book,
+                    decision=decision,
+                    racks=rest,
+                    sent=0,
+                    tick_started_s=started_s,
+                    decided_s=decided,
+                    diffed_s=diffed_s,
+                )
+                if rest.size
+                else None
+            )
+            if rest.size:
+                self._wake.set()
+            if messages:
+                times = SendTimes(
+                    tick_started_s=started_s,
+                    decided_s=decided,
+                    diffed_s=diffed_s,
+                    build_started_s=diffed_s,
+                    encoded_s=encoded_s,
+                    published_s=0.0,
+                )
+                futures: list[asyncio.Future[None]] = []
+                for first in range(0, len(messages), URGENT_SLICE):
+                    if first:
+                        await asyncio.sleep(0)  # ingest gets a turn; the bulk lane waits
+                    part = messages[first : first + URGENT_SLICE]
+                    future = self._publish(client, book, "urgent", part, times)
+                    if future is None:
+                        break
+                    futures.append(future)
+                if futures:
+                    task = asyncio.create_task(self._confirm(client, futures, book))
+                    self.confirming.add(task)
+                    task.add_done_callback(self.confirming.discard)
+        return len(messages), int(rest.size)
+
+    async def run(self) -> None:
+        """The bulk lane: the current plan in chunks, at most `BULK_WINDOW` unacknowledged.
+
+        A new chunk goes out as soon as an earlier one is acknowledged, so the window stays
+        full while a burst lasts instead of draining to empty before each refill.
+        """
+        inflight = self._inflight
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                while len(inflight) * BULK_CHUNK < BULK_WINDOW:
+                    sent = await self._send_window()
+                    if sent is None:
+                        break
+                    inflight = self._inflight  # a disconnect replaces the set
+                    inflight.add(sent)
+                if not inflight:
+                    break
+                timeout_s = self._rt.policy.config.mqtt.timeout_s
+                done, _ = await asyncio.wait(
+                    inflight, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                inflight = self._inflight
+                if not done:
+                    await self._unconfirmed(inflight)
+                    break
+                inflight -= done
+                lost = [f for f in done if f.cancelled() or f.exception() is not None]
+                if lost:
+                    break  # the connection is gone: the reconnect resends every rack's command
+
+    async def _unconfirmed(self, futures: set[asyncio.Future[None]]) -> None:
+        """Acknowledgements that did not come: every rack is due again."""
+        client = self._client
+        for future in futures:
+            if client is not None:
+                client.forget(future)
+        futures.clear()
+        async with self._lock:
+            self._rt.book.invalidate()
+        log.warning("commands not confirmed; will resend")
+
+    async def _send_window(self) -> asyncio.Future[None] | None:
+        """Build and hand over the plan's next chunk; None when there is nothing to send."""
+        async with self._lock:
+            plan, client = self._plan, self._client
+            if plan is not None and plan.book is not self._rt.book:
+                plan = self._plan = None  # a reload brought another fleet: its book starts over
+            if plan is None or client is None or not self._may_send():
+                return None
+            racks = plan.racks[plan.sent : plan.sent + BULK_CHUNK]
+            plan.sent += racks.size
+            if plan.sent >= plan.racks.size:
+                self._plan = None
+            build_started_s = time.monotonic()
+            messages = plan.book.build(
+                plan.decision, racks, now_s=self._clock(), issued_at_s=self._wall_clock()
+            )
+            times = SendTimes(
+                tick_started_s=plan.tick_started_s,
+                decided_s=plan.decided_s,
+                diffed_s=plan.diffed_s,
+                build_started_s=build_started_s,
+                encoded_s=time.monotonic(),
+                published_s=0.0,
+            )
+            return self._publish(client, plan.book, "bulk", messages, times)
+
+    def _publish(
+        self,
+        client: Client,
+        book: CommandBook,
+        lane: Lane,
+        messages: list[tuple[str, bytes]],
+        times: SendTimes,
+    ) -> asyncio.Future[None] | None:
+        site = self._rt.policy.site
+        try:
+            future = client.publish_batch(
+                ((wire.command_topic(site, rack), payload) for rack, payload in messages), qos=1
+            )
+        except aiomqtt.MqttError as exc:
+            book.invalidate()  # resend everything once the connection is back
+            self._plan = None
+            log.warning("commands not sent; will resend", error=str(exc), lane=lane)
+            return None
+        if self.trace is not None:
+            self.trace.sent(
+                lane,
+                [rack for rack, _ in messages],
+                dataclasses.replace(times, published_s=time.monotonic()),
+            )
+        return future
+
+    async def _confirm(
+        self, client: Client, futures: list[asyncio.Future[None]], book: CommandBook
+    ) -> None:
+        """Wait for an urgent send's acknowledgements; a missing one makes every rack due again."""
+        try:
+            async with asyncio.timeout(self._rt.policy.config.mqtt.timeout_s):
+                await asyncio.gather(*futures)
+        except TimeoutError:
+            for future in futures:
+                client.forget(future)
+            async with self._lock:
+                book.invalidate()
+            log.warning("commands not confirmed; will resend")

@@ -1,0 +1,185 @@
+"""Sharded ingest: worker processes on an MQTT 5 shared subscription (real Mosquitto) writing the
+fleet arrays in shared memory, read by the decision process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import aiomqtt
+import numpy as np
+import orjson
+import pytest
+
+from controller import wire
+from controller.daemon import Controller
+from controller.ingest import ClassTable
+from controller.policy_file import parse_policy
+from controller.shard.pool import IngestPool
+from controller.shard.shared_fleet import COUNTERS, SharedFleet
+from policies.fleet import FleetState
+from tests.integration.harness import agents_running, policy_for, running, wait_until
+from tests.integration.test_ctl_daemon import SITE, small_cluster
+from tests.services import Mosquitto
+
+pytestmark = pytest.mark.integration
+RACKS, GPUS = 6, 32
+
+
+def _policy(port: int, workers: int = 2) -> str:
+    return (
+        f"site: {{name: {SITE}, topology: {{generate: {{gpus: {RACKS * GPUS}, a100_share: 0}}}}}}\n"
+        "tiers: {classes: {training: 1, inference: 0}}\n"
+        f"mqtt: {{port: {port}, client_id: shard}}\n"
+        f"ingest: {{workers: {workers}, share_group: g1}}\n"
+    )
+
+
+def _telemetry(rack: str, seq: int, cls: str = "training") -> bytes:
+    n = GPUS
+    return wire.encode_telemetry(
+        wire.Telemetry(
+            rack=rack,
+            seq=seq,
+            ts_s=time.time(),
+            power_w=np.full(n, 300.0 + seq),
+            sm_clock_mhz=np.full(n, 1500.0),
+            util=np.full(n, 0.5),
+            mem_util=np.full(n, 0.2),
+            temp_c=np.full(n, 55.0),
+            cap_w=np.full(n, 700.0),
+            classes=(cls,),
+            class_idx=np.zeros(n, np.int64),
+            rack_power_w=5000.0,
+        )
+    )
+
+
+def test_a_worker_writes_what_the_owner_reads() -> None:
+    policy = parse_policy(_policy(1883), source="t")
+    owner = SharedFleet.create(FleetState.empty(policy.topology), workers=2)
+    try:
+        topo = policy.topology
+        other = SharedFleet.attach(owner.name, n_gpus=topo.n_gpus, n_racks=topo.n_racks, workers=2)
+        other.fleet.power_w[3] = 123.0
+        other.counters[1, 0] = 7
+        other.close()
+        assert owner.fleet.power_w[3] == 123.0
+        assert owner.counters[:, 0].tolist() == [0, 7]
+        assert owner.counters.shape == (2, len(COUNTERS))
+        assert np.isneginf(owner.fleet.rack_last_seen_s).all()  # the empty fleet was copied in
+    finally:
+        owner.close()
+
+
+def test_a_frozen_class_table_gives_every_process_the_same_codes() -> None:
+    a = ClassTable(("inference", "training"), frozen=True)
+    b = ClassTable(("inference", "training"), frozen=True)
+    assert a.code("training") == b.code("training") == 2
+    assert a.code("never-heard-of") == 0  # unknown: the default tier, never a new code
+    assert a.names == ("<unknown>", "inference", "training")
+
+
+async def test_workers_share_the_subscription_and_restart_after_a_kill(
+    mosquitto: Mosquitto,
+) -> None:
+    policy = parse_policy(_policy(mosquitto.port), source="t")
+    classes = ClassTable(sorted(policy.config.tiers.classes))
+    pool = IngestPool(
+        policy, initial=FleetState.empty(policy.topology), classes=classes.names[1:], password=None
+    )
+    ids = policy.topology.racks.ids
+    try:
+        pool.start()
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="pub") as pub:
+            seq = 0
+
+            async def publish_round() -> None:
+                nonlocal seq
+                seq += 1
+                for rack in ids:
+                    await pub.publish(wire.telemetry_topic(SITE, rack), _telemetry(rack, seq))
+
+            async def all_at(expected: int) -> None:
+                async with asyncio.timeout(30):
+                    while not (pool.fleet.rack_seq == expected).all():
+                        await publish_round() if seq < expected else asyncio.sleep(0.05)
+                        await asyncio.sleep(0.05)
+
+            async with asyncio.timeout(30):  # workers connect in their own time
+                while pool.subscribed() < 2:
+                    await asyncio.sleep(0.05)
+            while not (pool.fleet.rack_seq >= 1).all():
+                await publish_round()
+                await asyncio.sleep(0.2)
+                assert seq < 150, "workers never ingested"
+            per_worker = pool.shared.counters[:, COUNTERS.index("accepted")]
+            assert (per_worker > 0).all(), "the broker gave every worker a share"
+            assert pool.fleet.power_w[0] >= 301.0
+            assert pool.fleet.workload_class[0] == classes.code("training")
+            fenced = orjson.dumps(
+                orjson.loads(_telemetry(ids[1], seq + 1)) | {"cmd_rejected": {"stale_epoch": 3}}
+            )
+            await pub.publish(wire.telemetry_topic(SITE, ids[1]), fenced)
+            async with asyncio.timeout(10):
+                while pool.shared.cmd_rejected[1, 0] != 3:  # stale_epoch, from shared memory
+                    await asyncio.sleep(0.05)
+            await pub.publish(wire.telemetry_topic(SITE, ids[0]), b"{not json")
+            await pub.publish(wire.telemetry_topic(SITE, "nope"), _telemetry("nope", 1))
+            async with asyncio.timeout(10):
+                while pool.counters()[0].rejected["unknown_rack"] < 1:
+                    await asyncio.sleep(0.05)
+            counters, _ = pool.counters()
+            assert counters.rejected["malformed"] == 1
+            procs = [p for p in pool._procs if p is not None]
+            assert procs[0].pid is not None
+            os.kill(procs[0].pid, signal.SIGKILL)
+            procs[0].join(5)
+            assert pool.check() == 1
+            assert pool.restarts == 1
+            target = seq + 3
+            await all_at(target)
+            assert pool.fleet.rack_power_w[0] == 5000.0
+    finally:
+        pool.close()
+
+
+async def test_daemon_with_ingest_workers_closes_the_loop(mosquitto: Mosquitto) -> None:
+    cluster = small_cluster()
+    text = (
+        f"site: {{name: {SITE}, topology: {{generate: {{gpus: 96, a100_share: 0}}}}}}\n"
+        "control: {tick_period_s: 0.2, command_ttl_s: 3.0, stale_after_s: 2}\n"
+        f"mqtt: {{port: {mosquitto.port}, client_id: shard-ctl}}\n"
+        "metrics: {port: 0}\n"
+        "ingest: {workers: 2}\n"
+    )
+    controller = Controller(policy_for(cluster, text))
+    rt = controller.runtime
+    assert controller.pool is not None
+    assert rt.fleet is controller.pool.fleet
+    async with agents_running(cluster, mosquitto.port, site=SITE) as agents, running(controller):
+        await wait_until(lambda: bool(np.all(agents.counters.commands_applied >= 2)), 30)
+        await wait_until(lambda: not rt.fleet.stale_racks(time.time(), 2.0).any())
+        assert rt.ingest.counters.accepted > 0
+        assert sum(rt.ingest.counters.rejected.values()) == 0
+    assert agents.counters.fallbacks.sum() == 0
+
+
+def test_ingest_benchmark_reports_each_worker_count_and_the_plain_loop() -> None:
+    import argparse
+
+    from bench import ingest as bench_ingest
+
+    parser = argparse.ArgumentParser()
+    bench_ingest.add_arguments(parser)
+    args = parser.parse_args(
+        ["--rack-gpus", "8", "--racks", "20", "--messages", "400", "--workers", "1", "2"]
+    )
+    rows = bench_ingest.run(args)
+    assert [r["consumer"] for r in rows] == ["plain aiomqtt loop", "1 worker(s)", "2 worker(s)"]
+    for row in rows:
+        assert row["written"] == 400  # every message validated and written, none conflated
+        assert row["gpu_readings_per_s"] == row["msgs_per_s"] * 8 or row["msgs_per_s"] > 0
+    assert rows[2]["vs_1_worker"] is not None
