@@ -37,6 +37,13 @@ and Rheostat stops them once it is done, so their work against the uncapped run 
 design; there the throughput comparison is replaced by every work target being met
 (`work-target` otherwise).
 
+The table also shows `oracle` (weighted work against the oracle's, `simulator.oracle`: the best
+allocation with full knowledge of every GPU's true curve and demand, under the same limits and
+floors; `oracle` in the targets column when Rheostat's is under `MIN_ORACLE_RATIO`), the same per
+tier (`o0`-`o3`: the oracle trades tiers for the weighted sum, so these may exceed 1), and
+`below_floor_s`, seconds each tier spent below its tolerance floor while the limits allowed
+every floor.
+
 `--json` prints `{"scenarios": {name: {controller: summary}}}`. The default runs each scenario
 for its full duration; `--duration S` cuts every scenario to at most S seconds; `--faults` adds
 each scenario again under `FAULTS` (rows `NAME+faults`), where the same targets apply.
@@ -82,6 +89,8 @@ FAULTS: tuple[dict[str, Any], ...] = (
 )
 MAX_STEADY_GAP_PCT = 1.0
 MIN_TIER0 = 0.995
+#: Weighted work against the oracle's (`simulator.oracle`) the controller must deliver.
+MIN_ORACLE_RATIO = 0.97
 OVERSUBSCRIBED_MARGIN = 0.05
 
 Row = dict[str, Any]
@@ -276,7 +285,24 @@ def misses(scenario: str, by_controller: dict[str, Row]) -> list[str]:
         found.extend(_throughput_misses(scenario, ours, by_controller))
     if ours["throughput_retained"].get("tier0", 1.0) < MIN_TIER0:
         found.append("tier0")
+    oracle = _oracle_weighted(ours)
+    if oracle is not None and oracle < MIN_ORACLE_RATIO:
+        found.append("oracle")
     return found
+
+
+def _oracle_weighted(summary: Row) -> float | None:
+    """The summary's weighted `oracle_ratio`, None without an oracle (no HiGHS)."""
+    ratio = summary.get("oracle_ratio")
+    return None if not ratio else ratio.get("weighted")
+
+
+def _below_floor(summary: Row) -> str | None:
+    """Seconds each tier spent below its floor while the limits allowed it, as 't0,t1,t2,t3'."""
+    below = summary.get("seconds_below_floor")
+    if not below:
+        return None
+    return _join([below.get(f"tier{t}") for t in range(4)])
 
 
 def compared(summary: Row) -> bool:
@@ -338,6 +364,11 @@ def flat_rows(rows: Sequence[Row]) -> list[Row]:
                         "gap_%": board["steady_gap_pct"],
                         **{f"t{t}": kept.get(f"tier{t}") for t in range(4)},
                         "weighted": kept.get("weighted"),
+                        "oracle": _oracle_weighted(s),
+                        **{
+                            f"o{t}": (s.get("oracle_ratio") or {}).get(f"tier{t}") for t in range(4)
+                        },
+                        "below_floor_s": _below_floor(s),
                         "energy_kwh": s["energy_kwh"],
                         "dr_compl": min(dr) if dr else None,
                         "targets": _verdict(name, by_controller, missed),

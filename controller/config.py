@@ -8,6 +8,7 @@ the others. Units are in every field name.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -15,11 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from controller.carbon import CarbonSection
 from controller.facility import FacilitySection
-from controller.grid.config import DemandResponseSection
+from controller.grid.config import DemandResponseSection, Fraction
 from controller.ha.config import HaSection
 from controller.ingest import TelemetrySection
 from controller.shard.config import IngestSection
-from policies.decision import N_TIERS, CappingSettings, DvfsSettings, PolicySettings
+from policies.decision import (
+    DEFAULT_FLEX_TOLERANCES,
+    N_TIERS,
+    CappingSettings,
+    DvfsSettings,
+    PolicySettings,
+)
 from policies.errors import TopologyError
 from policies.gpu_models import MODEL_CODE, GpuModel, match_model, register_model
 
@@ -225,6 +232,19 @@ class CappingSection(_Finite):
     """Share of the site limit kept free for surges the caps cannot stop (a GPU's limiter takes
     about 0.1 s).
     """
+    flex_tolerances: tuple[Fraction, Fraction, Fraction, Fraction] = DEFAULT_FLEX_TOLERANCES
+    """Slowdown each Flex tier tolerates, Flex 0 to 3 (fractions in [0, 1), not falling with the
+    tier). Every GPU is first kept at the cap where the policy's model puts its speed at
+    (1 - tolerance) of uncapped, Flex 0 first; the rest goes in strict tier order. All zeros is
+    plain strict tiers.
+    """
+
+    @model_validator(mode="after")
+    def _tolerances_rise(self) -> Self:
+        t = self.flex_tolerances
+        if any(b < a for a, b in pairwise(t)):
+            raise ValueError("flex_tolerances must not fall from Flex 0 to Flex 3")
+        return self
 
 
 class RampSection(_Finite):
@@ -275,6 +295,7 @@ class DecisionSettingsSection(_Section):
             pinned_frac=self.capping.pinned_frac,
             demand_hold_s=self.capping.demand_hold_s,
             site_margin_frac=self.capping.site_margin_frac,
+            flex_tolerances=self.capping.flex_tolerances,
             site_ramp_up_w_per_s=self.ramp.site_up_w_per_s,
             site_ramp_down_w_per_s=self.ramp.site_down_w_per_s,
         )

@@ -5,9 +5,13 @@ Semantics (exact, so the slow reference in `policies.reference` can be held to t
 1. Every GPU starts at its floor (min cap; a stale GPU is pinned at its reserve). A group whose
    floors and non-GPU overhead already exceed its usable limit is *infeasible*: flagged, and
    nothing under it rises above the floor.
-2. Five phases then share what is left, in strict priority: Flex tier 0, 1, 2, 3 (each GPU of
-   the tier rises from its floor towards its demand), then a surplus phase (every GPU rises from
-   its demand towards its max cap, so an unconstrained fleet runs uncapped).
+2. Nine phases then share what is left, in strict priority: four tier-floor phases, Flex 0, 1,
+   2, 3 (each GPU of the tier rises from its floor towards its tier floor, the cap that keeps it
+   within its tier's tolerated slowdown; absent tier floors, these phases grant nothing), four
+   tier phases, Flex 0, 1, 2, 3 (each GPU of the tier rises from its tier floor towards its
+   demand), then a surplus phase (every GPU rises from its demand towards its max cap, so an
+   unconstrained fleet runs uncapped). Every tier is kept at its floor before any tier gets
+   more; where even the tier floors do not fit, the most tolerant tier gives first.
 3. Inside a phase, GPU i sits at ``start_i + theta * gain_i`` and theta rises from 0 to 1 for
    everyone at once (progressive filling); when a group's limit is reached, every GPU under it
    stops. The result is max-min fair in the fraction of each GPU's gain granted, which for a
@@ -60,9 +64,109 @@ def allocate(
     max_w: FloatArray,
     tier: NDArray[np.int8],
     usable_w: tuple[FloatArray, ...],
+    tier_floor_w: FloatArray | None = None,
     out: FloatArray | None = None,
 ) -> Allocation:
+    """Fill caps to each tier's floor in tier order, then to demand by tier, then to `max_w`.
+
+    `tier_floor_w` (per GPU, floor <= tier floor <= demand; None: no tier floors) is the cap
+    that keeps the GPU within its tier's tolerated slowdown. Every GPU first rises from
+    `floor_w` to its tier floor in four phases, Flex 0 first (so where even the tier floors do
+    not fit, the most tolerant tier gives first), then from there to its demand in strict tier
+    order, then to `max_w`: two fills, the second starting at the first one's caps. When every
+    group holds all the tier floors (the fill's own infeasibility check shows it), the first
+    fill is the tier floors themselves and is skipped. Units: W.
+    """
+    if tier_floor_w is None:
+        return _sure(
+            plan,
+            floor_w=floor_w,
+            demand_w=demand_w,
+            max_w=max_w,
+            tier=tier,
+            usable_w=usable_w,
+            out=out,
+        )
+    # Usually every group holds all the tier floors: the fill from them is then the answer, and
+    # it finds whether they fit (its infeasibility check) before doing any other work.
+    held = _fill(
+        plan,
+        floor_w=tier_floor_w,
+        demand_w=demand_w,
+        max_w=max_w,
+        tier=tier,
+        usable_w=usable_w,
+        out=out,
+        only_if_feasible=True,
+    )
+    if held is not None:
+        return held
+    first = _sure(
+        plan,
+        floor_w=floor_w,
+        demand_w=tier_floor_w,
+        max_w=tier_floor_w,
+        tier=tier,
+        usable_w=usable_w,
+    )
+    second = _sure(
+        plan,
+        floor_w=first.cap_w,
+        demand_w=demand_w,
+        max_w=max_w,
+        tier=tier,
+        usable_w=usable_w,
+        out=out,
+    )
+    # Groups flagged are those whose hard floors exceed their limit (the first fill's view);
+    # the second fill starts from caps that fit wherever that is possible.
+    return Allocation(
+        cap_w=second.cap_w,
+        used_w=second.used_w,
+        infeasible=first.infeasible,
+        theta=second.theta,
+    )
+
+
+def _sure(
+    plan: CappingPlan,
+    *,
+    floor_w: FloatArray,
+    demand_w: FloatArray,
+    max_w: FloatArray,
+    tier: NDArray[np.int8],
+    usable_w: tuple[FloatArray, ...],
+    out: FloatArray | None = None,
+) -> Allocation:
+    """`_fill` run to the end (it only gives up when asked to)."""
+    alloc = _fill(
+        plan,
+        floor_w=floor_w,
+        demand_w=demand_w,
+        max_w=max_w,
+        tier=tier,
+        usable_w=usable_w,
+        out=out,
+    )
+    if alloc is None:  # pragma: no cover - unreachable without only_if_feasible
+        raise PolicyError("the fill gave up without being asked to")
+    return alloc
+
+
+def _fill(
+    plan: CappingPlan,
+    *,
+    floor_w: FloatArray,
+    demand_w: FloatArray,
+    max_w: FloatArray,
+    tier: NDArray[np.int8],
+    usable_w: tuple[FloatArray, ...],
+    out: FloatArray | None = None,
+    only_if_feasible: bool = False,
+) -> Allocation | None:
     """Fill caps from `floor_w` to `demand_w` by tier, then to `max_w`, under `usable_w` limits.
+
+    With `only_if_feasible`, None as soon as some group's floors exceed its limit.
 
     Requires floor <= demand <= max per GPU (a reserved GPU has all three equal). `usable_w` is
     per level, overhead not yet subtracted. The caps go into `out` when given (a buffer the
@@ -70,21 +174,22 @@ def allocate(
     """
     n_servers = plan.n_servers
     scratch = plan.scratch
+    if floor_w is plan.topology.gpu_min_cap_w:
+        floor_server = plan.min_cap_server_w
+    else:
+        floor_server = plan.server_sum(floor_w)
+    base = [s + o for s, o in zip(plan.up(floor_server), plan.overhead_w, strict=True)]
+    infeasible = tuple(
+        b > u + REL_TOL * np.maximum(np.abs(u), 1.0) for b, u in zip(base, usable_w, strict=True)
+    )
+    if only_if_feasible and any(flags.any() for flags in infeasible):
+        return None
     tier_gain = np.subtract(demand_w, floor_w, out=scratch.f("w0"))
     key = _phase_keys(plan, tier)
     gain_sums = np.bincount(key, weights=tier_gain, minlength=n_servers * N_PHASES)
     # Tiers are below N_TIERS, so the surplus column starts at zero; it is filled only if the
     # surplus phase is reached (under a binding site limit it never is).
     gains: FloatArray = gain_sums.astype(np.float64, copy=False).reshape(n_servers, N_PHASES)
-    floor_server = (
-        plan.min_cap_server_w
-        if floor_w is plan.topology.gpu_min_cap_w
-        else plan.server_sum(floor_w)
-    )
-    base = [s + o for s, o in zip(plan.up(floor_server), plan.overhead_w, strict=True)]
-    infeasible = tuple(
-        b > u + REL_TOL * np.maximum(np.abs(u), 1.0) for b, u in zip(base, usable_w, strict=True)
-    )
     remaining = [np.maximum(u - b, 0.0) for u, b in zip(usable_w, base, strict=True)]
     theta = np.ones((n_servers, N_PHASES))
     tier_totals = plan.up(gains[:, :N_TIERS])  # every tier phase's group sums in one pass

@@ -21,6 +21,10 @@ FloatArray = NDArray[np.float64]
 #: Flex tiers: 0 is never slowed unless the hard limits leave no choice, 3 tolerates the most.
 N_TIERS = 4
 
+#: Slowdown each Flex tier tolerates, as a fraction (tier index -> tolerance): the tiers of the
+#: 2025 field demonstration (Emerald AI's Conductor: Flex 0/1/2/3 = 0/10/25/50 %).
+DEFAULT_FLEX_TOLERANCES: tuple[float, float, float, float] = (0.0, 0.10, 0.25, 0.50)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CappingSettings:
@@ -49,6 +53,11 @@ class CappingSettings:
     #: is a revenue meter's accuracy class (0.2 %): on a site-wide synchronous job at 0.5 Hz it
     #: took the `training-swings` scenario from 81 s to 5.5 s over its contract in 900 s.
     site_margin_frac: float = 0.002
+    #: Slowdown each Flex tier tolerates (Flex 0 to 3, fractions in [0, 1), not falling with the
+    #: tier). The allocation first keeps every GPU at its tier floor, the cap at which the policy's
+    #: power model puts its speed at (1 - tolerance) of its uncapped speed, Flex 0 first, and only
+    #: then shares the rest in strict tier order. All zeros is plain strict tiers.
+    flex_tolerances: tuple[float, float, float, float] = DEFAULT_FLEX_TOLERANCES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from policies.decision import N_TIERS
+from policies.decision import DEFAULT_FLEX_TOLERANCES, N_TIERS
 from policies.errors import PolicyError
 
 FloatArray = NDArray[np.float64]
 
 #: Slowdown each Flex tier tolerates, as a fraction (tier index -> tolerance).
-DEFAULT_TOLERANCES: tuple[float, ...] = (0.0, 0.10, 0.25, 0.50)
+DEFAULT_TOLERANCES: tuple[float, ...] = DEFAULT_FLEX_TOLERANCES
 
 
 def check_tolerances(tolerances: tuple[float, ...]) -> FloatArray:

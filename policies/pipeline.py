@@ -29,7 +29,8 @@ from policies.decision import (
     Limits,
     PolicySettings,
 )
-from policies.dvfs import MIN_ACTIVITY, clock_targets, dynamic_range
+from policies.dr_flex import check_tolerances
+from policies.dvfs import BETA_POWER, MIN_ACTIVITY, clock_targets, dynamic_range
 from policies.errors import PolicyError
 from policies.fleet import FleetState
 from policies.plan import CappingPlan
@@ -38,6 +39,12 @@ from policies.topology import Topology
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 
+#: Clock fraction below which core voltage stops falling, so power falls only linearly with the
+#: clock: 0.85, fitted to the Zeus power-limit sweeps of the A40 (0.90) and V100 (0.80) (NSDI
+#: 2023; simulator/data/CALIBRATION.md). Used for the tier floors, where cuts reach below it.
+FLOOR_KNEE = 0.85
+#: Throughput exponent of compute-bound work in the clock, fitted to the same sweeps (1.1).
+FLOOR_ALPHA = 1.1
 #: A synchronous job whose slowest member's pace is within this of full speed is not held back.
 PACE_TOL = 1e-3
 
@@ -131,6 +138,18 @@ def decide(
         floor = np.where(stale_gpu, kept, min_cap)
         demand = np.where(stale_gpu, kept, demand)
         ceiling_w = np.where(stale_gpu, kept, max_cap)
+    if limits.gpu_floor_w is not None and np.shape(limits.gpu_floor_w) != (n,):
+        raise PolicyError(f"limits.gpu_floor_w must have shape ({n},)")
+    tier_floor = tier_floor_caps(
+        plan,
+        demand_w=demand,
+        activity=util_held if stale_gpu is None else np.where(stale_gpu, 0.0, util_held),
+        floor_w=floor,
+        max_w=ceiling_w,
+        tier=tiers,
+        tolerances=settings.capping.flex_tolerances,
+        requested_w=limits.gpu_floor_w,
+    )
     alloc = allocate(
         plan,
         floor_w=floor,
@@ -138,6 +157,7 @@ def decide(
         max_w=ceiling_w,
         tier=tiers,
         usable_w=usable_w,
+        tier_floor_w=tier_floor,
         # Warm, smoothing makes the fresh output, so the raw target can live in a buffer.
         out=None if state is None else plan.scratch.f("w3"),
     )
@@ -152,13 +172,17 @@ def decide(
             paced = np.isfinite(ceiling)
             np.maximum(ceiling, floor, out=ceiling)
             fixed = np.where(paced, ceiling, floor)
+            paced_demand = np.where(paced, ceiling, demand)
+            np.maximum(tier_floor, fixed, out=tier_floor)
+            np.minimum(tier_floor, paced_demand, out=tier_floor)
             alloc = allocate(
                 plan,
                 floor_w=fixed,
-                demand_w=np.where(paced, ceiling, demand),
+                demand_w=paced_demand,
                 max_w=ceiling_w,
                 tier=tiers,
                 usable_w=usable_w,
+                tier_floor_w=tier_floor,
                 out=None if state is None else plan.scratch.f("w3"),
             )
     cap = alloc.cap_w
@@ -209,6 +233,75 @@ def decide(
         util_held=util_held if util_held is not util else util.copy(),
         plan=plan,
     )
+
+
+def tier_floor_caps(
+    plan: CappingPlan,
+    *,
+    demand_w: FloatArray,
+    activity: FloatArray,
+    floor_w: FloatArray,
+    max_w: FloatArray,
+    tier: NDArray[np.int8],
+    tolerances: tuple[float, ...],
+    requested_w: FloatArray | None = None,
+) -> FloatArray:
+    """Per GPU, the cap that keeps it within its Flex tier's tolerated slowdown. Units: W.
+
+    A GPU's uncapped draw U is the larger of its demand estimate and idle + (max cap - idle) a
+    at SM activity a (the policy's model, `policies.dvfs`): a GPU held at a low cap draws its
+    cap, so its demand estimate says nothing of what it would draw uncapped, and a floor from it
+    would collapse with the cap. `demand_w` is raised to U in place. At clock fraction x it draws
+    idle + (U - idle) g(x), g(x) = x max(knee, x)^2: the cube law above the voltage knee, linear
+    below it, where the voltage stops falling (`FLOOR_KNEE`); its speed is x^alpha
+    (`FLOOR_ALPHA`). Speed (1 - t) of the uncapped speed is then the cap
+    idle + (U - idle) g((1 - t)^(1 / alpha)); Flex 0 (t = 0) gets U. The pure cube law would put
+    a 25 % slowdown at 42 % of the dynamic power where the calibrated curve needs 56 %: floors
+    from it are not floors. Memory-bound work (speed x^0.15) loses less at that cap, so for it
+    the floor errs on the safe side; telling the two apart would cost a quarter of the tick's
+    arithmetic for floors that matter only under cuts.
+
+    `activity` is the peak-held SM activity (a communication dip is no lower floor);
+    `requested_w` (the demand-response floors of `Limits.gpu_floor_w`) raises the floor where
+    higher. Results stay within [floor, max] (a stale GPU, floor = max = its kept cap, keeps
+    it). The floors live in a scratch buffer only `decide` writes.
+    """
+    keep, rest = _tier_keep(plan, tier, tuple(tolerances))
+    scratch = plan.scratch
+    draw = np.multiply(activity, dynamic_range(plan), out=scratch.f("w0"))
+    np.add(draw, plan.idle_w, out=draw)
+    np.maximum(demand_w, draw, out=demand_w)
+    np.minimum(demand_w, max_w, out=demand_w)
+    out = np.multiply(demand_w, keep, out=scratch.f("tier_floor"))
+    np.add(out, rest, out=out)  # idle (1 - k) + U k = idle + (U - idle) k <= U, as k <= 1
+    if requested_w is not None:
+        np.maximum(out, requested_w, out=out)
+        np.minimum(out, demand_w, out=out)
+    np.maximum(out, floor_w, out=out)
+    return out
+
+
+def _tier_keep(
+    plan: CappingPlan, tier: NDArray[np.int8], tolerances: tuple[float, ...]
+) -> tuple[FloatArray, FloatArray]:
+    """Per GPU, k = g((1 - tolerance)^(1 / alpha)) of its tier, and idle x (1 - k) (W).
+
+    Tiers change far less often than telemetry: both arrays are kept in the plan's scratch,
+    named by the tolerances, with a copy of the tiers they were made for.
+    """
+    scratch = plan.scratch
+    name = f"tier_keep_{tolerances!r}"
+    seen = scratch.has(name)
+    last = scratch.i8(f"{name}_tier")
+    keep, rest = scratch.f(name), scratch.f(f"{name}_rest")
+    if not (seen and np.array_equal(tier, last)):
+        clock = (1.0 - check_tolerances(tolerances)) ** (1.0 / FLOOR_ALPHA)
+        table = clock * np.maximum(clock, FLOOR_KNEE) ** (BETA_POWER - 1.0)
+        np.take(table, tier.astype(np.intp), out=keep)
+        np.subtract(1.0, keep, out=rest)
+        np.multiply(rest, plan.idle_w, out=rest)
+        np.copyto(last, tier)
+    return keep, rest
 
 
 def pace_ceiling(

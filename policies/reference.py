@@ -27,8 +27,13 @@ def allocate_reference(
     max_w: FloatArray,
     tier: NDArray[np.int8],
     usable_w: tuple[FloatArray, ...],
+    tier_floor_w: FloatArray | None = None,
 ) -> tuple[FloatArray, tuple[NDArray[np.bool_], ...]]:
-    """Caps and per-level infeasible flags under the semantics of `policies.capping`. Units: W."""
+    """Caps and per-level infeasible flags under the semantics of `policies.capping`. Units: W.
+
+    Phases in order: each tier's rise to its tier floor (Flex 0 first), each tier's rise from
+    there to its demand (Flex 0 first), then every GPU's rise to its max cap.
+    """
     n = topology.n_gpus
     levels = topology.levels
     groups = topology.gpu_group
@@ -45,9 +50,11 @@ def allocate_reference(
     infeasible = tuple(
         slack(k) < -1e-9 * np.maximum(np.abs(usable_w[k]), 1.0) for k in range(len(levels))
     )
+    mid = floor_w if tier_floor_w is None else tier_floor_w
     phases: list[tuple[NDArray[np.bool_], FloatArray]] = [
-        (tier == t, demand_w - floor_w) for t in range(N_TIERS)
+        (tier == t, mid - floor_w) for t in range(N_TIERS)
     ]
+    phases += [(tier == t, demand_w - mid) for t in range(N_TIERS)]
     phases.append((np.ones(n, dtype=np.bool_), max_w - demand_w))
     for in_phase, gain_all in phases:
         gain = np.where(in_phase, gain_all, 0.0)

@@ -42,6 +42,7 @@ from simulator.facility import FacilityRun
 from simulator.fast_agents import FastAgents
 from simulator.faults import FaultPlan, TelemetryPath, with_ratings
 from simulator.grid import LimitKnowledge, SiteLimits
+from simulator.oracle_run import OracleLog, OracleTracker, oracle_available
 from simulator.rates import carbon_per_tick
 from simulator.scenario import Scenario
 from simulator.tolerance import OVER_TOL
@@ -105,6 +106,8 @@ class RunResult:
     facility: FacilityRun | None = None
     #: What the carbon policy saw of each shifted job (targets, slowdown, stop times).
     carbon: CarbonLog | None = None
+    #: The oracle's samples (`simulator.oracle_run`); None for the reference or without HiGHS.
+    oracle: OracleLog | None = None
     #: The rack agents: commands applied and refused, fallbacks to safe caps.
     agents: FastAgents | None = None
     #: Per tick from t = 0: racks on their safe caps (TTL ran out), for fault tests.
@@ -195,6 +198,11 @@ def run(
     prev_site = float("nan")
     dt = scenario.tick_s
     work_at_start = cluster.workloads.work.copy()
+    oracle = (
+        OracleTracker.create(cluster, duration_s=scenario.duration_s)
+        if not unlimited and oracle_available()
+        else None
+    )
     safe_racks: list[int] = []
     started = time.perf_counter()
     for k in range(-warm_ticks, n_ticks):
@@ -217,6 +225,9 @@ def run(
             continue
         if k == 0:
             work_at_start = cluster.workloads.work.copy()
+        if oracle is not None:
+            it_w = site_limit if facility.spec is None else facility.budget_w
+            oracle.observe(k, cluster, it_w * eff, usable_w=[u * eff for u in usable])
         if not unlimited:
             _check(
                 comp, level_w=level_w, usable=usable, site_w=site_w, site_limit_w=site_limit, dt=dt
@@ -275,6 +286,7 @@ def run(
         job_names=wl.job_names(),
         facility=facility,
         carbon=ctl.log if isinstance(ctl, CarbonShifter) else None,
+        oracle=None if oracle is None else oracle.log,
         agents=None if unlimited else side.agents,
         safe_racks=safe_racks,
     )

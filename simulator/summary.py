@@ -15,6 +15,7 @@ import numpy as np
 from policies.dr_report import dr_entries
 from simulator.carbon import co2_reduction, work_targets
 from simulator.loop import RunResult
+from simulator.oracle_run import oracle_keys
 
 #: Priority weight of each Flex tier in `throughput_retained.weighted`.
 TIER_WEIGHTS = (8.0, 4.0, 2.0, 1.0)
@@ -84,6 +85,7 @@ def summarize(
         "realtime_factor": round(controlled.realtime_factor, 1),
         "dr": dr_summary(controlled, reference),
     }
+    summary.update(oracle_keys(controlled.oracle))
     summary.update(latency_summary(controlled))
     fac = controlled.facility
     if fac is not None:

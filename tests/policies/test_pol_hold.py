@@ -23,6 +23,9 @@ def test_hold_keeps_peaks_and_decays_toward_the_draw() -> None:
 def _swing(hold_s: float) -> tuple[float, float]:
     """Tier 0 (first half of the fleet) dips for one tick as if in all-reduce, then resumes.
 
+    `hold_s` is both holds' time constant: the demand's, and the activity's that the tier floors
+    are sized from (without either, the dip's low draw and activity both read as lost demand).
+
     Returns the caps tier 0 and tier 3 hold on the dip tick, as sums. Units: W.
     """
     topo = generate_topology(
@@ -30,7 +33,8 @@ def _swing(hold_s: float) -> tuple[float, float]:
     )
     tier = np.where(np.arange(64) < 32, 0, 3).astype(np.int8)
     settings = PolicySettings(
-        capping=CappingSettings(demand_hold_s=hold_s), dvfs=DvfsSettings(enabled=False)
+        capping=CappingSettings(demand_hold_s=hold_s),
+        dvfs=DvfsSettings(enabled=False, activity_hold_s=hold_s),
     )
     state = None
     for t in range(5):
@@ -46,6 +50,7 @@ def _swing(hold_s: float) -> tuple[float, float]:
         )
         fleet.cap_w[:] = decision.cap_w
     dip = busy_fleet(topo, np.where(tier == 0, 0.3, 1.0), 5.0)
+    dip.util[tier == 0] = 0.2  # all-reduce: the SMs wait on the network
     dip.cap_w[:] = decision.cap_w
     decision, _ = decide(
         topo, dip, tier=tier, limits=Limits(), settings=settings, state=state, now_s=5.0

@@ -24,6 +24,8 @@ SIMULATE_KEYS = {
     "energy_kwh",
     "realtime_factor",
     "dr",
+    "oracle_ratio",
+    "seconds_below_floor",
 }
 SCOREBOARD_KEYS = {
     "breaker_over_s",
@@ -94,6 +96,10 @@ def test_table_has_one_row_per_scenario_and_controller(budget_step: dict[str, An
     assert len(lines) == 2 + len(control.CONTROLLERS)
     assert lines[0].split()[:2] == ["scenario", "controller"]
     assert "targets" in lines[0]
+    assert {"oracle", "o0", "o3", "below_floor_s"} <= set(lines[0].split())
+    ours = next(r for r in control.flat_rows([budget_step]) if r["controller"] == "rheostat")
+    # No controller beats the oracle's weighted work (it bounds every allocation).
+    assert 0.0 < ours["oracle"] <= 1.0 + 1e-3
     assert [line.split()[1] for line in lines[2:]] == list(control.CONTROLLERS)
 
 
@@ -108,6 +114,7 @@ def test_misses_name_each_target_missed(budget_step: dict[str, Any]) -> None:
     ours["scoreboard"]["steady_gap_pct"] = 1.5
     ours["throughput_retained"]["tier0"] = 0.99
     ours["throughput_retained"]["weighted"] = 0.0
+    ours["oracle_ratio"] = {"weighted": control.MIN_ORACLE_RATIO - 0.01}
     missed = control.misses("oversubscribed", runs)
     assert missed == [
         "trips",
@@ -118,6 +125,7 @@ def test_misses_name_each_target_missed(budget_step: dict[str, Any]) -> None:
         "<threshold",
         "<static+5",
         "tier0",
+        "oracle",
     ]
     ours["scoreboard"]["site_over_s"] = 2.5
     ours["scoreboard"]["ramp_over_s"] = 1.0
@@ -125,6 +133,7 @@ def test_misses_name_each_target_missed(budget_step: dict[str, Any]) -> None:
     ours["scoreboard"] = _clean_board()
     ours["breaker_trips"] = 0
     ours["throughput_retained"] = {"tier0": 1.0, "weighted": 1.0}
+    ours["oracle_ratio"] = {"weighted": control.MIN_ORACLE_RATIO}
     assert control.misses("budget-step", runs) == []
 
 
