@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,demo,sim,openadr,agent]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,demo,sim,openadr,agent,oracle]'
 	@touch $(STAMP)
 
 demo: install
