@@ -105,7 +105,8 @@ async def test_workers_share_the_subscription_and_restart_after_a_kill(
             async def all_at(expected: int) -> None:
                 async with asyncio.timeout(30):
                     while not (pool.fleet.rack_seq == expected).all():
-                        await publish_round() if seq < expected else asyncio.sleep(0.05)
+                        if seq < expected:
+                            await publish_round()
                         await asyncio.sleep(0.05)
 
             async with asyncio.timeout(30):  # workers connect in their own time
