@@ -181,7 +181,12 @@ async def test_configured_safe_cap_without_one_in_the_command(mosquitto: Mosquit
     agents = make_agents(one_rack(), mosquitto.port)
     async with running(agents), aiomqtt.Client("127.0.0.1", mosquitto.port) as ctl:
         await wait_until(lambda: all(a.connects for a in agents))
-        await ctl.publish(wire.command_topic(SITE, RACK), command(1, caps=500.0, ttl_s=0.5))
+        # An agent counts its connection before its subscription lands: send until it is heard
+        # (a repeat of the same seq is refused as stale, not applied again).
+        async with asyncio.timeout(5.0):
+            while not all(applied(a) for a in agents):
+                await ctl.publish(wire.command_topic(SITE, RACK), command(1, caps=500.0, ttl_s=0.5))
+                await asyncio.sleep(0.05)
         await wait_until(lambda: all(len(applied(a)) == 2 for a in agents))
         assert all(a.gate.fallbacks == 1 for a in agents)
         np.testing.assert_array_equal(applied(agents[0])[-1][0], np.full(8, 250.0))
