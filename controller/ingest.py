@@ -283,7 +283,9 @@ class Ingest:
         self.max_bytes = max_bytes
         self.counters = IngestCounters()
         self.agents = AgentReports.empty(topology.n_racks)
-        self._sizes = topology.rack_sizes()
+        #: Per rack, its GPU count and its rows, as plain Python values (read once per message).
+        self._rack_gpus = [int(size) for size in topology.rack_sizes()]
+        self._rack_rows = [topology.rack_slice(rack) for rack in range(topology.n_racks)]
         #: Per rack, the last accepted message's own timestamp (the restart rule); shared
         #: between ingest processes when they share the fleet arrays.
         self._msg_ts_s = np.full(topology.n_racks, -np.inf) if msg_ts_s is None else msg_ts_s
@@ -356,7 +358,7 @@ class Ingest:
         if rack is None:
             raise TelemetryError("unknown_rack", "not in the topology", rack=rack_id)
         msg = wire.decode_telemetry(
-            payload, rack=rack_id, expected_gpus=int(self._sizes[rack]), max_bytes=self.max_bytes
+            payload, rack=rack_id, expected_gpus=self._rack_gpus[rack], max_bytes=self.max_bytes
         )
         with self._guard(rack):
             self._write(rack, rack_id, msg)
@@ -383,7 +385,7 @@ class Ingest:
                 )
             if silent and not restarted:
                 self.counters.rebased += 1
-        rows = self.topology.rack_slice(rack)
+        rows = self._rack_rows[rack]
         fleet.power_w[rows] = msg.power_w
         fleet.sm_clock_mhz[rows] = msg.sm_clock_mhz
         fleet.util[rows] = msg.util
@@ -395,7 +397,10 @@ class Ingest:
         fleet.rack_last_seen_s[rack] = now_s
         fleet.rack_seq[rack] = msg.seq
         rejected = msg.cmd_rejected
-        self.cmd_rejected[rack] = [rejected.get(r, 0) for r in wire.COMMAND_REJECT_REASONS]
+        if rejected:
+            self.cmd_rejected[rack] = [rejected.get(r, 0) for r in wire.COMMAND_REJECT_REASONS]
+        else:  # the common case: nothing refused (zeros written whole; the row may be shared)
+            self.cmd_rejected[rack] = 0
         self._msg_ts_s[rack] = msg.ts_s
         self._offset_s[rack] = offset_s
         self.agents.take(rack, msg, new_boot=new_boot)
