@@ -79,7 +79,9 @@ class SimCluster:
         self.gpu = GpuState.initial(topology.gpu_model, params.inlet_temp_c)
         self.cap_w = topology.gpu_max_cap_w.copy()
         self.clock_max_mhz = self.consts.max_clock_mhz.copy()
-        self._in_flight: deque[tuple[float, slice, FloatArray, FloatArray]] = deque()
+        self._in_flight: deque[tuple[float, slice | NDArray[np.intp], FloatArray, FloatArray]] = (
+            deque()
+        )
         self._server_rack = topology.levels[0].parent
         self._gpu_rack = topology.gpu_group[topology.rack_level]
         self._rack_parent_levels = topology.levels[1 : topology.rack_level]
@@ -125,9 +127,14 @@ class SimCluster:
 
     # ------------------------------------------------------------------ actuation
     def command(
-        self, cap_w: FloatArray, clock_max_mhz: FloatArray, rows: slice | None = None
+        self,
+        cap_w: FloatArray,
+        clock_max_mhz: FloatArray,
+        rows: slice | NDArray[np.intp] | None = None,
     ) -> None:
         """Give new caps and clock ceilings; the GPUs obey them after the actuation lag.
+
+        `rows` selects the GPUs (a slice, or an index array for GPUs of scattered racks).
 
         Commands queue in order, so a controller faster than the lag still sees each one land.
         """

@@ -164,17 +164,15 @@ class FastAgents:
             self.rejected[STALE_EPOCH] += refused & (self.held_epoch > epoch)
             self.rejected[STALE_SEQ] += refused & same & ~fresh_ctl
         racks = np.flatnonzero(accept)
+        topo = self.cluster.topology
+        took = accept[topo.gpu_group[topo.rack_level]]  # per GPU: its rack accepted
         if racks.size == accept.size:
             self.cluster.command(cap_w, sm_clock_max_mhz)
-        else:
-            topo = self.cluster.topology
-            for rack in racks.tolist():
-                rows = topo.rack_slice(rack)
-                self.cluster.command(cap_w[rows], sm_clock_max_mhz[rows], rows)
+        elif racks.size:
+            rows = np.flatnonzero(took)  # one command for every accepting rack's GPUs
+            self.cluster.command(cap_w[rows], sm_clock_max_mhz[rows], rows)
         self._take(racks, epoch, ctl, seq, ttl_s)
         if safe_cap_w is not None and racks.size:
-            took = accept[self.cluster.topology.gpu_group[self.cluster.topology.rack_level]]
-            topo = self.cluster.topology
             safe = np.clip(safe_cap_w, topo.gpu_min_cap_w, topo.gpu_max_cap_w)
             self.safe_w[took] = safe[took]
         return int(racks.size)
