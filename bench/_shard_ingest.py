@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import signal
@@ -18,7 +17,7 @@ from typing import Any
 
 import aiomqtt
 
-from bench.ingest import SITE, fleet_topology, publisher
+from bench.ingest import SITE, fleet_topology, plain_write, publisher
 from controller import wire
 from policies.fleet import FleetState
 from policies.topology import Topology
@@ -37,17 +36,7 @@ def _baseline_child(port: int, racks: int, rack_gpus: int, count: int, conn: Any
             conn.send("subscribed")
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
-                obj = json.loads(message.payload)
-                r = index[obj["rack"]]
-                rows = slice(int(offsets[r]), int(offsets[r + 1]))
-                fleet.power_w[rows] = obj["power_w"]
-                fleet.sm_clock_mhz[rows] = obj["sm_clock_mhz"]
-                fleet.util[rows] = obj["util"]
-                fleet.mem_util[rows] = obj["mem_util"]
-                fleet.temp_c[rows] = obj["temp_c"]
-                fleet.cap_w[rows] = obj["cap_w"]
-                fleet.rack_power_w[r] = obj["rack_power_w"]
-                fleet.rack_seq[r] = obj["seq"]
+                plain_write(fleet, index, offsets, message.payload)
                 handled += 1
                 if handled == count:
                     break
