@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
@@ -148,19 +148,6 @@ class AgentConfig(_Section):
         return self
 
 
-def _line(data: Any, loc: tuple[int | str, ...]) -> int | None:
-    node, line = data, None
-    for step in loc:
-        lc = getattr(node, "lc", None)
-        try:
-            if lc is not None:
-                line = (lc.key(step) if isinstance(step, str) else lc.item(step))[0] + 1
-            node = node[step]
-        except (KeyError, IndexError, TypeError):
-            break
-    return line
-
-
 def place_from_inventory(config: AgentConfig) -> AgentConfig:
     """`rack`, `first_gpu` and `rack_gpus` from the inventory entry of `config.node`."""
     if config.inventory is None:
@@ -203,14 +190,4 @@ def load_agent_config(path: Path | str | None) -> AgentConfig:
     try:
         return place_from_inventory(AgentConfig.model_validate(data))
     except ValidationError as exc:
-        raise ConfigErrors(
-            [
-                ConfigError(
-                    err["msg"],
-                    file=source,
-                    line=_line(data, tuple(err["loc"])),
-                    field=".".join(str(s) for s in err["loc"]) or None,
-                )
-                for err in exc.errors()
-            ]
-        ) from None
+        raise ConfigErrors.from_validation(exc.errors(), doc=data, source=source) from None

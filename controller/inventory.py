@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,7 +29,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 from controller.wire import MAX_NODE_GPUS, is_id
-from policies.errors import ConfigError, ConfigErrors
+from policies.errors import ConfigError, ConfigErrors, yaml_line
 from policies.gpu_models import match_model
 from policies.topology import Topology
 
@@ -104,19 +104,6 @@ class Inventory:
         return [base + i for i in indexes]
 
 
-def _line(data: Any, loc: tuple[int | str, ...]) -> int | None:
-    node, line = data, None
-    for step in loc:
-        lc = getattr(node, "lc", None)
-        try:
-            if lc is not None:
-                line = (lc.key(step) if isinstance(step, str) else lc.item(step))[0] + 1
-            node = node[step]
-        except (KeyError, IndexError, TypeError):
-            break
-    return line
-
-
 def parse_inventory(text: str, *, source: str) -> Inventory:
     """Validate the file's own shape (not yet against a topology); errors carry file:line."""
     try:
@@ -129,17 +116,7 @@ def parse_inventory(text: str, *, source: str) -> Inventory:
     try:
         parsed = _InventoryFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigErrors(
-            [
-                ConfigError(
-                    err["msg"],
-                    file=source,
-                    line=_line(data, tuple(err["loc"])),
-                    field=".".join(str(s) for s in err["loc"]) or None,
-                )
-                for err in exc.errors()
-            ]
-        ) from None
+        raise ConfigErrors.from_validation(exc.errors(), doc=data, source=source) from None
     nodes = [
         InventoryNode(
             hostname=spec.hostname,
@@ -149,7 +126,7 @@ def parse_inventory(text: str, *, source: str) -> Inventory:
             gpus=spec.gpus,
             model=spec.model,
             uuids=spec.uuids,
-            line=_line(data, ("nodes", i)),
+            line=yaml_line(data, ("nodes", i)),
         )
         for i, spec in enumerate(parsed.nodes)
     ]

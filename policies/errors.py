@@ -7,6 +7,9 @@ catch `RheostatError` once and still read which file, field or rack was at fault
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 
 class RheostatError(Exception):
     """Root of every error Rheostat raises on purpose."""
@@ -54,6 +57,44 @@ class ConfigErrors(ConfigError):
 
     def __str__(self) -> str:
         return "\n".join(ConfigError.__str__(e) for e in self.errors)
+
+    @classmethod
+    def from_validation(
+        cls, errors: Iterable[Mapping[str, Any]], *, doc: Any, source: str
+    ) -> ConfigErrors:
+        """Pydantic's `ValidationError.errors()` for a YAML file, each with its file and line.
+
+        `doc` is the round-trip-parsed document (ruamel keeps each node's line in `lc`).
+        """
+        return cls(
+            [
+                ConfigError(
+                    err["msg"],
+                    file=source,
+                    line=yaml_line(doc, tuple(err["loc"])),
+                    field=".".join(str(s) for s in err["loc"]) or None,
+                )
+                for err in errors
+            ]
+        )
+
+
+def yaml_line(doc: Any, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the deepest part of `loc` present in a round-trip-parsed YAML document.
+
+    Reads only the `lc` attribute ruamel sets on its containers, so any caller's document works
+    and this module imports nothing.
+    """
+    node, line = doc, None
+    for step in loc:
+        lc = getattr(node, "lc", None)
+        try:
+            if lc is not None:
+                line = (lc.key(step) if isinstance(step, str) else lc.item(step))[0] + 1
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            break
+    return line
 
 
 class TelemetryError(RheostatError):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from policies.errors import ConfigError, ConfigErrors
+from policies.errors import ConfigError, ConfigErrors, yaml_line
 from simulator.carbon import CarbonPolicySpec
 from simulator.facility import FacilitySpec
 from simulator.servers import SERVER_TYPES
@@ -418,16 +418,7 @@ def load_scenario(name_or_path: str) -> Scenario:
     try:
         return _with_trace_paths(Scenario.model_validate(_plain(doc)), path, doc)
     except ValidationError as exc:
-        errors = [
-            ConfigError(
-                err["msg"],
-                file=str(path),
-                line=_line_of(doc, err["loc"]),
-                field=".".join(str(p) for p in err["loc"]) or None,
-            )
-            for err in exc.errors()
-        ]
-        raise ConfigErrors(errors) from None
+        raise ConfigErrors.from_validation(exc.errors(), doc=doc, source=str(path)) from None
 
 
 def _with_trace_paths(scenario: Scenario, path: Path, doc: Any) -> Scenario:
@@ -445,7 +436,7 @@ def _with_trace_paths(scenario: Scenario, path: Path, doc: Any) -> Scenario:
                 ConfigError(
                     f"no such trace file: {trace}",
                     file=str(path),
-                    line=_line_of(doc, loc),
+                    line=yaml_line(doc, loc),
                     field=".".join(str(p) for p in loc),
                 )
             )
@@ -463,25 +454,3 @@ def _plain(node: Any) -> Any:
     if isinstance(node, list):
         return [_plain(v) for v in node]
     return node
-
-
-def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int | None:
-    """1-based line of the deepest part of `loc` present in the YAML document."""
-    line: int | None = None
-    node = doc
-    for part in loc:
-        lc = getattr(node, "lc", None)
-        try:
-            if isinstance(node, dict) and part in node:
-                if lc is not None:
-                    line = int(lc.key(part)[0]) + 1
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-                if lc is not None:
-                    line = int(lc.item(part)[0]) + 1
-                node = node[part]
-            else:
-                break
-        except (KeyError, IndexError, TypeError):
-            break
-    return line
