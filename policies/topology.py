@@ -271,20 +271,52 @@ def generate_topology(
     row_nameplate = np.bincount(rack_row, weights=rack_nameplate, minlength=n_rows)
     row_limit = np.full(n_rows, row_limit_w) if row_limit_w is not None else row_nameplate * 0.85
     site_limit = site_limit_w if site_limit_w is not None else float(rack_nameplate.sum() * 0.8)
-    levels = (
+    levels = standard_levels(
+        site=site,
+        server_rack=server_rack,
+        rack_row=rack_row,
+        server_limit_w=np.full(n_servers, server_limit_w or np.inf),
+        server_overhead_w=overhead.astype(np.float64),
+        rack_limit_w=rack_limit.astype(np.float64),
+        rack_derating=rack_derating,
+        row_limit_w=row_limit.astype(np.float64),
+        site_limit_w=site_limit,
+    )
+    return Topology.create(
+        site=site, gpu_model=gpu_model, gpu_server=gpu_server, levels=levels, rack_level="rack"
+    )
+
+
+def standard_levels(
+    *,
+    site: str,
+    server_rack: NDArray[np.int32],
+    rack_row: NDArray[np.int32],
+    server_limit_w: NDArray[np.float64],
+    server_overhead_w: NDArray[np.float64],
+    rack_limit_w: NDArray[np.float64],
+    rack_derating: float,
+    row_limit_w: NDArray[np.float64],
+    site_limit_w: float,
+) -> tuple[Level, ...]:
+    """Server -> rack -> row -> site with the generated fleets' ids (`s000000`, `r00000`,
+    `row000`): the one hierarchy a generated fleet and a simulated scenario both build. Units: W.
+    """
+    n_servers, n_racks, n_rows = server_rack.size, rack_row.size, int(rack_row.max(initial=-1)) + 1
+    return (
         Level(
             name="server",
             ids=tuple(f"s{i:06d}" for i in range(n_servers)),
             parent=server_rack,
-            limit_w=np.full(n_servers, server_limit_w or np.inf),
+            limit_w=server_limit_w,
             derating=np.ones(n_servers),
-            overhead_w=overhead.astype(np.float64),
+            overhead_w=server_overhead_w,
         ),
         Level(
             name="rack",
             ids=tuple(f"r{i:05d}" for i in range(n_racks)),
             parent=rack_row,
-            limit_w=rack_limit.astype(np.float64),
+            limit_w=rack_limit_w,
             derating=np.full(n_racks, rack_derating),
             overhead_w=np.zeros(n_racks),
         ),
@@ -292,7 +324,7 @@ def generate_topology(
             name="row",
             ids=tuple(f"row{i:03d}" for i in range(n_rows)),
             parent=np.zeros(n_rows, np.int32),
-            limit_w=row_limit.astype(np.float64),
+            limit_w=row_limit_w,
             derating=np.ones(n_rows),
             overhead_w=np.zeros(n_rows),
         ),
@@ -300,11 +332,8 @@ def generate_topology(
             name="site",
             ids=(site,),
             parent=np.zeros(1, np.int32),
-            limit_w=np.array([site_limit], dtype=np.float64),
+            limit_w=np.array([site_limit_w], dtype=np.float64),
             derating=np.ones(1),
             overhead_w=np.zeros(1),
         ),
-    )
-    return Topology.create(
-        site=site, gpu_model=gpu_model, gpu_server=gpu_server, levels=levels, rack_level="rack"
     )

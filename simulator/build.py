@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from policies.gpu_models import GPU_MODELS, model_code, model_table
-from policies.topology import Level, Topology
+from policies.topology import Topology, standard_levels
 from simulator.cluster import SimCluster
 from simulator.physics import PhysicsParams, activity_for_draw
 from simulator.rates import azure_trace_arrivals, diurnal_bursty
@@ -99,39 +99,16 @@ def build_topology(
     else:
         row_limit_w = np.full(n_rows, np.inf)
     site_w = float(server_full_w.sum()) * spec.site_limit_frac
-    levels = (
-        Level(
-            name="server",
-            ids=tuple(f"s{i:06d}" for i in range(n_servers)),
-            parent=server_rack,
-            limit_w=np.full(n_servers, np.inf),
-            derating=np.ones(n_servers),
-            overhead_w=overhead,
-        ),
-        Level(
-            name="rack",
-            ids=tuple(f"r{i:05d}" for i in range(n_racks)),
-            parent=rack_row,
-            limit_w=rack_rating_w.astype(np.float64),
-            derating=np.full(n_racks, spec.rack_derating),
-            overhead_w=np.zeros(n_racks),
-        ),
-        Level(
-            name="row",
-            ids=tuple(f"row{i:03d}" for i in range(n_rows)),
-            parent=np.zeros(n_rows, np.int32),
-            limit_w=row_limit_w.astype(np.float64),
-            derating=np.ones(n_rows),
-            overhead_w=np.zeros(n_rows),
-        ),
-        Level(
-            name="site",
-            ids=(site,),
-            parent=np.zeros(1, np.int32),
-            limit_w=np.array([site_w], dtype=np.float64),
-            derating=np.ones(1),
-            overhead_w=np.zeros(1),
-        ),
+    levels = standard_levels(
+        site=site,
+        server_rack=server_rack,
+        rack_row=rack_row,
+        server_limit_w=np.full(n_servers, np.inf),
+        server_overhead_w=overhead,
+        rack_limit_w=rack_rating_w.astype(np.float64),
+        rack_derating=spec.rack_derating,
+        row_limit_w=row_limit_w.astype(np.float64),
+        site_limit_w=site_w,
     )
     return Topology.create(
         site=site,
