@@ -9,36 +9,18 @@ imported when first used.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from policies.topology import Topology
+from simulator.oracle import quiet_stdout
 
 FloatArray = NDArray[np.float64]
 
 TIER_WEIGHT = np.array([1000.0, 100.0, 10.0, 1.0])
 SURPLUS_WEIGHT = 0.1
-
-
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """HiGHS prints a banner from C on construction; keep it out of JSON output."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with Path(os.devnull).open("wb") as devnull:
-        os.dup2(devnull.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
 
 
 def solve_weighted_lp(
@@ -78,7 +60,7 @@ def solve_weighted_lp(
     lp.a_matrix_.start_ = start
     lp.a_matrix_.index_ = index
     lp.a_matrix_.value_ = np.ones(index.size)
-    with _quiet_stdout():
+    with quiet_stdout():
         solver = highspy.Highs()  # type: ignore[no-untyped-call]
         solver.setOptionValue("output_flag", False)  # noqa: FBT003 - HiGHS API
         began = time.perf_counter()

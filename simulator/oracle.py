@@ -248,7 +248,7 @@ def solve(
     lp.a_matrix_.start_ = np.searchsorted(rj[order], np.arange(2 * m + 1)).astype(np.int32)
     lp.a_matrix_.index_ = ri[order].astype(np.int32)
     lp.a_matrix_.value_ = rv[order]
-    with _quiet_stdout():  # HiGHS prints a banner from C when built; keep it off JSON output
+    with quiet_stdout():  # HiGHS prints a banner from C when built; keep it off JSON output
         solver = highspy.Highs()  # type: ignore[no-untyped-call]
         solver.setOptionValue("output_flag", False)  # noqa: FBT003 - HiGHS API
         solver.passModel(lp)
@@ -279,7 +279,9 @@ def solve(
 
 
 @contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
+def quiet_stdout() -> Iterator[None]:
+    """HiGHS prints a banner from C on construction; keep it out of JSON output (file
+    descriptor 1, which Python's `redirect_stdout` does not reach)."""
     sys.stdout.flush()
     saved = os.dup(1)
     with Path(os.devnull).open("wb") as devnull:
