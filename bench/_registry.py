@@ -4,29 +4,31 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-import bench
-
 Row = dict[str, Any]
+
+#: Every benchmark: `rheostat bench NAME` -> the module that runs it, one line each, in the order
+#: `make bench` runs them. A module provides `HELP` (one line), `add_arguments(parser)`,
+#: `run(args) -> list[Row]`, and optionally `table(rows) -> str` and `DEFAULT_ARGS` (what
+#: `make bench` passes). Adding a benchmark is one line here.
+BENCHMARKS: dict[str, str] = {
+    "calibration": "bench.calibration",
+    "control": "bench.control",
+    "decide": "bench.decide",
+    "dr": "bench.dr",
+    "e2e": "bench.e2e",
+    "failover": "bench.failover",
+    "ingest": "bench.ingest",
+    "simulate": "bench.simulate",
+}
 
 
 def modules() -> dict[str, ModuleType]:
-    """Every benchmark module, by its NAME."""
-    found: dict[str, ModuleType] = {}
-    for info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name == "run_all":
-            continue
-        module = importlib.import_module(f"bench.{info.name}")
-        name = getattr(module, "NAME", None)
-        if isinstance(name, str):
-            if name in found:
-                raise RuntimeError(f"two benchmarks are named {name!r}")
-            found[name] = module
-    return found
+    """Every benchmark module, by its `rheostat bench` name."""
+    return {name: importlib.import_module(module) for name, module in BENCHMARKS.items()}
 
 
 def format_table(rows: Sequence[Row]) -> str:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import structlog
 
+from controller import package_version
 from controller.carbon import CarbonCollector
-from controller.cli import package_version
 from controller.daemon import Controller, Notifier
 from controller.edge_metrics import EdgeCollector
 from controller.facility import FacilityCollector

@@ -1,1 +1,1 @@
-"""The `rheostat` subcommands, one module each, discovered by `controller.cli`."""
+"""The daemon's `rheostat` subcommands, one module each: `rheostat.commands` entry points."""

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from controller.cli import main
-from controller.commands.simulate import CONTROLLERS, ProgressLine
 from simulator import loop
+from simulator.commands.simulate import CONTROLLERS, ProgressLine
 from simulator.scenario import Scenario, shipped_scenarios
 
 

@@ -1,7 +1,9 @@
 """`rheostat agent --config FILE`: the node agent on a GPU server (see `agent/`).
 
 The backend is chosen by name here, the one place that may import both the NVML bindings and the
-simulator (the `agent` package itself never imports the simulator).
+simulator's GPU backend. It lives with the simulator's commands because the simulator's layer is
+the lowest that may import both; the `agent` package itself never imports the simulator, and the
+daemon's package imports neither.
 """
 
 from __future__ import annotations
