@@ -17,21 +17,20 @@ Rack power: the sum of the nodes' own meters (`node_power_w`) where every node h
 power plus the non-GPU draw the topology gives the servers those GPUs belong to.
 
 The per-GPU identities (hostname, UUID, on-host index) and the agents' commanded and enforced
-caps are kept for the metrics (`NodesCollector`), labelled as dcgm-exporter labels its series
-(`Hostname`, `UUID`, `gpu`), so Rheostat's caps join with `DCGM_FI_DEV_POWER_USAGE`.
+caps are kept for the metrics (`controller.metrics.nodes.NodesCollector`), labelled as
+dcgm-exporter labels its series (`Hostname`, `UUID`, `gpu`), so Rheostat's caps join with
+`DCGM_FI_DEV_POWER_USAGE`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import structlog
 from numpy.typing import NDArray
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from controller import wire
 from controller.inventory import Inventory, InventoryNode
@@ -285,86 +284,3 @@ class NodeAssembler:
 class _Rejected(Exception):  # internal control flow: never escapes `handle`
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-class NodesCollector(Collector):
-    """Per-GPU and per-node series from the node agents, with dcgm-exporter's labels."""
-
-    def __init__(self, nodes: NodeAssembler) -> None:
-        self.nodes = nodes
-
-    def collect(self) -> Iterator[Metric]:
-        a = self.nodes
-        site = a.site
-        known = np.flatnonzero(a.gpu_index >= 0)
-        topo = a.topology
-        rack_ids = topo.racks.ids
-        gpu_rack = topo.gpu_group[topo.rack_level]
-        keys = ["site", "rack", "Hostname", "UUID", "gpu"]
-        enforced = GaugeMetricFamily(
-            "rheostat_gpu_enforced_cap_watts",
-            "Power limit the GPU enforces (read back).",
-            labels=keys,
-        )
-        commanded = GaugeMetricFamily(
-            "rheostat_gpu_commanded_cap_watts",
-            "Power limit the node agent last applied (command or safe cap).",
-            labels=keys,
-        )
-        mismatch = GaugeMetricFamily(
-            "rheostat_gpu_cap_mismatch",
-            f"1 when enforced and commanded limits differ by more than {CAP_MISMATCH_W} W.",
-            labels=keys,
-        )
-        power = GaugeMetricFamily(
-            "rheostat_node_gpu_power_watts", "GPU power as its node agent reports it.", labels=keys
-        )
-        for row in known.tolist():
-            labels = [
-                site,
-                rack_ids[gpu_rack[row]],
-                a.host[row],
-                a.uuid[row],
-                str(a.gpu_index[row]),
-            ]
-            enforced.add_metric(labels, float(a.cap_w[row]))
-            power.add_metric(labels, float(a.power_w[row]))
-            cmd = float(a.cap_cmd_w[row])
-            if np.isfinite(cmd):
-                commanded.add_metric(labels, cmd)
-                mismatch.add_metric(labels, float(abs(cmd - a.cap_w[row]) > CAP_MISMATCH_W))
-        yield from (enforced, commanded, mismatch, power)
-        node_keys = ["site", "rack", "Hostname"]
-        fallback = GaugeMetricFamily(
-            "rheostat_node_fallback",
-            "1 while the node agent is on its safe caps.",
-            labels=node_keys,
-        )
-        last = GaugeMetricFamily(
-            "rheostat_node_last_seen_timestamp_seconds",
-            "Timestamp of the node's last accepted message (its own clock).",
-            labels=node_keys,
-        )
-        rejected = CounterMetricFamily(
-            "rheostat_node_commands_rejected",
-            "Commands the node agent refused, by reason (as it reports them).",
-            labels=[*node_keys, "reason"],
-        )
-        for node in a.inventory.nodes:
-            state = a.nodes[node.hostname]
-            if state.seq < 0:
-                continue
-            labels = [site, node.rack, node.hostname]
-            fallback.add_metric(labels, float(state.fallback))
-            last.add_metric(labels, state.ts_s)
-            for reason, count in state.cmd_rejected.items():
-                rejected.add_metric([*labels, reason], float(count))
-        yield from (fallback, last, rejected)
-        dropped = CounterMetricFamily(
-            "rheostat_node_telemetry_rejected",
-            "Node messages dropped, by reason.",
-            labels=["site", "reason"],
-        )
-        for reason, count in a.rejected.items():
-            dropped.add_metric([site, reason], float(count))
-        yield dropped

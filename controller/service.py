@@ -17,13 +17,13 @@ import structlog
 from controller import package_version
 from controller.carbon import CarbonCollector
 from controller.daemon import Controller, Notifier
-from controller.edge_metrics import EdgeCollector
 from controller.facility import FacilityCollector
-from controller.ha.metrics import HaCollector
 from controller.http import build_app, daemon_registry, start_server
 from controller.jobs import SyncJobsCollector
-from controller.metrics import RheostatCollector
-from controller.nodes import NodesCollector
+from controller.metrics.edge import EdgeCollector
+from controller.metrics.ha import HaCollector
+from controller.metrics.nodes import NodesCollector
+from controller.metrics.rheostat import RheostatCollector
 from controller.policy_file import Policy
 
 log = structlog.get_logger("rheostat.service")

@@ -10,7 +10,7 @@ from prometheus_client.exposition import generate_latest
 
 from controller import wire
 from controller.daemon import build_runtime
-from controller.metrics import RheostatCollector
+from controller.metrics.rheostat import RheostatCollector
 from controller.policy_file import parse_policy
 from policies.pipeline import decide
 

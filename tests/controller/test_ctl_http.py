@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.daemon import build_runtime
 from controller.http import build_app, start_server
-from controller.metrics import RheostatCollector
+from controller.metrics.rheostat import RheostatCollector
 from controller.policy_file import parse_policy
 
 POLICY = parse_policy(

@@ -9,9 +9,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from controller import wire
 from controller.ha.config import HaSection
-from controller.ha.metrics import HaCollector
 from controller.ha.runner import HaRunner
 from controller.ingest import ClassTable, Ingest
+from controller.metrics.ha import HaCollector
 from policies.errors import TelemetryError
 from policies.fleet import FleetState
 from policies.topology import generate_topology

@@ -1,8 +1,8 @@
 """/metrics as Prometheus sees it: formats, compression, default collectors, names, values.
 
 The exposition is prometheus_client's own aiohttp handler over the daemon's registry, served by
-the real aiohttp server on a free port; the registry refuses colliding collectors because every
-collector describes its families.
+the real aiohttp server on a free port. That every collector describes its families, so the
+registry refuses a collision, is checked in `test_metrics_describe.py`.
 """
 
 from __future__ import annotations
@@ -12,20 +12,17 @@ import gzip
 import math
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from controller.daemon import build_runtime
 from controller.facility import FacilityCollector, FacilityHook, FacilitySection
 from controller.http import build_app, daemon_registry, start_server
-from controller.metrics import RheostatCollector
+from controller.metrics.rheostat import RheostatCollector
 from controller.policy_file import parse_policy
 from controller.runtime import Runtime
 from policies.pipeline import decide
@@ -95,51 +92,6 @@ def test_an_unlimited_row_exports_no_limit_and_no_headroom(tmp_path: Path) -> No
     assert 'rheostat_row_headroom_watts{row="open"' not in text
     # Sample values, not the histogram's `le="+Inf"` bucket label.
     assert all(math.isfinite(v) for v in _samples(text).values())
-
-
-def test_every_collected_family_is_described() -> None:
-    rt = build_runtime(POLICY, clock=lambda: 100.0, version="t")
-    rt.fleet.rack_last_seen_s[:] = 99.0
-    _decide(rt, 100.0)
-    facility = FacilityHook(section=FacilitySection(), site="x")
-    seen: set[tuple[str, str]] = set()
-    for collector in (
-        RheostatCollector(rt, clock=lambda: 100.0),
-        FacilityCollector(facility, clock=lambda: 100.0),
-    ):
-        described = {(m.name, m.type) for m in collector.describe()}
-        collected = {(m.name, m.type) for m in collector.collect()}
-        assert collected <= described, collected - described
-        seen |= collected
-    # The opt-in and decision-dependent families were collected too, so they were checked.
-    assert {("rheostat_gpu_cap_watts", "gauge"), ("rheostat_tier_gpus", "gauge")} <= seen
-    assert ("rheostat_energy_cost_info", "gauge") in seen
-
-
-class _Impostor(Collector):
-    """Describes one family another collector already exposes."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def describe(self) -> list[Metric]:
-        return [GaugeMetricFamily(self.name, "")]
-
-    def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(self.name, "", value=1.0)
-
-
-def test_the_daemon_registry_refuses_colliding_collectors() -> None:
-    rt = build_runtime(POLICY, clock=time.time, version="t")
-    registry = daemon_registry()
-    registry.register(RheostatCollector(rt))
-    with pytest.raises(ValueError, match="rheostat_site_power_watts"):
-        registry.register(RheostatCollector(rt))
-    with pytest.raises(ValueError, match="rheostat_racks"):
-        registry.register(_Impostor("rheostat_racks"))
-    with pytest.raises(ValueError, match="process_cpu_seconds_total"):
-        registry.register(_Impostor("process_cpu_seconds_total"))
-    registry.register(_Impostor("rheostat_something_new"))
 
 
 async def test_metrics_negotiate_openmetrics_and_gzip_with_default_collectors() -> None:

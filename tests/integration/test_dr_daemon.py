@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from controller.daemon import Controller
 from controller.grid.config import OpenAdrSection
-from controller.metrics import RheostatCollector
+from controller.metrics.rheostat import RheostatCollector
 from controller.policy_file import Policy
 from simulator.build import build_cluster
 from simulator.cluster import SimCluster

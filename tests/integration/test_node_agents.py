@@ -16,7 +16,7 @@ from agent.config import AgentConfig
 from agent.run import NodeAgent, run_agent
 from controller.daemon import Controller
 from controller.inventory import parse_inventory
-from controller.nodes import NodesCollector
+from controller.metrics.nodes import NodesCollector
 from controller.policy_file import Policy
 from simulator.build import build_cluster
 from simulator.cluster import SimCluster

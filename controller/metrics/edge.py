@@ -19,12 +19,45 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from controller import wire
 from controller.messages import MessageRejections
+from controller.metrics.families import Family, describe_families
 from controller.runtime import Runtime
+
+SITE = ("site",)
+MESSAGES_REJECTED = Family(
+    "messages_rejected",
+    "counter",
+    "Messages refused (or whose handling failed: internal_error), by kind and reason.",
+    ("site", "kind", "reason"),
+)
+AGENT_REJECTIONS = Family(
+    "agent_command_rejections",
+    "counter",
+    "Commands rack agents refused, by reason (from their telemetry).",
+    ("site", "reason"),
+)
+RACKS_ON_FALLBACK = Family(
+    "racks_on_fallback",
+    "gauge",
+    "Racks whose agents report being on their safe caps (command TTL ran out).",
+    SITE,
+)
+TELEMETRY_REBASED = Family(
+    "telemetry_rebased", "counter", "Rack sequences re-based after a stale period.", SITE
+)
+CLASSES_OVERFLOW = Family(
+    "workload_classes_overflow",
+    "counter",
+    "Workload-class names past telemetry.max_classes, counted as unknown.",
+    SITE,
+)
+FAMILIES: tuple[Family, ...] = (
+    MESSAGES_REJECTED, AGENT_REJECTIONS, RACKS_ON_FALLBACK, TELEMETRY_REBASED, CLASSES_OVERFLOW
+)  # fmt: skip
 
 
 class EdgeCollector(Collector):
@@ -35,48 +68,28 @@ class EdgeCollector(Collector):
         self.rejections = rejections
 
     def describe(self) -> list[Metric]:
-        return []
+        return describe_families(FAMILIES)
 
     def collect(self) -> Iterator[Metric]:
         rt = self.runtime
         site = rt.policy.site
-        rejected = CounterMetricFamily(
-            "rheostat_messages_rejected",
-            "Messages refused (or whose handling failed: internal_error), by kind and reason.",
-            labels=["site", "kind", "reason"],
-        )
+        rejected = MESSAGES_REJECTED.counter()
         for (kind, reason), count in sorted(self.rejections.counts.items()):
             rejected.add_metric([site, kind, reason], float(count))
         yield rejected
         agents = rt.ingest.agents
-        refused = CounterMetricFamily(
-            "rheostat_agent_command_rejections",
-            "Commands rack agents refused, by reason (from their telemetry).",
-            labels=["site", "reason"],
-        )
+        refused = AGENT_REJECTIONS.counter()
         for reason, total in zip(
             wire.COMMAND_REJECT_REASONS, agents.rejected_total.tolist(), strict=True
         ):
             refused.add_metric([site, reason], total)
         yield refused
-        fallback = GaugeMetricFamily(
-            "rheostat_racks_on_fallback",
-            "Racks whose agents report being on their safe caps (command TTL ran out).",
-            labels=["site"],
-        )
+        fallback = RACKS_ON_FALLBACK.gauge()
         fallback.add_metric([site], float(agents.fallback.sum()))
         yield fallback
-        rebased = CounterMetricFamily(
-            "rheostat_telemetry_rebased",
-            "Rack sequences re-based after a stale period.",
-            labels=["site"],
-        )
+        rebased = TELEMETRY_REBASED.counter()
         rebased.add_metric([site], float(rt.ingest.counters.rebased))
         yield rebased
-        overflow = CounterMetricFamily(
-            "rheostat_workload_classes_overflow",
-            "Workload-class names past telemetry.max_classes, counted as unknown.",
-            labels=["site"],
-        )
+        overflow = CLASSES_OVERFLOW.counter()
         overflow.add_metric([site], float(rt.classes.overflow))
         yield overflow

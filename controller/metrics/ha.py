@@ -14,12 +14,28 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 from numpy.typing import NDArray
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from controller.ha.runner import HaRunner
-from controller.metric_families import describe_families
+from controller.metrics.families import Family, describe_families
 from controller.wire import COMMAND_REJECT_REASONS
+
+KEYS = ("site", "backend", "controller")
+LEADER = Family("ha_leader", "gauge", "1 while this controller holds the site's lease.", KEYS)
+EPOCH = Family("ha_epoch", "gauge", "Newest term (fencing epoch) seen in the lease store.", KEYS)
+TERM_CHANGES = Family(
+    "ha_term_changes", "counter", "Times the site's epoch changed while watched.", KEYS
+)
+TERMS_WON = Family("ha_terms_won", "counter", "Terms this controller won.", KEYS)
+STORE_ERRORS = Family("ha_store_errors", "counter", "Failed calls to the lease store.", KEYS)
+REJECTIONS_REPORTED = Family(
+    "agent_command_rejections_reported",
+    "gauge",
+    "Commands the site's agents report refusing since they booted, by reason "
+    "(stale_epoch: fenced, from an older term).",
+    ("site", "reason"),
+)
 
 
 class HaCollector(Collector):
@@ -32,48 +48,33 @@ class HaCollector(Collector):
         #: Per rack and reason, the commands agents report refusing (`Ingest.cmd_rejected`).
         self.rejections = rejections
 
+    def families(self) -> tuple[Family, ...]:
+        always = (LEADER, EPOCH, TERM_CHANGES, TERMS_WON, STORE_ERRORS)
+        return always if self.rejections is None else (*always, REJECTIONS_REPORTED)
+
     def describe(self) -> list[Metric]:
-        spec = [
-            ("ha_leader", "gauge"),
-            ("ha_epoch", "gauge"),
-            ("ha_term_changes", "counter"),
-            ("ha_terms_won", "counter"),
-            ("ha_store_errors", "counter"),
-        ]
-        if self.rejections is not None:
-            spec.append(("agent_command_rejections_reported", "gauge"))
-        return describe_families(spec)
+        return describe_families(self.families())
 
     def collect(self) -> Iterator[Metric]:
         r = self.runner
-        keys = ["site", "backend", "controller"]
         labels = [r.site, r.backend, r.instance]
-        leader = GaugeMetricFamily(
-            "rheostat_ha_leader", "1 while this controller holds the site's lease.", labels=keys
-        )
+        leader = LEADER.gauge()
         leader.add_metric(labels, float(r.is_leader()))
         yield leader
-        epoch = GaugeMetricFamily(
-            "rheostat_ha_epoch", "Newest term (fencing epoch) seen in the lease store.", labels=keys
-        )
+        epoch = EPOCH.gauge()
         epoch.add_metric(labels, float(r.epoch()))
         yield epoch
-        for name, doc, value in (
-            ("ha_term_changes", "Times the site's epoch changed while watched.", r.term_changes),
-            ("ha_terms_won", "Terms this controller won.", r.terms_won),
-            ("ha_store_errors", "Failed calls to the lease store.", r.leadership.errors),
+        for family, value in (
+            (TERM_CHANGES, r.term_changes),
+            (TERMS_WON, r.terms_won),
+            (STORE_ERRORS, r.leadership.errors),
         ):
-            family = CounterMetricFamily(f"rheostat_{name}", doc, labels=keys)
-            family.add_metric(labels, value)
-            yield family
+            counter = family.counter()
+            counter.add_metric(labels, value)
+            yield counter
         if self.rejections is not None:
             by_reason = self.rejections().sum(axis=0).tolist()
-            fenced = GaugeMetricFamily(
-                "rheostat_agent_command_rejections_reported",
-                "Commands the site's agents report refusing since they booted, by reason "
-                "(stale_epoch: fenced, from an older term).",
-                labels=["site", "reason"],
-            )
+            fenced = REJECTIONS_REPORTED.gauge()
             for reason, count in zip(COMMAND_REJECT_REASONS, by_reason, strict=True):
                 fenced.add_metric([r.site, reason], count)
             yield fenced
