@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from controller import wire
 from controller.messages import MessageRejections
-from controller.metrics.families import Family, describe_families
+from controller.metric_families import Family, describe_families
 from controller.runtime import Runtime
 
 SITE = ("site",)

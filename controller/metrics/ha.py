@@ -18,7 +18,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from controller.ha.runner import HaRunner
-from controller.metrics.families import Family, describe_families
+from controller.metric_families import Family, describe_families
 from controller.wire import COMMAND_REJECT_REASONS
 
 KEYS = ("site", "backend", "controller")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 from prometheus_client.core import Metric
 
-from controller.metrics.families import Family
+from controller.metric_families import Family
 from controller.runtime import TICK_BUCKETS_S, Runtime
 from policies.errors import TelemetryError
 

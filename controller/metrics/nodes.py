@@ -10,7 +10,7 @@ import numpy as np
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from controller.metrics.families import Family, describe_families
+from controller.metric_families import Family, describe_families
 from controller.nodes import CAP_MISMATCH_W, NodeAssembler
 
 GPU = ("site", "rack", "Hostname", "UUID", "gpu")

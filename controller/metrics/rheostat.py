@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from controller.metric_families import Family, describe_families
 from controller.metrics import fleet, loop
-from controller.metrics.families import Family, describe_families
 from controller.runtime import Runtime
 
 #: Every family `RheostatCollector` may yield.

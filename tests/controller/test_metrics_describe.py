@@ -20,7 +20,8 @@ from controller.http import daemon_registry
 from controller.inventory import parse_inventory
 from controller.jobs import SyncJobs, SyncJobsCollector
 from controller.messages import MessageRejections
-from controller.metrics import Family, edge, fleet, loop, nodes
+from controller.metric_families import Family
+from controller.metrics import edge, fleet, loop, nodes
 from controller.metrics.edge import EdgeCollector
 from controller.metrics.ha import HaCollector
 from controller.metrics.nodes import NodesCollector
