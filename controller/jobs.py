@@ -13,14 +13,12 @@ message removes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
 from numpy.typing import NDArray
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from controller.carbon import (
     JOB_ID_CHARS,
@@ -31,7 +29,6 @@ from controller.carbon import (
     jobs_filter,
 )
 from controller.messages import MessageRejections
-from controller.metric_families import describe_families
 from controller.wire import TOPIC_ROOT
 from policies.errors import ProtocolError
 from policies.topology import Topology
@@ -152,41 +149,3 @@ class SyncJobs:
             if name != skip and np.intersect1d(rows, other, assume_unique=True).size:
                 return None
         return rows
-
-
-class SyncJobsCollector(Collector):
-    """`rheostat_sync_jobs` and `rheostat_job_reports_rejected`."""
-
-    def __init__(self, jobs: SyncJobs) -> None:
-        self.jobs = jobs
-
-    def describe(self) -> list[Metric]:
-        return describe_families(
-            (
-                ("sync_jobs", "gauge"),
-                ("sync_job_gpus", "gauge"),
-                ("job_reports_rejected", "counter"),
-            )
-        )
-
-    def collect(self) -> Iterator[Metric]:
-        jobs, site = self.jobs, self.jobs.site
-        known = GaugeMetricFamily(
-            "rheostat_sync_jobs",
-            "Synchronous jobs the scheduler reported, paced to their slowest GPU.",
-            labels=["site"],
-        )
-        known.add_metric([site], float(len(jobs.reports)))
-        yield known
-        gpus = GaugeMetricFamily(
-            "rheostat_sync_job_gpus", "GPUs in reported synchronous jobs.", labels=["site"]
-        )
-        gpus.add_metric([site], float(jobs.n_gpus))
-        yield gpus
-        rejected = CounterMetricFamily(
-            "rheostat_job_reports_rejected",
-            "Job reports dropped: undecodable, unknown GPUs, or GPUs another job holds.",
-            labels=["site"],
-        )
-        rejected.add_metric([site], float(jobs.rejected))
-        yield rejected

@@ -19,9 +19,9 @@ from controller.carbon import CarbonCollector
 from controller.daemon import Controller, Notifier
 from controller.facility import FacilityCollector
 from controller.http import build_app, daemon_registry, start_server
-from controller.jobs import SyncJobsCollector
 from controller.metrics.edge import EdgeCollector
 from controller.metrics.ha import HaCollector
+from controller.metrics.jobs import SyncJobsCollector
 from controller.metrics.nodes import NodesCollector
 from controller.metrics.rheostat import RheostatCollector
 from controller.policy_file import Policy

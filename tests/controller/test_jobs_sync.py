@@ -16,7 +16,8 @@ from controller.carbon import (
     encode_job,
     job_topic,
 )
-from controller.jobs import SyncJobs, SyncJobsCollector
+from controller.jobs import SyncJobs
+from controller.metrics.jobs import SyncJobsCollector
 from policies.errors import ProtocolError
 from policies.topology import generate_topology
 

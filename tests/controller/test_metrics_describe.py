@@ -18,12 +18,13 @@ from controller.ha.config import HaSection
 from controller.ha.runner import HaRunner
 from controller.http import daemon_registry
 from controller.inventory import parse_inventory
-from controller.jobs import SyncJobs, SyncJobsCollector
+from controller.jobs import SyncJobs
 from controller.messages import MessageRejections
 from controller.metric_families import Family
-from controller.metrics import edge, fleet, loop, nodes
+from controller.metrics import edge, fleet, jobs, loop, nodes
 from controller.metrics.edge import EdgeCollector
 from controller.metrics.ha import HaCollector
+from controller.metrics.jobs import SyncJobsCollector
 from controller.metrics.nodes import NodesCollector
 from controller.metrics.rheostat import RheostatCollector
 from controller.nodes import NodeAssembler
@@ -78,16 +79,16 @@ def _own_collectors() -> list[tuple[Collector, tuple[Family, ...]]]:
         (EdgeCollector(rt, rejections), edge.FAMILIES),
         (ha, ha.families()),
         (NodesCollector(assembler), nodes.FAMILIES),
+        (SyncJobsCollector(SyncJobs(site="x", topology=POLICY.topology)), jobs.FAMILIES),
     ]
 
 
 def _hooks_collectors() -> list[Collector]:
-    """The collectors that live beside their hooks (facility, carbon, synchronous jobs)."""
+    """The collectors that live beside their hooks (facility, carbon)."""
     topo = POLICY.topology
     return [
         FacilityCollector(FacilityHook(section=FacilitySection(), site="x"), clock=lambda: 1.0),
         CarbonCollector(CarbonHook(section=CarbonSection(), site="x", topology=topo), clock=float),
-        SyncJobsCollector(SyncJobs(site="x", topology=topo)),
     ]
 
 
