@@ -8,7 +8,6 @@ to stderr: a redrawn line on a terminal, a plain line every few seconds through 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -24,16 +23,13 @@ from controller.commands._text import flatten, key_values
 PLAIN_PROGRESS_PERIOD_S = 5.0
 
 
-#: `simulator.loop.CONTROLLERS`, named here so `rheostat --help` does not import the simulator.
+#: `simulator.loop.CONTROLLERS`, named here so `rheostat --help` does not import the loop.
 CONTROLLERS = ("rheostat", "static", "threshold", "none")
 
 
 def shipped_scenarios() -> list[str]:
-    """The scenarios shipped in `simulator/scenarios`, found without importing the simulator."""
-    spec = importlib.util.find_spec("simulator")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    folder = Path(next(iter(spec.submodule_search_locations))) / "scenarios"
+    """The scenarios shipped in `simulator/scenarios`, found without importing the loop."""
+    folder = Path(__file__).resolve().parent.parent / "scenarios"
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
