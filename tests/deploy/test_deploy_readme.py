@@ -75,7 +75,8 @@ def broken_links(path: Path) -> list[str]:
         dest = (path.parent / file_part).resolve() if file_part else path
         if not dest.exists():
             broken.append(target)
-        elif anchor and dest.suffix == ".md" and anchor not in anchors_of(dest):
+            continue
+        if anchor and dest.suffix == ".md" and anchor not in anchors_of(dest):
             broken.append(target)
     return broken
 
