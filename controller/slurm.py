@@ -4,7 +4,7 @@ Run by slurmctld as `PrologSlurmctld` / `EpilogSlurmctld` (`deploy/slurm/`), onc
 controller host: `scontrol -d show job <id>` lists each node's GRES indexes (`Nodes=gpu-a[01-02]
 CPU_IDs=0-63 Mem=0 GRES=gpu:8(IDX:0-7)`), `scontrol show hostnames` expands the node lists, and
 the inventory turns (hostname, GPU index) into the (rack, first, count) ranges of the job-report
-format (README, "Wire protocol"). The tier comes from the job's QOS, else its partition, else the
+format (docs/wire-protocol.md). The tier comes from the job's QOS, else its partition, else the
 default; a multi-node job is reported synchronous unless configured otherwise. The report is
 retained on `rheostat/v1/<site>/jobs/slurm-<id>`; the epilog publishes the empty retained message
 that removes it.

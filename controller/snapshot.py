@@ -1,6 +1,6 @@
 """Recorded decision inputs (a snapshot): JSON in, the arrays `policies.pipeline.decide` takes out.
 
-The format is documented in the README (CLI, `rheostat decide`). Parsing happens once, here, with
+The format is documented in docs/cli.md (`rheostat decide`). Parsing happens once, here, with
 pydantic models that forbid unknown keys; every problem names its dotted field (and the file),
 so an operator can fix a snapshot without reading code.
 """

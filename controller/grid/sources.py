@@ -1,6 +1,6 @@
 """Turning what a source says into `DrEvent`s: the MQTT event message and policy-file events.
 
-MQTT event message on `rheostat/v1/<site>/grid/event` (JSON, QoS 1; documented in the README):
+MQTT event message on `rheostat/v1/<site>/grid/event` (JSON, QoS 1; see docs/demand-response.md):
 
     {"v": 1, "action": "create", "event_id": "peak-0714", "start": 1764300000.0,
      "duration_s": 10800, "reduction_frac": 0.25, "ramp_s": 30, "recovery_s": 300,

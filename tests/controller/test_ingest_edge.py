@@ -262,7 +262,7 @@ def test_memory_stays_flat_under_a_flood_of_hostile_messages() -> None:
 
 
 if __name__ == "__main__":
-    # The README's figure: `python -m tests.controller.test_ingest_edge 1000000` floods one
+    # docs/reliability.md's figure: `python -m tests.controller.test_ingest_edge 1000000` floods one
     # ingest with that many hostile messages after the warm-up and prints RSS before and after.
     import sys
     import time

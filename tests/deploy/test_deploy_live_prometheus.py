@@ -51,7 +51,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEMO_RACKS = 4
 #: Long enough for the module's checks; the demo is stopped when they finish.
 DEMO_DURATION_S = 120
-#: Series the controller exports only with a demand-response source (README, metric contract).
+#: Series the controller exports only with a demand-response source (docs/monitoring.md).
 DR_ONLY = frozenset(
     {
         "rheostat_dr_target_watts",

@@ -4,7 +4,7 @@ Each case is one an operator or an attacker can cause: hostile integers (retaine
 restart meets them again), a controller killed with SIGKILL, a broker restart, a step of the
 controller's wall clock, a fault inside the daemon, and a rack's credentials presented with the
 controller's client id. The figures each case measures are printed (run with `-s`) and bounded by
-its assertions; the README's Reliability section quotes them.
+its assertions; docs/reliability.md quotes them.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def cluster_for_test() -> SimCluster:
 
 
 def report(name: str, value: float, unit: str) -> None:
-    print(f"FAULT-FIGURE {name}: {value:.2f} {unit}")  # the figures the README quotes
+    print(f"FAULT-FIGURE {name}: {value:.2f} {unit}")  # the figures docs/reliability.md quotes
 
 
 class Daemon:
