@@ -12,15 +12,6 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-#: Ranges of what grid sources may say (the MQTT event message, OpenADR events).
-#: `modification` is a safe integer: it is stored in SQLite and compared, never overflowed.
-MAX_MODIFICATION = 2**53 - 1
-#: Unix seconds up to the year 5000; durations, ramps and recoveries up to a year. Units: s.
-MAX_UNIX_S = 1.0e11
-MAX_EVENT_SECONDS = 366 * 86_400.0
-#: An absolute DR limit above 10 GW is no site's. Units: kW.
-MAX_LIMIT_KW = 1.0e7
-
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 Seconds = Annotated[float, Field(ge=0)]
 
@@ -134,11 +125,6 @@ class DemandResponseSection(_Section):
         if len(set(ids)) != len(ids):
             raise ValueError("scheduled event ids must be unique")
         return self
-
-
-def mqtt_event_topic(site: str) -> str:
-    """The topic an operator or energy-management system publishes events on."""
-    return f"rheostat/v1/{site}/grid/event"
 
 
 OptType = Literal["optIn", "optOut"]
