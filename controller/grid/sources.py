@@ -6,7 +6,7 @@ message meets the policy's defaults (ramp, recovery, SIMPLE levels) and becomes 
 
 from __future__ import annotations
 
-from controller.grid.config import DemandResponseSection, ScheduledEvent
+from controller.config import DemandResponseSection, ScheduledEvent
 from controller.wire import Cancel, decode_grid_event, unix_seconds
 from policies.dr import DrEvent, reduction_for_simple_level
 from policies.errors import PolicyError, ProtocolError

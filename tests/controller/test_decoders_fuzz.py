@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller import wire
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.grid.manager import GridEvents
 from controller.grid.mqtt import GridEventTopic
 from controller.grid.openadr import event_from_openadr

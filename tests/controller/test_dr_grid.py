@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from controller.cli import main
-from controller.grid.config import DemandResponseSection, ScheduledEvent
+from controller.config import DemandResponseSection, ScheduledEvent
 from controller.grid.manager import FlexInputs, GridEvents
 from controller.grid.sources import parse_event_message
 from controller.grid.store import EventStore

@@ -11,7 +11,7 @@ import aiomqtt
 import orjson
 import pytest
 
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.grid.manager import GridEvents
 from controller.grid.mqtt import GridEventTopic
 from controller.grid.store import EventStore
