@@ -23,8 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from controller import wire
-from controller.messages import MessageRejections
 from controller.runtime import Runtime
+from controller.wire import MessageRejections
 
 
 class EdgeCollector(Collector):

@@ -22,17 +22,16 @@ from numpy.typing import NDArray
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.carbon import (
+from controller.carbon import MAX_JOBS, job_rows
+from controller.metric_families import describe_families
+from controller.wire import (
     JOB_ID_CHARS,
-    MAX_JOBS,
+    TOPIC_ROOT,
     JobReport,
+    MessageRejections,
     decode_job,
-    job_rows,
     jobs_filter,
 )
-from controller.messages import MessageRejections
-from controller.metric_families import describe_families
-from controller.wire import TOPIC_ROOT
 from policies.errors import ProtocolError
 from policies.topology import Topology
 
