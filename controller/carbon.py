@@ -35,15 +35,23 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-import orjson
 from numpy.typing import NDArray
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from controller.messages import json_object, number, safe_int
 from controller.metric_families import describe_families
-from controller.wire import MAX_RACK_ID_CHARS, PROTOCOL_VERSION, TOPIC_ROOT, TS_RANGE_S
+from controller.wire import (
+    JOB_ID_CHARS,
+    MAX_FORECAST_SLOTS,
+    TOPIC_ROOT,
+    GpuRange,
+    JobReport,
+    decode_job,
+    decode_signal,
+    jobs_filter,
+    signal_topic,
+)
 from policies.carbon import SPEED_GUARD, CarbonSettings, job_speed_now, track_power_frac
 from policies.decision import N_TIERS
 from policies.dr_flex import DEFAULT_TOLERANCES, check_tolerances
@@ -52,12 +60,8 @@ from policies.topology import Topology
 
 FloatArray = NDArray[np.float64]
 
-#: Longest forecast kept, in slots (a week of 5-minute slots).
-MAX_FORECAST_SLOTS = 7 * 24 * 12
 #: Jobs one site may report at once: bounds memory against a runaway publisher.
 MAX_JOBS = 10_000
-#: GPU ranges in one job report.
-MAX_JOB_RANGES = 4096
 #: Speed of compute-bound training against its cap as a share of TDP, the slow edge of measured
 #: power-limit sweeps (Zeus, NSDI 2023: 0.95 at 80 %, 0.83-0.89 at 60-67 %, 0.25-0.53 at
 #: 33-40 %). A job's cap never goes below the share this table needs for its tier's tolerated
@@ -65,19 +69,6 @@ MAX_JOB_RANGES = 4096
 #: then raises that floor for the job if its own curve is slower still.
 FLOOR_CURVE_POWER = (0.33, 0.40, 0.60, 0.80, 1.00)
 FLOOR_CURVE_SPEED = (0.25, 0.40, 0.83, 0.95, 1.00)
-JOB_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
-
-
-def signal_topic(site: str) -> str:
-    return f"{TOPIC_ROOT}/{site}/grid/signal"
-
-
-def jobs_filter(site: str) -> str:
-    return f"{TOPIC_ROOT}/{site}/jobs/+"
-
-
-def job_topic(site: str, job: str) -> str:
-    return f"{TOPIC_ROOT}/{site}/jobs/{job}"
 
 
 class _Section(BaseModel):
@@ -143,118 +134,6 @@ class CarbonSection(_Section):
             raise ConfigError(str(exc), field="carbon") from None
 
 
-# ---------------------------------------------------------------------------------- messages
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SignalMessage:
-    """A forecast: `values[k]` holds from `start_ts + k * slot_s`. Units: s (Unix), signal."""
-
-    ts: float
-    start_ts: float
-    slot_s: float
-    values: tuple[float, ...]
-
-
-def decode_signal(payload: bytes) -> SignalMessage:
-    obj = json_object(payload, "signal", {"v", "ts", "start_ts", "slot_s", "values"})
-    values = obj.get("values")
-    if not isinstance(values, list) or not values or len(values) > MAX_FORECAST_SLOTS:
-        raise ProtocolError(f"signal values must be a list of 1..{MAX_FORECAST_SLOTS} numbers")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ProtocolError("signal values must be finite numbers")
-        out.append(float(v))
-    return SignalMessage(
-        ts=number(obj, "ts", "signal", *TS_RANGE_S),
-        start_ts=number(obj, "start_ts", "signal", *TS_RANGE_S),
-        slot_s=number(obj, "slot_s", "signal", 1.0, 86_400.0),
-        values=tuple(out),
-    )
-
-
-def encode_signal(msg: SignalMessage) -> bytes:
-    return orjson.dumps(
-        {
-            "v": PROTOCOL_VERSION,
-            "ts": msg.ts,
-            "start_ts": msg.start_ts,
-            "slot_s": msg.slot_s,
-            "values": list(msg.values),
-        }
-    )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GpuRange:
-    rack: str
-    first: int
-    count: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobReport:
-    """What the scheduler says of one job. Units: s (Unix), s of full-speed work.
-
-    `flexible` says the report carries a deadline and the work owed before it (only such a job
-    can be shifted; without them `deadline_ts` is inf and `owed_s` 0); `sync` that the job's GPUs
-    step together (`controller/jobs.py` paces them).
-    """
-
-    job: str
-    ts: float
-    tier: int
-    gpus: tuple[GpuRange, ...]
-    deadline_ts: float = math.inf
-    owed_s: float = 0.0
-    flexible: bool = True
-    sync: bool = False
-
-
-def decode_job(payload: bytes, *, job: str) -> JobReport:
-    """Validate a job report. Integers are safe integers, times finite Unix s up to 1e11, at
-    most `MAX_JOB_RANGES` GPU ranges with rack ids of at most `MAX_RACK_ID_CHARS` characters."""
-    obj = json_object(payload, "job", {"v", "ts", "tier", "deadline_ts", "owed_s", "gpus", "sync"})
-    tier = obj.get("tier")
-    if isinstance(tier, bool) or not isinstance(tier, int) or not 0 <= tier < N_TIERS:
-        raise ProtocolError(f"job tier must be an integer in 0..{N_TIERS - 1}")
-    gpus = obj.get("gpus")
-    if not isinstance(gpus, list) or not gpus:
-        raise ProtocolError("job gpus must be a non-empty list")
-    if len(gpus) > MAX_JOB_RANGES:
-        raise ProtocolError(f"job gpus holds over {MAX_JOB_RANGES} ranges", reason="out_of_range")
-    ranges = []
-    for g in gpus:
-        if not isinstance(g, dict) or set(g) != {"rack", "first", "count"}:
-            raise ProtocolError("each job gpus entry needs exactly rack, first and count")
-        rack = g["rack"]
-        if not isinstance(rack, str) or not rack or len(rack) > MAX_RACK_ID_CHARS:
-            raise ProtocolError("job gpus rack must be a rack id")
-        first = safe_int(g, "first", "job gpus")
-        count = safe_int(g, "count", "job gpus", lo=1)
-        ranges.append(GpuRange(rack=rack, first=first, count=count))
-    sync = obj.get("sync", False)
-    if not isinstance(sync, bool):
-        raise ProtocolError("job sync must be true or false")
-    given = [key in obj for key in ("deadline_ts", "owed_s")]
-    if given[0] != given[1]:
-        raise ProtocolError("job deadline_ts and owed_s come together or not at all")
-    work = {}
-    if given[0]:
-        work = {
-            "deadline_ts": number(obj, "deadline_ts", "job", *TS_RANGE_S),
-            "owed_s": number(obj, "owed_s", "job", *TS_RANGE_S),
-        }
-    return JobReport(
-        job=job,
-        ts=number(obj, "ts", "job", *TS_RANGE_S),
-        tier=tier,
-        gpus=tuple(ranges),
-        flexible=given[0],
-        sync=sync,
-        **work,
-    )
-
-
 def job_rows(topology: Topology, gpus: tuple[GpuRange, ...]) -> NDArray[np.int64] | None:
     """The fleet rows of a job's GPU ranges, sorted; None if a rack is unknown or a range runs
     past its rack's GPUs."""
@@ -268,20 +147,6 @@ def job_rows(topology: Topology, gpus: tuple[GpuRange, ...]) -> NDArray[np.int64
             return None
         parts.append(np.arange(lo + g.first, lo + g.first + g.count, dtype=np.int64))
     return np.unique(np.concatenate(parts))
-
-
-def encode_job(report: JobReport) -> bytes:
-    obj: dict[str, object] = {
-        "v": PROTOCOL_VERSION,
-        "ts": report.ts,
-        "tier": report.tier,
-        "gpus": [{"rack": g.rack, "first": g.first, "count": g.count} for g in report.gpus],
-    }
-    if report.flexible:
-        obj["deadline_ts"], obj["owed_s"] = report.deadline_ts, report.owed_s
-    if report.sync:
-        obj["sync"] = True
-    return orjson.dumps(obj)
 
 
 # ---------------------------------------------------------------------------------- forecast

@@ -48,7 +48,6 @@ from controller.grid.hook import GridHook
 from controller.ha.runner import HaRunner
 from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
-from controller.messages import MessageRejections
 from controller.mqtt_client import Client, topic_payload
 from controller.nodes import NodeAssembler
 from controller.policy_file import Policy, check_reload, load_policy
@@ -57,6 +56,7 @@ from controller.runtime import DemandResponseStatus, Runtime
 from controller.settings import mqtt_password
 from controller.shard.pool import IngestPool
 from controller.watch import watch_file
+from controller.wire import MessageRejections
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import RheostatError
 from policies.fleet import FleetState

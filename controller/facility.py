@@ -22,30 +22,20 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import orjson
 from numpy.typing import NDArray
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.messages import json_object, number, optional_number
 from controller.metric_families import describe_families
-from controller.wire import PROTOCOL_VERSION, TOPIC_ROOT, TS_RANGE_S
+from controller.wire import MeterReading, decode_meter, facility_topic
 from policies.carbon import per_tier_totals
 from policies.decision import N_TIERS, Limits
 from policies.errors import ConfigError, ProtocolError
 from policies.facility import CoolingModel, FacilitySettings, ItBudget, it_budget
-
-#: Physical bounds of a facility reading: a broken meter, not a hot day. Units: W, degrees C.
-FACILITY_RANGE_W = (0.0, 1.0e9)
-OUTDOOR_RANGE_C = (-60.0, 70.0)
-
-
-def facility_topic(site: str) -> str:
-    return f"{TOPIC_ROOT}/{site}/facility"
 
 
 class _Section(BaseModel):
@@ -105,40 +95,6 @@ class FacilitySection(_Section):
             stale_margin_frac=self.stale_margin_frac,
             max_margin_frac=self.max_margin_frac,
         )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeterReading:
-    """One facility-meter message. Units: s (Unix), W, degrees C."""
-
-    ts: float
-    facility_w: float
-    it_w: float | None = None
-    outdoor_c: float | None = None
-
-
-def decode_meter(payload: bytes) -> MeterReading:
-    """Validate a facility-meter message; raises ProtocolError naming what is wrong."""
-    obj = json_object(payload, "facility", {"v", "ts", "facility_w", "it_w", "outdoor_c"})
-    return MeterReading(
-        ts=number(obj, "ts", "facility", *TS_RANGE_S),
-        facility_w=number(obj, "facility_w", "facility", *FACILITY_RANGE_W),
-        it_w=optional_number(obj, "it_w", "facility", *FACILITY_RANGE_W),
-        outdoor_c=optional_number(obj, "outdoor_c", "facility", *OUTDOOR_RANGE_C),
-    )
-
-
-def encode_meter(reading: MeterReading) -> bytes:
-    obj: dict[str, Any] = {
-        "v": PROTOCOL_VERSION,
-        "ts": reading.ts,
-        "facility_w": reading.facility_w,
-    }
-    if reading.it_w is not None:
-        obj["it_w"] = reading.it_w
-    if reading.outdoor_c is not None:
-        obj["outdoor_c"] = reading.outdoor_c
-    return orjson.dumps(obj)
 
 
 def load_carbon_file(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

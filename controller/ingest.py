@@ -30,41 +30,23 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import structlog
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
 
 from controller import wire
+from controller.config.telemetry import MAX_CLASSES
 from policies.errors import TelemetryError
 from policies.fleet import UNKNOWN_CLASS, FleetState
 from policies.topology import Topology
 
 log = structlog.get_logger("rheostat.ingest")
 
-MAX_CLASSES = np.iinfo(np.int16).max
 #: Distinct class lists whose code arrays are cached; the cache is emptied when full.
 MAX_CACHED_CLASS_LISTS = 1024
 _REJECT_INDEX = {reason: k for k, reason in enumerate(wire.COMMAND_REJECT_REASONS)}
-
-
-class TelemetrySection(BaseModel):
-    """Bounds on what rack agents and the scheduler may bring (the policy's `telemetry` section):
-    every table keyed by network input has a configured size.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    max_clock_skew_s: Annotated[float, Field(gt=0, le=86_400)] = 30.0
-    """Telemetry stamped further than this from the site's time (the median of the racks'
-    clocks) is rejected as `clock_skew`. Units: s.
-    """
-    max_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)] = 1024
-    """Distinct workload-class names remembered; later names count as the unknown class."""
-    max_jobs: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
-    """Synchronous jobs the scheduler may report at once."""
 
 
 class ClassTable:

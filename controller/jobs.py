@@ -20,16 +20,15 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from controller.carbon import (
+from controller.carbon import MAX_JOBS, job_rows
+from controller.wire import (
     JOB_ID_CHARS,
-    MAX_JOBS,
+    TOPIC_ROOT,
     JobReport,
+    MessageRejections,
     decode_job,
-    job_rows,
     jobs_filter,
 )
-from controller.messages import MessageRejections
-from controller.wire import TOPIC_ROOT
 from policies.errors import ProtocolError
 from policies.topology import Topology
 

@@ -26,8 +26,8 @@ from typing import Annotated, Literal
 import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.carbon import GpuRange, JobReport, encode_job, job_topic
 from controller.inventory import Inventory, load_inventory
+from controller.wire import GpuRange, JobReport, encode_job, job_topic
 from policies.decision import N_TIERS
 from policies.errors import ConfigError, RheostatError
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import aiomqtt
 import structlog
 
-from controller.facility import MeterReading, encode_meter, facility_topic
+from controller.wire import MeterReading, encode_meter, facility_topic
 from simulator.agents import backoff
 from simulator.build import full_power_w
 from simulator.cluster import SimCluster

@@ -28,7 +28,7 @@ from ruamel.yaml.error import YAMLError
 
 from controller.commands._args import add_policy
 from controller.commands._text import table
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.grid.store import EventStore, resolve_store_path
 from controller.settings import environment_overrides, merge
 from policies.dr import DrEvent

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from controller import extras
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.grid.manager import DrTick, FlexInputs, GridEvents
 from controller.grid.mqtt import GridEventTopic
 from controller.grid.openadr import PriceSink, Ven

@@ -10,18 +10,22 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal
 
-from controller.grid.config import DemandResponseSection, OptType
+from controller.config import DemandResponseSection
 from controller.grid.sources import scheduled_event
 from controller.grid.store import EventStore
 from policies.dr import DrEvent
 from policies.dr_session import DrSession, DrTick, FlexInputs
 from policies.errors import ProtocolError
 
-__all__ = ["DrTick", "FlexInputs", "GridEvents"]
+__all__ = ["DrTick", "FlexInputs", "GridEvents", "OptType"]
 
 #: Shortfall reasons change with the fleet's demand; they reach the store at most this often.
 NOTE_SAVE_PERIOD_S = 60.0
+
+#: The answer to a grid event, as OpenADR 2.0b spells it.
+OptType = Literal["optIn", "optOut"]
 
 
 @dataclass(slots=True)

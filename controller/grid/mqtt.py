@@ -6,7 +6,7 @@ per topic (telemetry conflation), so a sender bursting several events should use
 topics: there only a newer version of the same event can replace a pending one, which is what
 it means anyway. The daemon passes matching messages to `GridEventTopic.handle`; `listen` runs the
 same handler on a client of its own (tools, tests). The message format is in
-`controller.grid.sources`. Acknowledgements are published retained on
+`controller.wire.grid_event`. Acknowledgements are published retained on
 `rheostat/v1/<site>/grid/response/<event_id>` with the opt decision and any reason.
 """
 
@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 import aiomqtt
 import orjson
 
-from controller.grid.config import mqtt_event_topic
 from controller.grid.manager import GridEvents
-from controller.grid.sources import Cancel, parse_event_message
-from controller.messages import MessageRejections
+from controller.grid.sources import parse_event_message
 from controller.mqtt_client import Client
+from controller.wire import (
+    Cancel,
+    MessageRejections,
+    grid_event_filters,
+    grid_event_topic,
+    grid_response_topic,
+)
 from policies.errors import ProtocolError
 
 log = logging.getLogger("rheostat.grid.mqtt")
-
-
-def response_topic(site: str, event_id: str) -> str:
-    return f"rheostat/v1/{site}/grid/response/{event_id}"
 
 
 @dataclass(slots=True)
@@ -48,12 +49,12 @@ class GridEventTopic:
 
     @property
     def topic(self) -> str:
-        return mqtt_event_topic(self.site)
+        return grid_event_topic(self.site)
 
     @property
     def filters(self) -> list[str]:
         """Subscriptions: the plain topic and the per-event ones."""
-        return [self.topic, f"{self.topic}/+"]
+        return list(grid_event_filters(self.site))
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Apply one message if it is on the event topic; False when the topic is not ours.
@@ -87,7 +88,7 @@ class GridEventTopic:
                 return True
             body = {"event_id": parsed.event_id, "opt": opt, "reason": reason}
             event_id = parsed.event_id
-        topic = response_topic(self.site, event_id)
+        topic = grid_response_topic(self.site, event_id)
         self.responses.pop(topic, None)
         if len(self.responses) >= self.grid.section.max_events:  # drop the oldest answer
             self.responses.pop(next(iter(self.responses)))

@@ -29,15 +29,9 @@ from datetime import datetime, timedelta
 from typing import Any, Self
 
 from controller import extras
-from controller.grid.config import (
-    MAX_EVENT_SECONDS,
-    MAX_MODIFICATION,
-    MAX_UNIX_S,
-    DemandResponseSection,
-    OpenAdrSection,
-    OptType,
-)
-from controller.grid.manager import GridEvents
+from controller.config import DemandResponseSection, OpenAdrSection
+from controller.grid.manager import GridEvents, OptType
+from controller.wire import MAX_EVENT_SECONDS, MAX_MODIFICATION, MAX_UNIX_S
 from policies.dr import DrEvent, reduction_for_simple_level
 from policies.errors import PolicyError, ProtocolError
 

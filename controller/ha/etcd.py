@@ -26,8 +26,8 @@ import aiohttp
 import orjson
 import structlog
 
+from controller.config import EtcdSection
 from controller.ha.base import Term
-from controller.ha.config import EtcdSection
 
 log = structlog.get_logger("rheostat.ha")
 

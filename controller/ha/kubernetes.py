@@ -23,8 +23,8 @@ import structlog
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from controller.config import KubernetesSection
 from controller.ha.base import Term
-from controller.ha.config import KubernetesSection
 
 log = structlog.get_logger("rheostat.ha")
 

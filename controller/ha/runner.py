@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import structlog
 
+from controller.config import HaSection
 from controller.ha.base import Leadership, Standalone, instance_id
-from controller.ha.config import HaSection
 
 log = structlog.get_logger("rheostat.ha")
 

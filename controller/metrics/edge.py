@@ -23,9 +23,9 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from controller import wire
-from controller.messages import MessageRejections
 from controller.metric_families import Family, describe_families
 from controller.runtime import Runtime
+from controller.wire import MessageRejections
 
 SITE = ("site",)
 MESSAGES_REJECTED = Family(

@@ -23,7 +23,6 @@ from urllib.parse import urlparse
 import numpy as np
 import orjson
 
-from controller.carbon import GpuRange, JobReport, encode_job, job_topic
 from controller.commands._args import add_duration
 from controller.commands._text import key_values
 from controller.config import DEFAULT_METRICS_PORT
@@ -32,6 +31,7 @@ from controller.logs import configure_logging
 from controller.policy_file import Policy, default_policy_text, parse_policy
 from controller.runtime import Runtime
 from controller.service import serving
+from controller.wire import GpuRange, JobReport, encode_job, job_topic
 from policies.errors import ConfigError
 from simulator.agents import RackAgents, run_rack_agents
 from simulator.build import build_cluster

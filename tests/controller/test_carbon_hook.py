@@ -10,11 +10,9 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.carbon import (
-    CarbonCollector,
-    CarbonHook,
-    CarbonSection,
-    Forecast,
+from controller.carbon import CarbonCollector, CarbonHook, CarbonSection, Forecast
+from controller.policy_file import parse_policy
+from controller.wire import (
     GpuRange,
     JobReport,
     SignalMessage,
@@ -25,7 +23,6 @@ from controller.carbon import (
     job_topic,
     signal_topic,
 )
-from controller.policy_file import parse_policy
 from policies.errors import ConfigError, ConfigErrors, ProtocolError
 from policies.topology import generate_topology
 

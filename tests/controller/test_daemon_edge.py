@@ -8,8 +8,8 @@ import pytest
 
 from controller import wire
 from controller.daemon import Controller
-from controller.messages import MessageRejections
 from controller.policy_file import parse_policy
+from controller.wire import MessageRejections
 from policies.decision import Decision
 from policies.errors import ProtocolError
 

@@ -25,17 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller import wire
-from controller.carbon import (
-    GpuRange,
-    JobReport,
-    SignalMessage,
-    decode_job,
-    decode_signal,
-    encode_job,
-    encode_signal,
-)
-from controller.facility import MeterReading, decode_meter, encode_meter
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.grid.manager import GridEvents
 from controller.grid.mqtt import GridEventTopic
 from controller.grid.openadr import event_from_openadr
@@ -44,6 +34,18 @@ from controller.grid.store import EventStore
 from controller.ingest import ClassTable, Ingest
 from controller.jobs import SyncJobs
 from controller.snapshot import parse_snapshot
+from controller.wire import (
+    GpuRange,
+    JobReport,
+    MeterReading,
+    SignalMessage,
+    decode_job,
+    decode_meter,
+    decode_signal,
+    encode_job,
+    encode_meter,
+    encode_signal,
+)
 from policies.errors import RheostatError
 from policies.fleet import FleetState
 from policies.topology import generate_topology

@@ -12,10 +12,11 @@ import orjson
 import pytest
 
 from controller.cli import main
-from controller.grid.config import DemandResponseSection, ScheduledEvent
+from controller.config import DemandResponseSection, ScheduledEvent
 from controller.grid.manager import FlexInputs, GridEvents
-from controller.grid.sources import Cancel, parse_event_message
+from controller.grid.sources import parse_event_message
 from controller.grid.store import EventStore
+from controller.wire import Cancel
 from policies.dr import DrEvent, EventStatus
 from policies.errors import ConfigError, ProtocolError
 

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from controller.grid.config import DemandResponseSection, ScheduledEvent
+from controller.config import DemandResponseSection, ScheduledEvent
 from controller.grid.hook import GridHook
 from policies.decision import Decision, Limits
 from policies.topology import generate_topology

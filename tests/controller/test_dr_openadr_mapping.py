@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.grid.openadr import event_from_openadr
 from policies.errors import ProtocolError
 

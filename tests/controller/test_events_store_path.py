@@ -14,7 +14,7 @@ import pytest
 
 from controller.cli import main
 from controller.commands.events import store_path_from_policy
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.grid.store import EventStore
 from policies.dr import DrEvent
 

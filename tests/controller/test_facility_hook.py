@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.facility import (
-    FacilityCollector,
-    FacilityHook,
-    FacilitySection,
-    MeterReading,
-    decode_meter,
-    encode_meter,
-    facility_topic,
-)
+from controller.facility import FacilityCollector, FacilityHook, FacilitySection
+from controller.wire import MeterReading, decode_meter, encode_meter, facility_topic
 from policies.decision import Limits
 from policies.errors import ConfigError, ProtocolError
 

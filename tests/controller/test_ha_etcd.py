@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from controller.config import EtcdSection, HaSection
 from controller.ha.base import EXPIRY_MARGIN_FRAC
-from controller.ha.config import EtcdSection, HaSection
 from controller.ha.etcd import EtcdLeadership, _int
 from controller.ha.runner import HaRunner
 from tests.services import Etcd

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from controller import wire
-from controller.ha.config import HaSection
+from controller.config import HaSection
 from controller.ha.runner import HaRunner
 from controller.ingest import ClassTable, Ingest
 from controller.metrics.ha import HaCollector

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio import client
 
-from controller.ha.config import KubernetesSection
+from controller.config import KubernetesSection
 from controller.ha.kubernetes import KubernetesLeadership
 from tests.services import free_port
 

@@ -7,17 +7,10 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.carbon import (
-    CarbonHook,
-    CarbonSection,
-    GpuRange,
-    JobReport,
-    decode_job,
-    encode_job,
-    job_topic,
-)
+from controller.carbon import CarbonHook, CarbonSection
 from controller.jobs import SyncJobs
 from controller.metrics.jobs import SyncJobsCollector
+from controller.wire import GpuRange, JobReport, decode_job, encode_job, job_topic
 from policies.errors import ProtocolError
 from policies.topology import generate_topology
 

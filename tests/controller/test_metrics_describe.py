@@ -12,14 +12,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.carbon import CarbonCollector, CarbonHook, CarbonSection
+from controller.config import HaSection
 from controller.daemon import build_runtime
 from controller.facility import FacilityCollector, FacilityHook, FacilitySection
-from controller.ha.config import HaSection
 from controller.ha.runner import HaRunner
 from controller.http import daemon_registry
 from controller.inventory import parse_inventory
 from controller.jobs import SyncJobs
-from controller.messages import MessageRejections
 from controller.metric_families import Family
 from controller.metrics import edge, fleet, jobs, loop, nodes
 from controller.metrics.edge import EdgeCollector
@@ -30,6 +29,7 @@ from controller.metrics.rheostat import RheostatCollector
 from controller.nodes import NodeAssembler
 from controller.policy_file import parse_policy
 from controller.runtime import DemandResponseStatus
+from controller.wire import MessageRejections
 from policies.pipeline import decide
 from tests.controller.test_ctl_nodes import INVENTORY as NODES_INVENTORY
 from tests.controller.test_ctl_nodes import POLICY as NODES_POLICY

@@ -172,7 +172,7 @@ def test_openadr_without_its_extra_fails_at_start(tmp_path: Path) -> None:
     code = (
         "import sys, time\n"
         "sys.modules['openleadr'] = None\n"
-        "from controller.grid.config import DemandResponseSection\n"
+        "from controller.config import DemandResponseSection\n"
         "from controller.grid.hook import GridHook\n"
         "section = DemandResponseSection.model_validate(\n"
         "    {'openadr': {'vtn_url': 'http://127.0.0.1:1/', 'ven_name': 'v'}})\n"

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from controller import wire
+from controller.wire import telemetry as tel
 from policies.errors import TelemetryError
 
 N = 4
@@ -78,7 +79,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("field nested", changed(cap_w=[[1.0]] * N), "malformed"),
     ("field short", changed(power_w=[1.0] * (N - 1)), "wrong_length"),
     ("class_idx long", changed(class_idx=[0] * (N + 1)), "wrong_length"),
-    ("all fields wrong count", {**good(), **{k: [0] * 3 for k in wire._GPU_KEYS}}, "wrong_length"),
+    ("all fields wrong count", {**good(), **{k: [0] * 3 for k in tel._GPU_KEYS}}, "wrong_length"),
     ("a null reading", with_gpu("sm_clock_mhz", None), "non_finite"),
     ("power below range", with_gpu("power_w", -0.5), "out_of_range"),
     ("power above range", with_gpu("power_w", 3000.5), "out_of_range"),
@@ -121,13 +122,13 @@ def reason(obj: dict[str, Any], decode: Any) -> str:
 def test_both_paths_refuse_with_the_same_reason(obj: dict[str, Any], expected: str) -> None:
     kwargs: dict[str, Any] = {"rack": "r00001", "expected_gpus": N}
     try:
-        fast = wire._decode_valid(obj, **kwargs)
+        fast = tel._decode_valid(obj, **kwargs)
     except TelemetryError as exc:  # only the agent fields can raise there, as they would later
         fast_reason: str | None = exc.reason
     else:
         assert fast is None, "the one-pass check accepted a bad message"
         fast_reason = None
-    detailed = reason(obj, lambda o: wire._decode_checked(o, **kwargs))
+    detailed = reason(obj, lambda o: tel._decode_checked(o, **kwargs))
     whole = reason(obj, lambda o: wire.decode_telemetry(orjson.dumps(o), **kwargs))
     assert detailed == whole == expected
     assert fast_reason in (None, expected)
@@ -138,15 +139,15 @@ def test_both_paths_refuse_with_the_same_reason(obj: dict[str, Any], expected: s
     [
         good(),
         changed(ts=1_700_000_000, rack_power_w=0, cmd_rejected={"stale_seq": 3}, fallback=True),
-        changed(**{k: [] for k in wire._GPU_KEYS}, classes=[]),
+        changed(**{k: [] for k in tel._GPU_KEYS}, classes=[]),
         with_gpu("class_idx", 1.0),
     ],
     ids=["floats", "integers and agent fields", "no GPUs", "a whole float index"],
 )
 def test_both_paths_accept_the_same_message(obj: dict[str, Any]) -> None:
     n = len(obj["power_w"])
-    fast = wire._decode_valid(obj, rack="r00001", expected_gpus=n)
-    detailed = wire._decode_checked(obj, rack="r00001", expected_gpus=n)
+    fast = tel._decode_valid(obj, rack="r00001", expected_gpus=n)
+    detailed = tel._decode_checked(obj, rack="r00001", expected_gpus=n)
     assert fast is not None
     for name in wire.Telemetry.__slots__:
         a, b = getattr(fast, name), getattr(detailed, name)

@@ -144,7 +144,7 @@ async def _scheduler(cluster: Any, port: int, stop: asyncio.Event) -> None:
     """The scheduler's job reports and the energy-management system's forecast, every second."""
     import aiomqtt
 
-    from controller.carbon import (
+    from controller.wire import (
         GpuRange,
         JobReport,
         SignalMessage,

@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from ruamel.yaml import YAML
 
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.grid.store import resolve_store_path
 from tests.deploy.crd_schemas import SCHEMAS
 from tests.deploy.prometheusrule import TARGET, prometheus_rule, render, rule_groups

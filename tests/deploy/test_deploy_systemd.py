@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.settings import load_secrets
 from tests.services import IN_CI, require_binary
 
@@ -34,7 +34,7 @@ ROOT = UNIT.parents[2]
 STORE_SNIPPET = """
 import sys
 from pathlib import Path
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.grid.hook import GridHook
 from policies.dr import DrEvent
 hook = GridHook(DemandResponseSection(), site="s", clock=lambda: 1.0e9, base_dir=Path(sys.argv[1]))

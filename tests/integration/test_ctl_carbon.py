@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.carbon import (
-    CarbonCollector,
+from controller.carbon import CarbonCollector
+from controller.daemon import Controller
+from controller.wire import (
     GpuRange,
     JobReport,
     SignalMessage,
@@ -26,7 +27,6 @@ from controller.carbon import (
     job_topic,
     signal_topic,
 )
-from controller.daemon import Controller
 from simulator.agents import RackAgents, run_rack_agents
 from simulator.build import build_cluster
 from simulator.scenario import Scenario

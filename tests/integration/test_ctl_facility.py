@@ -17,8 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from controller.daemon import Controller
-from controller.facility import FacilityCollector, MeterReading, encode_meter, facility_topic
+from controller.facility import FacilityCollector
 from controller.policy_file import Policy
+from controller.wire import MeterReading, encode_meter, facility_topic
 from simulator.agents import RackAgents
 from simulator.build import build_cluster, full_power_w
 from simulator.cluster import SimCluster

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.carbon import GpuRange, JobReport, encode_job, job_topic
 from controller.daemon import Controller
 from controller.metrics.jobs import SyncJobsCollector
+from controller.wire import GpuRange, JobReport, encode_job, job_topic
 from simulator.build import build_cluster
 from simulator.scenario import Scenario
 from tests.integration.harness import agents_running, fleet_policy, running, wait_until

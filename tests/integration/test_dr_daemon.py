@@ -14,8 +14,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from controller.config import OpenAdrSection
 from controller.daemon import Controller
-from controller.grid.config import OpenAdrSection
 from controller.metrics.rheostat import RheostatCollector
 from controller.policy_file import Policy
 from simulator.build import build_cluster

@@ -11,10 +11,11 @@ import aiomqtt
 import orjson
 import pytest
 
-from controller.grid.config import DemandResponseSection
+from controller.config import DemandResponseSection
 from controller.grid.manager import GridEvents
-from controller.grid.mqtt import GridEventTopic, response_topic
+from controller.grid.mqtt import GridEventTopic
 from controller.grid.store import EventStore
+from controller.wire import grid_response_topic
 from tests.services import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,7 @@ async def test_events_over_mqtt(mosquitto: Mosquitto, tmp_path: Path) -> None:
     ):
         task = asyncio.create_task(topic.listen(listener))
         try:
-            await ems.subscribe(response_topic("phx", "peak"), qos=1)
+            await ems.subscribe(grid_response_topic("phx", "peak"), qos=1)
             await asyncio.sleep(0.2)
             start = time.time() + 600
             await ems.publish(topic.topic, b"{not json", qos=1)

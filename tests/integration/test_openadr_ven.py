@@ -18,7 +18,7 @@ import pytest
 from openleadr import OpenADRServer
 
 from controller.carbon import CarbonHook, CarbonSection
-from controller.grid.config import DemandResponseSection, OpenAdrSection
+from controller.config import DemandResponseSection, OpenAdrSection
 from controller.grid.manager import GridEvents
 from controller.grid.openadr import Ven
 from controller.grid.store import EventStore

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from controller.carbon import GpuRange
 from controller.daemon import Controller
 from controller.inventory import parse_inventory
 from controller.policy_file import load_policy
 from controller.slurm import SlurmTiers, expand_indexes, gpu_ranges, parse_job, tier_of
+from controller.wire import GpuRange
 from tests.integration.harness import running, wait_until
 from tests.services import Mosquitto
 from tests.slurm_service import Slurm

@@ -11,24 +11,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from controller.config.base import Section
 
 #: etcd accepts lease TTLs in whole seconds; its own minimum is a few election timeouts.
 MIN_LEASE_TTL_S = 1
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class EtcdSection(_Section):
+class EtcdSection(Section):
     """etcd v3, spoken over its JSON gateway (`/v3/...`) on the client URLs.
 
     `key` defaults to `rheostat/<site>/leader`. TLS files, when given, are used for every
     endpoint (`https://` URLs).
     """
 
-    endpoints: Annotated[list[str], Field(min_length=1)] = ["http://127.0.0.1:2379"]
+    # A pydantic field (ruff cannot see that `Section` is a model): pydantic copies the default.
+    endpoints: Annotated[list[str], Field(min_length=1)] = ["http://127.0.0.1:2379"]  # noqa: RUF012
     """etcd client URLs, tried in order."""
     key: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     """The leader key; unset: `rheostat/<site>/leader`."""
@@ -42,7 +41,7 @@ class EtcdSection(_Section):
     """Private key of the client certificate (PEM)."""
 
 
-class KubernetesSection(_Section):
+class KubernetesSection(Section):
     """A `coordination.k8s.io/v1` Lease. `namespace` defaults to the pod's own namespace (read
     from the service account); `lease` defaults to `rheostat-<site>`. `in_cluster: false` reads
     the kubeconfig instead (a controller run from a workstation)."""
@@ -57,7 +56,7 @@ class KubernetesSection(_Section):
     """Timeout of each request to the API server. Units: s."""
 
 
-class HaSection(_Section):
+class HaSection(Section):
     """Leader election and fencing. `none`: this process is the site's only controller.
 
     Units: s. `lease_ttl_s` is how long a leader's term outlives its last renewal (renewed every

@@ -1,35 +1,20 @@
 """The policy file's `demand_response` section: event sources, event defaults, Flex policy.
 
-Kept in the grid package so the daemon's config model only gains one optional field. Units are
-in every name; times in scheduled events are ISO 8601 with a zone, or Unix seconds.
+Units are in every name; times in scheduled events are ISO 8601 with a zone, or Unix seconds.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-#: Ranges of what grid sources may say (the MQTT event message, OpenADR events).
-#: `modification` is a safe integer: it is stored in SQLite and compared, never overflowed.
-MAX_MODIFICATION = 2**53 - 1
-#: Unix seconds up to the year 5000; durations, ramps and recoveries up to a year. Units: s.
-MAX_UNIX_S = 1.0e11
-MAX_EVENT_SECONDS = 366 * 86_400.0
-#: An absolute DR limit above 10 GW is no site's. Units: kW.
-MAX_LIMIT_KW = 1.0e7
-
-Fraction = Annotated[float, Field(ge=0, lt=1)]
-Seconds = Annotated[float, Field(ge=0)]
+from controller.config.base import Fraction, Seconds, Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class ScheduledEvent(_Section):
+class ScheduledEvent(Section):
     """An event written into the policy file (a tariff peak window, a contracted curtailment)."""
 
     id: Annotated[str, Field(min_length=1, max_length=128)]
@@ -54,7 +39,7 @@ class ScheduledEvent(_Section):
         return self
 
 
-class OpenAdrSection(_Section):
+class OpenAdrSection(Section):
     """The OpenADR 2.0b VEN. Plain HTTP is for loopback tests; production VTNs need TLS.
 
     `cert_file`/`key_file`/`ca_file` enable TLS and XML signatures as openleadr implements them;
@@ -85,7 +70,7 @@ class OpenAdrSection(_Section):
         return self
 
 
-class DemandResponseSection(_Section):
+class DemandResponseSection(Section):
     """How Rheostat answers the grid.
 
     `store_path` is the SQLite file events persist in (relative paths resolve against the policy
@@ -134,11 +119,3 @@ class DemandResponseSection(_Section):
         if len(set(ids)) != len(ids):
             raise ValueError("scheduled event ids must be unique")
         return self
-
-
-def mqtt_event_topic(site: str) -> str:
-    """The topic an operator or energy-management system publishes events on."""
-    return f"rheostat/v1/{site}/grid/event"
-
-
-OptType = Literal["optIn", "optOut"]
