@@ -55,12 +55,14 @@ from controller.publisher import CommandPublisher, SendTrace
 from controller.runtime import DemandResponseStatus, Runtime
 from controller.settings import mqtt_password
 from controller.shard.pool import IngestPool
+from controller.stages import Hooks, build_stages
 from controller.watch import watch_file
 from controller.wire import MessageRejections
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import RheostatError
 from policies.fleet import FleetState
 from policies.pipeline import decide
+from policies.stages import Tick, finish, prepare
 from policies.topology import Topology
 
 log = structlog.get_logger("rheostat.controller")
@@ -227,6 +229,7 @@ class Controller:
                 site=policy.site,
                 base_dir=policy_path.parent if policy_path is not None else None,
                 psu_efficiency=policy.config.limits.psu_efficiency,
+                fallback_contract_w=policy.config.limits.contract_w,
             )
         )
         carbon = policy.config.carbon
@@ -269,6 +272,10 @@ class Controller:
             name=policy.config.mqtt.client_id,
             instance=self.instance,
             on_gain=self._took_lead,
+        )
+        #: The tick's features in the order they run (`controller.stages.build_stages`).
+        self.stages = build_stages(
+            Hooks(jobs=self.jobs, grid=self.grid, facility=self.facility, carbon=self.carbon)
         )
         self._label_book()
         if (
@@ -396,6 +403,9 @@ class Controller:
         )
         if self.carbon is not None:
             self.carbon.set_topology(policy.topology)
+        if self.facility is not None and self.facility.section.contract_w is None:
+            contract_w = policy.config.limits.contract_w  # the facility contract follows it
+            self.facility.stage.contract_w = math.inf if contract_w is None else contract_w
         self.jobs.set_topology(policy.topology)
         if self.nodes is not None and policy.inventory is not None:
             self.nodes.set_policy(policy.topology, policy.inventory)
@@ -655,36 +665,28 @@ class Controller:
         tier = rt.tier_table[snapshot.workload_class]
         stale = snapshot.stale_racks(mono_s, policy.config.control.stale_after_s)
         site_power_w = float(snapshot.rack_power_w.sum())
-        limits = rt.limits
+        prev = rt.ticks.last_tick_monotonic_s
+        dt_s = 0.0 if math.isnan(prev) else max(0.0, mono_s - prev)
+        tick = Tick(
+            now_s=now_s,
+            mono_s=mono_s,
+            dt_s=dt_s,
+            topology=topo,
+            fleet=snapshot,
+            tier=tier,
+            psu_efficiency=policy.config.limits.psu_efficiency,
+            site_power_w=site_power_w,
+            base=rt.limits,
+            stale_rack=stale,
+            decision=rt.decision,
+        )
+        limits = prepare(self.stages, tick)
         if self.grid is not None:
-            # DR baselines and targets are at the facility meter when there is one, like the
-            # contract; otherwise at the racks' metered power.
-            limits = self.grid.limits(
-                limits,
-                now_s=now_s,
-                site_power_w=(
-                    site_power_w
-                    if self.facility is None
-                    else self.facility.metered_w(now_s, site_power_w)
-                ),
-                topology=topo,
-                tier=tier,
-                decision=rt.decision,
-            )
             rt.demand_response = DemandResponseStatus(**dataclasses.asdict(self.grid.status()))
             if self._client is not None and self.ha.is_leader():
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     async with asyncio.timeout(policy.config.mqtt.timeout_s):
                         await self.grid.flush(self._client)
-        if self.facility is not None:
-            # The contract (and any DR limit) is at the facility meter: turn it into IT power.
-            contract_w = policy.config.limits.contract_w
-            limits = self.facility.limits(
-                limits,
-                now_s=now_s,
-                it_power_w=site_power_w,
-                fallback_w=math.inf if contract_w is None else contract_w,
-            )
         decision, state = await asyncio.to_thread(
             self.decider,
             topo,
@@ -695,24 +697,10 @@ class Controller:
             state=rt.decision_state,
             now_s=mono_s,
             stale_rack=stale,
-            sync_job=self.jobs.sync_job(),
+            sync_job=tick.sync_job,
         )
-        if self.carbon is not None:
-            # Flexible jobs follow the grid signal: their caps only ever go lower than allowed.
-            ceiling = self.carbon.ceilings(now_s)
-            if ceiling is not None:
-                decision = dataclasses.replace(decision, cap_w=np.minimum(decision.cap_w, ceiling))
-        prev = rt.ticks.last_tick_monotonic_s
-        dt_s = 0.0 if math.isnan(prev) else max(0.0, mono_s - prev)
         rt.site_energy_j += site_power_w * dt_s
-        if self.facility is not None:
-            self.facility.account(
-                now_s=now_s,
-                dt_s=dt_s,
-                it_power_w=site_power_w,
-                gpu_power_w=snapshot.power_w,
-                tier=tier,
-            )
+        decision = finish(self.stages, tick, decision)
         rt.decision, rt.decision_state, rt.stale_rack = decision, state, stale
         urgent, due = await self._send_due(tick_started_s=started_s, decided_s=time.monotonic())
         rt.ticks.last_tick_s = now_s
