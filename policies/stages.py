@@ -88,6 +88,9 @@ class Tick:
     fleet: FleetState
     tier: NDArray[np.int8]
     psu_efficiency: float = 1.0
+    #: How far ahead this tick's caps land (a decision period plus the actuation lag): stages
+    #: may budget against limits announced for that span. Units: s.
+    horizon_s: float = 0.0
     site_power_w: float = 0.0
     metered_w: float = math.nan
     site_limit_w: float = math.inf
