@@ -11,8 +11,8 @@ from typing import Self
 
 from pydantic import field_validator, model_validator
 
-from controller.carbon import CarbonSection
 from controller.config.base import Section
+from controller.config.carbon import CarbonSection
 from controller.config.control import ControlSection
 from controller.config.decision import (
     CappingSection,
