@@ -26,18 +26,6 @@ class JobsStage(Idle):
         tick.sync_job = self.jobs.sync_job()
 
 
-class CarbonStage(Idle):
-    """Flexible jobs follow the grid signal: their caps only ever go lower than allowed."""
-
-    def __init__(self, hook: CarbonHook) -> None:
-        self.hook = hook
-
-    def ceilings(self, tick: Tick) -> None:
-        ceiling = self.hook.ceilings(tick.now_s)
-        if ceiling is not None:
-            tick.cap_ceiling(ceiling)
-
-
 class FacilityAccount(Idle):
     """Facility energy, emissions and cost per tier, counted after each tick."""
 
@@ -71,6 +59,6 @@ def build_stages(hooks: Hooks) -> list[Stage]:
         jobs=JobsStage(hooks.jobs),
         grid=None if hooks.grid is None else GridStage(hooks.grid),
         facility=None if facility is None else facility.stage,
-        carbon=None if hooks.carbon is None else CarbonStage(hooks.carbon),
+        carbon=None if hooks.carbon is None else hooks.carbon.stage,
         accounts=() if facility is None else (FacilityAccount(facility),),
     )

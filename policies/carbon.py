@@ -59,13 +59,20 @@ class CarbonSettings:
 
     `shift_tiers` are the tiers whose budget follows the signal (Flex 2-3 by default);
     `target_margin_frac` plans a little more work than owed so noise in measured progress never
-    leaves a job short at the end of the day.
+    leaves a job short at the end of the day. `slot_s` is the planning slot (a day-ahead
+    forecast's five minutes); `track_s` the least span of reports a job's measured speed is
+    taken over; a job not reported for `job_timeout_s` runs unshaped, since its progress can no
+    longer be measured. These are the defaults of the policy file's `carbon` section and of
+    the simulator's `carbon_policy`.
     """
 
     shift_tiers: tuple[int, ...] = (2, 3)
     tolerances: tuple[float, ...] = DEFAULT_TOLERANCES
     gamma: float = DEFAULT_GAMMA
     target_margin_frac: float = 0.01
+    slot_s: float = 300.0
+    track_s: float = 60.0
+    job_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         check_tolerances(self.tolerances)
@@ -75,6 +82,8 @@ class CarbonSettings:
             raise PolicyError("gamma must be > 1 (power convex in speed)")
         if not 0 <= self.target_margin_frac < 0.5:
             raise PolicyError("target_margin_frac must lie in [0, 0.5)")
+        if min(self.slot_s, self.track_s, self.job_timeout_s) <= 0:
+            raise PolicyError("slot_s, track_s and job_timeout_s must be > 0")
 
 
 @dataclass(frozen=True, slots=True)

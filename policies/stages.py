@@ -172,6 +172,18 @@ def finish(stages: Sequence[Stage], tick: Tick, decision: Decision) -> Decision:
     return decision
 
 
+def finish_caps(stages: Sequence[Stage], tick: Tick, cap_w: FloatArray) -> FloatArray:
+    """`finish` for a controller that answers bare caps rather than a `Decision` (the
+    simulator's pluggable controllers): the same phases, the same ceilings. Units: W."""
+    for stage in stages:
+        stage.ceilings(tick)
+    if tick.ceiling_w is not None:
+        cap_w = np.minimum(cap_w, tick.ceiling_w)
+    for stage in stages:
+        stage.account(tick)
+    return cap_w
+
+
 def compose(
     stages: Sequence[Stage], tick: Tick, decide: Callable[[Tick, Limits], Decision]
 ) -> Decision:

@@ -20,16 +20,16 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.carbon import per_tier_totals
 from policies.decision import N_TIERS
 from policies.errors import ConfigError
 from policies.facility import CoolingModel, FacilitySettings, FacilityStage, MeterSample
+from simulator.feature_specs import FacilitySpec, OutdoorSpec
 from simulator.tolerance import is_over
 
 if TYPE_CHECKING:
@@ -38,75 +38,6 @@ if TYPE_CHECKING:
 FloatArray = NDArray[np.float64]
 #: Pounds to kilograms (the CAISO trace is in lbs CO2/MWh).
 KG_PER_LB = 0.45359237
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class OutdoorSpec(_Model):
-    """Outdoor dry-bulb temperature over the run. Units: degrees C, s, hours.
-
-    `diurnal`: a daily sine around `mean_c` peaking at `peak_hour`, the run starting at
-    `start_hour`; `ramp`: `start_c` until `from_s`, rising smoothly to `end_c` at `to_s`;
-    `file`: a CSV with columns `t_s,temp_c` (seconds from the run's start), interpolated.
-    """
-
-    kind: Literal["diurnal", "ramp", "file"] = "diurnal"
-    mean_c: float = 24.0
-    amplitude_c: float = Field(6.0, ge=0)
-    peak_hour: float = Field(15.0, ge=0, lt=24)
-    start_hour: float = Field(0.0, ge=0, lt=24)
-    start_c: float = 25.0
-    end_c: float = 40.0
-    from_s: float = Field(0.0, ge=0)
-    to_s: float = Field(14_400.0, gt=0)
-    path: str | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> OutdoorSpec:
-        if self.kind == "file" and not self.path:
-            raise ValueError("outdoor kind 'file' needs a path")
-        if self.kind == "ramp" and self.to_s <= self.from_s:
-            raise ValueError("ramp needs to_s > from_s")
-        return self
-
-
-class MeterOutage(_Model):
-    """A window in which the facility meter's readings never reach the controller."""
-
-    at_s: float = Field(ge=0)
-    duration_s: float = Field(gt=0)
-
-
-_MODEL = CoolingModel()
-_SETTINGS = FacilitySettings()
-
-
-class FacilitySpec(_Model):
-    """The plant around the IT load; the scenario's site contract applies at its meter.
-
-    The controller's margins and meter timeout default to the decision core's
-    `FacilitySettings`, as the daemon's `facility` section does.
-    """
-
-    cooling: Literal["air", "liquid"] = _MODEL.kind
-    outdoor: OutdoorSpec = OutdoorSpec()
-    ups_loss_frac: float = Field(_MODEL.ups_loss_frac, ge=0, lt=0.5)
-    fixed_frac: float = Field(
-        0.01, ge=0, lt=0.5, description="lighting and offices, of the IT full-power draw"
-    )
-    true_overhead_scale: float = Field(
-        1.05, gt=0, description="the plant's cooling overhead over the controller's model"
-    )
-    cooling_tau_s: float = Field(120.0, gt=0, description="lag of cooling power behind IT heat")
-    meter_period_s: float = Field(5.0, gt=0)
-    meter_delay_s: float = Field(2.0, ge=0)
-    meter_timeout_s: float = Field(_SETTINGS.meter_timeout_s, gt=0)
-    meter_outages: tuple[MeterOutage, ...] = ()
-    fresh_margin_frac: float = Field(_SETTINGS.fresh_margin_frac, ge=0, lt=0.5)
-    stale_margin_frac: float = Field(_SETTINGS.stale_margin_frac, ge=0, lt=0.5)
-    max_margin_frac: float = Field(_SETTINGS.max_margin_frac, ge=0, lt=0.5)
 
 
 def outdoor_c(spec: OutdoorSpec, t_s: FloatArray, *, base_dir: Path | None = None) -> FloatArray:

@@ -19,16 +19,16 @@ from policies.fleet import FleetState
 from policies.topology import Topology
 from simulator.cluster import Reading, SimCluster
 from simulator.fast_agents import FastAgents
-from simulator.scenario import (
+from simulator.fault_specs import (
     BrokerOutage,
     ClockSkew,
     CommandLoss,
     ControllerOutage,
     FaultSpec,
     FeedFailure,
-    Scenario,
     TelemetryDelay,
 )
+from simulator.scenario import Scenario
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]

@@ -16,45 +16,41 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import CappingSettings, PolicySettings
-from policies.facility import it_budget
-from policies.fleet import FleetState
-from policies.safe_caps import derive_safe_caps
-from policies.stages import Tick, dc_w, prepare
-from simulator.baselines import ThresholdController
+from policies.decision import PolicySettings
+from policies.stages import dc_w
 from simulator.build import build_cluster, full_power_w
-from simulator.carbon import CarbonLog, CarbonShifter
-from simulator.carbon import wrap as carbon_wrap
+from simulator.carbon import CarbonLog
 from simulator.cluster import SimCluster
-from simulator.controllers import (
-    Controller,
-    NoController,
-    RheostatController,
-    StaticController,
-    controller_topology,
-    set_topology,
-)
+from simulator.control_side import CONTROLLERS, ControlSide, make_controller
+from simulator.controllers import Controller
 from simulator.facility import FacilityRun
 from simulator.fast_agents import FastAgents
-from simulator.faults import FaultPlan, TelemetryPath, with_ratings
 from simulator.grid import LimitKnowledge, SiteLimits
 from simulator.oracle_run import OracleLog, OracleTracker, oracle_available
 from simulator.rates import carbon_per_tick
 from simulator.scenario import Scenario
-from simulator.stages import control_stages
 from simulator.tolerance import OVER_TOL
 
 FloatArray = NDArray[np.float64]
-CONTROLLERS = ("rheostat", "static", "threshold", "none")
 #: Samples kept per series for plots and reports.
 MAX_SAMPLES = 2000
 
 Progress = Callable[[float], None]
+#: Re-exported: the controllers by name are part of the loop's interface.
+__all__ = [
+    "CONTROLLERS",
+    "Compliance",
+    "RunResult",
+    "Series",
+    "make_controller",
+    "run",
+    "run_with_baseline",
+]
 
 
 @dataclass(eq=False, kw_only=True)
@@ -120,34 +116,6 @@ class RunResult:
         return self.scenario.duration_s / max(self.wall_s, 1e-9)
 
 
-def make_controller(
-    name: str, cluster: SimCluster, settings: PolicySettings, scenario: Scenario
-) -> Controller:
-    """A built-in controller by name, seeing the cluster through DC-side limits."""
-    topo = controller_topology(cluster.topology, cluster.params.psu_efficiency)
-    if name == "none":
-        return NoController()
-    if name == "static":
-        return StaticController(topo)
-    if name == "threshold":
-        return ThresholdController(topo)
-    if name == "rheostat":
-        ramp = scenario.limits.ramp_w_per_s
-        if ramp is not None:
-            dc_ramp = dc_w(ramp, cluster.params.psu_efficiency)
-            settings = PolicySettings(
-                capping=_with_ramp(settings.capping, dc_ramp), dvfs=settings.dvfs
-            )
-        return RheostatController(
-            topo, cluster.workloads.gpu_tier(), settings, sync_job=cluster.workloads.sync_job()
-        )
-    raise ValueError(f"unknown controller {name!r}; choose from {', '.join(CONTROLLERS)}")
-
-
-def _with_ramp(capping: CappingSettings, ramp_w_per_s: float) -> CappingSettings:
-    return replace(capping, site_ramp_up_w_per_s=ramp_w_per_s, site_ramp_down_w_per_s=ramp_w_per_s)
-
-
 def run(
     scenario: Scenario,
     *,
@@ -169,7 +137,7 @@ def run(
     )
     n_ticks = int(np.ceil(scenario.duration_s / scenario.tick_s))
     facility = FacilityRun.create(scenario, full_power_w=full_w, n_ticks=n_ticks)
-    side = _ControlSide(
+    side = ControlSide(
         scenario,
         cluster,
         controller=controller,
@@ -287,148 +255,11 @@ def run(
         job_gpus=wl.job_n_gpus,
         job_names=wl.job_names(),
         facility=facility,
-        carbon=ctl.log if isinstance(ctl, CarbonShifter) else None,
+        carbon=None if side.flex is None else side.flex.log,
         oracle=None if oracle is None else oracle.log,
         agents=None if unlimited else side.agents,
         safe_racks=safe_racks,
     )
-
-
-class _ControlSide:
-    """The controller process and what reaches it: telemetry in, commands out, limits known.
-
-    A controller outage stops it; when it ends the controller restarts as a new instance (a new
-    id, its sequence from 1, its decision state and fleet view lost), as a restarted daemon does.
-    """
-
-    def __init__(
-        self,
-        scenario: Scenario,
-        cluster: SimCluster,
-        *,
-        controller: str | Callable[[SimCluster], Controller],
-        settings: PolicySettings | None,
-        known: LimitKnowledge,
-        facility: FacilityRun,
-    ) -> None:
-        self.scenario = scenario
-        self.facility = facility
-        self._now = -scenario.controller.warmup_s
-        self.cluster = cluster
-        self.known = known
-        self._make = controller
-        self._settings = settings or PolicySettings()
-        self.faults = FaultPlan(scenario, cluster)
-        self.telemetry = TelemetryPath(cluster, self.faults)
-        self.agents = FastAgents(cluster=cluster)
-        self.instance = 0
-        self._ratings: tuple[FloatArray, ...] | None = None
-        #: The daemon's composition around the decision (`simulator.stages`).
-        self.stages = control_stages(facility, known)
-        self._tier = cluster.workloads.gpu_tier()
-        self.ctl = self._start()
-
-    def _start(self) -> Controller:
-        self.instance += 1
-        self.seq = 0
-        self.ctl_id = f"sim-{self.instance}"
-        self.fleet = FleetState.empty(self.cluster.topology)
-        self.down = False
-        if callable(self._make):
-            ctl = self._make(self.cluster)
-        else:
-            ctl = make_controller(self._make, self.cluster, self._settings, self.scenario)
-        ctl = carbon_wrap(ctl, self.cluster, self.scenario)
-        if self._ratings is not None:
-            self._set_topology(ctl, self._ratings)
-        self.safe_cap_w = self._safe_caps(ctl)
-        return ctl
-
-    def _safe_caps(self, ctl: Controller) -> FloatArray | None:
-        """The safe caps Rheostat's commands carry, derived as the daemon derives them when it
-        loads its policy: every GPU on them at once fits every usable limit and the contract in
-        force at its start (with a facility, the IT power the contract leaves at the run's
-        hottest outdoor temperature, no meter reading), less the allocation's site margin.
-        Other controllers send none: their racks fall back to min caps."""
-        if ctl.name != "rheostat":
-            return None
-        eff = self.cluster.params.psu_efficiency
-        topo = controller_topology(
-            self.cluster.topology
-            if self._ratings is None
-            else with_ratings(self.cluster.topology, self._ratings),
-            eff,
-        )
-        contract_w = self.known.contract_w(self._now)
-        if self.facility.spec is not None:
-            contract_w = it_budget(
-                contract_w,
-                outdoor_c=float(self.facility.outdoor_by_tick.max()),
-                settings=self.facility.settings,
-            ).budget_w
-        return derive_safe_caps(
-            topo,
-            site_limit_w=dc_w(contract_w, eff),
-            site_margin_frac=self._settings.capping.site_margin_frac,
-        )
-
-    def learn_ratings(self, ratings: tuple[FloatArray, ...]) -> None:
-        """A feed failed or came back: the facility's monitoring tells the controller at once,
-        and its safe caps are derived again for the new ratings."""
-        self._ratings = ratings
-        if not self.down:
-            self._set_topology(self.ctl, ratings)
-            self.safe_cap_w = self._safe_caps(self.ctl)
-
-    def _set_topology(self, ctl: Controller, ratings: tuple[FloatArray, ...]) -> None:
-        topo = controller_topology(
-            with_ratings(self.cluster.topology, ratings), self.cluster.params.psu_efficiency
-        )
-        set_topology(ctl, topo)
-
-    def tick(self, now: float, horizon_s: float) -> None:
-        """One controller period: telemetry published, read, decided on, commands sent."""
-        self._now = now
-        self.telemetry.publish(now)
-        if self.faults.controller_down(now):
-            self.down = True
-            return
-        if self.down:
-            self.ctl = self._start()
-            self.telemetry.restart()
-        cluster, fleet = self.cluster, self.fleet
-        self.telemetry.deliver(fleet, now)
-        stale = fleet.stale_racks(cluster.now_s, self.scenario.controller.stale_timeout_s)
-        tick = Tick(
-            now_s=now,
-            mono_s=cluster.now_s,
-            dt_s=self.scenario.controller.period_s,
-            topology=cluster.topology,
-            fleet=fleet,
-            tier=self._tier,
-            psu_efficiency=cluster.params.psu_efficiency,
-            site_power_w=float(fleet.rack_power_w.sum()),
-            horizon_s=horizon_s,
-            stale_rack=stale,
-        )
-        limits = prepare(self.stages, tick)
-        act = self.ctl.decide(fleet, limits, cluster.now_s, stale)
-        if act is not None:
-            self._send(now, *act)
-
-    def _send(self, now: float, cap_w: FloatArray, clock: FloatArray) -> None:
-        """Every rack's command of this decision (one seq per decision, epoch 0: no HA)."""
-        self.seq += 1
-        self.agents.deliver_fleet(
-            ~self.faults.commands_lost(now),
-            epoch=0,
-            ctl=self.ctl_id,
-            seq=self.seq,
-            ttl_s=self.scenario.controller.command_ttl_s,
-            cap_w=cap_w,
-            sm_clock_max_mhz=clock,
-            safe_cap_w=self.safe_cap_w,
-        )
 
 
 def _level_reducers(cluster: SimCluster) -> list[Callable[[], FloatArray]]:

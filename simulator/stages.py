@@ -1,10 +1,11 @@
 """The closed loop's control side as the daemon's stages: one composition for both.
 
 `control_stages` builds the list with `policies.stages.ordered`, the function the daemon's
-`controller.stages.build_stages` calls, so the simulator runs grid -> facility -> decide in the
-daemon's order and with its algorithms (`policies.facility.FacilityStage`, `DrSession` inside
-`LimitKnowledge`). What differs is only where inputs come from: the plant's meter and the
-scenario's announced limits instead of MQTT topics.
+`controller.stages.build_stages` calls, so the simulator runs grid -> facility -> decide ->
+carbon in the daemon's order and with its algorithms (`policies.facility.FacilityStage`,
+`DrSession` inside `LimitKnowledge`, `policies.carbon_session.CarbonStage`). What differs is
+only where inputs come from: the plant's meter, the scenario's announced limits and the
+physics' job progress (`simulator.carbon.FlexWork`) instead of MQTT topics.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from policies.stages import Idle, Stage, Tick, ordered
+from simulator.carbon import FlexWork
 from simulator.facility import FacilityRun
 from simulator.grid import LimitKnowledge
 
@@ -65,11 +67,18 @@ class PassThrough(Idle):
         self.facility.pass_through(tick.site_limit_w)
 
 
-def control_stages(facility: FacilityRun, known: LimitKnowledge) -> list[Stage]:
+def control_stages(
+    facility: FacilityRun, known: LimitKnowledge, flex: FlexWork | None = None
+) -> list[Stage]:
     """The controller's stages, in the daemon's order. They outlive a controller restart, as
-    the site's meter and its announced limits do."""
+    the site's meter, its announced limits and the scheduler do (`FlexWork.restart` gives the
+    carbon stage a fresh session)."""
+    sources: list[Stage] = [PlantMeter(facility, known)]
+    if flex is not None:
+        sources.append(flex)
     return ordered(
-        sources=(PlantMeter(facility, known),),
+        sources=sources,
         grid=KnownLimit(known),
         facility=facility.stage if facility.stage is not None else PassThrough(facility),
+        carbon=None if flex is None else flex.stage,
     )

@@ -36,7 +36,7 @@ class CarbonSection(Section):
     """A CSV forecast `unix_s,value`, relative to the policy file."""
     mqtt_signal: bool = True
     """Also take forecasts from the signal topic."""
-    slot_s: Annotated[float, Field(gt=0)] = 300.0
+    slot_s: Annotated[float, Field(gt=0)] = _DEFAULTS.slot_s
     """Length of a planning slot. Units: s."""
     shift_tiers: tuple[int, ...] = _DEFAULTS.shift_tiers
     """Flex tiers whose jobs are shifted."""
@@ -44,11 +44,11 @@ class CarbonSection(Section):
     """Slowdown each flex tier tolerates, by tier."""
     gamma: Annotated[float, Field(gt=1)] = _DEFAULTS.gamma
     """Exponent of the power law power ~ speed^gamma used without a measured curve."""
-    track_s: Annotated[float, Field(gt=0)] = 60.0
+    track_s: Annotated[float, Field(gt=0)] = _DEFAULTS.track_s
     """Least time between a job's reports over which its measured speed is taken. Units: s."""
     target_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = _DEFAULTS.target_margin_frac
     """Plan this much more work than owed, so noise in measured progress never misses a deadline."""
-    job_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    job_timeout_s: Annotated[float, Field(gt=0)] = _DEFAULTS.job_timeout_s
     """A job not reported for this long runs unshaped. Units: s."""
 
     @field_validator("shift_tiers")
@@ -74,6 +74,9 @@ class CarbonSection(Section):
                 tolerances=self.tolerances,
                 gamma=self.gamma,
                 target_margin_frac=self.target_margin_frac,
+                slot_s=self.slot_s,
+                track_s=self.track_s,
+                job_timeout_s=self.job_timeout_s,
             )
         except PolicyError as exc:
             raise ConfigError(str(exc), field="carbon") from None

@@ -171,15 +171,15 @@ def test_nothing_is_shaped_without_a_plan_or_a_fresh_report() -> None:
 def test_bad_jobs_are_counted_and_change_nothing() -> None:
     h = hook()
     h.handle(job_topic(SITE, "sweep"), job(T0, 100.0), now_s=T0)
-    before = h.jobs["sweep"].report
+    before = h.reports["sweep"]
     for payload in (b"not json", job(T0 + 5, 50.0).replace(b"r00001", b"nope")):
         assert h.handle(job_topic(SITE, "sweep"), payload, now_s=T0 + 5)
     assert h.handle(job_topic(SITE, "bad id!"), job(T0, 1.0), now_s=T0)
     assert h.rejected == 3
-    assert h.jobs["sweep"].report == before
+    assert h.reports["sweep"] == before
     # An older report (a replay) does not undo a newer one.
     h.handle(job_topic(SITE, "sweep"), job(T0 - 10, 999.0), now_s=T0 + 6)
-    assert h.jobs["sweep"].report == before
+    assert h.reports["sweep"] == before
     assert not h.handle("rheostat/v1/lab/telemetry/r00000", b"{}", now_s=T0)
 
 

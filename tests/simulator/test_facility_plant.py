@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from policies.errors import ConfigError
-from simulator.facility import FacilityRun, FacilitySpec, MeterOutage, OutdoorSpec, outdoor_c
+from simulator.facility import FacilityRun, outdoor_c
+from simulator.feature_specs import FacilitySpec, MeterOutage, OutdoorSpec
 from simulator.scenario import Scenario
 
 BASE = {
