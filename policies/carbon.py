@@ -209,16 +209,21 @@ def job_speed_now(
     tolerance: float,
     settings: CarbonSettings,
     curve: PowerCurve | None = None,
+    margin_s: float | None = None,
 ) -> float:
     """Speed for the current slot of a job that still owes `owed_s` of full-speed work.
 
     `forecast` is the signal for this slot and every later one until the job's deadline (the
-    day's end). Units: s (work in seconds of full-speed running), fraction (speed).
+    day's end). The plan covers `margin_s` more work than owed; without it,
+    `settings.target_margin_frac` of what is owed (a margin that shrinks as the work gets done,
+    so a caller that knows the day's total passes a fixed one). Units: s (work in seconds of
+    full-speed running), fraction (speed).
     """
     remaining = np.asarray(forecast, dtype=np.float64)
     if remaining.size == 0:
         return 1.0
-    need = max(owed_s, 0.0) * (1.0 + settings.target_margin_frac)
+    owed = max(owed_s, 0.0)
+    need = owed + (owed * settings.target_margin_frac if margin_s is None else margin_s)
     target = need / (remaining.size * slot_s)
     plan = plan_speed(
         remaining,

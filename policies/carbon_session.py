@@ -51,6 +51,9 @@ Rows = NDArray[np.int64]
 #: 33-40 %). See the module docstring for why the floor is read off this table.
 FLOOR_CURVE_POWER = (0.33, 0.40, 0.60, 0.80, 1.00)
 FLOOR_CURVE_SPEED = (0.25, 0.40, 0.83, 0.95, 1.00)
+#: How far a job's floor comes down per measured window while the job runs faster at it than
+#: its tier needs (a share of its max cap).
+FLOOR_STEP = 0.02
 #: Slots a forecast keeps by default: a week of five-minute slots.
 MAX_SLOTS = 7 * 24 * 12
 
@@ -126,6 +129,13 @@ class FlexJob:
     anchor_owed_s: float = math.nan
     min_frac: float = 0.0
     floor_frac: float = 0.0
+    #: The floor had to rise once (the job was measured too slow): it never comes down again.
+    floor_raised: bool = False
+    #: Measured windows in a row spent on the floor.
+    floor_windows: int = 0
+    #: Work planned beyond what is owed: `target_margin_frac` of what the job owed when first
+    #: reported, fixed so that it does not vanish as the deadline nears. Units: s.
+    margin_s: float = 0.0
 
 
 @dataclass(eq=False, kw_only=True)
@@ -176,6 +186,7 @@ class CarbonSession:
                 curve=curve,
                 anchor_ts=ts,
                 anchor_owed_s=owed_s,
+                margin_s=self.settings.target_margin_frac * max(owed_s, 0.0),
             )
             self._set_floor(job)
             self.jobs[name] = job
@@ -253,9 +264,19 @@ class CarbonSession:
             return
         job.measured = max(job.anchor_owed_s - job.owed_s, 0.0) / span
         tol = self.settings.tolerances[job.tier]
+        # Windows in a row whose cap sat on the floor: the first one after a drop still mixes
+        # the speed before it, so only a later one measures the floor.
+        job.floor_windows = job.floor_windows + 1 if job.frac <= job.floor_frac * (1 + 1e-6) else 0
         if job.planned < 1.0 and job.measured < 1.0 - tol:
             # Slower than the tier allows at this cap: never go this low again for this job.
             job.floor_frac = min(max(job.floor_frac, job.frac * 1.1), 1.0)
+            job.floor_raised = True
+        elif self._faster_at_floor(job, tol):
+            # Its own curve is faster than the table's slow edge: the floor comes down by a
+            # small step per measured window, so a steep stretch of the job's curve (below its
+            # voltage knee) shows in the next measurement before it costs the tolerance.
+            job.floor_frac = max(job.floor_frac - FLOOR_STEP, job.min_frac)
+            job.floor_windows = 0
         job.frac = float(
             track_power_frac(
                 np.array([job.frac]),
@@ -268,6 +289,18 @@ class CarbonSession:
         )
         job.anchor_ts, job.anchor_owed_s = job.ts, job.owed_s
 
+    @staticmethod
+    def _faster_at_floor(job: FlexJob, tol: float) -> bool:
+        """The plan wants the job slower than it runs, its cap sits on its floor, and it runs
+        faster there than a guard above the speed its tier needs with a guard."""
+        return (
+            not job.floor_raised
+            and job.planned < job.measured
+            and job.floor_windows >= 2
+            and job.measured > 1.0 - tol + 2.0 * SPEED_GUARD
+            and job.floor_frac > job.min_frac
+        )
+
     def _plan(self, now_s: float) -> None:
         slot_s = self.settings.slot_s
         for job in self.jobs.values():
@@ -279,11 +312,12 @@ class CarbonSession:
             if forecast is None:
                 job.planned = 1.0
                 continue
-            left_s = job.deadline_ts - now_s
+            # The current slot is partly spent: the work owed per slot counts the time left.
+            per_slot = forecast.size * slot_s / max(job.deadline_ts - now_s, 1e-9)
             job.planned = job_speed_now(
                 forecast,
-                # The current slot is partly spent: the work owed per slot counts the time left.
-                owed_s=job.owed_s * forecast.size * slot_s / max(left_s, 1e-9),
+                owed_s=job.owed_s * per_slot,
+                margin_s=job.margin_s * per_slot,
                 slot_s=slot_s,
                 tolerance=self.settings.tolerances[job.tier],
                 settings=self.settings,

@@ -1,4 +1,4 @@
-"""The simulator's side of carbon shifting: the job power curve, the cap floor, the schedules."""
+"""The simulator's side of carbon shifting: the job power curve and the schedules."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from policies.gpu_models import model_table
-from simulator.carbon import CarbonPolicySpec, floor_cap_w, job_power_curve, work_targets
+from simulator.carbon import job_power_curve, work_targets
+from simulator.feature_specs import CarbonPolicySpec
 from simulator.loop import run
-from simulator.physics import ALPHA_COMPUTE, dynamic_fraction
 from simulator.scenario import Scenario
-from simulator.workloads import TRAIN_COMPUTE_ACTIVITY
 
 
 def test_job_power_curve_is_normalised_convex_and_cheaper_per_work_when_slower() -> None:
@@ -24,22 +22,6 @@ def test_job_power_curve_is_normalised_convex_and_cheaper_per_work_when_slower()
     assert curve.power_at(0.75) / 0.75 < 0.8
     # More communication: the same clock cut costs less speed, so low speeds need less power.
     assert job_power_curve(comm_frac=0.5).power_at(0.7) < curve.power_at(0.7)
-
-
-def test_floor_cap_gives_the_compute_phase_the_clock_the_speed_needs() -> None:
-    idle_w = np.asarray(model_table("idle_w"), dtype=np.float64)
-    span_w = np.asarray(model_table("max_cap_w"), dtype=np.float64) - idle_w
-    full = floor_cap_w(1.0, 0.2, idle_w, span_w)
-    np.testing.assert_allclose(full, idle_w + TRAIN_COMPUTE_ACTIVITY * span_w)
-    low = floor_cap_w(0.53, 0.2, idle_w, span_w)
-    assert np.all(low < full)
-    assert np.all(low > idle_w)
-    # Round trip: the clock that fits in this cap at compute activity runs the job at 0.53.
-    dyn = (low - idle_w) / (span_w * TRAIN_COMPUTE_ACTIVITY)
-    clock = np.linspace(0.2, 1.0, 80001)
-    x = np.interp(dyn, dynamic_fraction(clock), clock)
-    speed = 1.0 / (0.8 / x**ALPHA_COMPUTE + 0.2)
-    np.testing.assert_allclose(speed, 0.53, atol=1e-4)
 
 
 def test_schedule_must_be_one_of_the_three() -> None:
@@ -95,19 +77,10 @@ def test_each_schedule_meets_the_windowed_target_then_stops() -> None:
     assert aware["max_slowdown"] > 0.3
 
 
-def test_floor_cap_and_power_curve_follow_the_jobs_own_activity_and_exponent() -> None:
-    """A job drawing 0.6 of the dynamic range needs 0.6 of it at full speed, not the LLM's 0.97;
-    a memory-bound job (decode's exponent) keeps its speed at clocks a compute job could not."""
-    idle_w = np.asarray(model_table("idle_w"), dtype=np.float64)
-    span_w = np.asarray(model_table("max_cap_w"), dtype=np.float64) - idle_w
-    full = floor_cap_w(1.0, 0.2, idle_w, span_w, compute_activity=0.6)
-    np.testing.assert_allclose(full, idle_w + 0.6 * span_w)
-    compute = floor_cap_w(0.9, 0.2, idle_w, span_w, compute_activity=0.6)
-    memory = floor_cap_w(0.9, 0.2, idle_w, span_w, compute_activity=0.6, alpha=0.15)
-    assert np.all(memory < compute)
-    # The curve's shape: a memory-bound job loses little speed for a lot of power.
+def test_power_curve_follows_the_jobs_own_activity_exponent_and_static_share() -> None:
+    """A memory-bound job (decode's exponent) loses little speed for a lot of power; a static
+    share is power the job draws at any clock, so slowing it saves less."""
     flat = job_power_curve(0.2, compute_activity=0.2, alpha=0.15)
     assert flat.power_at(0.9) < job_power_curve(0.2, compute_activity=0.2).power_at(0.9)
-    # A static share is power the job draws at any clock: slowing it saves less.
     static = job_power_curve(0.2, static_frac=0.3)
     assert static.power_at(0.6) > job_power_curve(0.2).power_at(0.6)
