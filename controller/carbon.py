@@ -61,6 +61,7 @@ __all__ = ["CarbonCollector", "CarbonHook", "CarbonSection", "Forecast", "job_ro
 #: Jobs one site may report at once: bounds memory against a runaway publisher.
 MAX_JOBS = 10_000
 
+
 def job_rows(topology: Topology, gpus: tuple[GpuRange, ...]) -> NDArray[np.int64] | None:
     """The fleet rows of a job's GPU ranges, sorted; None if a rack is unknown or a range runs
     past its rack's GPUs."""

@@ -34,19 +34,15 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import aiomqtt
 import numpy as np
 import structlog
 
-from controller import wire
 from controller.broker import BrokerSession
-from controller.carbon import CarbonHook
-from controller.facility import FacilityHook
-from controller.grid.hook import GridHook
+from controller.features import build_hooks, subscription_table
 from controller.ha.runner import HaRunner
-from controller.jobs import SyncJobs
 from controller.mqtt_client import Client
 from controller.nodes import NodeAssembler
 from controller.policy_file import Policy
@@ -55,8 +51,7 @@ from controller.reload import PolicyReload, build_runtime, tier_table
 from controller.runtime import DemandResponseStatus
 from controller.settings import mqtt_password
 from controller.shard.pool import IngestPool
-from controller.stages import Hooks, build_stages
-from controller.subscriptions import SubscriptionTable
+from controller.stages import build_stages
 from controller.watch import watch_file
 from controller.wire import MessageRejections
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
@@ -106,26 +101,6 @@ class _NoNotifier:
         del state
 
 
-def _grid_hook(
-    policy: Policy, policy_path: Path | None, clock: Callable[[], float]
-) -> GridHook | None:
-    """Demand response when the policy has an enabled `demand_response` section.
-
-    Built once per daemon: the section's changes take effect at the next restart.
-    """
-    section = policy.config.demand_response
-    if section is None or not section.enabled:
-        return None
-    return GridHook(
-        section,
-        site=policy.site,
-        clock=clock,
-        base_dir=None if policy_path is None else policy_path.parent,
-        tick_s=policy.config.control.tick_period_s,
-        psu_efficiency=policy.config.limits.psu_efficiency,
-    )
-
-
 class Controller(BrokerSession, PolicyReload):
     """The daemon: `await controller.run(stop)` runs until `stop` is set, then shuts down."""
 
@@ -166,39 +141,14 @@ class Controller(BrokerSession, PolicyReload):
         self._metrics_serving = False
         self._ready_sent = False
         self._stopping = False
-        self.grid = _grid_hook(policy, policy_path, clock)
-        section = policy.config.facility
-        self.facility = (
-            None
-            if section is None
-            else FacilityHook(
-                section=section,
-                site=policy.site,
-                base_dir=policy_path.parent if policy_path is not None else None,
-                psu_efficiency=policy.config.limits.psu_efficiency,
-                fallback_contract_w=policy.config.limits.contract_w,
-            )
+        #: The features the policy enables (`controller.features`); None where one is off.
+        self.hooks = build_hooks(
+            policy, policy_path=policy_path, clock=clock, rejections=self.rejections
         )
-        carbon = policy.config.carbon
-        self.carbon = (
-            CarbonHook(
-                section=carbon,
-                site=policy.site,
-                topology=policy.topology,
-                base_dir=policy_path.parent if policy_path is not None else None,
-            )
-            if carbon is not None and carbon.enabled
-            else None
-        )
+        self.grid, self.facility = self.hooks.grid, self.hooks.facility
+        self.carbon = self.hooks.carbon
         #: The scheduler's synchronous jobs, paced by the decision; always listened for.
-        self.jobs = SyncJobs(
-            site=policy.site,
-            topology=policy.topology,
-            max_jobs=policy.config.telemetry.max_jobs,
-            rejections=self.rejections,
-        )
-        if self.grid is not None:
-            self.grid.topic.rejections = self.rejections
+        self.jobs = self.hooks.jobs
         #: Node agents' telemetry assembled into racks, when the policy has a node inventory.
         self.nodes = (
             None
@@ -221,63 +171,19 @@ class Controller(BrokerSession, PolicyReload):
             on_gain=self._took_lead,
         )
         #: What the broker session subscribes to and who handles each message.
-        self.subscriptions = self._subscriptions()
+        self.subscriptions = subscription_table(
+            self.hooks,
+            site=policy.site,
+            clock=clock,
+            nodes=self.nodes,
+            telemetry=self._to_ingest,
+            telemetry_here=self.pool is None,
+        )
         #: The tick's features in the order they run (`controller.stages.build_stages`).
-        self.stages = build_stages(
-            Hooks(jobs=self.jobs, grid=self.grid, facility=self.facility, carbon=self.carbon)
-        )
+        self.stages = build_stages(self.hooks)
         self._label_book()
-        if (
-            self.grid is not None
-            and self.carbon is not None
-            and self.carbon.section.signal == "price"
-        ):
-            self.grid.price_sink = self.carbon.take_forecast
-
-    def _subscriptions(self) -> SubscriptionTable:
-        """Each feature's topics and handler, in the order handlers see a message.
-
-        The synchronous jobs see job messages first and pass them on to the carbon plan, which
-        takes flexible jobs from the same retained topics; telemetry goes last, to ingest (the
-        ingest workers subscribe to it themselves when there are any).
-        """
-        table = SubscriptionTable()
-        site, clock = self.runtime.policy.site, self.clock
-        jobs, carbon, facility = self.jobs, self.carbon, self.facility
-        forward = carbon is not None
-
-        def job_message(topic: str, payload: bytes) -> bool:
-            return jobs.handle(topic, payload) and not forward
-
-        table.add("jobs", job_message, filters=jobs.topics, qos=1)
-        if carbon is not None:
-
-            def carbon_message(topic: str, payload: bytes) -> bool:
-                return carbon.handle(topic, payload, now_s=clock())
-
-            table.add("carbon", carbon_message, filters=carbon.topics, qos=1)
-        if facility is not None:
-
-            def meter_message(topic: str, payload: bytes) -> bool:
-                return facility.handle(topic, payload, now_s=clock())
-
-            table.add("facility", meter_message, filters=facility.topics, qos=0)
-        if self.grid is not None:
-            table.add("grid", self.grid.handle, filters=self.grid.topics, qos=1)
-        if self.nodes is not None:
-            table.add(
-                "nodes",
-                self.nodes.handle,
-                filters=(wire.node_telemetry_filter(site),),
-                qos=0,
-            )
-        table.add(
-            "telemetry",
-            self._to_ingest,
-            filters=(wire.telemetry_filter(site),) if self.pool is None else (),
-            qos=0,
-        )
-        return table
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def _label_book(self) -> None:
         book = self.runtime.book
@@ -285,6 +191,25 @@ class Controller(BrokerSession, PolicyReload):
 
     def _to_ingest(self, topic: str, payload: bytes) -> bool:
         return self.runtime.ingest.handle(topic, payload)  # the ingest in force (reloads swap it)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> Self:
+        """Start the daemon's loops in the background (connect, subscribe, tick, publish)."""
+        if self._task is not None:
+            raise RuntimeError("the controller is already running")
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self.run(self._stop), name="controller")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop: the retained `offline` status is published, leadership and ingest workers are
+        released; a fault that ended the loops early is raised here."""
+        stop, task = self._stop, self._task
+        self._stop = self._task = None
+        if stop is None or task is None:
+            return
+        stop.set()
+        await task
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:

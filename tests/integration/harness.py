@@ -41,15 +41,14 @@ def policy_for(cluster: SimCluster, text: str) -> Policy:
 
 @contextlib.asynccontextmanager
 async def running(controller: Controller) -> AsyncIterator[None]:
-    """The daemon's loop for the body of the block, stopped (and awaited) on the way out."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
+    """The daemon (`async with controller`) for the body of the block, stopped in 10 s."""
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(controller)
+        try:
+            yield
+        finally:
+            async with asyncio.timeout(10):
+                await stack.aclose()
 
 
 @contextlib.asynccontextmanager

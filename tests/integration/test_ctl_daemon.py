@@ -180,3 +180,32 @@ async def test_watched_policy_file_reloads_on_change(mosquitto: Mosquitto, tmp_p
         await wait_until(lambda: rt.reloads.failures == 1, 5.0)
         assert rt.policy.config.control.tick_period_s == 0.3  # the running policy stays
         assert rt.reloads.successes == 1
+
+
+async def _retained_status(port: int) -> str:
+    async with aiomqtt.Client("127.0.0.1", port, identifier="status-reader") as reader:
+        await reader.subscribe(wire.status_topic(SITE), qos=1)
+        async with asyncio.timeout(5):
+            async for message in reader.messages:
+                return wire.decode_status(bytes(message.payload)).state  # type: ignore[arg-type]
+    raise AssertionError("no retained status")
+
+
+async def test_controller_as_async_context_starts_and_says_offline_on_exit(
+    mosquitto: Mosquitto,
+) -> None:
+    controller = Controller(parse_policy(policy_yaml(mosquitto.port), source="t"))
+    async with controller as running_controller:
+        assert running_controller is controller
+        with pytest.raises(RuntimeError, match="already running"):
+            await controller.__aenter__()
+        await wait_until(lambda: controller.runtime.subscribed)
+        assert await _retained_status(mosquitto.port) == "online"
+        await wait_until(lambda: controller.runtime.ticks.ticks > 2)
+    assert not controller.runtime.mqtt_connected
+    assert await _retained_status(mosquitto.port) == "offline"
+    # Stopped cleanly, it may be entered again: a new session, online once more.
+    async with controller:
+        await wait_until(lambda: controller.runtime.subscribed)
+        assert await _retained_status(mosquitto.port) == "online"
+    assert await _retained_status(mosquitto.port) == "offline"
