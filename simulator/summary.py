@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from policies.dr_report import dr_entries
-from simulator.carbon import co2_reduction, work_targets
+from simulator.carbon_report import co2_reduction, work_targets
 from simulator.loop import RunResult
 from simulator.oracle_run import oracle_keys
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from simulator.carbon import job_power_curve, work_targets
+from simulator.carbon import job_power_curve
+from simulator.carbon_report import work_targets
 from simulator.feature_specs import CarbonPolicySpec
 from simulator.loop import run
 from simulator.scenario import Scenario
