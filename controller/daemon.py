@@ -62,6 +62,7 @@ from policies.errors import RheostatError
 from policies.fleet import FleetState
 from policies.pipeline import decide
 from policies.topology import Topology
+from policies.workspace import DecisionWorkspace
 
 log = structlog.get_logger("rheostat.controller")
 
@@ -95,6 +96,7 @@ class Decider(Protocol):
         now_s: float,
         stale_rack: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
         sync_job: np.ndarray[Any, np.dtype[np.int32]] | None = None,
+        workspace: DecisionWorkspace | None = None,
     ) -> tuple[Decision, DecisionState]: ...
 
 
@@ -685,6 +687,7 @@ class Controller:
                 it_power_w=site_power_w,
                 fallback_w=math.inf if contract_w is None else contract_w,
             )
+        rt.workspace = DecisionWorkspace.sized(rt.workspace, topo.n_gpus)
         decision, state = await asyncio.to_thread(
             self.decider,
             topo,
@@ -696,6 +699,7 @@ class Controller:
             now_s=mono_s,
             stale_rack=stale,
             sync_job=self.jobs.sync_job(),
+            workspace=rt.workspace,
         )
         if self.carbon is not None:
             # Flexible jobs follow the grid signal: their caps only ever go lower than allowed.

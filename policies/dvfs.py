@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from policies.decision import DvfsSettings
 from policies.plan import CappingPlan
+from policies.workspace import DecisionWorkspace
 
 FloatArray = NDArray[np.float64]
 
@@ -41,6 +42,7 @@ def clock_targets(
     settings: DvfsSettings,
     fit_util: FloatArray | None = None,
     out: FloatArray | None = None,
+    workspace: DecisionWorkspace | None = None,
 ) -> tuple[FloatArray, float]:
     """Per-GPU SM-clock ceilings (MHz) and the estimated power they save against the caps (W).
 
@@ -49,27 +51,28 @@ def clock_targets(
     after a quiet all-reduce, and a ceiling sized for the quiet phase would leave the GPU's own
     limiter to catch the surge, overshooting the cap until it settles. Memory-bound detection
     always uses the current `util`. Per-GPU model figures come from the plan; intermediates live
-    in its scratch buffers.
+    in `workspace` (a fresh one when None).
     """
     max_clock = plan.max_clock_mhz
     if not settings.enabled or cap_w.size == 0:
         return max_clock.copy(), 0.0
-    scratch = plan.scratch
+    ws = DecisionWorkspace(plan.topology.n_gpus) if workspace is None else workspace
+    buffers = ws.clocks
     if fit_util is None or settings.memory_bound_ratio <= 0.0:
-        activity = np.clip(util, 0.0, 1.0, out=scratch.f("w0"))
+        activity = np.clip(util, 0.0, 1.0, out=buffers.activity)
     else:
         # Only compared with a positive bound (memory activity >= MIN_ACTIVITY times a positive
         # ratio), where clipping below at 0 changes no outcome; the fit clips `fit_util` below.
-        activity = np.minimum(util, 1.0, out=scratch.f("w0"))
-    memory_bound = np.greater_equal(mem_util, MIN_ACTIVITY, out=scratch.b("b0"))
-    ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=scratch.f("w1"))
-    low_sm = np.less(activity, ratio_w, out=scratch.b("b1"))
+        activity = np.minimum(util, 1.0, out=buffers.activity)
+    memory_bound = np.greater_equal(mem_util, MIN_ACTIVITY, out=buffers.memory_bound)
+    ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=buffers.ratio_w)
+    low_sm = np.less(activity, ratio_w, out=buffers.low_sm)
     np.logical_and(memory_bound, low_sm, out=memory_bound)
     # Within [0, 1] whatever the caller passes (the edges bound it too): a loss above 1 would
     # raise a negative number to a fractional power.
     loss = min(max(settings.max_loss_frac, 0.0), 1.0)
     keep = (1.0 - loss) ** (1.0 / ALPHA_MEMORY_BOUND)
-    lowest = _lowest_clock(plan, keep)
+    lowest = _lowest_clock(plan, ws, keep)
     # The lowest clock where memory-bound, else the max: 0 <= lowest <= max, so zeroing the max
     # where memory-bound and taking the maximum with `lowest` selects exactly, and several times
     # faster than np.where on a mask this irregular.
@@ -81,12 +84,12 @@ def clock_targets(
     if fit_util is not None:
         activity = np.maximum(fit_util, 0.0, out=activity)
         np.minimum(activity, 1.0, out=activity)
-    dynamic_w = np.multiply(dynamic_range(plan), activity, out=scratch.f("w2"))
-    full_w = np.add(plan.idle_w, dynamic_w, out=scratch.f("w3"))
+    dynamic_w = np.multiply(plan.dynamic_w, activity, out=buffers.dynamic_w)
+    full_w = np.add(plan.idle_w, dynamic_w, out=buffers.full_w)
     # The clock where idle + dynamic * (f / f_max)^3 equals the cap, floored onto the grid.
     # Computed for every GPU without a mask (masked ufuncs are slower than the arithmetic):
     # where the cap does not bind, the fitting clock is at or above the max and changes nothing.
-    fits = np.subtract(cap_w, plan.idle_w, out=scratch.f("w4"))
+    fits = np.subtract(cap_w, plan.idle_w, out=buffers.fits)
     np.maximum(fits, 0.0, out=fits)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         np.divide(fits, dynamic_w, out=fits)
@@ -104,16 +107,16 @@ def clock_targets(
         if fit_util is not None and settings.fit_min_swing > 0.0:
             # Steady where the held activity is within the swing of the current one: there the
             # fitting clock is lifted to the max (max * 1 >= fits), elsewhere left as fitted.
-            swing = np.subtract(fit_util, util, out=scratch.f("w5"))
-            steady = np.less(swing, settings.fit_min_swing, out=scratch.b("b0"))
-            lift = np.multiply(max_clock, steady, out=scratch.f("w5"))
+            swing = np.subtract(fit_util, util, out=buffers.swing)
+            steady = np.less(swing, settings.fit_min_swing, out=buffers.memory_bound)
+            lift = np.multiply(max_clock, steady, out=buffers.swing)
             np.maximum(fits, lift, out=fits)
         np.minimum(clock, fits, out=clock)
 
     # Saving against running at the cap: min(full, cap) - min(power at the clock, cap); zero
     # wherever the clock is the max.
-    ratio = np.divide(clock, max_clock, out=scratch.f("w5"))
-    cube = np.multiply(ratio, ratio, out=scratch.f("w1"))
+    ratio = np.divide(clock, max_clock, out=buffers.swing)
+    cube = np.multiply(ratio, ratio, out=buffers.cube)
     np.multiply(cube, ratio, out=cube)
     at_clock = np.multiply(dynamic_w, cube, out=cube)
     np.add(at_clock, plan.idle_w, out=at_clock)
@@ -123,27 +126,15 @@ def clock_targets(
     return clock, float(saving.sum())
 
 
-def dynamic_range(plan: CappingPlan) -> FloatArray:
-    """Per GPU, max cap minus idle power: the model's dynamic power at full activity. Units: W.
-
-    Fixed by the topology, so it is computed once and kept in the plan's scratch.
-    """
-    name = "dvfs_dynamic"
-    if plan.scratch.has(name):
-        return plan.scratch.f(name)
-    return np.subtract(plan.topology.gpu_max_cap_w, plan.idle_w, out=plan.scratch.f(name))
-
-
-def _lowest_clock(plan: CappingPlan, keep_frac: float) -> FloatArray:
+def _lowest_clock(plan: CappingPlan, workspace: DecisionWorkspace, keep_frac: float) -> FloatArray:
     """Per GPU, the lowest grid clock at or above `keep_frac` of its max. Units: MHz.
 
-    The same for every GPU of a model, so it is computed per model and cached in the plan's
-    scratch under the fraction it was computed for.
+    The same for every GPU of a model and fixed by the loss budget, so it is cached in the
+    workspace under the fraction it was computed for.
     """
-    name = f"dvfs_lowest_{keep_frac!r}"
-    if plan.scratch.has(name):
-        return plan.scratch.f(name)
-    out = plan.scratch.f(name)
+    out, held = workspace.lowest_clock(plan, keep_frac)
+    if held:
+        return out
     lo, hi, step = plan.min_clock_mhz, plan.max_clock_mhz, plan.clock_step_mhz
     # A large loss budget asks for a fraction of the max below the model's lowest clock (an
     # H100 at 300 MHz against 345): the ceiling is then the lowest clock the GPU supports.

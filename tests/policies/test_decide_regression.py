@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 
 from policies.decision import (
@@ -27,9 +28,11 @@ from policies.decision import (
     PolicySettings,
 )
 from policies.dr_flex import gpu_floor_w
+from policies.errors import PolicyError
 from policies.fleet import FleetState
 from policies.pipeline import decide
 from policies.topology import Topology, generate_topology
+from policies.workspace import DecisionWorkspace
 from tests.policies.pol_instances import build_topology
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "decide_regression.npz"
@@ -184,7 +187,9 @@ def _record(decision: Decision, state: DecisionState) -> dict[str, NDArray[np.ge
     return {key: np.array(value, copy=True) for key, value in out.items()}
 
 
-def run_case(case: Case, *, workspace: bool) -> Iterator[dict[str, NDArray[np.generic]]]:
+def run_case(
+    case: Case, workspace: DecisionWorkspace | None
+) -> Iterator[dict[str, NDArray[np.generic]]]:
     """Every tick's outputs, warm from the second tick on (with one workspace throughout)."""
     state: DecisionState | None = None
     for tick in case.ticks(case.topology, case.tier):
@@ -198,6 +203,7 @@ def run_case(case: Case, *, workspace: bool) -> Iterator[dict[str, NDArray[np.ge
             now_s=tick.now_s,
             stale_rack=tick.stale_rack,
             sync_job=tick.sync_job,
+            workspace=workspace,
         )
         yield _record(decision, state)
 
@@ -206,29 +212,72 @@ def generate(path: Path = FIXTURE) -> None:
     """Write the fixture from the current decision core."""
     arrays: dict[str, NDArray[np.generic]] = {}
     for name, case in cases().items():
-        for t, outputs in enumerate(run_case(case, workspace=False)):
+        for t, outputs in enumerate(run_case(case, None)):
             arrays.update({f"{name}/{t}/{key}": value for key, value in outputs.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
 
-def test_decide_is_bit_exact_against_the_stored_outputs() -> None:
+@pytest.mark.parametrize("lend", ["none", "own", "shared"])
+def test_decide_is_bit_exact_against_the_stored_outputs(lend: str) -> None:
+    """Without a workspace, with one per case, and with one lent to every case of its size in
+    turn (its caches must follow the plan it serves)."""
     stored = np.load(FIXTURE)
     seen: set[str] = set()
+    shared: dict[int, DecisionWorkspace] = {}
     for name, case in cases().items():
-        for workspace in (False, True):
-            for t, outputs in enumerate(run_case(case, workspace=workspace)):
-                for key, value in outputs.items():
-                    full = f"{name}/{t}/{key}"
-                    seen.add(full)
-                    expected = stored[full]
-                    assert value.dtype == expected.dtype, full
-                    # array_equal with equal_nan: bit-exact, NaN where NaN was stored.
-                    assert np.array_equal(value, expected, equal_nan=value.dtype.kind == "f"), (
-                        f"{full} moved: max |diff| "
-                        f"{np.max(np.abs(value.astype(float) - expected.astype(float)))}"
-                    )
+        n = case.topology.n_gpus
+        workspace = {
+            "none": None,
+            "own": DecisionWorkspace(n),
+            "shared": shared.setdefault(n, DecisionWorkspace(n)),
+        }[lend]
+        for t, outputs in enumerate(run_case(case, workspace)):
+            for key, value in outputs.items():
+                full = f"{name}/{t}/{key}"
+                seen.add(full)
+                expected = stored[full]
+                assert value.dtype == expected.dtype, full
+                # array_equal with equal_nan: bit-exact, NaN where NaN was stored.
+                assert np.array_equal(value, expected, equal_nan=value.dtype.kind == "f"), (
+                    f"{full} moved: max |diff| "
+                    f"{np.max(np.abs(value.astype(float) - expected.astype(float)))}"
+                )
     assert seen == set(stored.files), "outputs appeared or disappeared"
+
+
+def test_decisions_are_read_only_and_the_workspace_is_sized() -> None:
+    """Callers cannot edit a decision the next tick reads back, nor lend a mis-sized workspace."""
+    case = cases()["plain"]
+    ticks = case.ticks(case.topology, case.tier)
+    tick = next(ticks)
+    decision, state = decide(
+        case.topology,
+        tick.fleet,
+        tier=case.tier,
+        limits=tick.limits,
+        settings=case.settings,
+        state=None,
+        now_s=tick.now_s,
+    )
+    for array in (decision.cap_w, decision.sm_clock_max_mhz, decision.demand_w, state.util_held):
+        assert array is not None
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = 0.0
+    with pytest.raises(PolicyError, match="workspace"):
+        decide(
+            case.topology,
+            tick.fleet,
+            tier=case.tier,
+            limits=tick.limits,
+            settings=case.settings,
+            state=state,
+            now_s=1.0,
+            workspace=DecisionWorkspace(case.topology.n_gpus + 8),
+        )
+    own = DecisionWorkspace(8)
+    assert DecisionWorkspace.sized(own, 8) is own
+    assert DecisionWorkspace.sized(own, 16).n_gpus == 16
 
 
 def test_the_cases_bind_the_limits_they_are_meant_to() -> None:

@@ -18,8 +18,9 @@ from policies.decision import N_TIERS, CappingSettings, Limits, PolicySettings
 from policies.dvfs import BETA_POWER
 from policies.errors import PolicyError
 from policies.fleet import FleetState
+from policies.floors import FLOOR_ALPHA, FLOOR_KNEE, tier_floor_caps
 from policies.gpu_models import model_table
-from policies.pipeline import FLOOR_ALPHA, FLOOR_KNEE, decide, tier_floor_caps
+from policies.pipeline import decide
 from policies.plan import CappingPlan
 from policies.reference import allocate_reference
 from tests.policies.pol_instances import Instance, instances
