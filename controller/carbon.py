@@ -54,7 +54,7 @@ from controller.wire import (
 )
 from policies.carbon import SPEED_GUARD, CarbonSettings, job_speed_now, track_power_frac
 from policies.decision import N_TIERS
-from policies.dr_flex import DEFAULT_TOLERANCES, check_tolerances
+from policies.dr.flex import DEFAULT_TOLERANCES, check_tolerances
 from policies.errors import ConfigError, PolicyError, ProtocolError
 from policies.topology import Topology
 

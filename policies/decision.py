@@ -99,7 +99,7 @@ class Limits:
     #: within the ramp-rate settings; `site_limit_w` stays hard and is never exceeded.
     site_target_w: float | None = None
     #: Per-GPU power below which its Flex tier's tolerated slowdown is exceeded (from
-    #: `policies.dr_flex.gpu_floor_w` during a demand-response event; None otherwise). An
+    #: `policies.dr.flex.gpu_floor_w` during a demand-response event; None otherwise). An
     #: allocation that honours it cuts every GPU to its floor, most tolerant tier first, before
     #: any GPU goes below its floor. Units: W.
     gpu_floor_w: FloatArray | None = None

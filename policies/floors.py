@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.dr_flex import check_tolerances
+from policies.dr.flex import check_tolerances
 from policies.dvfs import BETA_POWER
 from policies.plan import CappingPlan
 from policies.workspace import DecisionWorkspace

@@ -27,7 +27,7 @@ from policies.decision import (
     Limits,
     PolicySettings,
 )
-from policies.dr_flex import gpu_floor_w
+from policies.dr.flex import gpu_floor_w
 from policies.errors import PolicyError
 from policies.fleet import FleetState
 from policies.pipeline import decide
