@@ -22,12 +22,13 @@ import numpy as np
 
 from bench._highs import solve_weighted_lp
 from policies.capping import allocate
-from policies.decision import N_TIERS, Limits, PolicySettings
+from policies.decision import Limits, PolicySettings
 from policies.demand import estimate_demand
 from policies.fleet import FleetState
 from policies.pipeline import decide
 from policies.plan import CappingPlan
 from policies.reference import allocate_reference
+from policies.tiers import N_TIERS
 from policies.topology import Topology, generate_topology
 from policies.workspace import DecisionWorkspace
 

@@ -53,9 +53,9 @@ from controller.wire import (
     signal_topic,
 )
 from policies.carbon import SPEED_GUARD, CarbonSettings, job_speed_now, track_power_frac
-from policies.decision import N_TIERS
 from policies.dr.flex import DEFAULT_TOLERANCES, check_tolerances
 from policies.errors import ConfigError, PolicyError, ProtocolError
+from policies.tiers import N_TIERS
 from policies.topology import Topology
 
 FloatArray = NDArray[np.float64]

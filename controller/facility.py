@@ -33,9 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.metric_families import describe_families
 from controller.wire import MeterReading, decode_meter, facility_topic
 from policies.carbon import per_tier_totals
-from policies.decision import N_TIERS, Limits
+from policies.decision import Limits
 from policies.errors import ConfigError, ProtocolError
 from policies.facility import CoolingModel, FacilitySettings, ItBudget, it_budget
+from policies.tiers import N_TIERS
 
 
 class _Section(BaseModel):

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import N_TIERS
 from policies.errors import PolicyError
 from policies.plan import N_PHASES, CappingPlan
+from policies.tiers import N_TIERS
 from policies.workspace import DecisionWorkspace
 
 FloatArray = NDArray[np.float64]

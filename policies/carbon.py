@@ -37,9 +37,9 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from policies.decision import N_TIERS
 from policies.dr.flex import DEFAULT_TOLERANCES, check_tolerances
 from policies.errors import PolicyError
+from policies.tiers import N_TIERS
 
 FloatArray = NDArray[np.float64]
 

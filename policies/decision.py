@@ -8,22 +8,14 @@ replayed from recorded inputs, and so the warm path can reuse the previous tick'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
-if TYPE_CHECKING:  # plan imports this module; the plan is only carried, never built, here
-    from policies.plan import CappingPlan
+from policies.plan import CappingPlan
+from policies.tiers import DEFAULT_FLEX_TOLERANCES
 
 FloatArray = NDArray[np.float64]
-
-#: Flex tiers: 0 is never slowed unless the hard limits leave no choice, 3 tolerates the most.
-N_TIERS = 4
-
-#: Slowdown each Flex tier tolerates, as a fraction (tier index -> tolerance): the tiers of the
-#: 2025 field demonstration (Emerald AI's Conductor: Flex 0/1/2/3 = 0/10/25/50 %).
-DEFAULT_FLEX_TOLERANCES: tuple[float, float, float, float] = (0.0, 0.10, 0.25, 0.50)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

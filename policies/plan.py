@@ -14,8 +14,8 @@ from itertools import pairwise
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import N_TIERS
 from policies.gpu_models import model_table
+from policies.tiers import N_TIERS
 from policies.topology import Topology
 
 FloatArray = NDArray[np.float64]

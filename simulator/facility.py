@@ -27,9 +27,9 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.carbon import per_tier_totals
-from policies.decision import N_TIERS
 from policies.errors import ConfigError
 from policies.facility import CoolingModel, FacilitySettings, it_budget
+from policies.tiers import N_TIERS
 from simulator.tolerance import is_over
 
 if TYPE_CHECKING:

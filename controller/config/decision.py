@@ -9,12 +9,8 @@ from typing import Annotated, Self
 from pydantic import Field, model_validator
 
 from controller.config.base import FiniteSection, Fraction, PositiveW, Section
-from policies.decision import (
-    DEFAULT_FLEX_TOLERANCES,
-    CappingSettings,
-    DvfsSettings,
-    PolicySettings,
-)
+from policies.decision import CappingSettings, DvfsSettings, PolicySettings
+from policies.tiers import DEFAULT_FLEX_TOLERANCES
 
 
 class CappingSection(FiniteSection):

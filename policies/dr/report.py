@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from policies.decision import N_TIERS
 from policies.dr.events import DrEvent
 from policies.errors import PolicyError
+from policies.tiers import N_TIERS
 
 FloatArray = NDArray[np.float64]
 

@@ -19,7 +19,6 @@ import pytest
 from numpy.typing import NDArray
 
 from policies.decision import (
-    N_TIERS,
     CappingSettings,
     Decision,
     DecisionState,
@@ -31,6 +30,7 @@ from policies.dr.flex import gpu_floor_w
 from policies.errors import PolicyError
 from policies.fleet import FleetState
 from policies.pipeline import decide
+from policies.tiers import N_TIERS
 from policies.topology import Topology, generate_topology
 from policies.workspace import DecisionWorkspace
 from tests.policies.pol_instances import build_topology
