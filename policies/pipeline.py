@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.capping import allocate, check_tier
+from policies.capping import Allocation, allocate, check_tier
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.demand import estimate_demand, hold_demand
 from policies.dvfs import clock_targets
@@ -64,6 +64,75 @@ def decide(
     them. `workspace` is the caller's working memory for a fleet of this size, reused from tick
     to tick (see `policies.workspace`). The per-GPU arrays returned are read-only.
     """
+    tick = _start(topology, fleet, tier, settings, state, now_s, stale_rack, workspace)
+    demand = _demand(tick, fleet)
+    activity = _activity(tick, fleet)
+    site_allowed, usable_w = _site(tick, limits)
+    bounds = _bounds(tick, demand, usable_w)
+    alloc = _fill(tick, bounds, activity, usable_w, limits, sync_job)
+    cap, budget = _smooth(tick, alloc, bounds.floor_w, usable_w)
+    # The caps above fit every limit; a step that moves them before they are issued (lending a
+    # group's unused headroom, say) goes here and hands on caps and budget that still fit.
+    clock, saving = _clocks(tick, cap, activity)
+    util_held = activity.held if activity.held is not activity.util else activity.util.copy()
+    for array in (cap, clock, bounds.demand_w, util_held):
+        array.setflags(write=False)
+    decision = Decision(
+        cap_w=cap,
+        sm_clock_max_mhz=clock,
+        demand_w=bounds.demand_w,
+        tier=tick.tiers,
+        budget_w=budget,
+        limit_w=usable_w,
+        infeasible=alloc.infeasible,
+        site_allowed_w=site_allowed,
+        dvfs_saving_w=saving,
+    )
+    return decision, DecisionState(
+        cap_w=cap,
+        now_s=now_s,
+        site_allowed_w=site_allowed,
+        demand_w=bounds.demand_w,
+        sm_clock_max_mhz=clock,
+        util_held=util_held,
+        plan=tick.plan,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Tick:
+    """What every stage of one tick reads: the plan, the workspace, the checked inputs."""
+
+    plan: CappingPlan
+    workspace: DecisionWorkspace
+    tiers: NDArray[np.int8]
+    settings: PolicySettings
+    #: The previous tick's state; None on a cold start (or when the fleet changed size).
+    state: DecisionState | None
+    now_s: float
+    #: Seconds since the previous tick (0 cold).
+    dt_s: float
+    stale_gpu: BoolArray | None
+    #: Warm, the rows of one block the per-GPU outputs go into: a fresh array of this size
+    #: each is freed and refaulted every tick (the allocator hands its pages back to the
+    #: kernel), which cost as much as a whole stage. Cold, each stage allocates its own.
+    held_demand_out: FloatArray | None
+    cap_out: FloatArray | None
+    held_activity_out: FloatArray | None
+    clock_out: FloatArray | None
+
+
+def _start(  # noqa: PLR0917 - decide's inputs, checked once
+    topology: Topology,
+    fleet: FleetState,
+    tier: NDArray[np.int8],
+    settings: PolicySettings,
+    state: DecisionState | None,
+    now_s: float,
+    stale_rack: NDArray[np.bool_] | None,
+    workspace: DecisionWorkspace | None,
+) -> _Tick:
+    """Check the inputs, find (or build) the plan, and lay out the outputs' memory."""
     plan = state.plan if state is not None and state.plan is not None else None
     if plan is None or plan.topology is not topology:
         plan = CappingPlan.build(topology)
@@ -75,131 +144,26 @@ def decide(
         raise PolicyError(f"fleet has {fleet.power_w.shape[0]} GPUs, topology {n}")
     if state is not None and state.cap_w.shape != (n,):
         state = None  # the topology changed under us: start cold rather than misalign caps
-    stale_gpu = stale_gpus(plan, stale_rack)
-    dt_s = 0.0 if state is None else max(now_s - state.now_s, 0.0)
-    # A warm tick's per-GPU outputs (held demand, caps, held activity, clocks) share one fresh
-    # block: four separate arrays of this size are freed and refaulted every tick (the
-    # allocator hands their pages back to the kernel), which cost as much as a whole stage.
     fresh: list[FloatArray | None] = [None] * 4 if state is None else list(np.empty((4, n)))
-
-    demand = _demand(plan, fleet, settings, state, dt_s, ws, out=fresh[0])
-    activity = _activity(fleet, stale_gpu, settings, state, dt_s, out=fresh[2])
-    site_allowed = allowed_site_power(
-        topology, limits=limits, settings=settings.capping, state=state, now_s=now_s
-    )
-    usable = list(plan.usable_w)
-    usable[-1] = np.minimum(usable[-1], site_allowed)
-    usable_w = tuple(usable)
-    bounds = _bounds(plan, stale_gpu, demand, state, tiers, usable_w, ws)
-    if limits.gpu_floor_w is not None and np.shape(limits.gpu_floor_w) != (n,):
-        raise PolicyError(f"limits.gpu_floor_w must have shape ({n},)")
-    tier_floor = tier_floor_caps(
-        plan,
-        demand_w=bounds.demand_w,
-        activity=activity.fit,
-        floor_w=bounds.floor_w,
-        max_w=bounds.max_w,
-        tier=tiers,
-        tolerances=settings.capping.flex_tolerances,
-        requested_w=limits.gpu_floor_w,
-        workspace=ws,
-    )
-    # Warm, smoothing makes the fresh caps, so the fill's own can live in the workspace.
-    target_out = None if state is None else ws.target_cap
-    alloc = allocate(
-        plan,
-        floor_w=bounds.floor_w,
-        demand_w=bounds.demand_w,
-        max_w=bounds.max_w,
-        tier=tiers,
-        usable_w=usable_w,
-        tier_floor_w=tier_floor,
-        out=target_out,
-        workspace=ws,
-    )
-    if sync_job is not None:
-        ceiling = pace_ceiling(plan, alloc.cap_w, sync_job, activity.held)
-        if ceiling is not None:
-            if stale_gpu is not None:
-                ceiling[stale_gpu] = np.inf  # a blind GPU's pace is unknown: it is not held
-            paced = _paced(ceiling, bounds, tier_floor)
-            alloc = allocate(
-                plan,
-                floor_w=paced.floor_w,
-                demand_w=paced.demand_w,
-                max_w=paced.max_w,
-                tier=tiers,
-                usable_w=usable_w,
-                tier_floor_w=tier_floor,
-                out=target_out,
-                workspace=ws,
-            )
-    cap, budget = alloc.cap_w, alloc.used_w
-    if state is not None:
-        cap, smoothed_use = smooth(
-            plan,
-            target_w=cap,
-            previous_w=state.cap_w,
-            min_w=bounds.floor_w,
-            max_w=topology.gpu_max_cap_w,
-            dt_s=dt_s,
-            settings=settings.capping,
-            usable_w=usable_w,
-            target_used_w=alloc.used_w,
-            out=fresh[1],
-            workspace=ws,
-        )
-        budget = plan.group_use(cap) if smoothed_use is None else smoothed_use
-    # The caps above fit every limit; any step that moves them before they are issued (lending
-    # a group's unused headroom, say) goes here and hands on caps and budget that still fit.
-    issued = cap
-    clock, saving = clock_targets(
-        plan,
-        cap_w=issued,
-        util=activity.util,
-        mem_util=activity.mem_util,
-        settings=settings.dvfs,
-        fit_util=activity.fit,
-        out=fresh[3],
-        workspace=ws,
-    )
-    demand_w = bounds.demand_w
-    util_held = activity.held if activity.held is not activity.util else activity.util.copy()
-    for array in (issued, clock, demand_w, util_held):
-        array.setflags(write=False)
-    decision = Decision(
-        cap_w=issued,
-        sm_clock_max_mhz=clock,
-        demand_w=demand_w,
-        tier=tiers,
-        budget_w=budget,
-        limit_w=usable_w,
-        infeasible=alloc.infeasible,
-        site_allowed_w=site_allowed,
-        dvfs_saving_w=saving,
-    )
-    return decision, DecisionState(
-        cap_w=issued,
-        now_s=now_s,
-        site_allowed_w=site_allowed,
-        demand_w=demand_w,
-        sm_clock_max_mhz=clock,
-        util_held=util_held,
+    return _Tick(
         plan=plan,
+        workspace=ws,
+        tiers=tiers,
+        settings=settings,
+        state=state,
+        now_s=now_s,
+        dt_s=0.0 if state is None else max(now_s - state.now_s, 0.0),
+        stale_gpu=stale_gpus(plan, stale_rack),
+        held_demand_out=fresh[0],
+        cap_out=fresh[1],
+        held_activity_out=fresh[2],
+        clock_out=fresh[3],
     )
 
 
-def _demand(  # noqa: PLR0917 - one stage of `decide`, called once
-    plan: CappingPlan,
-    fleet: FleetState,
-    settings: PolicySettings,
-    state: DecisionState | None,
-    dt_s: float,
-    workspace: DecisionWorkspace,
-    *,
-    out: FloatArray | None,
-) -> FloatArray:
-    """The demand estimate, peak-held when warm (the hold's result goes into `out`)."""
+def _demand(tick: _Tick, fleet: FleetState) -> FloatArray:
+    """The demand estimate, peak-held when warm."""
+    plan, state, settings = tick.plan, tick.state, tick.settings
     topology = plan.topology
     held_demand = None if state is None else state.demand_w
     holding = (
@@ -217,13 +181,17 @@ def _demand(  # noqa: PLR0917 - one stage of `decide`, called once
         ceiling_mhz=None if state is None else state.sm_clock_max_mhz,
         memory_bound_ratio=settings.dvfs.memory_bound_ratio,
         # Held, the demand is a fresh array made by the hold, so the estimate can use a buffer.
-        out=workspace.raw_demand if holding else None,
-        workspace=workspace,
+        out=tick.workspace.raw_demand if holding else None,
+        workspace=tick.workspace,
     )
     if not holding:
         return demand
     return hold_demand(
-        demand, held_demand, dt_s=dt_s, hold_s=settings.capping.demand_hold_s, out=out
+        demand,
+        held_demand,
+        dt_s=tick.dt_s,
+        hold_s=settings.capping.demand_hold_s,
+        out=tick.held_demand_out,
     )
 
 
@@ -239,25 +207,40 @@ class _Activity:
     fit: FloatArray
 
 
-def _activity(
-    fleet: FleetState,
-    stale_gpu: BoolArray | None,
-    settings: PolicySettings,
-    state: DecisionState | None,
-    dt_s: float,
-    *,
-    out: FloatArray | None,
-) -> _Activity:
+def _activity(tick: _Tick, fleet: FleetState) -> _Activity:
+    """This tick's activity, peak-held when warm."""
+    stale_gpu, state = tick.stale_gpu, tick.state
     util, mem_util = fleet.util, fleet.mem_util
     if stale_gpu is not None:  # unknown activity: leave their clocks at the max
         util, mem_util = np.where(stale_gpu, 0.0, util), np.where(stale_gpu, 0.0, mem_util)
     held = util
     if state is not None:
         held = hold_demand(
-            util, state.util_held, dt_s=dt_s, hold_s=settings.dvfs.activity_hold_s, out=out
+            util,
+            state.util_held,
+            dt_s=tick.dt_s,
+            hold_s=tick.settings.dvfs.activity_hold_s,
+            out=tick.held_activity_out,
         )
     fit = held if stale_gpu is None else np.where(stale_gpu, 0.0, held)
     return _Activity(util=util, mem_util=mem_util, held=held, fit=fit)
+
+
+def _site(tick: _Tick, limits: Limits) -> tuple[float, tuple[FloatArray, ...]]:
+    """The site power allowed this tick, and every level's usable limit under it. Units: W."""
+    plan = tick.plan
+    site_allowed = allowed_site_power(
+        plan.topology,
+        limits=limits,
+        settings=tick.settings.capping,
+        state=tick.state,
+        now_s=tick.now_s,
+    )
+    usable = list(plan.usable_w)
+    usable[-1] = np.minimum(usable[-1], site_allowed)
+    if limits.gpu_floor_w is not None and np.shape(limits.gpu_floor_w) != (plan.topology.n_gpus,):
+        raise PolicyError(f"limits.gpu_floor_w must have shape ({plan.topology.n_gpus},)")
+    return site_allowed, tuple(usable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,32 +252,83 @@ class _Bounds:
     max_w: FloatArray
 
 
-def _bounds(  # noqa: PLR0917 - one stage of `decide`, called once
-    plan: CappingPlan,
-    stale_gpu: BoolArray | None,
-    demand: FloatArray,
-    state: DecisionState | None,
-    tiers: NDArray[np.int8],
-    usable_w: tuple[FloatArray, ...],
-    workspace: DecisionWorkspace,
-) -> _Bounds:
+def _bounds(tick: _Tick, demand: FloatArray, usable_w: tuple[FloatArray, ...]) -> _Bounds:
     """Min cap to demand to max cap, except that stale GPUs are fixed at what they keep."""
+    plan, stale_gpu = tick.plan, tick.stale_gpu
     min_cap, max_cap = plan.topology.gpu_min_cap_w, plan.topology.gpu_max_cap_w
     if stale_gpu is None:
         return _Bounds(floor_w=min_cap, demand_w=demand, max_w=max_cap)
     kept = stale_caps(
         plan,
         stale_gpu,
-        previous_cap_w=None if state is None else state.cap_w,
-        tier=tiers,
+        previous_cap_w=None if tick.state is None else tick.state.cap_w,
+        tier=tick.tiers,
         usable_w=usable_w,
-        workspace=workspace,
+        workspace=tick.workspace,
     )
     # Fixed at what they keep: the fill moves only the GPUs that report.
     return _Bounds(
         floor_w=np.where(stale_gpu, kept, min_cap),
         demand_w=np.where(stale_gpu, kept, demand),
         max_w=np.where(stale_gpu, kept, max_cap),
+    )
+
+
+def _fill(  # noqa: PLR0917 - one stage of `decide`, called once
+    tick: _Tick,
+    bounds: _Bounds,
+    activity: _Activity,
+    usable_w: tuple[FloatArray, ...],
+    limits: Limits,
+    sync_job: NDArray[np.int32] | None,
+) -> Allocation:
+    """Tier floors, the water-fill, and the fill again if a synchronous job is held back.
+
+    The tier floors raise `bounds.demand_w` in place (see `tier_floor_caps`).
+    """
+    plan, ws = tick.plan, tick.workspace
+    tier_floor = tier_floor_caps(
+        plan,
+        demand_w=bounds.demand_w,
+        activity=activity.fit,
+        floor_w=bounds.floor_w,
+        max_w=bounds.max_w,
+        tier=tick.tiers,
+        tolerances=tick.settings.capping.flex_tolerances,
+        requested_w=limits.gpu_floor_w,
+        workspace=ws,
+    )
+    # Warm, smoothing makes the fresh caps, so the fill's own can live in the workspace.
+    out = None if tick.state is None else ws.target_cap
+    alloc = allocate(
+        plan,
+        floor_w=bounds.floor_w,
+        demand_w=bounds.demand_w,
+        max_w=bounds.max_w,
+        tier=tick.tiers,
+        usable_w=usable_w,
+        tier_floor_w=tier_floor,
+        out=out,
+        workspace=ws,
+    )
+    if sync_job is None:
+        return alloc
+    ceiling = pace_ceiling(plan, alloc.cap_w, sync_job, activity.held)
+    if ceiling is None:
+        return alloc
+    if tick.stale_gpu is not None:
+        ceiling[tick.stale_gpu] = np.inf  # a blind GPU's pace is unknown: it is not held
+    paced = _paced(ceiling, bounds, tier_floor)
+    return allocate(
+        plan,
+        floor_w=paced.floor_w,
+        demand_w=paced.demand_w,
+        max_w=paced.max_w,
+        tier=tick.tiers,
+        usable_w=usable_w,
+        tier_floor_w=tier_floor,
+        out=out,
+        workspace=ws,
     )
 
 
@@ -313,3 +347,40 @@ def _paced(ceiling: FloatArray, bounds: _Bounds, tier_floor: FloatArray) -> _Bou
     np.maximum(tier_floor, fixed, out=tier_floor)
     np.minimum(tier_floor, paced_demand, out=tier_floor)
     return _Bounds(floor_w=fixed, demand_w=paced_demand, max_w=bounds.max_w)
+
+
+def _smooth(
+    tick: _Tick, alloc: Allocation, floor_w: FloatArray, usable_w: tuple[FloatArray, ...]
+) -> tuple[FloatArray, tuple[FloatArray, ...]]:
+    """Warm, the caps after the raise rate and the deadband; and each group's budget."""
+    state, plan = tick.state, tick.plan
+    if state is None:
+        return alloc.cap_w, alloc.used_w
+    cap, smoothed_use = smooth(
+        plan,
+        target_w=alloc.cap_w,
+        previous_w=state.cap_w,
+        min_w=floor_w,
+        max_w=plan.topology.gpu_max_cap_w,
+        dt_s=tick.dt_s,
+        settings=tick.settings.capping,
+        usable_w=usable_w,
+        target_used_w=alloc.used_w,
+        out=tick.cap_out,
+        workspace=tick.workspace,
+    )
+    return cap, plan.group_use(cap) if smoothed_use is None else smoothed_use
+
+
+def _clocks(tick: _Tick, cap: FloatArray, activity: _Activity) -> tuple[FloatArray, float]:
+    """Clock ceilings for the issued caps, and the power they save against them (W)."""
+    return clock_targets(
+        tick.plan,
+        cap_w=cap,
+        util=activity.util,
+        mem_util=activity.mem_util,
+        settings=tick.settings.dvfs,
+        fit_util=activity.fit,
+        out=tick.clock_out,
+        workspace=tick.workspace,
+    )
