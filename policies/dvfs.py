@@ -6,18 +6,24 @@ The policy's model is deliberately simple (the simulator calibrates the physics 
 - power = P_idle + (P_max_cap - P_idle) * activity * (f / f_max) ** beta, activity = SM util.
 
 Memory-bound work (SM activity below `memory_bound_ratio` of memory activity, e.g. LLM decode)
-gets the lowest clock keeping throughput within `max_loss_frac`: locking clocks beats capping
-there (arXiv 2605.11999). Compute-bound work whose cap binds gets the clock at which its power
-fits the cap, so the GPU does not fight its own power limiter. Clocks sit on each model's
+gets the lowest clock keeping throughput within `max_loss_frac`, and never more than its Flex
+tier tolerates: locking clocks beats capping there (arXiv 2605.11999), but the lock is a choice,
+not a limit, so it may cost a tier only what the tier has agreed to give up. A tier that
+tolerates no slowdown (Flex 0 by default) is never locked for energy. The cap-fitting clock below
+is exempt from that bound: it slows a GPU only to what its cap already forces on it.
+Compute-bound work whose cap binds gets the clock at which its power fits the cap, so the GPU
+does not fight its own power limiter. Clocks sit on each model's
 15 MHz grid inside its range.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import DvfsSettings
+from policies.decision import DEFAULT_FLEX_TOLERANCES, DvfsSettings
 from policies.plan import CappingPlan
 
 FloatArray = NDArray[np.float64]
@@ -40,6 +46,8 @@ def clock_targets(
     mem_util: FloatArray,
     settings: DvfsSettings,
     fit_util: FloatArray | None = None,
+    tier: NDArray[np.int8] | None = None,
+    tolerances: Sequence[float] = DEFAULT_FLEX_TOLERANCES,
     out: FloatArray | None = None,
 ) -> tuple[FloatArray, float]:
     """Per-GPU SM-clock ceilings (MHz) and the estimated power they save against the caps (W).
@@ -50,6 +58,11 @@ def clock_targets(
     limiter to catch the surge, overshooting the cap until it settles. Memory-bound detection
     always uses the current `util`. Per-GPU model figures come from the plan; intermediates live
     in its scratch buffers.
+
+    `tier` (one Flex tier per GPU, validated by the caller) with `tolerances` (the tolerated
+    slowdown per tier) bounds each memory-bound GPU's loss by its tier's tolerance as well as by
+    `max_loss_frac`. Without `tier` every GPU may lose `max_loss_frac`, which is only right when
+    no tier tolerates less.
     """
     max_clock = plan.max_clock_mhz
     if not settings.enabled or cap_w.size == 0:
@@ -68,8 +81,16 @@ def clock_targets(
     # Within [0, 1] whatever the caller passes (the edges bound it too): a loss above 1 would
     # raise a negative number to a fractional power.
     loss = min(max(settings.max_loss_frac, 0.0), 1.0)
-    keep = (1.0 - loss) ** (1.0 / ALPHA_MEMORY_BOUND)
-    lowest = _lowest_clock(plan, keep)
+    lowest = _lowest_clock(plan, _keep_frac(loss))
+    if tier is not None:
+        lowest = _bound_by_tier(
+            plan,
+            tier=tier,
+            tolerances=tolerances,
+            loss=loss,
+            memory_bound=memory_bound,
+            lowest=lowest,
+        )
     # The lowest clock where memory-bound, else the max: 0 <= lowest <= max, so zeroing the max
     # where memory-bound and taking the maximum with `lowest` selects exactly, and several times
     # faster than np.where on a mask this irregular.
@@ -132,6 +153,43 @@ def dynamic_range(plan: CappingPlan) -> FloatArray:
     if plan.scratch.has(name):
         return plan.scratch.f(name)
     return np.subtract(plan.topology.gpu_max_cap_w, plan.idle_w, out=plan.scratch.f(name))
+
+
+def _bound_by_tier(
+    plan: CappingPlan,
+    *,
+    tier: NDArray[np.int8],
+    tolerances: Sequence[float],
+    loss: float,
+    memory_bound: NDArray[np.bool_],
+    lowest: FloatArray,
+) -> FloatArray:
+    """Per GPU, the lowest clock its tier allows a memory-bound lock. Units: MHz.
+
+    Tiers that tolerate at least `loss` keep `lowest`; a tier that tolerates none is taken out of
+    `memory_bound` (in place), which costs one comparison rather than a per-GPU table; a tier in
+    between gets the clock its own tolerance allows. `lowest` is the plan's cache and is never
+    written: a copy is made the first time a tier needs its own clock.
+    """
+    result = lowest
+    for t, tolerance in enumerate(tolerances):
+        tier_loss = min(max(float(tolerance), 0.0), loss)
+        if tier_loss >= loss:
+            continue
+        in_tier = np.equal(tier, t, out=plan.scratch.b("dvfs_tier"))
+        if tier_loss <= 0.0:
+            np.logical_and(memory_bound, np.logical_not(in_tier, out=in_tier), out=memory_bound)
+            continue
+        if result is lowest:
+            result = plan.scratch.f("dvfs_tier_lowest")
+            np.copyto(result, lowest)
+        np.copyto(result, _lowest_clock(plan, _keep_frac(tier_loss)), where=in_tier)
+    return result
+
+
+def _keep_frac(loss: float) -> float:
+    """The clock fraction at which memory-bound work loses `loss` of its throughput."""
+    return float((1.0 - loss) ** (1.0 / ALPHA_MEMORY_BOUND))
 
 
 def _lowest_clock(plan: CappingPlan, keep_frac: float) -> FloatArray:
