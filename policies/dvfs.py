@@ -12,8 +12,7 @@ not a limit, so it may cost a tier only what the tier has agreed to give up. A t
 tolerates no slowdown (Flex 0 by default) is never locked for energy. The cap-fitting clock below
 is exempt from that bound: it slows a GPU only to what its cap already forces on it.
 Compute-bound work whose cap binds gets the clock at which its power fits the cap, so the GPU
-does not fight its own power limiter. Clocks sit on each model's
-15 MHz grid inside its range.
+does not fight its own power limiter. Clocks sit on each model's 15 MHz grid inside its range.
 """
 
 from __future__ import annotations
@@ -56,8 +55,9 @@ def clock_targets(
     passes a peak-held activity): a synchronous job's compute phase starts at full activity right
     after a quiet all-reduce, and a ceiling sized for the quiet phase would leave the GPU's own
     limiter to catch the surge, overshooting the cap until it settles. Memory-bound detection
-    always uses the current `util`. Per-GPU model figures come from the plan; intermediates live
-    in its scratch buffers.
+    uses it too: work is memory-bound only while both activities are low against memory
+    activity, so mixed work (prefill bursts between decode) keeps `max_loss_frac`. Per-GPU model
+    figures come from the plan; intermediates live in its scratch buffers.
 
     `tier` (one Flex tier per GPU, validated by the caller) with `tolerances` (the tolerated
     slowdown per tier) bounds each memory-bound GPU's loss by its tier's tolerance as well as by
@@ -71,9 +71,13 @@ def clock_targets(
     if fit_util is None or settings.memory_bound_ratio <= 0.0:
         activity = np.clip(util, 0.0, 1.0, out=scratch.f("w0"))
     else:
-        # Only compared with a positive bound (memory activity >= MIN_ACTIVITY times a positive
+        # Detection looks at the higher of the current and the held activity: a GPU that ran
+        # compute (prefill, a training step) within the hold is not locked in its quiet phase,
+        # where the lock would slow the compute that follows by alpha 1.1, not 0.15. Only
+        # compared with a positive bound (memory activity >= MIN_ACTIVITY times a positive
         # ratio), where clipping below at 0 changes no outcome; the fit clips `fit_util` below.
-        activity = np.minimum(util, 1.0, out=scratch.f("w0"))
+        activity = np.maximum(util, fit_util, out=scratch.f("w0"))
+        np.minimum(activity, 1.0, out=activity)
     memory_bound = np.greater_equal(mem_util, MIN_ACTIVITY, out=scratch.b("b0"))
     ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=scratch.f("w1"))
     low_sm = np.less(activity, ratio_w, out=scratch.b("b1"))

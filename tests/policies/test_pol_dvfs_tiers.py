@@ -115,3 +115,27 @@ def test_no_memory_bound_lock_costs_a_tier_more_than_it_tolerates(
     is_memory_bound = (mem >= 0.05) & (util < DvfsSettings().memory_bound_ratio * mem)
     assert not np.any(locked & ~is_memory_bound)
     assert not np.any(locked & (allowed <= 0.0))
+
+
+def test_memory_bound_lock_waits_for_the_held_activity_to_fall() -> None:
+    """Decode between prefill bursts looks memory-bound between bursts; locked then, the next
+    burst runs compute at the locked clock. While the held activity shows recent compute the
+    GPU is not locked; once it has decayed, it is."""
+    util, mem = memory_bound()
+    tier = np.full(N, 2, np.int8)
+    plan = CappingPlan.build(TOPOLOGY)
+    cap = TOPOLOGY.gpu_max_cap_w.copy()
+    recent, _ = clock_targets(
+        plan,
+        cap_w=cap,
+        util=util,
+        mem_util=mem,
+        settings=DEFAULT_DVFS,
+        fit_util=np.full(N, 0.9),
+        tier=tier,
+    )
+    np.testing.assert_array_equal(recent, plan.max_clock_mhz)
+    decayed, _ = clock_targets(
+        plan, cap_w=cap, util=util, mem_util=mem, settings=DEFAULT_DVFS, fit_util=util, tier=tier
+    )
+    assert np.all(decayed < plan.max_clock_mhz)
