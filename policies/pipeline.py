@@ -211,6 +211,8 @@ def decide(
         mem_util=mem_util,
         settings=settings.dvfs,
         fit_util=util_held if stale_gpu is None else np.where(stale_gpu, 0.0, util_held),
+        tier=tiers,
+        tolerances=settings.capping.flex_tolerances,
         out=fresh[3],
     )
     decision = Decision(

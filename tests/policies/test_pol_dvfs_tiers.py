@@ -6,8 +6,17 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.decision import DEFAULT_FLEX_TOLERANCES, N_TIERS, DvfsSettings
+from policies.decision import (
+    DEFAULT_FLEX_TOLERANCES,
+    N_TIERS,
+    DvfsSettings,
+    Limits,
+    PolicySettings,
+)
 from policies.dvfs import ALPHA_MEMORY_BOUND, clock_targets
+from policies.fleet import FleetState
+from policies.gpu_models import GPU_MODELS
+from policies.pipeline import decide
 from policies.plan import CappingPlan
 from policies.topology import generate_topology
 
@@ -139,3 +148,32 @@ def test_memory_bound_lock_waits_for_the_held_activity_to_fall() -> None:
         plan, cap_w=cap, util=util, mem_util=mem, settings=DEFAULT_DVFS, fit_util=util, tier=tier
     )
     assert np.all(decayed < plan.max_clock_mhz)
+
+
+def test_decide_leaves_flex0_memory_bound_work_at_full_speed() -> None:
+    """Through the whole tick, with limits that leave every GPU its demand: memory-bound work in
+    Flex 0 runs at its top clock, the same work in Flex 1-3 is locked within its tolerance."""
+    util, mem = memory_bound()
+    fleet = FleetState.empty(TOPOLOGY)
+    fleet.power_w = 0.4 * TOPOLOGY.gpu_max_cap_w
+    fleet.util, fleet.mem_util = util, mem
+    fleet.rack_last_seen_s[:] = 0.0
+    tier = np.arange(N, dtype=np.int8) % N_TIERS
+    decision, _ = decide(
+        TOPOLOGY,
+        fleet,
+        tier=tier,
+        limits=Limits(),
+        settings=PolicySettings(),
+        state=None,
+        now_s=0.0,
+    )
+    top = np.array([GPU_MODELS[m].max_sm_clock_mhz for m in TOPOLOGY.gpu_model])
+    clock = decision.sm_clock_max_mhz
+    flex0 = tier == 0
+    np.testing.assert_array_equal(clock[flex0], top[flex0])
+    assert np.all(clock[~flex0] < top[~flex0])
+    speed = (clock / top) ** ALPHA_MEMORY_BOUND
+    floor = 1.0 - np.minimum(np.asarray(DEFAULT_FLEX_TOLERANCES)[tier], 0.02)
+    assert np.all(speed >= floor - 1e-12)
+    assert decision.dvfs_saving_w > 0.0
