@@ -14,11 +14,14 @@ fits the cap, so the GPU does not fight its own power limiter. Clocks sit on eac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
 from policies.decision import DvfsSettings
 from policies.plan import CappingPlan
+from policies.tiers import DEFAULT_FLEX_TOLERANCES
 from policies.workspace import DecisionWorkspace
 
 FloatArray = NDArray[np.float64]
@@ -41,6 +44,8 @@ def clock_targets(
     mem_util: FloatArray,
     settings: DvfsSettings,
     fit_util: FloatArray | None = None,
+    tier: NDArray[np.int8] | None = None,
+    tolerances: Sequence[float] = DEFAULT_FLEX_TOLERANCES,
     out: FloatArray | None = None,
     workspace: DecisionWorkspace | None = None,
 ) -> tuple[FloatArray, float]:
@@ -50,8 +55,14 @@ def clock_targets(
     passes a peak-held activity): a synchronous job's compute phase starts at full activity right
     after a quiet all-reduce, and a ceiling sized for the quiet phase would leave the GPU's own
     limiter to catch the surge, overshooting the cap until it settles. Memory-bound detection
-    always uses the current `util`. Per-GPU model figures come from the plan; intermediates live
-    in `workspace` (a fresh one when None).
+    uses it too: work is memory-bound only while both activities are low against memory
+    activity, so mixed work (prefill bursts between decode) keeps `max_loss_frac`. Per-GPU model
+    figures come from the plan; intermediates live in `workspace` (a fresh one when None).
+
+    `tier` (one Flex tier per GPU, validated by the caller) with `tolerances` (the tolerated
+    slowdown per tier) bounds each memory-bound GPU's loss by its tier's tolerance as well as by
+    `max_loss_frac`. Without `tier` every GPU may lose `max_loss_frac`, which is only right when
+    no tier tolerates less.
     """
     max_clock = plan.max_clock_mhz
     if not settings.enabled or cap_w.size == 0:
@@ -61,9 +72,13 @@ def clock_targets(
     if fit_util is None or settings.memory_bound_ratio <= 0.0:
         activity = np.clip(util, 0.0, 1.0, out=buffers.activity)
     else:
-        # Only compared with a positive bound (memory activity >= MIN_ACTIVITY times a positive
+        # Detection looks at the higher of the current and the held activity: a GPU that ran
+        # compute (prefill, a training step) within the hold is not locked in its quiet phase,
+        # where the lock would slow the compute that follows by alpha 1.1, not 0.15. Only
+        # compared with a positive bound (memory activity >= MIN_ACTIVITY times a positive
         # ratio), where clipping below at 0 changes no outcome; the fit clips `fit_util` below.
-        activity = np.minimum(util, 1.0, out=buffers.activity)
+        activity = np.maximum(util, fit_util, out=buffers.activity)
+        np.minimum(activity, 1.0, out=activity)
     memory_bound = np.greater_equal(mem_util, MIN_ACTIVITY, out=buffers.memory_bound)
     ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=buffers.ratio_w)
     low_sm = np.less(activity, ratio_w, out=buffers.low_sm)
@@ -71,8 +86,17 @@ def clock_targets(
     # Within [0, 1] whatever the caller passes (the edges bound it too): a loss above 1 would
     # raise a negative number to a fractional power.
     loss = min(max(settings.max_loss_frac, 0.0), 1.0)
-    keep = (1.0 - loss) ** (1.0 / ALPHA_MEMORY_BOUND)
-    lowest = _lowest_clock(plan, ws, keep)
+    lowest = _lowest_clock(plan, ws, _keep_frac(loss))
+    if tier is not None:
+        lowest = _bound_by_tier(
+            plan,
+            ws,
+            tier=tier,
+            tolerances=tolerances,
+            loss=loss,
+            memory_bound=memory_bound,
+            lowest=lowest,
+        )
     # The lowest clock where memory-bound, else the max: 0 <= lowest <= max, so zeroing the max
     # where memory-bound and taking the maximum with `lowest` selects exactly, and several times
     # faster than np.where on a mask this irregular.
@@ -124,6 +148,45 @@ def clock_targets(
     np.minimum(full_w, cap_w, out=full_w)
     saving = np.subtract(full_w, at_clock, out=full_w)
     return clock, float(saving.sum())
+
+
+def _bound_by_tier(
+    plan: CappingPlan,
+    workspace: DecisionWorkspace,
+    *,
+    tier: NDArray[np.int8],
+    tolerances: Sequence[float],
+    loss: float,
+    memory_bound: NDArray[np.bool_],
+    lowest: FloatArray,
+) -> FloatArray:
+    """Per GPU, the lowest clock its tier allows a memory-bound lock. Units: MHz.
+
+    Tiers that tolerate at least `loss` keep `lowest`; a tier that tolerates none is taken out of
+    `memory_bound` (in place), which costs one comparison rather than a per-GPU table; a tier in
+    between gets the clock its own tolerance allows. `lowest` is the workspace's cache and is
+    never written: a copy is made the first time a tier needs its own clock.
+    """
+    result = lowest
+    in_tier = workspace.clocks.in_tier
+    for t, tolerance in enumerate(tolerances):
+        tier_loss = min(max(float(tolerance), 0.0), loss)
+        if tier_loss >= loss:
+            continue
+        np.equal(tier, t, out=in_tier)
+        if tier_loss <= 0.0:
+            np.logical_and(memory_bound, np.logical_not(in_tier, out=in_tier), out=memory_bound)
+            continue
+        if result is lowest:
+            result = workspace.tier_lowest()
+            np.copyto(result, lowest)
+        np.copyto(result, _lowest_clock(plan, workspace, _keep_frac(tier_loss)), where=in_tier)
+    return result
+
+
+def _keep_frac(loss: float) -> float:
+    """The clock fraction at which memory-bound work loses `loss` of its throughput."""
+    return float((1.0 - loss) ** (1.0 / ALPHA_MEMORY_BOUND))
 
 
 def _lowest_clock(plan: CappingPlan, workspace: DecisionWorkspace, keep_frac: float) -> FloatArray:

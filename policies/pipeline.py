@@ -381,6 +381,8 @@ def _clocks(tick: _Tick, cap: FloatArray, activity: _Activity) -> tuple[FloatArr
         mem_util=activity.mem_util,
         settings=tick.settings.dvfs,
         fit_util=activity.fit,
+        tier=tick.tiers,
+        tolerances=tick.settings.capping.flex_tolerances,
         out=tick.clock_out,
         workspace=tick.workspace,
     )

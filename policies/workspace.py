@@ -93,6 +93,8 @@ class ClockBuffers:
     swing: FloatArray
     memory_bound: BoolArray
     low_sm: BoolArray
+    #: One Flex tier's GPUs, while bounding clock locks by each tier's tolerance.
+    in_tier: BoolArray
 
 
 class DecisionWorkspace:
@@ -114,7 +116,7 @@ class DecisionWorkspace:
         #             m[0]             m[1]                m[2]
         # demand      pinned           at_ceiling, asks    below_max
         # smoothing   kept_cut         small
-        # clocks      memory_bound     low_sm
+        # clocks      memory_bound     low_sm              in_tier
         self.demand = DemandBuffers(
             threshold=f[0],
             reach=f[1],
@@ -142,6 +144,7 @@ class DecisionWorkspace:
             swing=f[5],
             memory_bound=m[0],
             low_sm=m[1],
+            in_tier=m[2],
         )
         #: The allocation's caps before smoothing (warm ticks; smoothing makes the fresh caps).
         self.target_cap = f[3]
@@ -156,6 +159,7 @@ class DecisionWorkspace:
         self._phase_key: NDArray[np.int64] | None = None
         self._phase_tier: NDArray[np.int8] | None = None
         self._lowest_clock: dict[float, FloatArray] = {}
+        self._tier_lowest: FloatArray | None = None
 
     @classmethod
     def sized(cls, workspace: DecisionWorkspace | None, n_gpus: int) -> DecisionWorkspace:
@@ -227,10 +231,19 @@ class DecisionWorkspace:
         buf = self._lowest_clock[keep_frac] = np.empty(self.n_gpus)
         return buf, False
 
+    def tier_lowest(self) -> FloatArray:
+        """A buffer for per-GPU lowest clocks bounded by each tier's tolerance (made on first use:
+        only fleets with a tier that tolerates less than the loss budget need it)."""
+        if self._tier_lowest is None:
+            self._tier_lowest = np.empty(self.n_gpus)
+        return self._tier_lowest
+
     @property
     def nbytes(self) -> int:
         """Working memory held (the warm path's cost besides the state). Units: bytes."""
         arrays: list[NDArray[np.generic]] = [*self._pool, *self._lowest_clock.values()]
+        if self._tier_lowest is not None:
+            arrays.append(self._tier_lowest)
         for entry in self._tier_keep.values():
             arrays += entry
         if self._phase_key is not None and self._phase_tier is not None:

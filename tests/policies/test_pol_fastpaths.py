@@ -216,7 +216,9 @@ def plain_clocks(
 ) -> FloatArray:
     """Clock ceilings with clips and np.where, as the DVFS rules read."""
     lo, hi, step = plan.min_clock_mhz, plan.max_clock_mhz, plan.clock_step_mhz
-    memory_bound = (mem >= MIN_ACTIVITY) & (np.clip(util, 0.0, 1.0) < mem * cfg.memory_bound_ratio)
+    # Memory-bound only while the held activity is low too (no compute within the hold).
+    seen = np.clip(np.maximum(util, fit), 0.0, 1.0)
+    memory_bound = (mem >= MIN_ACTIVITY) & (seen < mem * cfg.memory_bound_ratio)
     keep = (1.0 - cfg.max_loss_frac) ** (1.0 / ALPHA_MEMORY_BOUND)
     lowest = np.minimum(lo + np.ceil((keep * hi - lo) / step) * step, hi)
     clock = np.where(memory_bound, lowest, hi)
