@@ -33,6 +33,7 @@ from policies.dr_flex import check_tolerances
 from policies.dvfs import BETA_POWER, MIN_ACTIVITY, clock_targets, dynamic_range
 from policies.errors import PolicyError
 from policies.fleet import FleetState
+from policies.lending import lend_step
 from policies.plan import CappingPlan
 from policies.topology import Topology
 
@@ -80,7 +81,10 @@ def decide(
     # A warm tick's per-GPU outputs (held demand, caps, held activity, clocks) share one fresh
     # block: four separate arrays of this size are freed and refaulted every tick (the
     # allocator hands their pages back to the kernel), which cost as much as a whole stage.
-    fresh: list[FloatArray | None] = [None] * 4 if state is None else list(np.empty((4, n)))
+    lending = settings.capping.lend.enabled
+    fresh: list[FloatArray | None] = (
+        [None] * 5 if state is None else list(np.empty((5 if lending else 4, n)))
+    )
     held_demand = None if state is None else state.demand_w
     holding = (
         state is not None
@@ -203,6 +207,30 @@ def decide(
         budget = alloc.used_w
     else:
         budget = _group_use(plan, cap) if smoothed_use is None else smoothed_use
+    # ---- headroom lending (policies.lending): on the smoothed caps, before they are issued ----
+    lend_basis = None
+    if lending:
+        lent = lend_step(
+            plan,
+            cap_w=cap,
+            previous_w=cap if state is None else state.cap_w,
+            power_w=fleet.power_w,
+            demand_w=demand,
+            max_w=ceiling_w,
+            tier=tiers,
+            usable_w=usable_w,
+            basis_w=None if state is None else state.lend_basis_w,
+            dt_s=0.0 if state is None else max(now_s - state.now_s, 0.0),
+            raise_w=settings.capping.raise_rate_w_per_s
+            * (0.0 if state is None else max(now_s - state.now_s, 0.0)),
+            settings=settings.capping.lend,
+            frozen=stale_gpu,
+            out=fresh[4],
+        )
+        cap, lend_basis = lent.cap_w, lent.basis_w
+        if lent.used_w is not None:
+            budget = lent.used_w
+    # ---- end of headroom lending ----
     issued = cap
     clock, saving = clock_targets(
         plan,
@@ -232,6 +260,7 @@ def decide(
         sm_clock_max_mhz=clock,
         util_held=util_held if util_held is not util else util.copy(),
         plan=plan,
+        lend_basis_w=lend_basis,
     )
 
 
