@@ -17,6 +17,7 @@ from controller.config.base import FiniteSection, Fraction, PositiveW, Seconds, 
 from controller.config.control import ControlSection
 from controller.config.decision import (
     CappingSection,
+    LendSection,
     DecisionSettingsSection,
     DvfsSection,
     RampSection,
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_CLASSES",
     "MIN_LEASE_TTL_S",
     "CappingSection",
+    "LendSection",
     "ControlSection",
     "DecisionSettingsSection",
     "DemandResponseSection",
