@@ -1,11 +1,11 @@
-"""`rheostat bench control`: the control-quality scoreboard (issue 8).
+"""`rheostat bench control`: the control-quality scoreboard.
 
 Every shipped scenario runs in the closed loop under four controllers, measured the same way:
 `none` (uncapped), `static` (one derating that fits the worst case), `threshold` (Slurm power-
 plugin style, `simulator.baselines`), `rheostat`, and `rheostat+lend` (the same with headroom
-lending on, `policies.lending`, its contract tolerance `--lend-tolerance`). Each run's summary is the one
-`rheostat simulate --json` prints, against one unlimited reference run per scenario, plus a
-`scoreboard` object with the figures the targets need that the summary does not carry:
+lending on, `policies.lending`, its contract tolerance `--lend-tolerance`). Each run's summary is
+the one `rheostat simulate --json` prints, against one unlimited reference run per scenario, plus
+a `scoreboard` object with the figures the targets need that the summary does not carry:
 
 - `breaker_over_s`: seconds summed over the breaker levels (every topology level below the site)
   over their usable limits; `site_over_s` the same for the site limit (contract, step or DR), and

@@ -17,9 +17,9 @@ from controller.config.base import FiniteSection, Fraction, PositiveW, Seconds, 
 from controller.config.control import ControlSection
 from controller.config.decision import (
     CappingSection,
-    LendSection,
     DecisionSettingsSection,
     DvfsSection,
+    LendSection,
     RampSection,
 )
 from controller.config.grid import DemandResponseSection, OpenAdrSection, ScheduledEvent
@@ -52,7 +52,6 @@ __all__ = [
     "MAX_CLASSES",
     "MIN_LEASE_TTL_S",
     "CappingSection",
-    "LendSection",
     "ControlSection",
     "DecisionSettingsSection",
     "DemandResponseSection",
@@ -65,6 +64,7 @@ __all__ = [
     "IngestSection",
     "InlineTopology",
     "KubernetesSection",
+    "LendSection",
     "LimitsSection",
     "LoggingSection",
     "MetricsSection",
