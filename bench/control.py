@@ -243,6 +243,7 @@ def run_scenario(
         settings = lend_settings(lend_tolerance) if name == LEND else None
         controlled = loop.run(scenario, controller=_controller(name), settings=settings)
         summary = _plain(summarize(controlled, reference))
+        summary["controller"] = name  # `rheostat+lend` runs the `rheostat` controller
         summary["scoreboard"] = scoreboard(controlled, reference, summary)
         out[name] = summary
     return out
