@@ -33,7 +33,7 @@ Row = dict[str, Any]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenario", nargs="+", default=list(SCENARIOS), metavar="NAME")
+    parser.add_argument("--scenario", nargs="*", default=list(SCENARIOS), metavar="NAME")
     parser.add_argument(
         "--duration", type=float, metavar="S", help="cut scenarios to S seconds (default: full)"
     )
