@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "e2e": "bench.e2e",
     "failover": "bench.failover",
     "ingest": "bench.ingest",
+    "lending": "bench.lending",
     "simulate": "bench.simulate",
 }
 

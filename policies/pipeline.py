@@ -32,6 +32,7 @@ from policies.dvfs import clock_targets
 from policies.errors import PolicyError
 from policies.fleet import FleetState
 from policies.floors import tier_floor_caps
+from policies.lending import lend_step
 from policies.pacing import pace_ceiling
 from policies.plan import CappingPlan
 from policies.site import allowed_site_power
@@ -71,8 +72,9 @@ def decide(
     bounds = _bounds(tick, demand, usable_w)
     alloc = _fill(tick, bounds, activity, usable_w, limits, sync_job)
     cap, budget = _smooth(tick, alloc, bounds.floor_w, usable_w)
-    # The caps above fit every limit; a step that moves them before they are issued (lending a
-    # group's unused headroom, say) goes here and hands on caps and budget that still fit.
+    # The caps above fit every limit; lending moves them within the worst-case bounds of
+    # `policies.lending` before they are issued.
+    cap, budget, lend_basis = _lend(tick, fleet, cap, budget, bounds, usable_w)
     clock, saving = _clocks(tick, cap, activity)
     util_held = activity.held if activity.held is not activity.util else activity.util.copy()
     for array in (cap, clock, bounds.demand_w, util_held):
@@ -96,6 +98,7 @@ def decide(
         sm_clock_max_mhz=clock,
         util_held=util_held,
         plan=tick.plan,
+        lend_basis_w=lend_basis,
     )
 
 
@@ -120,6 +123,8 @@ class _Tick:
     cap_out: FloatArray | None
     held_activity_out: FloatArray | None
     clock_out: FloatArray | None
+    #: Where lending writes its caps (warm, with lending on).
+    lend_out: FloatArray | None
 
 
 def _start(  # noqa: PLR0917 - decide's inputs, checked once
@@ -144,7 +149,10 @@ def _start(  # noqa: PLR0917 - decide's inputs, checked once
         raise PolicyError(f"fleet has {fleet.power_w.shape[0]} GPUs, topology {n}")
     if state is not None and state.cap_w.shape != (n,):
         state = None  # the topology changed under us: start cold rather than misalign caps
-    fresh: list[FloatArray | None] = [None] * 4 if state is None else list(np.empty((4, n)))
+    rows = 5 if settings.capping.lend.enabled else 4
+    fresh: list[FloatArray | None] = [None] * 5 if state is None else list(np.empty((rows, n)))
+    if len(fresh) < 5:
+        fresh.append(None)
     return _Tick(
         plan=plan,
         workspace=ws,
@@ -158,6 +166,7 @@ def _start(  # noqa: PLR0917 - decide's inputs, checked once
         cap_out=fresh[1],
         held_activity_out=fresh[2],
         clock_out=fresh[3],
+        lend_out=fresh[4],
     )
 
 
@@ -370,6 +379,39 @@ def _smooth(
         workspace=tick.workspace,
     )
     return cap, plan.group_use(cap) if smoothed_use is None else smoothed_use
+
+
+def _lend(  # noqa: PLR0917 - the smoothed tick's outputs
+    tick: _Tick,
+    fleet: FleetState,
+    cap: FloatArray,
+    budget: tuple[FloatArray, ...],
+    bounds: _Bounds,
+    usable_w: tuple[FloatArray, ...],
+) -> tuple[FloatArray, tuple[FloatArray, ...], FloatArray | None]:
+    """With lending on, the caps after undrawn headroom is lent, each group's budget and the
+    lenders' basis for the next tick; else the caps and budget unchanged."""
+    settings, state = tick.settings.capping, tick.state
+    if not settings.lend.enabled:
+        return cap, budget, None
+    lent = lend_step(
+        tick.plan,
+        cap_w=cap,
+        previous_w=cap if state is None else state.cap_w,
+        power_w=fleet.power_w,
+        demand_w=bounds.demand_w,
+        max_w=bounds.max_w,
+        tier=tick.tiers,
+        usable_w=usable_w,
+        basis_w=None if state is None else state.lend_basis_w,
+        dt_s=tick.dt_s,
+        raise_w=settings.raise_rate_w_per_s * tick.dt_s,
+        settings=settings.lend,
+        frozen=tick.stale_gpu,
+        out=tick.lend_out,
+        workspace=tick.workspace,
+    )
+    return lent.cap_w, budget if lent.used_w is None else lent.used_w, lent.basis_w
 
 
 def _clocks(tick: _Tick, cap: FloatArray, activity: _Activity) -> tuple[FloatArray, float]:

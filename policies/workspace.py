@@ -97,6 +97,20 @@ class ClockBuffers:
     in_tier: BoolArray
 
 
+@dataclass(frozen=True, slots=True)
+class LendBuffers:
+    """The lending stage's temporaries (`policies.lending.lend_step`): its own memory, since
+    the allocation it runs uses the shared buffers while `reach` is its demand and ceiling."""
+
+    margin: FloatArray
+    reach: FloatArray
+    wanted: FloatArray
+    headroom: FloatArray
+    rise: FloatArray
+    keep: BoolArray
+    free: BoolArray
+
+
 class DecisionWorkspace:
     """Working memory for `decide` on a fleet of `n_gpus` GPUs (see the module)."""
 
@@ -160,6 +174,7 @@ class DecisionWorkspace:
         self._phase_tier: NDArray[np.int8] | None = None
         self._lowest_clock: dict[float, FloatArray] = {}
         self._tier_lowest: FloatArray | None = None
+        self._lend: LendBuffers | None = None
 
     @classmethod
     def sized(cls, workspace: DecisionWorkspace | None, n_gpus: int) -> DecisionWorkspace:
@@ -238,12 +253,31 @@ class DecisionWorkspace:
             self._tier_lowest = np.empty(self.n_gpus)
         return self._tier_lowest
 
+    def lend(self) -> LendBuffers:
+        """The lending stage's buffers (made on first use: only fleets that lend need them)."""
+        if self._lend is None:
+            n = self.n_gpus
+            self._lend = LendBuffers(
+                margin=np.empty(n),
+                reach=np.empty(n),
+                wanted=np.empty(n),
+                headroom=np.empty(n),
+                rise=np.empty(n),
+                keep=np.empty(n, dtype=np.bool_),
+                free=np.empty(n, dtype=np.bool_),
+            )
+        return self._lend
+
     @property
     def nbytes(self) -> int:
         """Working memory held (the warm path's cost besides the state). Units: bytes."""
         arrays: list[NDArray[np.generic]] = [*self._pool, *self._lowest_clock.values()]
         if self._tier_lowest is not None:
             arrays.append(self._tier_lowest)
+        if self._lend is not None:
+            lend = self._lend
+            arrays += [lend.margin, lend.reach, lend.wanted, lend.headroom, lend.rise]
+            arrays += [lend.keep, lend.free]
         for entry in self._tier_keep.values():
             arrays += entry
         if self._phase_key is not None and self._phase_tier is not None:
