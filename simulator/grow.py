@@ -122,7 +122,8 @@ def _added_workloads(scenario: Scenario, add: int) -> list[dict[str, Any]]:
         classes.setdefault(_class_key(doc), []).append(doc)
     idle = scenario.topology.gpus - sum(w.gpus for w in scenario.workloads)
     servers = np.array(
-        [sum(d["gpus"] for d in docs) / per_server for docs in classes.values()] + [idle / per_server]
+        [sum(d["gpus"] for d in docs) / per_server for docs in classes.values()]
+        + [idle / per_server]
     )
     shares = add * servers / servers.sum()
     counts = np.floor(shares).astype(int)
