@@ -5,8 +5,8 @@ the few minutes around its start. Each event therefore runs as its own short clo
 the site: the pre-event stretch the baseline averages over (at least `PRE_EVENT_S` of the site
 running before the ramp, after the controller's warm-up), the notice, which overlaps it (the
 controller learns of the event at its notification time, not before: `simulator.grid`), the ramp
-and the first `check_s` seconds of the hold. The rest of a hold of up to ten hours is a steady state the scoreboard's DR scenarios
-(`phoenix`) already cover, and is not simulated.
+and the first `check_s` seconds of the hold. The rest of a hold of up to ten hours is a steady
+state the scoreboard's DR scenarios (`phoenix`) already cover, and is not simulated.
 
 An event is on time when site power is at or under its target (within the reports' 1 %,
 `policies.dr_report`) no later than `ON_TIME_S` after the event's start and stays there for the
