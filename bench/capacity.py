@@ -34,6 +34,7 @@ from bench.control import MIN_TIER0, _plain, scoreboard
 from controller.commands._args import duration_s
 from policies.decision import DEFAULT_FLEX_TOLERANCES
 from simulator import loop
+from simulator.build import build_topology, full_power_w, server_models
 from simulator.grow import grow
 from simulator.scenario import Scenario, load_scenario
 from simulator.summary import summarize
@@ -74,7 +75,30 @@ def step_misses(summary: Row) -> list[str]:
         found.append(f"trips={summary['breaker_trips']}")
     if not board["within_limits"]:
         found.append(f"over-limits(brk={board['breaker_over_s']}s,site={board['site_over_s']}s)")
+    found.extend(work_misses(summary["throughput_retained"]))
+    below = summary.get("seconds_below_floor") or {}
+    found.extend(f"below-floor{t[-1]}={s:g}s" for t, s in below.items() if s > 0)
+    return found
+
+
+def oracle_retained(summary: Row) -> dict[str, float] | None:
+    """Per tier, the oracle's work against the unlimited run's: the most any allocation keeps
+    under the same limits (the run's retained work over its `oracle_ratio`)."""
+    ratio = summary.get("oracle_ratio")
+    if not ratio:
+        return None
     kept: dict[str, float] = summary["throughput_retained"]
+    return {
+        t: round(kept[t] / ratio[t], 4)
+        for t in kept
+        if t.startswith("tier") and ratio.get(t) and ratio[t] > 0
+    }
+
+
+def work_misses(kept: dict[str, float]) -> list[str]:
+    """Tiers whose work (against the unlimited run's) is under `MIN_TIER0` (Flex 0) or under
+    their floor, 1 - the tolerated slowdown (the others)."""
+    found: list[str] = []
     tier0 = kept.get("tier0")
     if tier0 is not None and tier0 < MIN_TIER0:
         found.append(f"tier0={tier0:.4f}")
@@ -82,8 +106,6 @@ def step_misses(summary: Row) -> list[str]:
         work = kept.get(f"tier{t}")
         if t > 0 and work is not None and work < 1.0 - tolerance:
             found.append(f"tier{t}={work:.4f}<floor")
-    below = summary.get("seconds_below_floor") or {}
-    found.extend(f"below-floor{t[-1]}={s:g}s" for t, s in below.items() if s > 0)
     return found
 
 
@@ -99,7 +121,20 @@ def _step_row(grown: Scenario, base_gpus: int, summary: Row) -> Row:
         "throughput_retained": summary["throughput_retained"],
         "seconds_below_floor": summary.get("seconds_below_floor"),
         "oracle_ratio": summary.get("oracle_ratio"),
+        "oracle_retained": oracle_retained(summary),
+        "contract_gpus": contract_gpus(grown),
     }
+
+
+def contract_gpus(scenario: Scenario) -> float:
+    """GPUs the site contract covers flat out (every GPU at its max cap with its server's
+    overhead and PSU losses, at the fleet's mean): the count a site provisioned for peak power
+    would host, the base of POLCA-style oversubscription figures."""
+    topo = build_topology(
+        scenario.topology, scenario.physics.psu_efficiency, server_model=server_models(scenario)
+    )
+    full_w = full_power_w(topo, scenario.physics.psu_efficiency)
+    return round(float(topo.levels[-1].limit_w[0]) / full_w * topo.n_gpus, 1)
 
 
 def scan(base: Scenario, controllers: Sequence[str], *, step: float, max_extra: float) -> Row:
@@ -117,11 +152,13 @@ def scan(base: Scenario, controllers: Sequence[str], *, step: float, max_extra: 
             "stopped_by": None,
             "work_capacity_pct": None,
             "work_stopped_by": None,
+            "oracle_capacity_pct": None,
             "steps": [],
         }
         for c in controllers
     }
     scanning = list(controllers)
+    oracle_open = dict.fromkeys(controllers, True)
     k = 0
     while scanning and k * step <= max_extra + 1e-9:
         grown = grow(base, k * step)
@@ -139,9 +176,14 @@ def scan(base: Scenario, controllers: Sequence[str], *, step: float, max_extra: 
                 else:
                     out["capacity_pct"] = row["extra_pct"]
                     out["extra_gpus"] = row["gpus"] - base_gpus
-            work_misses = [m for m in row["misses"] if not m.startswith("below-floor")]
-            if work_misses:
-                out["work_stopped_by"] = {"extra_pct": row["extra_pct"], "misses": work_misses}
+            if oracle_open[name]:
+                if row["oracle_retained"] and not work_misses(row["oracle_retained"]):
+                    out["oracle_capacity_pct"] = row["extra_pct"]
+                else:
+                    oracle_open[name] = False
+            on_work = [m for m in row["misses"] if not m.startswith("below-floor")]
+            if on_work:
+                out["work_stopped_by"] = {"extra_pct": row["extra_pct"], "misses": on_work}
                 scanning.remove(name)
             else:
                 out["work_capacity_pct"] = row["extra_pct"]
@@ -204,11 +246,13 @@ def flat_rows(rows: Sequence[Row]) -> list[Row]:
                         "controller": name,
                         "base_gpus": result["gpus"],
                         "capacity_%": out["capacity_pct"],
+                        "vs_contract_%": _vs_contract(out),
                         "extra_gpus": out["extra_gpus"],
                         "vs_static": tgt["vs_static"] if name == "rheostat" else None,
                         "first_miss_%": None if stop is None else stop["extra_pct"],
                         "missed_by": None if stop is None else " ".join(stop["misses"]),
                         "work_capacity_%": out["work_capacity_pct"],
+                        "oracle_capacity_%": out["oracle_capacity_pct"],
                         "work_missed_by": (
                             None
                             if out["work_stopped_by"] is None
@@ -218,6 +262,15 @@ def flat_rows(rows: Sequence[Row]) -> list[Row]:
                     }
                 )
     return flat
+
+
+def _vs_contract(out: Row) -> float | None:
+    """GPUs hosted at capacity over the contract's flat-out count, minus 1; %."""
+    hosted = [s for s in out["steps"] if s["extra_pct"] == out["capacity_pct"]]
+    if not hosted:
+        return None
+    step = hosted[-1]
+    return round(100.0 * (step["gpus"] / step["contract_gpus"] - 1.0), 2)
 
 
 def table(rows: Sequence[Row]) -> str:
