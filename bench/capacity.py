@@ -270,7 +270,7 @@ def _vs_contract(out: Row) -> float | None:
     if not hosted:
         return None
     step = hosted[-1]
-    return round(100.0 * (step["gpus"] / step["contract_gpus"] - 1.0), 2)
+    return round(100.0 * (float(step["gpus"]) / float(step["contract_gpus"]) - 1.0), 2)
 
 
 def table(rows: Sequence[Row]) -> str:
