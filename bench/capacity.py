@@ -12,14 +12,20 @@ each controller against its own unlimited reference. A step is hosted when the r
   unlimited run's, and 0 s below its floor while the limits allowed every floor
   (`seconds_below_floor`, from the oracle; absent without HiGHS).
 
-A controller's capacity is the largest step hosted before its first miss (None when the base
-scenario already misses), in percent of the base's GPUs: the GPUs actually added, whole servers,
-so a step adds at least its nominal share. Targets: Rheostat's capacity at least
-`MIN_CAPACITY_PCT` and at least `MIN_VS_STATIC` times static derating's.
+A controller's capacity is the largest step hosted up from the base before its first miss; when
+the base already misses, the scan goes down (`simulator.grow` then removes servers, each class of
+work by its share) to the first step hosted. Steps are in percent of the base's GPUs: whole
+servers, at least the nominal share. Beside it, `vs_contract_pct` is the hosted fleet against the
+GPUs the site contract covers flat out (`contract_gpus`), the base of oversubscription figures
+such as POLCA's (+30 %) and the targets: Rheostat's at least `MIN_CAPACITY_PCT` and at least
+`MIN_VS_STATIC` times static derating's. `work_capacity_pct` drops the seconds-below-floor
+criterion (each tier at its floor on average, brief dips allowed), and `oracle_capacity_pct`
+applies the work criteria to the oracle's work in the same runs: what any allocation could host.
 
-`--json` prints `{"scenarios": {name: {"gpus": N, "controllers": {controller: {"capacity_pct",
-"extra_gpus", "stopped_by", "steps": [...]}}, "targets": {...}}}}`; each step carries the grown
-GPU count, the misses and the figures they rest on.
+`--json` prints `{"scenarios": {name: {"gpus", "contract_gpus", "controllers": {controller:
+{"capacity_pct", "vs_contract_pct", "stopped_by", "work_capacity_pct", "oracle_capacity_pct",
+"steps": [...]}}, "targets": {...}}}}`; each step carries the grown GPU count, the misses and
+the figures they rest on.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.control import MIN_TIER0, _plain, scoreboard
@@ -47,6 +53,8 @@ CONTROLLERS = ("static", "rheostat")
 MIN_CAPACITY_PCT = 35.0
 #: Target: and at least this multiple of what static derating hosts.
 MIN_VS_STATIC = 1.5
+#: Smallest fleet tried when the base already misses: half the base's GPUs fewer.
+MIN_EXTRA = -0.5
 
 Row = dict[str, Any]
 
@@ -122,8 +130,104 @@ def _step_row(grown: Scenario, base_gpus: int, summary: Row) -> Row:
         "seconds_below_floor": summary.get("seconds_below_floor"),
         "oracle_ratio": summary.get("oracle_ratio"),
         "oracle_retained": oracle_retained(summary),
-        "contract_gpus": contract_gpus(grown),
     }
+
+
+def scan(
+    base: Scenario,
+    controllers: Sequence[str],
+    *,
+    step: float,
+    max_extra: float,
+    min_extra: float = MIN_EXTRA,
+) -> Row:
+    """Each controller's capacities on `base`, grown (or shrunk) step by step.
+
+    Up from the base while a controller meets the work criteria; down from it, when the base
+    already misses, until it meets every criterion (or `min_extra`). Three figures per
+    controller: `capacity_pct` by every criterion of the module doc; `work_capacity_pct`
+    without the seconds below a floor (each tier at its floor on average, brief dips allowed);
+    `oracle_capacity_pct`, the same work criteria met by the oracle's work in those runs (what
+    any allocation could host; up from the base only, so a lower bound when the scan stopped
+    first). Percentages of the base's GPUs; `vs_contract_pct` the same hosted fleet against the
+    GPUs the contract covers flat out.
+    """
+    runs: dict[str, dict[int, Row]] = {c: {} for c in controllers}
+
+    def evaluate(k: int, names: Sequence[str]) -> None:
+        grown = grow(base, k * step)
+        reference = loop.run(grown, unlimited=True)
+        for name in names:
+            controlled = loop.run(grown, controller=name)
+            summary = _plain(summarize(controlled, reference))
+            summary["scoreboard"] = scoreboard(controlled, reference, summary)
+            runs[name][k] = _step_row(grown, base.topology.gpus, summary)
+
+    k, going = 0, list(controllers)
+    while going and k * step <= max_extra + 1e-9:
+        evaluate(k, going)
+        going = [c for c in going if not _work_only(runs[c][k]["misses"])]
+        k += 1
+    k, going = -1, [c for c in controllers if runs[c][0]["misses"]]
+    while going and k * step >= min_extra - 1e-9:
+        evaluate(k, going)
+        going = [c for c in going if runs[c][k]["misses"]]
+        k -= 1
+    contract = contract_gpus(base)
+    results: dict[str, Row] = {}
+    for name, by_k in runs.items():
+        steps = [by_k[i] for i in sorted(by_k)]
+        cap, stop = _capacity(by_k, lambda r: not r["misses"])
+        work, work_stop = _capacity(by_k, lambda r: not _work_only(r["misses"]))
+        oracle, _ = _capacity(
+            by_k, lambda r: bool(r["oracle_retained"]) and not work_misses(r["oracle_retained"])
+        )
+        hosted = None if cap is None else by_k[cap]["gpus"]
+        results[name] = {
+            "capacity_pct": None if cap is None else by_k[cap]["extra_pct"],
+            "extra_gpus": None if hosted is None else hosted - base.topology.gpus,
+            "vs_contract_pct": None if hosted is None else _pct(hosted, contract),
+            "stopped_by": None if stop is None else _stop(by_k[stop]),
+            "work_capacity_pct": None if work is None else by_k[work]["extra_pct"],
+            "work_vs_contract_pct": None if work is None else _pct(by_k[work]["gpus"], contract),
+            "work_stopped_by": None if work_stop is None else _stop(by_k[work_stop]),
+            "oracle_capacity_pct": None if oracle is None else by_k[oracle]["extra_pct"],
+            "steps": steps,
+        }
+    return {
+        "gpus": base.topology.gpus,
+        "contract_gpus": contract,
+        "controllers": results,
+        "targets": targets(results),
+    }
+
+
+def _work_only(misses: list[str]) -> list[str]:
+    return [m for m in misses if not m.startswith("below-floor")]
+
+
+def _pct(gpus: float, of: float) -> float:
+    return round(100.0 * (gpus / of - 1.0), 2)
+
+
+def _stop(row: Row) -> Row:
+    return {"extra_pct": row["extra_pct"], "misses": row["misses"]}
+
+
+def _capacity(by_k: dict[int, Row], ok: Callable[[Row], bool]) -> tuple[int | None, int | None]:
+    """The step hosted (largest up from the base while hosted, else the first hosted below
+    it) and the step that first missed above it (None: none scanned)."""
+    if 0 not in by_k:
+        return None, None
+    if ok(by_k[0]):
+        k = 0
+        while k + 1 in by_k and ok(by_k[k + 1]):
+            k += 1
+        return k, (k + 1 if k + 1 in by_k else None)
+    k = -1
+    while k in by_k and not ok(by_k[k]):
+        k -= 1
+    return (k, k + 1) if k in by_k else (None, min(by_k))
 
 
 def contract_gpus(scenario: Scenario) -> float:
@@ -137,67 +241,14 @@ def contract_gpus(scenario: Scenario) -> float:
     return round(float(topo.levels[-1].limit_w[0]) / full_w * topo.n_gpus, 1)
 
 
-def scan(base: Scenario, controllers: Sequence[str], *, step: float, max_extra: float) -> Row:
-    """Grow `base` step by step until every controller has missed on work (or `max_extra`).
-
-    Two capacities per controller: `capacity_pct` by every criterion of the module doc, and
-    `work_capacity_pct` without the seconds below a floor (each tier's work at its floor on
-    average, transient dips allowed), which shows how far a few seconds' dips decide the first.
-    """
-    base_gpus = base.topology.gpus
-    results: dict[str, Row] = {
-        c: {
-            "capacity_pct": None,
-            "extra_gpus": None,
-            "stopped_by": None,
-            "work_capacity_pct": None,
-            "work_stopped_by": None,
-            "oracle_capacity_pct": None,
-            "steps": [],
-        }
-        for c in controllers
-    }
-    scanning = list(controllers)
-    oracle_open = dict.fromkeys(controllers, True)
-    k = 0
-    while scanning and k * step <= max_extra + 1e-9:
-        grown = grow(base, k * step)
-        reference = loop.run(grown, unlimited=True)
-        for name in list(scanning):
-            controlled = loop.run(grown, controller=name)
-            summary = _plain(summarize(controlled, reference))
-            summary["scoreboard"] = scoreboard(controlled, reference, summary)
-            row = _step_row(grown, base_gpus, summary)
-            out = results[name]
-            out["steps"].append(row)
-            if out["stopped_by"] is None:
-                if row["misses"]:
-                    out["stopped_by"] = {"extra_pct": row["extra_pct"], "misses": row["misses"]}
-                else:
-                    out["capacity_pct"] = row["extra_pct"]
-                    out["extra_gpus"] = row["gpus"] - base_gpus
-            if oracle_open[name]:
-                if row["oracle_retained"] and not work_misses(row["oracle_retained"]):
-                    out["oracle_capacity_pct"] = row["extra_pct"]
-                else:
-                    oracle_open[name] = False
-            on_work = [m for m in row["misses"] if not m.startswith("below-floor")]
-            if on_work:
-                out["work_stopped_by"] = {"extra_pct": row["extra_pct"], "misses": on_work}
-                scanning.remove(name)
-            else:
-                out["work_capacity_pct"] = row["extra_pct"]
-        k += 1
-    return {"gpus": base_gpus, "controllers": results, "targets": targets(results)}
-
-
 def targets(results: dict[str, Row]) -> Row:
-    """Rheostat's capacity against `MIN_CAPACITY_PCT` and `MIN_VS_STATIC` times static's."""
-    ours = results.get("rheostat", {}).get("capacity_pct")
-    static = results.get("static", {}).get("capacity_pct")
+    """Rheostat's hosted fleet against the contract's flat-out count: at least
+    `MIN_CAPACITY_PCT` more, and at least `MIN_VS_STATIC` times static derating's figure."""
+    ours = results.get("rheostat", {}).get("vs_contract_pct")
+    static = results.get("static", {}).get("vs_contract_pct")
     vs_static = None
-    if ours is not None and static is not None:
-        vs_static = None if static == 0 else round(ours / static, 3)
+    if ours is not None and static is not None and static > 0:
+        vs_static = round(ours / static, 3)
     return {
         "min_capacity_pct": MIN_CAPACITY_PCT,
         "min_vs_static": MIN_VS_STATIC,
@@ -206,7 +257,7 @@ def targets(results: dict[str, Row]) -> Row:
         "vs_static_met": (
             None
             if "static" not in results
-            else ours is not None and ours >= MIN_VS_STATIC * (static or 0.0)
+            else ours is not None and ours >= MIN_VS_STATIC * max(static or 0.0, 0.0)
         ),
     }
 
@@ -226,7 +277,7 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 
 def flat_rows(rows: Sequence[Row]) -> list[Row]:
-    """One row per scenario x controller: capacity and why the scan stopped."""
+    """One row per scenario x controller: capacities and why the scan stopped."""
     flat: list[Row] = []
     for row in rows:
         for scenario, result in row["scenarios"].items():
@@ -240,37 +291,28 @@ def flat_rows(rows: Sequence[Row]) -> list[Row]:
                         *([] if tgt["vs_static_met"] in (True, None) else [f"<{MIN_VS_STATIC}x"]),
                     ]
                     verdict = " ".join(missed) or "ok"
+                work_stop = out["work_stopped_by"]
                 flat.append(
                     {
                         "scenario": scenario,
                         "controller": name,
-                        "base_gpus": result["gpus"],
+                        "gpus": result["gpus"],
+                        "contract_gpus": result["contract_gpus"],
                         "capacity_%": out["capacity_pct"],
-                        "vs_contract_%": _vs_contract(out),
-                        "extra_gpus": out["extra_gpus"],
+                        "vs_contract_%": out["vs_contract_pct"],
                         "vs_static": tgt["vs_static"] if name == "rheostat" else None,
                         "first_miss_%": None if stop is None else stop["extra_pct"],
                         "missed_by": None if stop is None else " ".join(stop["misses"]),
-                        "work_capacity_%": out["work_capacity_pct"],
-                        "oracle_capacity_%": out["oracle_capacity_pct"],
+                        "work_cap_%": out["work_capacity_pct"],
+                        "work_vs_contract_%": out["work_vs_contract_pct"],
                         "work_missed_by": (
-                            None
-                            if out["work_stopped_by"] is None
-                            else " ".join(out["work_stopped_by"]["misses"])
+                            None if work_stop is None else " ".join(_work_only(work_stop["misses"]))
                         ),
+                        "oracle_cap_%": out["oracle_capacity_pct"],
                         "targets": verdict,
                     }
                 )
     return flat
-
-
-def _vs_contract(out: Row) -> float | None:
-    """GPUs hosted at capacity over the contract's flat-out count, minus 1; %."""
-    hosted = [s for s in out["steps"] if s["extra_pct"] == out["capacity_pct"]]
-    if not hosted:
-        return None
-    step = hosted[-1]
-    return round(100.0 * (float(step["gpus"]) / float(step["contract_gpus"]) - 1.0), 2)
 
 
 def table(rows: Sequence[Row]) -> str:

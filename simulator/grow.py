@@ -24,6 +24,7 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from simulator.build import build_topology, full_power_w, server_models
 from simulator.scenario import Scenario
@@ -33,11 +34,13 @@ GROWN_SUFFIX = "+grow"
 
 
 def extra_servers(scenario: Scenario, extra_frac: float) -> int:
-    """Whole servers that add at least `extra_frac` more GPUs (a share of the base's)."""
-    if extra_frac < 0:
-        raise ValueError("extra_frac must be >= 0")
+    """Whole servers to add (negative: remove) so the fleet has at least `1 + extra_frac` times
+    the base's GPUs, always keeping a server."""
     n_servers = scenario.topology.gpus // scenario.topology.gpus_per_server
-    return math.ceil(round(extra_frac * n_servers, 9))
+    add = math.ceil(round(extra_frac * n_servers, 9))
+    if add <= -n_servers:
+        raise ValueError(f"extra_frac {extra_frac} leaves no server")
+    return add
 
 
 def grow(scenario: Scenario, extra_frac: float) -> Scenario:
@@ -50,13 +53,16 @@ def grow(scenario: Scenario, extra_frac: float) -> Scenario:
     doc = scenario.model_dump()
     doc["topology"] = _frozen_topology(scenario, add)
     doc["limits"]["steps"] = _frozen_steps(scenario)
-    doc["workloads"] = [*doc["workloads"], *_added_workloads(scenario, add)]
+    if add >= 0:
+        doc["workloads"] = [*doc["workloads"], *_added_workloads(scenario, add)]
+    else:
+        doc["workloads"] = _fewer_workloads(scenario, -add)
     # The contract in watts: the grown fleet's full draw times the fraction that keeps it.
     full_w = full_power_w(_base_topology(Scenario.model_validate(doc)), 1.0)
     base_full_w = full_power_w(_base_topology(scenario), 1.0)
     doc["topology"]["site_limit_frac"] = spec.site_limit_frac * base_full_w / full_w
     added_pct = 100.0 * add * spec.gpus_per_server / spec.gpus
-    doc["name"] = f"{scenario.name}+{added_pct:.3g}%"
+    doc["name"] = f"{scenario.name}{added_pct:+.3g}%"
     return Scenario.model_validate(doc)
 
 
@@ -111,24 +117,50 @@ def _class_key(workload: dict[str, Any]) -> str:
     return repr(sorted((k, v) for k, v in workload.items() if k not in ("name", "gpus")))
 
 
-def _added_workloads(scenario: Scenario, add: int) -> list[dict[str, Any]]:
-    """New jobs and services for `add` servers, each class by its share of the base's servers.
-
-    The idle pool is a class too (its share stays idle, after the added work)."""
-    per_server = scenario.topology.gpus_per_server
+def _classes(scenario: Scenario) -> tuple[dict[str, list[dict[str, Any]]], NDArray[np.float64]]:
+    """Workloads by class (in first-listed order) and each class's servers, the idle pool's
+    last."""
     classes: dict[str, list[dict[str, Any]]] = {}
     for w in scenario.workloads:
         doc = w.model_dump()
         classes.setdefault(_class_key(doc), []).append(doc)
     idle = scenario.topology.gpus - sum(w.gpus for w in scenario.workloads)
-    servers = np.array(
-        [sum(d["gpus"] for d in docs) / per_server for docs in classes.values()]
-        + [idle / per_server]
-    )
-    shares = add * servers / servers.sum()
-    counts = np.floor(shares).astype(int)
+    gpus = [sum(d["gpus"] for d in docs) for docs in classes.values()]
+    return classes, np.array([*gpus, idle], dtype=np.float64) / scenario.topology.gpus_per_server
+
+
+def _apportion(n: int, servers: NDArray[np.float64]) -> NDArray[np.int64]:
+    """`n` servers over the classes by their shares of `servers` (largest remainder)."""
+    shares = n * servers / servers.sum()
+    counts: NDArray[np.int64] = np.floor(shares).astype(np.int64)
     order = np.argsort(-(shares - counts), kind="stable")
-    counts[order[: add - int(counts.sum())]] += 1
+    counts[order[: n - int(counts.sum())]] += 1
+    return counts
+
+
+def _fewer_workloads(scenario: Scenario, remove: int) -> list[dict[str, Any]]:
+    """The base's work less `remove` servers, each class by its share: a class gives up the
+    servers of its last-listed workloads first (a workload left with none is dropped)."""
+    per_server = scenario.topology.gpus_per_server
+    classes, servers = _classes(scenario)
+    cut = dict(zip(classes, _apportion(remove, servers)[:-1].tolist(), strict=True))
+    kept: dict[str, int] = {}
+    for key, docs in classes.items():
+        left = cut[key]
+        for doc in reversed(docs):
+            take = min(left, doc["gpus"] // per_server)
+            kept[doc["name"]] = doc["gpus"] - take * per_server
+            left -= take
+    return [w.model_dump() | {"gpus": kept[w.name]} for w in scenario.workloads if kept[w.name] > 0]
+
+
+def _added_workloads(scenario: Scenario, add: int) -> list[dict[str, Any]]:
+    """New jobs and services for `add` servers, each class by its share of the base's servers.
+
+    The idle pool is a class too (its share stays idle, after the added work)."""
+    per_server = scenario.topology.gpus_per_server
+    classes, servers = _classes(scenario)
+    counts = _apportion(add, servers)
     out: list[dict[str, Any]] = []
     for docs, n in zip(classes.values(), counts[:-1], strict=True):
         if n == 0:
