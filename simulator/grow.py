@@ -16,6 +16,10 @@ and the idle pool, grows by its share of the base scenario's servers (largest re
 servers), as new jobs and services of that class listed after the base's work. The base's jobs
 keep their GPUs, their models and their random demand, so a grown run differs from the base only
 by what was added.
+
+A negative share shrinks the site the same way: the last racks go, and each class of work (and
+the idle pool) gives up servers by its share, its last-listed workloads first. The capacity
+benchmark uses it where the base scenario already holds more than its limits can serve.
 """
 
 from __future__ import annotations

@@ -75,6 +75,32 @@ def test_added_work_follows_the_mix() -> None:
     assert grown.name == "grow+50%"
 
 
+def test_shrinking_takes_each_class_by_its_share() -> None:
+    base = site()
+    fewer = grow(base, -0.25)  # 32 servers of 8 -> 8 fewer
+    assert fewer.topology.gpus == 192
+    assert fewer.name == "grow-25%"
+    # Shares of the base's servers: chat 8, train 16, sweep 4, idle 4 of 32.
+    assert [(w.name, w.gpus) for w in fewer.workloads] == [
+        ("chat", 48),
+        ("train", 96),
+        ("sweep", 24),
+    ]
+    before, after = topology_of(base), topology_of(fewer)
+    assert after.levels[-1].limit_w[0] == pytest.approx(before.levels[-1].limit_w[0], rel=1e-12)
+    kept = after.levels[after.rack_level].limit_w
+    np.testing.assert_array_equal(kept, before.levels[before.rack_level].limit_w[: kept.size])
+
+
+def test_shrinking_drops_the_last_workloads_of_a_class_first() -> None:
+    base = load_scenario("oversubscribed")  # 16 chat services of 3 servers, 16 batch of 1
+    fewer = grow(base, -0.25)
+    names = {w.name: w.gpus for w in fewer.workloads}
+    assert "chat-15" not in names
+    assert names["chat-00"] == 24
+    assert sum(names.values()) == fewer.topology.gpus == 768
+
+
 def test_contract_steps_become_watts() -> None:
     base = site()
     grown = grow(base, 0.25)
@@ -120,7 +146,7 @@ def test_no_growth_is_the_base_site() -> None:
 
 
 def test_refuses_what_it_cannot_keep() -> None:
-    with pytest.raises(ValueError, match="extra_frac"):
-        grow(site(), -0.1)
+    with pytest.raises(ValueError, match="no server"):
+        grow(site(), -1.0)
     with pytest.raises(ValueError, match="facility"):
         grow(load_scenario("summer-heatwave"), 0.1)
