@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-extra", type=float, default=1.0, help="largest growth tried (share of GPUs)"
     )
     parser.add_argument(
+        "--without-dr",
+        action="store_true",
+        help="leave the scenario's demand-response events out (a cut is a share of the baseline, "
+        "so it scales with the fleet: no fleet size keeps every floor through a deep one)",
+    )
+    parser.add_argument(
         "--duration", type=duration_s, metavar="S", help="cut scenarios to S seconds (or 90s, 2m)"
     )
 
@@ -270,6 +276,9 @@ def run(args: argparse.Namespace) -> list[Row]:
             base = load_scenario(name)
             if args.duration is not None and args.duration < base.duration_s:
                 base = base.shortened(args.duration)
+            if getattr(args, "without_dr", False):
+                grid = base.grid.model_copy(update={"dr_events": ()})
+                base = base.model_copy(update={"grid": grid, "name": f"{base.name}-dr"})
             scenarios[base.name] = scan(
                 base, args.controller, step=args.step, max_extra=args.max_extra
             )
