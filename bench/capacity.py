@@ -278,7 +278,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                 base = base.shortened(args.duration)
             if getattr(args, "without_dr", False):
                 grid = base.grid.model_copy(update={"dr_events": ()})
-                base = base.model_copy(update={"grid": grid, "name": f"{base.name}-dr"})
+                base = base.model_copy(update={"grid": grid, "name": f"{base.name}(no DR)"})
             scenarios[base.name] = scan(
                 base, args.controller, step=args.step, max_extra=args.max_extra
             )
