@@ -47,7 +47,7 @@ from simulator.summary import summarize
 
 NAME = "capacity"
 HELP = "most extra GPUs the same breakers and contract host, static against rheostat"
-DEFAULT_ARGS = ["--scenario", "oversubscribed", "steady", "phoenix", "gb200-nvl72"]
+DEFAULT_ARGS = ["--scenario", "steady", "oversubscribed"]
 CONTROLLERS = ("static", "rheostat")
 #: Target: Rheostat hosts at least this many more GPUs, in percent of the base's.
 MIN_CAPACITY_PCT = 35.0

@@ -27,7 +27,7 @@ from simulator.scenario import load_scenario
 
 NAME = "dr-campaign"
 HELP = "random demand-response events on a 72-GPU-rack site: share met within 30 s of start"
-DEFAULT_ARGS = ["--events", "200", "--seed", "1"]
+DEFAULT_ARGS = ["--events", "200", "--seed", "1", "--jobs", "2"]
 #: Target: the share of events at target within `ON_TIME_S` of their start.
 MIN_ON_TIME_FRAC = 0.995
 SITE = "gb200-nvl72"
