@@ -38,7 +38,7 @@ from typing import Any
 
 from bench.control import MIN_TIER0, _plain, scoreboard
 from controller.commands._args import duration_s
-from policies.decision import DEFAULT_FLEX_TOLERANCES
+from policies.tiers import DEFAULT_FLEX_TOLERANCES
 from simulator import loop
 from simulator.build import build_topology, full_power_w, server_models
 from simulator.grow import grow

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.dr_report import event_report
+from policies.dr.report import event_report
 from simulator import loop
 from simulator.scenario import Scenario
 
