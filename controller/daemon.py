@@ -60,6 +60,7 @@ from policies.fleet import FleetState
 from policies.pipeline import decide
 from policies.stages import Tick, finish, prepare
 from policies.topology import Topology
+from policies.workspace import DecisionWorkspace
 
 log = structlog.get_logger("rheostat.controller")
 
@@ -93,6 +94,7 @@ class Decider(Protocol):
         now_s: float,
         stale_rack: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
         sync_job: np.ndarray[Any, np.dtype[np.int32]] | None = None,
+        workspace: DecisionWorkspace | None = None,
     ) -> tuple[Decision, DecisionState]: ...
 
 
@@ -346,6 +348,7 @@ class Controller(BrokerSession, PolicyReload):
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     async with asyncio.timeout(policy.config.mqtt.timeout_s):
                         await self.grid.flush(self._client)
+        rt.workspace = DecisionWorkspace.sized(rt.workspace, topo.n_gpus)
         decision, state = await asyncio.to_thread(
             self.decider,
             topo,
@@ -357,6 +360,7 @@ class Controller(BrokerSession, PolicyReload):
             now_s=mono_s,
             stale_rack=stale,
             sync_job=tick.sync_job,
+            workspace=rt.workspace,
         )
         rt.site_energy_j += site_power_w * dt_s
         decision = finish(self.stages, tick, decision)

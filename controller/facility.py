@@ -32,10 +32,11 @@ from controller.config.facility import FacilitySection
 from controller.metric_families import describe_families
 from controller.wire import MeterReading, decode_meter, facility_topic
 from policies.carbon import per_tier_totals
-from policies.decision import N_TIERS, Limits
+from policies.decision import Limits
 from policies.errors import ConfigError, ProtocolError
 from policies.facility import FacilityStage, ItBudget, MeterSample
 from policies.stages import dc_w, wall_w
+from policies.tiers import N_TIERS
 
 __all__ = ["FacilityCollector", "FacilityHook", "FacilitySection", "load_carbon_file"]
 

@@ -26,9 +26,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from policies.carbon import per_tier_totals
-from policies.decision import N_TIERS
 from policies.errors import ConfigError
 from policies.facility import CoolingModel, FacilitySettings, FacilityStage, MeterSample
+from policies.tiers import N_TIERS
 from simulator.feature_specs import FacilitySpec, OutdoorSpec
 from simulator.tolerance import is_over
 

@@ -13,9 +13,9 @@ from pydantic import Field, field_validator
 
 from controller.config.base import Section
 from policies.carbon import CarbonSettings
-from policies.decision import N_TIERS
-from policies.dr_flex import check_tolerances
+from policies.dr.flex import check_tolerances
 from policies.errors import ConfigError, PolicyError
+from policies.tiers import N_TIERS
 
 _DEFAULTS = CarbonSettings()
 
