@@ -14,8 +14,7 @@ import orjson
 from agent.backend import GpuBackend
 from agent.config import AgentConfig
 from agent.node_power import NodePowerReader, node_power_reader
-from agent.run import ClassSource, NodeAgent
-from agent.session import run_agent
+from agent.run import ClassSource, NodeAgent, run_agent
 
 
 def _list(arr: Any) -> list[float | None]:

@@ -22,8 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.config import AgentConfig, AgentMqtt
-from agent.run import NodeAgent
-from agent.session import run_agents
+from agent.run import NodeAgent, run_agents
 from controller import wire
 from simulator.cluster import SimCluster
 from simulator.gpu_backend import SimGpuBackend, SimRackMeter

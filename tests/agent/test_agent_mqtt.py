@@ -13,8 +13,7 @@ import orjson
 import pytest
 
 from agent.config import AgentConfig
-from agent.run import NodeAgent
-from agent.session import run_agent
+from agent.run import NodeAgent, run_agent
 from controller import wire
 from simulator.build import build_cluster
 from simulator.cluster import SimCluster

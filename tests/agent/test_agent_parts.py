@@ -14,7 +14,7 @@ import pytest
 from agent.backend import BackendError, GpuIdentity, clip_to_ranges, highest_at_most
 from agent.config import RedfishPower, load_agent_config
 from agent.node_power import RedfishReader, dcmi_watts, redfish_watts
-from agent.session import backoff_s
+from agent.run import backoff_s
 from controller.cli import main
 from policies.errors import ConfigError
 
