@@ -89,9 +89,10 @@ async def consume_plain_process(port: int, topo: Topology, count: int) -> float:
 
 
 async def consume_workers(
-    port: int, topo: Topology, count: int, workers: int
+    port: int, topo: Topology, count: int, workers: int, protocol: str = "3.1.1"
 ) -> tuple[float, int, int]:
-    """Sharded ingest (`controller.shard`): `workers` processes on a shared subscription.
+    """Sharded ingest (`controller.shard`): `workers` processes on a shared subscription, each
+    connected with MQTT `protocol` ("5" or "3.1.1").
 
     Returns (seconds to drain `count` queued messages, messages validated and written,
     messages conflated).
@@ -104,7 +105,11 @@ async def consume_workers(
         {
             "site": {"name": SITE, "topology": {"generate": {"gpus": topo.n_gpus}}},
             "mqtt": {"port": port, "client_id": f"bench-shard-{workers}"},
-            "ingest": {"workers": workers, "share_group": f"bench{workers}"},
+            "ingest": {
+                "workers": workers,
+                "share_group": f"bench{workers}",
+                "protocol": protocol,
+            },
         }
     )
     pool = IngestPool(
@@ -152,24 +157,26 @@ def worker_rows(port: int, topo: Topology, args: argparse.Namespace) -> list[dic
             "load_1m": round(os.getloadavg()[0], 2),
         }
     )
-    by_workers: dict[int, float] = {}
-    for workers in args.workers:
-        elapsed, written, conflated = asyncio.run(
-            consume_workers(port, topo, args.messages, workers)
-        )
-        rate = written / elapsed  # validated and written only: conflated ones do not count
-        by_workers[workers] = rate
-        rows.append(
-            {
-                "rack_gpus": rack_gpus,
-                "consumer": f"{workers} worker(s)",
-                "gpu_readings_per_s": round(rate * rack_gpus),
-                "msgs_per_s": round(rate),
-                "written": written,
-                "conflated": conflated,
-                "vs_plain": round(rate / base_rate, 2),
-                "vs_1_worker": round(rate / by_workers[1], 2) if 1 in by_workers else None,
-                "load_1m": round(os.getloadavg()[0], 2),
-            }
-        )
+    for protocol in args.worker_protocols:
+        by_workers: dict[int, float] = {}
+        for workers in args.workers:
+            elapsed, written, conflated = asyncio.run(
+                consume_workers(port, topo, args.messages, workers, protocol)
+            )
+            rate = written / elapsed  # validated and written only: conflated ones do not count
+            by_workers[workers] = rate
+            rows.append(
+                {
+                    "rack_gpus": rack_gpus,
+                    "consumer": f"{workers} worker(s)",
+                    "protocol": protocol,
+                    "gpu_readings_per_s": round(rate * rack_gpus),
+                    "msgs_per_s": round(rate),
+                    "written": written,
+                    "conflated": conflated,
+                    "vs_plain": round(rate / base_rate, 2),
+                    "vs_1_worker": round(rate / by_workers[1], 2) if 1 in by_workers else None,
+                    "load_1m": round(os.getloadavg()[0], 2),
+                }
+            )
     return rows

@@ -55,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="also run sharded ingest with this many worker processes (e.g. 1 2)",
     )
+    parser.add_argument(
+        "--worker-protocols",
+        nargs="+",
+        choices=["3.1.1", "5"],
+        default=["3.1.1"],
+        help="MQTT version of the workers' connections; several: each, in the same run",
+    )
 
 
 @contextlib.contextmanager

@@ -48,7 +48,8 @@ BULK_WINDOW = 128
 #: fleet-wide cut can make every rack urgent), but the bulk lane does not.
 URGENT_SLICE = 256
 
-Lane = Literal["urgent", "bulk"]
+#: `protect`: a protective cut (`controller.protect`), sent between ticks like an urgent command.
+Lane = Literal["urgent", "bulk", "protect"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,10 +217,55 @@ class CommandPublisher:
                         break
                     futures.append(future)
                 if futures:
-                    task = asyncio.create_task(self._confirm(client, futures, book))
-                    self.confirming.add(task)
-                    task.add_done_callback(self.confirming.discard)
+                    self._confirm_later(client, futures, book)
         return len(messages), int(rest.size)
+
+    async def send_in_force(
+        self,
+        book: CommandBook,
+        racks: NDArray[np.int64],
+        *,
+        scan_started_s: float,
+        detected_s: float,
+    ) -> int:
+        """Protective cuts: resend `racks` their caps in force (`CommandBook.build_in_force`)
+        now, on the urgent path, without waiting for a tick; returns the commands handed over.
+
+        `book` is the one `racks` were chosen from: after a reload swapped it, nothing is sent
+        (the racks' indices may mean other racks). `scan_started_s` and `detected_s`
+        (`time.monotonic()`) are the scan's, for the send trace.
+        """
+        rt = self._rt
+        client, decision = self._client, rt.decision
+        if client is None or decision is None or not racks.size or not self._may_send():
+            return 0
+        async with self._lock:
+            if rt.book is not book or self._client is not client:
+                return 0
+            locked_s = time.monotonic()
+            messages = book.build_in_force(
+                decision, racks, now_s=self._clock(), issued_at_s=self._wall_clock()
+            )
+            times = SendTimes(
+                tick_started_s=scan_started_s,
+                decided_s=detected_s,
+                diffed_s=detected_s,
+                build_started_s=locked_s,
+                encoded_s=time.monotonic(),
+                published_s=0.0,
+            )
+            future = self._publish(client, book, "protect", messages, times)
+            if future is None:
+                return 0
+            self._confirm_later(client, [future], book)
+        return len(messages)
+
+    def _confirm_later(
+        self, client: Client, futures: list[asyncio.Future[None]], book: CommandBook
+    ) -> None:
+        task = asyncio.create_task(self._confirm(client, futures, book))
+        self.confirming.add(task)
+        task.add_done_callback(self.confirming.discard)
 
     async def run(self) -> None:
         """The bulk lane: the current plan, window by window, each once the last is acknowledged."""
