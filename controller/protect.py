@@ -60,9 +60,12 @@ class ProtectiveCuts:
         self._rt = runtime
         self._publisher = publisher
         self._clock = clock
-        #: Telemetry received after this (the last scan's start) is new to the next scan.
-        self._since_s = clock()
-        self._cut_at_s = np.full(runtime.policy.topology.n_racks, -np.inf)
+        n_racks = runtime.policy.topology.n_racks
+        #: Each rack's receive time as the last scan saw it: a rack whose time differs has
+        #: reported since. (Not "received after the last scan began": an ingest worker stamps a
+        #: message before it writes it, and may write it after a scan that began later.)
+        self._seen_s = np.full(n_racks, -np.inf)
+        self._cut_at_s = np.full(n_racks, -np.inf)
         #: Protective commands handed to the MQTT client so far.
         self.sent_total = 0
 
@@ -70,7 +73,7 @@ class ProtectiveCuts:
         while True:
             scan_s = self._rt.policy.config.control.protect_scan_s
             if scan_s is None:  # switched off (a reload may switch it on)
-                self._since_s = self._clock()
+                self._seen_s = self._rt.fleet.rack_last_seen_s.copy()
                 await asyncio.sleep(1.0)
                 continue
             await asyncio.sleep(scan_s)
@@ -84,8 +87,10 @@ class ProtectiveCuts:
         n_racks = book.topology.n_racks
         if self._cut_at_s.size != n_racks:  # a reload brought another fleet
             self._cut_at_s = np.full(n_racks, -np.inf)
-        fresh = np.flatnonzero(fleet.rack_last_seen_s > self._since_s)
-        self._since_s = now_s
+            self._seen_s = np.full(n_racks, -np.inf)
+        seen_s = fleet.rack_last_seen_s.copy()  # workers may write it meanwhile
+        fresh = np.flatnonzero(seen_s != self._seen_s)
+        self._seen_s = seen_s
         if decision is None or not fresh.size:
             return fresh[:0], np.zeros(0)
         control = rt.policy.config.control

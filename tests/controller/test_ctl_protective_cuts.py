@@ -33,13 +33,14 @@ TICK_S = 2.0
 MIN_INTERVAL_S = 1.0
 
 
-def _policy(port: int, *, scan: str = "0.005") -> str:
+def _policy(port: int, *, scan: str = "0.005", workers: int = 0) -> str:
     return (
         f"site: {{name: {SITE}, topology: {{generate: {{gpus: {RACKS * RACK_GPUS}}}}}}}\n"
         "capping: {deadband_w: 5}\n"
         f"control: {{tick_period_s: {TICK_S}, command_ttl_s: 60, stale_after_s: 60,"
         f" protect_scan_s: {scan}, protect_min_interval_s: {MIN_INTERVAL_S}}}\n"
         f"mqtt: {{port: {port}, client_id: {SITE}-ctl}}\n"
+        f"ingest: {{workers: {workers}}}\n"
         "metrics: {port: 0}\n"
     )
 
@@ -81,16 +82,19 @@ class _Lanes:
         return sum(rack in racks for lane, racks in self.sends if lane == "protect")
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "ingest-worker"])
 async def test_a_rack_over_its_caps_in_force_is_cut_before_the_next_tick(
-    mosquitto: Mosquitto,
+    mosquitto: Mosquitto, workers: int
 ) -> None:
     """A rack whose GPUs draw 700 W while its agent reports caps of 700 W (it lost the caps it
     was sent) hears its caps in force again long before the next tick: the same or lower caps,
     never higher. A rack drawing a little over caps its agent does hold (the device's own
     overshoot) is not cut, nor is a rack under its caps; the hot rack is not cut again within
-    `protect_min_interval_s`, and is once that has passed."""
+    `protect_min_interval_s`, and is once that has passed. The same with an ingest worker
+    process writing the fleet arrays (its receive times are on the daemon's monotonic clock)."""
     trace = _Lanes()
-    controller = Controller(parse_policy(_policy(mosquitto.port), source="t"), trace=trace)
+    text = _policy(mosquitto.port, workers=workers)
+    controller = Controller(parse_policy(text, source="t"), trace=trace)
     rt = controller.runtime
     ids = rt.policy.topology.racks.ids
     hot, holding, calm = ids[0], ids[1], ids[2]
@@ -101,6 +105,9 @@ async def test_a_rack_over_its_caps_in_force_is_cut_before_the_next_tick(
     ):
         await agents.subscribe(wire.command_filter(SITE), qos=1)
         await wait_until(lambda: rt.subscribed)
+        if controller.pool is not None:
+            pool = controller.pool
+            await wait_until(lambda: pool.subscribed() == workers)
         for rack in ids:
             await agents.publish(
                 wire.telemetry_topic(SITE, rack), _telemetry(rack, 1, 250.0, 700.0)
