@@ -14,6 +14,12 @@ and what the newest decision gave it, each of which fits every limit (`CommandBo
 It never raises a rack, never decides a new cap, and the next tick treats the rack as usual
 (its new draw may make it urgent there too: at worst it hears the same caps twice).
 
+A command still on its way is not resent: when the rack's agent reports (`cmd_seq`) an older
+command of this controller's than the one sent to it less than `protect_min_interval_s` ago, its
+caps are still being applied. An agent that reports no command (it restarted) or the latest one
+is cut; with ingest workers, which keep the agents' reports, a rack is cut whatever its agent
+reports.
+
 Rate bounds, so a fleet-wide event cannot turn the scan into a storm: a rack is cut again only
 after `protect_min_interval_s` (its agent needs time to apply the caps and report), and one scan
 sends at most `MAX_RACKS_PER_SCAN` racks, the largest overdraw first; the rest stay fresh for
@@ -93,8 +99,15 @@ class ProtectiveCuts:
         self._seen_s = seen_s
         if decision is None or not fresh.size:
             return fresh[:0], np.zeros(0)
-        control = rt.policy.config.control
-        fresh = fresh[now_s - self._cut_at_s[fresh] >= control.protect_min_interval_s]
+        interval_s = rt.policy.config.control.protect_min_interval_s
+        fresh = fresh[now_s - self._cut_at_s[fresh] >= interval_s]
+        # An agent that reports holding an older command of ours than the one sent moments ago
+        # is still applying that one: not lost, so not cut. (-1: it reports none, or the
+        # reports go to ingest workers, which keep them.)
+        held = rt.ingest.agents.cmd_seq[fresh]
+        in_flight = (held >= 0) & (held < book.seq[fresh])
+        in_flight &= now_s - book.sent_at_s[fresh] < interval_s
+        fresh = fresh[~in_flight]
         over_w = book.overdrawn(decision, fresh, power_w=fleet.power_w, reported_cap_w=fleet.cap_w)
         hit = over_w > book.deadband_w
         order = np.argsort(-over_w[hit], kind="stable")[:MAX_RACKS_PER_SCAN]

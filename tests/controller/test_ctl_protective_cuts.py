@@ -15,10 +15,11 @@ import pytest
 
 from controller import wire
 from controller.command_book import CommandBook
-from controller.daemon import Controller
+from controller.daemon import Controller, build_runtime
 from controller.mqtt_client import Client, topic_payload
 from controller.policy_file import parse_policy
-from controller.publisher import Lane, SendTimes
+from controller.protect import ProtectiveCuts
+from controller.publisher import CommandPublisher, Lane, SendTimes
 from policies.decision import Decision
 from policies.topology import generate_topology
 from tests.integration.harness import running, wait_until
@@ -223,3 +224,31 @@ def test_caps_in_force_are_the_lower_of_sent_and_decided() -> None:
     built = book.build_in_force(newer, racks[:1], now_s=1.0)
     sent = wire.decode_command(built[0][1])
     np.testing.assert_allclose(sent.cap_w, cap_w[rack0], atol=0.06)
+
+
+def test_a_command_on_its_way_is_not_resent() -> None:
+    """An agent reporting an older command than the one just sent is still applying it: no
+    cut. One that reports no command (it restarted), or whose newer command left long enough
+    ago to have landed, is cut."""
+    policy = parse_policy(_policy(1883), source="t")
+    rt = build_runtime(policy, clock=time.time, version="t")
+    topo = policy.topology
+    cuts = ProtectiveCuts(
+        rt, CommandPublisher(rt, asyncio.Lock(), clock=time.monotonic), clock=time.monotonic
+    )
+    n = topo.n_gpus
+    rt.decision = _decision(np.full(n, 400.0))
+    racks = np.arange(topo.n_racks)
+    now_s = 100.0
+    rt.book.build(rt.decision, racks, now_s=now_s)
+    rt.fleet.power_w[:] = 600.0  # every GPU far over its 400 W cap, its agent holding 700 W
+    rt.fleet.cap_w[:] = 700.0
+    seq = rt.book.seq.copy()
+    rt.ingest.agents.cmd_seq[:] = [seq[0] - 1, -1, seq[2], seq[3] - 1]
+    rt.fleet.rack_last_seen_s[:] = now_s + 0.05
+    chosen, over_w = cuts.candidates(now_s + 0.05)
+    assert sorted(chosen.tolist()) == [1, 2]  # 0 and 3 are still applying their command
+    np.testing.assert_allclose(over_w, 200.0)
+    rt.fleet.rack_last_seen_s[[0, 3]] = now_s + MIN_INTERVAL_S
+    chosen, _ = cuts.candidates(now_s + MIN_INTERVAL_S)
+    assert sorted(chosen.tolist()) == [0, 3]  # long enough for it to land: lost, so cut
