@@ -66,6 +66,8 @@ class CommandBook:
         self._sizes = np.diff(topology.rack_offsets)
         self._nonempty = self._sizes > 0
         self.sent_total = 0
+        #: Of `sent_total`, the protective cuts (`build_in_force`).
+        self.protective_total = 0
         self.epoch = 0
         self.ctl = "rheostat"
 
@@ -290,6 +292,7 @@ class CommandBook:
         that never raises any GPU above what it was last sent or newly decided."""
         rows, starts, ends = self._rows(racks)
         cap_w, clock_mhz = self.in_force(decision, racks)
+        self.protective_total += racks.size
         return self._build(
             racks, (rows, starts, ends), cap_w, clock_mhz, now_s=now_s, issued_at_s=issued_at_s
         )

@@ -148,7 +148,7 @@ async def test_a_rack_over_its_caps_in_force_is_cut_before_the_next_tick(
         await asyncio.sleep(MIN_INTERVAL_S)
         await agents.publish(wire.telemetry_topic(SITE, hot), _telemetry(hot, 4, 700.0, 700.0))
         await wait_until(lambda: trace.protective(hot) == 2, TICK_S)
-        assert controller.protect.sent_total == 2
+        assert controller.protect.sent_total == rt.book.protective_total == 2
 
 
 async def test_without_the_scan_the_cut_waits_for_the_tick(mosquitto: Mosquitto) -> None:
