@@ -217,7 +217,9 @@ class Controller:
             trace=trace,
         )
         #: Racks over their caps in force are sent them again between ticks.
-        self.protect = ProtectiveCuts(self.runtime, self.publisher, clock=monotonic)
+        self.protect = ProtectiveCuts(
+            self.runtime, self.publisher, clock=monotonic, label=self._label_book
+        )
         self._state_lock = asyncio.Lock()
         self._metrics_serving = False
         self._ready_sent = False

@@ -53,7 +53,8 @@ MAX_RACKS_PER_SCAN = 256
 class ProtectiveCuts:
     """`await cuts.run()` scans every `control.protect_scan_s`; `scan()` is one pass.
 
-    `clock` is the daemon's monotonic clock, the one ingest stamps `rack_last_seen_s` with.
+    `clock` is the daemon's monotonic clock, the one ingest stamps `rack_last_seen_s` with;
+    `label` is called before each send (the daemon stamps the leader's epoch on the book).
     """
 
     def __init__(
@@ -62,8 +63,11 @@ class ProtectiveCuts:
         publisher: CommandPublisher,
         *,
         clock: Callable[[], float],
+        label: Callable[[], None] = lambda: None,
     ) -> None:
         self._rt = runtime
+        #: Puts the term's epoch on the command book before a send, as each tick does.
+        self._label = label
         self._publisher = publisher
         self._clock = clock
         n_racks = runtime.policy.topology.n_racks
@@ -121,6 +125,7 @@ class ProtectiveCuts:
         racks, over_w = self.candidates(now_s)
         if not racks.size:
             return 0
+        self._label()
         sent = await self._publisher.send_in_force(
             book, racks, scan_started_s=started_s, detected_s=time.monotonic()
         )
