@@ -22,9 +22,8 @@ reports.
 
 Rate bounds, so a fleet-wide event cannot turn the scan into a storm: a rack is cut again only
 after `protect_min_interval_s` (its agent needs time to apply the caps and report), and one scan
-sends at most `MAX_RACKS_PER_SCAN` racks, the largest overdraw first; the rest stay fresh for
-the next scan (they are looked at again when they report again, and the tick's urgent lane
-covers them in any case).
+sends at most `MAX_RACKS_PER_SCAN` racks, the largest overdraw first; the rest are looked at
+again when they next report, and the tick's urgent lane covers them meanwhile.
 
 The scan works the same whether telemetry is ingested in this process or by ingest workers:
 it reads the fleet arrays' per-rack receive times (`rack_last_seen_s`, on the daemon's
