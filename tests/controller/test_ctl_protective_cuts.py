@@ -219,7 +219,10 @@ def test_caps_in_force_are_the_lower_of_sent_and_decided() -> None:
     lost_w = np.full(n, 700.0)
     over_w = book.overdrawn(newer, racks, power_w=power_w, reported_cap_w=lost_w)
     np.testing.assert_allclose(
-        over_w, [max(0.0, float(np.max(450.0 - cap_w[topo.rack_slice(r)]))) for r in racks]
+        over_w,
+        np.array(
+            [max(0.0, float(np.max(450.0 - cap_w[topo.rack_slice(r)]))) for r in racks.tolist()]
+        ),
     )
     built = book.build_in_force(newer, racks[:1], now_s=1.0)
     sent = wire.decode_command(built[0][1])
@@ -252,3 +255,53 @@ def test_a_command_on_its_way_is_not_resent() -> None:
     rt.fleet.rack_last_seen_s[[0, 3]] = now_s + MIN_INTERVAL_S
     chosen, _ = cuts.candidates(now_s + MIN_INTERVAL_S)
     assert sorted(chosen.tolist()) == [0, 3]  # long enough for it to land: lost, so cut
+
+
+async def test_a_cut_goes_between_urgent_slices_but_never_overtakes_one(
+    mosquitto: Mosquitto,
+) -> None:
+    """A fleet-wide urgent send goes out in slices under the daemon's lock. A protective cut does
+    not wait for that lock: for a rack already handed over it leaves between two slices; a rack
+    whose urgent command is built but not yet handed over is left alone, so no agent ever sees
+    an older sequence after a newer one."""
+    racks_n = 1000
+    policy = parse_policy(
+        f"site: {{name: {SITE}, topology: {{generate: {{gpus: {racks_n * RACK_GPUS}}}}}}}\n"
+        f"mqtt: {{port: {mosquitto.port}, client_id: ctl}}\nmetrics: {{port: 0}}\n",
+        source="t",
+    )
+    rt = build_runtime(policy, clock=time.time, version="t")
+    topo = policy.topology
+    rt.stale_rack = np.zeros(topo.n_racks, np.bool_)
+    rt.fleet.rack_last_seen_s[:] = time.monotonic()
+    trace = _Lanes()
+    publisher = CommandPublisher(rt, asyncio.Lock(), clock=time.monotonic, trace=trace)
+    async with (
+        Client("127.0.0.1", mosquitto.port, identifier="ctl") as client,
+        Client("127.0.0.1", mosquitto.port, identifier="agents") as agents,
+    ):
+        await agents.subscribe(wire.command_filter(SITE), qos=1)
+        publisher.connected(client)
+        rt.fleet.power_w[:] = 450.0
+        rt.decision = _decision(np.full(topo.n_gpus, 400.0))  # every rack cut below its draw
+        sending = asyncio.create_task(publisher.send_due())
+        while not 0 < publisher.urgent_unsent.size < racks_n:
+            await asyncio.sleep(0)
+        assert not sending.done()
+        unsent = int(publisher.urgent_unsent[-1])
+        handed = int(np.setdiff1d(np.arange(racks_n), publisher.urgent_unsent)[0])
+        book = rt.book
+        both = np.array([handed, unsent])
+        assert await publisher.send_in_force(book, both, scan_started_s=0, detected_s=0) == 1
+        assert not sending.done()  # it did not wait for the urgent send to finish
+        assert await sending == (racks_n, 0)
+        seqs: dict[str, list[int]] = {}
+        async with asyncio.timeout(30):
+            while sum(map(len, seqs.values())) < racks_n + 1:
+                cmd = wire.decode_command(topic_payload(await agents.receive())[1])
+                seqs.setdefault(cmd.rack, []).append(cmd.seq)
+    ids = topo.racks.ids
+    assert len(seqs[ids[handed]]) == 2
+    assert seqs[ids[unsent]] == seqs[ids[unsent]][:1]
+    assert all(s == sorted(s) and len(set(s)) == len(s) for s in seqs.values())
+    assert [lane for lane, racks in trace.sends if ids[handed] in racks] == ["urgent", "protect"]
