@@ -9,6 +9,10 @@ Each tick splits the due racks in two (`CommandBook.due_lanes`):
   window only once the broker has acknowledged the last. At most one window is ever ahead of an
   urgent command in the connection (the client's queue, the socket, the broker), so a fleet-wide
   move of 10k racks delays it by one window, not by the burst.
+Between ticks, protective cuts (`controller.protect`) resend racks their caps in force on a third
+lane, `protect`, handed to the client at once like urgent commands. They do not wait for the
+daemon's lock (held through a whole urgent send and each bulk window), only for a diff that a
+worker thread is running over the book, and never overtake an urgent command already built.
 Each tick replaces the bulk plan with its own ordered list, so a burst is never queued behind
 itself: racks not yet sent stay due and go out built from the newest decision.
 
