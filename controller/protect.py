@@ -86,7 +86,11 @@ class ProtectiveCuts:
                 await asyncio.sleep(1.0)
                 continue
             await asyncio.sleep(scan_s)
-            await self.scan()
+            try:
+                await self.scan()
+            except Exception:  # a shortcut failing must not stop the daemon: ticks still cut
+                log.exception("protective scan failed")
+                await asyncio.sleep(1.0)
 
     def candidates(self, now_s: float) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         """Racks (largest overdraw first, at most `MAX_RACKS_PER_SCAN`) to cut at `now_s`, and
