@@ -16,12 +16,15 @@ Row = dict[str, Any]
 #: `make bench` passes). Adding a benchmark is one line here.
 BENCHMARKS: dict[str, str] = {
     "calibration": "bench.calibration",
+    "capacity": "bench.capacity",
     "control": "bench.control",
     "decide": "bench.decide",
     "dr": "bench.dr",
+    "dr-campaign": "bench.dr_campaign",
     "e2e": "bench.e2e",
     "failover": "bench.failover",
     "ingest": "bench.ingest",
+    "lending": "bench.lending",
     "simulate": "bench.simulate",
 }
 

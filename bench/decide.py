@@ -3,10 +3,11 @@
 The fleet is `generate_topology(N)` (8 GPUs a server, 4 servers a rack, 20 racks a row, mixed
 H100/A100) with four Flex tiers, busy enough that the site and some rows and racks bind. A cold
 decision has no previous state (it builds the topology plan); a warm one reuses the last tick's
-state while telemetry moves. Both include demand, capping, anti-chatter and DVFS. HiGHS solves
-the single weighted LP of the same instance; the reference (`policies.reference`) checks the
-vectorized allocation. Both are skipped above `--exact-max` GPUs, where they take minutes. HiGHS's
-figure is the median of `--highs-repeat` solves.
+state and the caller's workspace while telemetry moves. Both include demand, capping,
+anti-chatter and DVFS. Bytes per GPU count the state and the workspace a warm tick keeps. HiGHS
+solves the single weighted LP of the same instance; the reference (`policies.reference`) checks
+the vectorized allocation. Both are skipped above `--exact-max` GPUs, where they take minutes.
+HiGHS's figure is the median of `--highs-repeat` solves.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ import numpy as np
 
 from bench._highs import solve_weighted_lp
 from policies.capping import allocate
-from policies.decision import N_TIERS, Limits, PolicySettings
+from policies.decision import Limits, PolicySettings
+from policies.demand import estimate_demand
 from policies.fleet import FleetState
-from policies.pipeline import decide, estimate_demand
+from policies.pipeline import decide
 from policies.plan import CappingPlan
 from policies.reference import allocate_reference
+from policies.tiers import N_TIERS
 from policies.topology import Topology, generate_topology
+from policies.workspace import DecisionWorkspace
 
 NAME = "decide"
 HELP = "time cold and warm decisions against HiGHS on a generated fleet"
@@ -103,6 +107,8 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             sync_job=sync_job,
         )
         cold.append(time.perf_counter() - began)
+    # Warm ticks lend the decision core the caller's workspace, as the daemon does.
+    workspace = DecisionWorkspace(n)
     warm = []
     for i in range(args.repeat):
         began = time.perf_counter()
@@ -115,6 +121,7 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             state=state,
             now_s=1.0 + i,
             sync_job=sync_job,
+            workspace=workspace,
         )
         warm.append(time.perf_counter() - began)
     warm_ms = statistics.median(warm) * 1e3
@@ -146,5 +153,5 @@ def _one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "highs_ms": None if highs_ms is None else round(highs_ms, 1),
         "speedup_vs_highs": None if highs_ms is None else round(highs_ms / warm_ms, 1),
         "max_rel_diff": max_rel_diff,
-        "bytes_per_gpu": round(state.nbytes / n, 1),
+        "bytes_per_gpu": round((state.nbytes + workspace.nbytes) / n, 1),
     }

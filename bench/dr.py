@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from policies.dr import DrEvent
-from policies.dr_report import event_report
-from policies.dr_session import DrSession, FlexInputs
+from policies.dr.events import DrEvent
+from policies.dr.report import event_report
+from policies.dr.session import DrSession, FlexInputs
 
 NAME = "dr"
 HELP = "time the per-tick demand-response step and an event report"

@@ -32,14 +32,13 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from controller.config.carbon import CarbonSection
 from controller.metric_families import describe_families
 from controller.wire import (
     JOB_ID_CHARS,
@@ -53,12 +52,12 @@ from controller.wire import (
     signal_topic,
 )
 from policies.carbon import SPEED_GUARD, CarbonSettings, job_speed_now, track_power_frac
-from policies.decision import N_TIERS
-from policies.dr_flex import DEFAULT_TOLERANCES, check_tolerances
-from policies.errors import ConfigError, PolicyError, ProtocolError
+from policies.errors import ConfigError, ProtocolError
 from policies.topology import Topology
 
 FloatArray = NDArray[np.float64]
+
+__all__ = ["CarbonCollector", "CarbonHook", "CarbonSection", "Forecast", "job_rows"]
 
 #: Jobs one site may report at once: bounds memory against a runaway publisher.
 MAX_JOBS = 10_000
@@ -69,69 +68,6 @@ MAX_JOBS = 10_000
 #: then raises that floor for the job if its own curve is slower still.
 FLOOR_CURVE_POWER = (0.33, 0.40, 0.60, 0.80, 1.00)
 FLOOR_CURVE_SPEED = (0.25, 0.40, 0.83, 0.95, 1.00)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class CarbonSection(_Section):
-    """The policy file's `carbon` section. Units in names; tolerances are slowdown fractions.
-
-    `signal_file` is a CSV `unix_s,value` (a day-ahead forecast), relative to the policy file;
-    `mqtt_signal` also takes forecasts from the signal topic. `job_timeout_s`: a job not reported
-    for this long runs unshaped, since its progress can no longer be measured.
-    """
-
-    enabled: bool = True
-    """Shift flexible jobs against the signal."""
-    signal: Literal["carbon", "price"] = "carbon"
-    """What the forecast measures: carbon intensity or price."""
-    signal_file: Path | None = None
-    """A CSV forecast `unix_s,value`, relative to the policy file."""
-    mqtt_signal: bool = True
-    """Also take forecasts from the signal topic."""
-    slot_s: Annotated[float, Field(gt=0)] = 300.0
-    """Length of a planning slot. Units: s."""
-    shift_tiers: tuple[int, ...] = (2, 3)
-    """Flex tiers whose jobs are shifted."""
-    tolerances: tuple[float, ...] = DEFAULT_TOLERANCES
-    """Slowdown each flex tier tolerates, by tier."""
-    gamma: Annotated[float, Field(gt=1)] = 3.0
-    """Exponent of the power law power ~ speed^gamma used without a measured curve."""
-    track_s: Annotated[float, Field(gt=0)] = 60.0
-    """Least time between a job's reports over which its measured speed is taken. Units: s."""
-    target_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = 0.01
-    """Plan this much more work than owed, so noise in measured progress never misses a deadline."""
-    job_timeout_s: Annotated[float, Field(gt=0)] = 600.0
-    """A job not reported for this long runs unshaped. Units: s."""
-
-    @field_validator("shift_tiers")
-    @classmethod
-    def _tiers(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(not 0 <= t < N_TIERS for t in value):
-            raise ValueError(f"tiers must be in 0..{N_TIERS - 1}")
-        return value
-
-    @field_validator("tolerances")
-    @classmethod
-    def _tolerances(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        try:
-            check_tolerances(value)
-        except PolicyError as exc:
-            raise ValueError(str(exc)) from None
-        return value
-
-    def settings(self) -> CarbonSettings:
-        try:
-            return CarbonSettings(
-                shift_tiers=self.shift_tiers,
-                tolerances=self.tolerances,
-                gamma=self.gamma,
-                target_margin_frac=self.target_margin_frac,
-            )
-        except PolicyError as exc:
-            raise ConfigError(str(exc), field="carbon") from None
 
 
 def job_rows(topology: Topology, gpus: tuple[GpuRange, ...]) -> NDArray[np.int64] | None:

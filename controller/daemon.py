@@ -43,28 +43,32 @@ import numpy as np
 import structlog
 
 from controller import wire
+from controller.broker import BrokerSession
 from controller.carbon import CarbonHook
-from controller.command_book import CommandBook
 from controller.facility import FacilityHook
 from controller.grid.hook import GridHook
 from controller.ha.runner import HaRunner
-from controller.ingest import ClassTable, ConflatingQueue, Ingest
 from controller.jobs import SyncJobs
-from controller.mqtt_client import Client, topic_payload
+from controller.mqtt_client import Client
 from controller.nodes import NodeAssembler
-from controller.policy_file import Policy, check_reload, load_policy
+from controller.policy_file import Policy
 from controller.protect import ProtectiveCuts
 from controller.publisher import CommandPublisher, SendTrace
-from controller.runtime import DemandResponseStatus, Runtime
+from controller.reload import PolicyReload, build_runtime, tier_table
+from controller.runtime import DemandResponseStatus
 from controller.settings import mqtt_password
 from controller.shard.pool import IngestPool
+from controller.stages import Hooks, build_stages
+from controller.subscriptions import SubscriptionTable
 from controller.watch import watch_file
 from controller.wire import MessageRejections
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import RheostatError
 from policies.fleet import FleetState
 from policies.pipeline import decide
+from policies.stages import Tick, finish, prepare
 from policies.topology import Topology
+from policies.workspace import DecisionWorkspace
 
 log = structlog.get_logger("rheostat.controller")
 
@@ -98,57 +102,13 @@ class Decider(Protocol):
         now_s: float,
         stale_rack: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
         sync_job: np.ndarray[Any, np.dtype[np.int32]] | None = None,
+        workspace: DecisionWorkspace | None = None,
     ) -> tuple[Decision, DecisionState]: ...
 
 
 class _NoNotifier:
     def notify(self, state: str) -> None:
         del state
-
-
-def _tier_table(policy: Policy, classes: ClassTable) -> np.ndarray[Any, np.dtype[np.int8]]:
-    tiers = policy.config.tiers
-    return classes.tier_table(tiers.classes, tiers.default)
-
-
-def build_runtime(
-    policy: Policy,
-    *,
-    clock: Callable[[], float],
-    version: str,
-    monotonic: Callable[[], float] | None = None,
-) -> Runtime:
-    """Fresh state for `policy`. `monotonic` (default: `clock`) times freshness and refreshes."""
-    topology = policy.topology
-    control = policy.config.control
-    bounds = policy.config.telemetry
-    fleet = FleetState.empty(topology)
-    classes = ClassTable(max_classes=bounds.max_classes)
-    return Runtime(
-        policy=policy,
-        fleet=fleet,
-        classes=classes,
-        ingest=Ingest(
-            topology,
-            fleet,
-            classes,
-            restart_gap_s=control.restart_gap_s,
-            clock=monotonic or clock,
-            wall_clock=clock,
-            max_clock_skew_s=bounds.max_clock_skew_s,
-            stale_after_s=control.stale_after_s,
-        ),
-        book=CommandBook(
-            topology,
-            ttl_s=control.command_ttl_s,
-            refresh_frac=control.refresh_frac,
-            deadband_w=policy.config.capping.deadband_w,
-            safe_cap_w=policy.safe_cap_w,
-        ),
-        tier_table=_tier_table(policy, classes),
-        limits=Limits(),
-        version=version,
-    )
 
 
 def _grid_hook(
@@ -171,16 +131,7 @@ def _grid_hook(
     )
 
 
-def _routed(grid: GridHook, ingest: Callable[[str, bytes], bool]) -> Callable[[str, bytes], bool]:
-    """Grid-event messages go to the grid hook, everything else to ingest."""
-
-    def handle(topic: str, payload: bytes) -> bool:
-        return grid.handle(topic, payload) or ingest(topic, payload)
-
-    return handle
-
-
-class Controller:
+class Controller(BrokerSession, PolicyReload):
     """The daemon: `await controller.run(stop)` runs until `stop` is set, then shuts down."""
 
     def __init__(
@@ -234,6 +185,7 @@ class Controller:
                 site=policy.site,
                 base_dir=policy_path.parent if policy_path is not None else None,
                 psu_efficiency=policy.config.limits.psu_efficiency,
+                fallback_contract_w=policy.config.limits.contract_w,
             )
         )
         carbon = policy.config.carbon
@@ -277,6 +229,12 @@ class Controller:
             instance=self.instance,
             on_gain=self._took_lead,
         )
+        #: What the broker session subscribes to and who handles each message.
+        self.subscriptions = self._subscriptions()
+        #: The tick's features in the order they run (`controller.stages.build_stages`).
+        self.stages = build_stages(
+            Hooks(jobs=self.jobs, grid=self.grid, facility=self.facility, carbon=self.carbon)
+        )
         self._label_book()
         if (
             self.grid is not None
@@ -285,10 +243,50 @@ class Controller:
         ):
             self.grid.price_sink = self.carbon.take_forecast
 
-    @property
-    def epoch(self) -> int:
-        """The leader's term that commands and the status carry; 0 without `ha`."""
-        return self.ha.epoch()
+    def _subscriptions(self) -> SubscriptionTable:
+        """Each feature's topics and handler, in the order handlers see a message.
+
+        The synchronous jobs see job messages first and pass them on to the carbon plan, which
+        takes flexible jobs from the same retained topics; telemetry goes last, to ingest (the
+        ingest workers subscribe to it themselves when there are any).
+        """
+        table = SubscriptionTable()
+        site, clock = self.runtime.policy.site, self.clock
+        jobs, carbon, facility = self.jobs, self.carbon, self.facility
+        forward = carbon is not None
+
+        def job_message(topic: str, payload: bytes) -> bool:
+            return jobs.handle(topic, payload) and not forward
+
+        table.add("jobs", job_message, filters=jobs.topics, qos=1)
+        if carbon is not None:
+
+            def carbon_message(topic: str, payload: bytes) -> bool:
+                return carbon.handle(topic, payload, now_s=clock())
+
+            table.add("carbon", carbon_message, filters=carbon.topics, qos=1)
+        if facility is not None:
+
+            def meter_message(topic: str, payload: bytes) -> bool:
+                return facility.handle(topic, payload, now_s=clock())
+
+            table.add("facility", meter_message, filters=facility.topics, qos=0)
+        if self.grid is not None:
+            table.add("grid", self.grid.handle, filters=self.grid.topics, qos=1)
+        if self.nodes is not None:
+            table.add(
+                "nodes",
+                self.nodes.handle,
+                filters=(wire.node_telemetry_filter(site),),
+                qos=0,
+            )
+        table.add(
+            "telemetry",
+            self._to_ingest,
+            filters=(wire.telemetry_filter(site),) if self.pool is None else (),
+            qos=0,
+        )
+        return table
 
     def _label_book(self) -> None:
         book = self.runtime.book
@@ -358,7 +356,7 @@ class Controller:
         )
         rt.fleet = rt.ingest.fleet = pool.fleet
         rt.ingest.cmd_rejected = pool.shared.cmd_rejected
-        rt.tier_table = _tier_table(policy, rt.classes)
+        rt.tier_table = tier_table(policy, rt.classes)
         return pool
 
     def metrics_serving(self) -> None:
@@ -371,258 +369,6 @@ class Controller:
             self._ready_sent = True
             self.notifier.notify("READY=1")
             log.info("ready")
-
-    # ------------------------------------------------------------------ reload
-    async def reload(self, path: Path | None = None) -> bool:
-        """Load the policy file again; on any error the running policy stays in force."""
-        path = path or self.policy_path
-        reloads = self.runtime.reloads
-        if path is None:
-            log.warning("reload ignored: the policy did not come from a file")
-            return False
-        try:
-            policy = await asyncio.to_thread(load_policy, path)
-            async with self._state_lock:
-                self._swap_policy(policy)
-        except RheostatError as exc:
-            reloads.failures += 1
-            reloads.last_successful = False
-            log.warning("policy reload failed; the previous policy stays in force", error=str(exc))
-            return False
-        reloads.successes += 1
-        reloads.last_successful = True
-        reloads.last_success_s = self.clock()
-        log.info("policy reloaded", file=str(path))
-        return True
-
-    def _swap_policy(self, policy: Policy) -> None:
-        rt = self.runtime
-        old = rt.policy
-        check_reload(old, policy)  # the rules `rheostat check --running` applies
-        same_fleet = policy.topology.racks.ids == old.topology.racks.ids and np.array_equal(
-            policy.topology.gpu_model, old.topology.gpu_model
-        )
-        if self.carbon is not None:
-            self.carbon.set_topology(policy.topology)
-        self.jobs.set_topology(policy.topology)
-        if self.nodes is not None and policy.inventory is not None:
-            self.nodes.set_policy(policy.topology, policy.inventory)
-        if same_fleet:
-            control = policy.config.control
-            rt.policy = policy
-            rt.ingest.topology = policy.topology
-            rt.ingest.restart_gap_s = control.restart_gap_s
-            rt.ingest.stale_after_s = control.stale_after_s
-            rt.ingest.max_clock_skew_s = policy.config.telemetry.max_clock_skew_s
-            rt.classes.max_classes = max(
-                rt.classes.max_classes, policy.config.telemetry.max_classes
-            )
-            rt.book.topology = policy.topology
-            rt.book.configure(
-                ttl_s=control.command_ttl_s,
-                refresh_frac=control.refresh_frac,
-                deadband_w=policy.config.capping.deadband_w,
-                safe_cap_w=policy.safe_cap_w,
-            )
-            if self.pool is not None:
-                for name in sorted(policy.config.tiers.classes):
-                    rt.classes.code(name)
-                self.pool.reconfigure(policy, rt.classes.names[1:])
-            rt.tier_table = _tier_table(policy, rt.classes)
-            return
-        # A different fleet: start from empty state; every rack is stale until it reports.
-        fresh = build_runtime(
-            policy, clock=self.clock, version=rt.version, monotonic=self.monotonic
-        )
-        for name in ("fleet", "classes", "ingest", "book", "tier_table"):
-            setattr(rt, name, getattr(fresh, name))
-        self._label_book()
-        rt.policy, rt.decision, rt.decision_state = policy, None, None
-
-    # ------------------------------------------------------------------ MQTT
-    def _make_client(self) -> Client:
-        rt = self.runtime
-        mq = rt.policy.config.mqtt
-        site = rt.policy.site
-        offline = wire.encode_status(
-            wire.Status(
-                state="offline", ts_s=self.clock(), controller=self.instance, epoch=self.epoch
-            )
-        )
-        tls = None
-        if mq.tls is not None:
-            tls = aiomqtt.TLSParameters(
-                ca_certs=str(mq.tls.ca_file) if mq.tls.ca_file else None,
-                certfile=str(mq.tls.cert_file) if mq.tls.cert_file else None,
-                keyfile=str(mq.tls.key_file) if mq.tls.key_file else None,
-            )
-        protocol = (
-            aiomqtt.ProtocolVersion.V5 if mq.protocol == "5" else aiomqtt.ProtocolVersion.V311
-        )
-        return Client(
-            mq.host,
-            mq.port,
-            identifier=mq.client_id,
-            username=mq.username,
-            password=mqtt_password(mq),
-            protocol=protocol,
-            # With `ha`, several processes share the site's status: no will (see README).
-            will=None
-            if self.ha.enabled
-            else aiomqtt.Will(wire.status_topic(site), offline, qos=1, retain=True),
-            keepalive=mq.keepalive_s,
-            timeout=mq.timeout_s,
-            queue_type=ConflatingQueue,
-            # The daemon bounds what is in flight itself (controller.publisher); paho's own bound
-            # scans every unacknowledged message on each acknowledgement.
-            max_inflight_messages=0,
-            tls_params=tls,
-            tls_insecure=mq.tls.insecure if mq.tls is not None else None,
-        )
-
-    async def _publish_status(self, client: Client, state: str) -> None:
-        if not self.ha.is_leader():
-            return  # only the leader writes the site's retained status
-        payload = wire.encode_status(
-            wire.Status(
-                state="online" if state == "online" else "offline",
-                ts_s=self.clock(),
-                controller=self.instance,
-                epoch=self.epoch,
-            )
-        )
-        await client.publish(
-            wire.status_topic(self.runtime.policy.site), payload, qos=1, retain=True
-        )
-
-    async def _mqtt_loop(self) -> None:
-        rt = self.runtime
-        attempt = 0
-        connected_before = False
-        while True:
-            try:
-                async with self._make_client() as client:
-                    try:
-                        await self._session(client, first=not connected_before)
-                    except aiomqtt.MqttError:
-                        raise
-                    except BaseException:
-                        # Stopped, or a fault is ending the daemon: a clean disconnect fires no
-                        # last will, so say `offline` before leaving.
-                        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                            async with asyncio.timeout(rt.policy.config.mqtt.timeout_s):
-                                await self._publish_status(client, "offline")
-                        raise
-                    finally:
-                        connected_before = connected_before or rt.mqtt_connected
-                        if rt.mqtt_connected:
-                            attempt = 0
-            except aiomqtt.MqttError as exc:
-                mq = rt.policy.config.mqtt
-                log.warning(
-                    "broker connection lost"
-                    if connected_before
-                    else "cannot connect to the broker",
-                    broker=f"{mq.host}:{mq.port}",
-                    error=str(exc),
-                    attempt=attempt + 1,
-                )
-            finally:
-                self._client = None
-                rt.mqtt_connected = rt.subscribed = False
-                # The broker may have lost those commands: the reconnect resends every rack's.
-                self.publisher.disconnected()
-            attempt += 1
-            await asyncio.sleep(wire.reconnect_delay_s(attempt))
-
-    async def _session(self, client: Client, *, first: bool) -> None:
-        """One broker connection: subscribe, say `online`, resend every command, then receive."""
-        rt = self.runtime
-        mq = rt.policy.config.mqtt
-        if self.pool is None:  # else the ingest workers take telemetry
-            await client.subscribe(wire.telemetry_filter(rt.policy.site), qos=0)
-        if self.nodes is not None:
-            await client.subscribe(wire.node_telemetry_filter(rt.policy.site), qos=0)
-        for topic in self.grid.topics if self.grid is not None else ():
-            await client.subscribe(topic, qos=1)
-        for topic in self.facility.topics if self.facility is not None else ():
-            await client.subscribe(topic, qos=0)
-        for topic in self.carbon.topics if self.carbon is not None else ():
-            await client.subscribe(topic, qos=1)
-        if self.carbon is None:  # the carbon hook subscribes to the jobs already
-            for topic in self.jobs.topics:
-                await client.subscribe(topic, qos=1)
-        await self._publish_status(client, "online")
-        queue = client.inbox
-        rt.queue = queue if isinstance(queue, ConflatingQueue) else None
-        self._client = client
-        self.publisher.connected(client)
-        rt.mqtt_connected = rt.subscribed = True
-        if not first:
-            rt.mqtt_reconnects += 1
-        log.info("connected", broker=f"{mq.host}:{mq.port}", protocol=mq.protocol)
-        self._maybe_ready()
-        async with self._send_lock:
-            rt.book.invalidate(self.monotonic())
-        await self._send_due()  # republish current commands at once
-        await self._receive(client)
-
-    def _guarded(self, handle: Callable[[str, bytes], bool]) -> Callable[[str, bytes], bool]:
-        """`handle` that never raises: one message's fault is logged, counted and dropped."""
-        rejections = self.rejections
-        site_prefix = f"{wire.TOPIC_ROOT}/{self.runtime.policy.site}/"
-
-        def guarded(topic: str, payload: bytes) -> bool:
-            try:
-                return handle(topic, payload)
-            except Exception:  # the loop must go on whatever one message does
-                kind = MessageRejections.kind_of(topic, site_prefix)
-                rejections.counts[kind, "internal_error"] = (
-                    rejections.counts.get((kind, "internal_error"), 0) + 1
-                )
-                log.exception("message could not be handled; dropped", topic=topic[:200])
-                return False
-
-        return guarded
-
-    async def _receive(self, client: Client) -> None:
-        handle: Callable[[str, bytes], bool] = self.runtime.ingest.handle
-        if self.nodes is not None:
-            handle = self.nodes.routed(handle)
-        if self.grid is not None:
-            handle = _routed(self.grid, handle)
-        if self.facility is not None:
-            handle = self.facility.routed(handle, clock=self.clock)
-        if self.carbon is not None:
-            handle = self.carbon.routed(handle, clock=self.clock)
-        handle = self._guarded(self.jobs.routed(handle, forward=self.carbon is not None))
-        queue = client.inbox
-        while True:
-            handle(*topic_payload(await client.receive()))
-            # Drain what arrived in the same read without one await per message.
-            for _ in range(min(queue.qsize(), DRAIN_BATCH)):
-                handle(*topic_payload(queue.get_nowait()))
-
-    # ------------------------------------------------------------------ leadership
-    def _took_lead(self) -> None:
-        """A new term: every rack is due under the new epoch; status and commands go at once.
-
-        The standby decided on every tick, so the last decision is current: sending it now
-        rather than at the next tick shortens the failover by up to a tick.
-        """
-        self.runtime.book.adopt(self.runtime.fleet.cap_w)
-        client = self._client
-        if client is None or self._stopping:
-            return
-        task = asyncio.create_task(self._announce(client), name="took-lead")
-        self.publisher.confirming.add(task)
-        task.add_done_callback(self.publisher.confirming.discard)
-
-    async def _announce(self, client: Client) -> None:
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            async with asyncio.timeout(self.runtime.policy.config.mqtt.timeout_s):
-                await self._publish_status(client, "online")
-        await self._send_due()
 
     # ------------------------------------------------------------------ tick
     async def _tick_loop(self) -> None:
@@ -658,41 +404,34 @@ class Controller:
         if self.pool is not None:
             rt.ingest.counters, _ = self.pool.counters()
         if rt.tier_table.size < len(rt.classes.names):
-            rt.tier_table = _tier_table(policy, rt.classes)
+            rt.tier_table = tier_table(policy, rt.classes)
         snapshot = rt.fleet.copy()
         tier = rt.tier_table[snapshot.workload_class]
         stale = snapshot.stale_racks(mono_s, policy.config.control.stale_after_s)
         site_power_w = float(snapshot.rack_power_w.sum())
-        limits = rt.limits
+        prev = rt.ticks.last_tick_monotonic_s
+        dt_s = 0.0 if math.isnan(prev) else max(0.0, mono_s - prev)
+        tick = Tick(
+            now_s=now_s,
+            mono_s=mono_s,
+            dt_s=dt_s,
+            topology=topo,
+            fleet=snapshot,
+            tier=tier,
+            psu_efficiency=policy.config.limits.psu_efficiency,
+            site_power_w=site_power_w,
+            base=rt.limits,
+            stale_rack=stale,
+            decision=rt.decision,
+        )
+        limits = prepare(self.stages, tick)
         if self.grid is not None:
-            # DR baselines and targets are at the facility meter when there is one, like the
-            # contract; otherwise at the racks' metered power.
-            limits = self.grid.limits(
-                limits,
-                now_s=now_s,
-                site_power_w=(
-                    site_power_w
-                    if self.facility is None
-                    else self.facility.metered_w(now_s, site_power_w)
-                ),
-                topology=topo,
-                tier=tier,
-                decision=rt.decision,
-            )
             rt.demand_response = DemandResponseStatus(**dataclasses.asdict(self.grid.status()))
             if self._client is not None and self.ha.is_leader():
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     async with asyncio.timeout(policy.config.mqtt.timeout_s):
                         await self.grid.flush(self._client)
-        if self.facility is not None:
-            # The contract (and any DR limit) is at the facility meter: turn it into IT power.
-            contract_w = policy.config.limits.contract_w
-            limits = self.facility.limits(
-                limits,
-                now_s=now_s,
-                it_power_w=site_power_w,
-                fallback_w=math.inf if contract_w is None else contract_w,
-            )
+        rt.workspace = DecisionWorkspace.sized(rt.workspace, topo.n_gpus)
         decision, state = await asyncio.to_thread(
             self.decider,
             topo,
@@ -703,24 +442,11 @@ class Controller:
             state=rt.decision_state,
             now_s=mono_s,
             stale_rack=stale,
-            sync_job=self.jobs.sync_job(),
+            sync_job=tick.sync_job,
+            workspace=rt.workspace,
         )
-        if self.carbon is not None:
-            # Flexible jobs follow the grid signal: their caps only ever go lower than allowed.
-            ceiling = self.carbon.ceilings(now_s)
-            if ceiling is not None:
-                decision = dataclasses.replace(decision, cap_w=np.minimum(decision.cap_w, ceiling))
-        prev = rt.ticks.last_tick_monotonic_s
-        dt_s = 0.0 if math.isnan(prev) else max(0.0, mono_s - prev)
         rt.site_energy_j += site_power_w * dt_s
-        if self.facility is not None:
-            self.facility.account(
-                now_s=now_s,
-                dt_s=dt_s,
-                it_power_w=site_power_w,
-                gpu_power_w=snapshot.power_w,
-                tier=tier,
-            )
+        decision = finish(self.stages, tick, decision)
         rt.decision, rt.decision_state, rt.stale_rack = decision, state, stale
         urgent, due = await self._send_due(tick_started_s=started_s, decided_s=time.monotonic())
         rt.ticks.last_tick_s = now_s

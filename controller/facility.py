@@ -22,79 +22,23 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field
 
+from controller.config.facility import FacilitySection
 from controller.metric_families import describe_families
 from controller.wire import MeterReading, decode_meter, facility_topic
 from policies.carbon import per_tier_totals
-from policies.decision import N_TIERS, Limits
+from policies.decision import Limits
 from policies.errors import ConfigError, ProtocolError
-from policies.facility import CoolingModel, FacilitySettings, ItBudget, it_budget
+from policies.facility import FacilityStage, ItBudget, MeterSample
+from policies.stages import dc_w, wall_w
+from policies.tiers import N_TIERS
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class FacilitySection(_Section):
-    """The policy file's `facility` section (every key optional). Units in names.
-
-    `contract_w` is the utility contract at the facility meter (default: `limits.contract_w`);
-    `carbon_file` is a CSV of `unix_s,intensity_kg_per_mwh` read at start-up.
-    """
-
-    contract_w: float | None = Field(None, gt=0)
-    """The utility contract at the facility meter; unset: limits.contract_w. Units: W."""
-    cooling: Literal["air", "liquid"] = "air"
-    """Cooling plant: air (chillers) or liquid (direct liquid cooling)."""
-    cop_ref: float = Field(5.5, gt=0)
-    """The chiller's coefficient of performance at the reference temperature."""
-    cop_slope_per_c: float = Field(0.14, ge=0)
-    """How much the COP falls per degree C warmer outdoors."""
-    dlc_base_frac: float = Field(0.06, ge=0)
-    """With liquid cooling, the cooling draw as a share of IT power at the reference temperature."""
-    ups_loss_frac: float = Field(0.04, ge=0, lt=0.5)
-    """UPS and distribution losses as a share of IT power."""
-    fixed_w: float = Field(0.0, ge=0)
-    """Fixed facility draw (lighting, offices). Units: W."""
-    design_outdoor_c: float = Field(35.0, description="assumed when the meter sends none")
-    """Outdoor temperature assumed when the meter sends none. Units: degrees C."""
-    meter_timeout_s: float = Field(15.0, gt=0)
-    """A meter reading older than this is stale. Units: s."""
-    fresh_margin_frac: float = Field(0.015, ge=0, lt=0.5)
-    """Margin kept below the contract while the meter is fresh."""
-    stale_margin_frac: float = Field(0.04, ge=0, lt=0.5)
-    """Margin kept below the contract while the meter is stale."""
-    max_margin_frac: float = Field(0.10, ge=0, lt=0.5)
-    """The widest margin below the contract, which a stale meter's margin grows to."""
-    price_per_mwh: float = Field(0.0, ge=0)
-    """Energy price, for the cost counters. Units: currency per MWh."""
-    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
-    """ISO 4217 code of `price_per_mwh`'s currency; exported as `rheostat_energy_cost_info`."""
-    carbon_file: Path | None = None
-    """CSV of `unix_s,intensity_kg_per_mwh`, read at start-up."""
-
-    def settings(self) -> FacilitySettings:
-        return FacilitySettings(
-            model=CoolingModel(
-                kind=self.cooling,
-                cop_ref=self.cop_ref,
-                cop_slope_per_c=self.cop_slope_per_c,
-                dlc_base_frac=self.dlc_base_frac,
-                ups_loss_frac=self.ups_loss_frac,
-                fixed_w=self.fixed_w,
-            ),
-            meter_timeout_s=self.meter_timeout_s,
-            fresh_margin_frac=self.fresh_margin_frac,
-            stale_margin_frac=self.stale_margin_frac,
-            max_margin_frac=self.max_margin_frac,
-        )
+__all__ = ["FacilityCollector", "FacilityHook", "FacilitySection", "load_carbon_file"]
 
 
 def load_carbon_file(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -116,32 +60,42 @@ def load_carbon_file(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float6
 
 @dataclass(eq=False, kw_only=True)
 class FacilityHook:
-    """Facility budget and accounting for one running daemon. Units: W, s, kg, currency."""
+    """The facility meter's topic, accounting and metrics for one running daemon.
+
+    The IT budget itself is `policies.facility.FacilityStage` (`stage`), the same one the
+    simulator runs; this hook feeds it the meter's readings. Units: W, s, kg, currency.
+    """
 
     section: FacilitySection
     site: str
     base_dir: Path | None = None
     #: The policy's `limits.psu_efficiency`: the IT budget is wall power, the core's is not.
     psu_efficiency: float = 1.0
+    #: The policy's `limits.contract_w`, used when the section sets no contract of its own.
+    fallback_contract_w: float | None = None
     last: MeterReading | None = None
     received_at_s: float = -math.inf
     rejected: int = 0
-    budget: ItBudget | None = None
     facility_w: float = math.nan
     it_w: float = math.nan
     tier_co2_kg: NDArray[np.float64] = field(default_factory=lambda: np.zeros(N_TIERS))
     tier_cost: NDArray[np.float64] = field(default_factory=lambda: np.zeros(N_TIERS))
     facility_energy_j: float = 0.0
+    stage: FacilityStage = field(init=False)
     _carbon: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
-    _settings: FacilitySettings | None = None
 
     def __post_init__(self) -> None:
-        self._settings = self.section.settings()
+        self.stage = self.section.stage(fallback_contract_w=self.fallback_contract_w)
         path = self.section.carbon_file
         if path is not None:
             if not path.is_absolute() and self.base_dir is not None:
                 path = self.base_dir / path
             self._carbon = load_carbon_file(path)
+
+    @property
+    def budget(self) -> ItBudget | None:
+        """The IT budget of the last tick (wall power), None before the first."""
+        return self.stage.budget
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -156,7 +110,13 @@ class FacilityHook:
         except ProtocolError:
             self.rejected += 1
             return True
-        if self.last is None or reading.ts >= self.last.ts:
+        sample = MeterSample(
+            ts=reading.ts,
+            facility_w=reading.facility_w,
+            it_w=reading.it_w,
+            outdoor_c=reading.outdoor_c,
+        )
+        if self.stage.take(sample):
             self.last, self.received_at_s = reading, now_s
         return True
 
@@ -182,52 +142,27 @@ class FacilityHook:
 
         Demand-response baselines and targets are taken at this meter, like the contract.
         """
-        reading = self.last
-        if reading is not None and now_s - reading.ts <= self.section.meter_timeout_s:
-            return reading.facility_w
-        settings = self._settings or self.section.settings()
-        return float(settings.model.facility_w(it_power_w, self._outdoor_c()))
-
-    def _outdoor_c(self) -> float:
-        """The meter's last outdoor temperature, else the section's design value. Units: C."""
-        reading = self.last
-        if reading is not None and reading.outdoor_c is not None:
-            return reading.outdoor_c
-        return self.section.design_outdoor_c
+        return self.stage.metered_w(now_s, it_power_w)
 
     def limits(
         self, limits: Limits, *, now_s: float, it_power_w: float, fallback_w: float
     ) -> Limits:
-        """This tick's limits with the site limit turned into an IT budget.
+        """`limits` with the site limit turned into an IT budget (the core's DC side).
 
-        The facility limit is the lowest of the section's contract (or `fallback_w`, the
-        policy's contract) and the site limit already in force (a DR limit, say). The IT budget
-        (`self.budget`) is wall power; the limit handed on is in the core's units (scaled by
-        `psu_efficiency`), as is the site limit that comes in.
+        The facility limit is the lowest of the section's contract (or `fallback_w`) and the
+        site limit already in force (DC side, a DR limit say). The daemon's tick runs `stage`
+        instead; this is the same budget for a caller holding core-side `Limits`.
         """
         eff = self.psu_efficiency
         contract = self.section.contract_w if self.section.contract_w is not None else fallback_w
         facility_limit = min(
-            contract, limits.site_limit_w / eff if limits.site_limit_w is not None else math.inf
+            contract,
+            wall_w(limits.site_limit_w, eff) if limits.site_limit_w is not None else math.inf,
         )
-        settings = self._settings or self.section.settings()
-        reading = self.last
-        outdoor = self._outdoor_c()
-        if reading is None:
-            got = it_budget(facility_limit, outdoor_c=outdoor, settings=settings)
-        else:
-            got = it_budget(
-                facility_limit,
-                outdoor_c=outdoor,
-                settings=settings,
-                meter_w=reading.facility_w,
-                meter_it_w=reading.it_w if reading.it_w is not None else it_power_w,
-                meter_age_s=max(now_s - reading.ts, 0.0),
-            )
-        self.budget = got
+        got = self.stage.it_budget(facility_limit, now_s=now_s, it_power_w=it_power_w)
         if not math.isfinite(got.budget_w):
             return limits
-        return replace(limits, site_limit_w=got.budget_w * eff)
+        return replace(limits, site_limit_w=dc_w(got.budget_w, eff))
 
     def account(
         self,

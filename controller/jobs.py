@@ -1,4 +1,4 @@
-"""The scheduler's synchronous jobs, for the decision core to pace (`pipeline.pace_ceiling`).
+"""The scheduler's synchronous jobs, for the decision core to pace (`policies.pacing.pace_ceiling`).
 
 A data-parallel training job steps at its slowest GPU. Which GPUs step together is something only
 the cluster scheduler knows, so it says so in the job reports it already publishes for carbon

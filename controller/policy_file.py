@@ -31,6 +31,7 @@ from policies.errors import ConfigError, ConfigErrors, TopologyError
 from policies.facility import it_budget
 from policies.gpu_models import model_code
 from policies.safe_caps import configured_safe_caps, derive_safe_caps, safe_cap_overruns
+from policies.stages import dc_w
 from policies.topology import Level, Topology, dc_side, generate_topology
 
 DEFAULT_POLICY_RESOURCE = "default_policy.yaml"
@@ -186,7 +187,7 @@ def _facility_it_limit_w(config: PolicyFile) -> float | None:
     if contract is None:
         return None
     budget = it_budget(contract, outdoor_c=section.design_outdoor_c, settings=section.settings())
-    return budget.budget_w * config.limits.psu_efficiency
+    return dc_w(budget.budget_w, config.limits.psu_efficiency)
 
 
 def reload_problems(running: Policy, new: Policy) -> list[ConfigError]:

@@ -17,6 +17,7 @@ from controller.logs import TickSummary
 from controller.policy_file import Policy
 from policies.decision import Decision, DecisionState, Limits
 from policies.fleet import FleetState
+from policies.workspace import DecisionWorkspace
 
 #: Tick-duration histogram buckets. Units: s. A tick is budgeted well under its 1 s period.
 TICK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -73,6 +74,8 @@ class Runtime:
     limits: Limits
     decision: Decision | None = None
     decision_state: DecisionState | None = None
+    #: The decision core's working memory, kept for the fleet's size (`policies.workspace`).
+    workspace: DecisionWorkspace | None = None
     stale_rack: NDArray[np.bool_] | None = None
     queue: ConflatingQueue | None = None
     mqtt_connected: bool = False

@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.inventory import Inventory, load_inventory
 from controller.wire import GpuRange, JobReport, encode_job, job_topic
-from policies.decision import N_TIERS
 from policies.errors import ConfigError, RheostatError
+from policies.tiers import N_TIERS
 
 Tier = Annotated[int, Field(ge=0, le=N_TIERS - 1)]
 #: `Nodes=... GRES=gpu:8(IDX:0-7)` lines of `scontrol -d show job`.

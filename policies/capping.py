@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import N_TIERS
 from policies.errors import PolicyError
 from policies.plan import N_PHASES, CappingPlan
+from policies.tiers import N_TIERS
+from policies.workspace import DecisionWorkspace
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
@@ -66,6 +67,7 @@ def allocate(
     usable_w: tuple[FloatArray, ...],
     tier_floor_w: FloatArray | None = None,
     out: FloatArray | None = None,
+    workspace: DecisionWorkspace | None = None,
 ) -> Allocation:
     """Fill caps to each tier's floor in tier order, then to demand by tier, then to `max_w`.
 
@@ -75,8 +77,10 @@ def allocate(
     not fit, the most tolerant tier gives first), then from there to its demand in strict tier
     order, then to `max_w`: two fills, the second starting at the first one's caps. When every
     group holds all the tier floors (the fill's own infeasibility check shows it), the first
-    fill is the tier floors themselves and is skipped. Units: W.
+    fill is the tier floors themselves and is skipped. Temporaries live in `workspace` (a fresh
+    one when None). Units: W.
     """
+    ws = DecisionWorkspace(plan.topology.n_gpus) if workspace is None else workspace
     if tier_floor_w is None:
         return _sure(
             plan,
@@ -85,6 +89,7 @@ def allocate(
             max_w=max_w,
             tier=tier,
             usable_w=usable_w,
+            workspace=ws,
             out=out,
         )
     # Usually every group holds all the tier floors: the fill from them is then the answer, and
@@ -96,6 +101,7 @@ def allocate(
         max_w=max_w,
         tier=tier,
         usable_w=usable_w,
+        workspace=ws,
         out=out,
         only_if_feasible=True,
     )
@@ -108,6 +114,7 @@ def allocate(
         max_w=tier_floor_w,
         tier=tier,
         usable_w=usable_w,
+        workspace=ws,
     )
     second = _sure(
         plan,
@@ -116,6 +123,7 @@ def allocate(
         max_w=max_w,
         tier=tier,
         usable_w=usable_w,
+        workspace=ws,
         out=out,
     )
     # Groups flagged are those whose hard floors exceed their limit (the first fill's view);
@@ -136,6 +144,7 @@ def _sure(
     max_w: FloatArray,
     tier: NDArray[np.int8],
     usable_w: tuple[FloatArray, ...],
+    workspace: DecisionWorkspace,
     out: FloatArray | None = None,
 ) -> Allocation:
     """`_fill` run to the end (it only gives up when asked to)."""
@@ -146,6 +155,7 @@ def _sure(
         max_w=max_w,
         tier=tier,
         usable_w=usable_w,
+        workspace=workspace,
         out=out,
     )
     if alloc is None:  # pragma: no cover - unreachable without only_if_feasible
@@ -161,6 +171,7 @@ def _fill(
     max_w: FloatArray,
     tier: NDArray[np.int8],
     usable_w: tuple[FloatArray, ...],
+    workspace: DecisionWorkspace,
     out: FloatArray | None = None,
     only_if_feasible: bool = False,
 ) -> Allocation | None:
@@ -173,7 +184,7 @@ def _fill(
     caller only reads before its next use), else into a fresh array. Units: W.
     """
     n_servers = plan.n_servers
-    scratch = plan.scratch
+    buffers = workspace.fill
     if floor_w is plan.topology.gpu_min_cap_w:
         floor_server = plan.min_cap_server_w
     else:
@@ -184,8 +195,8 @@ def _fill(
     )
     if only_if_feasible and any(flags.any() for flags in infeasible):
         return None
-    tier_gain = np.subtract(demand_w, floor_w, out=scratch.f("w0"))
-    key = _phase_keys(plan, tier)
+    tier_gain = np.subtract(demand_w, floor_w, out=buffers.tier_gain)
+    key = workspace.phase_keys(plan, tier)
     gain_sums = np.bincount(key, weights=tier_gain, minlength=n_servers * N_PHASES)
     # Tiers are below N_TIERS, so the surplus column starts at zero; it is filled only if the
     # surplus phase is reached (under a binding site limit it never is).
@@ -210,7 +221,7 @@ def _fill(
         if phase < N_TIERS:
             totals = [t[:, phase] for t in tier_totals]
         else:
-            surplus_gain = np.subtract(max_w, demand_w, out=scratch.f("w1"))
+            surplus_gain = np.subtract(max_w, demand_w, out=buffers.surplus_gain)
             gains[:, N_TIERS] = plan.server_sum(surplus_gain)
             totals = plan.up(gains[:, N_TIERS])
         gain = gains[:, phase]
@@ -232,37 +243,20 @@ def _fill(
     np.multiply(cap_w, tier_gain, out=cap_w)
     np.add(cap_w, floor_w, out=cap_w)
     if surplus_gain is not None and theta[:, N_TIERS].any():
-        surplus = scratch.f("w2")
+        surplus = buffers.surplus
         if plan.gpus_per_server:
             rows = (n_servers, plan.gpus_per_server)
             np.multiply(
                 surplus_gain.reshape(rows), theta[:, N_TIERS, np.newaxis], out=surplus.reshape(rows)
             )
         else:
-            np.add(plan.phase_key, N_TIERS, out=key)
-            scratch.i8("tier_seen").fill(-1)  # the cached keys are gone
+            key = workspace.surplus_keys(plan, N_TIERS)
             np.take(flat, key, mode="clip", out=surplus)
             np.multiply(surplus, surplus_gain, out=surplus)
         np.add(cap_w, surplus, out=cap_w)
     server_used = floor_server + np.einsum("ij,ij->i", gains, theta)
     used = tuple(s + o for s, o in zip(plan.up(server_used), plan.overhead_w, strict=True))
     return Allocation(cap_w=cap_w, used_w=used, infeasible=infeasible, theta=theta)
-
-
-def _phase_keys(plan: CappingPlan, tier: NDArray[np.int8]) -> NDArray[np.int64]:
-    """Each GPU's row in the flattened (server, phase) table: server * N_PHASES + tier.
-
-    Tiers change far less often than telemetry, so the keys of the last tiers seen are kept
-    with a copy of those tiers, and reused while the tiers compare equal.
-    """
-    scratch = plan.scratch
-    seen = scratch.has("tier_seen")
-    last_tier = scratch.i8("tier_seen")
-    key = scratch.i("phase_key")
-    if not (seen and np.array_equal(tier, last_tier)):
-        np.add(plan.phase_key, tier, out=key)
-        np.copyto(last_tier, tier)
-    return key
 
 
 def _fill_phase(

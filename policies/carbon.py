@@ -8,7 +8,7 @@ minimise sum(signal x power) subject to
   work still owed, re-planned every slot from the measured progress, so a job that fell behind
   gets its budget back at once;
 - its tier's tolerated slowdown: speed never goes below `1 - tolerance` (Flex 0/1/2/3 tolerate
-  0/10/25/50 % by default, as in `policies.dr_flex`).
+  0/10/25/50 % by default, as in `policies.dr.flex`).
 
 Power is the job's *dynamic* power against its speed (what the job adds above its GPUs'
 idle draw and the servers' constant load, which are paid whether it runs or not), given as a
@@ -37,9 +37,9 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from policies.decision import N_TIERS
-from policies.dr_flex import DEFAULT_TOLERANCES, check_tolerances
+from policies.dr.flex import DEFAULT_TOLERANCES, check_tolerances
 from policies.errors import PolicyError
+from policies.tiers import N_TIERS
 
 FloatArray = NDArray[np.float64]
 

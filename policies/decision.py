@@ -8,22 +8,34 @@ replayed from recorded inputs, and so the warm path can reuse the previous tick'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
-if TYPE_CHECKING:  # plan imports this module; the plan is only carried, never built, here
-    from policies.plan import CappingPlan
+from policies.plan import CappingPlan
+from policies.tiers import DEFAULT_FLEX_TOLERANCES
 
 FloatArray = NDArray[np.float64]
 
-#: Flex tiers: 0 is never slowed unless the hard limits leave no choice, 3 tolerates the most.
-N_TIERS = 4
 
-#: Slowdown each Flex tier tolerates, as a fraction (tier index -> tolerance): the tiers of the
-#: 2025 field demonstration (Emerald AI's Conductor: Flex 0/1/2/3 = 0/10/25/50 %).
-DEFAULT_FLEX_TOLERANCES: tuple[float, float, float, float] = (0.0, 0.10, 0.25, 0.50)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LendSettings:
+    """Headroom lending (`policies.lending`); off unless enabled. Units: W, s, fractions."""
+
+    enabled: bool = False
+    #: How far the sum of caps may exceed the usable site limit: the worst case if every GPU
+    #: jumped to its cap at once, for at most `reaction_s`.
+    contract_tolerance_frac: float = 0.02
+    #: The controller's worst-case reaction time: a decision period, telemetry delay and cap
+    #: actuation. Breakers must carry the worst case this long within `TRIP_SHARE` of their
+    #: trip curve (`policies.lending.TRIP_SHARE`). Units: s.
+    reaction_s: float = 5.0
+    #: Margin kept over a lender's held draw, as a fraction of it and at least `margin_w`; a draw
+    #: that outruns it revokes the GPU's lending.
+    margin_frac: float = 0.02
+    margin_w: float = 5.0
+    #: Time constant of the peak-held draw a lender's headroom is reckoned from. Units: s.
+    hold_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +70,8 @@ class CappingSettings:
     #: power model puts its speed at (1 - tolerance) of its uncapped speed, Flex 0 first, and only
     #: then shares the rest in strict tier order. All zeros is plain strict tiers.
     flex_tolerances: tuple[float, float, float, float] = DEFAULT_FLEX_TOLERANCES
+    #: Headroom lending: power GPUs are allowed but do not draw, lent to capped ones (opt-in).
+    lend: LendSettings = LendSettings()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,7 +113,7 @@ class Limits:
     #: within the ramp-rate settings; `site_limit_w` stays hard and is never exceeded.
     site_target_w: float | None = None
     #: Per-GPU power below which its Flex tier's tolerated slowdown is exceeded (from
-    #: `policies.dr_flex.gpu_floor_w` during a demand-response event; None otherwise). An
+    #: `policies.dr.flex.gpu_floor_w` during a demand-response event; None otherwise). An
     #: allocation that honours it cuts every GPU to its floor, most tolerant tier first, before
     #: any GPU goes below its floor. Units: W.
     gpu_floor_w: FloatArray | None = None
@@ -141,6 +155,9 @@ class DecisionState:
     demand_w: FloatArray | None = None
     #: Topology-derived index arrays, rebuilt only when the topology object changes.
     plan: CappingPlan | None = None
+    #: Peak-held draw each GPU's lendable headroom is reckoned from (`policies.lending`); None
+    #: while lending is off or before its first tick. Units: W.
+    lend_basis_w: FloatArray | None = None
 
     @property
     def nbytes(self) -> int:
@@ -149,7 +166,13 @@ class DecisionState:
         Per-GPU arrays may be rows of one block allocated per tick; the whole block is kept
         alive by any of them, so blocks are counted whole, once.
         """
-        arrays = (self.cap_w, self.demand_w, self.util_held, self.sm_clock_max_mhz)
+        arrays = (
+            self.cap_w,
+            self.demand_w,
+            self.util_held,
+            self.sm_clock_max_mhz,
+            self.lend_basis_w,
+        )
         owners = {id(o): o for o in (_owner(a) for a in arrays if a is not None)}
         held = sum(int(o.nbytes) for o in owners.values())
         return held + (self.plan.nbytes if self.plan is not None else 0)

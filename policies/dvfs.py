@@ -14,11 +14,15 @@ fits the cap, so the GPU does not fight its own power limiter. Clocks sit on eac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
 from policies.decision import DvfsSettings
 from policies.plan import CappingPlan
+from policies.tiers import DEFAULT_FLEX_TOLERANCES
+from policies.workspace import DecisionWorkspace
 
 FloatArray = NDArray[np.float64]
 
@@ -40,7 +44,10 @@ def clock_targets(
     mem_util: FloatArray,
     settings: DvfsSettings,
     fit_util: FloatArray | None = None,
+    tier: NDArray[np.int8] | None = None,
+    tolerances: Sequence[float] = DEFAULT_FLEX_TOLERANCES,
     out: FloatArray | None = None,
+    workspace: DecisionWorkspace | None = None,
 ) -> tuple[FloatArray, float]:
     """Per-GPU SM-clock ceilings (MHz) and the estimated power they save against the caps (W).
 
@@ -48,28 +55,48 @@ def clock_targets(
     passes a peak-held activity): a synchronous job's compute phase starts at full activity right
     after a quiet all-reduce, and a ceiling sized for the quiet phase would leave the GPU's own
     limiter to catch the surge, overshooting the cap until it settles. Memory-bound detection
-    always uses the current `util`. Per-GPU model figures come from the plan; intermediates live
-    in its scratch buffers.
+    uses it too: work is memory-bound only while both activities are low against memory
+    activity, so mixed work (prefill bursts between decode) keeps `max_loss_frac`. Per-GPU model
+    figures come from the plan; intermediates live in `workspace` (a fresh one when None).
+
+    `tier` (one Flex tier per GPU, validated by the caller) with `tolerances` (the tolerated
+    slowdown per tier) bounds each memory-bound GPU's loss by its tier's tolerance as well as by
+    `max_loss_frac`. Without `tier` every GPU may lose `max_loss_frac`, which is only right when
+    no tier tolerates less.
     """
     max_clock = plan.max_clock_mhz
     if not settings.enabled or cap_w.size == 0:
         return max_clock.copy(), 0.0
-    scratch = plan.scratch
+    ws = DecisionWorkspace(plan.topology.n_gpus) if workspace is None else workspace
+    buffers = ws.clocks
     if fit_util is None or settings.memory_bound_ratio <= 0.0:
-        activity = np.clip(util, 0.0, 1.0, out=scratch.f("w0"))
+        activity = np.clip(util, 0.0, 1.0, out=buffers.activity)
     else:
-        # Only compared with a positive bound (memory activity >= MIN_ACTIVITY times a positive
+        # Detection looks at the higher of the current and the held activity: a GPU that ran
+        # compute (prefill, a training step) within the hold is not locked in its quiet phase,
+        # where the lock would slow the compute that follows by alpha 1.1, not 0.15. Only
+        # compared with a positive bound (memory activity >= MIN_ACTIVITY times a positive
         # ratio), where clipping below at 0 changes no outcome; the fit clips `fit_util` below.
-        activity = np.minimum(util, 1.0, out=scratch.f("w0"))
-    memory_bound = np.greater_equal(mem_util, MIN_ACTIVITY, out=scratch.b("b0"))
-    ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=scratch.f("w1"))
-    low_sm = np.less(activity, ratio_w, out=scratch.b("b1"))
+        activity = np.maximum(util, fit_util, out=buffers.activity)
+        np.minimum(activity, 1.0, out=activity)
+    memory_bound = np.greater_equal(mem_util, MIN_ACTIVITY, out=buffers.memory_bound)
+    ratio_w = np.multiply(mem_util, settings.memory_bound_ratio, out=buffers.ratio_w)
+    low_sm = np.less(activity, ratio_w, out=buffers.low_sm)
     np.logical_and(memory_bound, low_sm, out=memory_bound)
     # Within [0, 1] whatever the caller passes (the edges bound it too): a loss above 1 would
     # raise a negative number to a fractional power.
     loss = min(max(settings.max_loss_frac, 0.0), 1.0)
-    keep = (1.0 - loss) ** (1.0 / ALPHA_MEMORY_BOUND)
-    lowest = _lowest_clock(plan, keep)
+    lowest = _lowest_clock(plan, ws, _keep_frac(loss))
+    if tier is not None:
+        lowest = _bound_by_tier(
+            plan,
+            ws,
+            tier=tier,
+            tolerances=tolerances,
+            loss=loss,
+            memory_bound=memory_bound,
+            lowest=lowest,
+        )
     # The lowest clock where memory-bound, else the max: 0 <= lowest <= max, so zeroing the max
     # where memory-bound and taking the maximum with `lowest` selects exactly, and several times
     # faster than np.where on a mask this irregular.
@@ -81,12 +108,12 @@ def clock_targets(
     if fit_util is not None:
         activity = np.maximum(fit_util, 0.0, out=activity)
         np.minimum(activity, 1.0, out=activity)
-    dynamic_w = np.multiply(dynamic_range(plan), activity, out=scratch.f("w2"))
-    full_w = np.add(plan.idle_w, dynamic_w, out=scratch.f("w3"))
+    dynamic_w = np.multiply(plan.dynamic_w, activity, out=buffers.dynamic_w)
+    full_w = np.add(plan.idle_w, dynamic_w, out=buffers.full_w)
     # The clock where idle + dynamic * (f / f_max)^3 equals the cap, floored onto the grid.
     # Computed for every GPU without a mask (masked ufuncs are slower than the arithmetic):
     # where the cap does not bind, the fitting clock is at or above the max and changes nothing.
-    fits = np.subtract(cap_w, plan.idle_w, out=scratch.f("w4"))
+    fits = np.subtract(cap_w, plan.idle_w, out=buffers.fits)
     np.maximum(fits, 0.0, out=fits)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         np.divide(fits, dynamic_w, out=fits)
@@ -104,16 +131,16 @@ def clock_targets(
         if fit_util is not None and settings.fit_min_swing > 0.0:
             # Steady where the held activity is within the swing of the current one: there the
             # fitting clock is lifted to the max (max * 1 >= fits), elsewhere left as fitted.
-            swing = np.subtract(fit_util, util, out=scratch.f("w5"))
-            steady = np.less(swing, settings.fit_min_swing, out=scratch.b("b0"))
-            lift = np.multiply(max_clock, steady, out=scratch.f("w5"))
+            swing = np.subtract(fit_util, util, out=buffers.swing)
+            steady = np.less(swing, settings.fit_min_swing, out=buffers.memory_bound)
+            lift = np.multiply(max_clock, steady, out=buffers.swing)
             np.maximum(fits, lift, out=fits)
         np.minimum(clock, fits, out=clock)
 
     # Saving against running at the cap: min(full, cap) - min(power at the clock, cap); zero
     # wherever the clock is the max.
-    ratio = np.divide(clock, max_clock, out=scratch.f("w5"))
-    cube = np.multiply(ratio, ratio, out=scratch.f("w1"))
+    ratio = np.divide(clock, max_clock, out=buffers.swing)
+    cube = np.multiply(ratio, ratio, out=buffers.cube)
     np.multiply(cube, ratio, out=cube)
     at_clock = np.multiply(dynamic_w, cube, out=cube)
     np.add(at_clock, plan.idle_w, out=at_clock)
@@ -123,27 +150,54 @@ def clock_targets(
     return clock, float(saving.sum())
 
 
-def dynamic_range(plan: CappingPlan) -> FloatArray:
-    """Per GPU, max cap minus idle power: the model's dynamic power at full activity. Units: W.
+def _bound_by_tier(
+    plan: CappingPlan,
+    workspace: DecisionWorkspace,
+    *,
+    tier: NDArray[np.int8],
+    tolerances: Sequence[float],
+    loss: float,
+    memory_bound: NDArray[np.bool_],
+    lowest: FloatArray,
+) -> FloatArray:
+    """Per GPU, the lowest clock its tier allows a memory-bound lock. Units: MHz.
 
-    Fixed by the topology, so it is computed once and kept in the plan's scratch.
+    Tiers that tolerate at least `loss` keep `lowest`; a tier that tolerates none is taken out of
+    `memory_bound` (in place), which costs one comparison rather than a per-GPU table; a tier in
+    between gets the clock its own tolerance allows. `lowest` is the workspace's cache and is
+    never written: a copy is made the first time a tier needs its own clock.
     """
-    name = "dvfs_dynamic"
-    if plan.scratch.has(name):
-        return plan.scratch.f(name)
-    return np.subtract(plan.topology.gpu_max_cap_w, plan.idle_w, out=plan.scratch.f(name))
+    result = lowest
+    in_tier = workspace.clocks.in_tier
+    for t, tolerance in enumerate(tolerances):
+        tier_loss = min(max(float(tolerance), 0.0), loss)
+        if tier_loss >= loss:
+            continue
+        np.equal(tier, t, out=in_tier)
+        if tier_loss <= 0.0:
+            np.logical_and(memory_bound, np.logical_not(in_tier, out=in_tier), out=memory_bound)
+            continue
+        if result is lowest:
+            result = workspace.tier_lowest()
+            np.copyto(result, lowest)
+        np.copyto(result, _lowest_clock(plan, workspace, _keep_frac(tier_loss)), where=in_tier)
+    return result
 
 
-def _lowest_clock(plan: CappingPlan, keep_frac: float) -> FloatArray:
+def _keep_frac(loss: float) -> float:
+    """The clock fraction at which memory-bound work loses `loss` of its throughput."""
+    return float((1.0 - loss) ** (1.0 / ALPHA_MEMORY_BOUND))
+
+
+def _lowest_clock(plan: CappingPlan, workspace: DecisionWorkspace, keep_frac: float) -> FloatArray:
     """Per GPU, the lowest grid clock at or above `keep_frac` of its max. Units: MHz.
 
-    The same for every GPU of a model, so it is computed per model and cached in the plan's
-    scratch under the fraction it was computed for.
+    The same for every GPU of a model and fixed by the loss budget, so it is cached in the
+    workspace under the fraction it was computed for.
     """
-    name = f"dvfs_lowest_{keep_frac!r}"
-    if plan.scratch.has(name):
-        return plan.scratch.f(name)
-    out = plan.scratch.f(name)
+    out, held = workspace.lowest_clock(plan, keep_frac)
+    if held:
+        return out
     lo, hi, step = plan.min_clock_mhz, plan.max_clock_mhz, plan.clock_step_mhz
     # A large loss budget asks for a fraction of the max below the model's lowest clock (an
     # H100 at 300 MHz against 345): the ceiling is then the lowest clock the GPU supports.

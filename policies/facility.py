@@ -18,10 +18,11 @@ Pure: numbers in, numbers out. Units in names (W, degrees C, s, fractions).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from policies.errors import PolicyError
+from policies.stages import Idle, Tick
 
 CoolingKind = Literal["air", "liquid"]
 
@@ -181,3 +182,84 @@ def it_budget(
     return ItBudget(
         budget_w=budget, source=source, margin_frac=margin, overhead_frac=overhead, pue=pue
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterSample:
+    """One facility-meter reading as it reached the controller. Units: s, W, degrees C.
+
+    `it_w` is the IT power measured at the same instant (None: the racks' sum stands in),
+    `outdoor_c` the outdoor temperature sent with it (None: the design value stands in).
+    """
+
+    ts: float
+    facility_w: float
+    it_w: float | None = None
+    outdoor_c: float | None = None
+
+
+@dataclass(eq=False, kw_only=True)
+class FacilityStage(Idle):
+    """The facility IT budget as a stage: one algorithm for the daemon and the simulator.
+
+    Observes the facility meter (its last reading while fresh, else the cooling model's estimate
+    from the racks' power) into `Tick.metered_w`, where demand-response baselines are taken,
+    and turns the site limit in force at the facility meter (the lower of `contract_w` and any
+    limit an earlier stage set, a DR limit say) into the IT power the racks may draw. Units: W.
+    """
+
+    settings: FacilitySettings = field(default_factory=FacilitySettings)
+    #: The contract at the facility meter; inf: only the limits other stages set.
+    contract_w: float = math.inf
+    #: Outdoor temperature assumed while the meter sends none. Units: degrees C.
+    design_outdoor_c: float = 35.0
+    last: MeterSample | None = None
+    #: The latest outdoor temperature known (the meter's, or a weather feed's); None: design.
+    outdoor_now_c: float | None = None
+    #: This tick's IT budget and how it was derived (for metrics and reports).
+    budget: ItBudget | None = None
+
+    def take(self, sample: MeterSample) -> bool:
+        """A meter reading arrived; an older one than the last is ignored (False)."""
+        if self.last is not None and sample.ts < self.last.ts:
+            return False
+        self.last = sample
+        self.outdoor_now_c = sample.outdoor_c
+        return True
+
+    def outdoor_c(self) -> float:
+        """The outdoor temperature the budget assumes now. Units: degrees C."""
+        return self.design_outdoor_c if self.outdoor_now_c is None else self.outdoor_now_c
+
+    def metered_w(self, now_s: float, it_power_w: float) -> float:
+        """Facility power now: the meter while it is fresh, else the cooling model's estimate."""
+        reading = self.last
+        if reading is not None and now_s - reading.ts <= self.settings.meter_timeout_s:
+            return reading.facility_w
+        return float(self.settings.model.facility_w(it_power_w, self.outdoor_c()))
+
+    def it_budget(self, facility_limit_w: float, *, now_s: float, it_power_w: float) -> ItBudget:
+        """The IT power allowed under `facility_limit_w` from the meter or the model. Units: W."""
+        reading = self.last
+        if reading is None:
+            got = it_budget(facility_limit_w, outdoor_c=self.outdoor_c(), settings=self.settings)
+        else:
+            got = it_budget(
+                facility_limit_w,
+                outdoor_c=self.outdoor_c(),
+                settings=self.settings,
+                meter_w=reading.facility_w,
+                meter_it_w=reading.it_w if reading.it_w is not None else it_power_w,
+                meter_age_s=max(now_s - reading.ts, 0.0),
+            )
+        self.budget = got
+        return got
+
+    def observe(self, tick: Tick) -> None:
+        tick.metered_w = self.metered_w(tick.now_s, tick.site_power_w)
+
+    def limits(self, tick: Tick) -> None:
+        limit = min(self.contract_w, tick.site_limit_w)
+        got = self.it_budget(limit, now_s=tick.now_s, it_power_w=tick.site_power_w)
+        if math.isfinite(got.budget_w):
+            tick.site_limit_w = got.budget_w

@@ -1,9 +1,9 @@
 """What the decision core derives from a topology alone, built once and carried warm.
 
 `CappingPlan` holds index arrays (each server's group at every level, a global numbering of
-groups and each group's ancestors), per-GPU model figures for DVFS, and the `Scratch` buffers
-the per-tick kernels write into. `decide` keeps it in `DecisionState.plan` and rebuilds it only
-when it is handed a different topology object.
+groups and each group's ancestors) and per-GPU model figures for DVFS; it is immutable (the
+per-tick kernels write into a caller's `policies.workspace.DecisionWorkspace`). `decide` keeps it
+in `DecisionState.plan` and rebuilds it only when it is handed a different topology object.
 """
 
 from __future__ import annotations
@@ -14,74 +14,15 @@ from itertools import pairwise
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import N_TIERS
 from policies.gpu_models import model_table
+from policies.tiers import N_TIERS
 from policies.topology import Topology
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int32]
-BoolArray = NDArray[np.bool_]
 
 #: Tier phases then the surplus phase (up to max cap).
 N_PHASES = N_TIERS + 1
-
-
-class Scratch:
-    """Per-GPU work buffers reused from tick to tick.
-
-    A fresh million-entry array costs its page faults on every tick (an order of magnitude more
-    than the arithmetic), so intermediate per-GPU results are written into these buffers in
-    place. Buffers are named by slot (w0, w1, ...; b0, ... for masks) and each stage of a tick
-    (demand, allocation, smoothing, clocks) uses them only while it runs, so the stages share
-    them. Outputs handed to callers are always fresh arrays. A plan, and so a decision state,
-    serves one `decide` call at a time.
-    """
-
-    def __init__(self, n_gpus: int) -> None:
-        self._n = n_gpus
-        self._float: dict[str, FloatArray] = {}
-        self._bool: dict[str, BoolArray] = {}
-        self._int: dict[str, NDArray[np.int64]] = {}
-        self._small: dict[str, NDArray[np.int8]] = {}
-
-    def f(self, name: str) -> FloatArray:
-        """The float buffer called `name` (contents are whatever the last user left)."""
-        buf = self._float.get(name)
-        if buf is None:
-            buf = self._float[name] = np.empty(self._n)
-        return buf
-
-    def b(self, name: str) -> BoolArray:
-        buf = self._bool.get(name)
-        if buf is None:
-            buf = self._bool[name] = np.empty(self._n, dtype=np.bool_)
-        return buf
-
-    def has(self, name: str) -> bool:
-        """Whether a buffer called `name` exists (so a cached result is in it)."""
-        return name in self._float or name in self._bool or name in self._int or name in self._small
-
-    @property
-    def names(self) -> set[str]:
-        return set(self._float) | set(self._bool) | set(self._int) | set(self._small)
-
-    def i8(self, name: str) -> NDArray[np.int8]:
-        buf = self._small.get(name)
-        if buf is None:
-            buf = self._small[name] = np.empty(self._n, dtype=np.int8)
-        return buf
-
-    def i(self, name: str) -> NDArray[np.int64]:
-        buf = self._int.get(name)
-        if buf is None:
-            buf = self._int[name] = np.empty(self._n, dtype=np.int64)
-        return buf
-
-    @property
-    def nbytes(self) -> int:
-        buffers = [*self._float.values(), *self._bool.values(), *self._int.values()]
-        buffers += self._small.values()
-        return sum(a.nbytes for a in buffers)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -109,6 +50,8 @@ class CappingPlan:
     min_clock_mhz: FloatArray
     max_clock_mhz: FloatArray
     clock_step_mhz: FloatArray
+    #: Max cap minus idle power: the model's dynamic power at full activity.
+    dynamic_w: FloatArray
     #: Per-GPU offset of its server's row in the (server, phase) table: server * N_PHASES.
     phase_key: NDArray[np.int64]
     #: GPUs in every server when all servers are equal and in order, else 0.
@@ -121,7 +64,6 @@ class CappingPlan:
     #: `group_starts[k]`, k >= 1: where each level-k group's children start when the children
     #: are in group order and no group is empty (sums are then one `np.add.reduceat`), else None.
     group_starts: tuple[NDArray[np.int64] | None, ...]
-    scratch: Scratch
 
     @classmethod
     def build(cls, topology: Topology) -> CappingPlan:
@@ -138,6 +80,7 @@ class CappingPlan:
             np.cumsum(counts[:-1], out=offsets[1:])
         model = topology.gpu_model
         min_cap_server = cls._sums_helper(servers, n_servers, offsets, topology.gpu_min_cap_w)
+        idle = model_table("idle_w")[model]
         return cls(
             topology=topology,
             n_servers=n_servers,
@@ -149,10 +92,11 @@ class CappingPlan:
             server_offsets=offsets,
             overhead_w=tuple(topology.overhead_under(k) for k in range(len(levels))),
             usable_w=tuple(lv.usable_w for lv in levels),
-            idle_w=model_table("idle_w")[model],
+            idle_w=idle,
             min_clock_mhz=model_table("min_sm_clock_mhz")[model],
             max_clock_mhz=model_table("max_sm_clock_mhz")[model],
             clock_step_mhz=model_table("sm_clock_step_mhz")[model],
+            dynamic_w=np.subtract(topology.gpu_max_cap_w, idle),
             phase_key=servers.astype(np.int64) * N_PHASES,
             gpus_per_server=int(counts[0])
             if offsets is not None and np.all(counts == counts[0])
@@ -160,7 +104,6 @@ class CappingPlan:
             min_cap_server_w=min_cap_server,
             children=(0, *(_uniform_children(lo.parent, hi.size) for lo, hi in pairwise(levels))),
             group_starts=(None, *(_starts(lo.parent, hi.size) for lo, hi in pairwise(levels))),
-            scratch=Scratch(topology.n_gpus),
         )
 
     @staticmethod
@@ -183,11 +126,11 @@ class CappingPlan:
         arrays: list[NDArray[np.generic]] = [self.gpu_server, self.gpu_rack, *self.server_path]
         arrays += self.overhead_w
         arrays += [*self.usable_w, self.idle_w, self.min_clock_mhz, self.max_clock_mhz]
-        arrays += [self.clock_step_mhz, self.phase_key, self.min_cap_server_w]
+        arrays += [self.clock_step_mhz, self.dynamic_w, self.phase_key, self.min_cap_server_w]
         arrays += [self.group_offsets, *self.ancestor]
         if self.server_offsets is not None:
             arrays.append(self.server_offsets)
-        return sum(a.nbytes for a in arrays) + self.scratch.nbytes
+        return sum(a.nbytes for a in arrays)
 
     def server_sum(self, per_gpu: FloatArray) -> FloatArray:
         """Sum a per-GPU quantity per server. Units: those of the input."""
@@ -198,6 +141,11 @@ class CappingPlan:
             sums: FloatArray = np.einsum("ij->i", rows)
             return sums
         return self._sums_helper(self.gpu_server, self.n_servers, self.server_offsets, per_gpu)
+
+    def group_use(self, cap_w: FloatArray) -> tuple[FloatArray, ...]:
+        """Per level, each group's power with every GPU at `cap_w`, overhead included. Units: W."""
+        sums = self.up(self.server_sum(cap_w))
+        return tuple(s + o for s, o in zip(sums, self.overhead_w, strict=True))
 
     def up(self, per_server: FloatArray) -> list[FloatArray]:
         """Per-server values summed at every level, finest first.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import N_TIERS
+from policies.tiers import N_TIERS
 from policies.topology import Topology
 
 FloatArray = NDArray[np.float64]

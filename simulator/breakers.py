@@ -6,10 +6,7 @@ reaches 1; below the threshold the accumulated heat cools with a time constant. 
 magnetic threshold it trips within the tick. Load is rack power over the breaker's rating, which
 equals current over rated current at a fixed voltage and power factor.
 
-Trip-curve points (CALIBRATION.md): IEC 60898-1 no trip at 1.13 In for 1 h, trip within 1 h at
-1.45 In and within 1-60 s at 2.55 In; UL 489 within 2 min at 2.0 In; magnetic (C curve) at
-5-10 In in under 0.1 s. The curve below is a log-log interpolation through points inside those
-windows.
+The trip curve itself is `policies.breaker_curve`, which the decision core reads too.
 """
 
 from __future__ import annotations
@@ -19,29 +16,28 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from policies.breaker_curve import (
+    MAGNETIC_LOAD,
+    NO_TRIP_LOAD,
+    TRIP_CURVE_LOAD,
+    TRIP_CURVE_S,
+    trip_time_s,
+)
+
 FloatArray = NDArray[np.float64]
 
-#: Load (multiple of rating) -> seconds to trip from cold, inside the IEC/UL windows above.
-TRIP_CURVE_LOAD: tuple[float, ...] = (1.13, 1.2, 1.45, 2.0, 2.55, 5.0)
-TRIP_CURVE_S: tuple[float, ...] = (3600.0, 1800.0, 600.0, 90.0, 20.0, 2.0)
-#: No trip at or below this load, ever (IEC 60898-1 conventional non-tripping current).
-NO_TRIP_LOAD = 1.13
-#: Instant (magnetic) trip at or above this load: the low end of a C curve.
-MAGNETIC_LOAD = 5.0
+__all__ = [
+    "COOLING_TAU_S",
+    "MAGNETIC_LOAD",
+    "NO_TRIP_LOAD",
+    "TRIP_CURVE_LOAD",
+    "TRIP_CURVE_S",
+    "Breakers",
+    "trip_time_s",
+]
+
 #: Cooling time constant of the thermal element (*estimate*). Units: s.
 COOLING_TAU_S = 600.0
-
-_LOG_LOAD = np.log(np.asarray(TRIP_CURVE_LOAD))
-_LOG_TIME = np.log(np.asarray(TRIP_CURVE_S))
-
-
-def trip_time_s(load: FloatArray) -> FloatArray:
-    """Seconds to trip from cold at a constant load (multiple of rating); inf at or below 1.13."""
-    load = np.asarray(load, dtype=np.float64)
-    safe = np.maximum(load, TRIP_CURVE_LOAD[0])
-    t = np.exp(np.interp(np.log(safe), _LOG_LOAD, _LOG_TIME))
-    t = np.where(load <= NO_TRIP_LOAD, np.inf, t)
-    return np.where(load >= MAGNETIC_LOAD, 0.0, t)
 
 
 @dataclass(eq=False, kw_only=True)

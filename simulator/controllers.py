@@ -22,6 +22,7 @@ from policies.decision import DecisionState, Limits, PolicySettings
 from policies.fleet import FleetState
 from policies.pipeline import decide
 from policies.topology import Topology, dc_side
+from policies.workspace import DecisionWorkspace
 
 FloatArray = NDArray[np.float64]
 Actuation = tuple[FloatArray, FloatArray]
@@ -141,9 +142,10 @@ class RheostatController:
         self.topology = topology
         self.tier = tier
         self.settings = settings
-        #: The scheduler's synchronous jobs (`policies.pipeline.pace_ceiling`), None if unknown.
+        #: The scheduler's synchronous jobs (`policies.pacing.pace_ceiling`), None if unknown.
         self.sync_job = sync_job
         self.state: DecisionState | None = None
+        self.workspace: DecisionWorkspace | None = None
         self.site_allowed_w = float("nan")
 
     def decide(
@@ -153,6 +155,7 @@ class RheostatController:
         now_s: float,
         stale_rack: NDArray[np.bool_],
     ) -> Actuation | None:
+        self.workspace = DecisionWorkspace.sized(self.workspace, self.topology.n_gpus)
         decision, self.state = decide(
             self.topology,
             fleet,
@@ -163,6 +166,7 @@ class RheostatController:
             now_s=now_s,
             stale_rack=stale_rack if stale_rack.any() else None,
             sync_job=self.sync_job,
+            workspace=self.workspace,
         )
         self.site_allowed_w = decision.site_allowed_w
         return decision.cap_w, decision.sm_clock_max_mhz

@@ -27,9 +27,9 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.carbon import per_tier_totals
-from policies.decision import N_TIERS
 from policies.errors import ConfigError
-from policies.facility import CoolingModel, FacilitySettings, it_budget
+from policies.facility import CoolingModel, FacilitySettings, FacilityStage, MeterSample
+from policies.tiers import N_TIERS
 from simulator.tolerance import is_over
 
 if TYPE_CHECKING:
@@ -79,12 +79,20 @@ class MeterOutage(_Model):
     duration_s: float = Field(gt=0)
 
 
-class FacilitySpec(_Model):
-    """The plant around the IT load; the scenario's site contract applies at its meter."""
+_MODEL = CoolingModel()
+_SETTINGS = FacilitySettings()
 
-    cooling: Literal["air", "liquid"] = "air"
+
+class FacilitySpec(_Model):
+    """The plant around the IT load; the scenario's site contract applies at its meter.
+
+    The controller's margins and meter timeout default to the decision core's
+    `FacilitySettings`, as the daemon's `facility` section does.
+    """
+
+    cooling: Literal["air", "liquid"] = _MODEL.kind
     outdoor: OutdoorSpec = OutdoorSpec()
-    ups_loss_frac: float = Field(0.04, ge=0, lt=0.5)
+    ups_loss_frac: float = Field(_MODEL.ups_loss_frac, ge=0, lt=0.5)
     fixed_frac: float = Field(
         0.01, ge=0, lt=0.5, description="lighting and offices, of the IT full-power draw"
     )
@@ -94,11 +102,11 @@ class FacilitySpec(_Model):
     cooling_tau_s: float = Field(120.0, gt=0, description="lag of cooling power behind IT heat")
     meter_period_s: float = Field(5.0, gt=0)
     meter_delay_s: float = Field(2.0, ge=0)
-    meter_timeout_s: float = Field(15.0, gt=0)
+    meter_timeout_s: float = Field(_SETTINGS.meter_timeout_s, gt=0)
     meter_outages: tuple[MeterOutage, ...] = ()
-    fresh_margin_frac: float = Field(0.015, ge=0, lt=0.5)
-    stale_margin_frac: float = Field(0.04, ge=0, lt=0.5)
-    max_margin_frac: float = Field(0.10, ge=0, lt=0.5)
+    fresh_margin_frac: float = Field(_SETTINGS.fresh_margin_frac, ge=0, lt=0.5)
+    stale_margin_frac: float = Field(_SETTINGS.stale_margin_frac, ge=0, lt=0.5)
+    max_margin_frac: float = Field(_SETTINGS.max_margin_frac, ge=0, lt=0.5)
 
 
 def outdoor_c(spec: OutdoorSpec, t_s: FloatArray, *, base_dir: Path | None = None) -> FloatArray:
@@ -160,8 +168,11 @@ class FacilityRun:
     cooling_w: float = 0.0
     facility_w: float = 0.0
     it_w: float = 0.0
-    budget_w: float = math.inf
-    budget_source: str = "none"
+    #: The controller's facility stage (`policies.facility`), the daemon's algorithm; None
+    #: without a `facility` section (the IT feed is the meter: the limit is the budget).
+    stage: FacilityStage | None = None
+    _passed_w: float = math.inf
+    _passed_source: str = "none"
     _samples: deque[tuple[float, float, float]] = field(default_factory=deque)
     seconds_over: float = 0.0
     max_overshoot_frac: float = 0.0
@@ -196,6 +207,7 @@ class FacilityRun:
         return cls(
             spec=spec,
             settings=settings,
+            stage=None if spec is None else FacilityStage(settings=settings),
             tick_s=scenario.tick_s,
             warmup_s=warm_ticks * scenario.tick_s,
             outdoor_by_tick=temps,
@@ -246,28 +258,42 @@ class FacilityRun:
                 return sample
         return None
 
+    @property
+    def budget_w(self) -> float:
+        """The IT budget the controller computed at its last decision. Units: W."""
+        if self.stage is None or self.stage.budget is None:
+            return self._passed_w
+        return self.stage.budget.budget_w
+
+    @property
+    def budget_source(self) -> str:
+        """How that budget was derived: 'meter', 'model' or 'none' (none computed yet)."""
+        if self.stage is None or self.stage.budget is None:
+            return self._passed_source
+        return self.stage.budget.source
+
+    def feed(self, now_s: float) -> None:
+        """What reaches the controller's facility stage by `now_s`: the newest meter reading
+        that has arrived, and the outdoor temperature (a weather feed, exact)."""
+        if self.stage is None:
+            return
+        reading = self.meter(now_s)
+        if reading is not None:
+            taken, fac_w, it_w = reading
+            self.stage.take(MeterSample(ts=taken, facility_w=fac_w, it_w=it_w))
+        self.stage.outdoor_now_c = self.outdoor_at(now_s)
+
+    def pass_through(self, facility_limit_w: float) -> None:
+        """Without a plant the limit at the IT feed is the budget (the meter is the feed)."""
+        self._passed_w, self._passed_source = facility_limit_w, "meter"
+
     def it_budget_w(self, now_s: float, facility_limit_w: float) -> float:
         """The IT budget the controller computes this tick from meter or model. Units: W."""
-        if self.spec is None:
-            self.budget_w, self.budget_source = facility_limit_w, "meter"
+        if self.stage is None:
+            self.pass_through(facility_limit_w)
             return facility_limit_w
-        reading = self.meter(now_s)
-        if reading is None:
-            got = it_budget(
-                facility_limit_w, outdoor_c=self.outdoor_at(now_s), settings=self.settings
-            )
-        else:
-            taken, fac_w, it_w = reading
-            got = it_budget(
-                facility_limit_w,
-                outdoor_c=self.outdoor_at(now_s),
-                settings=self.settings,
-                meter_w=fac_w,
-                meter_it_w=it_w,
-                meter_age_s=now_s - taken,
-            )
-        self.budget_w, self.budget_source = got.budget_w, got.source
-        return got.budget_w
+        self.feed(now_s)
+        return self.stage.it_budget(facility_limit_w, now_s=now_s, it_power_w=self.it_w).budget_w
 
     def account(
         self,

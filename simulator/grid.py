@@ -9,7 +9,7 @@ measured against; `LimitKnowledge` is what the controller knows, learned when a 
 learn it. A contract step reaches it `notice_s` before it applies (0, the default, is unannounced:
 it learns the new limit when it is already in force); a demand-response event at its notification
 time, after which it may plan its ramp from the event's announced terms; the DR baseline comes
-from the site power it measured, through `policies.dr_session.DrSession` as in the daemon.
+from the site power it measured, through `policies.dr.session.DrSession` as in the daemon.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections import deque
 
 import numpy as np
 
-from policies.dr import DrEvent, lock_baselines, reduction_for_simple_level, site_budget
-from policies.dr_session import DrSession
+from policies.dr.events import DrEvent, lock_baselines, reduction_for_simple_level, site_budget
+from policies.dr.session import DrSession
 from simulator.scenario import Scenario
 
 #: Window of site power averaged into a DR event's baseline (a pre-event mean). Units: s.

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import CappingSettings, Limits, PolicySettings
+from policies.decision import CappingSettings, PolicySettings
 from policies.facility import it_budget
 from policies.fleet import FleetState
 from policies.safe_caps import derive_safe_caps
+from policies.stages import Tick, dc_w, prepare
 from simulator.baselines import ThresholdController
 from simulator.build import build_cluster, full_power_w
 from simulator.carbon import CarbonLog, CarbonShifter
@@ -45,6 +46,7 @@ from simulator.grid import LimitKnowledge, SiteLimits
 from simulator.oracle_run import OracleLog, OracleTracker, oracle_available
 from simulator.rates import carbon_per_tick
 from simulator.scenario import Scenario
+from simulator.stages import control_stages
 from simulator.tolerance import OVER_TOL
 
 FloatArray = NDArray[np.float64]
@@ -132,7 +134,7 @@ def make_controller(
     if name == "rheostat":
         ramp = scenario.limits.ramp_w_per_s
         if ramp is not None:
-            dc_ramp = ramp * cluster.params.psu_efficiency
+            dc_ramp = dc_w(ramp, cluster.params.psu_efficiency)
             settings = PolicySettings(
                 capping=_with_ramp(settings.capping, dc_ramp), dvfs=settings.dvfs
             )
@@ -227,7 +229,7 @@ def run(
             work_at_start = cluster.workloads.work.copy()
         if oracle is not None:
             it_w = site_limit if facility.spec is None else facility.budget_w
-            oracle.observe(k, cluster, it_w * eff, usable_w=[u * eff for u in usable])
+            oracle.observe(k, cluster, dc_w(it_w, eff), usable_w=[u * eff for u in usable])
         if not unlimited:
             _check(
                 comp, level_w=level_w, usable=usable, site_w=site_w, site_limit_w=site_limit, dt=dt
@@ -321,7 +323,9 @@ class _ControlSide:
         self.agents = FastAgents(cluster=cluster)
         self.instance = 0
         self._ratings: tuple[FloatArray, ...] | None = None
-        self._meter_s = -math.inf
+        #: The daemon's composition around the decision (`simulator.stages`).
+        self.stages = control_stages(facility, known)
+        self._tier = cluster.workloads.gpu_tier()
         self.ctl = self._start()
 
     def _start(self) -> Controller:
@@ -364,7 +368,7 @@ class _ControlSide:
             ).budget_w
         return derive_safe_caps(
             topo,
-            site_limit_w=contract_w * eff,
+            site_limit_w=dc_w(contract_w, eff),
             site_margin_frac=self._settings.capping.site_margin_frac,
         )
 
@@ -385,7 +389,6 @@ class _ControlSide:
     def tick(self, now: float, horizon_s: float) -> None:
         """One controller period: telemetry published, read, decided on, commands sent."""
         self._now = now
-        facility = self.facility
         self.telemetry.publish(now)
         if self.faults.controller_down(now):
             self.down = True
@@ -395,29 +398,23 @@ class _ControlSide:
             self.telemetry.restart()
         cluster, fleet = self.cluster, self.fleet
         self.telemetry.deliver(fleet, now)
-        self._record_site_power(facility, now)
         stale = fleet.stale_racks(cluster.now_s, self.scenario.controller.stale_timeout_s)
-        it_limit = facility.it_budget_w(now, self.known.limit_w(now, horizon_s))
-        eff = cluster.params.psu_efficiency
-        act = self.ctl.decide(fleet, Limits(site_limit_w=it_limit * eff), cluster.now_s, stale)
+        tick = Tick(
+            now_s=now,
+            mono_s=cluster.now_s,
+            dt_s=self.scenario.controller.period_s,
+            topology=cluster.topology,
+            fleet=fleet,
+            tier=self._tier,
+            psu_efficiency=cluster.params.psu_efficiency,
+            site_power_w=float(fleet.rack_power_w.sum()),
+            horizon_s=horizon_s,
+            stale_rack=stale,
+        )
+        limits = prepare(self.stages, tick)
+        act = self.ctl.decide(fleet, limits, cluster.now_s, stale)
         if act is not None:
             self._send(now, *act)
-
-    def _record_site_power(self, facility: FacilityRun, now: float) -> None:
-        """What the daemon's DR session records: the facility meter, else the racks' sum, each
-        sample once, stamped with when it was taken."""
-        if facility.spec is not None:
-            reading = facility.meter(now)
-            if reading is not None and reading[0] > self._meter_s:
-                self._meter_s = reading[0]
-                self.known.record(reading[0], reading[1])
-            return
-        seen = self.fleet.rack_last_seen_s
-        if np.isfinite(seen).any():
-            taken = float(np.max(seen[np.isfinite(seen)]))
-            if taken > self._meter_s:  # nothing new arrived (a broker outage): no new sample
-                self._meter_s = taken
-                self.known.record(taken, float(self.fleet.rack_power_w.sum()))
 
     def _send(self, now: float, cap_w: FloatArray, clock: FloatArray) -> None:
         """Every rack's command of this decision (one seq per decision, epoch 0: no HA)."""

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import DEFAULT_FLEX_TOLERANCES, N_TIERS
 from policies.errors import RheostatError
+from policies.tiers import DEFAULT_FLEX_TOLERANCES, N_TIERS
 from policies.topology import Topology
 from simulator.physics import clock_for_dynamic, dynamic_fraction
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import DEFAULT_FLEX_TOLERANCES, N_TIERS
+from policies.tiers import DEFAULT_FLEX_TOLERANCES, N_TIERS
 from policies.topology import Topology, dc_side
 from simulator.cluster import SimCluster
 from simulator.oracle import ORACLE_WEIGHTS, Curves, OracleSolution, solve

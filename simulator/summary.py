@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.dr_report import dr_entries
+from policies.dr.report import dr_entries
 from simulator.carbon import co2_reduction, work_targets
 from simulator.loop import RunResult
 from simulator.oracle_run import oracle_keys
@@ -121,7 +121,7 @@ def latency_summary(controlled: RunResult) -> dict[str, Any]:
 
 
 def dr_summary(controlled: RunResult, reference: RunResult | None) -> list[dict[str, Any]]:
-    """Per DR event: delivery against target and per-tier throughput (`policies.dr_report`).
+    """Per DR event: delivery against target and per-tier throughput (`policies.dr.report`).
 
     Computed from the sampled series; a tier's work rate is its mean speed times its GPU count,
     against the unlimited reference's at the same instants.

@@ -31,7 +31,7 @@ from controller.commands._text import table
 from controller.config import DemandResponseSection
 from controller.grid.store import EventStore, resolve_store_path
 from controller.settings import environment_overrides, merge
-from policies.dr import DrEvent
+from policies.dr.events import DrEvent
 from policies.errors import ConfigError
 
 #: The state directory the shipped systemd unit gives the daemon (`StateDirectory=rheostat`).

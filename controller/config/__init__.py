@@ -19,6 +19,7 @@ from controller.config.decision import (
     CappingSection,
     DecisionSettingsSection,
     DvfsSection,
+    LendSection,
     RampSection,
 )
 from controller.config.grid import DemandResponseSection, OpenAdrSection, ScheduledEvent
@@ -63,6 +64,7 @@ __all__ = [
     "IngestSection",
     "InlineTopology",
     "KubernetesSection",
+    "LendSection",
     "LimitsSection",
     "LoggingSection",
     "MetricsSection",

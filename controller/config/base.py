@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.decision import N_TIERS
+from policies.tiers import N_TIERS
 
 PositiveW = Annotated[float, Field(gt=0)]
 Tier = Annotated[int, Field(ge=0, le=N_TIERS - 1)]

@@ -9,12 +9,41 @@ from typing import Annotated, Self
 from pydantic import Field, model_validator
 
 from controller.config.base import FiniteSection, Fraction, PositiveW, Section
-from policies.decision import (
-    DEFAULT_FLEX_TOLERANCES,
-    CappingSettings,
-    DvfsSettings,
-    PolicySettings,
-)
+from policies.decision import CappingSettings, DvfsSettings, LendSettings, PolicySettings
+from policies.tiers import DEFAULT_FLEX_TOLERANCES
+
+
+class LendSection(FiniteSection):
+    """Headroom lending (`policies.lending`): power GPUs are allowed but do not draw (idle min
+    caps, inference headroom, communication phases) lent to GPUs their caps hold back, revoked
+    at the first rise. Off unless enabled.
+    """
+
+    enabled: bool = False
+    """Lend undrawn cap headroom to capped GPUs."""
+    contract_tolerance_frac: Annotated[float, Field(ge=0, le=0.2)] = 0.02
+    """How far the sum of caps may exceed the usable site limit: the worst case, were every GPU
+    to jump to its cap at once, for at most `reaction_s`.
+    """
+    reaction_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    """The controller's worst-case reaction time (decision period, telemetry delay, cap
+    actuation): breakers must carry the worst case this long within a tenth of their trip
+    curve. Units: s.
+    """
+    margin_frac: Annotated[float, Field(ge=0, le=1)] = 0.02
+    """Margin kept over a lender's held draw, as a fraction of it; a draw that outruns it
+    revokes the GPU's lending.
+    """
+    margin_w: Annotated[float, Field(ge=0)] = 5.0
+    """The least such margin. Units: W."""
+    hold_s: Annotated[float, Field(ge=0)] = 10.0
+    """Time constant of the peak-held draw a lender's headroom is reckoned from; 0 uses the
+    last draw alone. Units: s.
+    """
+
+    def settings(self) -> LendSettings:
+        """The decision core's lending settings (`policies.decision.LendSettings`)."""
+        return LendSettings(**self.model_dump())
 
 
 class CappingSection(FiniteSection):
@@ -44,6 +73,9 @@ class CappingSection(FiniteSection):
     (1 - tolerance) of uncapped, Flex 0 first; the rest goes in strict tier order. All zeros is
     plain strict tiers.
     """
+
+    lend: LendSection = LendSection()
+    """Headroom lending (opt-in): undrawn cap headroom lent to capped GPUs."""
 
     @model_validator(mode="after")
     def _tolerances_rise(self) -> Self:
@@ -102,6 +134,7 @@ class DecisionSettingsSection(Section):
             demand_hold_s=self.capping.demand_hold_s,
             site_margin_frac=self.capping.site_margin_frac,
             flex_tolerances=self.capping.flex_tolerances,
+            lend=self.capping.lend.settings(),
             site_ramp_up_w_per_s=self.ramp.site_up_w_per_s,
             site_ramp_down_w_per_s=self.ramp.site_down_w_per_s,
         )

@@ -11,8 +11,8 @@ from typing import Self
 
 from pydantic import field_validator, model_validator
 
-from controller.carbon import CarbonSection
 from controller.config.base import Section
+from controller.config.carbon import CarbonSection
 from controller.config.control import ControlSection
 from controller.config.decision import (
     CappingSection,
@@ -20,6 +20,7 @@ from controller.config.decision import (
     DvfsSection,
     RampSection,
 )
+from controller.config.facility import FacilitySection
 from controller.config.grid import DemandResponseSection
 from controller.config.ha import HaSection
 from controller.config.ingest import IngestSection
@@ -27,7 +28,6 @@ from controller.config.limits import LimitsSection, TiersSection
 from controller.config.service import LoggingSection, MetricsSection, MqttSection
 from controller.config.telemetry import TelemetrySection
 from controller.config.topology import SiteGpuModel, SiteSection
-from controller.facility import FacilitySection
 from policies.decision import PolicySettings
 from policies.errors import TopologyError
 from policies.gpu_models import register_model

@@ -27,6 +27,7 @@ from controller.grid.openadr import PriceSink, Ven
 from controller.grid.store import EventStore, resolve_store_path
 from controller.mqtt_client import Client
 from policies.decision import Decision, Limits
+from policies.stages import Idle, Tick, dc_w
 from policies.topology import Topology
 
 log = logging.getLogger("rheostat.grid")
@@ -82,17 +83,16 @@ class GridHook:
     async def flush(self, client: aiomqtt.Client | Client) -> None:
         await self.topic.flush(client)
 
-    def limits(
+    def step(
         self,
-        base: Limits,
         *,
         now_s: float,
         site_power_w: float,
         topology: Topology,
         tier: NDArray[np.int8],
         decision: Decision | None,
-    ) -> Limits:
-        """This tick's limits: the lower of `base.site_limit_w` and the DR limit, plus floors.
+    ) -> DrTick:
+        """This tick's DR step: the DR limit at the site's meter (wall power) and Flex floors.
 
         The Flex check needs each GPU's unconstrained demand, taken from the previous decision;
         on the first tick (no decision yet) the raw DR limit applies.
@@ -109,9 +109,26 @@ class GridHook:
             )
         tick = self.events.tick(now_s, flex)
         self.last = tick
+        return tick
+
+    def limits(
+        self,
+        base: Limits,
+        *,
+        now_s: float,
+        site_power_w: float,
+        topology: Topology,
+        tier: NDArray[np.int8],
+        decision: Decision | None,
+    ) -> Limits:
+        """This tick's core-side limits: the lower of `base.site_limit_w` and the DR limit (on
+        the DC side), plus floors. The daemon's tick runs `GridStage` instead."""
+        tick = self.step(
+            now_s=now_s, site_power_w=site_power_w, topology=topology, tier=tier, decision=decision
+        )
         if tick.site_limit_w is None:
             return dataclasses.replace(base, gpu_floor_w=None)
-        limit = tick.limit_w * self.psu_efficiency
+        limit = dc_w(tick.limit_w, self.psu_efficiency)
         if base.site_limit_w is not None:
             limit = min(limit, base.site_limit_w)
         return dataclasses.replace(base, site_limit_w=limit, gpu_floor_w=tick.gpu_floor_w)
@@ -154,3 +171,26 @@ class GridHook:
                 attempt += 1
                 log.warning("OpenADR VEN stopped: %s; retrying", exc)
                 await asyncio.sleep(min(60.0, 1.5**attempt))
+
+
+class GridStage(Idle):
+    """Demand response as a stage: the DR limit at the site's meter tightens the tick's limit.
+
+    Baselines are taken at `Tick.metered_w`: the facility meter when a facility stage observed
+    one, else the racks' metered power.
+    """
+
+    def __init__(self, hook: GridHook) -> None:
+        self.hook = hook
+
+    def limits(self, tick: Tick) -> None:
+        dr = self.hook.step(
+            now_s=tick.now_s,
+            site_power_w=tick.metered_w,
+            topology=tick.topology,
+            tier=tick.tier,
+            decision=tick.decision,
+        )
+        if dr.site_limit_w is not None:
+            tick.tighten(dr.site_limit_w)
+            tick.gpu_floor_w = dr.gpu_floor_w

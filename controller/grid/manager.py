@@ -15,8 +15,8 @@ from typing import Literal
 from controller.config import DemandResponseSection
 from controller.grid.sources import scheduled_event
 from controller.grid.store import EventStore
-from policies.dr import DrEvent
-from policies.dr_session import DrSession, DrTick, FlexInputs
+from policies.dr.events import DrEvent
+from policies.dr.session import DrSession, DrTick, FlexInputs
 from policies.errors import ProtocolError
 
 __all__ = ["DrTick", "FlexInputs", "GridEvents", "OptType"]

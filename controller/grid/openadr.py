@@ -32,7 +32,7 @@ from controller import extras
 from controller.config import DemandResponseSection, OpenAdrSection
 from controller.grid.manager import GridEvents, OptType
 from controller.wire import MAX_EVENT_SECONDS, MAX_MODIFICATION, MAX_UNIX_S
-from policies.dr import DrEvent, reduction_for_simple_level
+from policies.dr.events import DrEvent, reduction_for_simple_level
 from policies.errors import PolicyError, ProtocolError
 
 log = logging.getLogger("rheostat.grid.openadr")

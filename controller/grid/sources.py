@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from controller.config import DemandResponseSection, ScheduledEvent
 from controller.wire import Cancel, decode_grid_event, unix_seconds
-from policies.dr import DrEvent, reduction_for_simple_level
+from policies.dr.events import DrEvent, reduction_for_simple_level
 from policies.errors import PolicyError, ProtocolError
 
 

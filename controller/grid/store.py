@@ -28,7 +28,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from policies.dr import DrEvent
+from policies.dr.events import DrEvent
 from policies.errors import ConfigError, PolicyError
 
 

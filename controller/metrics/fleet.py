@@ -15,7 +15,7 @@ from prometheus_client.core import Metric
 
 from controller.metric_families import Family
 from controller.runtime import Runtime
-from policies.decision import N_TIERS
+from policies.tiers import N_TIERS
 
 MHZ_TO_HZ = 1e6
 

@@ -20,8 +20,8 @@ import orjson
 
 from controller.wire.checks import MESSAGE_REASONS, Refusal, number_in, object_with_keys, safe_int
 from controller.wire.protocol import MAX_RACK_ID_CHARS, PROTOCOL_VERSION, TS_RANGE_S
-from policies.decision import N_TIERS
 from policies.errors import ProtocolError
+from policies.tiers import N_TIERS
 
 #: GPU ranges in one job report.
 MAX_JOB_RANGES: Final = 4096

@@ -17,7 +17,7 @@ from controller.grid.manager import FlexInputs, GridEvents
 from controller.grid.sources import parse_event_message
 from controller.grid.store import EventStore
 from controller.wire import Cancel
-from policies.dr import DrEvent, EventStatus
+from policies.dr.events import DrEvent, EventStatus
 from policies.errors import ConfigError, ProtocolError
 
 T0 = 1_764_300_000.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from controller.grid.store import BODY_FIELDS, SCHEMA_VERSION, EventStore, resolve_store_path
-from policies.dr import DrEvent
+from policies.dr.events import DrEvent
 from policies.errors import ConfigError
 
 V0_FILE = Path(__file__).parent / "data" / "dr_events_v0.sqlite"

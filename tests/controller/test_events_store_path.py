@@ -16,7 +16,7 @@ from controller.cli import main
 from controller.commands.events import store_path_from_policy
 from controller.config import DemandResponseSection
 from controller.grid.store import EventStore
-from policies.dr import DrEvent
+from policies.dr.events import DrEvent
 
 T0 = 1.7e9
 STORE = DemandResponseSection().store_path  # the shipped default, relative

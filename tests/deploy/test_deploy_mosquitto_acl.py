@@ -34,6 +34,8 @@ pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 SITE = "dc1"
 CONTROLLER = "rheostat-controller"
+#: The active/standby pair's users (deploy/k8s-ha/): one per replica.
+REPLICAS = ("rheostat-controller-0", "rheostat-controller-1")
 GRID = "rheostat-grid"
 FACILITY = "rheostat-facility"
 SCHEDULER = "rheostat-scheduler"
@@ -114,7 +116,7 @@ def secured(tmp_path: Path, tls_files: Path) -> Iterator[SecuredBroker]:
     shutil.copytree(tls_files, files)
     passwords = {
         user: secrets.token_urlsafe(12)
-        for user in (CONTROLLER, GRID, FACILITY, SCHEDULER, *RACKS, *WILDCARD_USERS)
+        for user in (CONTROLLER, *REPLICAS, GRID, FACILITY, SCHEDULER, *RACKS, *WILDCARD_USERS)
     }
     for i, (user, password) in enumerate(passwords.items()):
         create = ["-c"] if i == 0 else []
@@ -378,3 +380,36 @@ async def test_node_agents_stay_inside_their_rack(
             wire.node_command_topic(SITE, "r001", "gpu-a01"),
             b"a",
         )
+
+
+async def test_both_replicas_of_a_pair_stay_connected_and_read_and_command(
+    secured: SecuredBroker,
+) -> None:
+    """An active/standby pair connects at once, each under its own user: neither session is taken
+    by the other (the broker binds client ids to users), both read every rack's telemetry, and
+    whichever leads may command a rack."""
+    first, second = (
+        aiomqtt.Client(
+            "127.0.0.1",
+            secured.port,
+            username=user,
+            password=secured.passwords[user],
+            identifier="rheostat-controller-dc1",  # the policy's client id, the same in both
+            timeout=5,
+        )
+        for user in REPLICAS
+    )
+    async with first, second:
+        for replica in (first, second):
+            await replica.subscribe(wire.telemetry_filter(SITE), qos=1)
+        async with secured.client("r001") as rack:
+            await rack.subscribe(wire.command_topic(SITE, "r001"), qos=1)
+            for round_ in range(2):
+                await rack.publish(wire.telemetry_topic(SITE, "r001"), b"%d" % round_, qos=1)
+                for replica in (first, second):
+                    got = await first_message(replica)
+                    assert got.payload == b"%d" % round_
+            for replica in (first, second):
+                await replica.publish(wire.command_topic(SITE, "r001"), b"cmd", qos=1)
+                got = await first_message(rack)
+                assert got.payload == b"cmd"

@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from controller.config import DemandResponseSection
 from controller.grid.hook import GridHook
-from policies.dr import DrEvent
+from policies.dr.events import DrEvent
 hook = GridHook(DemandResponseSection(), site="s", clock=lambda: 1.0e9, base_dir=Path(sys.argv[1]))
 event = DrEvent(event_id="e1", source="test", notified_s=1.0e9, start_s=1.0e9 + 60,
                 duration_s=600.0, reduction_frac=0.1)

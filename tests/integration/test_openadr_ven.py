@@ -22,7 +22,7 @@ from controller.config import DemandResponseSection, OpenAdrSection
 from controller.grid.manager import GridEvents
 from controller.grid.openadr import Ven
 from controller.grid.store import EventStore
-from policies.dr import EventStatus
+from policies.dr.events import EventStatus
 from policies.topology import generate_topology
 from tests.services import free_port
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policies.dr import DrEvent
-from policies.dr_session import DrSession, FlexInputs
+from policies.dr.events import DrEvent
+from policies.dr.session import DrSession, FlexInputs
 
 
 def test_step_locks_baseline_then_limits_and_floors() -> None:

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.capping import allocate
-from policies.decision import N_TIERS
 from policies.plan import CappingPlan
 from policies.reference import allocate_reference
+from policies.tiers import N_TIERS
 from policies.topology import Topology, generate_topology
 from tests.policies.pol_instances import Instance, build_topology, instances
 

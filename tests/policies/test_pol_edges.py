@@ -58,10 +58,11 @@ def test_a_large_loss_budget_keeps_clocks_inside_each_models_range(loss: float) 
     topo = small_site(rack_w=INF, site_w=INF)
     fleet = busy_fleet(topo, np.full(4, 0.5), 0.0)
     fleet.util[:], fleet.mem_util[:] = 0.1, 0.9  # memory-bound everywhere
+    # Flex 3 tolerates half its speed, so a budget up to that reaches the model's lowest clock.
     decision, _ = decide(
         topo,
         fleet,
-        tier=np.zeros(4, np.int8),
+        tier=np.full(4, 3, np.int8),
         limits=Limits(),
         settings=PolicySettings(dvfs=DvfsSettings(max_loss_frac=loss)),
         state=None,

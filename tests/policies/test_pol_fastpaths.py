@@ -20,8 +20,9 @@ from policies.decision import (
     PolicySettings,
 )
 from policies.dvfs import ALPHA_MEMORY_BOUND, MIN_ACTIVITY, clock_targets
-from policies.pipeline import _smooth, decide
+from policies.pipeline import decide
 from policies.plan import CappingPlan
+from policies.smoothing import smooth
 from policies.topology import Topology, generate_topology
 from tests.policies.pol_instances import build_topology, busy_fleet, instances
 
@@ -152,7 +153,7 @@ def test_smoothing_shortcuts_match_the_masked_revert(
         "usable_w": tuple(usable),
         "target_used_w": target_used,
     }
-    fast, used = _smooth(plan, **args)
+    fast, used = smooth(plan, **args)
     plain = plain_smooth(plan, target, previous, lo, hi, dt, cfg, tuple(usable), target_used)
     np.testing.assert_array_equal(fast, plain)
     if used is not None:  # handed back only when nothing was reverted: the caps' own sums
@@ -215,7 +216,9 @@ def plain_clocks(
 ) -> FloatArray:
     """Clock ceilings with clips and np.where, as the DVFS rules read."""
     lo, hi, step = plan.min_clock_mhz, plan.max_clock_mhz, plan.clock_step_mhz
-    memory_bound = (mem >= MIN_ACTIVITY) & (np.clip(util, 0.0, 1.0) < mem * cfg.memory_bound_ratio)
+    # Memory-bound only while the held activity is low too (no compute within the hold).
+    seen = np.clip(np.maximum(util, fit), 0.0, 1.0)
+    memory_bound = (mem >= MIN_ACTIVITY) & (seen < mem * cfg.memory_bound_ratio)
     keep = (1.0 - cfg.max_loss_frac) ** (1.0 / ALPHA_MEMORY_BOUND)
     lowest = np.minimum(lo + np.ceil((keep * hi - lo) / step) * step, hi)
     clock = np.where(memory_bound, lowest, hi)

@@ -14,14 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.capping import allocate
-from policies.decision import N_TIERS, CappingSettings, Limits, PolicySettings
+from policies.decision import CappingSettings, Limits, PolicySettings
 from policies.dvfs import BETA_POWER
 from policies.errors import PolicyError
 from policies.fleet import FleetState
+from policies.floors import FLOOR_ALPHA, FLOOR_KNEE, tier_floor_caps
 from policies.gpu_models import model_table
-from policies.pipeline import FLOOR_ALPHA, FLOOR_KNEE, decide, tier_floor_caps
+from policies.pipeline import decide
 from policies.plan import CappingPlan
 from policies.reference import allocate_reference
+from policies.tiers import N_TIERS
 from tests.policies.pol_instances import Instance, instances
 from tests.policies.test_pol_capping import assert_invariants, one_rack
 

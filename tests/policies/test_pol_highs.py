@@ -12,8 +12,8 @@ from hypothesis import assume, given, settings
 
 from bench._highs import solve_weighted_lp
 from policies.capping import allocate
-from policies.decision import N_TIERS
 from policies.plan import CappingPlan
+from policies.tiers import N_TIERS
 from tests.policies.pol_instances import Instance, instances
 
 

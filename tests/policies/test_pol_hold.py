@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from policies.decision import CappingSettings, DvfsSettings, Limits, PolicySettings
-from policies.pipeline import decide, hold_demand
+from policies.demand import hold_demand
+from policies.pipeline import decide
 from policies.topology import generate_topology
 from tests.policies.pol_instances import busy_fleet
 

@@ -308,10 +308,11 @@ def test_memory_bound_work_gets_a_lower_clock_and_reports_saving() -> None:
     fleet = busy_fleet(topo, np.array([0.3, 0.3]), 0.0)
     fleet.util = np.array([0.2, 0.9])
     fleet.mem_util = np.array([0.8, 0.3])
+    # Flex 1: it tolerates more than the 2 % loss (Flex 0, which tolerates none, is not locked).
     d, _ = decide(
         topo,
         fleet,
-        tier=np.zeros(2, np.int8),
+        tier=np.ones(2, np.int8),
         limits=Limits(),
         settings=SETTINGS,
         state=None,

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from policies.decision import DEFAULT_FLEX_TOLERANCES, N_TIERS
 from policies.errors import PolicyError
+from policies.tiers import DEFAULT_FLEX_TOLERANCES, N_TIERS
 
 FloatArray = NDArray[np.float64]
 

@@ -293,15 +293,3 @@ def site_budget(events: Iterable[DrEvent], now_s: float) -> DrBudget:
                 event_id=event.event_id,
             )
     return best
-
-
-def budget_trajectory(events: Sequence[DrEvent], times_s: ArrayLike) -> FloatArray:
-    """`site_budget(...).limit_w` at many times at once (reports, plots, the simulator)."""
-    t = np.asarray(times_s, dtype=np.float64)
-    limit = np.full(t.shape, np.inf)
-    for event in events:
-        if event.baseline_w is None:
-            continue
-        cut = event.cut_w(t, event.baseline_w)
-        limit = np.where(cut > 0, np.minimum(limit, event.baseline_w - cut), limit)
-    return limit

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.dr import DrBudget, DrEvent, baseline_w, lock_baselines, site_budget
-from policies.dr_flex import DEFAULT_TOLERANCES, FlexOutcome, flex_limit, gpu_floor_w
+from policies.dr.events import DrBudget, DrEvent, baseline_w, lock_baselines, site_budget
+from policies.dr.flex import DEFAULT_TOLERANCES, FlexOutcome, flex_limit, gpu_floor_w
 
 FloatArray = NDArray[np.float64]
 
@@ -88,7 +88,7 @@ class DrSession:
         self.last_power_w, self.last_sample_s = site_power_w, now_s
 
     def baseline_estimate_w(self, now_s: float) -> float | None:
-        """The pre-event average over the window ending now (see `policies.dr.baseline_w`)."""
+        """The pre-event average over the window ending now (see `events.baseline_w`)."""
         return baseline_w(self._t, self._p, until_s=now_s, window_s=self.baseline_window_s)
 
     def step(

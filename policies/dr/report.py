@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from policies.decision import N_TIERS
-from policies.dr import DrEvent
+from policies.dr.events import DrEvent
 from policies.errors import PolicyError
+from policies.tiers import N_TIERS
 
 FloatArray = NDArray[np.float64]
 
@@ -75,20 +75,6 @@ def _weights_s(times_s: FloatArray) -> FloatArray:
     if np.any(gaps <= 0):
         raise PolicyError("sample times must increase strictly")
     return np.append(gaps, gaps[-1])
-
-
-def delivery_series(
-    event: DrEvent, times_s: ArrayLike, site_power_w: ArrayLike
-) -> tuple[FloatArray, FloatArray]:
-    """Delivered reduction and asked reduction below the baseline at each sample. Units: W.
-
-    The asked reduction follows the event's ramp, hold and recovery (0 outside the event).
-    """
-    if event.baseline_w is None:
-        raise PolicyError(f"event {event.event_id} has no baseline: it never started")
-    t = np.asarray(times_s, dtype=np.float64)
-    p = np.asarray(site_power_w, dtype=np.float64)
-    return event.baseline_w - p, event.cut_w(t, event.baseline_w)
 
 
 def event_report(

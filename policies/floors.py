@@ -1,0 +1,92 @@
+"""Tier floors: the cap that keeps each GPU within its Flex tier's tolerated slowdown.
+
+The allocation keeps every GPU at its tier floor, Flex 0 first, before any tier gets more, so a
+cut takes from the tolerant tiers' slack before it slows anyone past their tolerance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from policies.dr.flex import check_tolerances
+from policies.dvfs import BETA_POWER
+from policies.plan import CappingPlan
+from policies.workspace import DecisionWorkspace
+
+FloatArray = NDArray[np.float64]
+
+#: Clock fraction below which core voltage stops falling, so power falls only linearly with the
+#: clock: 0.85, fitted to the Zeus power-limit sweeps of the A40 (0.90) and V100 (0.80) (NSDI
+#: 2023; simulator/data/CALIBRATION.md). Used for the tier floors, where cuts reach below it.
+FLOOR_KNEE = 0.85
+#: Throughput exponent of compute-bound work in the clock, fitted to the same sweeps (1.1).
+FLOOR_ALPHA = 1.1
+
+
+def tier_floor_caps(
+    plan: CappingPlan,
+    *,
+    demand_w: FloatArray,
+    activity: FloatArray,
+    floor_w: FloatArray,
+    max_w: FloatArray,
+    tier: NDArray[np.int8],
+    tolerances: tuple[float, ...],
+    requested_w: FloatArray | None = None,
+    workspace: DecisionWorkspace | None = None,
+) -> FloatArray:
+    """Per GPU, the cap that keeps it within its Flex tier's tolerated slowdown. Units: W.
+
+    A GPU's uncapped draw U is the larger of its demand estimate and idle + (max cap - idle) a
+    at SM activity a (the policy's model, `policies.dvfs`): a GPU held at a low cap draws its
+    cap, so its demand estimate says nothing of what it would draw uncapped, and a floor from it
+    would collapse with the cap. `demand_w` is raised to U in place. At clock fraction x it draws
+    idle + (U - idle) g(x), g(x) = x max(knee, x)^2: the cube law above the voltage knee, linear
+    below it, where the voltage stops falling (`FLOOR_KNEE`); its speed is x^alpha
+    (`FLOOR_ALPHA`). Speed (1 - t) of the uncapped speed is then the cap
+    idle + (U - idle) g((1 - t)^(1 / alpha)); Flex 0 (t = 0) gets U. The pure cube law would put
+    a 25 % slowdown at 42 % of the dynamic power where the calibrated curve needs 56 %: floors
+    from it are not floors. Memory-bound work (speed x^0.15) loses less at that cap, so for it
+    the floor errs on the safe side; telling the two apart would cost a quarter of the tick's
+    arithmetic for floors that matter only under cuts.
+
+    `activity` is the peak-held SM activity (a communication dip is no lower floor);
+    `requested_w` (the demand-response floors of `Limits.gpu_floor_w`) raises the floor where
+    higher. Results stay within [floor, max] (a stale GPU, floor = max = its kept cap, keeps
+    it). The floors go into the workspace's `tier_floor` (a fresh workspace when None).
+    """
+    ws = DecisionWorkspace(plan.topology.n_gpus) if workspace is None else workspace
+    keep, rest = _tier_keep(plan, ws, tier, tuple(tolerances))
+    draw = np.multiply(activity, plan.dynamic_w, out=ws.modelled_draw)
+    np.add(draw, plan.idle_w, out=draw)
+    np.maximum(demand_w, draw, out=demand_w)
+    np.minimum(demand_w, max_w, out=demand_w)
+    out = np.multiply(demand_w, keep, out=ws.tier_floor)
+    np.add(out, rest, out=out)  # idle (1 - k) + U k = idle + (U - idle) k <= U, as k <= 1
+    if requested_w is not None:
+        np.maximum(out, requested_w, out=out)
+        np.minimum(out, demand_w, out=out)
+    np.maximum(out, floor_w, out=out)
+    return out
+
+
+def _tier_keep(
+    plan: CappingPlan,
+    workspace: DecisionWorkspace,
+    tier: NDArray[np.int8],
+    tolerances: tuple[float, ...],
+) -> tuple[FloatArray, FloatArray]:
+    """Per GPU, k = g((1 - tolerance)^(1 / alpha)) of its tier, and idle x (1 - k) (W).
+
+    Tiers change far less often than telemetry: both arrays are cached in the workspace, keyed
+    by the tolerances, with a copy of the tiers they were made for.
+    """
+    keep, rest, held = workspace.tier_keep(plan, tier, tolerances)
+    if not held:
+        clock = (1.0 - check_tolerances(tolerances)) ** (1.0 / FLOOR_ALPHA)
+        table = clock * np.maximum(clock, FLOOR_KNEE) ** (BETA_POWER - 1.0)
+        np.take(table, tier.astype(np.intp), out=keep)
+        np.subtract(1.0, keep, out=rest)
+        np.multiply(rest, plan.idle_w, out=rest)
+    return keep, rest
