@@ -13,8 +13,9 @@ import orjson
 
 from agent.backend import GpuBackend
 from agent.config import AgentConfig
+from agent.node import ClassSource, NodeAgent
 from agent.node_power import NodePowerReader, node_power_reader
-from agent.run import ClassSource, NodeAgent, run_agent
+from agent.run import run_agent
 
 
 def _list(arr: Any) -> list[float | None]:

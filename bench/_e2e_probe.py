@@ -110,7 +110,7 @@ class _Trace:
         self.watched: dict[str, _Watch] = {}
         self.seq: Callable[[int], int] = lambda _: 0
         self.bulk_busy: Callable[[], bool] = lambda: False
-        self.commands: dict[Lane, int] = {"urgent": 0, "bulk": 0}
+        self.commands: dict[Lane, int] = {"urgent": 0, "bulk": 0, "protect": 0}
 
     def sent(self, lane: Lane, racks: Sequence[str], times: SendTimes) -> None:
         self.commands[lane] += len(racks)
@@ -118,7 +118,7 @@ class _Trace:
             w = self.watched[rack]
             if len(w.sends) > 64:
                 w.sends.clear()
-            w.sends[self.seq(w.index)] = (lane, times, lane == "urgent" and self.bulk_busy())
+            w.sends[self.seq(w.index)] = (lane, times, lane != "bulk" and self.bulk_busy())
 
 
 class _TimedDecider:
@@ -142,7 +142,8 @@ class _TimedDecider:
 def _answer(w: _Watch, sent_s: float, decider: _TimedDecider) -> Sample | None:
     """The first arrived command built by a tick whose snapshot held the telemetry.
 
-    Stages: the first decision that saw the telemetry; `carry` is the time until the decision
+    Stages: the first decision that saw the telemetry (for a protective cut, its scan); `carry`
+    is the time until the decision
     the command was built from (0 but for the hop back to the event loop, unless the rack was
     still unsent when later ticks replanned the bulk lane).
     """
@@ -151,7 +152,10 @@ def _answer(w: _Watch, sent_s: float, decider: _TimedDecider) -> Sample | None:
         if send is None or w.ingested_s < sent_s or send[1].tick_started_s < w.ingested_s:
             continue  # not traced, or decided before the daemon read the telemetry
         lane, t, in_burst = send
-        first = decider.first_after(w.ingested_wall_s) or (t.tick_started_s, t.decided_s)
+        # A protective cut decides nothing: its scan stands where a tick's decision would.
+        first = (t.tick_started_s, t.decided_s)
+        if lane != "protect":
+            first = decider.first_after(w.ingested_wall_s) or first
         marks = [sent_s, w.ingested_s, *first, t.decided_s, t.diffed_s]
         marks += [t.build_started_s, t.encoded_s, t.published_s, arrived_s]
         stages = tuple(1e3 * (b - a) for a, b in itertools.pairwise(marks))
@@ -260,7 +264,7 @@ async def measure(port: int, site: str, racks: int, args: dict[str, Any]) -> Res
         # QoS 0 to the probe: with QoS 1 the broker would hold the probe's share of each swing in
         # its per-client in-flight window, and a sample's command would queue behind it there.
         await probe.subscribe([(wire.command_topic(site, r), 0) for r in trace.watched])
-        trace.commands = {"urgent": 0, "bulk": 0}
+        trace.commands = {"urgent": 0, "bulk": 0, "protect": 0}
 
         async def read() -> None:
             while True:
@@ -356,6 +360,7 @@ async def measure(port: int, site: str, racks: int, args: dict[str, Any]) -> Res
     await task
     ticks = max(rt.ticks.ticks - ticks0, 1)
     result.counters.update(
+        protect_commands=trace.commands["protect"],
         urgent_commands=trace.commands["urgent"],
         bulk_commands=trace.commands["bulk"],
         ticks=ticks,

@@ -95,7 +95,10 @@ def _row(racks: int, args: argparse.Namespace, results: Sequence[Result]) -> dic
     swings = [(end - start, n) for r in results for start, end, n in r.swings if end < np.inf]
     quiet = [s for r in results for s in r.regular if not _overlaps(s, r.swings)]
     total = {k: sum(r.outcomes[k] for r in results) for k in results[0].outcomes}
-    count = {k: sum(r.counters[k] for r in results) for k in ("urgent_commands", "bulk_commands")}
+    count = {
+        k: sum(r.counters[k] for r in results)
+        for k in ("urgent_commands", "bulk_commands", "protect_commands")
+    }
     ticks = sum(r.counters["ticks"] for r in results)
     p50, p99, p999 = _quantiles([s.latency_ms for s in regular])
     u50, u99, u999 = _quantiles([s.latency_ms for s in urgent])
@@ -120,6 +123,7 @@ def _row(racks: int, args: argparse.Namespace, results: Sequence[Result]) -> dic
         "urgent_missed": total["urgent_missed"],
         "urgent_in_burst": sum(s.in_burst for s in urgent),
         "urgent_via_bulk": sum(s.lane == "bulk" for s in urgent),
+        "urgent_via_protect": sum(s.lane == "protect" for s in urgent),
         "regular_via_urgent": sum(s.lane == "urgent" for s in regular),
         "swings": len(swings),
         "swing_burst_s": round(float(np.mean([s for s, _ in swings])), 2) if swings else None,

@@ -55,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="also run sharded ingest with this many worker processes (e.g. 1 2)",
     )
+    parser.add_argument(
+        "--worker-protocols",
+        nargs="+",
+        choices=["3.1.1", "5"],
+        default=["3.1.1"],
+        help="MQTT version of the workers' connections; several: each, in the same run",
+    )
 
 
 @contextlib.contextmanager
@@ -99,8 +106,11 @@ def fleet_topology(racks: int, rack_gpus: int) -> Topology:
 
 
 def encoded_messages(racks: int, rack_gpus: int, count: int) -> list[tuple[str, bytes]]:
-    """`count` telemetry messages cycling over the racks with rising seq. Deterministic."""
+    """`count` telemetry messages cycling over the racks with rising seq. Deterministic but for
+    the timestamps: the wall clock now, as agents' clocks would say, since ingest refuses
+    messages further than `telemetry.max_clock_skew_s` from the site's time."""
     rng = np.random.default_rng(1)
+    start_s = time.time()
     out = []
     ids = [f"r{i:05d}" for i in range(racks)]
     for k in range(count):
@@ -109,7 +119,7 @@ def encoded_messages(racks: int, rack_gpus: int, count: int) -> list[tuple[str, 
         msg = wire.Telemetry(
             rack=ids[rack],
             seq=k // racks + 1,
-            ts_s=1.0e9 + k * 1e-3,
+            ts_s=start_s + k * 1e-6,
             power_w=rng.uniform(100, 700, n).round(1),
             sm_clock_mhz=rng.uniform(800, 1980, n).round(0),
             util=rng.uniform(0, 1, n).round(3),

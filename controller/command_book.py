@@ -66,6 +66,8 @@ class CommandBook:
         self._sizes = np.diff(topology.rack_offsets)
         self._nonempty = self._sizes > 0
         self.sent_total = 0
+        #: Of `sent_total`, the protective cuts (`build_in_force`).
+        self.protective_total = 0
         self.epoch = 0
         self.ctl = "rheostat"
 
@@ -227,12 +229,88 @@ class CommandBook:
 
         `issued_at_s` (Unix s, default `now_s`) is what the commands say they were issued at.
         """
-        ids = self.topology.racks.ids
         rows, starts, ends = self._rows(racks)
+        return self._build(
+            racks,
+            (rows, starts, ends),
+            decision.cap_w[rows],
+            decision.sm_clock_max_mhz[rows],
+            now_s=now_s,
+            issued_at_s=issued_at_s,
+        )
+
+    def in_force(
+        self, decision: Decision, racks: NDArray[np.int64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Per GPU row of `racks` (rack after rack): the lower of the last sent and the newest
+        decided cap (W) and clock ceiling (MHz); where nothing was sent, the decided ones.
+
+        Each of the two sets fits every limit, so the lower of them does too: the caps a
+        protective cut may send without waiting for a tick.
+        """
+        rows, _, _ = self._rows(racks)
+        return (
+            np.fmin(self.sent_cap_w[rows], decision.cap_w[rows]),
+            np.fmin(self.sent_clock_mhz[rows], decision.sm_clock_max_mhz[rows]),
+        )
+
+    def overdrawn(
+        self,
+        decision: Decision,
+        racks: NDArray[np.int64],
+        *,
+        power_w: NDArray[np.float64],
+        reported_cap_w: NDArray[np.float64],
+    ) -> NDArray[np.float64]:
+        """Per rack of `racks`: how far (W) some GPU draws over its cap in force while its agent
+        reports holding a higher cap than that (it lost or never got its command); 0 where none.
+
+        Only where both hold does a resent command help: a GPU over a cap its agent does hold is
+        the device's own overshoot, which no command fixes. A GPU with no reading counts 0.
+        """
+        if not racks.size:
+            return np.zeros(0)
+        rows, starts, ends = self._rows(racks)
+        cap_w, _ = self.in_force(decision, racks)
+        excess_w = np.minimum(power_w[rows] - cap_w, reported_cap_w[rows] - cap_w)
+        excess_w = np.nan_to_num(excess_w, nan=0.0, posinf=0.0, neginf=0.0)
+        out = np.zeros(racks.size)
+        nonempty = ends > starts
+        if rows.size:
+            out[nonempty] = np.maximum.reduceat(excess_w, starts[nonempty])
+        return np.maximum(out, 0.0)
+
+    def build_in_force(
+        self,
+        decision: Decision,
+        racks: NDArray[np.int64],
+        *,
+        now_s: float,
+        issued_at_s: float | None = None,
+    ) -> list[tuple[str, bytes]]:
+        """Like `build`, with the caps in force (`in_force`) instead of the decision's: a cut
+        that never raises any GPU above what it was last sent or newly decided."""
+        rows, starts, ends = self._rows(racks)
+        cap_w, clock_mhz = self.in_force(decision, racks)
+        self.protective_total += racks.size
+        return self._build(
+            racks, (rows, starts, ends), cap_w, clock_mhz, now_s=now_s, issued_at_s=issued_at_s
+        )
+
+    def _build(
+        self,
+        racks: NDArray[np.int64],
+        layout: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]],
+        cap_w: NDArray[np.float64],
+        clock_mhz: NDArray[np.float64],
+        *,
+        now_s: float,
+        issued_at_s: float | None,
+    ) -> list[tuple[str, bytes]]:
+        ids = self.topology.racks.ids
+        rows, starts, ends = layout
         self.seq[racks] += 1
         names = [ids[rack] for rack in racks.tolist()]
-        cap_w = decision.cap_w[rows]
-        clock_mhz = decision.sm_clock_max_mhz[rows]
         payloads = wire.encode_commands(
             names,
             seq=self.seq[racks],

@@ -11,6 +11,8 @@ Three loops run as named tasks in one `asyncio.TaskGroup`:
   late one is counted and logged. The loop keeps deciding during a broker outage.
 - `commands`: the bulk lane of `controller.publisher`, sending each tick's non-urgent commands
   in acknowledged windows; urgent ones (a limit exceeded until they land) leave from the tick.
+- `protect`: between ticks, racks that draw over their caps in force are sent them again at
+  once (`controller.protect`), without waiting for a tick or a decision.
 On stop (SIGTERM) the daemon publishes the retained `offline` status itself (a clean disconnect
 does not fire the last will) and leaves: racks keep their caps until the TTL runs out, then apply
 their safe caps. A fault that ends the loops does the same on its way out, and the process exits
@@ -46,6 +48,7 @@ from controller.ha.runner import HaRunner
 from controller.mqtt_client import Client
 from controller.nodes import NodeAssembler
 from controller.policy_file import Policy
+from controller.protect import ProtectiveCuts
 from controller.publisher import CommandPublisher, SendTrace
 from controller.reload import PolicyReload, build_runtime, tier_table
 from controller.runtime import DemandResponseStatus
@@ -138,6 +141,10 @@ class Controller(BrokerSession, PolicyReload):
             wall_clock=clock,
             may_send=lambda: self.ha.is_leader(),  # noqa: PLW0108 - self.ha is built below
             trace=trace,
+        )
+        #: Racks over their caps in force are sent them again between ticks.
+        self.protect = ProtectiveCuts(
+            self.runtime, self.publisher, clock=monotonic, label=self._label_book
         )
         self._state_lock = asyncio.Lock()
         self._metrics_serving = False
@@ -236,6 +243,7 @@ class Controller(BrokerSession, PolicyReload):
                 group.create_task(self._tick_loop(), name="tick"),
                 group.create_task(self.ha.serve(), name="ha"),
                 group.create_task(self.publisher.run(), name="commands"),
+                group.create_task(self.protect.run(), name="protect"),
             ]
             if self.grid is not None:
                 tasks.append(group.create_task(self.grid.serve(), name="grid"))

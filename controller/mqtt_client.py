@@ -14,10 +14,9 @@ top of aiomqtt needs its private paho client, so this client is built directly o
 documented external-loop API instead (paho's own asyncio example; `controller.shard.worker`
 drives paho the same way with `select`):
 
-- the socket callbacks (`on_socket_open/close/register_write/unregister_write`) put
-  `loop_read`/`loop_write` on the event loop's reader and writer, `loop_misc` runs once a second
-  for keepalive; `connect` (DNS, TCP, TLS) runs in a worker thread, so socket callbacks fired
-  there are handed to the loop thread;
+- the socket: `controller.mqtt_pump.LoopPump` puts `loop_read`/`loop_write` on the event loop's
+  reader and writer and runs `loop_misc` for keepalive; `connect` (DNS, TCP, TLS) runs in a
+  worker thread;
 - receiving: `on_message` puts paho's `MQTTMessage` in the caller's queue (`queue_type`, e.g. the
   conflating queue) kept as `inbox`, so the caller drains a burst with `get_nowait` after one
   awaited message; one readable event reads every complete packet that arrived (bounded);
@@ -37,9 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -49,12 +46,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from controller.mqtt_pump import LoopPump
+
 #: Nagle off: a command leaves at once instead of waiting for the broker's delayed ACK.
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-#: Packets read per readable event at most, so one busy socket cannot hold the loop long.
-READ_BURST = 256
-#: How often paho's keepalive and retry bookkeeping runs. Units: s.
-MISC_PERIOD_S = 1.0
 
 
 def topic_payload(message: mqtt.MQTTMessage) -> tuple[str, bytes]:
@@ -103,7 +98,6 @@ class Client:
         #: Default wait for a CONNACK, SUBACK, PUBACK or the disconnection. Units: s.
         self.timeout = timeout
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         #: The queue `on_message` puts received `paho.mqtt.client.MQTTMessage`s in.
         self.inbox: asyncio.Queue[Any] = queue_type()
         #: Messages dropped because their topic was not UTF-8 or the inbox was full.
@@ -116,8 +110,6 @@ class Client:
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         #: Futures an awaiting call (`publish`, `subscribe`) waits on: failed on disconnection.
         self._waiters: set[asyncio.Future[Any]] = set()
-        self._events = 0  # packets handled (messages, acknowledgements): the read loop's progress
-        self._fd = -1
         self._misc: asyncio.Task[None] | None = None
         self._connected: asyncio.Future[None] = self._loop.create_future()
         self._disconnected: asyncio.Future[None] = self._loop.create_future()
@@ -139,11 +131,8 @@ class Client:
         paho.on_message = self._on_message
         paho.on_publish = self._on_publish
         paho.on_subscribe = self._on_subscribe
-        paho.on_socket_open = self._on_socket_open
-        paho.on_socket_close = self._on_socket_close
-        paho.on_socket_register_write = self._on_socket_register_write
-        paho.on_socket_unregister_write = self._on_socket_unregister_write
         self._paho = paho
+        self._pump = LoopPump(paho, self._loop, on_error=self._failed)
 
     # ------------------------------------------------------------------ connection
     async def __aenter__(self) -> Self:
@@ -165,7 +154,7 @@ class Client:
         except BaseException:
             self._close_socket()
             raise
-        self._misc = asyncio.create_task(self._misc_loop(), name="mqtt-keepalive")
+        self._misc = asyncio.create_task(self._pump.misc_loop(), name="mqtt-keepalive")
         return self
 
     async def __aexit__(
@@ -213,13 +202,12 @@ class Client:
             with contextlib.suppress(Exception):
                 self._paho.disconnect()
                 self._paho.loop_write()
-        self._unwatch()
+        self._pump.unwatch()
 
-    def _unwatch(self) -> None:
-        if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
-            self._fd = -1
+    def _failed(self, exc: BaseException) -> None:
+        """A read or write raised: the connection is unusable."""
+        self._lost(exc)
+        self._close_socket()
 
     def _lost(self, exc: BaseException) -> None:
         """The connection is unusable: fail every awaiting call and `receive`."""
@@ -237,65 +225,7 @@ class Client:
         except TimeoutError:
             raise aiomqtt.MqttError("Operation timed out") from None
 
-    async def _misc_loop(self) -> None:
-        while self._paho.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            await asyncio.sleep(MISC_PERIOD_S)
-
     # ------------------------------------------------------------------ paho callbacks
-    def _in_loop(self, call: Callable[..., None], *args: Any) -> None:
-        """Run `call` on the event loop's thread (paho's connect runs in a worker thread)."""
-        if threading.get_ident() == self._loop_thread:
-            call(*args)
-        else:
-            self._loop.call_soon_threadsafe(call, *args)
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        del client, userdata
-        self._in_loop(self._watch, sock.fileno())
-
-    def _watch(self, fd: int) -> None:
-        self._fd = fd
-        self._loop.add_reader(fd, self._readable)
-
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        del client, userdata, sock
-        self._in_loop(self._unwatch)
-
-    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        del client, userdata
-        self._in_loop(self._loop.add_writer, sock.fileno(), self._writable)
-
-    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        del client, userdata
-        self._in_loop(self._unwrite, sock.fileno())
-
-    def _unwrite(self, fd: int) -> None:
-        self._loop.remove_writer(fd)
-
-    def _readable(self) -> None:
-        """Read every complete packet that arrived, up to `READ_BURST`."""
-        paho = self._paho
-        try:
-            for _ in range(READ_BURST):
-                before = self._events
-                if paho.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    return  # paho reported the loss through on_disconnect
-                sock = paho.socket()
-                if isinstance(sock, ssl.SSLSocket) and sock.pending():
-                    continue  # decrypted bytes wait inside the TLS object, not the socket
-                if self._events == before:
-                    return  # nothing complete left, or a control packet: wait for more
-        except Exception as exc:
-            self._lost(exc)
-            self._close_socket()
-
-    def _writable(self) -> None:
-        try:
-            self._paho.loop_write()
-        except Exception as exc:
-            self._lost(exc)
-            self._close_socket()
-
     def _on_connect(
         self,
         client: mqtt.Client,
@@ -305,7 +235,7 @@ class Client:
         properties: Properties | None,
     ) -> None:
         del client, userdata, flags, properties
-        self._in_loop(self._connack, reason)
+        self._pump.in_loop(self._connack, reason)
 
     def _connack(self, reason: ReasonCode) -> None:
         if self._connected.done():
@@ -324,7 +254,7 @@ class Client:
         properties: Properties | None,
     ) -> None:
         del client, userdata, flags, properties
-        self._in_loop(self._gone, reason)
+        self._pump.in_loop(self._gone, reason)
 
     def _gone(self, reason: ReasonCode) -> None:
         connected = self._connected
@@ -342,7 +272,7 @@ class Client:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         del client, userdata
-        self._events += 1
+        self._pump.events += 1
         try:
             _ = message.topic  # hostile bytes: paho raises on a topic that is not UTF-8
             self.inbox.put_nowait(message)
@@ -358,7 +288,7 @@ class Client:
         properties: Properties | None,
     ) -> None:
         del client, userdata, reason, properties
-        self._events += 1
+        self._pump.events += 1
         batch = self._owed.pop(mid, None)
         if batch is not None:
             batch.acked()
@@ -372,7 +302,7 @@ class Client:
         properties: Properties | None,
     ) -> None:
         del client, userdata, properties
-        self._events += 1
+        self._pump.events += 1
         future = self._subacks.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(reasons)

@@ -9,6 +9,10 @@ Each tick splits the due racks in two (`CommandBook.due_lanes`):
   window only once the broker has acknowledged the last. At most one window is ever ahead of an
   urgent command in the connection (the client's queue, the socket, the broker), so a fleet-wide
   move of 10k racks delays it by one window, not by the burst.
+Between ticks, protective cuts (`controller.protect`) resend racks their caps in force on a third
+lane, `protect`, handed to the client at once like urgent commands. They do not wait for the
+daemon's lock (held through a whole urgent send and each bulk window), only for a diff that a
+worker thread is running over the book, and never overtake an urgent command already built.
 Each tick replaces the bulk plan with its own ordered list, so a burst is never queued behind
 itself: racks not yet sent stay due and go out built from the newest decision.
 
@@ -48,7 +52,8 @@ BULK_WINDOW = 128
 #: fleet-wide cut can make every rack urgent), but the bulk lane does not.
 URGENT_SLICE = 256
 
-Lane = Literal["urgent", "bulk"]
+#: `protect`: a protective cut (`controller.protect`), sent between ticks like an urgent command.
+Lane = Literal["urgent", "bulk", "protect"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +120,14 @@ class CommandPublisher:
         self._client: Client | None = None
         self._plan: _Plan | None = None
         self._wake = asyncio.Event()
+        #: Set while no worker thread reads or writes the command book (`send_due`'s diff):
+        #: all that a protective cut, which runs on the loop's thread, has to wait for.
+        self._book_idle = asyncio.Event()
+        self._book_idle.set()
+        #: Racks whose urgent commands are built but not yet handed to the client: a
+        #: protective cut leaves them alone (built later, it would overtake them and the agent
+        #: would refuse theirs as older).
+        self.urgent_unsent: NDArray[np.int64] = np.zeros(0, np.int64)
         self._window: asyncio.Future[None] | None = None
         #: Urgent sends whose acknowledgements are still awaited.
         self.confirming: set[asyncio.Task[None]] = set()
@@ -161,7 +174,9 @@ class CommandPublisher:
             book = rt.book
             power_w, last_seen_s = rt.fleet.power_w, rt.fleet.rack_last_seen_s
 
-            def choose() -> tuple[float, float, float, list[tuple[str, bytes]], NDArray[np.int64]]:
+            def choose() -> tuple[
+                float, float, float, list[tuple[str, bytes]], NDArray[np.int64], NDArray[np.int64]
+            ]:
                 diff_started_s = time.monotonic()
                 now_s = self._clock()
                 urgent, rest = book.due_lanes(
@@ -177,9 +192,20 @@ class CommandPublisher:
                     if urgent.size
                     else []
                 )
-                return diff_started_s, diffed_s, time.monotonic(), messages, rest
+                return diff_started_s, diffed_s, time.monotonic(), messages, urgent, rest
 
-            diff_started_s, diffed_s, encoded_s, messages, rest = await asyncio.to_thread(choose)
+            self._book_idle.clear()
+            try:
+                (
+                    diff_started_s,
+                    diffed_s,
+                    encoded_s,
+                    messages,
+                    urgent,
+                    rest,
+                ) = await asyncio.to_thread(choose)
+            finally:
+                self._book_idle.set()
             started_s = diff_started_s if tick_started_s is None else tick_started_s
             decided = diff_started_s if decided_s is None else decided_s
             self._plan = (
@@ -207,19 +233,77 @@ class CommandPublisher:
                     published_s=0.0,
                 )
                 futures: list[asyncio.Future[None]] = []
-                for first in range(0, len(messages), URGENT_SLICE):
-                    if first:
-                        await asyncio.sleep(0)  # ingest gets a turn; the bulk lane waits
-                    part = messages[first : first + URGENT_SLICE]
-                    future = self._publish(client, book, "urgent", part, times)
-                    if future is None:
-                        break
-                    futures.append(future)
+                try:
+                    for first in range(0, len(messages), URGENT_SLICE):
+                        self.urgent_unsent = urgent[first:]
+                        if first:
+                            await asyncio.sleep(0)  # ingest gets a turn; the bulk lane waits
+                        part = messages[first : first + URGENT_SLICE]
+                        future = self._publish(client, book, "urgent", part, times)
+                        if future is None:
+                            break
+                        futures.append(future)
+                finally:
+                    self.urgent_unsent = urgent[:0]
                 if futures:
-                    task = asyncio.create_task(self._confirm(client, futures, book))
-                    self.confirming.add(task)
-                    task.add_done_callback(self.confirming.discard)
+                    self._confirm_later(client, futures, book)
         return len(messages), int(rest.size)
+
+    async def send_in_force(
+        self,
+        book: CommandBook,
+        racks: NDArray[np.int64],
+        *,
+        scan_started_s: float,
+        detected_s: float,
+    ) -> int:
+        """Protective cuts: resend `racks` their caps in force (`CommandBook.build_in_force`)
+        now, on the urgent path, without waiting for a tick; returns the commands handed over.
+
+        Not behind the daemon's lock: that is held through a whole urgent send (slices with
+        turns for other tasks between them) and each bulk window, all on this thread, where a
+        cut may come between any two awaits. Only a diff in a worker thread touches the book
+        concurrently, and that is waited for. `book` is the one `racks` were chosen from: after
+        a reload swapped it, nothing is sent (the racks' indices may mean other racks).
+        `scan_started_s` and `detected_s` (`time.monotonic()`) are the scan's, for the trace.
+        """
+        rt = self._rt
+        while not self._book_idle.is_set():  # set again and cleared before this task ran
+            await self._book_idle.wait()
+        # From here to the hand-over, no await: nothing else touches the book meanwhile.
+        client, decision = self._client, rt.decision
+        if client is None or decision is None or not racks.size or not self._may_send():
+            return 0
+        if rt.book is not book:
+            return 0
+        if self.urgent_unsent.size:
+            racks = racks[~np.isin(racks, self.urgent_unsent)]
+            if not racks.size:
+                return 0
+        idle_s = time.monotonic()
+        messages = book.build_in_force(
+            decision, racks, now_s=self._clock(), issued_at_s=self._wall_clock()
+        )
+        times = SendTimes(
+            tick_started_s=scan_started_s,
+            decided_s=detected_s,
+            diffed_s=detected_s,
+            build_started_s=idle_s,
+            encoded_s=time.monotonic(),
+            published_s=0.0,
+        )
+        future = self._publish(client, book, "protect", messages, times)
+        if future is None:
+            return 0
+        self._confirm_later(client, [future], book)
+        return len(messages)
+
+    def _confirm_later(
+        self, client: Client, futures: list[asyncio.Future[None]], book: CommandBook
+    ) -> None:
+        task = asyncio.create_task(self._confirm(client, futures, book))
+        self.confirming.add(task)
+        task.add_done_callback(self.confirming.discard)
 
     async def run(self) -> None:
         """The bulk lane: the current plan, window by window, each once the last is acknowledged."""

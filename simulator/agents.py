@@ -1,11 +1,12 @@
 """The simulated cluster's rack agents: the node agent (`agent/`) over the `sim` backend.
 
-Each rack runs one `agent.run.NodeAgent` holding its whole rack (`SimGpuBackend(rack=...)`), with
+Each rack runs one `agent.node.NodeAgent` holding its whole rack (`SimGpuBackend(rack=...)`), with
 its own MQTT session on a real broker: it publishes rack-level telemetry, obeys its rack's
 command topic and falls back to its safe caps when a command's TTL runs out, by exactly the rules
-a real server's agent follows (`agent.gate`, `agent.run`). `RackAgents` only builds those agents
-and reads their state back as per-rack arrays for the tests and the demo; it adds no rule. The
-cluster advances in real time, or `time_scale` times faster, in a task beside the agents.
+a real server's agent follows (`agent.gate`, `agent.node`, `agent.run`). `RackAgents` only
+builds those agents and reads their state back as per-rack arrays for the tests and the demo; it
+adds no rule. The cluster advances in real time, or `time_scale` times faster, in a task beside
+the agents.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.config import AgentConfig, AgentMqtt
-from agent.run import NodeAgent, run_agents
+from agent.node import NodeAgent
+from agent.run import run_agents
 from controller import wire
 from simulator.cluster import SimCluster
 from simulator.gpu_backend import SimGpuBackend, SimRackMeter

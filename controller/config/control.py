@@ -42,6 +42,15 @@ class ControlSection(Section):
     unset (the default) derives the safe caps from the topology so that every rack on them at once
     fits every limit. A set value is refused where it does not fit.
     """
+    protect_scan_s: Annotated[float, Field(gt=0, le=1)] | None = 0.005
+    """How often the racks that reported since the last look are checked for drawing over
+    their caps in force while their agents hold higher ones; such a rack is sent its caps in
+    force at once, between ticks (`controller.protect`). Unset: only ticks send. Units: s.
+    """
+    protect_min_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    """A rack is sent a protective cut again only after this long, so that its agent can apply
+    the caps and report before it is cut again. Units: s.
+    """
     ready_fresh_frac: Annotated[float, Field(ge=0, le=1)] = 0.9
     """Share of racks that must report before /readyz says ready."""
     livez_max_age_ticks: Annotated[float, Field(gt=1)] = 10.0

@@ -31,6 +31,9 @@ TELEMETRY_REJECTED = Family(
 TELEMETRY_CONFLATED = Family("telemetry_conflated", "counter", "Messages replaced by a newer one.")
 TELEMETRY_BACKLOG = Family("telemetry_backlog", "gauge", "Racks with a message waiting.")
 COMMANDS_SENT = Family("commands_sent", "counter", "Rack commands published.")
+PROTECTIVE_CUTS = Family(
+    "protective_cuts", "counter", "Commands resent between ticks to racks over their caps."
+)
 MQTT_CONNECTED = Family("mqtt_connected", "gauge", "1 while connected.")
 MQTT_RECONNECTS = Family("mqtt_reconnects", "counter", "Reconnections after a loss.")
 RELOAD_OK = Family("policy_last_reload_successful", "gauge", "1 when the last reload succeeded.")
@@ -49,7 +52,8 @@ DR_COMPLIANCE = Family("dr_compliance_ratio", "gauge", "Event compliance.", ("si
 FAMILIES: tuple[Family, ...] = (
     BUILD_INFO, TICK_DURATION, TICKS, TICK_OVERRUNS, LAST_TICK,
     TELEMETRY_MESSAGES, TELEMETRY_REJECTED, TELEMETRY_CONFLATED, TELEMETRY_BACKLOG,
-    COMMANDS_SENT, MQTT_CONNECTED, MQTT_RECONNECTS, RELOAD_OK, RELOAD_OK_AT, RELOADS,
+    COMMANDS_SENT, PROTECTIVE_CUTS, MQTT_CONNECTED, MQTT_RECONNECTS,
+    RELOAD_OK, RELOAD_OK_AT, RELOADS,
     DR_ACTIVE, DR_TARGET, DR_BASELINE, DR_SHORTFALL, DR_COMPLIANCE,
 )  # fmt: skip
 
@@ -86,6 +90,7 @@ def loop(rt: Runtime) -> Iterator[Metric]:
     yield _count(TELEMETRY_CONFLATED, rt.queue.conflated if rt.queue is not None else 0)
     yield TELEMETRY_BACKLOG.one([], rt.backlog)
     yield _count(COMMANDS_SENT, rt.book.sent_total)
+    yield _count(PROTECTIVE_CUTS, rt.book.protective_total)
     yield MQTT_CONNECTED.one([], float(rt.mqtt_connected))
     yield _count(MQTT_RECONNECTS, rt.mqtt_reconnects)
     reloads = rt.reloads

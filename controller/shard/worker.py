@@ -64,11 +64,18 @@ def main(spec: WorkerSpec) -> None:
         spec.segment, n_gpus=topo.n_gpus, n_racks=topo.n_racks, workers=spec.workers
     )
     locks = spec.locks
+    config = spec.policy.config
     ingest = Ingest(
         topo,
         shared.fleet,
         ClassTable(spec.classes, frozen=True),
-        restart_gap_s=spec.policy.config.control.restart_gap_s,
+        restart_gap_s=config.control.restart_gap_s,
+        # Receive times on the machine-wide monotonic clock the decision process reads
+        # freshness by: no step of the wall clock makes racks stale or silent ones fresh.
+        clock=time.monotonic,
+        wall_clock=time.time,
+        max_clock_skew_s=config.telemetry.max_clock_skew_s,
+        stale_after_s=config.control.stale_after_s,
         msg_ts_s=shared.msg_ts_s,
         guard=lambda rack: locks[rack % len(locks)],
         cmd_rejected=shared.cmd_rejected,
@@ -90,7 +97,9 @@ class Worker:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"{mq.client_id}-ingest-{self.spec.index}",
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5
+            if self.spec.policy.config.ingest.protocol == "5"
+            else mqtt.MQTTv311,
         )
         if mq.username is not None:
             client.username_pw_set(mq.username, self.spec.password)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent.backend import GpuBackend
 from agent.config import AgentConfig, load_agent_config
-from agent.run import ClassSource
+from agent.node import ClassSource
 from controller import extras
 from controller.logs import configure_logging
 

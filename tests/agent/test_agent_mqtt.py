@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from agent.config import AgentConfig
-from agent.run import NodeAgent, run_agent
+from agent.node import NodeAgent
+from agent.run import run_agent
 from controller import wire
 from simulator.build import build_cluster
 from simulator.cluster import SimCluster

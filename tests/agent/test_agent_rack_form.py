@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from agent.backend import BackendError
 from agent.config import AgentConfig
-from agent.run import NodeAgent
+from agent.node import NodeAgent
 from controller import wire
 from simulator.build import build_cluster
 from simulator.cluster import SimCluster

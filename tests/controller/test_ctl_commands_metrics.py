@@ -122,6 +122,7 @@ def test_collector_exports_the_contract_names() -> None:
         'rheostat_telemetry_rejected_total{reason="stale_sequence"}',
         "rheostat_telemetry_backlog",
         "rheostat_commands_sent_total",
+        "rheostat_protective_cuts_total",
         "rheostat_mqtt_connected",
         "rheostat_mqtt_reconnects_total",
         "rheostat_policy_last_reload_successful",

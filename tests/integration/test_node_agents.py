@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.config import AgentConfig
-from agent.run import NodeAgent, run_agent
+from agent.node import NodeAgent
+from agent.run import run_agent
 from controller.daemon import Controller
 from controller.inventory import parse_inventory
 from controller.metrics.nodes import NodesCollector

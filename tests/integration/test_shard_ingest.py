@@ -28,12 +28,12 @@ pytestmark = pytest.mark.integration
 RACKS, GPUS = 6, 32
 
 
-def _policy(port: int, workers: int = 2) -> str:
+def _policy(port: int, workers: int = 2, protocol: str = "3.1.1") -> str:
     return (
         f"site: {{name: {SITE}, topology: {{generate: {{gpus: {RACKS * GPUS}, a100_share: 0}}}}}}\n"
         "tiers: {classes: {training: 1, inference: 0}}\n"
         f"mqtt: {{port: {port}, client_id: shard}}\n"
-        f"ingest: {{workers: {workers}, share_group: g1}}\n"
+        f'ingest: {{workers: {workers}, share_group: g1, protocol: "{protocol}"}}\n'
     )
 
 
@@ -82,10 +82,12 @@ def test_a_frozen_class_table_gives_every_process_the_same_codes() -> None:
     assert a.names == ("<unknown>", "inference", "training")
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_workers_share_the_subscription_and_restart_after_a_kill(
-    mosquitto: Mosquitto,
+    mosquitto: Mosquitto, protocol: str
 ) -> None:
-    policy = parse_policy(_policy(mosquitto.port), source="t")
+    """Over MQTT 3.1.1 (the default) and MQTT 5 alike, Mosquitto shares the subscription."""
+    policy = parse_policy(_policy(mosquitto.port, protocol=protocol), source="t")
     classes = ClassTable(sorted(policy.config.tiers.classes))
     pool = IngestPool(
         policy, initial=FleetState.empty(policy.topology), classes=classes.names[1:], password=None
@@ -162,7 +164,9 @@ async def test_daemon_with_ingest_workers_closes_the_loop(mosquitto: Mosquitto) 
     assert rt.fleet is controller.pool.fleet
     async with agents_running(cluster, mosquitto.port, site=SITE) as agents, running(controller):
         await wait_until(lambda: bool(np.all(agents.counters.commands_applied >= 2)), 30)
-        await wait_until(lambda: not rt.fleet.stale_racks(time.time(), 2.0).any())
+        # the workers stamp receive times on the daemon's monotonic clock, not the wall clock
+        await wait_until(lambda: not rt.fleet.stale_racks(time.monotonic(), 2.0).any())
+        assert np.all(rt.fleet.rack_last_seen_s <= time.monotonic())
         assert rt.ingest.counters.accepted > 0
         assert sum(rt.ingest.counters.rejected.values()) == 0
     assert agents.counters.fallbacks.sum() == 0
