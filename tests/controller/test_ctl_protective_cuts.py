@@ -20,8 +20,8 @@ from controller.mqtt_client import Client, topic_payload
 from controller.policy_file import parse_policy
 from controller.protect import ProtectiveCuts
 from controller.publisher import CommandPublisher, Lane, SendTimes
-from policies.decision import Decision
 from policies.topology import generate_topology
+from tests.controller.test_ctl_command_book import decision_with_caps
 from tests.integration.harness import running, wait_until
 from tests.services import Mosquitto
 
@@ -182,31 +182,16 @@ async def test_without_the_scan_the_cut_waits_for_the_tick(mosquitto: Mosquitto)
         assert controller.protect.sent_total == 0
 
 
-def _decision(cap_w: np.ndarray, clock_mhz: float = 1980.0) -> Decision:
-    n = cap_w.size
-    return Decision(
-        cap_w=cap_w,
-        sm_clock_max_mhz=np.full(n, clock_mhz),
-        demand_w=cap_w.copy(),
-        tier=np.zeros(n, np.int8),
-        budget_w=(),
-        limit_w=(),
-        infeasible=(),
-        site_allowed_w=float("inf"),
-        dvfs_saving_w=0.0,
-    )
-
-
 def test_caps_in_force_are_the_lower_of_sent_and_decided() -> None:
     """Per GPU, the lower of the last sent and the newest decided cap and clock ceiling; where
     nothing was sent, the decided ones. Overdraw counts only where the agent holds more."""
     topo = generate_topology(64)
     book = CommandBook(topo, ttl_s=30.0, refresh_frac=0.5, deadband_w=5.0)
     n = topo.n_gpus
-    first = _decision(np.full(n, 400.0), 1800.0)
+    first = decision_with_caps(np.full(n, 400.0), 1800.0)
     racks = np.arange(topo.n_racks)
     book.build(first, racks[:1], now_s=0.0)
-    newer = _decision(np.linspace(300.0, 500.0, n), 1900.0)
+    newer = decision_with_caps(np.linspace(300.0, 500.0, n), 1900.0)
     cap_w, clock_mhz = book.in_force(newer, racks)
     rack0 = topo.rack_slice(0)
     np.testing.assert_array_equal(cap_w[rack0], np.minimum(400.0, newer.cap_w[rack0]))
@@ -240,7 +225,7 @@ def test_a_command_on_its_way_is_not_resent() -> None:
         rt, CommandPublisher(rt, asyncio.Lock(), clock=time.monotonic), clock=time.monotonic
     )
     n = topo.n_gpus
-    rt.decision = _decision(np.full(n, 400.0))
+    rt.decision = decision_with_caps(np.full(n, 400.0))
     racks = np.arange(topo.n_racks)
     now_s = 100.0
     rt.book.build(rt.decision, racks, now_s=now_s)
@@ -283,7 +268,9 @@ async def test_a_cut_goes_between_urgent_slices_but_never_overtakes_one(
         await agents.subscribe(wire.command_filter(SITE), qos=1)
         publisher.connected(client)
         rt.fleet.power_w[:] = 450.0
-        rt.decision = _decision(np.full(topo.n_gpus, 400.0))  # every rack cut below its draw
+        rt.decision = decision_with_caps(
+            np.full(topo.n_gpus, 400.0)
+        )  # every rack cut below its draw
         sending = asyncio.create_task(publisher.send_due())
         while not 0 < publisher.urgent_unsent.size < racks_n:
             await asyncio.sleep(0)
