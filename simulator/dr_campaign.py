@@ -9,7 +9,7 @@ and the first `check_s` seconds of the hold. The rest of a hold of up to ten hou
 state the scoreboard's DR scenarios (`phoenix`) already cover, and is not simulated.
 
 An event is on time when site power is at or under its target (within the reports' 1 %,
-`policies.dr_report`) no later than `ON_TIME_S` after the event's start and stays there for the
+`policies.dr.report`) no later than `ON_TIME_S` after the event's start and stays there for the
 rest of the checked hold. Each event runs with its own seed (workload bursts, sensor noise), so
 the site is in a different state at each start.
 """
