@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.ingest import free_port, wait_port
+from bench._ingest_rig import free_port, wait_port
 
 
 class EtcdProcess:

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiomqtt
 
-from bench.ingest import SITE, fleet_topology, plain_write, publisher
+from bench._ingest_rig import SITE, fleet_topology, plain_write, publisher
 from controller import wire
 from policies.fleet import FleetState
 from policies.topology import Topology

@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from bench._e2e_probe import RACK_GPUS, STAGES, Result, Sample, measure_in_process
+from bench._ingest_rig import mosquitto
 from bench._registry import format_table
-from bench.ingest import mosquitto
 
 NAME = "e2e"
 HELP = "latency from a decision-changing telemetry publish to the command's arrival"

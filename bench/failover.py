@@ -37,8 +37,8 @@ import aiomqtt
 import numpy as np
 import orjson
 
+from bench._ingest_rig import free_port, mosquitto
 from bench._procs import Daemon, EtcdProcess
-from bench.ingest import free_port, mosquitto
 from controller import wire
 from simulator.agents import RackAgents, run_rack_agents
 from simulator.build import build_cluster
