@@ -102,9 +102,6 @@ class Client:
         self.inbox: asyncio.Queue[Any] = queue_type()
         #: Messages dropped because their topic was not UTF-8 or the inbox was full.
         self.dropped = 0
-        self._tls = tls_params
-        self._tls_insecure = tls_insecure
-        self._tls_done = False
         self._socket_options = tuple(socket_options)
         self._owed: dict[int, _Batch] = {}
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
@@ -132,7 +129,9 @@ class Client:
         paho.on_publish = self._on_publish
         paho.on_subscribe = self._on_subscribe
         self._paho = paho
-        self._pump = LoopPump(paho, self._loop, on_error=self._failed)
+        self._pump = LoopPump(
+            paho, self._loop, on_error=self._failed, tls=tls_params, tls_insecure=tls_insecure
+        )
 
     # ------------------------------------------------------------------ connection
     async def __aenter__(self) -> Self:
@@ -142,7 +141,8 @@ class Client:
         if self._disconnected.done():
             self._disconnected = self._loop.create_future()
         try:
-            await asyncio.to_thread(self._connect)  # DNS, TCP and TLS block
+            # DNS, TCP and TLS block
+            await asyncio.to_thread(self._pump.connect, self.hostname, self.port, self.keepalive)
         except (OSError, ValueError, mqtt.WebsocketConnectionError) as exc:
             raise aiomqtt.MqttError(str(exc)) from None
         sock = self._paho.socket()
@@ -152,7 +152,7 @@ class Client:
         try:
             await self._wait(self._connected, None)
         except BaseException:
-            self._close_socket()
+            self._pump.close_socket()
             raise
         self._misc = asyncio.create_task(self._pump.misc_loop(), name="mqtt-keepalive")
         return self
@@ -175,39 +175,12 @@ class Client:
         finally:
             if self._misc is not None:
                 self._misc.cancel()
-            self._close_socket()
-
-    def _connect(self) -> None:
-        """Blocking connect, in a worker thread (TLS files are read here, once)."""
-        paho = self._paho
-        if not self._tls_done and self._tls is not None:
-            tls = self._tls
-            paho.tls_set(
-                ca_certs=tls.ca_certs,
-                certfile=tls.certfile,
-                keyfile=tls.keyfile,
-                cert_reqs=tls.cert_reqs,
-                tls_version=tls.tls_version,
-                ciphers=tls.ciphers,
-                keyfile_password=tls.keyfile_password,
-            )
-            if self._tls_insecure is not None:
-                paho.tls_insecure_set(self._tls_insecure)
-        self._tls_done = True
-        paho.connect(self.hostname, self.port, self.keepalive)
-
-    def _close_socket(self) -> None:
-        """Drop a socket paho still holds (a failed handshake, a read that raised)."""
-        if self._paho.socket() is not None:
-            with contextlib.suppress(Exception):
-                self._paho.disconnect()
-                self._paho.loop_write()
-        self._pump.unwatch()
+            self._pump.close_socket()
 
     def _failed(self, exc: BaseException) -> None:
         """A read or write raised: the connection is unusable."""
         self._lost(exc)
-        self._close_socket()
+        self._pump.close_socket()
 
     def _lost(self, exc: BaseException) -> None:
         """The connection is unusable: fail every awaiting call and `receive`."""

@@ -3,8 +3,10 @@
 `controller.mqtt_client.Client` owns the MQTT session (connect, publish, subscribe, the inbox);
 this module owns the socket: paho's socket callbacks (`on_socket_open/close/register_write/
 unregister_write`) put `loop_read`/`loop_write` on the event loop's reader and writer, and
-`misc_loop` runs `loop_misc` once a second for keepalive. paho's blocking `connect` runs in a
-worker thread, so callbacks fired there are handed to the loop's thread (`in_loop`).
+`misc_loop` runs `loop_misc` once a second for keepalive. `connect` (paho's, blocking: DNS, TCP
+and the TLS handshake, its settings applied once) runs in a worker thread, so callbacks fired
+there are handed to the loop's thread (`in_loop`); `close_socket` drops what a failed connection
+leaves.
 
 One readable event reads every complete packet that arrived, up to `READ_BURST`: the client
 counts the packets its callbacks handle in `events`, and a read that handled none means nothing
@@ -14,11 +16,13 @@ complete is left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
@@ -41,8 +45,13 @@ class LoopPump:
         loop: asyncio.AbstractEventLoop,
         *,
         on_error: Callable[[BaseException], None],
+        tls: aiomqtt.TLSParameters | None = None,
+        tls_insecure: bool | None = None,
     ) -> None:
         self._paho = paho
+        self._tls = tls
+        self._tls_insecure = tls_insecure
+        self._tls_done = False
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._on_error = on_error
@@ -53,6 +62,33 @@ class LoopPump:
         paho.on_socket_close = self._on_socket_close
         paho.on_socket_register_write = self._on_socket_register_write
         paho.on_socket_unregister_write = self._on_socket_unregister_write
+
+    def connect(self, hostname: str, port: int, keepalive: int) -> None:
+        """Blocking connect, in a worker thread (TLS files are read here, once)."""
+        paho = self._paho
+        if not self._tls_done and self._tls is not None:
+            tls = self._tls
+            paho.tls_set(
+                ca_certs=tls.ca_certs,
+                certfile=tls.certfile,
+                keyfile=tls.keyfile,
+                cert_reqs=tls.cert_reqs,
+                tls_version=tls.tls_version,
+                ciphers=tls.ciphers,
+                keyfile_password=tls.keyfile_password,
+            )
+            if self._tls_insecure is not None:
+                paho.tls_insecure_set(self._tls_insecure)
+        self._tls_done = True
+        paho.connect(hostname, port, keepalive)
+
+    def close_socket(self) -> None:
+        """Drop a socket paho still holds (a failed handshake, a read that raised)."""
+        if self._paho.socket() is not None:
+            with contextlib.suppress(Exception):
+                self._paho.disconnect()
+                self._paho.loop_write()
+        self.unwatch()
 
     def in_loop(self, call: Callable[..., None], *args: Any) -> None:
         """Run `call` on the event loop's thread (paho's connect runs in a worker thread)."""
