@@ -59,9 +59,6 @@ log = structlog.get_logger("rheostat.controller")
 #: Re-exported: what the daemon is given from outside, and the state it starts from.
 __all__ = ["Controller", "Decider", "Notifier", "build_runtime", "instance_id"]
 
-#: Messages handled per batch before yielding to the loop, so ticks and scrapes stay on time.
-DRAIN_BATCH = 2048
-
 
 def instance_id() -> str:
     """A new controller instance id (`ctl` on commands): unique per process start."""
