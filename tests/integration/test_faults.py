@@ -256,8 +256,15 @@ async def test_sequence_poisoning_locks_a_rack_out_for_at_most_one_stale_period(
         await all_fresh_after(agents, 20.0)
         genuine = wire.decode_telemetry(wire.encode_telemetry(agents.telemetry(0)))
         far = dataclasses.replace(genuine, seq=genuine.seq + 10**6, ts_s=time.time() + 365 * 86400)
-        await attacker.publish(wire.telemetry_topic(SITE, "r00000"), wire.encode_telemetry(far))
-        await metric_at_least(daemon, 'rheostat_telemetry_rejected_total{reason="clock_skew"}', 1)
+        # The ingest queue keeps the newest pending message per rack topic, so the genuine
+        # agent's next report may replace a forged one before it is read: send until one is read.
+        skew = 'rheostat_telemetry_rejected_total{reason="clock_skew"}'
+        async with asyncio.timeout(10):
+            while await daemon.metric(skew) < 1:
+                await attacker.publish(
+                    wire.telemetry_topic(SITE, "r00000"), wire.encode_telemetry(far)
+                )
+                await asyncio.sleep(0.2)
         # Inside the skew window the forged sequence is taken; the genuine agent is then refused
         # until the rack has been quiet for one stale period (1 s here), and re-based.
         near = dataclasses.replace(genuine, seq=genuine.seq + 10**6, ts_s=time.time())
