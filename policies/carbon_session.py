@@ -40,6 +40,8 @@ from policies.carbon import (
     job_speed_now,
     track_power_frac,
 )
+from policies.floors import floors_of_decision
+from policies.gpu_models import model_table
 from policies.stages import Idle, Tick
 from policies.topology import Topology
 
@@ -227,9 +229,18 @@ class CarbonSession:
             and now_s - job.received_at_s <= self.settings.job_timeout_s
         )
 
-    def ceilings(self, now_s: float) -> FloatArray | None:
+    def ceilings(self, now_s: float, uncapped_w: FloatArray | None = None) -> FloatArray | None:
         """Per-GPU cap ceilings for this tick (max caps where nothing is shaped); None when no
-        job is shaped. Re-plans at each slot boundary and whenever jobs or forecast change."""
+        job is shaped. Re-plans at each slot boundary and whenever jobs or forecast change.
+
+        `uncapped_w` is each GPU's uncapped draw as the core reckoned it this tick (its
+        decision's `demand_w`): no ceiling then goes below the core's tier floor for the job's
+        tier (`policies.floors.floors_of_decision`), the cap at which each GPU itself keeps its
+        tier's speed. A job's measured progress cannot show that: its communication phases do
+        not slow under a cap, so a job whose progress is within its tolerance can compute
+        slower than the tolerance allows, and its GPUs differ (models, activity) where its cap
+        fraction is one.
+        """
         slot = math.floor(now_s / self.settings.slot_s)
         if slot != self.slot:
             self.slot = slot
@@ -243,13 +254,28 @@ class CarbonSession:
             if ceiling is None:
                 ceiling = topo.gpu_max_cap_w.copy()
             rows = job.rows
+            lowest = topo.gpu_min_cap_w[rows]
+            if uncapped_w is not None:
+                lowest = np.maximum(lowest, self._tier_floor_w(job, uncapped_w))
+                # Below every GPU's floor a lower fraction changes no cap: steering it there
+                # would only wind the tracking up, to be unwound before any cap rises.
+                job.frac = max(job.frac, float(np.min(lowest / topo.gpu_max_cap_w[rows])))
             frac = max(job.frac, job.floor_frac)
-            ceiling[rows] = np.clip(
-                frac * topo.gpu_max_cap_w[rows], topo.gpu_min_cap_w[rows], ceiling[rows]
-            )
+            ceiling[rows] = np.clip(frac * topo.gpu_max_cap_w[rows], lowest, ceiling[rows])
         return ceiling
 
     # ------------------------------------------------------------------------------ inside
+    def _tier_floor_w(self, job: FlexJob, uncapped_w: FloatArray) -> FloatArray:
+        rows = job.rows
+        topo = self.topology
+        idle = model_table("idle_w")[topo.gpu_model[rows]]
+        return floors_of_decision(
+            idle_w=idle,
+            uncapped_w=np.minimum(uncapped_w[rows], topo.gpu_max_cap_w[rows]),
+            tier=np.full(rows.size, job.tier, dtype=np.int8),
+            tolerances=self.settings.tolerances,
+        )
+
     def _set_floor(self, job: FlexJob) -> None:
         topo = self.topology
         job.min_frac = float(np.max(topo.gpu_min_cap_w[job.rows] / topo.gpu_max_cap_w[job.rows]))
@@ -332,6 +358,10 @@ class CarbonStage(Idle):
         self.session = session
 
     def ceilings(self, tick: Tick) -> None:
-        ceiling = self.session.ceilings(tick.now_s)
+        decision = tick.decision
+        uncapped = None
+        if decision is not None and decision.demand_w.shape == (self.session.topology.n_gpus,):
+            uncapped = decision.demand_w
+        ceiling = self.session.ceilings(tick.now_s, uncapped)
         if ceiling is not None:
             tick.cap_ceiling(ceiling)

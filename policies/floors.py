@@ -84,9 +84,34 @@ def _tier_keep(
     """
     keep, rest, held = workspace.tier_keep(plan, tier, tolerances)
     if not held:
-        clock = (1.0 - check_tolerances(tolerances)) ** (1.0 / FLOOR_ALPHA)
-        table = clock * np.maximum(clock, FLOOR_KNEE) ** (BETA_POWER - 1.0)
-        np.take(table, tier.astype(np.intp), out=keep)
+        np.take(tier_keep(tolerances), tier.astype(np.intp), out=keep)
         np.subtract(1.0, keep, out=rest)
         np.multiply(rest, plan.idle_w, out=rest)
     return keep, rest
+
+
+def tier_keep(tolerances: tuple[float, ...]) -> FloatArray:
+    """Per tier, the share k of a GPU's dynamic power that keeps (1 - tolerance) of its speed:
+    k = g((1 - tolerance)^(1 / alpha)), g the cube law above `FLOOR_KNEE` and linear below it."""
+    clock = (1.0 - check_tolerances(tolerances)) ** (1.0 / FLOOR_ALPHA)
+    table: FloatArray = clock * np.maximum(clock, FLOOR_KNEE) ** (BETA_POWER - 1.0)
+    return table
+
+
+def floors_of_decision(
+    *,
+    idle_w: FloatArray,
+    uncapped_w: FloatArray,
+    tier: NDArray[np.int8],
+    tolerances: tuple[float, ...],
+) -> FloatArray:
+    """The tier floor caps `tier_floor_caps` holds, from a decision's uncapped draws. Units: W.
+
+    A decision's `demand_w` is already each GPU's uncapped draw U (raised by `tier_floor_caps`,
+    within [min, max] cap): its floor is idle + (U - idle) k of its tier. A stage that lowers the
+    core's caps afterwards (the carbon plan's ceilings) keeps them no lower than this, so a
+    tier's tolerated slowdown is one control semantic whoever caps the GPU.
+    """
+    keep = tier_keep(tolerances)[tier.astype(np.intp)]
+    out: FloatArray = idle_w + (uncapped_w - idle_w) * keep
+    return np.minimum(out, uncapped_w)
