@@ -6,6 +6,7 @@ from typing import Any
 
 from simulator.carbon import blind_twin, even_twin
 from simulator.loop import run
+from simulator.oracle_run import oracle_available
 from simulator.scenario import Scenario, load_scenario
 from simulator.summary import summarize
 
@@ -50,6 +51,9 @@ def test_carbon_shift_cuts_co2_against_both_twins_for_the_same_work() -> None:
     blind_stop = {t["job"]: t["stopped_at_s"] for t in summarize(blind)["work_targets"]}
     aware_stop = {t["job"]: t["stopped_at_s"] for t in targets}
     assert all(blind_stop[j] < aware_stop[j] for j in aware_stop)  # blind finishes first
+    if oracle_available():  # each GPU kept its tier's speed wherever the limits allowed it
+        below = summary["seconds_below_floor"]
+        assert below["tier2"] == below["tier3"] == 0.0, below
     kept = summary["throughput_retained"]
     assert kept["tier0"] >= 0.99
     assert kept["tier1"] >= 0.99
