@@ -40,7 +40,7 @@ from policies.carbon import (
     job_speed_now,
     track_power_frac,
 )
-from policies.floors import floors_of_decision
+from policies.floors import activity_floor_caps
 from policies.gpu_models import model_table
 from policies.stages import Idle, Tick
 from policies.topology import Topology
@@ -150,6 +150,11 @@ class CarbonSession:
     jobs: dict[str, FlexJob] = field(default_factory=dict)
     #: The planning slot last planned in; -1 forces a re-plan at the next tick.
     slot: int = -1
+    #: Per GPU, the highest activity of this and the previous `track_s` window, and when this
+    #: window began: the tier floors are sized for it (see `ceilings`).
+    activity_peak: FloatArray | None = None
+    activity_last: FloatArray | None = None
+    activity_since_s: float = -math.inf
 
     def replan(self) -> None:
         """Plan again at the next tick (the jobs or the forecast changed)."""
@@ -229,14 +234,14 @@ class CarbonSession:
             and now_s - job.received_at_s <= self.settings.job_timeout_s
         )
 
-    def ceilings(self, now_s: float, uncapped_w: FloatArray | None = None) -> FloatArray | None:
+    def ceilings(self, now_s: float, activity: FloatArray | None = None) -> FloatArray | None:
         """Per-GPU cap ceilings for this tick (max caps where nothing is shaped); None when no
         job is shaped. Re-plans at each slot boundary and whenever jobs or forecast change.
 
-        `uncapped_w` is each GPU's uncapped draw as the core reckoned it this tick (its
-        decision's `demand_w`): no ceiling then goes below the core's tier floor for the job's
-        tier (`policies.floors.floors_of_decision`), the cap at which each GPU itself keeps its
-        tier's speed. A job's measured progress cannot show that: its communication phases do
+        `activity` is each GPU's peak-held SM activity as the core held it this tick (its
+        decision's `activity_held`): no ceiling then goes below the core's tier floor for the
+        job's tier (`policies.floors.activity_floor_caps`), the cap at which each GPU itself
+        keeps its tier's speed. A job's measured progress cannot show that: its communication phases do
         not slow under a cap, so a job whose progress is within its tolerance can compute
         slower than the tolerance allows, and its GPUs differ (models, activity) where its cap
         fraction is one.
@@ -246,6 +251,7 @@ class CarbonSession:
             self.slot = slot
             self._plan(now_s)
         topo = self.topology
+        held = None if activity is None else self._hold(now_s, activity)
         ceiling: FloatArray | None = None
         for job in self.jobs.values():
             if not self.shaped(job, now_s) or job.planned >= 1.0 - 1e-9:
@@ -255,8 +261,8 @@ class CarbonSession:
                 ceiling = topo.gpu_max_cap_w.copy()
             rows = job.rows
             lowest = topo.gpu_min_cap_w[rows]
-            if uncapped_w is not None:
-                lowest = np.maximum(lowest, self._tier_floor_w(job, uncapped_w))
+            if held is not None:
+                lowest = np.maximum(lowest, self._tier_floor_w(job, held))
                 # Below every GPU's floor a lower fraction changes no cap: steering it there
                 # would only wind the tracking up, to be unwound before any cap rises.
                 job.frac = max(job.frac, float(np.min(lowest / topo.gpu_max_cap_w[rows])))
@@ -265,16 +271,34 @@ class CarbonSession:
         return ceiling
 
     # ------------------------------------------------------------------------------ inside
-    def _tier_floor_w(self, job: FlexJob, uncapped_w: FloatArray) -> FloatArray:
+    def _hold(self, now_s: float, activity: FloatArray) -> FloatArray:
+        """The peak of `activity` over at least the last `track_s`: a tick's activity swings
+        with a job's compute and communication phases, and a floor sized for a dip would let
+        the next compute phase run below its tier's speed under the same cap."""
+        peak, last = self.activity_peak, self.activity_last
+        if peak is None or last is None or peak.shape != activity.shape:
+            self.activity_peak, self.activity_last = activity.copy(), activity.copy()
+            self.activity_since_s = now_s
+            return activity.copy()
+        if now_s - self.activity_since_s >= self.settings.track_s:
+            self.activity_last, self.activity_peak = peak, activity.copy()
+            self.activity_since_s = now_s
+        else:
+            np.maximum(peak, activity, out=peak)
+        return np.maximum(self.activity_peak, self.activity_last)
+
+    def _tier_floor_w(self, job: FlexJob, activity: FloatArray) -> FloatArray:
         rows = job.rows
         topo = self.topology
         idle = model_table("idle_w")[topo.gpu_model[rows]]
-        return floors_of_decision(
+        floor = activity_floor_caps(
             idle_w=idle,
-            uncapped_w=np.minimum(uncapped_w[rows], topo.gpu_max_cap_w[rows]),
+            dynamic_w=topo.gpu_max_cap_w[rows] - idle,
+            activity=activity[rows],
             tier=np.full(rows.size, job.tier, dtype=np.int8),
             tolerances=self.settings.tolerances,
         )
+        return np.minimum(floor, topo.gpu_max_cap_w[rows])
 
     def _set_floor(self, job: FlexJob) -> None:
         topo = self.topology
@@ -359,9 +383,14 @@ class CarbonStage(Idle):
 
     def ceilings(self, tick: Tick) -> None:
         decision = tick.decision
-        uncapped = None
-        if decision is not None and decision.demand_w.shape == (self.session.topology.n_gpus,):
-            uncapped = decision.demand_w
-        ceiling = self.session.ceilings(tick.now_s, uncapped)
+        activity = None if decision is None else decision.activity_held
+        topo = self.session.topology
+        if activity is not None and activity.shape != (topo.n_gpus,):
+            activity = None  # decided for another fleet (the topology is changing)
+        if activity is not None and tick.stale_rack is not None and tick.stale_rack.any():
+            # A silent rack's activity is unknown: its floors are sized for full activity.
+            stale = tick.stale_rack[topo.gpu_group[topo.rack_level]]
+            activity = np.where(stale, 1.0, activity)
+        ceiling = self.session.ceilings(tick.now_s, activity)
         if ceiling is not None:
             tick.cap_ceiling(ceiling)

@@ -98,20 +98,23 @@ def tier_keep(tolerances: tuple[float, ...]) -> FloatArray:
     return table
 
 
-def floors_of_decision(
+def activity_floor_caps(
     *,
     idle_w: FloatArray,
-    uncapped_w: FloatArray,
+    dynamic_w: FloatArray,
+    activity: FloatArray,
     tier: NDArray[np.int8],
     tolerances: tuple[float, ...],
 ) -> FloatArray:
-    """The tier floor caps `tier_floor_caps` holds, from a decision's uncapped draws. Units: W.
+    """Per GPU, the tier floor of `tier_floor_caps` with the uncapped draw taken from its
+    peak-held SM activity alone: idle + dynamic x activity x k of its tier. Units: W.
 
-    A decision's `demand_w` is already each GPU's uncapped draw U (raised by `tier_floor_caps`,
-    within [min, max] cap): its floor is idle + (U - idle) k of its tier. A stage that lowers the
-    core's caps afterwards (the carbon plan's ceilings) keeps them no lower than this, so a
-    tier's tolerated slowdown is one control semantic whoever caps the GPU.
+    For a stage that lowers the core's caps afterwards (the carbon plan's ceilings), so that a
+    tier's tolerated slowdown is one control semantic whoever caps the GPU. It leaves out the
+    core's other estimate of the uncapped draw, the held demand: a GPU held at a ceiling draws
+    its cap, which the demand estimate reads as wanting its max cap, so a floor from it would
+    keep every ceiled GPU far faster than its tier needs.
     """
     keep = tier_keep(tolerances)[tier.astype(np.intp)]
-    out: FloatArray = idle_w + (uncapped_w - idle_w) * keep
-    return np.minimum(out, uncapped_w)
+    out: FloatArray = idle_w + dynamic_w * np.clip(activity, 0.0, 1.0) * keep
+    return out

@@ -109,7 +109,9 @@ def test_ceilings_keep_the_cores_tier_floors_whatever_the_job_measures() -> None
             report(s, 60.0 * k, owed)
             ceiling = s.ceilings(60.0 * k, given)
         assert ceiling is not None
-        lowest["floors" if given is not None else "plain"] = float(np.min(ceiling[ROWS] - floor[ROWS]))
+        lowest["floors" if given is not None else "plain"] = float(
+            np.min(ceiling[ROWS] - floor[ROWS])
+        )
         if given is not None:
             # No wind-up below the floors: the fraction stays where a cap still moves.
             job = s.jobs["sweep"]

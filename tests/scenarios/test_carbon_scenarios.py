@@ -14,10 +14,17 @@ DAY_START_S = 950_400.0  # the shipped scenario's day in the CAISO trace
 
 
 def _turn_of_the_day() -> Scenario:
-    """Six hours, four dirty then two clean (10:00-16:00 UTC), at a coarser tick."""
+    """Six hours, four dirty then two clean (10:00-16:00 UTC), at a coarser tick.
+
+    Racks report once a tick, so the stale timeout spans three of the coarser ticks: at the
+    default 5 s every rack would be silent at every decision and the core would decide blind.
+    """
     scenario = load_scenario("carbon-shift")
     grid = scenario.grid.model_copy(update={"carbon_start_s": DAY_START_S + 10 * 3600})
-    return scenario.model_copy(update={"grid": grid, "tick_s": 10.0}).shortened(6 * 3600)
+    controller = scenario.controller.model_copy(update={"stale_timeout_s": 30.0})
+    return scenario.model_copy(
+        update={"grid": grid, "tick_s": 10.0, "controller": controller}
+    ).shortened(6 * 3600)
 
 
 def _check_targets(targets: list[dict[str, Any]]) -> None:
