@@ -241,10 +241,10 @@ class CarbonSession:
         `activity` is each GPU's peak-held SM activity as the core held it this tick (its
         decision's `activity_held`): no ceiling then goes below the core's tier floor for the
         job's tier (`policies.floors.activity_floor_caps`), the cap at which each GPU itself
-        keeps its tier's speed. A job's measured progress cannot show that: its communication phases do
-        not slow under a cap, so a job whose progress is within its tolerance can compute
-        slower than the tolerance allows, and its GPUs differ (models, activity) where its cap
-        fraction is one.
+        keeps its tier's speed, sized for the peak activity of the last `track_s` or more. A
+        job's measured progress cannot show that: its communication phases do not slow under
+        a cap, so a job whose progress is within its tolerance can compute slower than the
+        tolerance allows, and its GPUs differ (models, activity) where its cap fraction is one.
         """
         slot = math.floor(now_s / self.settings.slot_s)
         if slot != self.slot:

@@ -8,7 +8,7 @@ import pytest
 from policies.carbon import SPEED_GUARD, CarbonSettings
 from policies.carbon_session import FLOOR_STEP, CarbonSession, CarbonStage, Forecast
 from policies.fleet import FleetState
-from policies.floors import floors_of_decision
+from policies.floors import activity_floor_caps
 from policies.gpu_models import model_table
 from policies.stages import Tick, finish_caps
 from policies.topology import generate_topology
@@ -89,16 +89,17 @@ def test_floor_comes_down_while_the_job_runs_faster_than_its_tier_needs_there() 
 def test_ceilings_keep_the_cores_tier_floors_whatever_the_job_measures() -> None:
     """Progress counts communication, which no cap slows: a job measured fast enough can still
     compute slower than its tier allows. The core's per-GPU tier floors bound the ceilings."""
-    uncapped = TOPO.gpu_max_cap_w * 0.9
+    activity = np.full(TOPO.n_gpus, 0.9)
     idle = model_table("idle_w")[TOPO.gpu_model]
-    floor = floors_of_decision(
+    floor = activity_floor_caps(
         idle_w=idle,
-        uncapped_w=uncapped,
+        dynamic_w=TOPO.gpu_max_cap_w - idle,
+        activity=activity,
         tier=np.full(TOPO.n_gpus, 3, dtype=np.int8),
         tolerances=CarbonSettings().tolerances,
     )
     lowest: dict[str, float] = {}
-    for given in (None, uncapped):
+    for given in (None, activity):
         s = session([500.0] * 60)
         report(s, 0.0, 0.4 * DAY_S)
         s.ceilings(0.0, given)
