@@ -281,11 +281,13 @@ class CarbonSession:
             self.activity_since_s = now_s
             return activity.copy()
         if now_s - self.activity_since_s >= self.settings.track_s:
-            self.activity_last, self.activity_peak = peak, activity.copy()
+            last, peak = peak, activity.copy()
+            self.activity_last, self.activity_peak = last, peak
             self.activity_since_s = now_s
         else:
             np.maximum(peak, activity, out=peak)
-        return np.maximum(self.activity_peak, self.activity_last)
+        held: FloatArray = np.maximum(peak, last)
+        return held
 
     def _tier_floor_w(self, job: FlexJob, activity: FloatArray) -> FloatArray:
         rows = job.rows
