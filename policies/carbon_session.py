@@ -40,6 +40,8 @@ from policies.carbon import (
     job_speed_now,
     track_power_frac,
 )
+from policies.floors import activity_floor_caps
+from policies.gpu_models import model_table
 from policies.stages import Idle, Tick
 from policies.topology import Topology
 
@@ -148,6 +150,11 @@ class CarbonSession:
     jobs: dict[str, FlexJob] = field(default_factory=dict)
     #: The planning slot last planned in; -1 forces a re-plan at the next tick.
     slot: int = -1
+    #: Per GPU, the highest activity of this and the previous `track_s` window, and when this
+    #: window began: the tier floors are sized for it (see `ceilings`).
+    activity_peak: FloatArray | None = None
+    activity_last: FloatArray | None = None
+    activity_since_s: float = -math.inf
 
     def replan(self) -> None:
         """Plan again at the next tick (the jobs or the forecast changed)."""
@@ -227,14 +234,24 @@ class CarbonSession:
             and now_s - job.received_at_s <= self.settings.job_timeout_s
         )
 
-    def ceilings(self, now_s: float) -> FloatArray | None:
+    def ceilings(self, now_s: float, activity: FloatArray | None = None) -> FloatArray | None:
         """Per-GPU cap ceilings for this tick (max caps where nothing is shaped); None when no
-        job is shaped. Re-plans at each slot boundary and whenever jobs or forecast change."""
+        job is shaped. Re-plans at each slot boundary and whenever jobs or forecast change.
+
+        `activity` is each GPU's peak-held SM activity as the core held it this tick (its
+        decision's `activity_held`): no ceiling then goes below the core's tier floor for the
+        job's tier (`policies.floors.activity_floor_caps`), the cap at which each GPU itself
+        keeps its tier's speed, sized for the peak activity of the last `track_s` or more. A
+        job's measured progress cannot show that: its communication phases do not slow under
+        a cap, so a job whose progress is within its tolerance can compute slower than the
+        tolerance allows, and its GPUs differ (models, activity) where its cap fraction is one.
+        """
         slot = math.floor(now_s / self.settings.slot_s)
         if slot != self.slot:
             self.slot = slot
             self._plan(now_s)
         topo = self.topology
+        held = None if activity is None else self._hold(now_s, activity)
         ceiling: FloatArray | None = None
         for job in self.jobs.values():
             if not self.shaped(job, now_s) or job.planned >= 1.0 - 1e-9:
@@ -243,13 +260,48 @@ class CarbonSession:
             if ceiling is None:
                 ceiling = topo.gpu_max_cap_w.copy()
             rows = job.rows
+            lowest = topo.gpu_min_cap_w[rows]
+            if held is not None:
+                lowest = np.maximum(lowest, self._tier_floor_w(job, held))
+                # Below every GPU's floor a lower fraction changes no cap: steering it there
+                # would only wind the tracking up, to be unwound before any cap rises.
+                job.frac = max(job.frac, float(np.min(lowest / topo.gpu_max_cap_w[rows])))
             frac = max(job.frac, job.floor_frac)
-            ceiling[rows] = np.clip(
-                frac * topo.gpu_max_cap_w[rows], topo.gpu_min_cap_w[rows], ceiling[rows]
-            )
+            ceiling[rows] = np.clip(frac * topo.gpu_max_cap_w[rows], lowest, ceiling[rows])
         return ceiling
 
     # ------------------------------------------------------------------------------ inside
+    def _hold(self, now_s: float, activity: FloatArray) -> FloatArray:
+        """The peak of `activity` over at least the last `track_s`: a tick's activity swings
+        with a job's compute and communication phases, and a floor sized for a dip would let
+        the next compute phase run below its tier's speed under the same cap."""
+        peak, last = self.activity_peak, self.activity_last
+        if peak is None or last is None or peak.shape != activity.shape:
+            self.activity_peak, self.activity_last = activity.copy(), activity.copy()
+            self.activity_since_s = now_s
+            return activity.copy()
+        if now_s - self.activity_since_s >= self.settings.track_s:
+            last, peak = peak, activity.copy()
+            self.activity_last, self.activity_peak = last, peak
+            self.activity_since_s = now_s
+        else:
+            np.maximum(peak, activity, out=peak)
+        held: FloatArray = np.maximum(peak, last)
+        return held
+
+    def _tier_floor_w(self, job: FlexJob, activity: FloatArray) -> FloatArray:
+        rows = job.rows
+        topo = self.topology
+        idle = model_table("idle_w")[topo.gpu_model[rows]]
+        floor = activity_floor_caps(
+            idle_w=idle,
+            dynamic_w=topo.gpu_max_cap_w[rows] - idle,
+            activity=activity[rows],
+            tier=np.full(rows.size, job.tier, dtype=np.int8),
+            tolerances=self.settings.tolerances,
+        )
+        return np.minimum(floor, topo.gpu_max_cap_w[rows])
+
     def _set_floor(self, job: FlexJob) -> None:
         topo = self.topology
         job.min_frac = float(np.max(topo.gpu_min_cap_w[job.rows] / topo.gpu_max_cap_w[job.rows]))
@@ -332,6 +384,15 @@ class CarbonStage(Idle):
         self.session = session
 
     def ceilings(self, tick: Tick) -> None:
-        ceiling = self.session.ceilings(tick.now_s)
+        decision = tick.decision
+        activity = None if decision is None else decision.activity_held
+        topo = self.session.topology
+        if activity is not None and activity.shape != (topo.n_gpus,):
+            activity = None  # decided for another fleet (the topology is changing)
+        if activity is not None and tick.stale_rack is not None and tick.stale_rack.any():
+            # A silent rack's activity is unknown: its floors are sized for full activity.
+            stale = tick.stale_rack[topo.gpu_group[topo.rack_level]]
+            activity = np.where(stale, 1.0, activity)
+        ceiling = self.session.ceilings(tick.now_s, activity)
         if ceiling is not None:
             tick.cap_ceiling(ceiling)

@@ -138,6 +138,9 @@ class Decision:
     site_allowed_w: float
     #: Estimated power clock targets save against running at the cap. Units: W.
     dvfs_saving_w: float
+    #: Peak-held SM activity per GPU, what the tier floors were sized for: a stage lowering
+    #: caps after the core (the carbon plan) sizes the same floors from it. None: unknown.
+    activity_held: FloatArray | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False, kw_only=True)

@@ -84,9 +84,37 @@ def _tier_keep(
     """
     keep, rest, held = workspace.tier_keep(plan, tier, tolerances)
     if not held:
-        clock = (1.0 - check_tolerances(tolerances)) ** (1.0 / FLOOR_ALPHA)
-        table = clock * np.maximum(clock, FLOOR_KNEE) ** (BETA_POWER - 1.0)
-        np.take(table, tier.astype(np.intp), out=keep)
+        np.take(tier_keep(tolerances), tier.astype(np.intp), out=keep)
         np.subtract(1.0, keep, out=rest)
         np.multiply(rest, plan.idle_w, out=rest)
     return keep, rest
+
+
+def tier_keep(tolerances: tuple[float, ...]) -> FloatArray:
+    """Per tier, the share k of a GPU's dynamic power that keeps (1 - tolerance) of its speed:
+    k = g((1 - tolerance)^(1 / alpha)), g the cube law above `FLOOR_KNEE` and linear below it."""
+    clock = (1.0 - check_tolerances(tolerances)) ** (1.0 / FLOOR_ALPHA)
+    table: FloatArray = clock * np.maximum(clock, FLOOR_KNEE) ** (BETA_POWER - 1.0)
+    return table
+
+
+def activity_floor_caps(
+    *,
+    idle_w: FloatArray,
+    dynamic_w: FloatArray,
+    activity: FloatArray,
+    tier: NDArray[np.int8],
+    tolerances: tuple[float, ...],
+) -> FloatArray:
+    """Per GPU, the tier floor of `tier_floor_caps` with the uncapped draw taken from its
+    peak-held SM activity alone: idle + dynamic x activity x k of its tier. Units: W.
+
+    For a stage that lowers the core's caps afterwards (the carbon plan's ceilings), so that a
+    tier's tolerated slowdown is one control semantic whoever caps the GPU. It leaves out the
+    core's other estimate of the uncapped draw, the held demand: a GPU held at a ceiling draws
+    its cap, which the demand estimate reads as wanting its max cap, so a floor from it would
+    keep every ceiled GPU far faster than its tier needs.
+    """
+    keep = tier_keep(tolerances)[tier.astype(np.intp)]
+    out: FloatArray = idle_w + dynamic_w * np.clip(activity, 0.0, 1.0) * keep
+    return out

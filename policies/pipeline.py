@@ -75,6 +75,7 @@ def decide(
         infeasible=alloc.infeasible,
         site_allowed_w=site_allowed,
         dvfs_saving_w=saving,
+        activity_held=util_held,
     )
     return decision, DecisionState(
         cap_w=cap,

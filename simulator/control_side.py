@@ -27,6 +27,7 @@ from simulator.controllers import (
     RheostatController,
     StaticController,
     controller_topology,
+    last_decision,
     set_topology,
 )
 from simulator.facility import FacilityRun
@@ -192,6 +193,7 @@ class ControlSide:
         act = self.ctl.decide(fleet, limits, cluster.now_s, stale)
         if act is not None:
             cap_w, clock_mhz = act
+            tick.decision = last_decision(self.ctl)
             self._send(now, finish_caps(self.stages, tick, cap_w), clock_mhz)
 
     def _send(self, now: float, cap_w: FloatArray, clock: FloatArray) -> None:

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import DecisionState, Limits, PolicySettings
+from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.fleet import FleetState
 from policies.pipeline import decide
 from policies.topology import Topology, dc_side
@@ -60,6 +60,16 @@ def set_topology(controller: Controller, topology: Topology) -> None:
         controller.topology = topology
     if isinstance(controller, StaticController):
         controller.forget()
+
+
+def last_decision(controller: Controller) -> Decision | None:
+    """The decision core's last decision behind a controller's caps (a wrapper's `inner`
+    one's), for the stages that lower caps after the core (the carbon plan keeps the core's
+    tier floors); None for a controller without one."""
+    inner = getattr(controller, "inner", None)
+    if inner is not None:
+        return last_decision(inner)
+    return controller.decision if isinstance(controller, RheostatController) else None
 
 
 class NoController:
@@ -145,6 +155,7 @@ class RheostatController:
         #: The scheduler's synchronous jobs (`policies.pacing.pace_ceiling`), None if unknown.
         self.sync_job = sync_job
         self.state: DecisionState | None = None
+        self.decision: Decision | None = None
         self.workspace: DecisionWorkspace | None = None
         self.site_allowed_w = float("nan")
 
@@ -169,4 +180,5 @@ class RheostatController:
             workspace=self.workspace,
         )
         self.site_allowed_w = decision.site_allowed_w
+        self.decision = decision
         return decision.cap_w, decision.sm_clock_max_mhz

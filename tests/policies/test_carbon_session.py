@@ -8,6 +8,8 @@ import pytest
 from policies.carbon import SPEED_GUARD, CarbonSettings
 from policies.carbon_session import FLOOR_STEP, CarbonSession, CarbonStage, Forecast
 from policies.fleet import FleetState
+from policies.floors import activity_floor_caps
+from policies.gpu_models import model_table
 from policies.stages import Tick, finish_caps
 from policies.topology import generate_topology
 
@@ -82,6 +84,41 @@ def test_floor_comes_down_while_the_job_runs_faster_than_its_tier_needs_there() 
     s2.ceilings(0.0)
     run_at_speed(s2, 0.5 + 1.5 * SPEED_GUARD, 0.4 * DAY_S, 0.0, 12)
     assert s2.jobs["sweep"].floor_frac == pytest.approx(start)
+
+
+def test_ceilings_keep_the_cores_tier_floors_whatever_the_job_measures() -> None:
+    """Progress counts communication, which no cap slows: a job measured fast enough can still
+    compute slower than its tier allows. The core's per-GPU tier floors bound the ceilings."""
+    activity = np.full(TOPO.n_gpus, 0.9)
+    idle = model_table("idle_w")[TOPO.gpu_model]
+    floor = activity_floor_caps(
+        idle_w=idle,
+        dynamic_w=TOPO.gpu_max_cap_w - idle,
+        activity=activity,
+        tier=np.full(TOPO.n_gpus, 3, dtype=np.int8),
+        tolerances=CarbonSettings().tolerances,
+    )
+    lowest: dict[str, float] = {}
+    for given in (None, activity):
+        s = session([500.0] * 60)
+        report(s, 0.0, 0.4 * DAY_S)
+        s.ceilings(0.0, given)
+        owed = 0.4 * DAY_S
+        ceiling = None
+        for k in range(1, 16):  # measured at 0.8: the learned floor steps down
+            owed -= 0.8 * 60.0
+            report(s, 60.0 * k, owed)
+            ceiling = s.ceilings(60.0 * k, given)
+        assert ceiling is not None
+        lowest["floors" if given is not None else "plain"] = float(
+            np.min(ceiling[ROWS] - floor[ROWS])
+        )
+        if given is not None:
+            # No wind-up below the floors: the fraction stays where a cap still moves.
+            job = s.jobs["sweep"]
+            assert job.frac >= float(np.min(floor[ROWS] / TOPO.gpu_max_cap_w[ROWS])) - 1e-12
+    assert lowest["plain"] < 0.0  # the learned floor alone goes below the core's floor
+    assert lowest["floors"] >= -1e-9
 
 
 def test_a_floor_raised_for_slowness_never_comes_down() -> None:

@@ -18,7 +18,7 @@ from policies.decision import CappingSettings, Limits, PolicySettings
 from policies.dvfs import BETA_POWER
 from policies.errors import PolicyError
 from policies.fleet import FleetState
-from policies.floors import FLOOR_ALPHA, FLOOR_KNEE, tier_floor_caps
+from policies.floors import FLOOR_ALPHA, FLOOR_KNEE, activity_floor_caps, tier_floor_caps
 from policies.gpu_models import model_table
 from policies.pipeline import decide
 from policies.plan import CappingPlan
@@ -148,6 +148,11 @@ def test_tier_floor_is_the_tolerated_speed_under_the_policy_model() -> None:
     np.testing.assert_allclose(floor[tier == 0], uncapped[tier == 0])
     np.testing.assert_allclose(demand, uncapped)  # raised to the draw the activity implies
     assert np.all(speed[~binding] >= 1.0 - TOL[tier][~binding])
+    # A stage after the core sizes the same floors from the activity alone.
+    after = activity_floor_caps(
+        idle_w=idle, dynamic_w=hi - idle, activity=activity, tier=tier, tolerances=tuple(TOL)
+    )
+    np.testing.assert_allclose(np.maximum(after, lo), floor, rtol=1e-12)
     # Requested floors raise it, never above the max cap.
     raised = tier_floor_caps(
         plan,
