@@ -55,13 +55,13 @@ class BrokerSession:
         """The leader's term that commands and the status carry; 0 without `ha`."""
         return self.ha.epoch()
 
-    def _maybe_ready(self) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by `Controller`; declared for the type checker only
 
-    async def _send_due(
-        self, *, tick_started_s: float | None = None, decided_s: float | None = None
-    ) -> tuple[int, int]:
-        raise NotImplementedError
+        def _maybe_ready(self) -> None: ...
+
+        async def _send_due(
+            self, *, tick_started_s: float | None = None, decided_s: float | None = None
+        ) -> tuple[int, int]: ...
 
     def _make_client(self) -> Client:
         rt = self.runtime

@@ -94,8 +94,9 @@ class PolicyReload:
     pool: IngestPool | None
     _state_lock: asyncio.Lock
 
-    def _label_book(self) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by `Controller`; declared for the type checker only
+
+        def _label_book(self) -> None: ...
 
     async def reload(self, path: Path | None = None) -> bool:
         """Load the policy file again; on any error the running policy stays in force."""
