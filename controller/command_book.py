@@ -6,16 +6,22 @@ expiry. Stale racks (no telemetry) are commanded like any other: a rack whose re
 may still hear its commands, and a cut the limits need must reach it (the decision never raises
 their caps). A rack never heard from since this controller started is left alone: its agent keeps
 the command of the controller before (a restart costs nothing) or its safe caps.
-Order: urgent racks first, those whose new caps cut some GPU more than the deadband below what it
-draws now (a rack over its limit, or whose new limit is below its present draw): until their
+Order: urgent racks first, those whose GPUs draw now more than the deadband over the sum of their
+new caps (a rack over its limit, or whose new limit is below its present draw): until their
 command lands, a limit is being exceeded, so they go ahead of everything else (largest overdraw
-first; the daemon also sends them on their own lane, see `controller.publisher`). Then racks whose
+first; the daemon also sends them on their own lane, see `controller.publisher`). The test is on
+the rack's sum, not on each GPU: when every rack draws within its new caps' sum, every group
+above it (rack breaker, row, site) draws within its limit too, since the caps fit every limit, so
+a cut that takes a few GPUs below their draw in a rack that is under its caps protects nothing
+yet and takes the bulk lane. A fleet-wide swing in a fleet below its caps is then no urgent burst
+to queue the commands that do protect a limit behind. Then racks whose
 caps go down, blind ones first among them, so that during the send no group briefly holds both its
 old high caps and its neighbours' new high caps; within each direction the largest moves go first,
 so when a fleet-wide shift is sent over several batches a rack whose demand just changed is not
 queued behind it. Every command carries its rack's safe caps, what the agent applies on its own
 when the command's TTL runs out.
-The per-rack test is vectorized with `np.maximum.reduceat` over the contiguous rack row ranges.
+The per-rack tests are vectorized with `np.maximum.reduceat` and `np.add.reduceat` over the
+contiguous rack row ranges.
 """
 
 from __future__ import annotations
@@ -130,12 +136,12 @@ class CommandBook:
         return out
 
     def urgent(self, decision: Decision, power_w: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Per rack, how far (W) the decision puts some GPU's cap below what it draws now.
+        """Per rack, how far (W) its GPUs' present draw exceeds the sum of their new caps.
 
         Positive beyond the deadband means the rack's command protects a limit: see `due_lanes`.
-        A GPU with no reading (NaN) never makes its rack urgent.
+        GPUs with no reading (NaN) count neither draw nor cap: they never make a rack urgent.
         """
-        return self._per_rack(np.fmax, power_w - decision.cap_w)
+        return self._per_rack(np.add, np.nan_to_num(power_w - decision.cap_w, nan=0.0))
 
     def due(
         self,
@@ -170,9 +176,9 @@ class CommandBook:
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """The due racks in two ordered lanes: (urgent, the rest).
 
-        Urgent: the new caps cut some GPU more than the deadband below its present draw
-        (`power_w`, W; None makes no rack urgent), largest cut first. The rest: lowering racks
-        first, then raising ones, each by the largest cap move.
+        Urgent: the rack's present draw (`power_w`, W per GPU; None makes no rack urgent)
+        exceeds the sum of its new caps by more than the deadband, largest excess first. The
+        rest: lowering racks first, then raising ones, each by the largest cap move.
         """
         # Three passes over the GPUs instead of one per question: max and min of the cap steps
         # (NaN, never sent, propagates: such a rack moves the most), and the clock test.

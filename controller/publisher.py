@@ -1,9 +1,9 @@
 """How the daemon's commands leave: an urgent lane ahead of everything, and a windowed bulk lane.
 
 Each tick splits the due racks in two (`CommandBook.due_lanes`):
-- urgent: racks whose new caps cut some GPU below what it draws now, so a limit is exceeded until
-  the command lands. They are built and handed to the MQTT client at once, by the tick that found
-  them, whatever else is being sent; no window holds them back.
+- urgent: racks whose GPUs draw now more than the sum of their new caps, so a limit is exceeded
+  until the command lands. They are built and handed to the MQTT client at once, by the tick
+  that found them, whatever else is being sent; no window holds them back.
 - bulk: every other due rack, in the book's order (lowering first, then the largest moves). One
   long-lived task sends them in windows of `BULK_WINDOW` commands and hands the client the next
   window only once the broker has acknowledged the last. At most one window is ever ahead of an

@@ -164,8 +164,9 @@ def test_adopting_a_fleet_makes_every_rack_due_lowering_first() -> None:
 
 
 def test_urgent_racks_go_first_by_overdraw_then_lowering_then_raising() -> None:
-    """A rack whose new caps sit below what its GPUs draw now protects a limit: it leads, however
-    small its move, and the rest keep their order (lowering first, largest move first)."""
+    """A rack whose GPUs draw now more than its new caps' sum protects a limit: it leads, however
+    small its move, and the rest keep their order (lowering first, largest move first). A GPU
+    over its new cap in a rack under its caps' sum protects nothing: no limit is exceeded."""
     topo = generate_topology(6 * 32, site="t", servers_per_rack=4)
     book = _book(topo)
     fresh = np.zeros(topo.n_racks, np.bool_)
@@ -176,9 +177,13 @@ def test_urgent_racks_go_first_by_overdraw_then_lowering_then_raising() -> None:
     moves_w = [-200.0, 100.0, -10.0, -8.0, 50.0, -20.0]
     for rack, move_w in enumerate(moves_w):
         caps[topo.rack_slice(rack)] += move_w
-    power_w[topo.rack_slice(3).start] = 520.0  # over its new cap (492) by 28 W: urgent
-    power_w[topo.rack_slice(5).start + 1] = 560.0  # over its new cap (480) by 80 W: urgent first
-    power_w[topo.rack_slice(2).start] = 493.0  # over its new cap (490) by 3 W: within the deadband
+    power_w[topo.rack_slice(3)] = 492.0  # at its new caps ...
+    power_w[topo.rack_slice(3).start] = 520.0  # ... and one GPU 28 W over: the rack is, urgent
+    power_w[topo.rack_slice(5)] = 480.0
+    power_w[topo.rack_slice(5).start + 1] = 560.0  # 80 W over its caps' sum: urgent first
+    power_w[topo.rack_slice(2)] = 490.0
+    power_w[topo.rack_slice(2).start] = 493.0  # 3 W over: within the deadband
+    power_w[topo.rack_slice(4).start] = 700.0  # 150 W over its cap, the rack far under: not urgent
     decision = decision_with_caps(caps)
     urgent, rest = book.due_lanes(decision, now_s=1.0, stale_rack=fresh, power_w=power_w)
     assert urgent.tolist() == [5, 3]
@@ -191,10 +196,10 @@ def test_urgent_racks_go_first_by_overdraw_then_lowering_then_raising() -> None:
 
 def test_a_raise_below_present_draw_is_urgent_and_a_cut_above_it_is_not() -> None:
     """Urgency is about the draw, not the direction: caps lost on the rack (drawing 700 W) get a
-    command that raises the last sent caps yet cuts the GPUs; a deep cut under which the GPUs
-    already sit protects nothing now. Missing readings (NaN) and stale racks never count as
-    urgent (a stale rack's reading is old), though a stale rack is still commanded, first among
-    the lowering racks."""
+    command that raises the last sent caps yet cuts the rack below its draw; a deep cut under
+    which the GPUs already sit protects nothing now. Missing readings (NaN) and stale racks never
+    count as urgent (a stale rack's reading is old), though a stale rack is still commanded,
+    first among the lowering racks."""
     topo = generate_topology(4 * 32, site="t", servers_per_rack=4)
     book = _book(topo)
     caps = np.full(topo.n_gpus, 300.0)
@@ -215,7 +220,7 @@ def test_a_raise_below_present_draw_is_urgent_and_a_cut_above_it_is_not() -> Non
     assert urgent.tolist() == [0]
     assert rest.tolist() == [3, 1, 2]
     np.testing.assert_array_equal(
-        book.urgent(decision_with_caps(caps), power_w)[[0, 1]], [250.0, -50.0]
+        book.urgent(decision_with_caps(caps), power_w)[[0, 1, 2]], [32 * 250.0, 32 * -50.0, 0.0]
     )
 
 
