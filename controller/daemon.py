@@ -31,6 +31,7 @@ import asyncio
 import gc
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,10 @@ from controller.tick_loop import Decider, Notifier, TickLoop
 from controller.watch import watch_file
 from controller.wire import MessageRejections
 from policies.pipeline import decide
+
+#: The interpreter's thread switch interval while the daemon runs (default 5 ms); see `run`.
+#: Measured with `rheostat bench e2e --racks 10000`: see docs/latency.md. Units: s.
+SWITCH_INTERVAL_S = 0.0005
 
 log = structlog.get_logger("rheostat.controller")
 #: Re-exported: what the daemon is given from outside, and the state it starts from.
@@ -191,6 +196,11 @@ class Controller(BrokerSession, PolicyReload, TickLoop):
         # of ms, which would land on the telemetry-to-command latency.
         gc.collect()
         gc.freeze()
+        # The decision runs in a worker thread beside the event loop. Each of its numpy calls
+        # releases the interpreter lock and must win it back; at the default 5 ms switch interval
+        # a loop busy with a command burst holds it that long each time, so a 50 ms decision over
+        # 320k GPUs stretched to 200-300 ms during bursts. A shorter interval hands it back sooner.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
             await self._run(stop)
         finally:
