@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import time
+from pathlib import Path
 
 import aiomqtt
 import numpy as np
@@ -14,11 +16,13 @@ import orjson
 import pytest
 
 from controller import wire
+from controller.config.service import TlsSection
 from controller.daemon import Controller
 from controller.ingest import ClassTable
 from controller.policy_file import parse_policy
 from controller.shard.pool import IngestPool
 from controller.shard.shared_fleet import COUNTERS, SharedFleet
+from controller.shard.worker import tls_context
 from policies.fleet import FleetState
 from tests.deploy.test_deploy_mosquitto_acl import CONTROLLER, SecuredBroker
 from tests.deploy.test_deploy_mosquitto_acl import SITE as ACL_SITE
@@ -255,3 +259,13 @@ async def test_a_worker_reads_over_tls_with_a_password(secured: SecuredBroker) -
         assert pool.counters()[0].accepted == 0
     finally:
         pool.close()
+
+
+def test_insecure_tls_skips_only_the_host_name_check(tls_files: Path) -> None:
+    """As paho's `tls_insecure_set`: the broker's certificate is still checked against the CA."""
+    ca_file = tls_files / "tls" / "ca.crt"
+    strict = tls_context(TlsSection(ca_file=ca_file))
+    lax = tls_context(TlsSection(ca_file=ca_file, insecure=True))
+    assert strict.check_hostname
+    assert not lax.check_hostname
+    assert strict.verify_mode == lax.verify_mode == ssl.CERT_REQUIRED
