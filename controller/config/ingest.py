@@ -25,7 +25,7 @@ class IngestSection(Section):
     """The MQTT 5 shared-subscription group the workers join."""
     protocol: Literal["5", "3.1.1"] = "3.1.1"
     """MQTT version of the workers' connections. 3.1.1 by default: the workers need no MQTT 5
-    property, Mosquitto 2 and EMQX serve `$share/...` subscriptions to 3.1.1 clients too, and
-    paho builds no properties object per message, which is a large share of a worker's
-    per-message cost. "5" where a broker accepts shared subscriptions only from MQTT 5 clients.
+    property, Mosquitto 2 and EMQX serve `$share/...` subscriptions to 3.1.1 clients too, and a
+    3.1.1 PUBLISH carries no properties block to parse. "5" where a broker accepts shared
+    subscriptions only from MQTT 5 clients.
     """

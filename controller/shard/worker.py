@@ -1,41 +1,39 @@
-"""One ingest worker process: a plain paho-mqtt client on the site's shared subscription.
+"""One ingest worker process: a gmqtt client on the site's shared subscription.
 
 It validates each telemetry message with the daemon's own `Ingest` and writes it into the fleet
-arrays in shared memory, straight from paho's `on_message`; its counters go to its row of the
-shared counter table after every burst. No event loop: the process has one socket and one job,
-so it drives paho through paho's documented external-loop calls (`socket()`, `loop_read()`,
-`loop_write()`, `loop_misc()`) with `select`, reading every complete packet a wake-up finds.
+arrays in shared memory, straight from the client's message callback; its counters go to its row
+of the shared counter table after every burst. The client is gmqtt (an asyncio `Protocol`): it
+splits every complete packet out of one socket read of up to 64 KiB, where paho reads one packet
+per call with four `recv` calls, which made the client most of a worker's cost per message
+besides validation (docs/benchmarks.md has the figures). Each connection runs in an event loop of
+its own (`asyncio.run`), so whatever the client leaves behind when the connection ends (its own
+reconnection attempt among it) ends with that loop, and the worker reconnects on its own backoff.
 It keeps no state of its own worth saving, so the pool restarts a dead one as it is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
-import select
-import socket
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import gmqtt
 import numpy as np
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 
 from controller import wire
+from controller.config.service import TlsSection
 from controller.ingest import ClassTable, Ingest
 from controller.policy_file import Policy
 from controller.shard.shared_fleet import SharedFleet
 from policies.errors import TelemetryError
 
-#: Packets read per socket wake-up before counters are published and keepalive is served.
-READ_BURST = 256
 #: Longest wait between reconnection attempts; well below any command TTL. Units: s.
 MAX_BACKOFF_S = 5.0
-#: How long one `select` waits when nothing arrives (keepalive is served at least this often).
-IDLE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,6 +81,16 @@ def main(spec: WorkerSpec) -> None:
     Worker(spec, ingest, shared.counters[spec.index]).serve_forever()
 
 
+def tls_context(tls: TlsSection) -> ssl.SSLContext:
+    """The broker's certificate checked as paho's `tls_set` checks it; `insecure` skips only the
+    host name check, as paho's `tls_insecure_set` does."""
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    context.check_hostname = not tls.insecure
+    return context
+
+
 class Worker:
     """The connection loop of one worker."""
 
@@ -90,89 +98,68 @@ class Worker:
         self.spec = spec
         self.ingest = ingest
         self.row = row
-        self.client = self._client()
+        self._publish_due = False
+        mq = spec.policy.config.mqtt
+        self._tls = tls_context(mq.tls) if mq.tls is not None else None
 
-    def _client(self) -> mqtt.Client:
+    def _client(self, lost: asyncio.Event) -> Any:
         mq = self.spec.policy.config.mqtt
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{mq.client_id}-ingest-{self.spec.index}",
-            protocol=mqtt.MQTTv5
-            if self.spec.policy.config.ingest.protocol == "5"
-            else mqtt.MQTTv311,
-        )
+        client = gmqtt.Client(f"{mq.client_id}-ingest-{self.spec.index}", clean_session=True)
         if mq.username is not None:
-            client.username_pw_set(mq.username, self.spec.password)
-        if mq.tls is not None:
-            client.tls_set(
-                ca_certs=str(mq.tls.ca_file) if mq.tls.ca_file else None,
-                certfile=str(mq.tls.cert_file) if mq.tls.cert_file else None,
-                keyfile=str(mq.tls.key_file) if mq.tls.key_file else None,
-            )
-            client.tls_insecure_set(mq.tls.insecure)
-        client.on_message = self._on_message
+            client.set_auth_credentials(mq.username, self.spec.password)
         client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = lambda *_: lost.set()
         return client
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        del client, userdata
-        payload = message.payload
-        self.ingest.handle(message.topic, payload if isinstance(payload, bytes) else bytes(payload))
+    def _on_message(
+        self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
+    ) -> int:
+        del client, qos, properties
+        self.ingest.handle(topic, payload)
+        if not self._publish_due:
+            # The client hands over every packet of one socket read before the event loop runs
+            # anything else: the counters are published once per read, after its last packet.
+            self._publish_due = True
+            asyncio.get_running_loop().call_soon(self._publish)
+        return 0
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: Any,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        del userdata, flags, properties
-        if not reason.is_failure:
-            topic = shared_filter(self.spec.group, self.spec.policy.site)
-            client.subscribe(topic, qos=0)
-            self.row[-1] = 1
+    def _on_connect(self, client: Any, flags: Any, result: int, properties: Any) -> None:
+        del flags, result, properties  # called on an accepted connection only
+        client.subscribe(shared_filter(self.spec.group, self.spec.policy.site), qos=0)
+        self.row[-1] = 1
+
+    async def _session(self) -> None:
+        """Connect, subscribe, and serve until the connection is lost; raises if it never
+        connects. asyncio sets TCP_NODELAY on the connection's socket; the client sends the
+        keepalive pings and drops a connection silent for twice the keepalive."""
+        mq = self.spec.policy.config.mqtt
+        lost = asyncio.Event()
+        client = self._client(lost)
+        async with asyncio.timeout(mq.timeout_s):
+            await client.connect(
+                mq.host,
+                mq.port,
+                ssl=self._tls if self._tls is not None else False,
+                keepalive=mq.keepalive_s,
+                version=MQTTv50 if self.spec.policy.config.ingest.protocol == "5" else MQTTv311,
+            )
+        await lost.wait()
 
     def serve_forever(self) -> None:
         attempt = 0
-        mq = self.spec.policy.config.mqtt
         while True:
             try:
-                self.client.connect(mq.host, mq.port, keepalive=mq.keepalive_s)
-                sock = self.client.socket()
-                if isinstance(sock, socket.socket):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                attempt = 0
-                self._pump()
-            except (OSError, mqtt.WebsocketConnectionError):
+                asyncio.run(self._session())
+                attempt = 0  # it was connected: the next attempt starts the backoff afresh
+            except (OSError, TimeoutError, gmqtt.MQTTConnectError):
                 pass
             self.row[-1] = 0
             attempt += 1
             time.sleep(random.uniform(0, min(MAX_BACKOFF_S, 0.2 * 2**attempt)))
 
-    def _pump(self) -> None:
-        """Read, write and keep alive until the connection is lost."""
-        client = self.client
-        while True:
-            sock = client.socket()
-            if sock is None:
-                return
-            writable = [sock] if client.want_write() else []
-            readable, can_write, _ = select.select([sock], writable, [], IDLE_S)
-            if readable:
-                for _ in range(READ_BURST):
-                    before = self.ingest.counters.messages
-                    if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        return
-                    if self.ingest.counters.messages == before:
-                        break  # nothing complete left (or a control packet): wait for more
-                self._publish()
-            if can_write and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return
-            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return
-
     def _publish(self) -> None:
+        self._publish_due = False
         counters, row = self.ingest.counters, self.row
         row[0], row[1] = counters.messages, counters.accepted
         row[3:-1] = [counters.rejected[r] for r in TelemetryError.REASONS]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import time
+from pathlib import Path
 
 import aiomqtt
 import numpy as np
@@ -14,12 +16,18 @@ import orjson
 import pytest
 
 from controller import wire
+from controller.config.service import TlsSection
 from controller.daemon import Controller
 from controller.ingest import ClassTable
 from controller.policy_file import parse_policy
 from controller.shard.pool import IngestPool
 from controller.shard.shared_fleet import COUNTERS, SharedFleet
+from controller.shard.worker import tls_context
 from policies.fleet import FleetState
+from tests.deploy.test_deploy_mosquitto_acl import CONTROLLER, SecuredBroker
+from tests.deploy.test_deploy_mosquitto_acl import SITE as ACL_SITE
+from tests.deploy.test_deploy_mosquitto_acl import secured as secured  # noqa: PLC0414 - fixture
+from tests.deploy.test_deploy_mosquitto_acl import tls_files as tls_files  # noqa: PLC0414
 from tests.integration.harness import agents_running, policy_for, running, wait_until
 from tests.integration.test_ctl_daemon import SITE, small_cluster
 from tests.services import Mosquitto
@@ -188,3 +196,76 @@ def test_ingest_benchmark_reports_each_worker_count_and_the_plain_loop() -> None
         assert row["written"] == 400  # every message validated and written, none conflated
         assert row["gpu_readings_per_s"] == row["msgs_per_s"] * 8 or row["msgs_per_s"] > 0
     assert rows[2]["vs_1_worker"] is not None
+
+
+async def test_a_worker_comes_back_after_the_broker_restarts(mosquitto: Mosquitto) -> None:
+    """The connection drops with the broker; the worker reconnects on its own backoff and
+    subscribes again (the restarted broker kept no session)."""
+    policy = parse_policy(_policy(mosquitto.port, workers=1), source="t")
+    pool = IngestPool(
+        policy, initial=FleetState.empty(policy.topology), classes=("training",), password=None
+    )
+    rack = policy.topology.racks.ids[0]
+    try:
+        pool.start()
+        async with asyncio.timeout(30):
+            while pool.subscribed() < 1:
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(mosquitto.restart)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="pub") as pub:
+            async with asyncio.timeout(30):
+                seq = 0
+                while pool.fleet.rack_seq[0] < 1:
+                    seq += 1
+                    await pub.publish(wire.telemetry_topic(SITE, rack), _telemetry(rack, seq))
+                    await asyncio.sleep(0.1)
+        assert pool.subscribed() == 1
+        assert pool.restarts == 0  # the same process reconnected; the pool did not restart it
+    finally:
+        pool.close()
+
+
+async def test_a_worker_reads_over_tls_with_a_password(secured: SecuredBroker) -> None:
+    """The shipped broker config: TLS listener, password file, ACL (the controller's user may
+    read telemetry through a shared subscription)."""
+    text = (
+        f"site: {{name: {ACL_SITE}, topology: {{generate: {{gpus: 64, a100_share: 0}}}}}}\n"
+        f"mqtt: {{port: {secured.tls_port}, username: {CONTROLLER}, client_id: {CONTROLLER},\n"
+        f"       tls: {{ca_file: {secured.ca_file}}}}}\n"
+        "ingest: {workers: 1}\n"
+    )
+    policy = parse_policy(text, source="t")
+    pool = IngestPool(
+        policy,
+        initial=FleetState.empty(policy.topology),
+        classes=("training",),
+        password=secured.passwords[CONTROLLER],
+    )
+    try:
+        pool.start()
+        async with asyncio.timeout(30):
+            while pool.subscribed() < 1:
+                await asyncio.sleep(0.05)
+        # Rack r001 may publish only its own telemetry; it is no rack of this generated fleet, so
+        # the worker receives it and rejects it as an unknown rack.
+        async with secured.client("r001", tls=True) as rack:
+            async with asyncio.timeout(30):
+                seq = 0
+                while pool.counters()[0].rejected["unknown_rack"] < 1:
+                    seq += 1
+                    payload = _telemetry("r001", seq)
+                    await rack.publish(wire.telemetry_topic(ACL_SITE, "r001"), payload)
+                    await asyncio.sleep(0.1)
+        assert pool.counters()[0].accepted == 0
+    finally:
+        pool.close()
+
+
+def test_insecure_tls_skips_only_the_host_name_check(tls_files: Path) -> None:
+    """As paho's `tls_insecure_set`: the broker's certificate is still checked against the CA."""
+    ca_file = tls_files / "tls" / "ca.crt"
+    strict = tls_context(TlsSection(ca_file=ca_file))
+    lax = tls_context(TlsSection(ca_file=ca_file, insecure=True))
+    assert strict.check_hostname
+    assert not lax.check_hostname
+    assert strict.verify_mode == lax.verify_mode == ssl.CERT_REQUIRED
