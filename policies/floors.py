@@ -6,6 +6,8 @@ cut takes from the tolerant tiers' slack before it slows anyone past their toler
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -34,6 +36,7 @@ def tier_floor_caps(
     tier: NDArray[np.int8],
     tolerances: tuple[float, ...],
     requested_w: FloatArray | None = None,
+    held: FloorHold | None = None,
     workspace: DecisionWorkspace | None = None,
 ) -> FloatArray:
     """Per GPU, the cap that keeps it within its Flex tier's tolerated slowdown. Units: W.
@@ -53,8 +56,11 @@ def tier_floor_caps(
 
     `activity` is the peak-held SM activity (a communication dip is no lower floor);
     `requested_w` (the demand-response floors of `Limits.gpu_floor_w`) raises the floor where
-    higher. Results stay within [floor, max] (a stale GPU, floor = max = its kept cap, keeps
-    it). The floors go into the workspace's `tier_floor` (a fresh workspace when None).
+    higher. `held` (see `FloorHold`) sizes a synchronous job's floors for the larger of U and
+    the U held from earlier ticks, and receives the U held this tick; where that raises a
+    floor above the demand, the demand is raised to it, so the fill keeps floor <= demand.
+    Results stay within [floor, max] (a stale GPU, floor = max = its kept cap, keeps it). The
+    floors go into the workspace's `tier_floor` (a fresh workspace when None).
     """
     ws = DecisionWorkspace(plan.topology.n_gpus) if workspace is None else workspace
     keep, rest = _tier_keep(plan, ws, tier, tuple(tolerances))
@@ -62,13 +68,54 @@ def tier_floor_caps(
     np.add(draw, plan.idle_w, out=draw)
     np.maximum(demand_w, draw, out=demand_w)
     np.minimum(demand_w, max_w, out=demand_w)
-    out = np.multiply(demand_w, keep, out=ws.tier_floor)
+    basis = demand_w if held is None else held.hold(demand_w, max_w)
+    out = np.multiply(basis, keep, out=ws.tier_floor)
     np.add(out, rest, out=out)  # idle (1 - k) + U k = idle + (U - idle) k <= U, as k <= 1
     if requested_w is not None:
         np.maximum(out, requested_w, out=out)
-        np.minimum(out, demand_w, out=out)
+        np.minimum(out, basis, out=out)
     np.maximum(out, floor_w, out=out)
+    if held is not None:
+        np.maximum(demand_w, out, out=demand_w)
     return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FloorHold:
+    """The uncapped draw a synchronous job's floors are sized for, held through quiet phases.
+
+    A training job's checkpoint (a minute or more at a tenth of its compute draw) outlasts the
+    demand and activity holds: its floor falls with its draw, the fill hands the power to
+    others, and when compute resumes the job runs below its floor until the controller has seen
+    it (the telemetry delay) and its caps are back (the actuation lag). Held here, members of a
+    synchronous job keep the floor of their compute phase: U held rises at once and falls
+    towards the present U with time constant `CappingSettings.floor_hold_s`. GPUs in no job
+    (services, idle GPUs) and GPUs that left their job follow their present U.
+    """
+
+    #: Previous tick's held U per GPU (W), or None (cold: nothing held yet).
+    previous_w: FloatArray | None
+    #: Per GPU, whether it is a member of a synchronous job.
+    member: NDArray[np.bool_]
+    #: Share of the excess over the present U kept after this tick: exp(-dt / hold).
+    keep: float
+    #: Where this tick's held U goes: the next tick's `previous_w`.
+    out: FloatArray
+
+    def hold(self, present_w: FloatArray, max_w: FloatArray) -> FloatArray:
+        """This tick's held U: the present U, raised on members towards the previous one. W."""
+        held = self.out
+        previous = self.previous_w
+        if previous is None or previous.shape != present_w.shape:
+            np.copyto(held, present_w)
+            return held
+        np.subtract(previous, present_w, out=held)
+        np.maximum(held, 0.0, out=held)
+        held *= self.keep
+        held *= self.member
+        held += present_w
+        np.minimum(held, max_w, out=held)  # a stale GPU's max is its kept cap
+        return held
 
 
 def _tier_keep(

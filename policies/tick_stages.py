@@ -21,7 +21,7 @@ from policies.demand import estimate_demand, hold_demand
 from policies.dvfs import clock_targets
 from policies.errors import PolicyError
 from policies.fleet import FleetState
-from policies.floors import tier_floor_caps
+from policies.floors import FloorHold, tier_floor_caps
 from policies.lending import lend_step
 from policies.pacing import pace_ceiling
 from policies.plan import CappingPlan
@@ -57,6 +57,8 @@ class CoreTick:
     clock_out: FloatArray | None
     #: Where lending writes its caps (warm, with lending on).
     lend_out: FloatArray | None
+    #: Where the held floor basis goes (warm, with synchronous jobs and a floor hold).
+    floor_basis_out: FloatArray | None
 
 
 def start(  # noqa: PLR0917 - decide's inputs, checked once
@@ -68,6 +70,8 @@ def start(  # noqa: PLR0917 - decide's inputs, checked once
     now_s: float,
     stale_rack: NDArray[np.bool_] | None,
     workspace: DecisionWorkspace | None,
+    *,
+    hold_floors: bool = False,
 ) -> CoreTick:
     """Check the inputs, find (or build) the plan, and lay out the outputs' memory."""
     plan = state.plan if state is not None and state.plan is not None else None
@@ -81,9 +85,12 @@ def start(  # noqa: PLR0917 - decide's inputs, checked once
         raise PolicyError(f"fleet has {fleet.power_w.shape[0]} GPUs, topology {n}")
     if state is not None and state.cap_w.shape != (n,):
         state = None  # the topology changed under us: start cold rather than misalign caps
-    rows = 5 if settings.capping.lend.enabled else 4
-    fresh: list[FloatArray | None] = [None] * 5 if state is None else list(np.empty((rows, n)))
-    if len(fresh) < 5:
+    lend = settings.capping.lend.enabled
+    rows = 4 + lend + hold_floors
+    fresh: list[FloatArray | None] = [None] * 6 if state is None else list(np.empty((rows, n)))
+    if state is not None and not lend:
+        fresh.insert(4, None)
+    if len(fresh) < 6:
         fresh.append(None)
     return CoreTick(
         plan=plan,
@@ -99,6 +106,7 @@ def start(  # noqa: PLR0917 - decide's inputs, checked once
         held_activity_out=fresh[2],
         clock_out=fresh[3],
         lend_out=fresh[4],
+        floor_basis_out=fresh[5],
     )
 
 
@@ -222,12 +230,14 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
     usable_w: tuple[FloatArray, ...],
     limits: Limits,
     sync_job: NDArray[np.int32] | None,
-) -> Allocation:
-    """Tier floors, the water-fill, and the fill again if a synchronous job is held back.
+) -> tuple[Allocation, FloatArray | None]:
+    """Tier floors, the water-fill, and the fill again if a synchronous job is held back; and
+    the floor basis held for the next tick (None without synchronous jobs or a floor hold).
 
     The tier floors raise `bounds.demand_w` in place (see `tier_floor_caps`).
     """
     plan, ws = tick.plan, tick.workspace
+    held = _floor_hold(tick, sync_job)
     tier_floor = tier_floor_caps(
         plan,
         demand_w=bounds.demand_w,
@@ -237,8 +247,10 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         tier=tick.tiers,
         tolerances=tick.settings.capping.flex_tolerances,
         requested_w=limits.gpu_floor_w,
+        held=held,
         workspace=ws,
     )
+    basis = None if held is None else held.out
     # Warm, smoothing makes the fresh caps, so the fill's own can live in the workspace.
     out = None if tick.state is None else ws.target_cap
     alloc = allocate(
@@ -253,10 +265,10 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         workspace=ws,
     )
     if sync_job is None:
-        return alloc
+        return alloc, basis
     ceiling = pace_ceiling(plan, alloc.cap_w, sync_job, activity.held)
     if ceiling is None:
-        return alloc
+        return alloc, basis
     if tick.stale_gpu is not None:
         ceiling[tick.stale_gpu] = np.inf  # a blind GPU's pace is unknown: it is not held
     paced = _paced(ceiling, bounds, tier_floor)
@@ -270,6 +282,23 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         tier_floor_w=tier_floor,
         out=out,
         workspace=ws,
+    ), basis
+
+
+def _floor_hold(tick: CoreTick, sync_job: NDArray[np.int32] | None) -> FloorHold | None:
+    """The floor hold for a synchronous job's members (`policies.floors.FloorHold`), or None
+    where there is nothing to hold: no synchronous jobs, or the hold off."""
+    hold_s = tick.settings.capping.floor_hold_s
+    if sync_job is None or hold_s <= 0.0:
+        return None
+    if sync_job.shape != tick.tiers.shape:
+        raise PolicyError(f"sync_job must have shape ({tick.tiers.size},)")
+    state = tick.state
+    return FloorHold(
+        previous_w=None if state is None else state.floor_basis_w,
+        member=sync_job >= 0,
+        keep=float(np.exp(-tick.dt_s / hold_s)),
+        out=np.empty(sync_job.shape) if tick.floor_basis_out is None else tick.floor_basis_out,
     )
 
 
