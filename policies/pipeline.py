@@ -51,23 +51,14 @@ def decide(
     them. `workspace` is the caller's working memory for a fleet of this size, reused from tick
     to tick (see `policies.workspace`). The per-GPU arrays returned are read-only.
     """
-    hold_floors = sync_job is not None and settings.capping.floor_hold_s > 0.0
-    tick = stage.start(
-        topology,
-        fleet,
-        tier,
-        settings,
-        state,
-        now_s,
-        stale_rack,
-        workspace,
-        hold_floors=hold_floors,
-    )
-    demand = stage.demand(tick, fleet)
+    tick = stage.start(topology, fleet, tier, settings, state, now_s, stale_rack, workspace)
+    demand, raw_demand = stage.demand(tick, fleet)
     activity = stage.activity(tick, fleet)
     site_allowed, usable_w = stage.site(tick, limits)
     bounds = stage.bounds(tick, demand, usable_w)
-    alloc, floor_basis = stage.fill(tick, bounds, activity, usable_w, limits, sync_job)
+    alloc, floor_basis = stage.fill(
+        tick, fleet, raw_demand, bounds, activity, usable_w, limits, sync_job
+    )
     cap, budget = stage.smooth(tick, alloc, bounds.floor_w, usable_w)
     # The caps above fit every limit; lending moves them within the worst-case bounds of
     # `policies.lending` before they are issued.
@@ -76,8 +67,7 @@ def decide(
     util_held = activity.held if activity.held is not activity.util else activity.util.copy()
     for array in (cap, clock, bounds.demand_w, util_held):
         array.setflags(write=False)
-    if floor_basis is not None:
-        floor_basis.setflags(write=False)
+    floor_basis.setflags(write=False)
     decision = Decision(
         cap_w=cap,
         sm_clock_max_mhz=clock,

@@ -57,7 +57,7 @@ class CoreTick:
     clock_out: FloatArray | None
     #: Where lending writes its caps (warm, with lending on).
     lend_out: FloatArray | None
-    #: Where the held floor basis goes (warm, with synchronous jobs and a floor hold).
+    #: Where the held floor basis goes (warm).
     floor_basis_out: FloatArray | None
 
 
@@ -70,8 +70,6 @@ def start(  # noqa: PLR0917 - decide's inputs, checked once
     now_s: float,
     stale_rack: NDArray[np.bool_] | None,
     workspace: DecisionWorkspace | None,
-    *,
-    hold_floors: bool = False,
 ) -> CoreTick:
     """Check the inputs, find (or build) the plan, and lay out the outputs' memory."""
     plan = state.plan if state is not None and state.plan is not None else None
@@ -86,12 +84,10 @@ def start(  # noqa: PLR0917 - decide's inputs, checked once
     if state is not None and state.cap_w.shape != (n,):
         state = None  # the topology changed under us: start cold rather than misalign caps
     lend = settings.capping.lend.enabled
-    rows = 4 + lend + hold_floors
-    fresh: list[FloatArray | None] = [None] * 6 if state is None else list(np.empty((rows, n)))
-    if state is not None and not lend:
-        fresh.insert(4, None)
-    if len(fresh) < 6:
-        fresh.append(None)
+    # Rows: held demand, caps, held activity, clocks, floor basis, and lent caps with lending.
+    fresh: list[FloatArray | None] = [None] * 6
+    if state is not None:
+        fresh[: 5 + lend] = list(np.empty((5 + lend, n)))
     return CoreTick(
         plan=plan,
         workspace=ws,
@@ -105,13 +101,14 @@ def start(  # noqa: PLR0917 - decide's inputs, checked once
         cap_out=fresh[1],
         held_activity_out=fresh[2],
         clock_out=fresh[3],
-        lend_out=fresh[4],
-        floor_basis_out=fresh[5],
+        floor_basis_out=fresh[4],
+        lend_out=fresh[5],
     )
 
 
-def demand(tick: CoreTick, fleet: FleetState) -> FloatArray:
-    """The demand estimate, peak-held when warm."""
+def demand(tick: CoreTick, fleet: FleetState) -> tuple[FloatArray, FloatArray]:
+    """The demand estimate, peak-held when warm; and the estimate before the hold (the same
+    array when nothing was held), which the tier floors hold in their own way."""
     plan, state, settings = tick.plan, tick.state, tick.settings
     topology = plan.topology
     held_demand = None if state is None else state.demand_w
@@ -134,14 +131,15 @@ def demand(tick: CoreTick, fleet: FleetState) -> FloatArray:
         workspace=tick.workspace,
     )
     if not holding:
-        return demand
-    return hold_demand(
+        return demand, demand
+    held = hold_demand(
         demand,
         held_demand,
         dt_s=tick.dt_s,
         hold_s=settings.capping.demand_hold_s,
         out=tick.held_demand_out,
     )
+    return held, demand
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,18 +223,21 @@ def bounds(tick: CoreTick, demand: FloatArray, usable_w: tuple[FloatArray, ...])
 
 def fill(  # noqa: PLR0917 - one stage of `decide`, called once
     tick: CoreTick,
+    fleet: FleetState,
+    raw_demand: FloatArray,
     bounds: Bounds,
     activity: Activity,
     usable_w: tuple[FloatArray, ...],
     limits: Limits,
     sync_job: NDArray[np.int32] | None,
-) -> tuple[Allocation, FloatArray | None]:
+) -> tuple[Allocation, FloatArray]:
     """Tier floors, the water-fill, and the fill again if a synchronous job is held back; and
-    the floor basis held for the next tick (None without synchronous jobs or a floor hold).
+    the draw the floors were sized for, held for the next tick.
 
     The tier floors raise `bounds.demand_w` in place (see `tier_floor_caps`).
     """
     plan, ws = tick.plan, tick.workspace
+    capping = tick.settings.capping
     held = _floor_hold(tick, sync_job)
     tier_floor = tier_floor_caps(
         plan,
@@ -248,9 +249,13 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         tolerances=tick.settings.capping.flex_tolerances,
         requested_w=limits.gpu_floor_w,
         held=held,
+        headroom=(capping.demand_headroom_frac, capping.demand_headroom_min_w),
+        # Drawing under the caps, so the demand's headroom pads a known draw.
+        padded=np.less(fleet.power_w, fleet.cap_w * capping.pinned_frac),
+        raw_w=raw_demand,
         workspace=ws,
     )
-    basis = None if held is None else held.out
+    basis = held.out
     # Warm, smoothing makes the fresh caps, so the fill's own can live in the workspace.
     out = None if tick.state is None else ws.target_cap
     alloc = allocate(
@@ -285,21 +290,26 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
     ), basis
 
 
-def _floor_hold(tick: CoreTick, sync_job: NDArray[np.int32] | None) -> FloorHold | None:
-    """The floor hold for a synchronous job's members (`policies.floors.FloorHold`), or None
-    where there is nothing to hold: no synchronous jobs, or the hold off."""
-    hold_s = tick.settings.capping.floor_hold_s
-    if sync_job is None or hold_s <= 0.0:
-        return None
-    if sync_job.shape != tick.tiers.shape:
-        raise PolicyError(f"sync_job must have shape ({tick.tiers.size},)")
+def _floor_hold(tick: CoreTick, sync_job: NDArray[np.int32] | None) -> FloorHold:
+    """The hold of the draw the tier floors are sized for (`policies.floors.FloorHold`): the
+    demand's time constant, and `CappingSettings.floor_hold_s` on a synchronous job's GPUs."""
+    capping, n = tick.settings.capping, tick.tiers.size
+    keep = _keep(tick.dt_s, capping.demand_hold_s)
+    if sync_job is not None and capping.floor_hold_s > 0.0:
+        if sync_job.shape != (n,):
+            raise PolicyError(f"sync_job must have shape ({n},)")
+        keep = np.where(sync_job >= 0, _keep(tick.dt_s, capping.floor_hold_s), keep)
     state = tick.state
     return FloorHold(
         previous_w=None if state is None else state.floor_basis_w,
-        member=sync_job >= 0,
-        keep=float(np.exp(-tick.dt_s / hold_s)),
-        out=np.empty(sync_job.shape) if tick.floor_basis_out is None else tick.floor_basis_out,
+        keep=keep,
+        out=np.empty(n) if tick.floor_basis_out is None else tick.floor_basis_out,
     )
+
+
+def _keep(dt_s: float, hold_s: float) -> float:
+    """Share of a held excess left after `dt_s` under time constant `hold_s` (0: none held)."""
+    return float(np.exp(-dt_s / hold_s)) if hold_s > 0.0 else 0.0
 
 
 def _paced(ceiling: FloatArray, bounds: Bounds, tier_floor: FloatArray) -> Bounds:
@@ -336,6 +346,7 @@ def smooth(
         settings=tick.settings.capping,
         usable_w=usable_w,
         target_used_w=alloc.used_w,
+        tier_floor_w=tick.workspace.tier_floor,
         out=tick.cap_out,
         workspace=tick.workspace,
     )
