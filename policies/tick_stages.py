@@ -294,7 +294,7 @@ def _floor_hold(tick: CoreTick, sync_job: NDArray[np.int32] | None) -> FloorHold
     """The hold of the draw the tier floors are sized for (`policies.floors.FloorHold`): the
     demand's time constant, and `CappingSettings.floor_hold_s` on a synchronous job's GPUs."""
     capping, n = tick.settings.capping, tick.tiers.size
-    keep = _keep(tick.dt_s, capping.demand_hold_s)
+    keep: FloatArray | float = _keep(tick.dt_s, capping.demand_hold_s)
     if sync_job is not None and capping.floor_hold_s > 0.0:
         if sync_job.shape != (n,):
             raise PolicyError(f"sync_job must have shape ({n},)")
