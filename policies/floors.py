@@ -38,7 +38,7 @@ def tier_floor_caps(
     requested_w: FloatArray | None = None,
     held: FloorHold | None = None,
     headroom: tuple[float, float] = (0.0, 0.0),
-    padded: NDArray[np.bool_] | None = None,
+    held_back: NDArray[np.bool_] | None = None,
     raw_w: FloatArray | None = None,
     workspace: DecisionWorkspace | None = None,
 ) -> FloatArray:
@@ -59,8 +59,9 @@ def tier_floor_caps(
 
     The demand estimate carries headroom over the held draw (`headroom`: the fraction and the
     least watts of `CappingSettings.demand_headroom_frac` and `demand_headroom_min_w`), so a
-    capped GPU's rising demand shows. On the GPUs `padded` marks (drawing under their caps,
-    so their draw is what they want) U leaves it out: floors from it would reserve, before any
+    capped GPU's rising demand shows. On GPUs drawing under their caps (all but those
+    `held_back` marks: pinned at a cap or a clock ceiling; None: all) U leaves it out, their
+    draw being what they want: floors from it would reserve, before any
     lower tier's floor, power no GPU draws (a tenth of Flex 0's draw, whose floor is its whole
     U), and the tier phases still grant the headroom in tier order. A GPU held back by its cap
     keeps it: what it would draw uncapped is unknown and above its cap, and the headroom is how
@@ -85,11 +86,17 @@ def tier_floor_caps(
     # below), or the modelled draw where higher (a GPU held at a low cap draws its cap).
     raw = demand_w if raw_w is None else raw_w
     present = ws.floor_basis
-    np.copyto(present, raw)
-    if padded is not None:
+    if held_back is None:
+        np.copyto(present, raw)
+    else:
         frac, least = headroom
-        stripped = np.minimum(raw / (1.0 + frac), raw - least)
-        np.copyto(present, stripped, where=padded & (raw < max_w))
+        np.divide(raw, 1.0 + frac, out=present)
+        np.minimum(present, np.subtract(raw, least, out=ws.floor_scratch), out=present)
+        # The raw estimate where held back, or where it was clipped at the max cap (the draw
+        # under it is unknown).
+        keep_raw = np.greater_equal(raw, max_w, out=ws.floor_mask)
+        np.logical_or(keep_raw, held_back, out=keep_raw)
+        np.copyto(present, raw, where=keep_raw)
     np.maximum(present, draw, out=present)
     np.minimum(present, max_w, out=present)
     np.maximum(demand_w, draw, out=demand_w)

@@ -56,9 +56,7 @@ def decide(
     activity = stage.activity(tick, fleet)
     site_allowed, usable_w = stage.site(tick, limits)
     bounds = stage.bounds(tick, demand, usable_w)
-    alloc, floor_basis = stage.fill(
-        tick, fleet, raw_demand, bounds, activity, usable_w, limits, sync_job
-    )
+    alloc, floor_basis = stage.fill(tick, raw_demand, bounds, activity, usable_w, limits, sync_job)
     cap, budget = stage.smooth(tick, alloc, bounds.floor_w, usable_w)
     # The caps above fit every limit; lending moves them within the worst-case bounds of
     # `policies.lending` before they are issued.

@@ -67,11 +67,15 @@ def smooth(
     small = np.less(change, settings.deadband_w, out=buffers.small)
     np.logical_and(kept_cut, small, out=kept_cut)
     if tier_floor_w is not None:
-        # previous < floor (1 - frac) <= target: short of a floor the fill keeps. |change| is
+        # previous < floor (1 - frac) <= target: short of a floor the fill keeps, found as
+        # min(floor (1 - frac) - previous, target - floor (1 - frac) + eps) > 0. |change| is
         # dead once `small` is made, so its buffer holds the threshold.
         short_of = np.multiply(tier_floor_w, 1.0 - FLOOR_SHORT_FRAC, out=change)
-        short = np.less(previous, short_of, out=buffers.short)
-        np.logical_and(short, np.greater_equal(target_w, short_of), out=short)
+        gap = np.subtract(target_w, short_of, out=buffers.gap)
+        gap += REL_TOL
+        np.subtract(short_of, previous, out=short_of)
+        np.minimum(short_of, gap, out=short_of)
+        short = np.greater(short_of, 0.0, out=buffers.short)
         np.logical_and(small, np.logical_not(short, out=short), out=small)
     # previous where small, else cap. Both are finite, so multiplying by the mask and its
     # complement and adding selects exactly; np.where is several times slower on a mask this

@@ -223,7 +223,6 @@ def bounds(tick: CoreTick, demand: FloatArray, usable_w: tuple[FloatArray, ...])
 
 def fill(  # noqa: PLR0917 - one stage of `decide`, called once
     tick: CoreTick,
-    fleet: FleetState,
     raw_demand: FloatArray,
     bounds: Bounds,
     activity: Activity,
@@ -250,8 +249,8 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         requested_w=limits.gpu_floor_w,
         held=held,
         headroom=(capping.demand_headroom_frac, capping.demand_headroom_min_w),
-        # Drawing under the caps, so the demand's headroom pads a known draw.
-        padded=np.less(fleet.power_w, fleet.cap_w * capping.pinned_frac),
+        # Held back by a cap or a clock ceiling: the demand stage's verdict, still in its buffer.
+        held_back=ws.demand.pinned,
         raw_w=raw_demand,
         workspace=ws,
     )
