@@ -70,6 +70,13 @@ class CappingSettings:
     #: power model puts its speed at (1 - tolerance) of its uncapped speed, Flex 0 first, and only
     #: then shares the rest in strict tier order. All zeros is plain strict tiers.
     flex_tolerances: tuple[float, float, float, float] = DEFAULT_FLEX_TOLERANCES
+    #: Time constant of the uncapped draw a synchronous job's tier floors are sized for: it rises
+    #: at once and falls no faster than this, so a quiet phase (an all-reduce, a checkpoint of a
+    #: minute or more) keeps the floor of the compute that follows it. Sized from the held
+    #: demand (seconds), the floor would be gone when compute resumes, and the job would run
+    #: below it for the telemetry delay and the actuation lag, while whoever took the power
+    #: gives it back. Services (no synchronous job) follow their draw. 0 disables it. Units: s.
+    floor_hold_s: float = 1800.0
     #: Headroom lending: power GPUs are allowed but do not draw, lent to capped ones (opt-in).
     lend: LendSettings = LendSettings()
 
@@ -161,6 +168,9 @@ class DecisionState:
     #: Peak-held draw each GPU's lendable headroom is reckoned from (`policies.lending`); None
     #: while lending is off or before its first tick. Units: W.
     lend_basis_w: FloatArray | None = None
+    #: Held uncapped draw each synchronous job's GPU has its tier floor sized for
+    #: (`CappingSettings.floor_hold_s`); None without synchronous jobs or before a tick. Units: W.
+    floor_basis_w: FloatArray | None = None
 
     @property
     def nbytes(self) -> int:
@@ -175,6 +185,7 @@ class DecisionState:
             self.util_held,
             self.sm_clock_max_mhz,
             self.lend_basis_w,
+            self.floor_basis_w,
         )
         owners = {id(o): o for o in (_owner(a) for a in arrays if a is not None)}
         held = sum(int(o.nbytes) for o in owners.values())

@@ -6,6 +6,8 @@ cut takes from the tolerant tiers' slack before it slows anyone past their toler
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -34,6 +36,10 @@ def tier_floor_caps(
     tier: NDArray[np.int8],
     tolerances: tuple[float, ...],
     requested_w: FloatArray | None = None,
+    held: FloorHold | None = None,
+    headroom: tuple[float, float] = (0.0, 0.0),
+    held_back: NDArray[np.bool_] | None = None,
+    raw_w: FloatArray | None = None,
     workspace: DecisionWorkspace | None = None,
 ) -> FloatArray:
     """Per GPU, the cap that keeps it within its Flex tier's tolerated slowdown. Units: W.
@@ -51,24 +57,95 @@ def tier_floor_caps(
     the floor errs on the safe side; telling the two apart would cost a quarter of the tick's
     arithmetic for floors that matter only under cuts.
 
-    `activity` is the peak-held SM activity (a communication dip is no lower floor);
-    `requested_w` (the demand-response floors of `Limits.gpu_floor_w`) raises the floor where
-    higher. Results stay within [floor, max] (a stale GPU, floor = max = its kept cap, keeps
-    it). The floors go into the workspace's `tier_floor` (a fresh workspace when None).
+    The demand estimate carries headroom over the held draw (`headroom`: the fraction and the
+    least watts of `CappingSettings.demand_headroom_frac` and `demand_headroom_min_w`), so a
+    capped GPU's rising demand shows. On GPUs drawing under their caps (all but those
+    `held_back` marks: pinned at a cap or a clock ceiling; None: all) U leaves it out, their
+    draw being what they want: floors from it would reserve, before any
+    lower tier's floor, power no GPU draws (a tenth of Flex 0's draw, whose floor is its whole
+    U), and the tier phases still grant the headroom in tier order. A GPU held back by its cap
+    keeps it: what it would draw uncapped is unknown and above its cap, and the headroom is how
+    its floor finds it. `demand_w` keeps its headroom and is raised to the modelled draw where
+    that is higher.
+
+    `raw_w` is this tick's demand estimate before its peak hold (None: `demand_w` is it); U is
+    held by `held` (see `FloorHold`) instead, which receives the U held this tick; where that
+    raises a floor above the demand, the demand is raised to it, so the fill keeps
+    floor <= demand. `activity` is the peak-held SM activity (a communication dip is no lower
+    floor); `requested_w` (the demand-response floors of `Limits.gpu_floor_w`) raises the
+    floor where higher.
+    Results stay within [floor, max] (a stale GPU, floor = max = its kept cap, keeps it). The
+    floors go into the workspace's `tier_floor` (a fresh workspace when None).
     """
     ws = DecisionWorkspace(plan.topology.n_gpus) if workspace is None else workspace
     keep, rest = _tier_keep(plan, ws, tier, tuple(tolerances))
     draw = np.multiply(activity, plan.dynamic_w, out=ws.modelled_draw)
     np.add(draw, plan.idle_w, out=draw)
+    # U: the held draw under the demand's headroom (d = max(b (1 + frac), b + least) for a busy
+    # GPU, so b = min(d / (1 + frac), d - least); an idle GPU's, lower, is lifted to its floor
+    # below), or the modelled draw where higher (a GPU held at a low cap draws its cap).
+    raw = demand_w if raw_w is None else raw_w
+    present = ws.floor_basis
+    if held_back is None:
+        np.copyto(present, raw)
+    else:
+        frac, least = headroom
+        np.divide(raw, 1.0 + frac, out=present)
+        np.minimum(present, np.subtract(raw, least, out=ws.floor_scratch), out=present)
+        # The raw estimate where held back, or where it was clipped at the max cap (the draw
+        # under it is unknown).
+        keep_raw = np.greater_equal(raw, max_w, out=ws.floor_mask)
+        np.logical_or(keep_raw, held_back, out=keep_raw)
+        np.copyto(present, raw, where=keep_raw)
+    np.maximum(present, draw, out=present)
+    np.minimum(present, max_w, out=present)
     np.maximum(demand_w, draw, out=demand_w)
     np.minimum(demand_w, max_w, out=demand_w)
-    out = np.multiply(demand_w, keep, out=ws.tier_floor)
+    basis = present if held is None else held.hold(present, max_w)
+    out = np.multiply(basis, keep, out=ws.tier_floor)
     np.add(out, rest, out=out)  # idle (1 - k) + U k = idle + (U - idle) k <= U, as k <= 1
     if requested_w is not None:
         np.maximum(out, requested_w, out=out)
-        np.minimum(out, demand_w, out=out)
+        np.minimum(out, basis, out=out)
     np.maximum(out, floor_w, out=out)
+    if held is not None:
+        np.maximum(demand_w, out, out=demand_w)
     return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FloorHold:
+    """The uncapped draw U the floors are sized for, peak-held from tick to tick.
+
+    U rises at once and falls towards the present U with a time constant per GPU: the demand's
+    (`CappingSettings.demand_hold_s`), so a communication dip is no lower floor, and on a
+    synchronous job's GPUs `CappingSettings.floor_hold_s`: a training job's checkpoint (a
+    minute or more at a tenth of its compute draw) outlasts the demand and activity holds, and
+    sized from them its floor would fall with its draw; the fill would hand the power to
+    others, and when compute resumed the job would run below its floor until the controller had
+    seen it (the telemetry delay) and its caps were back (the actuation lag).
+    """
+
+    #: Previous tick's held U per GPU (W), or None (cold: nothing held yet).
+    previous_w: FloatArray | None
+    #: Per GPU (or for all), share of the excess over the present U kept: exp(-dt / hold).
+    keep: FloatArray | float
+    #: Where this tick's held U goes: the next tick's `previous_w`.
+    out: FloatArray
+
+    def hold(self, present_w: FloatArray, max_w: FloatArray) -> FloatArray:
+        """This tick's held U: the present U, raised towards the previous one. Units: W."""
+        held = self.out
+        previous = self.previous_w
+        if previous is None or previous.shape != present_w.shape:
+            np.copyto(held, present_w)
+            return held
+        np.subtract(previous, present_w, out=held)
+        np.maximum(held, 0.0, out=held)
+        held *= self.keep
+        held += present_w
+        np.minimum(held, max_w, out=held)  # a stale GPU's max is its kept cap
+        return held
 
 
 def _tier_keep(

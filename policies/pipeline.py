@@ -52,11 +52,11 @@ def decide(
     to tick (see `policies.workspace`). The per-GPU arrays returned are read-only.
     """
     tick = stage.start(topology, fleet, tier, settings, state, now_s, stale_rack, workspace)
-    demand = stage.demand(tick, fleet)
+    demand, raw_demand = stage.demand(tick, fleet)
     activity = stage.activity(tick, fleet)
     site_allowed, usable_w = stage.site(tick, limits)
     bounds = stage.bounds(tick, demand, usable_w)
-    alloc = stage.fill(tick, bounds, activity, usable_w, limits, sync_job)
+    alloc, floor_basis = stage.fill(tick, raw_demand, bounds, activity, usable_w, limits, sync_job)
     cap, budget = stage.smooth(tick, alloc, bounds.floor_w, usable_w)
     # The caps above fit every limit; lending moves them within the worst-case bounds of
     # `policies.lending` before they are issued.
@@ -65,6 +65,7 @@ def decide(
     util_held = activity.held if activity.held is not activity.util else activity.util.copy()
     for array in (cap, clock, bounds.demand_w, util_held):
         array.setflags(write=False)
+    floor_basis.setflags(write=False)
     decision = Decision(
         cap_w=cap,
         sm_clock_max_mhz=clock,
@@ -86,4 +87,5 @@ def decide(
         util_held=util_held,
         plan=tick.plan,
         lend_basis_w=lend_basis,
+        floor_basis_w=floor_basis,
     )

@@ -18,6 +18,10 @@ from policies.workspace import DecisionWorkspace
 
 FloatArray = NDArray[np.float64]
 
+#: A kept cap this share or more below its GPU's tier floor is short of it: the raise onto the
+#: floor is issued however small (a few watts at a low cap are a few percent of speed).
+FLOOR_SHORT_FRAC = 1e-3
+
 
 def smooth(
     plan: CappingPlan,
@@ -30,6 +34,7 @@ def smooth(
     settings: CappingSettings,
     usable_w: tuple[FloatArray, ...],
     target_used_w: tuple[FloatArray, ...],
+    tier_floor_w: FloatArray | None = None,
     out: FloatArray | None = None,
     workspace: DecisionWorkspace | None = None,
 ) -> tuple[FloatArray, tuple[FloatArray, ...] | None]:
@@ -40,8 +45,12 @@ def smooth(
     caps lower, which is always safe). A decrease under the deadband is skipped only where every
     group above the GPU still fits with the old cap kept; elsewhere the cut is applied exactly.
     Previous caps are first clamped into [`min_w`, `max_w`], so a cap from outside a model's
-    range is never kept. The decision reports the group sums as its budget, so handing them back
-    spares a second pass. Temporaries live in `workspace` (a fresh one when None).
+    range is never kept. A raise that brings a cap short of its tier floor (`tier_floor_w`, the
+    floor the fill kept) onto it is issued however small: kept under the deadband, a cap a few
+    watts under a tolerant tier's floor (a low cap, below the voltage knee, where power buys
+    speed almost linearly) would hold its GPU below its floor tick after tick. The decision
+    reports the group sums as its budget, so handing them back spares a second pass.
+    Temporaries live in `workspace` (a fresh one when None).
     """
     buffers = (
         DecisionWorkspace(plan.topology.n_gpus) if workspace is None else workspace
@@ -57,6 +66,17 @@ def smooth(
     np.abs(change, out=change)
     small = np.less(change, settings.deadband_w, out=buffers.small)
     np.logical_and(kept_cut, small, out=kept_cut)
+    if tier_floor_w is not None:
+        # previous < floor (1 - frac) <= target: short of a floor the fill keeps, found as
+        # min(floor (1 - frac) - previous, target - floor (1 - frac) + eps) > 0. |change| is
+        # dead once `small` is made, so its buffer holds the threshold.
+        short_of = np.multiply(tier_floor_w, 1.0 - FLOOR_SHORT_FRAC, out=change)
+        gap = np.subtract(target_w, short_of, out=buffers.gap)
+        gap += REL_TOL
+        np.subtract(short_of, previous, out=short_of)
+        np.minimum(short_of, gap, out=short_of)
+        short = np.greater(short_of, 0.0, out=buffers.short)
+        np.logical_and(small, np.logical_not(short, out=short), out=small)
     # previous where small, else cap. Both are finite, so multiplying by the mask and its
     # complement and adding selects exactly; np.where is several times slower on a mask this
     # irregular.

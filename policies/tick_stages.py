@@ -21,7 +21,7 @@ from policies.demand import estimate_demand, hold_demand
 from policies.dvfs import clock_targets
 from policies.errors import PolicyError
 from policies.fleet import FleetState
-from policies.floors import tier_floor_caps
+from policies.floors import FloorHold, tier_floor_caps
 from policies.lending import lend_step
 from policies.pacing import pace_ceiling
 from policies.plan import CappingPlan
@@ -57,6 +57,8 @@ class CoreTick:
     clock_out: FloatArray | None
     #: Where lending writes its caps (warm, with lending on).
     lend_out: FloatArray | None
+    #: Where the held floor basis goes (warm).
+    floor_basis_out: FloatArray | None
 
 
 def start(  # noqa: PLR0917 - decide's inputs, checked once
@@ -81,10 +83,11 @@ def start(  # noqa: PLR0917 - decide's inputs, checked once
         raise PolicyError(f"fleet has {fleet.power_w.shape[0]} GPUs, topology {n}")
     if state is not None and state.cap_w.shape != (n,):
         state = None  # the topology changed under us: start cold rather than misalign caps
-    rows = 5 if settings.capping.lend.enabled else 4
-    fresh: list[FloatArray | None] = [None] * 5 if state is None else list(np.empty((rows, n)))
-    if len(fresh) < 5:
-        fresh.append(None)
+    lend = settings.capping.lend.enabled
+    # Rows: held demand, caps, held activity, clocks, floor basis, and lent caps with lending.
+    fresh: list[FloatArray | None] = [None] * 6
+    if state is not None:
+        fresh[: 5 + lend] = list(np.empty((5 + lend, n)))
     return CoreTick(
         plan=plan,
         workspace=ws,
@@ -98,12 +101,14 @@ def start(  # noqa: PLR0917 - decide's inputs, checked once
         cap_out=fresh[1],
         held_activity_out=fresh[2],
         clock_out=fresh[3],
-        lend_out=fresh[4],
+        floor_basis_out=fresh[4],
+        lend_out=fresh[5],
     )
 
 
-def demand(tick: CoreTick, fleet: FleetState) -> FloatArray:
-    """The demand estimate, peak-held when warm."""
+def demand(tick: CoreTick, fleet: FleetState) -> tuple[FloatArray, FloatArray]:
+    """The demand estimate, peak-held when warm; and the estimate before the hold (the same
+    array when nothing was held), which the tier floors hold in their own way."""
     plan, state, settings = tick.plan, tick.state, tick.settings
     topology = plan.topology
     held_demand = None if state is None else state.demand_w
@@ -126,14 +131,15 @@ def demand(tick: CoreTick, fleet: FleetState) -> FloatArray:
         workspace=tick.workspace,
     )
     if not holding:
-        return demand
-    return hold_demand(
+        return demand, demand
+    held = hold_demand(
         demand,
         held_demand,
         dt_s=tick.dt_s,
         hold_s=settings.capping.demand_hold_s,
         out=tick.held_demand_out,
     )
+    return held, demand
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,17 +223,21 @@ def bounds(tick: CoreTick, demand: FloatArray, usable_w: tuple[FloatArray, ...])
 
 def fill(  # noqa: PLR0917 - one stage of `decide`, called once
     tick: CoreTick,
+    raw_demand: FloatArray,
     bounds: Bounds,
     activity: Activity,
     usable_w: tuple[FloatArray, ...],
     limits: Limits,
     sync_job: NDArray[np.int32] | None,
-) -> Allocation:
-    """Tier floors, the water-fill, and the fill again if a synchronous job is held back.
+) -> tuple[Allocation, FloatArray]:
+    """Tier floors, the water-fill, and the fill again if a synchronous job is held back; and
+    the draw the floors were sized for, held for the next tick.
 
     The tier floors raise `bounds.demand_w` in place (see `tier_floor_caps`).
     """
     plan, ws = tick.plan, tick.workspace
+    capping = tick.settings.capping
+    held = _floor_hold(tick, sync_job)
     tier_floor = tier_floor_caps(
         plan,
         demand_w=bounds.demand_w,
@@ -237,8 +247,14 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         tier=tick.tiers,
         tolerances=tick.settings.capping.flex_tolerances,
         requested_w=limits.gpu_floor_w,
+        held=held,
+        headroom=(capping.demand_headroom_frac, capping.demand_headroom_min_w),
+        # Held back by a cap or a clock ceiling: the demand stage's verdict, still in its buffer.
+        held_back=ws.demand.pinned,
+        raw_w=raw_demand,
         workspace=ws,
     )
+    basis = held.out
     # Warm, smoothing makes the fresh caps, so the fill's own can live in the workspace.
     out = None if tick.state is None else ws.target_cap
     alloc = allocate(
@@ -253,10 +269,10 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         workspace=ws,
     )
     if sync_job is None:
-        return alloc
+        return alloc, basis
     ceiling = pace_ceiling(plan, alloc.cap_w, sync_job, activity.held)
     if ceiling is None:
-        return alloc
+        return alloc, basis
     if tick.stale_gpu is not None:
         ceiling[tick.stale_gpu] = np.inf  # a blind GPU's pace is unknown: it is not held
     paced = _paced(ceiling, bounds, tier_floor)
@@ -270,7 +286,29 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         tier_floor_w=tier_floor,
         out=out,
         workspace=ws,
+    ), basis
+
+
+def _floor_hold(tick: CoreTick, sync_job: NDArray[np.int32] | None) -> FloorHold:
+    """The hold of the draw the tier floors are sized for (`policies.floors.FloorHold`): the
+    demand's time constant, and `CappingSettings.floor_hold_s` on a synchronous job's GPUs."""
+    capping, n = tick.settings.capping, tick.tiers.size
+    keep: FloatArray | float = _keep(tick.dt_s, capping.demand_hold_s)
+    if sync_job is not None and capping.floor_hold_s > 0.0:
+        if sync_job.shape != (n,):
+            raise PolicyError(f"sync_job must have shape ({n},)")
+        keep = np.where(sync_job >= 0, _keep(tick.dt_s, capping.floor_hold_s), keep)
+    state = tick.state
+    return FloorHold(
+        previous_w=None if state is None else state.floor_basis_w,
+        keep=keep,
+        out=np.empty(n) if tick.floor_basis_out is None else tick.floor_basis_out,
     )
+
+
+def _keep(dt_s: float, hold_s: float) -> float:
+    """Share of a held excess left after `dt_s` under time constant `hold_s` (0: none held)."""
+    return float(np.exp(-dt_s / hold_s)) if hold_s > 0.0 else 0.0
 
 
 def _paced(ceiling: FloatArray, bounds: Bounds, tier_floor: FloatArray) -> Bounds:
@@ -307,6 +345,7 @@ def smooth(
         settings=tick.settings.capping,
         usable_w=usable_w,
         target_used_w=alloc.used_w,
+        tier_floor_w=tick.workspace.tier_floor,
         out=tick.cap_out,
         workspace=tick.workspace,
     )

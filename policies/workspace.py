@@ -74,8 +74,12 @@ class SmoothBuffers:
     ceiling: FloatArray
     #: min(target, ceiling): the rate-limited cap.
     limited: FloatArray
+    #: How far the target is above the share of its tier floor a kept cap must reach.
+    gap: FloatArray
     kept_cut: BoolArray
     small: BoolArray
+    #: Raises onto a tier floor, issued however small.
+    short: BoolArray
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +126,15 @@ class DecisionWorkspace:
         # after the other (the first is dead when the second is written).
         #             f[0]       f[1]          f[2]      f[3]       f[4]        f[5]
         # demand      threshold  reach, base   bound, headroom
-        # floors      modelled_draw
+        # floors      modelled_draw  floor_basis  floor_scratch
         # fill        tier_gain  surplus_gain  surplus
-        # smoothing   previous   ceiling       limited
+        # smoothing   previous   ceiling       limited                          gap
         # clocks      activity   ratio_w, cube dynamic_w full_w     fits        swing
         # carried                                        target_cap raw_demand
         #             m[0]             m[1]                m[2]
         # demand      pinned           at_ceiling, asks    below_max
-        # smoothing   kept_cut         small
+        # floors      (demand's pinned)                    floor_mask
+        # smoothing   kept_cut         small               short
         # clocks      memory_bound     low_sm              in_tier
         self.demand = DemandBuffers(
             threshold=f[0],
@@ -144,9 +149,20 @@ class DecisionWorkspace:
         )
         #: The tier-floor stage's model draw (idle + dynamic range x held activity).
         self.modelled_draw = f[0]
+        #: The uncapped draw the tier floors are sized for (`policies.floors.tier_floor_caps`).
+        self.floor_basis = f[1]
+        self.floor_scratch = f[2]
+        #: Where the floors keep the raw demand (read with the demand stage's `pinned`).
+        self.floor_mask = m[2]
         self.fill = FillBuffers(tier_gain=f[0], surplus_gain=f[1], surplus=f[2])
         self.smoothing = SmoothBuffers(
-            previous=f[0], ceiling=f[1], limited=f[2], kept_cut=m[0], small=m[1]
+            previous=f[0],
+            ceiling=f[1],
+            limited=f[2],
+            gap=f[5],
+            kept_cut=m[0],
+            small=m[1],
+            short=m[2],
         )
         self.clocks = ClockBuffers(
             activity=f[0],

@@ -63,6 +63,10 @@ class CappingSection(FiniteSection):
     """Time constant of the demand peak-hold, so a synchronous job's communication dips do not
     hand its power away; 0 disables it. Units: s.
     """
+    floor_hold_s: Annotated[float, Field(ge=0)] = 1800.0
+    """Time constant of the uncapped draw a synchronous job's tier floors are sized for, so a
+    checkpoint or an all-reduce keeps the floor of the compute after it; 0 disables it. Units: s.
+    """
     site_margin_frac: Annotated[float, Field(ge=0, lt=0.5)] = 0.002
     """Share of the site limit kept free for surges the caps cannot stop (a GPU's limiter takes
     about 0.1 s).
@@ -132,6 +136,7 @@ class DecisionSettingsSection(Section):
             demand_headroom_min_w=self.capping.demand_headroom_min_w,
             pinned_frac=self.capping.pinned_frac,
             demand_hold_s=self.capping.demand_hold_s,
+            floor_hold_s=self.capping.floor_hold_s,
             site_margin_frac=self.capping.site_margin_frac,
             flex_tolerances=self.capping.flex_tolerances,
             lend=self.capping.lend.settings(),

@@ -176,7 +176,7 @@ def _record(decision: Decision, state: DecisionState) -> dict[str, NDArray[np.ge
         "state_now_s": np.float64(state.now_s),
         "state_site_allowed_w": np.float64(state.site_allowed_w),
     }
-    for name in ("util_held", "sm_clock_max_mhz", "demand_w"):
+    for name in ("util_held", "sm_clock_max_mhz", "demand_w", "floor_basis_w"):
         held = getattr(state, name)
         if held is not None:
             out[f"state_{name}"] = held
