@@ -44,7 +44,8 @@ def estimate_demand(
     `unpinned_headroom_*` over it, enough for a rise to pin it (and be seen) on the next tick.
     Under a binding limit the headroom of GPUs that do not draw it is power the tiers below
     cannot use; the tier floors already size a busy GPU's cap from its held activity. A GPU idle
-    by utilisation asks only for what it draws. Every result is within [min cap, max cap], so idle GPUs still get the min cap.
+    by utilisation asks only for what it draws. Every result is within [min cap, max cap], so
+    idle GPUs still get the min cap.
 
     The result goes into `out` when given (the warm path passes the workspace's `raw_demand`,
     since the demand hold makes the fresh array), else into a fresh array. Temporaries live in
