@@ -46,9 +46,15 @@ class CappingSettings:
     deadband_w: float = 10.0
     #: Per-GPU cap raise rate; lowering is immediate.
     raise_rate_w_per_s: float = 200.0
-    #: Demand headroom over recent draw, so a capped GPU's rising demand becomes visible.
+    #: Demand headroom over the cap of a GPU pinned at it, so a capped GPU's rising demand
+    #: becomes visible and it climbs fast while power is free.
     demand_headroom_frac: float = 0.10
     demand_headroom_min_w: float = 20.0
+    #: Headroom over the draw of a busy GPU its cap does not hold back: its demand is known, so
+    #: it needs only enough for a rise to pin it on the next tick (more than 1 - `pinned_frac`).
+    #: Under a binding limit, headroom a GPU does not draw is power no tier below can use.
+    unpinned_headroom_frac: float = 0.05
+    unpinned_headroom_min_w: float = 5.0
     #: A GPU drawing within this fraction of its cap is treated as pinned (wants more).
     pinned_frac: float = 0.97
     #: Time constant of the demand peak-hold: a GPU's demand falls back toward its draw no faster

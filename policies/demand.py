@@ -38,9 +38,14 @@ def estimate_demand(
     its ceiling is not: that ceiling costs it at most the DVFS loss budget, by design.
 
     A GPU drawing within `pinned_frac` of its cap is held back by it, so its real demand is
-    unknown and at least the cap: it asks for the cap plus headroom, and keeps asking more each
-    tick while it stays pinned and power is free. A GPU idle by utilisation asks only for what it
-    draws. Every result is within [min cap, max cap], so idle GPUs still get the min cap.
+    unknown and at least the cap: it asks for the cap plus headroom (`demand_headroom_*`), and
+    keeps asking more each tick while it stays pinned and power is free. A busy GPU drawing below
+    its cap is not held back: its demand is its draw, and it asks only for the smaller
+    `unpinned_headroom_*` over it, enough for a rise to pin it (and be seen) on the next tick.
+    Under a binding limit the headroom of GPUs that do not draw it is power the tiers below
+    cannot use; the tier floors already size a busy GPU's cap from its held activity. A GPU idle
+    by utilisation asks only for what it draws. Every result is within [min cap, max cap], so
+    idle GPUs still get the min cap.
 
     The result goes into `out` when given (the warm path passes the workspace's `raw_demand`,
     since the demand hold makes the fresh array), else into a fresh array. Temporaries live in
@@ -64,8 +69,18 @@ def estimate_demand(
         np.logical_or(pinned, at_ceiling, out=pinned)
     base = np.multiply(cap, pinned, out=buffers.base)  # the cap where pinned ...
     np.maximum(base, power, out=base)  # ... so this is max(power, cap) if pinned, else power
-    demand = np.multiply(base, 1.0 + settings.demand_headroom_frac, out=buffers.headroom)
-    floor = np.add(base, settings.demand_headroom_min_w, out=threshold)
+    # Headroom per GPU: the pinned one's where pinned, the unpinned one's elsewhere (a linear
+    # blend by the 0/1 mask, cheaper than np.where on a mask this irregular).
+    frac = np.multiply(
+        pinned, settings.demand_headroom_frac - settings.unpinned_headroom_frac, out=buffers.frac
+    )
+    frac += 1.0 + settings.unpinned_headroom_frac
+    demand = np.multiply(base, frac, out=buffers.headroom)
+    floor = np.multiply(
+        pinned, settings.demand_headroom_min_w - settings.unpinned_headroom_min_w, out=threshold
+    )
+    floor += settings.unpinned_headroom_min_w
+    floor += base
     np.maximum(demand, floor, out=demand)
     # Idle GPUs ask only for `base`. Headroom makes demand >= base elsewhere, so zeroing the
     # idle entries and taking the maximum with `base` selects exactly (np.where with a mask

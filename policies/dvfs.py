@@ -119,6 +119,11 @@ def clock_targets(
         np.divide(fits, dynamic_w, out=fits)
     np.cbrt(fits, out=fits)
     np.multiply(fits, max_clock, out=fits)
+    # Where the cap does not bind, the max: a model whose max clock is off the grid counted from
+    # its min (a GB200's 2062 MHz against 345 + 15 k) would otherwise get the grid clock below
+    # it, a ceiling under every unbound cap, which also reads to the demand estimate as a GPU
+    # held back by its ceiling and grows its cap tick after tick.
+    unbound = np.greater_equal(fits, max_clock, out=buffers.memory_bound)
     np.subtract(fits, plan.min_clock_mhz, out=fits)
     np.divide(fits, plan.clock_step_mhz, out=fits)
     np.floor(fits, out=fits)
@@ -127,6 +132,7 @@ def clock_targets(
     # fmax, not maximum: 0/0 (no activity and a cap at or below idle) is NaN, and no clock
     # then fits better than the lowest.
     np.fmax(fits, plan.min_clock_mhz, out=fits)
+    np.maximum(fits, np.multiply(max_clock, unbound, out=buffers.swing), out=fits)
     if settings.fit_compute_bound:
         if fit_util is not None and settings.fit_min_swing > 0.0:
             # Steady where the held activity is within the swing of the current one: there the

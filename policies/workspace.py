@@ -45,6 +45,8 @@ class DemandBuffers:
     #: memory activity x memory-bound ratio; then the demand with headroom.
     bound: FloatArray
     headroom: FloatArray
+    #: Per GPU, 1 + its headroom fraction (the pinned or the unpinned one).
+    frac: FloatArray
     pinned: BoolArray
     #: At its clock ceiling; then "asks for more than it draws".
     at_ceiling: BoolArray
@@ -125,7 +127,7 @@ class DecisionWorkspace:
         # Which stage names share which memory. Within a stage, names on one array are used one
         # after the other (the first is dead when the second is written).
         #             f[0]       f[1]          f[2]      f[3]       f[4]        f[5]
-        # demand      threshold  reach, base   bound, headroom
+        # demand      threshold  reach, base   bound, headroom                  frac
         # floors      modelled_draw  floor_basis  floor_scratch
         # fill        tier_gain  surplus_gain  surplus
         # smoothing   previous   ceiling       limited                          gap
@@ -142,6 +144,7 @@ class DecisionWorkspace:
             base=f[1],
             bound=f[2],
             headroom=f[2],
+            frac=f[5],
             pinned=m[0],
             at_ceiling=m[1],
             asks=m[1],

@@ -57,6 +57,12 @@ class CappingSection(FiniteSection):
     """
     demand_headroom_min_w: Annotated[float, Field(ge=0)] = 20.0
     """The least such headroom. Units: W."""
+    unpinned_headroom_frac: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """Headroom over the draw of a busy GPU drawing below its cap: enough for a rise to pin it
+    (more than 1 - `pinned_frac`); under a binding limit, headroom not drawn is power lost.
+    """
+    unpinned_headroom_min_w: Annotated[float, Field(ge=0)] = 5.0
+    """The least such headroom. Units: W."""
     pinned_frac: Annotated[float, Field(gt=0, le=1)] = 0.97
     """A GPU drawing within this fraction of its cap is treated as pinned (it wants more)."""
     demand_hold_s: Annotated[float, Field(ge=0)] = 3.0
@@ -134,6 +140,8 @@ class DecisionSettingsSection(Section):
             raise_rate_w_per_s=self.capping.raise_rate_w_per_s,
             demand_headroom_frac=self.capping.demand_headroom_frac,
             demand_headroom_min_w=self.capping.demand_headroom_min_w,
+            unpinned_headroom_frac=self.capping.unpinned_headroom_frac,
+            unpinned_headroom_min_w=self.capping.unpinned_headroom_min_w,
             pinned_frac=self.capping.pinned_frac,
             demand_hold_s=self.capping.demand_hold_s,
             floor_hold_s=self.capping.floor_hold_s,

@@ -13,7 +13,7 @@ from policies.gpu_models import GPU_MODELS
 from policies.pipeline import decide
 from policies.plan import CappingPlan
 from policies.tiers import DEFAULT_FLEX_TOLERANCES, N_TIERS
-from policies.topology import generate_topology
+from policies.topology import Level, Topology, generate_topology
 
 #: Mixed H100 and A100 servers, so clocks differ by model.
 TOPOLOGY = generate_topology(64)
@@ -172,3 +172,47 @@ def test_decide_leaves_flex0_memory_bound_work_at_full_speed() -> None:
     floor = 1.0 - np.minimum(np.asarray(DEFAULT_FLEX_TOLERANCES)[tier], 0.02)
     assert np.all(speed >= floor - 1e-12)
     assert decision.dvfs_saving_w > 0.0
+
+
+def test_a_cap_that_does_not_bind_leaves_every_model_at_its_max_clock() -> None:
+    """Whatever the model, a compute-bound GPU whose cap its full-activity draw stays under gets
+    no ceiling, also where the max clock lies off the grid counted from the min (a GB200's
+    2062 MHz against 345 + 15 k): a ceiling there would slow it for nothing and read as a GPU
+    held back by its ceiling to the demand estimate."""
+    models = np.arange(len(GPU_MODELS), dtype=np.int8)
+    off_grid = [
+        m.name
+        for m in GPU_MODELS
+        if (m.max_sm_clock_mhz - m.min_sm_clock_mhz) % m.sm_clock_step_mhz
+    ]
+    assert off_grid, "no catalogued model has its max clock off the grid: the test is moot"
+    topology = Topology.create(
+        site="s",
+        gpu_model=models,
+        gpu_server=np.zeros(models.size, dtype=np.int32),
+        levels=[_one_group(name) for name in ("server", "rack", "site")],
+    )
+    plan = CappingPlan.build(topology)
+    n = topology.n_gpus
+    clock, saving = clock_targets(
+        plan,
+        cap_w=topology.gpu_max_cap_w.copy(),
+        util=np.ones(n),
+        mem_util=np.full(n, 0.3),
+        settings=DvfsSettings(fit_min_swing=0.0),
+        fit_util=np.ones(n),
+    )
+    np.testing.assert_array_equal(clock, plan.max_clock_mhz)
+    assert saving == 0.0
+
+
+def _one_group(name: str) -> Level:
+    """A level of one unlimited group."""
+    return Level(
+        name=name,
+        ids=(name,),
+        parent=np.zeros(1, dtype=np.int32),
+        limit_w=np.full(1, np.inf),
+        derating=np.ones(1),
+        overhead_w=np.zeros(1),
+    )
