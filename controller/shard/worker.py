@@ -55,6 +55,14 @@ def shared_filter(group: str, site: str) -> str:
     return f"$share/{group}/{wire.telemetry_filter(site)}"
 
 
+def worker_username(username: str, index: int) -> str:
+    """`<mqtt.username>-ingest-<index>`: each worker its own broker user, with the daemon's
+    password. A broker that makes every client id its user name (the shipped Mosquitto config, so
+    no credentials can take another's session) would otherwise give the daemon and every worker
+    one client id, and each connection would throw the last one off."""
+    return f"{username}-ingest-{index}"
+
+
 def main(spec: WorkerSpec) -> None:
     """Process entry point: serve until the pool terminates the process (SIGTERM)."""
     topo = spec.policy.topology
@@ -106,7 +114,9 @@ class Worker:
         mq = self.spec.policy.config.mqtt
         client = gmqtt.Client(f"{mq.client_id}-ingest-{self.spec.index}", clean_session=True)
         if mq.username is not None:
-            client.set_auth_credentials(mq.username, self.spec.password)
+            client.set_auth_credentials(
+                worker_username(mq.username, self.spec.index), self.spec.password
+            )
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_disconnect = lambda *_: lost.set()

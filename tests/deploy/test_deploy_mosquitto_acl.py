@@ -36,6 +36,8 @@ SITE = "dc1"
 CONTROLLER = "rheostat-controller"
 #: The active/standby pair's users (deploy/k8s-ha/): one per replica.
 REPLICAS = ("rheostat-controller-0", "rheostat-controller-1")
+#: The ingest workers' users (`controller.shard.worker.worker_username`), the controller's password.
+INGEST_USERS = tuple(f"{CONTROLLER}-ingest-{i}" for i in range(4))
 GRID = "rheostat-grid"
 FACILITY = "rheostat-facility"
 SCHEDULER = "rheostat-scheduler"
@@ -118,6 +120,7 @@ def secured(tmp_path: Path, tls_files: Path) -> Iterator[SecuredBroker]:
         user: secrets.token_urlsafe(12)
         for user in (CONTROLLER, *REPLICAS, GRID, FACILITY, SCHEDULER, *RACKS, *WILDCARD_USERS)
     }
+    passwords.update(dict.fromkeys(INGEST_USERS, passwords[CONTROLLER]))
     for i, (user, password) in enumerate(passwords.items()):
         create = ["-c"] if i == 0 else []
         subprocess.run(

@@ -22,9 +22,14 @@ from controller.ingest import ClassTable
 from controller.policy_file import parse_policy
 from controller.shard.pool import IngestPool
 from controller.shard.shared_fleet import COUNTERS, SharedFleet
-from controller.shard.worker import tls_context
+from controller.shard.worker import tls_context, worker_username
 from policies.fleet import FleetState
-from tests.deploy.test_deploy_mosquitto_acl import CONTROLLER, SecuredBroker
+from tests.deploy.test_deploy_mosquitto_acl import (
+    CONTROLLER,
+    SecuredBroker,
+    first_message,
+    nothing_arrives,
+)
 from tests.deploy.test_deploy_mosquitto_acl import SITE as ACL_SITE
 from tests.deploy.test_deploy_mosquitto_acl import secured as secured  # noqa: PLC0414 - fixture
 from tests.deploy.test_deploy_mosquitto_acl import tls_files as tls_files  # noqa: PLC0414
@@ -225,14 +230,16 @@ async def test_a_worker_comes_back_after_the_broker_restarts(mosquitto: Mosquitt
         pool.close()
 
 
-async def test_a_worker_reads_over_tls_with_a_password(secured: SecuredBroker) -> None:
-    """The shipped broker config: TLS listener, password file, ACL (the controller's user may
-    read telemetry through a shared subscription)."""
+async def test_workers_read_over_tls_each_as_its_own_user(secured: SecuredBroker) -> None:
+    """The shipped broker config: TLS listener, password file, ACL, and every client id made its
+    user name. Two workers and the daemon's own session stay connected side by side (one user
+    each: under the controller's user they would throw each other off), the workers read
+    telemetry through the shared subscription, and a worker's user may not command a rack."""
     text = (
         f"site: {{name: {ACL_SITE}, topology: {{generate: {{gpus: 64, a100_share: 0}}}}}}\n"
         f"mqtt: {{port: {secured.tls_port}, username: {CONTROLLER}, client_id: {CONTROLLER},\n"
         f"       tls: {{ca_file: {secured.ca_file}}}}}\n"
-        "ingest: {workers: 1}\n"
+        "ingest: {workers: 2}\n"
     )
     policy = parse_policy(text, source="t")
     pool = IngestPool(
@@ -243,22 +250,37 @@ async def test_a_worker_reads_over_tls_with_a_password(secured: SecuredBroker) -
     )
     try:
         pool.start()
-        async with asyncio.timeout(30):
-            while pool.subscribed() < 1:
-                await asyncio.sleep(0.05)
-        # Rack r001 may publish only its own telemetry; it is no rack of this generated fleet, so
-        # the worker receives it and rejects it as an unknown rack.
-        async with secured.client("r001", tls=True) as rack:
+        async with secured.client(CONTROLLER, tls=True) as daemon:
+            await daemon.subscribe(wire.telemetry_topic(ACL_SITE, "r001"))
             async with asyncio.timeout(30):
-                seq = 0
-                while pool.counters()[0].rejected["unknown_rack"] < 1:
-                    seq += 1
-                    payload = _telemetry("r001", seq)
-                    await rack.publish(wire.telemetry_topic(ACL_SITE, "r001"), payload)
-                    await asyncio.sleep(0.1)
+                while pool.subscribed() < 2:
+                    await asyncio.sleep(0.05)
+            # Rack r001 may publish only its own telemetry; it is no rack of this generated fleet,
+            # so a worker receives it and rejects it as an unknown rack.
+            async with secured.client("r001", tls=True) as rack:
+                async with asyncio.timeout(30):
+                    seq = 0
+                    while pool.counters()[0].rejected["unknown_rack"] < 4:
+                        seq += 1
+                        payload = _telemetry("r001", seq)
+                        await rack.publish(wire.telemetry_topic(ACL_SITE, "r001"), payload)
+                        assert pool.subscribed() == 2  # no worker was thrown off
+                        await asyncio.sleep(0.1)
+            # the daemon's session is still the one it opened: it got the rack's telemetry too
+            assert (await first_message(daemon)).topic.value == wire.telemetry_topic(
+                ACL_SITE, "r001"
+            )
         assert pool.counters()[0].accepted == 0
     finally:
         pool.close()
+    worker = worker_username(CONTROLLER, 0)
+    async with (
+        secured.client(worker, tls=True) as intruder,
+        secured.client("r001", tls=True) as rack,
+    ):
+        await rack.subscribe(wire.command_topic(ACL_SITE, "r001"))
+        await intruder.publish(wire.command_topic(ACL_SITE, "r001"), b"{}", qos=1)
+        await nothing_arrives(rack, 1.0)
 
 
 def test_insecure_tls_skips_only_the_host_name_check(tls_files: Path) -> None:
