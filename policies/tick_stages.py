@@ -248,7 +248,7 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         tolerances=tick.settings.capping.flex_tolerances,
         requested_w=limits.gpu_floor_w,
         held=held,
-        headroom=(capping.demand_headroom_frac, capping.demand_headroom_min_w),
+        headroom=(capping.unpinned_headroom_frac, capping.unpinned_headroom_min_w),
         # Held back by a cap or a clock ceiling: the demand stage's verdict, still in its buffer.
         held_back=ws.demand.pinned,
         raw_w=raw_demand,
@@ -290,14 +290,20 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
 
 
 def _floor_hold(tick: CoreTick, sync_job: NDArray[np.int32] | None) -> FloorHold:
-    """The hold of the draw the tier floors are sized for (`policies.floors.FloorHold`): the
-    demand's time constant, and `CappingSettings.floor_hold_s` on a synchronous job's GPUs."""
+    """The hold of the draw the tier floors are sized for (`policies.floors.FloorHold`):
+    `CappingSettings.floor_hold_s` on a synchronous job's GPUs, none elsewhere.
+
+    Outside a synchronous job the floor follows the present U, whose modelled draw is already
+    the peak-held activity's (`DvfsSettings.activity_hold_s`): held again, a service's floor
+    (its whole U on Flex 0) kept each burst's peak for longer still, and under a binding limit
+    that reserve came before the floors of every tier below.
+    """
     capping, n = tick.settings.capping, tick.tiers.size
-    keep: FloatArray | float = _keep(tick.dt_s, capping.demand_hold_s)
+    keep: FloatArray | float = 0.0
     if sync_job is not None and capping.floor_hold_s > 0.0:
         if sync_job.shape != (n,):
             raise PolicyError(f"sync_job must have shape ({n},)")
-        keep = np.where(sync_job >= 0, _keep(tick.dt_s, capping.floor_hold_s), keep)
+        keep = np.where(sync_job >= 0, _keep(tick.dt_s, capping.floor_hold_s), 0.0)
     state = tick.state
     return FloorHold(
         previous_w=None if state is None else state.floor_basis_w,
