@@ -97,11 +97,19 @@ def tier_floor_caps(
         keep_raw = np.greater_equal(raw, max_w, out=ws.floor_mask)
         np.logical_or(keep_raw, held_back, out=keep_raw)
         np.copyto(present, raw, where=keep_raw)
-    np.maximum(present, draw, out=present)
+    if held is None:
+        np.maximum(present, draw, out=present)
+    elif held.with_draw is not None:
+        np.maximum(present, draw, out=present, where=held.with_draw)
     np.minimum(present, max_w, out=present)
     np.maximum(demand_w, draw, out=demand_w)
     np.minimum(demand_w, max_w, out=demand_w)
-    basis = present if held is None else held.hold(present, max_w)
+    basis = present
+    if held is not None:
+        # The modelled draw joins after the hold where the hold leaves it out: it is the held
+        # activity's already. `present` is dead once held.
+        basis = np.maximum(held.hold(present, max_w), draw, out=present)
+        np.minimum(basis, max_w, out=basis)
     out = np.multiply(basis, keep, out=ws.tier_floor)
     np.add(out, rest, out=out)  # idle (1 - k) + U k = idle + (U - idle) k <= U, as k <= 1
     if requested_w is not None:
@@ -119,7 +127,12 @@ class FloorHold:
 
     U rises at once and falls towards the present U with a time constant per GPU: the demand's
     (`CappingSettings.demand_hold_s`), so a communication dip is no lower floor, and on a
-    synchronous job's GPUs `CappingSettings.floor_hold_s`: a training job's checkpoint (a
+    synchronous job's GPUs `CappingSettings.floor_hold_s`. Outside those jobs only the part
+    from the demand estimate is held (`with_draw`): the modelled draw comes from the activity
+    held for `DvfsSettings.activity_hold_s`, and held once more it kept a service's floor (its
+    whole U on Flex 0) at each burst's peak for longer still, a reserve that under a binding
+    limit came before the floors of every tier below. On a synchronous job's GPUs the whole U
+    is held for `floor_hold_s`: a training job's checkpoint (a
     minute or more at a tenth of its compute draw) outlasts the demand and activity holds, and
     sized from them its floor would fall with its draw; the fill would hand the power to
     others, and when compute resumed the job would run below its floor until the controller had
@@ -132,6 +145,10 @@ class FloorHold:
     keep: FloatArray | float
     #: Where this tick's held U goes: the next tick's `previous_w`.
     out: FloatArray
+    #: Where the held U includes the modelled draw (`tier_floor_caps`); elsewhere only the
+    #: demand estimate's part is held, and the modelled draw, from the peak-held activity
+    #: already, is taken after the hold. None: nowhere.
+    with_draw: NDArray[np.bool_] | None = None
 
     def hold(self, present_w: FloatArray, max_w: FloatArray) -> FloatArray:
         """This tick's held U: the present U, raised towards the previous one. Units: W."""

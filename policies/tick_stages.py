@@ -290,25 +290,24 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
 
 
 def _floor_hold(tick: CoreTick, sync_job: NDArray[np.int32] | None) -> FloorHold:
-    """The hold of the draw the tier floors are sized for (`policies.floors.FloorHold`):
-    `CappingSettings.floor_hold_s` on a synchronous job's GPUs, none elsewhere.
-
-    Outside a synchronous job the floor follows the present U, whose modelled draw is already
-    the peak-held activity's (`DvfsSettings.activity_hold_s`): held again, a service's floor
-    (its whole U on Flex 0) kept each burst's peak for longer still, and under a binding limit
-    that reserve came before the floors of every tier below.
-    """
+    """The hold of the draw the tier floors are sized for (`policies.floors.FloorHold`): the
+    demand's time constant on the demand estimate's part, and `CappingSettings.floor_hold_s` on
+    the whole of a synchronous job's U."""
     capping, n = tick.settings.capping, tick.tiers.size
-    keep: FloatArray | float = 0.0
+    keep: FloatArray | float = _keep(tick.dt_s, capping.demand_hold_s)
+    member = None
     if sync_job is not None and capping.floor_hold_s > 0.0:
         if sync_job.shape != (n,):
             raise PolicyError(f"sync_job must have shape ({n},)")
-        keep = np.where(sync_job >= 0, _keep(tick.dt_s, capping.floor_hold_s), 0.0)
+        member = np.greater_equal(sync_job, 0)
+        keep = np.where(member, _keep(tick.dt_s, capping.floor_hold_s), keep)
     state = tick.state
     return FloorHold(
         previous_w=None if state is None else state.floor_basis_w,
         keep=keep,
         out=np.empty(n) if tick.floor_basis_out is None else tick.floor_basis_out,
+        # Only a synchronous job's held U includes its modelled draw (see `FloorHold`).
+        with_draw=member,
     )
 
 

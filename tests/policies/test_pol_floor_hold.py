@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.decision import CappingSettings, DecisionState, Limits, PolicySettings
+from policies.decision import (
+    CappingSettings,
+    DecisionState,
+    DvfsSettings,
+    Limits,
+    PolicySettings,
+)
 from policies.fleet import FleetState
 from policies.pipeline import decide
+from policies.workspace import DecisionWorkspace
 from tests.policies.test_pol_capping import one_rack
 
 #: Two Flex 1 GPUs and two Flex 3 GPUs; the first of each pair in a synchronous job.
@@ -76,3 +83,62 @@ def test_without_the_hold_a_checkpoint_drops_the_floor() -> None:
     assert basis[0] < 0.5 * (80.0 + 620.0 * 0.97)  # the member's floor followed its draw down
     floor_1 = 80.0 + 620.0 * 0.97 * 0.9 ** (3 / 1.1)
     assert cap[0] < floor_1  # the power went to the others: the job resumes below its floor
+
+
+def test_a_service_floor_is_not_held_past_its_activity() -> None:
+    # A Flex 0 service drawing under what its activity models (memory-bound decode) is sized
+    # for the modelled draw of its held activity, not held once more after a burst; the
+    # synchronous job's members keep their compute floor through the same dip.
+    topo = one_rack(4, np.inf)
+    settings = PolicySettings(
+        capping=CappingSettings(demand_hold_s=3.0),
+        dvfs=DvfsSettings(enabled=False, activity_hold_s=10.0),
+    )
+    sync = np.array([0, -1, 0, -1], dtype=np.int32)
+    service = sync < 0
+    workspace = DecisionWorkspace(4)
+    cap = topo.gpu_max_cap_w.copy()
+    state: DecisionState | None = None
+    for k, util in enumerate((0.97, 0.97, 0.3)):
+        fleet = fleet_at(util, float(k), cap)
+        fleet.power_w[service] = 150.0
+        decision, state = decide(
+            topo,
+            fleet,
+            tier=np.zeros(4, dtype=np.int8),
+            limits=Limits(),
+            settings=settings,
+            state=state,
+            now_s=float(k),
+            sync_job=sync,
+            workspace=workspace,
+        )
+        cap = np.array(decision.cap_w)
+    held_activity = 0.3 + (0.97 - 0.3) * np.exp(-1.0 / 10.0)
+    floor = workspace.tier_floor
+    np.testing.assert_allclose(floor[service], 80.0 + 620.0 * held_activity, rtol=1e-9)
+    assert np.all(floor[~service] > 0.95 * (80.0 + 620.0 * 0.97))
+
+
+def test_an_unpinned_gpu_floor_is_its_draw() -> None:
+    # Busy and drawing well under its cap, a GPU asks the unpinned headroom over its draw; its
+    # floor is sized for the draw itself, not for less (the pinned GPU's larger headroom).
+    topo = one_rack(4, np.inf)
+    fleet = FleetState.empty(topo)
+    fleet.util = np.full(4, 0.1)
+    fleet.mem_util = np.full(4, 0.1)
+    fleet.power_w = np.full(4, 400.0)
+    fleet.cap_w = topo.gpu_max_cap_w.copy()
+    fleet.rack_last_seen_s[:] = 0.0
+    _, state = decide(
+        topo,
+        fleet,
+        tier=np.zeros(4, dtype=np.int8),
+        limits=Limits(),
+        settings=PolicySettings(),
+        state=None,
+        now_s=0.0,
+    )
+    assert state is not None and state.floor_basis_w is not None
+    assert float(topo.gpu_max_cap_w[0]) * 0.97 > 400.0  # not pinned at its cap
+    np.testing.assert_allclose(state.floor_basis_w, 400.0, rtol=1e-9)
