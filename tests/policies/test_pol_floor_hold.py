@@ -130,7 +130,8 @@ def test_an_unpinned_gpu_floor_is_its_draw() -> None:
     fleet.power_w = np.full(4, 400.0)
     fleet.cap_w = topo.gpu_max_cap_w.copy()
     fleet.rack_last_seen_s[:] = 0.0
-    _, state = decide(
+    workspace = DecisionWorkspace(4)
+    decide(
         topo,
         fleet,
         tier=np.zeros(4, dtype=np.int8),
@@ -138,7 +139,8 @@ def test_an_unpinned_gpu_floor_is_its_draw() -> None:
         settings=PolicySettings(),
         state=None,
         now_s=0.0,
+        workspace=workspace,
     )
-    assert state is not None and state.floor_basis_w is not None
     assert float(topo.gpu_max_cap_w[0]) * 0.97 > 400.0  # not pinned at its cap
-    np.testing.assert_allclose(state.floor_basis_w, 400.0, rtol=1e-9)
+    # Flex 0's floor is its whole uncapped draw.
+    np.testing.assert_allclose(workspace.tier_floor, 400.0, rtol=1e-9)
