@@ -24,6 +24,9 @@ FloatArray = NDArray[np.float64]
 FLOOR_KNEE = 0.85
 #: Throughput exponent of compute-bound work in the clock, fitted to the same sweeps (1.1).
 FLOOR_ALPHA = 1.1
+#: GPUs per block of `tier_floor_caps`: its twenty-odd steps run one block at a time, so that
+#: their temporaries stay in cache instead of streaming the whole fleet through memory each.
+FLOOR_BLOCK = 1 << 17
 
 
 def tier_floor_caps(
@@ -79,46 +82,101 @@ def tier_floor_caps(
     """
     ws = DecisionWorkspace(plan.topology.n_gpus) if workspace is None else workspace
     keep, rest = _tier_keep(plan, ws, tier, tuple(tolerances))
-    draw = np.multiply(activity, plan.dynamic_w, out=ws.modelled_draw)
-    np.add(draw, plan.idle_w, out=draw)
+    raw = demand_w if raw_w is None else raw_w
+    n = demand_w.shape[0]
+    # A mask that is all one thing (every GPU in a synchronous job, or none) is no mask: the
+    # masked maximum costs several times the plain one.
+    with_draw: NDArray[np.bool_] | bool = held is None
+    if held is not None and held.with_draw is not None and held.with_draw.any():
+        with_draw = True if held.with_draw.all() else held.with_draw
+    for start in range(0, n, FLOOR_BLOCK):
+        _floor_block(
+            slice(start, min(start + FLOOR_BLOCK, n)),
+            plan,
+            ws,
+            demand_w=demand_w,
+            raw_w=raw,
+            activity=activity,
+            floor_w=floor_w,
+            max_w=max_w,
+            keep=keep,
+            rest=rest,
+            requested_w=requested_w,
+            held=held,
+            headroom=headroom,
+            held_back=held_back,
+            with_draw=with_draw,
+        )
+    return ws.tier_floor
+
+
+def _floor_block(
+    part: slice,
+    plan: CappingPlan,
+    ws: DecisionWorkspace,
+    *,
+    demand_w: FloatArray,
+    raw_w: FloatArray,
+    activity: FloatArray,
+    floor_w: FloatArray,
+    max_w: FloatArray,
+    keep: FloatArray,
+    rest: FloatArray,
+    requested_w: FloatArray | None,
+    held: FloorHold | None,
+    headroom: tuple[float, float],
+    held_back: NDArray[np.bool_] | None,
+    with_draw: NDArray[np.bool_] | bool,
+) -> None:
+    """`tier_floor_caps` on the GPUs of `part`, its temporaries at the head of the workspace's
+    buffers, so that they stay in cache from one step to the next. The present U includes the
+    modelled draw where `with_draw` says (True: everywhere, False: nowhere)."""
+    size = part.stop - part.start
+    demand, raw, cap = demand_w[part], raw_w[part], max_w[part]
+    draw = np.multiply(activity[part], plan.dynamic_w[part], out=ws.modelled_draw[:size])
+    np.add(draw, plan.idle_w[part], out=draw)
     # U: the held draw under the demand's headroom (d = max(b (1 + frac), b + least) for a busy
     # GPU, so b = min(d / (1 + frac), d - least); an idle GPU's, lower, is lifted to its floor
     # below), or the modelled draw where higher (a GPU held at a low cap draws its cap).
-    raw = demand_w if raw_w is None else raw_w
-    present = ws.floor_basis
+    present = ws.floor_basis[:size]
     if held_back is None:
         np.copyto(present, raw)
     else:
         frac, least = headroom
-        np.divide(raw, 1.0 + frac, out=present)
-        np.minimum(present, np.subtract(raw, least, out=ws.floor_scratch), out=present)
         # The raw estimate where held back, or where it was clipped at the max cap (the draw
-        # under it is unknown).
-        keep_raw = np.greater_equal(raw, max_w, out=ws.floor_mask)
-        np.logical_or(keep_raw, held_back, out=keep_raw)
-        np.copyto(present, raw, where=keep_raw)
-    if held is None:
+        # under it is unknown): there the divisor is 1 and the least headroom 0, which selects
+        # it exactly. np.copyto with a mask this irregular costs several times the arithmetic.
+        free = np.greater_equal(raw, cap, out=ws.floor_mask[:size])
+        np.logical_or(free, held_back[part], out=free)
+        np.logical_not(free, out=free)
+        # 0/1 as floats once: arithmetic on the mask itself casts it at every use.
+        scratch = ws.floor_scratch[:size]
+        np.copyto(scratch, free)
+        np.subtract(raw, np.multiply(scratch, least, out=present), out=present)
+        divisor = np.multiply(scratch, frac, out=scratch)
+        divisor += 1.0
+        np.minimum(np.divide(raw, divisor, out=divisor), present, out=present)
+    if with_draw is True:
         np.maximum(present, draw, out=present)
-    elif held.with_draw is not None:
-        np.maximum(present, draw, out=present, where=held.with_draw)
-    np.minimum(present, max_w, out=present)
-    np.maximum(demand_w, draw, out=demand_w)
-    np.minimum(demand_w, max_w, out=demand_w)
+    elif with_draw is not False:
+        np.maximum(present, draw, out=present, where=with_draw[part])
+    np.minimum(present, cap, out=present)
+    np.maximum(demand, draw, out=demand)
+    np.minimum(demand, cap, out=demand)
     basis = present
     if held is not None:
         # The modelled draw joins after the hold where the hold leaves it out: it is the held
         # activity's already. `present` is dead once held.
-        basis = np.maximum(held.hold(present, max_w), draw, out=present)
-        np.minimum(basis, max_w, out=basis)
-    out = np.multiply(basis, keep, out=ws.tier_floor)
-    np.add(out, rest, out=out)  # idle (1 - k) + U k = idle + (U - idle) k <= U, as k <= 1
+        basis = np.maximum(held.hold_part(present, cap, part), draw, out=present)
+        np.minimum(basis, cap, out=basis)
+    out = np.multiply(basis, keep[part], out=ws.tier_floor[part])
+    np.add(out, rest[part], out=out)  # idle (1 - k) + U k = idle + (U - idle) k <= U, as k <= 1
     if requested_w is not None:
-        np.maximum(out, requested_w, out=out)
+        np.maximum(out, requested_w[part], out=out)
         np.minimum(out, basis, out=out)
-    np.maximum(out, floor_w, out=out)
+    np.maximum(out, floor_w[part], out=out)
     if held is not None:
-        np.maximum(demand_w, out, out=demand_w)
-    return out
+        np.maximum(demand, out, out=demand)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,14 +210,19 @@ class FloorHold:
 
     def hold(self, present_w: FloatArray, max_w: FloatArray) -> FloatArray:
         """This tick's held U: the present U, raised towards the previous one. Units: W."""
-        held = self.out
+        return self.hold_part(present_w, max_w, slice(0, present_w.shape[0]))
+
+    def hold_part(self, present_w: FloatArray, max_w: FloatArray, part: slice) -> FloatArray:
+        """`hold` for the GPUs of `part` (`present_w` and `max_w` are theirs alone): the tier
+        floors run block by block. Units: W."""
+        held = self.out[part]
         previous = self.previous_w
-        if previous is None or previous.shape != present_w.shape:
+        if previous is None or previous.shape != self.out.shape:
             np.copyto(held, present_w)
             return held
-        np.subtract(previous, present_w, out=held)
+        np.subtract(previous[part], present_w, out=held)
         np.maximum(held, 0.0, out=held)
-        held *= self.keep
+        held *= self.keep if isinstance(self.keep, float) else self.keep[part]
         held += present_w
         np.minimum(held, max_w, out=held)  # a stale GPU's max is its kept cap
         return held

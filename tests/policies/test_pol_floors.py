@@ -18,7 +18,13 @@ from policies.decision import CappingSettings, Limits, PolicySettings
 from policies.dvfs import BETA_POWER
 from policies.errors import PolicyError
 from policies.fleet import FleetState
-from policies.floors import FLOOR_ALPHA, FLOOR_KNEE, activity_floor_caps, tier_floor_caps
+from policies.floors import (
+    FLOOR_ALPHA,
+    FLOOR_KNEE,
+    FloorHold,
+    activity_floor_caps,
+    tier_floor_caps,
+)
 from policies.gpu_models import model_table
 from policies.pipeline import decide
 from policies.plan import CappingPlan
@@ -218,3 +224,48 @@ def test_decide_rejects_floors_of_the_wrong_length() -> None:
             state=None,
             now_s=0.0,
         )
+
+
+@pytest.mark.parametrize("members", ["some", "all", "none"])
+def test_tier_floors_are_the_same_block_by_block(
+    monkeypatch: pytest.MonkeyPatch, members: str
+) -> None:
+    """Blocks that split the fleet unevenly give the floors, the raised demand and the held
+    draw of one block, to the bit."""
+    n = 37
+    topo = one_rack(n, 1e9)
+    plan = CappingPlan.build(topo)
+    rng = np.random.default_rng(7)
+    lo, hi = topo.gpu_min_cap_w, topo.gpu_max_cap_w
+    raw = rng.uniform(lo, hi * 1.05).clip(lo, hi)
+    raw[::5] = hi[::5]  # clipped at the max cap
+    member = {
+        "some": rng.random(n) < 0.5,
+        "all": np.ones(n, np.bool_),
+        "none": np.zeros(n, np.bool_),
+    }[members]
+    inputs = {
+        "activity": rng.uniform(0.0, 1.0, n),
+        "floor_w": lo,
+        "max_w": hi,
+        "tier": rng.integers(0, N_TIERS, n).astype(np.int8),
+        "tolerances": tuple(TOL),
+        "requested_w": np.where(rng.random(n) < 0.2, rng.uniform(lo, hi), 0.0),
+        "headroom": (0.05, 5.0),
+        "held_back": rng.random(n) < 0.3,
+        "raw_w": raw,
+    }
+    previous = rng.uniform(lo, hi)
+    keep = np.where(member, 0.99, 0.7)
+
+    def floors(block: int) -> tuple[np.ndarray, ...]:
+        monkeypatch.setattr("policies.floors.FLOOR_BLOCK", block)
+        demand = raw * 1.05
+        held = FloorHold(previous_w=previous, keep=keep, out=np.empty(n), with_draw=member)
+        floor = tier_floor_caps(plan, demand_w=demand, held=held, **inputs)
+        return floor.copy(), demand, held.out
+
+    whole = floors(1 << 20)
+    for block in (1, 4, 16):
+        for got, want in zip(floors(block), whole, strict=True):
+            assert got.tobytes() == want.tobytes()
