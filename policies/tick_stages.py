@@ -255,19 +255,7 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         workspace=ws,
     )
     basis = held.out
-    # Warm, smoothing makes the fresh caps, so the fill's own can live in the workspace.
-    out = None if tick.state is None else ws.target_cap
-    alloc = allocate(
-        plan,
-        floor_w=bounds.floor_w,
-        demand_w=bounds.demand_w,
-        max_w=bounds.max_w,
-        tier=tick.tiers,
-        usable_w=usable_w,
-        tier_floor_w=tier_floor,
-        out=out,
-        workspace=ws,
-    )
+    alloc = _allocate(tick, bounds, usable_w, tier_floor)
     if sync_job is None:
         return alloc, basis
     ceiling = pace_ceiling(plan, alloc.cap_w, sync_job, activity.held)
@@ -275,18 +263,26 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         return alloc, basis
     if tick.stale_gpu is not None:
         ceiling[tick.stale_gpu] = np.inf  # a blind GPU's pace is unknown: it is not held
-    paced = _paced(ceiling, bounds, tier_floor)
+    return _allocate(tick, _paced(ceiling, bounds, tier_floor), usable_w, tier_floor), basis
+
+
+def _allocate(
+    tick: CoreTick, bounds: Bounds, usable_w: tuple[FloatArray, ...], tier_floor: FloatArray
+) -> Allocation:
+    """The water-fill within `bounds` over the tier floors. Warm, smoothing makes the fresh
+    caps, so the fill's own can live in the workspace."""
+    ws = tick.workspace
     return allocate(
-        plan,
-        floor_w=paced.floor_w,
-        demand_w=paced.demand_w,
-        max_w=paced.max_w,
+        tick.plan,
+        floor_w=bounds.floor_w,
+        demand_w=bounds.demand_w,
+        max_w=bounds.max_w,
         tier=tick.tiers,
         usable_w=usable_w,
         tier_floor_w=tier_floor,
-        out=out,
+        out=None if tick.state is None else ws.target_cap,
         workspace=ws,
-    ), basis
+    )
 
 
 def _floor_hold(tick: CoreTick, sync_job: NDArray[np.int32] | None) -> FloorHold:
