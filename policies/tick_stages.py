@@ -296,7 +296,11 @@ def _floor_hold(tick: CoreTick, sync_job: NDArray[np.int32] | None) -> FloorHold
         if sync_job.shape != (n,):
             raise PolicyError(f"sync_job must have shape ({n},)")
         member = np.greater_equal(sync_job, 0)
-        keep = np.where(member, _keep(tick.dt_s, capping.floor_hold_s), keep)
+        # One time constant for all (every GPU in a job, or none) needs no per-GPU array.
+        if member.all():
+            keep = _keep(tick.dt_s, capping.floor_hold_s)
+        elif member.any():
+            keep = np.where(member, _keep(tick.dt_s, capping.floor_hold_s), keep)
     state = tick.state
     return FloorHold(
         previous_w=None if state is None else state.floor_basis_w,
