@@ -29,6 +29,7 @@ def estimate_demand(
     memory_bound_ratio: float = 0.6,
     out: FloatArray | None = None,
     workspace: DecisionWorkspace | None = None,
+    tier_keep: FloatArray | None = None,
 ) -> FloatArray:
     """What each GPU would draw uncapped, from recent power, with headroom. Units: W.
 
@@ -42,6 +43,10 @@ def estimate_demand(
     keeps asking more each tick while it stays pinned and power is free. A busy GPU drawing below
     its cap is not held back: its demand is its draw, and it asks only for the smaller
     `unpinned_headroom_*` over it, enough for a rise to pin it (and be seen) on the next tick.
+    Except on a tier that tolerates no slowdown (`tier_keep`, the tier floors' share of dynamic
+    power per GPU, is 1 there; None: no such tier): a Flex 0 service whose load rises would run
+    capped, below its floor, for the telemetry delay and the actuation lag before it showed
+    pinned, so it keeps the pinned headroom. Its floor is still its draw (`tier_floor_caps`).
     Under a binding limit the headroom of GPUs that do not draw it is power the tiers below
     cannot use; the tier floors already size a busy GPU's cap from its held activity. A GPU idle
     by utilisation asks only for what it draws. Every result is within [min cap, max cap], so
@@ -71,13 +76,18 @@ def estimate_demand(
     np.maximum(base, power, out=base)  # ... so this is max(power, cap) if pinned, else power
     # Headroom per GPU: the pinned one's where pinned, the unpinned one's elsewhere (a linear
     # blend by the 0/1 mask, cheaper than np.where on a mask this irregular).
+    full = pinned
+    if tier_keep is not None and tier_keep.shape == power.shape:
+        # `below_max` is dead once the ceiling test is done; `at_ceiling` until `asks`.
+        strict = np.greater_equal(tier_keep, 1.0, out=buffers.below_max)
+        full = np.logical_or(pinned, strict, out=buffers.at_ceiling)
     frac = np.multiply(
-        pinned, settings.demand_headroom_frac - settings.unpinned_headroom_frac, out=buffers.frac
+        full, settings.demand_headroom_frac - settings.unpinned_headroom_frac, out=buffers.frac
     )
     frac += 1.0 + settings.unpinned_headroom_frac
     demand = np.multiply(base, frac, out=buffers.headroom)
     floor = np.multiply(
-        pinned, settings.demand_headroom_min_w - settings.unpinned_headroom_min_w, out=threshold
+        full, settings.demand_headroom_min_w - settings.unpinned_headroom_min_w, out=threshold
     )
     floor += settings.unpinned_headroom_min_w
     floor += base

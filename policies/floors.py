@@ -27,6 +27,12 @@ FLOOR_ALPHA = 1.1
 #: GPUs per block of `tier_floor_caps`: its twenty-odd steps run one block at a time, so that
 #: their temporaries stay in cache instead of streaming the whole fleet through memory each.
 FLOOR_BLOCK = 1 << 17
+#: Least clock fraction believed when a held-back GPU's U is read from its clock: below it (a
+#: clock not reported, or a GPU parked) g is too small to divide by, and U comes out so large
+#: that it bounds nothing.
+MIN_CLOCK_FRAC = 0.05
+#: Least draw over idle in that reading, so that an idle GPU's 0 / 0 cannot arise. Units: W.
+MIN_OVER_IDLE_W = 1e-6
 
 
 def tier_floor_caps(
@@ -44,6 +50,9 @@ def tier_floor_caps(
     held_back: NDArray[np.bool_] | None = None,
     raw_w: FloatArray | None = None,
     workspace: DecisionWorkspace | None = None,
+    strict_headroom: tuple[float, float] | None = None,
+    power_w: FloatArray | None = None,
+    sm_clock_mhz: FloatArray | None = None,
 ) -> FloatArray:
     """Per GPU, the cap that keeps it within its Flex tier's tolerated slowdown. Units: W.
 
@@ -69,7 +78,18 @@ def tier_floor_caps(
     U), and the tier phases still grant the headroom in tier order. A GPU held back by its cap
     keeps it: what it would draw uncapped is unknown and above its cap, and the headroom is how
     its floor finds it. `demand_w` keeps its headroom and is raised to the modelled draw where
-    that is higher.
+    that is higher. On a tier that tolerates no slowdown an unpinned GPU asks the pinned
+    headroom (`strict_headroom`, see `policies.demand.estimate_demand`; None: it asks the
+    unpinned one like the others), and that is what comes off.
+
+    With its draw P and SM clock (`power_w`, `sm_clock_mhz`; None: not used), a GPU held back
+    tells its U under the same model: its limiter lowered its clock to x until
+    P = idle + (U - idle) g(x), so U = idle + (P - idle) / g(x). Where that is lower, it bounds
+    both the held-back estimate (the cap plus the pinned headroom: a GPU barely held back
+    wants a few percent over its cap, not a tenth) and the modelled draw (SM activity saturates:
+    a training GPU reads 100 % busy while drawing 0.97 of full activity's power). The bound is
+    never below P, and a clock that reads low for another reason (heat, a power brake) only
+    raises it, which leaves the estimate as it was.
 
     `raw_w` is this tick's demand estimate before its peak hold (None: `demand_w` is it); U is
     held by `held` (see `FloorHold`) instead, which receives the U held this tick; where that
@@ -106,6 +126,9 @@ def tier_floor_caps(
             headroom=headroom,
             held_back=held_back,
             with_draw=with_draw,
+            strict_headroom=strict_headroom,
+            power_w=power_w,
+            sm_clock_mhz=sm_clock_mhz,
         )
     return ws.tier_floor
 
@@ -127,6 +150,9 @@ def _floor_block(
     headroom: tuple[float, float],
     held_back: NDArray[np.bool_] | None,
     with_draw: NDArray[np.bool_] | bool,
+    strict_headroom: tuple[float, float] | None = None,
+    power_w: FloatArray | None = None,
+    sm_clock_mhz: FloatArray | None = None,
 ) -> None:
     """`tier_floor_caps` on the GPUs of `part`, its temporaries at the head of the workspace's
     buffers, so that they stay in cache from one step to the next. The present U includes the
@@ -152,10 +178,25 @@ def _floor_block(
         # 0/1 as floats once: arithmetic on the mask itself casts it at every use.
         scratch = ws.floor_scratch[:size]
         np.copyto(scratch, free)
-        np.subtract(raw, np.multiply(scratch, least, out=present), out=present)
-        divisor = np.multiply(scratch, frac, out=scratch)
+        taken = np.multiply(scratch, least, out=present)
+        divisor = np.multiply(scratch, frac, out=ws.floor_extra[:size])
+        if strict_headroom is not None:
+            # 1 on a free GPU of a tier that tolerates no slowdown (keep = 1, else < 1): there
+            # the pinned headroom comes off instead.
+            strict = np.floor(keep[part], out=ws.floor_strict[:size])
+            strict *= scratch
+            strict_frac, strict_least = strict_headroom
+            taken += np.multiply(strict, strict_least - least, out=scratch)
+            divisor += np.multiply(strict, strict_frac - frac, out=strict)
+        np.subtract(raw, taken, out=present)
         divisor += 1.0
         np.minimum(np.divide(raw, divisor, out=divisor), present, out=present)
+    if power_w is not None and sm_clock_mhz is not None and held_back is not None:
+        implied = _clock_implied(
+            part, plan, ws, power_w=power_w, sm_clock_mhz=sm_clock_mhz, held_back=held_back
+        )
+        np.minimum(present, implied, out=present)
+        np.minimum(draw, implied, out=draw)
     if with_draw is True:
         np.maximum(present, draw, out=present)
     elif with_draw is not False:
@@ -177,6 +218,38 @@ def _floor_block(
     np.maximum(out, floor_w[part], out=out)
     if held is not None:
         np.maximum(demand, out, out=demand)
+
+
+def _clock_implied(
+    part: slice,
+    plan: CappingPlan,
+    ws: DecisionWorkspace,
+    *,
+    power_w: FloatArray,
+    sm_clock_mhz: FloatArray,
+    held_back: NDArray[np.bool_],
+) -> FloatArray:
+    """Per GPU of `part`, U = idle + (P - idle) / g(x) where held back, +inf elsewhere (W).
+
+    Held back is a multiplier of g (0 elsewhere), so the division gives +inf there without a
+    masked step; the draw over idle is kept above 0 so that no 0 / 0 arises. In the floors'
+    spare buffers: the scratch one and the one `tier_floor_caps` gave the divisor.
+    """
+    size = part.stop - part.start
+    x = np.divide(sm_clock_mhz[part], plan.max_clock_mhz[part], out=ws.floor_scratch[:size])
+    np.clip(x, MIN_CLOCK_FRAC, 1.0, out=x)
+    g = np.maximum(x, FLOOR_KNEE, out=ws.floor_extra[:size])
+    g *= g
+    g *= x  # x max(x, knee)^2: the floors' g, BETA_POWER = 3
+    np.copyto(x, held_back[part])
+    g *= x
+    over = np.subtract(power_w[part], plan.idle_w[part], out=x)
+    np.maximum(over, MIN_OVER_IDLE_W, out=over)
+    with np.errstate(divide="ignore"):
+        implied = np.divide(over, g, out=g)
+    implied += plan.idle_w[part]
+    np.maximum(implied, power_w[part], out=implied)
+    return implied
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,6 +299,17 @@ class FloorHold:
         held += present_w
         np.minimum(held, max_w, out=held)  # a stale GPU's max is its kept cap
         return held
+
+
+def tier_keep_per_gpu(
+    plan: CappingPlan,
+    workspace: DecisionWorkspace,
+    tier: NDArray[np.int8],
+    tolerances: tuple[float, ...],
+) -> FloatArray:
+    """Per GPU, its tier's share k of dynamic power at the floor (1: no slowdown tolerated),
+    from the workspace's cache (`_tier_keep`)."""
+    return _tier_keep(plan, workspace, tier, tolerances)[0]
 
 
 def _tier_keep(

@@ -21,7 +21,7 @@ from policies.demand import estimate_demand, hold_demand
 from policies.dvfs import clock_targets
 from policies.errors import PolicyError
 from policies.fleet import FleetState
-from policies.floors import FloorHold, tier_floor_caps
+from policies.floors import FloorHold, tier_floor_caps, tier_keep_per_gpu
 from policies.lending import lend_step
 from policies.pacing import pace_ceiling
 from policies.plan import CappingPlan
@@ -129,6 +129,7 @@ def demand(tick: CoreTick, fleet: FleetState) -> tuple[FloatArray, FloatArray]:
         # Held, the demand is a fresh array made by the hold, so the estimate can use a buffer.
         out=tick.workspace.raw_demand if holding else None,
         workspace=tick.workspace,
+        tier_keep=_strict_keep(tick),
     )
     if not holding:
         return demand, demand
@@ -152,6 +153,10 @@ class Activity:
     held: FloatArray
     #: The held activity, 0 on stale GPUs: what tier floors and clock fitting are sized for.
     fit: FloatArray
+    #: The reported draw and SM clock, from which the floors read a held-back GPU's uncapped
+    #: draw (`tier_floor_caps`). Units: W, MHz.
+    power_w: FloatArray | None = None
+    sm_clock_mhz: FloatArray | None = None
 
 
 def activity(tick: CoreTick, fleet: FleetState) -> Activity:
@@ -170,7 +175,14 @@ def activity(tick: CoreTick, fleet: FleetState) -> Activity:
             out=tick.held_activity_out,
         )
     fit = held if stale_gpu is None else np.where(stale_gpu, 0.0, held)
-    return Activity(util=util, mem_util=mem_util, held=held, fit=fit)
+    return Activity(
+        util=util,
+        mem_util=mem_util,
+        held=held,
+        fit=fit,
+        power_w=fleet.power_w,
+        sm_clock_mhz=fleet.sm_clock_mhz,
+    )
 
 
 def site(tick: CoreTick, limits: Limits) -> tuple[float, tuple[FloatArray, ...]]:
@@ -253,6 +265,11 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         held_back=ws.demand.pinned,
         raw_w=raw_demand,
         workspace=ws,
+        strict_headroom=None
+        if 0.0 not in capping.flex_tolerances
+        else (capping.demand_headroom_frac, capping.demand_headroom_min_w),
+        power_w=activity.power_w,
+        sm_clock_mhz=activity.sm_clock_mhz,
     )
     basis = held.out
     alloc = _allocate(tick, bounds, usable_w, tier_floor)
@@ -283,6 +300,15 @@ def _allocate(
         out=None if tick.state is None else ws.target_cap,
         workspace=ws,
     )
+
+
+def _strict_keep(tick: CoreTick) -> FloatArray | None:
+    """The tier floors' per-GPU keep when a tier tolerates no slowdown (it is 1 there), else
+    None: the demand stage gives those GPUs the pinned headroom."""
+    tolerances = tuple(tick.settings.capping.flex_tolerances)
+    if 0.0 not in tolerances:
+        return None
+    return tier_keep_per_gpu(tick.plan, tick.workspace, tick.tiers, tolerances)
 
 
 def _floor_hold(tick: CoreTick, sync_job: NDArray[np.int32] | None) -> FloorHold:
