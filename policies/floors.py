@@ -69,18 +69,19 @@ def tier_floor_caps(
     the floor errs on the safe side; telling the two apart would cost a quarter of the tick's
     arithmetic for floors that matter only under cuts.
 
-    The demand estimate carries headroom over the held draw (`headroom`: the fraction and the
-    least watts of `CappingSettings.demand_headroom_frac` and `demand_headroom_min_w`), so a
-    capped GPU's rising demand shows. On GPUs drawing under their caps (all but those
-    `held_back` marks: pinned at a cap or a clock ceiling; None: all) U leaves it out, their
-    draw being what they want: floors from it would reserve, before any
-    lower tier's floor, power no GPU draws (a tenth of Flex 0's draw, whose floor is its whole
-    U), and the tier phases still grant the headroom in tier order. A GPU held back by its cap
-    keeps it: what it would draw uncapped is unknown and above its cap, and the headroom is how
-    its floor finds it. `demand_w` keeps its headroom and is raised to the modelled draw where
-    that is higher. On a tier that tolerates no slowdown an unpinned GPU asks the pinned
-    headroom (`strict_headroom`, see `policies.demand.estimate_demand`; None: it asks the
-    unpinned one like the others), and that is what comes off.
+    The demand estimate carries headroom over the held draw (`headroom`: the fraction and the least
+    watts of `CappingSettings.demand_headroom_frac` and `demand_headroom_min_w`), so a capped GPU's
+    rising demand shows. On GPUs drawing under their caps (all but those `held_back` marks: pinned
+    at a cap or a clock ceiling; None: all) U leaves it out, their draw being what they want: floors
+    from it would reserve, before any lower tier's floor, power no GPU draws (a tenth of Flex 0's
+    draw, whose floor is its whole U), and the tier phases still grant the headroom in tier order.
+    With `power_w` that draw is read, not undone from the estimate, which the headroom may have
+    taken to the max cap; without it (`strict_headroom` says how) it is undone. A GPU held back by
+    its cap keeps it: what it would draw uncapped is unknown and above its cap, and the headroom is
+    how its floor finds it. `demand_w` keeps its headroom and is raised to the modelled draw where
+    that is higher. On a tier that tolerates no slowdown an unpinned GPU asks the pinned headroom
+    (`strict_headroom`, see `policies.demand.estimate_demand`; None: it asks the unpinned one like
+    the others), and that is what comes off when the draw is undone.
 
     With its draw P and SM clock (`power_w`, `sm_clock_mhz`; None: not used), a GPU held back
     tells its U under the same model: its limiter lowered its clock to x until
@@ -167,6 +168,18 @@ def _floor_block(
     present = ws.floor_basis[:size]
     if held_back is None:
         np.copyto(present, raw)
+    elif power_w is not None:
+        # With the draw at hand, a GPU not held back draws what it wants: its U is its draw
+        # (the demand's base), known even where the headroom took its estimate to the max cap,
+        # which undone would reserve the max for a service drawing a tenth under it. Held back,
+        # the raw estimate (bounded by the clock reading below). A blend by the 0/1 mask:
+        # np.copyto with a mask this irregular costs several times the arithmetic.
+        scratch = ws.floor_scratch[:size]
+        np.copyto(scratch, held_back[part])
+        draw_now = power_w[part]
+        np.subtract(raw, draw_now, out=present)
+        present *= scratch
+        present += draw_now
     else:
         frac, least = headroom
         # The raw estimate where held back, or where it was clipped at the max cap (the draw

@@ -222,28 +222,29 @@ def generate(path: Path = FIXTURE) -> None:
 def test_decide_is_bit_exact_against_the_stored_outputs(lend: str) -> None:
     """Without a workspace, with one per case, and with one lent to every case of its size in
     turn (its caches must follow the plan it serves)."""
-    stored = np.load(FIXTURE)
-    seen: set[str] = set()
-    shared: dict[int, DecisionWorkspace] = {}
-    for name, case in cases().items():
-        n = case.topology.n_gpus
-        workspace = {
-            "none": None,
-            "own": DecisionWorkspace(n),
-            "shared": shared.setdefault(n, DecisionWorkspace(n)),
-        }[lend]
-        for t, outputs in enumerate(run_case(case, workspace)):
-            for key, value in outputs.items():
-                full = f"{name}/{t}/{key}"
-                seen.add(full)
-                expected = stored[full]
-                assert value.dtype == expected.dtype, full
-                # array_equal with equal_nan: bit-exact, NaN where NaN was stored.
-                assert np.array_equal(value, expected, equal_nan=value.dtype.kind == "f"), (
-                    f"{full} moved: max |diff| "
-                    f"{np.max(np.abs(value.astype(float) - expected.astype(float)))}"
-                )
-    assert seen == set(stored.files), "outputs appeared or disappeared"
+    # Closed even when a comparison fails: a leaked handle fails a later test instead.
+    with np.load(FIXTURE) as stored:
+        seen: set[str] = set()
+        shared: dict[int, DecisionWorkspace] = {}
+        for name, case in cases().items():
+            n = case.topology.n_gpus
+            workspace = {
+                "none": None,
+                "own": DecisionWorkspace(n),
+                "shared": shared.setdefault(n, DecisionWorkspace(n)),
+            }[lend]
+            for t, outputs in enumerate(run_case(case, workspace)):
+                for key, value in outputs.items():
+                    full = f"{name}/{t}/{key}"
+                    seen.add(full)
+                    expected = stored[full]
+                    assert value.dtype == expected.dtype, full
+                    # array_equal with equal_nan: bit-exact, NaN where NaN was stored.
+                    assert np.array_equal(value, expected, equal_nan=value.dtype.kind == "f"), (
+                        f"{full} moved: max |diff| "
+                        f"{np.max(np.abs(value.astype(float) - expected.astype(float)))}"
+                    )
+        assert seen == set(stored.files), "outputs appeared or disappeared"
 
 
 def test_decisions_are_read_only_and_the_workspace_is_sized() -> None:

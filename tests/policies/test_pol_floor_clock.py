@@ -102,3 +102,13 @@ def test_an_unpinned_flex0_gpu_asks_the_pinned_headroom_and_is_floored_at_its_dr
     np.testing.assert_allclose(demand1, 420.0, rtol=1e-9)  # 5 % (at least 5 W)
     np.testing.assert_allclose(floor0, 400.0, rtol=1e-9)
     assert np.all(floor1 < 400.0)
+
+
+def test_a_flex0_gpu_whose_headroom_reaches_the_max_cap_is_floored_at_its_draw() -> None:
+    # Drawing 650 W under its 700 W cap (not pinned): the pinned headroom asks 715 W, clipped
+    # to the max cap, so the estimate alone cannot tell its draw; the reading can. The max
+    # reserved as Flex 0's floor would come before every lower tier's floor for 50 W it
+    # does not draw.
+    floor, demand = floors(tier=0, util=0.3, power_w=650.0, cap_w=700.0, clock_frac=1.0)
+    np.testing.assert_allclose(demand, 700.0, rtol=1e-9)
+    np.testing.assert_allclose(floor, 650.0, rtol=1e-9)
