@@ -74,7 +74,7 @@ from bench._control_targets import (
     table,
 )
 from controller.commands._args import duration_s
-from policies.decision import CappingSettings, LendSettings, PolicySettings
+from policies.decision import CappingSettings, LendSettings, NonGpuSettings, PolicySettings
 from simulator import loop
 from simulator.baselines import ThresholdController
 from simulator.cluster import SimCluster
@@ -154,6 +154,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{LEND}: contract tolerance of the lent worst case (default {LEND_TOLERANCE})",
     )
     parser.add_argument(
+        "--non-gpu",
+        choices=("peak", "measured"),
+        default="peak",
+        help="rheostat controllers: budget servers' non-GPU power at its peak (the default "
+        "policy) or as each rack's meter measures it (`capping.non_gpu.measured`)",
+    )
+    parser.add_argument(
         "--faults",
         action="store_true",
         help="run each scenario under FAULTS too: a controller outage longer than the commands' "
@@ -172,10 +179,22 @@ def _controller(name: str) -> str | Callable[[SimCluster], Controller]:
     return threshold_factory if name == "threshold" else name
 
 
-def lend_settings(tolerance: float = LEND_TOLERANCE) -> PolicySettings:
+def lend_settings(
+    tolerance: float = LEND_TOLERANCE, *, non_gpu_measured: bool = False
+) -> PolicySettings:
     """The default policy with headroom lending on, `tolerance` its contract tolerance."""
     lend = LendSettings(enabled=True, contract_tolerance_frac=tolerance)
-    return PolicySettings(capping=CappingSettings(lend=lend))
+    non_gpu = NonGpuSettings(measured=non_gpu_measured)
+    return PolicySettings(capping=CappingSettings(lend=lend, non_gpu=non_gpu))
+
+
+def _settings(name: str, tolerance: float, non_gpu_measured: bool) -> PolicySettings | None:
+    """The policy a rheostat row runs (None: the default one)."""
+    if name == LEND:
+        return lend_settings(tolerance, non_gpu_measured=non_gpu_measured)
+    if non_gpu_measured:
+        return PolicySettings(capping=CappingSettings(non_gpu=NonGpuSettings(measured=True)))
+    return None
 
 
 def steady_gap_pct(controlled: RunResult, reference: RunResult | None = None) -> float | None:
@@ -268,13 +287,17 @@ def scoreboard(controlled: RunResult, reference: RunResult, summary: Row) -> Row
 
 
 def run_scenario(
-    scenario: Scenario, controllers: Sequence[str], lend_tolerance: float = LEND_TOLERANCE
+    scenario: Scenario,
+    controllers: Sequence[str],
+    lend_tolerance: float = LEND_TOLERANCE,
+    *,
+    non_gpu_measured: bool = False,
 ) -> dict[str, Row]:
     """Controller name -> summary (with `scoreboard`) for one scenario."""
     reference = loop.run(scenario, unlimited=True)
     out: dict[str, Row] = {}
     for name in controllers:
-        settings = lend_settings(lend_tolerance) if name == LEND else None
+        settings = _settings(name, lend_tolerance, non_gpu_measured)
         controlled = loop.run(scenario, controller=_controller(name), settings=settings)
         summary = _plain(summarize(controlled, reference))
         summary["controller"] = name  # `rheostat+lend` runs the `rheostat` controller
@@ -299,10 +322,15 @@ def run(args: argparse.Namespace) -> list[Row]:
             if args.duration is not None and args.duration < scenario.duration_s:
                 scenario = scenario.shortened(args.duration)
             tolerance = getattr(args, "lend_tolerance", LEND_TOLERANCE)
-            scenarios[scenario.name] = run_scenario(scenario, args.controller, tolerance)
+            measured = getattr(args, "non_gpu", "peak") == "measured"
+            scenarios[scenario.name] = run_scenario(
+                scenario, args.controller, tolerance, non_gpu_measured=measured
+            )
             if getattr(args, "faults", False):
                 faulty = with_faults(scenario)
-                scenarios[faulty.name] = run_scenario(faulty, args.controller, tolerance)
+                scenarios[faulty.name] = run_scenario(
+                    faulty, args.controller, tolerance, non_gpu_measured=measured
+                )
     return [{"scenarios": scenarios}]
 
 

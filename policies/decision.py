@@ -39,6 +39,30 @@ class LendSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NonGpuSettings:
+    """Servers' non-GPU power budgeted as measured (`policies.non_gpu`); off unless enabled.
+
+    Off, every group's non-GPU power (CPUs, fans, NICs: `Level.overhead_w`) is budgeted at its
+    peak, which is safe whatever the load but leaves what a lightly loaded server does not draw
+    unused. On, each rack's is its metered power less its GPUs', held and with a margin, never
+    above the peak. Units: W, s, fractions.
+    """
+
+    measured: bool = False
+    #: Margin over the held measurement, as a fraction of the rack's peak non-GPU power: the
+    #: rise it may see before the controller reacts (a decision period, telemetry, actuation).
+    margin_frac: float = 0.05
+    #: Time constant of the peak-held measurement: a rise counts at once, a fall this slowly, so
+    #: a synchronous job's communication phase does not hand out what its compute phase draws.
+    #: Units: s.
+    hold_s: float = 60.0
+    #: Share of a rack's metered (wall-side) power its PSUs deliver: the factor the ratings were
+    #: scaled by (`policies.topology.dc_side`). Set by the caller from the same figure; 1.0
+    #: counts PSU losses as non-GPU power, which budgets more than is drawn (safe).
+    psu_efficiency: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CappingSettings:
     """How caps move. Units: W and W/s."""
 
@@ -85,6 +109,8 @@ class CappingSettings:
     floor_hold_s: float = 1800.0
     #: Headroom lending: power GPUs are allowed but do not draw, lent to capped ones (opt-in).
     lend: LendSettings = LendSettings()
+    #: Non-GPU power budgeted as measured rather than at its peak (opt-in).
+    non_gpu: NonGpuSettings = NonGpuSettings()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,6 +203,9 @@ class DecisionState:
     #: Held uncapped draw each synchronous job's GPU has its tier floor sized for
     #: (`CappingSettings.floor_hold_s`); None without synchronous jobs or before a tick. Units: W.
     floor_basis_w: FloatArray | None = None
+    #: Per rack, the peak-held non-GPU power measured (`policies.non_gpu`); None while that is
+    #: off or before its first tick. Units: W (DC side).
+    non_gpu_w: FloatArray | None = None
 
     @property
     def nbytes(self) -> int:
@@ -192,6 +221,7 @@ class DecisionState:
             self.sm_clock_max_mhz,
             self.lend_basis_w,
             self.floor_basis_w,
+            self.non_gpu_w,
         )
         owners = {id(o): o for o in (_owner(a) for a in arrays if a is not None)}
         held = sum(int(o.nbytes) for o in owners.values())

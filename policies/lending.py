@@ -62,7 +62,10 @@ class LendResult:
 
 
 def worst_case_bounds(
-    plan: CappingPlan, usable_w: tuple[FloatArray, ...], settings: LendSettings
+    plan: CappingPlan,
+    usable_w: tuple[FloatArray, ...],
+    settings: LendSettings,
+    non_gpu_rise_w: tuple[FloatArray, ...] | None = None,
 ) -> tuple[FloatArray, ...]:
     """Per level, the most the sum of caps (plus overhead) may reach with lending. Units: W.
 
@@ -70,6 +73,11 @@ def worst_case_bounds(
     `reaction_s / TRIP_SHARE` (never under the usable limit); an unrated level (inf) stays
     unbounded. The site: `usable_w[-1]` (the contract, demand response and ramp already in it)
     times 1 + `contract_tolerance_frac`.
+
+    `non_gpu_rise_w` (per level; None: nothing) is how far non-GPU power may rise above what the
+    plan budgets (its peak less the measured figure, `policies.non_gpu`). Servers' non-GPU power
+    follows their GPUs' load, so in the worst case, every GPU at its cap, it is at its peak: the
+    bounds are lowered by the rise, and what the measurement freed is not lent a second time.
     """
     load = load_carried_for(settings.reaction_s / TRIP_SHARE)
     levels = plan.topology.levels
@@ -77,6 +85,8 @@ def worst_case_bounds(
         np.maximum(lv.limit_w * load, usable) for lv, usable in zip(levels, usable_w, strict=True)
     ]
     bounds[-1] = usable_w[-1] * (1.0 + settings.contract_tolerance_frac)
+    if non_gpu_rise_w is not None:
+        bounds = [b - rise for b, rise in zip(bounds, non_gpu_rise_w, strict=True)]
     return tuple(bounds)
 
 
@@ -97,6 +107,7 @@ def lend_step(
     frozen: BoolArray | None = None,
     out: FloatArray | None = None,
     workspace: DecisionWorkspace | None = None,
+    non_gpu_rise_w: tuple[FloatArray, ...] | None = None,
 ) -> LendResult:
     """Caps with headroom lent to GPUs that want more (module doc). Units: W.
 
@@ -104,7 +115,8 @@ def lend_step(
     caps issued last tick (lending included), `demand_w` the held demand estimate, `max_w` each
     GPU's highest cap, `basis_w` the lend basis from last tick (None: cold, nothing is lent, the
     basis starts), `raise_w` the most a cap may rise this tick. `frozen` GPUs (stale racks)
-    neither lend nor borrow. The caps go into `out` when given; `cap_w` is left as it is.
+    neither lend nor borrow. `non_gpu_rise_w` is `worst_case_bounds`' (measured non-GPU power
+    below its peak). The caps go into `out` when given; `cap_w` is left as it is.
     Temporaries live in `workspace` (a fresh one when None).
     """
     ws = DecisionWorkspace(plan.topology.n_gpus) if workspace is None else workspace
@@ -137,7 +149,7 @@ def lend_step(
     if not wanted.any() or not headroom.any():
         return LendResult(cap_w=cap_w, used_w=None, basis_w=basis, lent_w=0.0)
     lendable = plan.up(plan.server_sum(headroom))
-    bounds = worst_case_bounds(plan, usable_w, settings)
+    bounds = worst_case_bounds(plan, usable_w, settings, non_gpu_rise_w)
     base_use = plan.up(plan.server_sum(cap_w))
     widened = tuple(
         np.maximum(np.minimum(usable + credit, bound), used + overhead)

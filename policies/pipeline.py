@@ -7,8 +7,9 @@ returned `DecisionState`, so any decision can be replayed from recorded inputs. 
 memory is the caller's `DecisionWorkspace` (a fresh one when none is given).
 
 Each stage is a function of the tick's inputs and the earlier stages' results
-(`policies.tick_stages`), whose algorithm lives in its own module: `policies.demand` (what each
-GPU wants), `policies.site` (the site power allowed this tick), `policies.stale` (racks without
+(`policies.tick_stages`), whose algorithm lives in its own module: `policies.non_gpu` (servers'
+non-GPU power as measured, when enabled), `policies.demand` (what each GPU wants),
+`policies.site` (the site power allowed this tick), `policies.stale` (racks without
 telemetry at their worst case), `policies.floors` (each tier's tolerated slowdown),
 `policies.capping` (the water-fill), `policies.pacing` (synchronous jobs at their slowest
 member's pace), `policies.smoothing` (raise rate and deadband) and `policies.dvfs` (clock
@@ -85,7 +86,8 @@ def decide(
         demand_w=bounds.demand_w,
         sm_clock_max_mhz=clock,
         util_held=util_held,
-        plan=tick.plan,
+        plan=tick.peak_plan,
         lend_basis_w=lend_basis,
         floor_basis_w=floor_basis,
+        non_gpu_w=tick.non_gpu_w,
     )

@@ -8,7 +8,7 @@ in `DecisionState.plan` and rebuilds it only when it is handed a different topol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 import numpy as np
@@ -116,6 +116,11 @@ class CappingPlan:
         if offsets is not None:
             return np.add.reduceat(per_gpu, offsets)
         return np.bincount(servers, weights=per_gpu, minlength=n_servers).astype(np.float64)
+
+    def with_overhead(self, overhead_w: tuple[FloatArray, ...]) -> CappingPlan:
+        """This plan with each group's non-GPU power at `overhead_w` rather than its peak: the
+        allocation budgets measured non-GPU power through it (`policies.non_gpu`). Units: W."""
+        return replace(self, overhead_w=overhead_w)
 
     @property
     def n_levels(self) -> int:

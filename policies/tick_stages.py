@@ -23,6 +23,7 @@ from policies.errors import PolicyError
 from policies.fleet import FleetState
 from policies.floors import FloorHold, tier_floor_caps, tier_keep_per_gpu
 from policies.lending import lend_step
+from policies.non_gpu import measured_overhead
 from policies.pacing import pace_ceiling
 from policies.plan import CappingPlan
 from policies.site import allowed_site_power
@@ -38,7 +39,13 @@ BoolArray = NDArray[np.bool_]
 class CoreTick:
     """What every stage of one tick reads: the plan, the workspace, the checked inputs."""
 
+    #: The plan the allocation fills against: with measured non-GPU power on, its overheads
+    #: are this tick's measured ones (`policies.non_gpu`), else `peak_plan` itself.
     plan: CappingPlan
+    #: The plan with every overhead at its peak, built from the topology and carried warm.
+    peak_plan: CappingPlan
+    #: Per rack, the held non-GPU measurement for the next tick (None while that is off).
+    non_gpu_w: FloatArray | None
     workspace: DecisionWorkspace
     tiers: NDArray[np.int8]
     settings: PolicySettings
@@ -83,6 +90,20 @@ def start(  # noqa: PLR0917 - decide's inputs, checked once
         raise PolicyError(f"fleet has {fleet.power_w.shape[0]} GPUs, topology {n}")
     if state is not None and state.cap_w.shape != (n,):
         state = None  # the topology changed under us: start cold rather than misalign caps
+    stale_gpu = stale_gpus(plan, stale_rack)
+    peak_plan, non_gpu_w = plan, None
+    non_gpu = settings.capping.non_gpu
+    if non_gpu.measured:
+        budget = measured_overhead(
+            plan,
+            fleet,
+            settings=non_gpu,
+            previous_w=None if state is None else state.non_gpu_w,
+            dt_s=0.0 if state is None else max(now_s - state.now_s, 0.0),
+            # Checked by `stale_gpus`; None when no rack is stale.
+            stale_rack=None if stale_gpu is None else np.asarray(stale_rack, dtype=np.bool_),
+        )
+        plan, non_gpu_w = plan.with_overhead(budget.overhead_w), budget.held_w
     lend = settings.capping.lend.enabled
     # Rows: held demand, caps, held activity, clocks, floor basis, and lent caps with lending.
     fresh: list[FloatArray | None] = [None] * 6
@@ -90,13 +111,15 @@ def start(  # noqa: PLR0917 - decide's inputs, checked once
         fresh[: 5 + lend] = list(np.empty((5 + lend, n)))
     return CoreTick(
         plan=plan,
+        peak_plan=peak_plan,
+        non_gpu_w=non_gpu_w,
         workspace=ws,
         tiers=tiers,
         settings=settings,
         state=state,
         now_s=now_s,
         dt_s=0.0 if state is None else max(now_s - state.now_s, 0.0),
-        stale_gpu=stale_gpus(plan, stale_rack),
+        stale_gpu=stale_gpu,
         held_demand_out=fresh[0],
         cap_out=fresh[1],
         held_activity_out=fresh[2],
@@ -412,8 +435,19 @@ def lend(  # noqa: PLR0917 - the smoothed tick's outputs
         frozen=tick.stale_gpu,
         out=tick.lend_out,
         workspace=tick.workspace,
+        non_gpu_rise_w=_non_gpu_rise(tick),
     )
     return lent.cap_w, budget if lent.used_w is None else lent.used_w, lent.basis_w
+
+
+def _non_gpu_rise(tick: CoreTick) -> tuple[FloatArray, ...] | None:
+    """Per level, the non-GPU power budgeted below its peak (None while it is budgeted at it)."""
+    if tick.plan is tick.peak_plan:
+        return None
+    return tuple(
+        np.subtract(peak, measured)
+        for peak, measured in zip(tick.peak_plan.overhead_w, tick.plan.overhead_w, strict=True)
+    )
 
 
 def clocks(tick: CoreTick, cap: FloatArray, activity: Activity) -> tuple[FloatArray, float]:

@@ -16,7 +16,7 @@ hold) and `target_cap` (the allocation before smoothing). `tier_floor` has memor
 
 Some inputs change far less often than telemetry (the tiers, the DVFS loss budget): what is
 derived from them is cached here with a copy of what it was derived from, and dropped when the
-workspace is handed a different plan.
+workspace is handed a plan for a different topology.
 """
 
 from __future__ import annotations
@@ -212,7 +212,9 @@ class DecisionWorkspace:
             raise PolicyError(
                 f"workspace is for {self.n_gpus} GPUs, the topology has {plan.topology.n_gpus}"
             )
-        if plan is not self._plan:
+        # What is cached derives from the topology alone, so a plan that differs only in its
+        # overheads (measured non-GPU power, a new one every tick) keeps it.
+        if self._plan is None or plan.topology is not self._plan.topology:
             self._plan = plan
             self._tier_keep.clear()
             self._lowest_clock.clear()

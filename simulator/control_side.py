@@ -53,6 +53,10 @@ def make_controller(
     if name == "threshold":
         return ThresholdController(topo)
     if name == "rheostat":
+        # The racks' meters read wall power: the measured non-GPU power is reckoned DC-side
+        # with the PSUs' own efficiency, the figure the ratings were scaled by.
+        non_gpu = replace(settings.capping.non_gpu, psu_efficiency=cluster.params.psu_efficiency)
+        settings = replace(settings, capping=replace(settings.capping, non_gpu=non_gpu))
         ramp = scenario.limits.ramp_w_per_s
         if ramp is not None:
             dc_ramp = dc_w(ramp, cluster.params.psu_efficiency)

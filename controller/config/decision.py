@@ -9,7 +9,13 @@ from typing import Annotated, Self
 from pydantic import Field, model_validator
 
 from controller.config.base import FiniteSection, Fraction, PositiveW, Section
-from policies.decision import CappingSettings, DvfsSettings, LendSettings, PolicySettings
+from policies.decision import (
+    CappingSettings,
+    DvfsSettings,
+    LendSettings,
+    NonGpuSettings,
+    PolicySettings,
+)
 from policies.tiers import DEFAULT_FLEX_TOLERANCES
 
 
@@ -44,6 +50,31 @@ class LendSection(FiniteSection):
     def settings(self) -> LendSettings:
         """The decision core's lending settings (`policies.decision.LendSettings`)."""
         return LendSettings(**self.model_dump())
+
+
+class NonGpuSection(FiniteSection):
+    """Servers' non-GPU power (CPUs, fans, NICs) budgeted as each rack's meter measures it
+    (`policies.non_gpu`) rather than at the topology's peak. Off unless enabled: it needs every
+    rack to report its metered wall power (a rack meter, or a node meter on every node) and
+    `limits.psu_efficiency` set; a rack that reports only its GPUs' sum is budgeted at its peak.
+    """
+
+    measured: bool = False
+    """Budget each rack's non-GPU power as measured (rack power x PSU efficiency less its GPUs'
+    power), held and with a margin, never above the peak; stale racks at the peak.
+    """
+    margin_frac: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """Margin over the held measurement, as a fraction of the rack's peak non-GPU power: the
+    rise it may see before the controller reacts.
+    """
+    hold_s: Annotated[float, Field(ge=0)] = 60.0
+    """Time constant of the peak-held measurement (a rise counts at once, a fall this slowly);
+    0 uses the last measurement alone. Units: s.
+    """
+
+    def settings(self, psu_efficiency: float = 1.0) -> NonGpuSettings:
+        """The decision core's settings; `psu_efficiency` is `limits.psu_efficiency`."""
+        return NonGpuSettings(**self.model_dump(), psu_efficiency=psu_efficiency)
 
 
 class CappingSection(FiniteSection):
@@ -86,6 +117,8 @@ class CappingSection(FiniteSection):
 
     lend: LendSection = LendSection()
     """Headroom lending (opt-in): undrawn cap headroom lent to capped GPUs."""
+    non_gpu: NonGpuSection = NonGpuSection()
+    """Non-GPU power budgeted as measured per rack rather than at its peak (opt-in)."""
 
     @model_validator(mode="after")
     def _tolerances_rise(self) -> Self:
@@ -133,8 +166,11 @@ class DecisionSettingsSection(Section):
     dvfs: DvfsSection = DvfsSection()
     """SM-clock ceilings (the policy file's `dvfs`)."""
 
-    def policy_settings(self) -> PolicySettings:
-        """The decision core's settings (`policies.decision.PolicySettings`)."""
+    def policy_settings(self, psu_efficiency: float = 1.0) -> PolicySettings:
+        """The decision core's settings (`policies.decision.PolicySettings`); `psu_efficiency`
+        turns racks' metered wall power DC-side for the measured non-GPU power (1.0 where the
+        file carrying these settings has none: PSU losses then count as non-GPU, budgeting
+        more, never less, than is drawn)."""
         capping = CappingSettings(
             deadband_w=self.capping.deadband_w,
             raise_rate_w_per_s=self.capping.raise_rate_w_per_s,
@@ -148,6 +184,7 @@ class DecisionSettingsSection(Section):
             site_margin_frac=self.capping.site_margin_frac,
             flex_tolerances=self.capping.flex_tolerances,
             lend=self.capping.lend.settings(),
+            non_gpu=self.capping.non_gpu.settings(psu_efficiency),
             site_ramp_up_w_per_s=self.ramp.site_up_w_per_s,
             site_ramp_down_w_per_s=self.ramp.site_down_w_per_s,
         )

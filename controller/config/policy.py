@@ -102,4 +102,4 @@ class PolicyFile(Section):
         """The decision core's settings, from the capping, ramp and DVFS sections."""
         return DecisionSettingsSection(
             capping=self.capping, ramp=self.ramp, dvfs=self.dvfs
-        ).policy_settings()
+        ).policy_settings(self.limits.psu_efficiency)

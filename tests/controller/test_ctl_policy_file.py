@@ -131,3 +131,16 @@ def test_psu_efficiency_scales_every_rating_to_the_core_side() -> None:
     with pytest.raises(ConfigErrors) as info:
         parse_policy(text.replace("0.95", "0.3"), source="t")
     assert "limits.psu_efficiency" in str(info.value)
+
+
+def test_measured_non_gpu_power_is_opt_in_and_reads_meters_with_the_psu_efficiency() -> None:
+    base = "site: {name: a, topology: {generate: {gpus: 8}}}\nlimits: {psu_efficiency: 0.94}\n"
+    off = parse_policy(base, source="t").config.policy_settings().capping.non_gpu
+    assert not off.measured
+    text = base + "capping: {non_gpu: {measured: true, margin_frac: 0.1, hold_s: 30}}\n"
+    on = parse_policy(text, source="t").config.policy_settings().capping.non_gpu
+    assert (on.measured, on.margin_frac, on.hold_s) == (True, 0.1, 30.0)
+    assert on.psu_efficiency == pytest.approx(0.94)
+    with pytest.raises(ConfigErrors) as info:
+        parse_policy(base + "capping: {non_gpu: {margin_frac: 2}}\n", source="t")
+    assert "capping.non_gpu.margin_frac" in str(info.value)
