@@ -21,6 +21,8 @@ such as POLCA's (+30 %) and the targets: Rheostat's at least `MIN_CAPACITY_PCT` 
 `MIN_VS_STATIC` times static derating's. `work_capacity_pct` drops the seconds-below-floor
 criterion (each tier at its floor on average, brief dips allowed), and `oracle_capacity_pct`
 applies the work criteria to the oracle's work in the same runs: what any allocation could host.
+`--controller rheostat+lend` scans Rheostat with headroom lending on as well (not by default:
+it is opt-in in the policy), against the same targets (`targets_lend`).
 
 `--json` prints `{"scenarios": {name: {"gpus", "contract_gpus", "controllers": {controller:
 {"capacity_pct", "vs_contract_pct", "stopped_by", "work_capacity_pct", "oracle_capacity_pct",
@@ -36,7 +38,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.control import MIN_TIER0, _plain, scoreboard
+from bench._control_targets import LEND
+from bench.control import MIN_TIER0, _plain, lend_settings, scoreboard
 from controller.commands._args import duration_s
 from policies.tiers import DEFAULT_FLEX_TOLERANCES
 from simulator import loop
@@ -48,7 +51,9 @@ from simulator.summary import summarize
 NAME = "capacity"
 HELP = "most extra GPUs the same breakers and contract host, static against rheostat"
 DEFAULT_ARGS = ["--scenario", "steady", "oversubscribed"]
-CONTROLLERS = ("static", "rheostat")
+#: `rheostat+lend` is Rheostat with headroom lending on (`bench.control.lend_settings`).
+CONTROLLERS = ("static", "rheostat", LEND)
+DEFAULT_CONTROLLERS = ("static", "rheostat")
 #: Target: Rheostat hosts at least this many more GPUs, in percent of the base's.
 MIN_CAPACITY_PCT = 35.0
 #: Target: and at least this multiple of what static derating hosts.
@@ -63,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenario", nargs="+", metavar="NAME", default=["oversubscribed"], help="scenarios"
     )
-    parser.add_argument("--controller", nargs="+", choices=CONTROLLERS, default=list(CONTROLLERS))
+    parser.add_argument(
+        "--controller", nargs="+", choices=CONTROLLERS, default=list(DEFAULT_CONTROLLERS)
+    )
     parser.add_argument(
         "--step", type=float, default=0.05, help="growth step, a share of the base's GPUs"
     )
@@ -164,7 +171,11 @@ def scan(
         grown = grow(base, k * step)
         reference = loop.run(grown, unlimited=True)
         for name in names:
-            controlled = loop.run(grown, controller=name)
+            controlled = loop.run(
+                grown,
+                controller="rheostat" if name == LEND else name,
+                settings=lend_settings() if name == LEND else None,
+            )
             summary = _plain(summarize(controlled, reference))
             summary["scoreboard"] = scoreboard(controlled, reference, summary)
             runs[name][k] = _step_row(grown, base.topology.gpus, summary)
@@ -205,6 +216,7 @@ def scan(
         "contract_gpus": contract,
         "controllers": results,
         "targets": targets(results),
+        **({"targets_lend": targets(results, LEND)} if LEND in results else {}),
     }
 
 
@@ -247,10 +259,11 @@ def contract_gpus(scenario: Scenario) -> float:
     return round(float(topo.levels[-1].limit_w[0]) / full_w * topo.n_gpus, 1)
 
 
-def targets(results: dict[str, Row]) -> Row:
-    """Rheostat's hosted fleet against the contract's flat-out count: at least
-    `MIN_CAPACITY_PCT` more, and at least `MIN_VS_STATIC` times static derating's figure."""
-    ours = results.get("rheostat", {}).get("vs_contract_pct")
+def targets(results: dict[str, Row], name: str = "rheostat") -> Row:
+    """Rheostat's hosted fleet (`name`: with lending, `LEND`) against the contract's flat-out
+    count: at least `MIN_CAPACITY_PCT` more, and at least `MIN_VS_STATIC` times static
+    derating's figure."""
+    ours = results.get(name, {}).get("vs_contract_pct")
     static = results.get("static", {}).get("vs_contract_pct")
     vs_static = None
     if ours is not None and static is not None and static > 0:
@@ -290,11 +303,12 @@ def flat_rows(rows: Sequence[Row]) -> list[Row]:
     flat: list[Row] = []
     for row in rows:
         for scenario, result in row["scenarios"].items():
-            tgt = result["targets"]
             for name, out in result["controllers"].items():
+                tgt = result["targets_lend"] if name == LEND else result["targets"]
+                ours = name in ("rheostat", LEND)
                 stop = out["stopped_by"]
                 verdict = ""
-                if name == "rheostat":
+                if ours:
                     missed = [
                         *([] if tgt["capacity_met"] else [f"<+{MIN_CAPACITY_PCT:g}%"]),
                         *([] if tgt["vs_static_met"] in (True, None) else [f"<{MIN_VS_STATIC}x"]),
@@ -309,7 +323,7 @@ def flat_rows(rows: Sequence[Row]) -> list[Row]:
                         "contract_gpus": result["contract_gpus"],
                         "capacity_%": out["capacity_pct"],
                         "vs_contract_%": out["vs_contract_pct"],
-                        "vs_static": tgt["vs_static"] if name == "rheostat" else None,
+                        "vs_static": tgt["vs_static"] if ours else None,
                         "first_miss_%": None if stop is None else stop["extra_pct"],
                         "missed_by": None if stop is None else " ".join(stop["misses"]),
                         "work_cap_%": out["work_capacity_pct"],

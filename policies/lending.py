@@ -21,7 +21,8 @@ does not. Three rules keep that safe:
   allocation without lending is recomputed every tick, so the borrowers' caps fall at once.
 
 The lent power is shared by `policies.capping.allocate` from the caps without lending as floors,
-so the tiers keep their order: a Flex 0 borrower is served before a Flex 3 one. Borrowers rise
+so the tiers keep their order: every borrower is first brought to its tier floor, Flex 0's first,
+then a Flex 0 borrower is served before a Flex 3 one. Borrowers rise
 no faster than the raise rate and never past their demand, so lending adds no cap nobody asked
 for.
 """
@@ -108,6 +109,7 @@ def lend_step(
     out: FloatArray | None = None,
     workspace: DecisionWorkspace | None = None,
     non_gpu_rise_w: tuple[FloatArray, ...] | None = None,
+    tier_floor_w: FloatArray | None = None,
 ) -> LendResult:
     """Caps with headroom lent to GPUs that want more (module doc). Units: W.
 
@@ -116,7 +118,10 @@ def lend_step(
     GPU's highest cap, `basis_w` the lend basis from last tick (None: cold, nothing is lent, the
     basis starts), `raise_w` the most a cap may rise this tick. `frozen` GPUs (stale racks)
     neither lend nor borrow. `non_gpu_rise_w` is `worst_case_bounds`' (measured non-GPU power
-    below its peak). The caps go into `out` when given; `cap_w` is left as it is.
+    below its peak). `tier_floor_w` (None: none) are the tier floors: lent power first brings
+    borrowers up to them in tier order, as the fill does, then to their demand in strict tier
+    order; without them a Flex 3 GPU under its floor waited behind every Flex 0-2 GPU's demand.
+    The caps go into `out` when given; `cap_w` is left as it is.
     Temporaries live in `workspace` (a fresh one when None).
     """
     ws = DecisionWorkspace(plan.topology.n_gpus) if workspace is None else workspace
@@ -157,6 +162,10 @@ def lend_step(
             usable_w, lendable, bounds, base_use, plan.overhead_w, strict=True
         )
     )
+    floors = None
+    if tier_floor_w is not None:
+        # cap <= floor <= reach, as the fill requires; `rise` is dead once `keep` is made.
+        floors = np.clip(tier_floor_w, cap_w, reach, out=buffers.rise)
     alloc = allocate(
         plan,
         floor_w=cap_w,
@@ -164,6 +173,7 @@ def lend_step(
         max_w=reach,
         tier=tier,
         usable_w=widened,
+        tier_floor_w=floors,
         out=out,
         workspace=ws,
     )

@@ -295,6 +295,8 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         sm_clock_mhz=activity.sm_clock_mhz,
     )
     basis = held.out
+    if capping.lend.enabled:
+        np.copyto(ws.lend().tier_floor, tier_floor)  # before pacing lowers members' to the pace
     alloc = _allocate(tick, bounds, usable_w, tier_floor)
     if sync_job is None:
         return alloc, basis
@@ -436,6 +438,7 @@ def lend(  # noqa: PLR0917 - the smoothed tick's outputs
         out=tick.lend_out,
         workspace=tick.workspace,
         non_gpu_rise_w=_non_gpu_rise(tick),
+        tier_floor_w=tick.workspace.lend().tier_floor,
     )
     return lent.cap_w, budget if lent.used_w is None else lent.used_w, lent.basis_w
 

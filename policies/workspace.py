@@ -115,6 +115,9 @@ class LendBuffers:
     rise: FloatArray
     keep: BoolArray
     free: BoolArray
+    #: The tier floors as sized, before a synchronous job's pacing lowered its members' to its
+    #: pace: lent power brings GPUs to them first.
+    tier_floor: FloatArray
 
 
 class DecisionWorkspace:
@@ -290,6 +293,7 @@ class DecisionWorkspace:
                 rise=np.empty(n),
                 keep=np.empty(n, dtype=np.bool_),
                 free=np.empty(n, dtype=np.bool_),
+                tier_floor=np.empty(n),
             )
         return self._lend
 

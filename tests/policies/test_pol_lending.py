@@ -247,3 +247,37 @@ def test_decide_lends_idle_headroom_to_pinned_gpus_and_carries_the_basis() -> No
     plan = CappingPlan.build(topo)
     site_use = _group_sums(plan, on)[-1][0]
     assert site_use <= site * (1 - CappingSettings().site_margin_frac) * 1.02 * (1 + 1e-9)
+
+
+def test_lent_power_brings_borrowers_to_their_tier_floors_before_any_demand() -> None:
+    # Flex 2 borrowers 30 W under their tier floors, Flex 0-1 at theirs: what is lent goes to
+    # the Flex 2 floors first, then to demand in tier order. Without the floors the Flex 0
+    # demand came first and left the Flex 2 GPUs under their floors.
+    topo, plan, base, draw, demand, tier = _instance()
+    borrower = demand > base
+    short = borrower & (tier == 2)
+    floors = np.where(short, base + 30.0, base)
+
+    def lent(tier_floor_w: FloatArray | None) -> FloatArray:
+        return lend_step(
+            plan,
+            cap_w=base,
+            previous_w=base,
+            power_w=draw,
+            demand_w=demand,
+            max_w=topo.gpu_max_cap_w,
+            tier=tier.astype(np.int8),
+            usable_w=_usable(plan, 0.8),
+            basis_w=draw,
+            dt_s=1.0,
+            raise_w=RAISE_W,
+            settings=LEND,
+            tier_floor_w=tier_floor_w,
+        ).cap_w
+
+    with_floors, without = lent(floors), lent(None)
+    assert short.any()
+    np.testing.assert_allclose(with_floors[short], base[short] + 30.0, rtol=1e-9)
+    assert np.all(without[short] < base[short] + 30.0 - 1.0)
+    # The same total is lent either way: the floors order it, they do not grow it.
+    assert with_floors.sum() == pytest.approx(without.sum(), rel=1e-9)
