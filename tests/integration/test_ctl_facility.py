@@ -216,7 +216,7 @@ async def test_dr_baseline_and_target_are_at_the_facility_meter(
             await wait_until(lambda: hook.last is not None and rt.decision is not None)
             await asyncio.sleep(3.0)  # a baseline window of metered power
             meter.advance()
-            before_w = meter.plant.facility_w
+            before_w, before_it_w = meter.plant.facility_w, meter.plant.it_w
             event = {"v": 1, "action": "create", "event_id": "cut", "start": time.time() + 0.5,
                      "duration_s": 60, "reduction_frac": 0.2}  # fmt: skip
             await ems.publish(f"rheostat/v1/{SITE}/grid/event/cut", orjson.dumps(event), qos=1)
@@ -226,9 +226,12 @@ async def test_dr_baseline_and_target_are_at_the_facility_meter(
             assert dr.baseline_w is not None
             assert dr.target_w is not None
             target_w = dr.target_w
-            # The baseline is facility power (PUE ~1.4 here), not the racks' IT draw.
+            # The baseline is facility power (PUE over 1.3 here), not the racks' IT draw. Both
+            # sides at one instant: the baseline averages its window, in which the cooling
+            # plant was still catching up with the load, so against the IT draw of a later
+            # instant its margin over 1.3 was under 0.1 %.
+            assert before_w > 1.3 * before_it_w
             assert dr.baseline_w == pytest.approx(before_w, rel=0.05)
-            assert dr.baseline_w > 1.3 * float(rt.fleet.rack_power_w.sum())
 
             def under_target() -> bool:
                 meter.advance()
