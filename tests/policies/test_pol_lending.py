@@ -75,6 +75,7 @@ def _lend(
     settings: LendSettings = LEND,
     site_frac: float = 0.8,
     frozen: NDArray[np.bool_] | None = None,
+    tier_floor_w: FloatArray | None = None,
 ) -> LendResult:
     return lend_step(
         plan,
@@ -90,6 +91,7 @@ def _lend(
         raise_w=RAISE_W,
         settings=settings,
         frozen=frozen,
+        tier_floor_w=tier_floor_w,
     )
 
 
@@ -253,27 +255,13 @@ def test_lent_power_brings_borrowers_to_their_tier_floors_before_any_demand() ->
     # Flex 2 borrowers 30 W under their tier floors, Flex 0-1 at theirs: what is lent goes to
     # the Flex 2 floors first, then to demand in tier order. Without the floors the Flex 0
     # demand came first and left the Flex 2 GPUs under their floors.
-    topo, plan, base, draw, demand, tier = _instance()
+    _, plan, base, draw, demand, tier = _instance()
     borrower = demand > base
     short = borrower & (tier == 2)
     floors = np.where(short, base + 30.0, base)
 
     def lent(tier_floor_w: FloatArray | None) -> FloatArray:
-        return lend_step(
-            plan,
-            cap_w=base,
-            previous_w=base,
-            power_w=draw,
-            demand_w=demand,
-            max_w=topo.gpu_max_cap_w,
-            tier=tier.astype(np.int8),
-            usable_w=_usable(plan, 0.8),
-            basis_w=draw,
-            dt_s=1.0,
-            raise_w=RAISE_W,
-            settings=LEND,
-            tier_floor_w=tier_floor_w,
-        ).cap_w
+        return _lend(plan, base, draw, demand, tier, basis=draw, tier_floor_w=tier_floor_w).cap_w
 
     with_floors, without = lent(floors), lent(None)
     assert short.any()
