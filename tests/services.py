@@ -34,13 +34,15 @@ SERVICE_PATHS = {
 }
 
 
-def require_binary(name: str) -> str:
-    """Path of a service binary; fails under CI and skips elsewhere when it is absent."""
+def require_binary(name: str, install: str | None = None) -> str:
+    """Path of a service binary; fails under CI and skips elsewhere when it is absent.
+    `install` says how to get it where no Debian package of `SERVICE_PATHS` does."""
     default, package = SERVICE_PATHS.get(name, (name, name))
     found = shutil.which(name) or (default if os.access(default, os.X_OK) else None)
     if found:
         return found
-    message = f"{name} not found; install it with: apt-get install {package} (make test does)"
+    how = install or f"apt-get install {package} (make test does)"
+    message = f"{name} not found; install it with: {how}"
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
