@@ -50,7 +50,6 @@ def tier_floor_caps(
     held_back: NDArray[np.bool_] | None = None,
     raw_w: FloatArray | None = None,
     workspace: DecisionWorkspace | None = None,
-    strict_headroom: tuple[float, float] | None = None,
     power_w: FloatArray | None = None,
     sm_clock_mhz: FloatArray | None = None,
 ) -> FloatArray:
@@ -76,12 +75,11 @@ def tier_floor_caps(
     from it would reserve, before any lower tier's floor, power no GPU draws (a tenth of Flex 0's
     draw, whose floor is its whole U), and the tier phases still grant the headroom in tier order.
     With `power_w` that draw is read, not undone from the estimate, which the headroom may have
-    taken to the max cap; without it (`strict_headroom` says how) it is undone. A GPU held back by
-    its cap keeps it: what it would draw uncapped is unknown and above its cap, and the headroom is
-    how its floor finds it. `demand_w` keeps its headroom and is raised to the modelled draw where
-    that is higher. On a tier that tolerates no slowdown an unpinned GPU asks the pinned headroom
-    (`strict_headroom`, see `policies.demand.estimate_demand`; None: it asks the unpinned one like
-    the others), and that is what comes off when the draw is undone.
+    taken to the max cap (and which, on a tier that tolerates no slowdown, carries the pinned
+    headroom, `policies.demand.estimate_demand`); without it the unpinned headroom is undone. A
+    GPU held back by its cap keeps it: what it would draw uncapped is unknown and above its cap,
+    and the headroom is how its floor finds it. `demand_w` keeps its headroom and is raised to
+    the modelled draw where that is higher.
 
     With its draw P and SM clock (`power_w`, `sm_clock_mhz`; None: not used), a GPU held back
     tells its U under the same model: its limiter lowered its clock to x until
@@ -127,7 +125,6 @@ def tier_floor_caps(
             headroom=headroom,
             held_back=held_back,
             with_draw=with_draw,
-            strict_headroom=strict_headroom,
             power_w=power_w,
             sm_clock_mhz=sm_clock_mhz,
         )
@@ -151,7 +148,6 @@ def _floor_block(
     headroom: tuple[float, float],
     held_back: NDArray[np.bool_] | None,
     with_draw: NDArray[np.bool_] | bool,
-    strict_headroom: tuple[float, float] | None = None,
     power_w: FloatArray | None = None,
     sm_clock_mhz: FloatArray | None = None,
 ) -> None:
@@ -193,14 +189,6 @@ def _floor_block(
         np.copyto(scratch, free)
         taken = np.multiply(scratch, least, out=present)
         divisor = np.multiply(scratch, frac, out=ws.floor_extra[:size])
-        if strict_headroom is not None:
-            # 1 on a free GPU of a tier that tolerates no slowdown (keep = 1, else < 1): there
-            # the pinned headroom comes off instead.
-            strict = np.floor(keep[part], out=ws.floor_strict[:size])
-            strict *= scratch
-            strict_frac, strict_least = strict_headroom
-            taken += np.multiply(strict, strict_least - least, out=scratch)
-            divisor += np.multiply(strict, strict_frac - frac, out=strict)
         np.subtract(raw, taken, out=present)
         divisor += 1.0
         np.minimum(np.divide(raw, divisor, out=divisor), present, out=present)

@@ -288,9 +288,6 @@ def fill(  # noqa: PLR0917 - one stage of `decide`, called once
         held_back=ws.demand.pinned,
         raw_w=raw_demand,
         workspace=ws,
-        strict_headroom=None
-        if 0.0 not in capping.flex_tolerances
-        else (capping.demand_headroom_frac, capping.demand_headroom_min_w),
         power_w=activity.power_w,
         sm_clock_mhz=activity.sm_clock_mhz,
     )

@@ -131,7 +131,7 @@ class DecisionWorkspace:
         # after the other (the first is dead when the second is written).
         #             f[0]       f[1]          f[2]      f[3]       f[4]        f[5]
         # demand      threshold  reach, base   bound, headroom                  frac
-        # floors      modelled_draw  floor_basis  floor_scratch  floor_extra          floor_strict
+        # floors      modelled_draw  floor_basis  floor_scratch  floor_extra
         # fill        tier_gain  surplus_gain  surplus
         # smoothing   previous   ceiling       limited                          gap
         # clocks      activity   ratio_w, cube dynamic_w full_w     fits        swing
@@ -160,8 +160,6 @@ class DecisionWorkspace:
         self.floor_scratch = f[2]
         #: The floors' divisor and clock terms: free until the fill writes `target_cap`.
         self.floor_extra = f[3]
-        #: Where a tier that tolerates no slowdown takes the pinned headroom off (floors).
-        self.floor_strict = f[5]
         #: Where the floors keep the raw demand (read with the demand stage's `pinned`).
         self.floor_mask = m[2]
         self.fill = FillBuffers(tier_gain=f[0], surplus_gain=f[1], surplus=f[2])
