@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench._control_targets import LEND
-from bench.control import MIN_TIER0, _plain, lend_settings, scoreboard
+from bench.control import LEND_TOLERANCE, MIN_TIER0, _controller, _plain, _settings, scoreboard
 from controller.commands._args import duration_s
 from policies.tiers import DEFAULT_FLEX_TOLERANCES
 from simulator import loop
@@ -51,7 +51,7 @@ from simulator.summary import summarize
 NAME = "capacity"
 HELP = "most extra GPUs the same breakers and contract host, static against rheostat"
 DEFAULT_ARGS = ["--scenario", "steady", "oversubscribed"]
-#: `rheostat+lend` is Rheostat with headroom lending on (`bench.control.lend_settings`).
+#: `rheostat+lend` is Rheostat with headroom lending on, as `rheostat bench control` runs it.
 CONTROLLERS = ("static", "rheostat", LEND)
 DEFAULT_CONTROLLERS = ("static", "rheostat")
 #: Target: Rheostat hosts at least this many more GPUs, in percent of the base's.
@@ -173,8 +173,8 @@ def scan(
         for name in names:
             controlled = loop.run(
                 grown,
-                controller="rheostat" if name == LEND else name,
-                settings=lend_settings() if name == LEND else None,
+                controller=_controller(name),
+                settings=_settings(name, LEND_TOLERANCE, non_gpu_measured=False),
             )
             summary = _plain(summarize(controlled, reference))
             summary["scoreboard"] = scoreboard(controlled, reference, summary)
