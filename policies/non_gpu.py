@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from policies.decision import NonGpuSettings
+from policies.demand import hold_demand
 from policies.fleet import FleetState
 from policies.plan import CappingPlan
 
@@ -76,12 +77,7 @@ def measured_overhead(
     blind = ~(measured > UNMETERED_FRAC * peak)
     if stale_rack is not None:
         blind |= stale_rack
-    held = measured
-    if previous_w is not None and previous_w.shape == peak.shape and settings.hold_s > 0.0:
-        excess = np.subtract(previous_w, measured)
-        np.maximum(excess, 0.0, out=excess)
-        excess *= float(np.exp(-dt_s / settings.hold_s))
-        held = measured + excess
+    held = hold_demand(measured, previous_w, dt_s=dt_s, hold_s=settings.hold_s)
     # A blind rack holds its peak, so once it reports again its figure falls from there.
     held = np.where(blind, peak, held)
     estimate = np.minimum(held + settings.margin_frac * peak, peak)
