@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from policies.breaker_curve import load_carried_for
 from policies.capping import allocate
 from policies.decision import LendSettings
+from policies.demand import hold_demand
 from policies.workspace import DecisionWorkspace
 
 if TYPE_CHECKING:
@@ -184,12 +185,7 @@ def lend_step(
 def _hold(
     power_w: FloatArray, previous_w: FloatArray | None, *, dt_s: float, hold_s: float
 ) -> FloatArray:
-    """Peak-held draw, a fresh array (it becomes decision state): rises count at once, falls
-    decay with `hold_s`. Units: W."""
-    if previous_w is None or previous_w.shape != power_w.shape or hold_s <= 0.0:
-        return np.array(power_w, dtype=np.float64)
-    held = np.subtract(previous_w, power_w)
-    np.maximum(held, 0.0, out=held)
-    held *= float(np.exp(-dt_s / hold_s))
-    held += power_w
-    return held
+    """Peak-held draw (`policies.demand.hold_demand`), a fresh array: it becomes decision
+    state. Units: W."""
+    held = hold_demand(power_w, previous_w, dt_s=dt_s, hold_s=hold_s)
+    return np.array(held, dtype=np.float64) if held is power_w else held
