@@ -33,6 +33,13 @@ a `scoreboard` object with the figures the targets need that the summary does no
   not counted, since no shipped scenario binds on them. Positive: power left unused; negative:
   over. `steady_gap_vs_uncapped_pct` is the same against the uncapped reference run's rack power,
   sample by sample, which also counts the two runs' drifting training phases.
+  `steady_gap_parts_pct` splits the gap by where the unused power lies, over the steady samples
+  where the site limit binds (`site_bound`: their share; `gap`: their mean gap): `sync`,
+  `service`, `idle`, under the caps of GPUs that would draw less than their cap uncapped (a
+  synchronous job's communication phases, a service between bursts, a GPU with no job at its
+  min cap); `non_gpu`, servers' non-GPU power below the peak the caps are budgeted against; and
+  `rest`, the caps' budget not handed out (margins, caps still landing), negative where lending
+  handed out more than the limit. The parts sum to `gap`.
 Scenarios with a carbon policy are the exception: their Flex 2-3 jobs owe a daily amount of work
 and Rheostat stops them once it is done, so their work against the uncapped run is the target by
 design; there the throughput comparison is replaced by every work target being met
@@ -59,6 +66,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bench._control_targets import (
     LEND,
@@ -77,11 +85,13 @@ from controller.commands._args import duration_s
 from policies.decision import CappingSettings, LendSettings, NonGpuSettings, PolicySettings
 from simulator import loop
 from simulator.baselines import ThresholdController
-from simulator.cluster import SimCluster
+from simulator.cluster import UNDRAWN_PARTS, SimCluster
 from simulator.controllers import Controller, controller_topology
 from simulator.loop import RunResult
 from simulator.scenario import Scenario, load_scenario, shipped_scenarios
 from simulator.summary import summarize
+
+FloatArray = NDArray[np.float64]
 
 #: Re-exported: the targets and the table are part of the scoreboard's interface.
 __all__ = [
@@ -203,6 +213,46 @@ def steady_gap_pct(controlled: RunResult, reference: RunResult | None = None) ->
     Demand is the controlled run's own (`Series.rack_demand_w`), or with `reference` the
     uncapped run's power, sample by sample.
     """
+    steady = _steady(controlled, reference)
+    if steady is None:
+        return None
+    mask, attainable_w, power_w = steady
+    gap = (attainable_w[mask] - power_w[mask]) / attainable_w[mask]
+    return round(float(np.mean(gap)) * 100.0, 3)
+
+
+def steady_gap_parts_pct(controlled: RunResult) -> dict[str, float] | None:
+    """`steady_gap_pct` split by where the unused power lies (module doc); % of attainable.
+
+    Over the steady samples where the site limit is what binds (attainable = the limit): there
+    the unused power is the caps' undrawn part, non-GPU power below its budgeted peak and the
+    site budget the caps did not hand out, exactly. Where a rack's limit binds instead, a rack
+    below its limit does not want what its caps leave, so a split would count it. `site_bound`
+    is the share of steady samples used, `gap` their mean gap; the parts of
+    `simulator.cluster.UNDRAWN_PARTS` and `rest` sum to it. None without such samples.
+    """
+    steady = _steady(controlled, None)
+    if steady is None:
+        return None
+    mask, attainable_w, power_w = steady
+    limit_w = np.asarray(controlled.series.site_limit_w[: mask.size])
+    bound = mask & (attainable_w >= limit_w)
+    if not bound.any():
+        return None
+    undrawn_w = np.asarray(controlled.series.undrawn_w[: mask.size])[bound]
+    share = undrawn_w / attainable_w[bound, None]
+    gap = float(np.mean((attainable_w[bound] - power_w[bound]) / attainable_w[bound])) * 100.0
+    parts = {name: float(np.mean(share[:, k])) * 100.0 for k, name in enumerate(UNDRAWN_PARTS)}
+    parts["rest"] = gap - sum(parts.values())
+    head = {"site_bound": float(bound.sum() / mask.sum()), "gap": gap}
+    return {name: round(value, 3) for name, value in (head | parts).items()}
+
+
+def _steady(
+    controlled: RunResult, reference: RunResult | None
+) -> tuple[NDArray[np.bool_], FloatArray, FloatArray] | None:
+    """The steady samples (module doc), attainable site power and site power per sample; None
+    when there are none. Units: W."""
     ctl = controlled.series
     n = len(ctl.t_s)
     if reference is not None:
@@ -224,8 +274,7 @@ def steady_gap_pct(controlled: RunResult, reference: RunResult | None = None) ->
     steady = (t_s - since >= SETTLE_S) & (wanted_w > attainable_w * (1.0 + DEMAND_MARGIN_FRAC))
     if not steady.any():
         return None
-    gap = (attainable_w[steady] - power_w[steady]) / attainable_w[steady]
-    return round(float(np.mean(gap)) * 100.0, 3)
+    return steady, attainable_w, power_w
 
 
 def announced_horizon_s(scenario: Scenario) -> float:
@@ -283,6 +332,7 @@ def scoreboard(controlled: RunResult, reference: RunResult, summary: Row) -> Row
         "step_announced": announced,
         "steady_gap_pct": steady_gap_pct(controlled),
         "steady_gap_vs_uncapped_pct": steady_gap_pct(controlled, reference),
+        "steady_gap_parts_pct": steady_gap_parts_pct(controlled),
     }
 
 

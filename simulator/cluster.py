@@ -25,6 +25,9 @@ from simulator.workloads import WorkloadSet
 FloatArray = NDArray[np.float64]
 log = structlog.get_logger("rheostat.simulator")
 
+#: Where power the caps allow lies undrawn (`SimCluster.undrawn_w`), in its order.
+UNDRAWN_PARTS = ("sync", "service", "idle", "non_gpu")
+
 #: Pre-drawn noise rows cycled through, so sensor noise costs no random draws per tick.
 _NOISE_ROWS = 64
 
@@ -205,6 +208,36 @@ class SimCluster:
         rack_w += self._rack_overhead_on_w
         return rack_w
 
+    def undrawn_w(self) -> FloatArray:
+        """Power the caps in force allow and the site does not draw, by where it lies. Units: W
+        (wall side, as site power is metered).
+
+        In `UNDRAWN_PARTS` order: under the caps of synchronous jobs' GPUs that would draw less
+        than their cap uncapped (communication phases, checkpoints), of services' GPUs
+        (between bursts), of GPUs with no job (idle at their min caps); and servers' non-GPU
+        power below its peak, the figure a controller budgets. A GPU its cap holds back draws
+        about its cap, so it adds nothing here: what the steady gap counts and these parts do
+        not is power the caps never handed out (bench.control's `steady_gap_parts_pct`).
+        """
+        consts = self.consts
+        full_w = consts.idle_w + consts.span_w * self.activity
+        under = np.where(full_w < self.cap_w, np.maximum(self.cap_w - self.gpu.power_w, 0.0), 0.0)
+        if not self._all_powered:
+            under *= self.powered
+        wl = self.workloads
+        idle = wl.gpu_job == wl.n_jobs - 1
+        sync = wl.sync_job() >= 0
+        parts = np.array(
+            [
+                float(under[sync].sum()),
+                float(under[~sync & ~idle].sum()),
+                float(under[idle].sum()),
+                # A dark server's span is 0: it draws nothing and nothing is budgeted for it.
+                float(self._server_span_w @ (1.0 - self._server_load(self.gpu.power_w))),
+            ]
+        )
+        return parts / self.params.psu_efficiency
+
     def _rack_non_gpu_w(self, gpu_power_w: FloatArray) -> FloatArray:
         """Servers' non-GPU power per rack at the load these GPU draws put on them. Units: W."""
         server_w = self.server_non_gpu_w(gpu_power_w)
@@ -214,9 +247,12 @@ class SimCluster:
         """Each server's non-GPU power at these GPU draws (now's by default; 0 on a tripped
         rack). Load is the servers' mean (power - idle) / (max cap - idle). Units: W (DC side)."""
         power = self.gpu.power_w if gpu_power_w is None else gpu_power_w
-        load = np.clip((power - self.consts.idle_w) / self.consts.span_w, 0.0, 1.0)
-        server_load = _sum_by(self._gpu_server, load, self._n_servers) / self._server_gpus
-        return self._server_fixed_w + self._server_span_w * server_load
+        return self._server_fixed_w + self._server_span_w * self._server_load(power)
+
+    def _server_load(self, gpu_power_w: FloatArray) -> FloatArray:
+        """Each server's load: its GPUs' mean (power - idle) / (max cap - idle), in [0, 1]."""
+        load = np.clip((gpu_power_w - self.consts.idle_w) / self.consts.span_w, 0.0, 1.0)
+        return _sum_by(self._gpu_server, load, self._n_servers) / self._server_gpus
 
     def run_boot(self, *, seconds: float) -> None:
         """Step the physics for `seconds` before time zero, then restart the clock at zero.

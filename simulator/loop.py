@@ -69,6 +69,8 @@ class Series:
     tier_clock_mhz: list[FloatArray] = field(default_factory=list)
     #: Per tier, the mean power cap in force as a fraction of each GPU's maximum cap.
     tier_cap_frac: list[FloatArray] = field(default_factory=list)
+    #: Power the caps allow and the site does not draw, per `SimCluster.undrawn_w`'s parts.
+    undrawn_w: list[FloatArray] = field(default_factory=list)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -348,6 +350,7 @@ def _sample(
     series.tier_clock_mhz.append(clock / tier_count)
     cap_frac = cluster.cap_w / cluster.topology.gpu_max_cap_w
     series.tier_cap_frac.append(np.bincount(tier, weights=cap_frac, minlength=4) / tier_count)
+    series.undrawn_w.append(cluster.undrawn_w())
 
 
 def run_with_baseline(

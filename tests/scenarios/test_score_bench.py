@@ -38,6 +38,7 @@ SCOREBOARD_KEYS = {
     "step_announced",
     "steady_gap_pct",
     "steady_gap_vs_uncapped_pct",
+    "steady_gap_parts_pct",
 }
 
 
@@ -88,6 +89,27 @@ def test_the_step_is_scored_and_rheostat_meets_the_safety_targets(
     assert ours["scoreboard"]["site_over_allowed_s"] == 2.0
     # Demand exceeds the stepped limit, so the steady-state gap is measured.
     assert ours["scoreboard"]["steady_gap_pct"] is not None
+
+
+def test_the_steady_gap_is_split_by_where_the_unused_power_lies(
+    budget_step: dict[str, Any],
+) -> None:
+    board = budget_step["scenarios"]["budget-step"]["rheostat"]["scoreboard"]
+    split = dict(board["steady_gap_parts_pct"])
+    # After the cut the site limit binds throughout: the split covers the whole gap.
+    assert split.pop("site_bound") == 1.0
+    assert split.pop("gap") == pytest.approx(board["steady_gap_pct"], abs=1e-3)
+    parts = split
+    assert list(parts) == ["sync", "service", "idle", "non_gpu", "rest"]
+    assert sum(parts.values()) == pytest.approx(board["steady_gap_pct"], abs=0.01)
+    # budget-step's servers draw their non-GPU peak whatever their load (non_gpu_idle_frac 1).
+    assert parts["non_gpu"] == 0.0
+    # After the cut, demand exceeds the limit; still, the training jobs' communication phases,
+    # the chat service between bursts and the 32 GPUs without a job (at their min caps, over
+    # their idle draw) leave power under their caps.
+    assert parts["sync"] > 0.5
+    assert parts["service"] > 0.1
+    assert parts["idle"] > 0.5
 
 
 def test_table_has_one_row_per_scenario_and_controller(budget_step: dict[str, Any]) -> None:

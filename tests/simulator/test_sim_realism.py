@@ -116,3 +116,36 @@ def test_non_gpu_power_follows_gpu_load_between_idle_and_the_budgeted_peak() -> 
     assert cluster.site_power_w < (gpu_w + peak) / cluster.params.psu_efficiency
     fixed = build_cluster(site({"gpus": 8, "a100_share": 0.0, "non_gpu_idle_frac": 1.0}))
     assert fixed.server_non_gpu_w(consts.idle_w)[0] == pytest.approx(peak)
+
+
+def test_undrawn_power_is_split_by_what_the_gpus_run_and_non_gpu_power_below_peak() -> None:
+    """`SimCluster.undrawn_w`, the steady gap's parts: a GPU its cap holds back adds nothing, one
+    under its cap adds cap less draw, filed by its job; non-GPU power adds what it is below peak."""
+    training = {"kind": "training", "name": "t", "gpus": 8, "tier": 1, "iteration_s": 6.0}
+    sc = site({"gpus": 16, "a100_share": 0.0, "rack_rating_frac": 2.0}, [training])
+    cluster = build_cluster(sc)
+    topo, eff = cluster.topology, cluster.params.psu_efficiency
+    job, idle = slice(0, 8), slice(8, 16)
+    caps = topo.gpu_min_cap_w.copy()
+    caps[job] = 300.0  # well under a computing H100's draw
+    cluster.command(caps, cluster.consts.max_clock_mhz)
+    cluster.step()
+    cluster.step()  # in the job's compute phase (the first 70 % of each 6 s step)
+    power = cluster.gpu.power_w
+    sync, service, jobless, non_gpu = cluster.undrawn_w()
+    assert sync == 0.0  # held back by its caps: it draws them
+    assert service == 0.0
+    assert jobless == pytest.approx(float((caps[idle] - power[idle]).sum()) / eff)
+    assert jobless > 8 * 50.0 / eff  # min cap 200 W, idle draw well under it
+    peak = SERVER_TYPES["H100-SXM5"].non_gpu_peak_w
+    below = 2 * peak - float(cluster.server_non_gpu_w().sum())
+    assert non_gpu == pytest.approx(below / eff)
+    assert non_gpu > 0.0  # the jobless server runs at its idle share
+    # At the max cap a computing GPU draws under it: that gap is the job's.
+    caps[job] = topo.gpu_max_cap_w[job]
+    cluster.command(caps, cluster.consts.max_clock_mhz)
+    cluster.step()
+    power = cluster.gpu.power_w
+    sync = cluster.undrawn_w()[0]
+    assert sync == pytest.approx(float((caps[job] - power[job]).sum()) / eff)
+    assert sync > 0.0
