@@ -39,7 +39,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench._control_targets import LEND
-from bench.control import LEND_TOLERANCE, MIN_TIER0, _controller, _plain, _settings, scoreboard
+from bench.control import (
+    LEND_TOLERANCE,
+    MIN_TIER0,
+    _controller,
+    _plain,
+    _settings,
+    add_lend_classes,
+    lend_classes,
+    scoreboard,
+)
 from controller.commands._args import duration_s
 from policies.tiers import DEFAULT_FLEX_TOLERANCES
 from simulator import loop
@@ -86,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--duration", type=duration_s, metavar="S", help="cut scenarios to S seconds (or 90s, 2m)"
     )
+    add_lend_classes(parser)
 
 
 def step_misses(summary: Row) -> list[str]:
@@ -153,6 +163,7 @@ def scan(
     step: float,
     max_extra: float,
     min_extra: float = MIN_EXTRA,
+    lender_classes: tuple[str, ...] | None = None,
 ) -> Row:
     """Each controller's capacities on `base`, grown (or shrunk) step by step.
 
@@ -174,7 +185,9 @@ def scan(
             controlled = loop.run(
                 grown,
                 controller=_controller(name),
-                settings=_settings(name, LEND_TOLERANCE, non_gpu_measured=False),
+                settings=_settings(
+                    name, LEND_TOLERANCE, non_gpu_measured=False, lender_classes=lender_classes
+                ),
             )
             summary = _plain(summarize(controlled, reference))
             summary["scoreboard"] = scoreboard(controlled, reference, summary)
@@ -293,7 +306,11 @@ def run(args: argparse.Namespace) -> list[Row]:
                 grid = base.grid.model_copy(update={"dr_events": ()})
                 base = base.model_copy(update={"grid": grid, "name": f"{base.name}(no DR)"})
             scenarios[base.name] = scan(
-                base, args.controller, step=args.step, max_extra=args.max_extra
+                base,
+                args.controller,
+                step=args.step,
+                max_extra=args.max_extra,
+                lender_classes=lend_classes(args),
             )
     return [{"scenarios": scenarios}]
 

@@ -109,9 +109,11 @@ __all__ = [
     "OVERSUBSCRIBED_MARGIN",
     "Row",
     "add_arguments",
+    "add_lend_classes",
     "announced_horizon_s",
     "compared",
     "flat_rows",
+    "lend_classes",
     "lend_settings",
     "misses",
     "run",
@@ -170,12 +172,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rheostat controllers: budget servers' non-GPU power at its peak (the default "
         "policy) or as each rack's meter measures it (`capping.non_gpu.measured`)",
     )
+    add_lend_classes(parser)
     parser.add_argument(
         "--faults",
         action="store_true",
         help="run each scenario under FAULTS too: a controller outage longer than the commands' "
         "TTL, lost commands, late and reordered telemetry (rows named SCENARIO+faults)",
     )
+
+
+def add_lend_classes(parser: argparse.ArgumentParser) -> None:
+    """`--lend-classes`: the workload classes whose GPUs lend in `rheostat+lend` rows."""
+    parser.add_argument(
+        "--lend-classes",
+        nargs="+",
+        metavar="CLASS",
+        help=f"{LEND}: only GPUs of these workload classes lend (`capping.lend.lender_classes`; "
+        "`idle`: GPUs no job holds); default every GPU",
+    )
+
+
+def lend_classes(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The `--lend-classes` given, None when absent (every GPU lends)."""
+    given = getattr(args, "lend_classes", None)
+    return None if given is None else tuple(given)
 
 
 def threshold_factory(cluster: SimCluster) -> Controller:
@@ -190,18 +210,31 @@ def _controller(name: str) -> str | Callable[[SimCluster], Controller]:
 
 
 def lend_settings(
-    tolerance: float = LEND_TOLERANCE, *, non_gpu_measured: bool = False
+    tolerance: float = LEND_TOLERANCE,
+    *,
+    non_gpu_measured: bool = False,
+    lender_classes: tuple[str, ...] | None = None,
 ) -> PolicySettings:
-    """The default policy with headroom lending on, `tolerance` its contract tolerance."""
-    lend = LendSettings(enabled=True, contract_tolerance_frac=tolerance)
+    """The default policy with headroom lending on, `tolerance` its contract tolerance,
+    `lender_classes` the workload classes that lend (None: every GPU)."""
+    lend = LendSettings(
+        enabled=True, contract_tolerance_frac=tolerance, lender_classes=lender_classes
+    )
     non_gpu = NonGpuSettings(measured=non_gpu_measured)
     return PolicySettings(capping=CappingSettings(lend=lend, non_gpu=non_gpu))
 
 
-def _settings(name: str, tolerance: float, non_gpu_measured: bool) -> PolicySettings | None:
+def _settings(
+    name: str,
+    tolerance: float,
+    non_gpu_measured: bool,
+    lender_classes: tuple[str, ...] | None = None,
+) -> PolicySettings | None:
     """The policy a rheostat row runs (None: the default one)."""
     if name == LEND:
-        return lend_settings(tolerance, non_gpu_measured=non_gpu_measured)
+        return lend_settings(
+            tolerance, non_gpu_measured=non_gpu_measured, lender_classes=lender_classes
+        )
     if non_gpu_measured:
         return PolicySettings(capping=CappingSettings(non_gpu=NonGpuSettings(measured=True)))
     return None
@@ -342,12 +375,13 @@ def run_scenario(
     lend_tolerance: float = LEND_TOLERANCE,
     *,
     non_gpu_measured: bool = False,
+    lender_classes: tuple[str, ...] | None = None,
 ) -> dict[str, Row]:
     """Controller name -> summary (with `scoreboard`) for one scenario."""
     reference = loop.run(scenario, unlimited=True)
     out: dict[str, Row] = {}
     for name in controllers:
-        settings = _settings(name, lend_tolerance, non_gpu_measured)
+        settings = _settings(name, lend_tolerance, non_gpu_measured, lender_classes)
         controlled = loop.run(scenario, controller=_controller(name), settings=settings)
         summary = _plain(summarize(controlled, reference))
         summary["controller"] = name  # `rheostat+lend` runs the `rheostat` controller
@@ -373,13 +407,22 @@ def run(args: argparse.Namespace) -> list[Row]:
                 scenario = scenario.shortened(args.duration)
             tolerance = getattr(args, "lend_tolerance", LEND_TOLERANCE)
             measured = getattr(args, "non_gpu", "peak") == "measured"
+            lenders = lend_classes(args)
             scenarios[scenario.name] = run_scenario(
-                scenario, args.controller, tolerance, non_gpu_measured=measured
+                scenario,
+                args.controller,
+                tolerance,
+                non_gpu_measured=measured,
+                lender_classes=lenders,
             )
             if getattr(args, "faults", False):
                 faulty = with_faults(scenario)
                 scenarios[faulty.name] = run_scenario(
-                    faulty, args.controller, tolerance, non_gpu_measured=measured
+                    faulty,
+                    args.controller,
+                    tolerance,
+                    non_gpu_measured=measured,
+                    lender_classes=lenders,
                 )
     return [{"scenarios": scenarios}]
 

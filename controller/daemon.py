@@ -47,7 +47,7 @@ from controller.nodes import NodeAssembler
 from controller.policy_file import Policy
 from controller.protect import ProtectiveCuts
 from controller.publisher import CommandPublisher, SendTrace
-from controller.reload import PolicyReload, build_runtime, tier_table
+from controller.reload import PolicyReload, build_runtime, policy_classes, tier_table
 from controller.settings import mqtt_password
 from controller.shard.pool import IngestPool
 from controller.stages import build_stages
@@ -245,7 +245,7 @@ class Controller(BrokerSession, PolicyReload, TickLoop):
         if policy.config.ingest.workers == 0:
             return None
         rt = self.runtime
-        for name in sorted(policy.config.tiers.classes):
+        for name in policy_classes(policy):
             rt.classes.code(name)
         pool = IngestPool(
             policy,

@@ -40,6 +40,13 @@ def tier_table(policy: Policy, classes: ClassTable) -> np.ndarray[Any, np.dtype[
     return classes.tier_table(tiers.classes, tiers.default)
 
 
+def policy_classes(policy: Policy) -> list[str]:
+    """The class names the policy acts on (tiers, lenders), in the order sharded ingest's
+    workers get their codes: a name outside the list is the unknown class there."""
+    named = set(policy.config.tiers.classes) | set(policy.config.capping.lend.lender_classes or ())
+    return sorted(named)
+
+
 def build_runtime(
     policy: Policy,
     *,
@@ -153,7 +160,7 @@ class PolicyReload:
                 safe_cap_w=policy.safe_cap_w,
             )
             if self.pool is not None:
-                for name in sorted(policy.config.tiers.classes):
+                for name in policy_classes(policy):
                     rt.classes.code(name)
                 self.pool.reconfigure(policy, rt.classes.names[1:])
             rt.tier_table = tier_table(policy, rt.classes)

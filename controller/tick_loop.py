@@ -34,6 +34,7 @@ from controller.shard.pool import IngestPool
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import RheostatError
 from policies.fleet import FleetState
+from policies.lending import lenders
 from policies.stages import Stage, Tick, finish, prepare
 from policies.topology import Topology
 from policies.workspace import DecisionWorkspace
@@ -63,6 +64,7 @@ class Decider(Protocol):
         stale_rack: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
         sync_job: np.ndarray[Any, np.dtype[np.int32]] | None = None,
         workspace: DecisionWorkspace | None = None,
+        lender: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
     ) -> tuple[Decision, DecisionState]: ...
 
 
@@ -163,6 +165,11 @@ class TickLoop:
             stale_rack=stale,
             sync_job=tick.sync_job,
             workspace=rt.workspace,
+            lender=lenders(
+                rt.classes.names,
+                snapshot.workload_class,
+                policy.config.capping.lend.lender_classes,
+            ),
         )
         rt.site_energy_j += site_power_w * dt_s
         decision = finish(self.stages, tick, decision)

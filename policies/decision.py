@@ -36,6 +36,9 @@ class LendSettings:
     margin_w: float = 5.0
     #: Time constant of the peak-held draw a lender's headroom is reckoned from. Units: s.
     hold_s: float = 10.0
+    #: Workload classes whose GPUs may lend (None: every GPU). The core never sees class
+    #: names: its caller turns these into `decide`'s `lender` mask (`policies.lending.lenders`).
+    lender_classes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,12 @@ does not. Three rules keep that safe:
   headroom was reckoned from) by more than its margin lends nothing on the next tick: the
   allocation without lending is recomputed every tick, so the borrowers' caps fall at once.
 
+Revoking still takes the reaction time, so a lender whose draw rises often (a service at each
+burst) puts its group over its limit, within the bounds above, now and then. `lender_classes`
+(`LendSettings`) narrows the lenders to workload classes whose draw stays put: `idle`, the
+GPUs no job holds, rise only when the scheduler places a job on them, where a service rises at
+every burst.
+
 The lent power is shared by `policies.capping.allocate` from the caps without lending as floors,
 so the tiers keep their order: every borrower is first brought to its tier floor, Flex 0's first,
 then a Flex 0 borrower is served before a Flex 3 one. Borrowers rise
@@ -29,6 +35,7 @@ for.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -111,6 +118,7 @@ def lend_step(
     workspace: DecisionWorkspace | None = None,
     non_gpu_rise_w: tuple[FloatArray, ...] | None = None,
     tier_floor_w: FloatArray | None = None,
+    lender: BoolArray | None = None,
 ) -> LendResult:
     """Caps with headroom lent to GPUs that want more (module doc). Units: W.
 
@@ -122,6 +130,7 @@ def lend_step(
     below its peak). `tier_floor_w` (None: none) are the tier floors: lent power first brings
     borrowers up to them in tier order, as the fill does, then to their demand in strict tier
     order; without them a Flex 3 GPU under its floor waited behind every Flex 0-2 GPU's demand.
+    `lender` (None: every GPU) marks the GPUs that may lend (`lenders`); the others still borrow.
     The caps go into `out` when given; `cap_w` is left as it is.
     Temporaries live in `workspace` (a fresh one when None).
     """
@@ -151,6 +160,8 @@ def lend_step(
     np.logical_and(keep, np.less_equal(wanted, 0.0, out=buffers.free), out=keep)
     if frozen is not None:
         np.logical_and(keep, np.logical_not(frozen), out=keep)
+    if lender is not None:
+        np.logical_and(keep, lender, out=keep)
     headroom *= keep
     if not wanted.any() or not headroom.any():
         return LendResult(cap_w=cap_w, used_w=None, basis_w=basis, lent_w=0.0)
@@ -189,3 +200,22 @@ def _hold(
     state. Units: W."""
     held = hold_demand(power_w, previous_w, dt_s=dt_s, hold_s=hold_s)
     return np.array(held, dtype=np.float64) if held is power_w else held
+
+
+def lenders(
+    class_names: Sequence[str],
+    workload_class: NDArray[np.int16],
+    lender_classes: tuple[str, ...] | None,
+) -> BoolArray | None:
+    """Per GPU, whether it may lend: its workload class (`workload_class`, codes into
+    `class_names`) is one of `lender_classes`. None where every GPU may (`lender_classes` None).
+    """
+    if lender_classes is None:
+        return None
+    table = np.fromiter((name in lender_classes for name in class_names), np.bool_)
+    if table.size == 0:
+        return np.zeros(workload_class.shape, np.bool_)
+    # A code past the table (a class named after the table was taken) is not a lender.
+    known = workload_class < table.size
+    result: BoolArray = table[np.where(known, workload_class, 0)] & known
+    return result

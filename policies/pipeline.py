@@ -44,13 +44,16 @@ def decide(
     stale_rack: NDArray[np.bool_] | None = None,
     sync_job: NDArray[np.int32] | None = None,
     workspace: DecisionWorkspace | None = None,
+    lender: NDArray[np.bool_] | None = None,
 ) -> tuple[Decision, DecisionState]:
     """Caps and clock ceilings for every GPU, and the state the next tick starts from.
 
     `sync_job` (optional, one entry per GPU) numbers the synchronous jobs the scheduler reported,
     -1 for a GPU in none: see `policies.pacing.pace_ceiling` for what the allocation does with
     them. `workspace` is the caller's working memory for a fleet of this size, reused from tick
-    to tick (see `policies.workspace`). The per-GPU arrays returned are read-only.
+    to tick (see `policies.workspace`). `lender` (None: every GPU) marks the GPUs whose
+    undrawn headroom lending may lend (`policies.lending.lenders`). The per-GPU arrays returned
+    are read-only.
     """
     tick = stage.start(topology, fleet, tier, settings, state, now_s, stale_rack, workspace)
     demand, raw_demand = stage.demand(tick, fleet)
@@ -61,7 +64,7 @@ def decide(
     cap, budget = stage.smooth(tick, alloc, bounds.floor_w, usable_w)
     # The caps above fit every limit; lending moves them within the worst-case bounds of
     # `policies.lending` before they are issued.
-    cap, budget, lend_basis = stage.lend(tick, fleet, cap, budget, bounds, usable_w)
+    cap, budget, lend_basis = stage.lend(tick, fleet, cap, budget, bounds, usable_w, lender)
     clock, saving = stage.clocks(tick, cap, activity)
     util_held = activity.held if activity.held is not activity.util else activity.util.copy()
     for array in (cap, clock, bounds.demand_w, util_held):

@@ -412,12 +412,16 @@ def lend(  # noqa: PLR0917 - the smoothed tick's outputs
     budget: tuple[FloatArray, ...],
     bounds: Bounds,
     usable_w: tuple[FloatArray, ...],
+    lender: NDArray[np.bool_] | None = None,
 ) -> tuple[FloatArray, tuple[FloatArray, ...], FloatArray | None]:
-    """With lending on, the caps after undrawn headroom is lent, each group's budget and the
-    lenders' basis for the next tick; else the caps and budget unchanged."""
+    """With lending on, the caps after undrawn headroom (of `lender` GPUs; None: all) is lent,
+    each group's budget and the lenders' basis for the next tick; else the caps and budget
+    unchanged."""
     settings, state = tick.settings.capping, tick.state
     if not settings.lend.enabled:
         return cap, budget, None
+    if lender is not None and lender.shape != tick.tiers.shape:
+        raise PolicyError(f"lender must have shape ({tick.tiers.size},)")
     lent = lend_step(
         tick.plan,
         cap_w=cap,
@@ -436,6 +440,7 @@ def lend(  # noqa: PLR0917 - the smoothed tick's outputs
         workspace=tick.workspace,
         non_gpu_rise_w=_non_gpu_rise(tick),
         tier_floor_w=tick.workspace.lend().tier_floor,
+        lender=lender,
     )
     return lent.cap_w, budget if lent.used_w is None else lent.used_w, lent.basis_w
 

@@ -20,9 +20,15 @@ from numpy.typing import NDArray
 
 from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.fleet import FleetState
+from policies.lending import lenders
 from policies.pipeline import decide
 from policies.topology import Topology, dc_side
 from policies.workspace import DecisionWorkspace
+from simulator.workloads import CLASSES
+
+#: Names of the workload-class codes the simulated fleet reports (`SimCluster.fill_fleet`:
+#: a workload's class code plus one, 0 unknown), as the daemon's class table would hold them.
+CLASS_NAMES: tuple[str, ...] = ("<unknown>", *CLASSES)
 
 FloatArray = NDArray[np.float64]
 Actuation = tuple[FloatArray, FloatArray]
@@ -178,6 +184,9 @@ class RheostatController:
             stale_rack=stale_rack if stale_rack.any() else None,
             sync_job=self.sync_job,
             workspace=self.workspace,
+            lender=lenders(
+                CLASS_NAMES, fleet.workload_class, self.settings.capping.lend.lender_classes
+            ),
         )
         self.site_allowed_w = decision.site_allowed_w
         self.decision = decision

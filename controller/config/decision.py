@@ -18,6 +18,9 @@ from policies.decision import (
 )
 from policies.tiers import DEFAULT_FLEX_TOLERANCES
 
+#: A workload class as telemetry names it (`agent.config.AgentConfig.workload_class`).
+ClassName = Annotated[str, Field(min_length=1, max_length=64)]
+
 
 class LendSection(FiniteSection):
     """Headroom lending (`policies.lending`): power GPUs are allowed but do not draw (idle min
@@ -45,6 +48,12 @@ class LendSection(FiniteSection):
     hold_s: Annotated[float, Field(ge=0)] = 10.0
     """Time constant of the peak-held draw a lender's headroom is reckoned from; 0 uses the
     last draw alone. Units: s.
+    """
+    lender_classes: Annotated[tuple[ClassName, ...], Field(max_length=64)] | None = None
+    """Workload classes (as telemetry names them) whose GPUs may lend; absent: every GPU.
+    `[idle]` lends only what GPUs no job holds leave under their min caps: their draw rises only
+    when a job is placed on them, so the worst case above is reached that rarely, where a
+    service's headroom is taken back at every burst.
     """
 
     def settings(self) -> LendSettings:

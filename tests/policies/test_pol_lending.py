@@ -9,8 +9,9 @@ from numpy.typing import NDArray
 from policies.breaker_curve import MAGNETIC_LOAD, NO_TRIP_LOAD, TRIP_CURVE_S, trip_time_s
 from policies.capping import allocate
 from policies.decision import CappingSettings, LendSettings, Limits, PolicySettings
+from policies.errors import PolicyError
 from policies.fleet import FleetState
-from policies.lending import TRIP_SHARE, LendResult, lend_step, worst_case_bounds
+from policies.lending import TRIP_SHARE, LendResult, lend_step, lenders, worst_case_bounds
 from policies.pipeline import decide
 from policies.plan import CappingPlan
 from policies.topology import Topology, generate_topology
@@ -76,6 +77,7 @@ def _lend(
     site_frac: float = 0.8,
     frozen: NDArray[np.bool_] | None = None,
     tier_floor_w: FloatArray | None = None,
+    lender: NDArray[np.bool_] | None = None,
 ) -> LendResult:
     return lend_step(
         plan,
@@ -92,6 +94,7 @@ def _lend(
         settings=settings,
         frozen=frozen,
         tier_floor_w=tier_floor_w,
+        lender=lender,
     )
 
 
@@ -207,6 +210,57 @@ def test_frozen_gpus_neither_lend_nor_borrow() -> None:
     result = _lend(plan, base, draw, demand, tier, basis=draw, frozen=frozen)
     assert result.lent_w == 0.0
     np.testing.assert_allclose(result.cap_w, base)
+
+
+def test_only_marked_gpus_lend_and_the_rest_still_borrow() -> None:
+    _, plan, base, draw, demand, tier = _instance()
+    n = base.size
+    free = demand <= base  # the idle quarter: under-drawn min caps, wanting nothing more
+    everyone = _lend(plan, base, draw, demand, tier, basis=draw)
+    # One idle GPU may lend: less is lent, and only its headroom backs it.
+    one = np.zeros(n, np.bool_)
+    one[np.flatnonzero(free)[0]] = True
+    some = _lend(plan, base, draw, demand, tier, basis=draw, lender=one)
+    assert 0.0 < some.lent_w < everyone.lent_w
+    margin = np.maximum(draw * LEND.margin_frac, LEND.margin_w)
+    assert some.lent_w <= float(np.maximum(base - draw - margin, 0.0)[one].sum()) + 1e-6
+    # Borrowers outside the mask still borrow; lenders keep their caps.
+    assert np.any(some.cap_w[~free] > base[~free])
+    np.testing.assert_allclose(some.cap_w[free], base[free])
+    none = _lend(plan, base, draw, demand, tier, basis=draw, lender=np.zeros(n, np.bool_))
+    assert none.lent_w == 0.0
+    np.testing.assert_allclose(none.cap_w, base)
+
+
+def test_lenders_come_from_workload_class_names() -> None:
+    names = ("<unknown>", "idle", "training", "inference")
+    codes = np.array([0, 1, 2, 3, 1, 7], dtype=np.int16)  # 7: named after the table was taken
+    assert lenders(names, codes, None) is None
+    np.testing.assert_array_equal(
+        lenders(names, codes, ("idle",)), [False, True, False, False, True, False]
+    )
+    np.testing.assert_array_equal(
+        lenders(names, codes, ("idle", "inference")), [False, True, False, True, True, False]
+    )
+    np.testing.assert_array_equal(lenders(names, codes, ()), np.zeros(6, np.bool_))
+    np.testing.assert_array_equal(lenders((), codes, ("idle",)), np.zeros(6, np.bool_))
+
+
+def test_decide_checks_the_lender_mask_shape() -> None:
+    topo = generate_topology(16, servers_per_rack=2)
+    settings = PolicySettings(capping=CappingSettings(lend=LendSettings(enabled=True)))
+    fleet = _fleet(topo, topo.gpu_min_cap_w.copy(), topo.gpu_max_cap_w.copy(), np.ones(16))
+    with pytest.raises(PolicyError, match="lender"):
+        decide(
+            topo,
+            fleet,
+            tier=np.zeros(16, np.int8),
+            limits=Limits(site_limit_w=float(topo.levels[-1].usable_w[0])),
+            settings=settings,
+            state=None,
+            now_s=0.0,
+            lender=np.ones(3, np.bool_),
+        )
 
 
 def _fleet(topo: Topology, draw: FloatArray, cap: FloatArray, util: FloatArray) -> FleetState:
