@@ -405,24 +405,14 @@ def run(args: argparse.Namespace) -> list[Row]:
             scenario = load_scenario(name)
             if args.duration is not None and args.duration < scenario.duration_s:
                 scenario = scenario.shortened(args.duration)
-            tolerance = getattr(args, "lend_tolerance", LEND_TOLERANCE)
-            measured = getattr(args, "non_gpu", "peak") == "measured"
-            lenders = lend_classes(args)
-            scenarios[scenario.name] = run_scenario(
-                scenario,
-                args.controller,
-                tolerance,
-                non_gpu_measured=measured,
-                lender_classes=lenders,
-            )
-            if getattr(args, "faults", False):
-                faulty = with_faults(scenario)
-                scenarios[faulty.name] = run_scenario(
-                    faulty,
+            faults = getattr(args, "faults", False)
+            for each in [scenario, with_faults(scenario)] if faults else [scenario]:
+                scenarios[each.name] = run_scenario(
+                    each,
                     args.controller,
-                    tolerance,
-                    non_gpu_measured=measured,
-                    lender_classes=lenders,
+                    getattr(args, "lend_tolerance", LEND_TOLERANCE),
+                    non_gpu_measured=getattr(args, "non_gpu", "peak") == "measured",
+                    lender_classes=lend_classes(args),
                 )
     return [{"scenarios": scenarios}]
 
