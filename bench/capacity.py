@@ -22,7 +22,8 @@ such as POLCA's (+30 %) and the targets: Rheostat's at least `MIN_CAPACITY_PCT` 
 criterion (each tier at its floor on average, brief dips allowed), and `oracle_capacity_pct`
 applies the work criteria to the oracle's work in the same runs: what any allocation could host.
 `--controller rheostat+lend` scans Rheostat with headroom lending on as well (not by default:
-it is opt-in in the policy), against the same targets (`targets_lend`).
+it is opt-in in the policy), against the same targets (`targets_lend`); `--lend-classes idle`
+lends only what GPUs no job holds leave undrawn (`capping.lend.lender_classes`).
 
 `--json` prints `{"scenarios": {name: {"gpus", "contract_gpus", "controllers": {controller:
 {"capacity_pct", "vs_contract_pct", "stopped_by", "work_capacity_pct", "oracle_capacity_pct",
