@@ -91,6 +91,11 @@ class CommandBook:
         falls back to caps that no longer fit.
         """
         self.ttl_s, self.refresh_frac, self.deadband_w = ttl_s, refresh_frac, deadband_w
+        self.set_safe_caps(safe_cap_w)
+
+    def set_safe_caps(self, safe_cap_w: NDArray[np.float64] | None) -> bool:
+        """Carry these safe caps from now on; if they differ from the ones carried, every rack is
+        due, so that no agent falls back to caps that no longer fit. Returns whether they did."""
         safe = self._checked(safe_cap_w)
         unchanged = (safe is None and self.safe_cap_w is None) or (
             safe is not None
@@ -100,6 +105,7 @@ class CommandBook:
         self.safe_cap_w = safe
         if not unchanged:
             self.sent_at_s[:] = -np.inf
+        return not unchanged
 
     def _checked(self, safe_cap_w: NDArray[np.float64] | None) -> NDArray[np.float64] | None:
         if safe_cap_w is None:

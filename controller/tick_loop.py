@@ -35,6 +35,7 @@ from policies.decision import Decision, DecisionState, Limits, PolicySettings
 from policies.errors import RheostatError
 from policies.fleet import FleetState
 from policies.lending import lenders
+from policies.safe_caps import follow_site_limit, site_limit_in_force
 from policies.stages import Stage, Tick, finish, prepare
 from policies.topology import Topology
 from policies.workspace import DecisionWorkspace
@@ -112,6 +113,28 @@ class TickLoop:
             self.runtime.ticks.observe(loop.time() - started)
             next_s = max(next_s + period_s, loop.time() - period_s)
 
+    def _follow_safe_caps(self, limits: Limits) -> None:
+        """Commands carry safe caps that fit the site limit in force (a demand-response level
+        under the contract included): `policies.safe_caps.follow_site_limit`."""
+        rt = self.runtime
+        policy, carried = rt.policy, rt.book.safe_cap_w
+        if carried is None:
+            return
+        safe = follow_site_limit(
+            policy.topology,
+            carried_w=carried,
+            policy_w=policy.safe_cap_w,
+            limits=limits,
+            site_margin_frac=policy.config.capping.site_margin_frac,
+        )
+        if safe is not None and rt.book.set_safe_caps(safe):
+            log.info(
+                "safe caps follow the site limit in force",
+                site_limit_w=site_limit_in_force(policy.topology, limits),
+                safe_total_w=round(float(safe.sum())),
+                policy_total_w=round(float(policy.safe_cap_w.sum())),
+            )
+
     async def _tick(self) -> None:
         rt = self.runtime
         policy = rt.policy
@@ -146,6 +169,7 @@ class TickLoop:
             decision=rt.decision,
         )
         limits = prepare(self.stages, tick)
+        self._follow_safe_caps(limits)
         if self.grid is not None:
             rt.demand_response = DemandResponseStatus(**dataclasses.asdict(self.grid.status()))
             if self._client is not None and self.ha.is_leader():

@@ -11,6 +11,13 @@ Derivation: every GPU starts at its min cap and all rise together towards their 
 the same fraction of its range, until a group's limit stops the GPUs under it (the allocator of
 `policies.capping`, every GPU in one tier with its max cap as demand). The result is the highest
 uniform-fraction caps that fit: no group is left with room that its GPUs could have taken.
+
+The caps a policy loads with fit its contract. A lower site limit in force (a demand-response
+level, the facility's budget on a hot day) is what an outage must respect while it lasts, so
+commands carry caps that follow it (`follow_site_limit`): derived again, a step under the limit,
+when the ones carried do not fit it, and back to the policy's once those fit again. (The policy's
+fit the facility's budget at its design temperature, so only a limit falling under the contract
+moves them: a demand-response event's start and end, a ramp's 5 % steps.)
 """
 
 from __future__ import annotations
@@ -21,10 +28,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from policies.capping import REL_TOL, allocate
+from policies.decision import Limits
 from policies.plan import CappingPlan
 from policies.topology import Topology
 
 FloatArray = NDArray[np.float64]
+
+#: Safe caps that no longer fit the site limit in force are derived for this share under it, so
+#: that a ramp down re-derives them (and makes every rack due) at most once per step of it.
+FOLLOW_STEP_FRAC = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,3 +133,46 @@ def safe_cap_overruns(
             for g in over.tolist()
         )
     return out
+
+
+def site_limit_in_force(topology: Topology, limits: Limits) -> float:
+    """The lowest site limit in force: the site's rating, the hard limit and a softer target
+    (a demand-response level). Units: W."""
+    site = float(topology.levels[-1].usable_w[0])
+    for limit_w in (limits.site_limit_w, limits.site_target_w):
+        if limit_w is not None:
+            site = min(site, limit_w)
+    return site
+
+
+def follow_site_limit(
+    topology: Topology,
+    *,
+    carried_w: FloatArray,
+    policy_w: FloatArray,
+    limits: Limits,
+    site_margin_frac: float,
+) -> FloatArray | None:
+    """Safe caps for the site limit in force (module doc), or None to keep `carried_w`.
+
+    `carried_w` are the safe caps commands carry now, `policy_w` the policy's own (derived for
+    its contract, or configured). Only the site is checked: the limits below it change only
+    with the topology, when the policy's caps are derived again. Never above the policy's.
+    """
+    site_w = site_limit_in_force(topology, limits)
+    overhead_w = float(topology.overhead_under(len(topology.levels) - 1)[0])
+
+    def fits(caps: FloatArray, limit_w: float) -> bool:
+        room = limit_w * (1.0 - site_margin_frac)
+        return float(caps.sum()) + overhead_w <= room + REL_TOL * max(abs(room), 1.0)
+
+    if not fits(carried_w, site_w):
+        derived = derive_safe_caps(
+            topology,
+            site_limit_w=site_w * (1.0 - FOLLOW_STEP_FRAC),
+            site_margin_frac=site_margin_frac,
+        )
+        return np.minimum(derived, policy_w)
+    if not np.array_equal(carried_w, policy_w) and fits(policy_w, site_w):
+        return policy_w.copy()
+    return None

@@ -13,10 +13,10 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.decision import CappingSettings, PolicySettings
+from policies.decision import CappingSettings, Limits, PolicySettings
 from policies.facility import it_budget
 from policies.fleet import FleetState
-from policies.safe_caps import derive_safe_caps
+from policies.safe_caps import derive_safe_caps, follow_site_limit
 from policies.stages import Tick, dc_w, finish_caps, prepare
 from simulator.baselines import ThresholdController
 from simulator.carbon import FlexWork, flex_work
@@ -102,6 +102,8 @@ class ControlSide:
         self.agents = FastAgents(cluster=cluster)
         self.instance = 0
         self._ratings: tuple[FloatArray, ...] | None = None
+        #: The controller's (DC-side) topology the safe caps were last derived on.
+        self._safe_topology = controller_topology(cluster.topology, cluster.params.psu_efficiency)
         self._tier = cluster.workloads.gpu_tier()
         self.flex: FlexWork | None = None
         self.ctl = self._start()
@@ -124,6 +126,8 @@ class ControlSide:
         if self._ratings is not None:
             self._set_topology(ctl, self._ratings)
         self.safe_cap_w = self._safe_caps(ctl)
+        #: The caps the policy loads with; `safe_cap_w` follows the limit in force from there.
+        self.policy_safe_w = self.safe_cap_w
         return ctl
 
     def _safe_caps(self, ctl: Controller) -> FloatArray | None:
@@ -135,7 +139,7 @@ class ControlSide:
         if ctl.name != "rheostat":
             return None
         eff = self.cluster.params.psu_efficiency
-        topo = controller_topology(
+        self._safe_topology = topo = controller_topology(
             self.cluster.topology
             if self._ratings is None
             else with_ratings(self.cluster.topology, self._ratings),
@@ -160,7 +164,7 @@ class ControlSide:
         self._ratings = ratings
         if not self.down:
             self._set_topology(self.ctl, ratings)
-            self.safe_cap_w = self._safe_caps(self.ctl)
+            self.safe_cap_w = self.policy_safe_w = self._safe_caps(self.ctl)
 
     def _set_topology(self, ctl: Controller, ratings: tuple[FloatArray, ...]) -> None:
         topo = controller_topology(
@@ -194,11 +198,27 @@ class ControlSide:
             stale_rack=stale,
         )
         limits = prepare(self.stages, tick)
+        self._follow_safe_caps(limits)
         act = self.ctl.decide(fleet, limits, cluster.now_s, stale)
         if act is not None:
             cap_w, clock_mhz = act
             tick.decision = last_decision(self.ctl)
             self._send(now, finish_caps(self.stages, tick, cap_w), clock_mhz)
+
+    def _follow_safe_caps(self, limits: Limits) -> None:
+        """Safe caps that fit the site limit in force, as the daemon's commands carry them
+        (`policies.safe_caps.follow_site_limit`)."""
+        if self.safe_cap_w is None or self.policy_safe_w is None:
+            return
+        safe = follow_site_limit(
+            self._safe_topology,
+            carried_w=self.safe_cap_w,
+            policy_w=self.policy_safe_w,
+            limits=limits,
+            site_margin_frac=self._settings.capping.site_margin_frac,
+        )
+        if safe is not None:
+            self.safe_cap_w = safe
 
     def _send(self, now: float, cap_w: FloatArray, clock: FloatArray) -> None:
         """Every rack's command of this decision (one seq per decision, epoch 0: no HA)."""

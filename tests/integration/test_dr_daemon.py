@@ -97,6 +97,15 @@ async def test_grid_event_in_the_closed_loop(mosquitto: Mosquitto, tmp_path: Pat
             target_w = dr.target_w
             # The fleet follows the ramped limit down to the target.
             await wait_until(lambda: site_w() <= target_w)
+            # So do the safe caps every command carries: all racks falling back to them at once
+            # during the event would fit its level (DC side, as the caps are budgeted).
+            carried = rt.book.safe_cap_w
+            assert carried is not None
+            topo = policy.topology
+            overhead_w = float(topo.overhead_under(len(topo.levels) - 1)[0])
+            assert float(carried.sum()) < float(policy.safe_cap_w.sum())
+            eff = policy.config.limits.psu_efficiency
+            assert float(carried.sum()) + overhead_w <= target_w * eff
             registry = CollectorRegistry()
             registry.register(RheostatCollector(rt))
             scraped = generate_latest(registry).decode()
@@ -111,6 +120,7 @@ async def test_grid_event_in_the_closed_loop(mosquitto: Mosquitto, tmp_path: Pat
                 lambda: controller.grid is not None and not controller.grid.status().active
             )
             await wait_until(lambda: site_w() > target_w * 1.05)
+            await wait_until(lambda: np.array_equal(rt.book.safe_cap_w, policy.safe_cap_w))
 
             # A second event; the controller restarts in the middle of it.
             await ems.publish(f"{topic}/again", event("again", time.time() + 0.5, 0.2), qos=1)

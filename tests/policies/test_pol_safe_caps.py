@@ -7,9 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policies.decision import Limits
 from policies.safe_caps import (
+    FOLLOW_STEP_FRAC,
     configured_safe_caps,
     derive_safe_caps,
+    follow_site_limit,
     safe_cap_overruns,
     usable_limits,
 )
@@ -89,3 +92,38 @@ def test_configured_caps_stay_inside_each_models_range() -> None:
     np.testing.assert_array_equal(caps, topo.gpu_min_cap_w)
     with pytest.raises(ValueError, match="shape"):
         safe_cap_overruns(topo, caps[:3])
+
+
+def test_safe_caps_follow_a_lower_site_limit_in_force_and_come_back() -> None:
+    topo = generate_topology(64, servers_per_rack=2)
+    margin = 0.002
+    contract = float(topo.levels[-1].usable_w[0]) * 0.9
+    policy = derive_safe_caps(topo, site_limit_w=contract, site_margin_frac=margin)
+
+    def follow(carried: np.ndarray, limits: Limits) -> np.ndarray | None:
+        return follow_site_limit(
+            topo, carried_w=carried, policy_w=policy, limits=limits, site_margin_frac=margin
+        )
+
+    # Under the contract, the policy's caps fit: nothing changes.
+    assert follow(policy, Limits(site_limit_w=contract)) is None
+    # A demand-response level 20 % lower (a target, as a DR event sets it): derived a step under.
+    dr = contract * 0.8
+    lowered = follow(policy, Limits(site_limit_w=contract, site_target_w=dr))
+    assert lowered is not None
+    assert np.all(lowered <= policy)
+    assert safe_cap_overruns(topo, lowered, site_limit_w=dr, site_margin_frac=margin) == []
+    site_draw = float(lowered.sum()) + float(topo.overhead_under(len(topo.levels) - 1)[0])
+    assert site_draw == pytest.approx(dr * (1 - FOLLOW_STEP_FRAC) * (1 - margin), rel=1e-6)
+    # The level ramps down a little further, within the step: kept, no re-derivation.
+    assert follow(lowered, Limits(site_target_w=dr * 0.97)) is None
+    # Further than the step: derived again, lower still.
+    lower = follow(lowered, Limits(site_target_w=dr * 0.93))
+    assert lower is not None
+    assert float(lower.sum()) < float(lowered.sum())
+    # The event ends: the policy's caps fit again, and come back.
+    back = follow(lower, Limits(site_limit_w=contract))
+    assert back is not None
+    np.testing.assert_array_equal(back, policy)
+    # Never above the policy's, even for a limit above the contract.
+    assert follow(policy, Limits(site_limit_w=contract * 2)) is None

@@ -248,3 +248,16 @@ def test_fleet_commands_follow_the_same_acceptance_rule() -> None:
     assert send(only_first, 1, "c", 1) == 1  # a restarted instance, same term; one rack reached
     assert agents.held(0) == (1, "c", 1)
     assert agents.held(1) == (1, "a", 5)
+
+
+def test_an_outage_under_a_lowered_limit_falls_back_to_safe_caps_that_fit_it() -> None:
+    # The contract steps to 60 % (announced) and the controller dies 50 s later for longer than
+    # the commands' TTL: every rack falls back to the safe caps its last command carried. Derived
+    # for the contract the controller started with, those were over the lowered limit; they now
+    # follow the limit in force (`policies.safe_caps.follow_site_limit`).
+    outage = [{"kind": "controller_outage", "at_s": 250, "duration_s": 100}]
+    steps = {"steps": [{"at_s": 200, "site_limit_frac": 0.6, "notice_s": 60}]}
+    result = run(site(outage, limits=steps))
+    summary = assert_safe(result)
+    assert np.all(safe_at(result, 290, 345) == 4)  # every rack on its safe caps
+    assert summary["seconds_over_limit"]["site"] == 0.0
