@@ -166,13 +166,15 @@ def follow_site_limit(
         room = limit_w * (1.0 - site_margin_frac)
         return float(caps.sum()) + overhead_w <= room + REL_TOL * max(abs(room), 1.0)
 
-    if not fits(carried_w, site_w):
+    # At their min caps already (a limit in force that even those do not fit), they can go no
+    # lower: deriving again would make the same caps, one allocation per tick for nothing.
+    if not fits(carried_w, site_w) and not np.array_equal(carried_w, topology.gpu_min_cap_w):
         derived = derive_safe_caps(
             topology,
             site_limit_w=site_w * (1.0 - FOLLOW_STEP_FRAC),
             site_margin_frac=site_margin_frac,
         )
         return np.minimum(derived, policy_w)
-    if not np.array_equal(carried_w, policy_w) and fits(policy_w, site_w):
+    if fits(policy_w, site_w) and not np.array_equal(carried_w, policy_w):
         return policy_w.copy()
     return None
