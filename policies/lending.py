@@ -215,7 +215,7 @@ def lenders(
     table = np.fromiter((name in lender_classes for name in class_names), np.bool_)
     if table.size == 0:
         return np.zeros(workload_class.shape, np.bool_)
-    # A code past the table (a class named after the table was taken) is not a lender.
-    known = workload_class < table.size
+    # A code outside the table (a class named after the table was taken) is not a lender.
+    known = (workload_class >= 0) & (workload_class < table.size)
     result: BoolArray = table[np.where(known, workload_class, 0)] & known
     return result
