@@ -135,6 +135,14 @@ class TickLoop:
                 policy_total_w=round(float(policy.safe_cap_w.sum())),
             )
 
+    def _lenders(self, snapshot: FleetState) -> np.ndarray[Any, np.dtype[np.bool_]] | None:
+        """The GPUs that may lend (`capping.lend.lender_classes`); None: every GPU, or no
+        lending at all."""
+        lend = self.runtime.policy.config.capping.lend
+        if not lend.enabled or lend.lender_classes is None:
+            return None
+        return lenders(self.runtime.classes.names, snapshot.workload_class, lend.lender_classes)
+
     async def _tick(self) -> None:
         rt = self.runtime
         policy = rt.policy
@@ -189,11 +197,7 @@ class TickLoop:
             stale_rack=stale,
             sync_job=tick.sync_job,
             workspace=rt.workspace,
-            lender=lenders(
-                rt.classes.names,
-                snapshot.workload_class,
-                policy.config.capping.lend.lender_classes,
-            ),
+            lender=self._lenders(snapshot),
         )
         rt.site_energy_j += site_power_w * dt_s
         decision = finish(self.stages, tick, decision)
