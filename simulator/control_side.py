@@ -102,8 +102,8 @@ class ControlSide:
         self.agents = FastAgents(cluster=cluster)
         self.instance = 0
         self._ratings: tuple[FloatArray, ...] | None = None
-        #: The controller's (DC-side) topology the safe caps were last derived on.
-        self._safe_topology = controller_topology(cluster.topology, cluster.params.psu_efficiency)
+        #: The topology as the controller budgets it (DC side) under the ratings known now.
+        self._topology = controller_topology(cluster.topology, cluster.params.psu_efficiency)
         self._tier = cluster.workloads.gpu_tier()
         self.flex: FlexWork | None = None
         self.ctl = self._start()
@@ -124,7 +124,7 @@ class ControlSide:
         if self.flex is not None:
             self.flex.restart()
         if self._ratings is not None:
-            self._set_topology(ctl, self._ratings)
+            set_topology(ctl, self._topology)
         self.safe_cap_w = self._safe_caps(ctl)
         #: The caps the policy loads with; `safe_cap_w` follows the limit in force from there.
         self.policy_safe_w = self.safe_cap_w
@@ -139,12 +139,6 @@ class ControlSide:
         if ctl.name != "rheostat":
             return None
         eff = self.cluster.params.psu_efficiency
-        self._safe_topology = topo = controller_topology(
-            self.cluster.topology
-            if self._ratings is None
-            else with_ratings(self.cluster.topology, self._ratings),
-            eff,
-        )
         contract_w = self.known.contract_w(self._now)
         if self.facility.spec is not None:
             contract_w = it_budget(
@@ -153,7 +147,7 @@ class ControlSide:
                 settings=self.facility.settings,
             ).budget_w
         return derive_safe_caps(
-            topo,
+            self._topology,
             site_limit_w=dc_w(contract_w, eff),
             site_margin_frac=self._settings.capping.site_margin_frac,
         )
@@ -162,15 +156,12 @@ class ControlSide:
         """A feed failed or came back: the facility's monitoring tells the controller at once,
         and its safe caps are derived again for the new ratings."""
         self._ratings = ratings
-        if not self.down:
-            self._set_topology(self.ctl, ratings)
-            self.safe_cap_w = self.policy_safe_w = self._safe_caps(self.ctl)
-
-    def _set_topology(self, ctl: Controller, ratings: tuple[FloatArray, ...]) -> None:
-        topo = controller_topology(
+        self._topology = controller_topology(
             with_ratings(self.cluster.topology, ratings), self.cluster.params.psu_efficiency
         )
-        set_topology(ctl, topo)
+        if not self.down:
+            set_topology(self.ctl, self._topology)
+            self.safe_cap_w = self.policy_safe_w = self._safe_caps(self.ctl)
 
     def tick(self, now: float, horizon_s: float) -> None:
         """One controller period: telemetry published, read, decided on, commands sent."""
@@ -211,7 +202,7 @@ class ControlSide:
         if self.safe_cap_w is None or self.policy_safe_w is None:
             return
         safe = follow_site_limit(
-            self._safe_topology,
+            self._topology,
             carried_w=self.safe_cap_w,
             policy_w=self.policy_safe_w,
             limits=limits,
